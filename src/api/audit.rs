@@ -1,0 +1,103 @@
+//! `/v1/audit`: list (filtered, keyset-paginated) and verify.
+
+use axum::extract::State;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::{AppQuery, AppState, Error, ErrorBody, Principal};
+use crate::audit::{self, Entry, Filter, Outcome, Verification};
+use crate::domain::Pseudonym;
+use crate::policy::Permission;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list)).routes(routes!(verify))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Exact actor (token `sub`).
+    actor: Option<String>,
+    /// Exact action, e.g. `pseudonym.resolve`.
+    action: Option<String>,
+    /// Target pseudonym.
+    target: Option<String>,
+    /// `success`, `denied`, `not_found` or `error`.
+    outcome: Option<String>,
+    /// RFC 3339 lower bound (inclusive).
+    from: Option<String>,
+    /// RFC 3339 upper bound (exclusive).
+    to: Option<String>,
+    /// Return entries with `seq` greater than this (use `next_after` of the previous page).
+    after: Option<i64>,
+    /// Page size, 1-1000 (default 100).
+    limit: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ListResponse {
+    entries: Vec<Entry>,
+    /// Pass as `after` to fetch the next page; absent on the last page.
+    next_after: Option<i64>,
+}
+
+fn time(v: Option<&str>, name: &str) -> Result<Option<DateTime<Utc>>, Error> {
+    v.map(|s| {
+        DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|_| Error::bad_request("invalid_query", format!("`{name}` must be an RFC 3339 timestamp")))
+    })
+    .transpose()
+}
+
+/// List audit entries within the caller's institutions (all, for `*` principals).
+#[utoipa::path(get, path = "/v1/audit", tag = "audit", params(ListQuery),
+    responses((status = 200, body = ListResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody)))]
+async fn list(State(s): State<AppState>, p: Principal, AppQuery(q): AppQuery<ListQuery>) -> Result<Json<ListResponse>, Error> {
+    s.authorize(&p, Permission::AuditRead, None, None).await?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(Error::bad_request("invalid_query", "`limit` must be between 1 and 1000"));
+    }
+    let outcome = q
+        .outcome
+        .as_deref()
+        .map(|o| Outcome::parse(o).ok_or_else(|| Error::bad_request("invalid_query", "`outcome` must be success, denied, not_found or error")))
+        .transpose()?;
+    let target = q.target.as_deref().map(Pseudonym::parse).transpose()?.map(|p| p.as_uuid());
+    let filter = Filter {
+        actor: q.actor,
+        action: q.action,
+        target,
+        outcome,
+        from: time(q.from.as_deref(), "from")?,
+        to: time(q.to.as_deref(), "to")?,
+        after_seq: q.after.unwrap_or(0).max(0),
+        institutions: p.institutions.clone(),
+        limit,
+    };
+    let entries = audit::list(&s.pool, &filter).await.map_err(Error::from)?;
+    let next_after = (entries.len() as i64 == limit).then(|| entries.last().map(|e| e.seq)).flatten();
+    let mut read = p.entry("audit.read", None, None, Outcome::Success);
+    read.detail = serde_json::json!({"returned": entries.len()});
+    s.audit.record(read).await?;
+    Ok(Json(ListResponse { entries, next_after }))
+}
+
+/// Recompute the whole hash chain and report the first broken sequence number.
+#[utoipa::path(get, path = "/v1/audit/verify", tag = "audit",
+    responses((status = 200, body = Verification), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn verify(State(s): State<AppState>, p: Principal) -> Result<Json<Verification>, Error> {
+    s.authorize(&p, Permission::AuditVerify, None, None).await?;
+    let v = audit::verify(&s.pool).await.map_err(Error::from)?;
+    if !v.intact {
+        tracing::error!(first_broken_seq = ?v.first_broken_seq, reason = ?v.reason, "AUDIT CHAIN BROKEN");
+    }
+    Ok(Json(v))
+}

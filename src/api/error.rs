@@ -1,0 +1,152 @@
+//! The one API error type. 4xx carry a stable machine `code` and a clear
+//! message; 5xx are logged and hidden behind a generic message.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::audit::AuditError;
+use crate::domain::Invalid;
+use crate::vault::VaultError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error("{message}")]
+    Unauthorized { code: &'static str, message: String },
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
+    #[error("{message}")]
+    NotFound { code: &'static str, message: String },
+    #[error("{message}")]
+    Gone { code: &'static str, message: String },
+    #[error("{message}")]
+    PayloadTooLarge { code: &'static str, message: String },
+    #[error("{message}")]
+    UnsupportedMediaType { message: String },
+    /// A dependency (database, audit log) is down: retry later. Fail closed.
+    #[error("{message}")]
+    Unavailable { code: &'static str, message: String },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Error body: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code.
+    pub code: String,
+    pub message: String,
+}
+
+impl Error {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Error::BadRequest { code, message: message.into() }
+    }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Error::Forbidden { code: "forbidden", message: message.into() }
+    }
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Error::NotFound { code, message: message.into() }
+    }
+    pub fn too_large(code: &'static str, message: impl Into<String>) -> Self {
+        Error::PayloadTooLarge { code, message: message.into() }
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, String) {
+        match self {
+            Error::BadRequest { code, message } => (StatusCode::BAD_REQUEST, code, message.clone()),
+            Error::Unauthorized { code, message } => (StatusCode::UNAUTHORIZED, code, message.clone()),
+            Error::Forbidden { code, message } => (StatusCode::FORBIDDEN, code, message.clone()),
+            Error::NotFound { code, message } => (StatusCode::NOT_FOUND, code, message.clone()),
+            Error::Gone { code, message } => (StatusCode::GONE, code, message.clone()),
+            Error::PayloadTooLarge { code, message } => (StatusCode::PAYLOAD_TOO_LARGE, code, message.clone()),
+            Error::UnsupportedMediaType { message } => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", message.clone()),
+            Error::Unavailable { code, message } => (StatusCode::SERVICE_UNAVAILABLE, code, message.clone()),
+            Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log".into()),
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (status, code, message) = self.parts();
+        if status.is_server_error() {
+            tracing::error!(error = %self, code, "request failed");
+        }
+        let mut resp = (status, axum::Json(ErrorBody { error: ErrorDetail { code: code.into(), message } })).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+impl From<Invalid> for Error {
+    fn from(e: Invalid) -> Self {
+        Error::BadRequest { code: e.code, message: e.message }
+    }
+}
+
+impl From<AuditError> for Error {
+    fn from(e: AuditError) -> Self {
+        tracing::error!(error = %e, "audit log write failed; operation refused");
+        Error::Unavailable { code: "audit_unavailable", message: "the audit log cannot be written; nothing was done, retry later".into() }
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                tracing::error!(error = %e, "database unavailable");
+                Error::Unavailable { code: "database_unavailable", message: "the vault database is unavailable; retry later".into() }
+            }
+            other => Error::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<VaultError> for Error {
+    fn from(e: VaultError) -> Self {
+        match e {
+            VaultError::Invalid(i) => i.into(),
+            VaultError::Audit(a) => a.into(),
+            VaultError::Db(d) => d.into(),
+            other => Error::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<JsonRejection> for Error {
+    fn from(r: JsonRejection) -> Self {
+        match r {
+            JsonRejection::JsonSyntaxError(_) => Error::bad_request("invalid_json", "the request body is not valid JSON"),
+            JsonRejection::JsonDataError(e) => Error::bad_request("invalid_body", e.body_text()),
+            JsonRejection::MissingJsonContentType(_) => {
+                Error::UnsupportedMediaType { message: "expected `Content-Type: application/json`".into() }
+            }
+            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Error::too_large("payload_too_large", "the request body is larger than this endpoint accepts")
+            }
+            other => Error::bad_request("invalid_body", other.body_text()),
+        }
+    }
+}
+
+impl From<QueryRejection> for Error {
+    fn from(r: QueryRejection) -> Self {
+        Error::bad_request("invalid_query", r.body_text())
+    }
+}

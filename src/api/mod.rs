@@ -1,0 +1,148 @@
+//! HTTP API (axum). Invariant: only `api` knows HTTP; handlers are thin: they
+//! parse, authorise (every denial audited) and call a context.
+//! The OpenAPI document is generated from the same route definitions.
+
+mod audit;
+mod consent;
+mod error;
+mod extract;
+mod ops;
+mod pseudonyms;
+
+pub use error::{Error, ErrorBody};
+pub use extract::{AppJson, AppQuery, Principal};
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::time::Instant;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use uuid::Uuid;
+
+use crate::audit::{Outcome, Recorder};
+use crate::auth::Authenticator;
+use crate::policy::{Permission, Policies};
+use crate::vault::Vault;
+
+/// Request limits, from `Settings`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub body_bytes: usize,
+    pub batch_body_bytes: usize,
+    pub batch_items: usize,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub vault: Vault,
+    pub audit: Recorder,
+    pub auth: Arc<Authenticator>,
+    pub policies: Arc<Policies>,
+    pub metrics: PrometheusHandle,
+    pub limits: Limits,
+}
+
+impl AppState {
+    /// Authorise `principal` for `perm` (inside `institution` when given).
+    /// A refusal is audited (fail closed: if the audit write fails the caller
+    /// gets 503, and is refused either way).
+    pub async fn authorize(
+        &self,
+        principal: &Principal,
+        perm: Permission,
+        institution: Option<&str>,
+        target: Option<Uuid>,
+    ) -> Result<(), Error> {
+        let reason = if !self.policies.allows(&principal.roles, perm) {
+            "role_lacks_permission"
+        } else if institution.is_some_and(|i| !principal.can_act_in(i)) {
+            "institution_not_allowed"
+        } else {
+            return Ok(());
+        };
+        let mut entry = principal.entry(perm.as_str(), institution, target, Outcome::Denied);
+        entry.detail = serde_json::json!({"reason": reason});
+        self.audit.record(entry).await?;
+        metrics::counter!("learnvault_authz_denied_total", "permission" => perm.as_str()).increment(1);
+        Err(Error::Forbidden {
+            code: "forbidden",
+            message: match reason {
+                "role_lacks_permission" => format!("none of your roles grants {}", perm.as_str()),
+                _ => "you cannot act for this institution".to_string(),
+            },
+        })
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "learnvault",
+        description = "Identity vault, pseudonym API and tamper-evident audit log for learner telemetry. \
+                       Every error body is `{\"error\": {\"code\", \"message\"}}` with a stable code."
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags(
+        (name = "pseudonyms", description = "Pseudonym issuance, lookup and audited re-identification"),
+        (name = "consent", description = "Per-purpose consent, append-only history"),
+        (name = "audit", description = "Tamper-evident audit log"),
+        (name = "ops", description = "Health, readiness, metrics, this document")
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+    }
+}
+
+/// The OpenAPI document, generated from the routes.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes(Limits { body_bytes: 0, batch_body_bytes: 0, batch_items: 0 }).split_for_parts().1
+}
+
+fn routes(limits: Limits) -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(pseudonyms::router(limits))
+        .merge(consent::router())
+        .merge(audit::router())
+        .merge(ops::router())
+}
+
+pub fn router(state: AppState) -> Router {
+    let (router, doc) = routes(state.limits).split_for_parts();
+    let doc = Arc::new(doc);
+    router
+        .route("/openapi.json", axum::routing::get(move || { let d = doc.clone(); async move { axum::Json((*d).clone()) } }))
+        .fallback(|| async { Error::not_found("route_not_found", "no such route") })
+        .layer(axum::middleware::from_fn(track))
+        .layer(DefaultBodyLimit::max(state.limits.body_bytes))
+        .with_state(state)
+}
+
+/// Request metrics by matched route (never by raw path: paths carry pseudonyms).
+async fn track(req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
+    let method = req.method().as_str().to_owned();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("learnvault_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
+    metrics::histogram!("learnvault_http_request_duration_seconds", "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    resp
+}

@@ -1,0 +1,77 @@
+//! Wiring: settings -> keys, policies, pools, writers -> `AppState` -> HTTP server.
+
+use anyhow::Context;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState, Limits};
+use crate::audit::Recorder;
+use crate::auth::Authenticator;
+use crate::config::Settings;
+use crate::policy::Policies;
+use crate::vault::keys::MasterKey;
+use crate::vault::Vault;
+
+/// The process-wide Prometheus recorder (installed once).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+            let builder = PrometheusBuilder::new().set_buckets(&buckets).expect("non-empty buckets");
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // In tests several apps share a process: only the first install wins.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+pub async fn build_state(settings: &Settings) -> anyhow::Result<AppState> {
+    let master = MasterKey::load(settings).context("loading the master key")?;
+    let policies = Policies::load(&settings.policy_dir).context("loading policies")?;
+    let auth = Authenticator::from_settings(settings, &master).context("configuring authentication")?;
+    if settings.is_production() && auth.is_development() {
+        anyhow::bail!("production mode requires LEARNVAULT_JWKS_FILE (RS256/EdDSA keys); HS256 development tokens are refused");
+    }
+    let pool = crate::db::connect(settings).await.context("connecting to PostgreSQL as the runtime role")?;
+    Ok(AppState {
+        vault: Vault::new(pool.clone(), master, settings.issue_writers),
+        audit: Recorder::spawn(pool.clone()),
+        pool,
+        auth: Arc::new(auth),
+        policies: Arc::new(policies),
+        metrics: metrics_handle(),
+        limits: Limits {
+            body_bytes: settings.body_limit_bytes,
+            batch_body_bytes: settings.batch_body_limit_bytes,
+            batch_items: settings.batch_max_items,
+        },
+    })
+}
+
+/// Serve the API on `listener` until `shutdown` resolves; in-flight requests drain.
+pub async fn serve(state: AppState, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let router = api::router(state);
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await.context("HTTP server")
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutdown requested; draining");
+}

@@ -1,0 +1,211 @@
+//! `learnvault bench pseudonyms`: load the pseudonym API over loopback HTTP and
+//! print throughput and latency percentiles. Figures, not assertions.
+
+use anyhow::Context;
+use clap::Subcommand;
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::auth::{parse_ttl, Authenticator};
+use crate::config::Settings;
+use crate::vault::keys::MasterKey;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Single issuance, batch issuance and resolve against the pseudonym API.
+    Pseudonyms(PseudonymArgs),
+}
+
+#[derive(clap::Args)]
+pub struct PseudonymArgs {
+    /// Base URL of a running server (same master key). Default: start one in this process.
+    #[arg(long)]
+    url: Option<String>,
+    /// Concurrent clients for single issuance and resolve.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Duration of the single-issuance and resolve phases.
+    #[arg(long, default_value = "10s")]
+    duration: String,
+    /// Learners per batch call.
+    #[arg(long, default_value_t = 10_000)]
+    batch_size: usize,
+    /// Batch calls to make (sequentially).
+    #[arg(long, default_value_t = 10)]
+    batches: usize,
+}
+
+/// Latency summary of one phase.
+pub struct Phase {
+    pub name: String,
+    pub ok: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    pub hist: Histogram<u64>,
+}
+
+impl Phase {
+    pub fn print(&self, unit: &str, per_request: u64) {
+        let ms = |q: f64| self.hist.value_at_quantile(q) as f64 / 1000.0;
+        let rate = (self.ok * per_request) as f64 / self.elapsed.as_secs_f64();
+        println!(
+            "{:<18} ok={:<7} errors={:<4} elapsed={:>6.2}s throughput={:>9.0} {unit}/s  p50={:.2}ms p95={:.2}ms p99={:.2}ms max={:.2}ms",
+            self.name,
+            self.ok,
+            self.errors,
+            self.elapsed.as_secs_f64(),
+            rate,
+            ms(0.50),
+            ms(0.95),
+            ms(0.99),
+            self.hist.max() as f64 / 1000.0
+        );
+    }
+}
+
+fn new_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+/// Run `concurrency` clients for `duration`, each calling `call(client, task, i)`.
+async fn closed_loop<F, Fut>(name: &str, concurrency: usize, duration: Duration, call: F) -> Phase
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let call = Arc::new(call);
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::new();
+    for t in 0..concurrency {
+        let call = call.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut h, mut ok, mut err, mut i) = (new_hist(), 0u64, 0u64, 0u64);
+            while Instant::now() < deadline {
+                let t0 = Instant::now();
+                if call(t, i).await { ok += 1 } else { err += 1 }
+                let _ = h.record(t0.elapsed().as_micros().max(1) as u64);
+                i += 1;
+            }
+            (h, ok, err)
+        }));
+    }
+    let mut phase = Phase { name: name.into(), ok: 0, errors: 0, elapsed: Duration::ZERO, hist: new_hist() };
+    for t in tasks {
+        let (h, ok, err) = t.await.expect("bench task");
+        phase.hist.add(h).expect("same bounds");
+        phase.ok += ok;
+        phase.errors += err;
+    }
+    phase.elapsed = started.elapsed();
+    phase
+}
+
+pub async fn run(settings: Settings, cmd: BenchCommand) -> anyhow::Result<ExitCode> {
+    let BenchCommand::Pseudonyms(args) = cmd;
+    let duration = parse_ttl(&args.duration).context("--duration like 10s")?;
+    let master = MasterKey::load(&settings)?;
+    let auth = Authenticator::from_settings(&settings, &master)?;
+    let run_id = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let inst = format!("bench-{run_id}");
+    let lms = auth.mint("bench-lms", &["lms".into()], &[inst.clone()], Duration::from_secs(3600))?;
+    let dpo = auth.mint("bench-dpo", &["dpo".into()], &[inst.clone()], Duration::from_secs(3600))?;
+
+    let (base, _server) = match &args.url {
+        Some(u) => (u.trim_end_matches('/').to_owned(), None),
+        None => {
+            crate::db::migrate(&settings).await?;
+            let state = crate::app::build_state(&settings).await?;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let h = tokio::spawn(crate::app::serve(state, listener, async move {
+                let _ = stopped.await;
+            }));
+            (format!("http://{addr}"), Some((stop, h)))
+        }
+    };
+    println!("learnvault bench pseudonyms  target={base} institution={inst} concurrency={} duration={:?}", args.concurrency, duration);
+    let client = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency * 2).build()?;
+
+    // 1. Single issuance: every call creates a new learner.
+    let (c, b, t) = (client.clone(), base.clone(), lms.clone());
+    let inst2 = inst.clone();
+    let issued = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let issued2 = issued.clone();
+    let single = closed_loop("single issuance", args.concurrency, duration, move |task, i| {
+        let (c, b, t, inst, issued) = (c.clone(), b.clone(), t.clone(), inst2.clone(), issued2.clone());
+        async move {
+            let body = json!({"institution": inst, "external_id": format!("s-{task}-{i}"), "identity": {"name": format!("Learner {task}-{i}"), "email": format!("l{task}.{i}@example.edu")}});
+            match c.post(format!("{b}/v1/pseudonyms")).bearer_auth(&t).json(&body).send().await {
+                Ok(r) if r.status().is_success() => {
+                    if i % 16 == 0 {
+                        if let Ok(v) = r.json::<Value>().await {
+                            issued.lock().unwrap().push(v["pseudonym"].as_str().unwrap_or_default().to_owned());
+                        }
+                    }
+                    true
+                }
+                _ => false,
+            }
+        }
+    })
+    .await;
+    single.print("req", 1);
+
+    // 2. Batch issuance.
+    let mut bh = new_hist();
+    let (mut ok, mut errors) = (0u64, 0u64);
+    let started = Instant::now();
+    for n in 0..args.batches {
+        let items: Vec<Value> = (0..args.batch_size)
+            .map(|i| json!({"institution": inst, "external_id": format!("b-{n}-{i}"), "identity": {"name": format!("Batch {n}-{i}"), "email": format!("b{n}.{i}@example.edu")}}))
+            .collect();
+        let body = serde_json::to_vec(&json!({"items": items}))?;
+        let t0 = Instant::now();
+        let r = client
+            .post(format!("{base}/v1/pseudonyms/batch"))
+            .bearer_auth(&lms)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await;
+        match r {
+            Ok(r) if r.status().is_success() => {
+                let v: Value = r.json().await?;
+                ok += 1;
+                anyhow::ensure!(v["created"].as_u64() == Some(args.batch_size as u64), "batch did not create every learner: {}", v["created"]);
+            }
+            Ok(r) => {
+                errors += 1;
+                eprintln!("batch failed: {} {}", r.status(), r.text().await.unwrap_or_default());
+            }
+            Err(e) => {
+                errors += 1;
+                eprintln!("batch failed: {e}");
+            }
+        }
+        let _ = bh.record(t0.elapsed().as_micros().max(1) as u64);
+    }
+    let batch = Phase { name: "batch issuance".into(), ok, errors, elapsed: started.elapsed(), hist: bh };
+    batch.print("pseudonyms", args.batch_size as u64);
+
+    // 3. Resolve (DPO, declared purpose), over the pseudonyms issued in phase 1.
+    let targets: Arc<Vec<String>> = Arc::new(issued.lock().unwrap().clone());
+    anyhow::ensure!(!targets.is_empty(), "no pseudonyms were issued; cannot bench resolve");
+    let (c, b) = (client.clone(), base.clone());
+    let resolve = closed_loop("resolve", args.concurrency, duration, move |task, i| {
+        let (c, b, t, targets) = (c.clone(), b.clone(), dpo.clone(), targets.clone());
+        async move {
+            let p = &targets[(task * 7919 + i as usize) % targets.len()];
+            let body = json!({"purpose": "learner_support", "justification": "benchmark"});
+            matches!(c.post(format!("{b}/v1/pseudonyms/{p}/resolve")).bearer_auth(&t).json(&body).send().await, Ok(r) if r.status().is_success())
+        }
+    })
+    .await;
+    resolve.print("req", 1);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,105 @@
+//! Typed settings, loaded in layers: built-in defaults -> optional TOML file
+//! (`LEARNVAULT_CONFIG`, default `learnvault.toml` if present) -> `LEARNVAULT_*`
+//! environment variables. Secrets are `SecretString`s: never printed.
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use secrecy::SecretString;
+use serde::Deserialize;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    Development,
+    Production,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// `development` (generated dev key allowed, HS256 dev tokens) or `production`.
+    pub env: Environment,
+    /// Address the HTTP API listens on.
+    pub listen: String,
+    /// Runtime connection (role `learnvault_app`, which owns nothing).
+    pub database_url: SecretString,
+    /// Owner connection used only to run migrations.
+    pub admin_database_url: SecretString,
+    pub db_max_connections: u32,
+    /// Base64 of the 32-byte master key. Takes precedence over `master_key_file`.
+    pub master_key: Option<SecretString>,
+    /// File holding the base64 master key. In development, generated (0600) if missing.
+    pub master_key_file: Option<PathBuf>,
+    /// Directory of `roles.yaml`, `purposes.yaml`, ...
+    pub policy_dir: PathBuf,
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
+    /// JWKS file with RS256/EdDSA public keys. When set, HS256 dev tokens are refused.
+    pub jwks_file: Option<PathBuf>,
+    pub log_format: LogFormat,
+    /// Request body limit for ordinary endpoints.
+    pub body_limit_bytes: usize,
+    /// Request body limit for batch endpoints.
+    pub batch_body_limit_bytes: usize,
+    /// Maximum items in one batch call.
+    pub batch_max_items: usize,
+    /// Concurrent group-commit writers for single issuance.
+    pub issue_writers: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            env: Environment::Development,
+            listen: "127.0.0.1:8080".into(),
+            database_url: "postgres://learnvault_app@127.0.0.1:5432/learnvault".into(),
+            admin_database_url: "postgres://postgres@127.0.0.1:5432/learnvault".into(),
+            db_max_connections: 16,
+            master_key: None,
+            master_key_file: None,
+            policy_dir: PathBuf::from("policies"),
+            jwt_issuer: "learnvault".into(),
+            jwt_audience: "learnvault-api".into(),
+            jwks_file: None,
+            log_format: LogFormat::Pretty,
+            body_limit_bytes: 64 * 1024,
+            batch_body_limit_bytes: 16 * 1024 * 1024,
+            batch_max_items: 10_000,
+            issue_writers: 2,
+        }
+    }
+}
+
+impl Settings {
+    pub fn load() -> Result<Settings, figment::Error> {
+        let file = std::env::var("LEARNVAULT_CONFIG").unwrap_or_else(|_| "learnvault.toml".into());
+        Figment::new()
+            .merge(Toml::file(file))
+            .merge(Env::prefixed("LEARNVAULT_").ignore(&["config"]))
+            .extract()
+    }
+
+    pub fn is_production(&self) -> bool {
+        self.env == Environment::Production
+    }
+
+    /// Where the development master key lives when none is configured.
+    pub fn dev_key_path(&self) -> PathBuf {
+        if let Some(p) = &self.master_key_file {
+            return p.clone();
+        }
+        let base = std::env::var_os("XDG_DATA_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+            .unwrap_or_else(|| PathBuf::from("."));
+        base.join("learnvault").join("dev-master.key")
+    }
+}

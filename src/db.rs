@@ -1,0 +1,40 @@
+//! PostgreSQL connections and migrations.
+//!
+//! Invariant: migrations run over the owner connection (`admin_database_url`);
+//! the service runs as `learnvault_app`, which owns nothing.
+
+use secrecy::ExposeSecret;
+use sqlx::migrate::{MigrateDatabase, Migrator};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, Postgres};
+use std::time::Duration;
+
+use crate::config::Settings;
+
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Create the database if missing, then apply pending migrations.
+pub async fn migrate(settings: &Settings) -> Result<(), sqlx::Error> {
+    let url = settings.admin_database_url.expose_secret();
+    if !Postgres::database_exists(url).await? {
+        match Postgres::create_database(url).await {
+            Ok(()) => {}
+            // Another process created it meanwhile.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let pool = PgPoolOptions::new().max_connections(1).connect(url).await?;
+    MIGRATOR.run(&pool).await?;
+    pool.close().await;
+    Ok(())
+}
+
+/// The runtime pool (role `learnvault_app`).
+pub async fn connect(settings: &Settings) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(settings.db_max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(settings.database_url.expose_secret())
+        .await
+}

@@ -1,0 +1,30 @@
+//! learnvault: the privacy and compliance layer for real-time learner telemetry.
+//!
+//! Learning platforms stream engagement events through Kafka into ClickHouse.
+//! learnvault keeps real identities out of that stream: an identity vault on
+//! PostgreSQL issues random pseudonyms to the LMS and re-identifies them only
+//! for a declared purpose, every access recorded in a hash-chained audit log.
+//!
+//! # Layout
+//! - [`config`]: typed settings (defaults -> TOML file -> `LEARNVAULT_*` env).
+//! - [`domain`]: validated newtypes (`Pseudonym`, `InstitutionId`, `ExternalId`, `Purpose`).
+//! - [`vault`]: keys (HKDF per institution), envelope encryption, blind indexes,
+//!   issuance (group commit), lookup, decrypt, consent. Only `vault` holds plaintext identities.
+//! - [`audit`]: append-only hash-chained audit log, group-committed recorder, verification.
+//! - [`auth`]: JWT verification and development token minting.
+//! - [`policy`]: roles -> permissions and declared purposes from `policies/*.yaml`.
+//! - [`api`]: axum routes, extractors, the one error type, OpenAPI. Only `api` knows HTTP.
+//! - [`db`]: pools and migrations. [`app`]: wiring and the server.
+//! - [`cli`]: one module per subcommand (`serve`, `migrate`, `token`, `audit`, `bench`, `demo`).
+
+pub mod api;
+pub mod app;
+pub mod audit;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod policy;
+pub mod telemetry;
+pub mod vault;

@@ -1,0 +1,193 @@
+//! Policies are data: `policies/*.yaml` loaded and validated at start-up.
+//!
+//! Invariant: an unknown permission name, an empty role or a duplicate purpose
+//! is a start-up error, never a silent default. Authorisation is deny by default.
+
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use crate::domain::Purpose;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read policy file {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("policy file {path} is invalid: {message}")]
+    Invalid { path: String, message: String },
+}
+
+/// Everything a principal may be allowed to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Permission {
+    PseudonymIssue,
+    PseudonymLookup,
+    PseudonymResolve,
+    ConsentWrite,
+    ConsentRead,
+    AuditRead,
+    AuditVerify,
+}
+
+impl Permission {
+    pub const ALL: [Permission; 7] = [
+        Permission::PseudonymIssue,
+        Permission::PseudonymLookup,
+        Permission::PseudonymResolve,
+        Permission::ConsentWrite,
+        Permission::ConsentRead,
+        Permission::AuditRead,
+        Permission::AuditVerify,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::PseudonymIssue => "pseudonym.issue",
+            Permission::PseudonymLookup => "pseudonym.lookup",
+            Permission::PseudonymResolve => "pseudonym.resolve",
+            Permission::ConsentWrite => "consent.write",
+            Permission::ConsentRead => "consent.read",
+            Permission::AuditRead => "audit.read",
+            Permission::AuditVerify => "audit.verify",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+#[derive(Deserialize)]
+struct RolesFile {
+    roles: BTreeMap<String, RoleDef>,
+}
+#[derive(Deserialize)]
+struct RoleDef {
+    #[allow(dead_code)]
+    description: Option<String>,
+    permissions: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct PurposesFile {
+    reidentification: Vec<PurposeDef>,
+    consent: Vec<PurposeDef>,
+}
+#[derive(Deserialize, Clone)]
+struct PurposeDef {
+    id: String,
+    #[allow(dead_code)]
+    description: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Policies {
+    roles: BTreeMap<String, BTreeSet<Permission>>,
+    reidentification: BTreeSet<String>,
+    consent: BTreeSet<String>,
+}
+
+fn read<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, PolicyError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Io { path: path.display().to_string(), source })?;
+    serde_yaml::from_str(&text).map_err(|e| PolicyError::Invalid { path: path.display().to_string(), message: e.to_string() })
+}
+
+impl Policies {
+    pub fn load(dir: &Path) -> Result<Self, PolicyError> {
+        let roles_path = dir.join("roles.yaml");
+        let roles_file: RolesFile = read(&roles_path)?;
+        let invalid = |path: &Path, message: String| PolicyError::Invalid { path: path.display().to_string(), message };
+        let mut roles = BTreeMap::new();
+        for (name, def) in roles_file.roles {
+            let mut perms = BTreeSet::new();
+            for p in &def.permissions {
+                let perm = Permission::parse(p).ok_or_else(|| invalid(&roles_path, format!("role {name}: unknown permission {p:?}")))?;
+                perms.insert(perm);
+            }
+            roles.insert(name, perms);
+        }
+        for required in ["lms", "dpo", "auditor", "instructor", "admin"] {
+            if !roles.contains_key(required) {
+                return Err(invalid(&roles_path, format!("role {required:?} must be defined")));
+            }
+        }
+        let purposes_path = dir.join("purposes.yaml");
+        let pf: PurposesFile = read(&purposes_path)?;
+        let collect = |defs: Vec<PurposeDef>, what: &str| -> Result<BTreeSet<String>, PolicyError> {
+            let mut set = BTreeSet::new();
+            for d in defs {
+                Purpose::parse(&d.id).map_err(|_| invalid(&purposes_path, format!("{what} purpose {:?} is not a valid id", d.id)))?;
+                if !set.insert(d.id.clone()) {
+                    return Err(invalid(&purposes_path, format!("{what} purpose {:?} is listed twice", d.id)));
+                }
+            }
+            Ok(set)
+        };
+        let reidentification = collect(pf.reidentification, "reidentification")?;
+        let consent = collect(pf.consent, "consent")?;
+        for required in ["analytics", "research", "recommendations"] {
+            if !consent.contains(required) {
+                return Err(invalid(&purposes_path, format!("consent purpose {required:?} must be defined")));
+            }
+        }
+        Ok(Policies { roles, reidentification, consent })
+    }
+
+    /// Whether any of `roles` grants `perm`. Unknown roles grant nothing.
+    pub fn allows(&self, roles: &[String], perm: Permission) -> bool {
+        roles.iter().any(|r| self.roles.get(r).is_some_and(|ps| ps.contains(&perm)))
+    }
+
+    pub fn is_role(&self, role: &str) -> bool {
+        self.roles.contains_key(role)
+    }
+
+    pub fn reidentification_purpose(&self, p: &str) -> Option<Purpose> {
+        self.reidentification.contains(p).then(|| Purpose::parse(p).ok()).flatten()
+    }
+
+    pub fn consent_purpose(&self, p: &str) -> Option<Purpose> {
+        self.consent.contains(p).then(|| Purpose::parse(p).ok()).flatten()
+    }
+
+    pub fn reidentification_purposes(&self) -> impl Iterator<Item = &str> {
+        self.reidentification.iter().map(String::as_str)
+    }
+
+    pub fn consent_purposes(&self) -> impl Iterator<Item = &str> {
+        self.consent.iter().map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped() -> Policies {
+        Policies::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap()
+    }
+
+    #[test]
+    fn shipped_policies_load_and_deny_by_default() {
+        let p = shipped();
+        let r = |s: &str| vec![s.to_string()];
+        assert!(p.allows(&r("lms"), Permission::PseudonymIssue));
+        assert!(!p.allows(&r("lms"), Permission::PseudonymResolve));
+        assert!(p.allows(&r("dpo"), Permission::PseudonymResolve));
+        assert!(!p.allows(&r("auditor"), Permission::PseudonymResolve));
+        assert!(!p.allows(&r("admin"), Permission::PseudonymResolve));
+        assert!(!p.allows(&r("no-such-role"), Permission::AuditRead));
+        assert!(!p.allows(&[], Permission::AuditRead));
+        assert!(p.reidentification_purpose("safeguarding").is_some());
+        assert!(p.reidentification_purpose("marketing").is_none());
+        assert!(p.consent_purpose("recommendations").is_some());
+    }
+
+    #[test]
+    fn unknown_permission_is_a_startup_error() {
+        let dir = std::env::temp_dir().join(format!("lv-policy-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("roles.yaml"), "roles:\n  lms:\n    permissions: [pseudonym.everything]\n").unwrap();
+        let err = Policies::load(&dir).unwrap_err().to_string();
+        assert!(err.contains("unknown permission"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

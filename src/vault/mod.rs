@@ -1,0 +1,389 @@
+//! Identity vault: pseudonym issuance, lookup, re-identification, consent.
+//!
+//! Invariant: only `vault` ever holds a plaintext identity or external id, and
+//! only in memory: PostgreSQL sees blind indexes and ciphertext (see
+//! `migrations/postgres/0002_vault.sql`). Every operation that writes the vault
+//! appends its audit rows in the same transaction, so an operation without its
+//! audit row cannot commit.
+
+pub mod crypto;
+mod issuer;
+pub mod keys;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sqlx::{PgConnection, PgPool};
+use std::collections::HashMap;
+use utoipa::ToSchema;
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+use crate::audit::{self, AuditError, NewEntry};
+use crate::domain::{ExternalId, InstitutionId, Invalid, Pseudonym, Purpose};
+use keys::{KeyUse, MasterKey};
+
+pub use issuer::Issuer;
+
+/// Largest accepted identity, serialised.
+pub const MAX_IDENTITY_BYTES: usize = 8 * 1024;
+const MAX_IDENTITY_FIELDS: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error("vault storage error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error("identity ciphertext does not authenticate for pseudonym {0}")]
+    Corrupt(Pseudonym),
+    #[error("vault writer has stopped")]
+    WriterGone,
+}
+
+/// A validated identity: a flat JSON object of scalar fields (name, email, ...).
+/// Its `Debug` is redacted.
+#[derive(Clone)]
+pub struct Identity(Vec<u8>);
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Identity(<redacted>)")
+    }
+}
+
+impl Identity {
+    pub fn empty() -> Self {
+        Identity(b"{}".to_vec())
+    }
+    pub fn parse(v: Map<String, Value>) -> Result<Self, Invalid> {
+        let bad = |m: &str| Invalid { code: "invalid_identity", message: m.to_owned() };
+        if v.len() > MAX_IDENTITY_FIELDS {
+            return Err(bad("identity has more than 32 fields"));
+        }
+        if v.values().any(|x| matches!(x, Value::Object(_) | Value::Array(_))) {
+            return Err(bad("identity fields must be strings, numbers, booleans or null"));
+        }
+        let bytes = serde_json::to_vec(&v).expect("json serialises");
+        if bytes.len() > MAX_IDENTITY_BYTES {
+            return Err(bad("identity is larger than 8 KiB"));
+        }
+        Ok(Identity(bytes))
+    }
+}
+
+/// Where a pseudonym stands in the vault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    Active { institution: String },
+    Erased { institution: String, erased_at: DateTime<Utc> },
+    Unknown,
+}
+
+/// Result of issue-or-get for one learner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Issued {
+    pub pseudonym: Pseudonym,
+    pub created: bool,
+}
+
+/// One learner to issue for.
+#[derive(Debug, Clone)]
+pub struct NewLearner {
+    pub external_id: ExternalId,
+    pub identity: Identity,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ConsentState {
+    pub purpose: String,
+    pub granted: bool,
+    pub actor: String,
+    pub recorded_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ConsentEvent {
+    pub id: i64,
+    pub purpose: String,
+    pub granted: bool,
+    pub actor: String,
+    pub request_id: Uuid,
+    pub recorded_at: DateTime<Utc>,
+}
+
+#[derive(Clone)]
+pub struct Vault {
+    pool: PgPool,
+    master: MasterKey,
+    issuer: Issuer,
+}
+
+impl Vault {
+    pub fn new(pool: PgPool, master: MasterKey, writers: usize) -> Self {
+        let issuer = Issuer::spawn(pool.clone(), master.clone(), writers.max(1));
+        Vault { pool, master, issuer }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Issue-or-get one learner's pseudonym; group-committed with other
+    /// concurrent calls, each keeping its own audit row.
+    pub async fn issue_one(
+        &self,
+        institution: &InstitutionId,
+        learner: NewLearner,
+        audit: NewEntry,
+    ) -> Result<Issued, VaultError> {
+        self.issuer.submit(institution.clone(), learner, audit).await
+    }
+
+    /// Issue-or-get many learners of several institutions in one transaction,
+    /// with one audit row (carrying counts) for the call.
+    pub async fn issue_batch(
+        &self,
+        items: Vec<(InstitutionId, NewLearner)>,
+        mut audit: NewEntry,
+    ) -> Result<Vec<Issued>, VaultError> {
+        let mut by_inst: HashMap<InstitutionId, Vec<usize>> = HashMap::new();
+        for (i, (inst, _)) in items.iter().enumerate() {
+            by_inst.entry(inst.clone()).or_default().push(i);
+        }
+        let mut out = vec![None; items.len()];
+        let mut tx = self.pool.begin().await?;
+        let mut insts: Vec<_> = by_inst.into_iter().collect();
+        insts.sort_by(|a, b| a.0.cmp(&b.0)); // stable lock order across concurrent batches
+        for (inst, idxs) in insts {
+            let learners: Vec<&NewLearner> = idxs.iter().map(|&i| &items[i].1).collect();
+            let issued = issue_in_tx(&mut tx, &self.master, &inst, &learners).await?;
+            for (i, r) in idxs.into_iter().zip(issued) {
+                out[i] = Some(r);
+            }
+        }
+        let out: Vec<Issued> = out.into_iter().map(|r| r.expect("every item issued")).collect();
+        let created = out.iter().filter(|r| r.created).count();
+        audit.detail = serde_json::json!({"count": out.len(), "created": created});
+        audit::append(&mut tx, std::slice::from_ref(&audit)).await?;
+        tx.commit().await?;
+        metrics::counter!("learnvault_pseudonyms_issued_total").increment(created as u64);
+        Ok(out)
+    }
+
+    /// Find the pseudonym of `(institution, external_id)`; `None` if never
+    /// issued or erased (the blind index is destroyed on erasure).
+    pub async fn lookup(&self, institution: &InstitutionId, external_id: &ExternalId) -> Result<Option<Pseudonym>, VaultError> {
+        let Some(version) = sqlx::query_scalar!("SELECT key_version FROM institutions WHERE id = $1", institution.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let key = self.master.institution_key(KeyUse::BlindIndex, institution.as_str(), version);
+        let bi = crypto::blind_index(&key, external_id);
+        let p = sqlx::query_scalar!(
+            "SELECT pseudonym FROM learners WHERE institution_id = $1 AND blind_index = $2",
+            institution.as_str(),
+            &bi[..]
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(p.map(Pseudonym::from_uuid))
+    }
+
+    pub async fn subject(&self, pseudonym: Pseudonym) -> Result<Subject, VaultError> {
+        let row = sqlx::query!(
+            r#"SELECT l.institution_id AS "active?", t.institution_id AS "erased?", t.erased_at AS "erased_at?"
+               FROM (SELECT $1::uuid AS p) q
+               LEFT JOIN learners l ON l.pseudonym = q.p
+               LEFT JOIN tombstones t ON t.pseudonym = q.p"#,
+            pseudonym.as_uuid()
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(match (row.active, row.erased, row.erased_at) {
+            (Some(institution), _, _) => Subject::Active { institution },
+            (None, Some(institution), Some(erased_at)) => Subject::Erased { institution, erased_at },
+            _ => Subject::Unknown,
+        })
+    }
+
+    /// Decrypt a learner's identity. Callers must have audited the access
+    /// (with its purpose) before releasing the result.
+    pub async fn decrypt_identity(&self, pseudonym: Pseudonym) -> Result<Option<Zeroizing<Vec<u8>>>, VaultError> {
+        let Some(r) = sqlx::query!(
+            "SELECT institution_id, wrap_key_version, wrapped_dek, identity_ct FROM learners WHERE pseudonym = $1",
+            pseudonym.as_uuid()
+        )
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let wrap = self.master.institution_key(KeyUse::KeyWrap, &r.institution_id, r.wrap_key_version);
+        crypto::open_identity(&wrap, pseudonym, &r.institution_id, &r.wrapped_dek, &r.identity_ct)
+            .map(Some)
+            .map_err(|_| VaultError::Corrupt(pseudonym))
+    }
+
+    /// Append consent decisions (history is never rewritten), audited in the same transaction.
+    pub async fn record_consent(
+        &self,
+        pseudonym: Pseudonym,
+        decisions: &[(Purpose, bool)],
+        audit: NewEntry,
+    ) -> Result<(), VaultError> {
+        let purposes: Vec<String> = decisions.iter().map(|(p, _)| p.as_str().to_owned()).collect();
+        let granted: Vec<bool> = decisions.iter().map(|(_, g)| *g).collect();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query!(
+            r#"INSERT INTO consent_events (pseudonym, purpose, granted, actor, request_id)
+               SELECT $1, u.purpose, u.granted, $4, $5 FROM UNNEST($2::text[], $3::bool[]) AS u(purpose, granted)"#,
+            pseudonym.as_uuid(),
+            &purposes,
+            &granted,
+            audit.actor,
+            audit.request_id,
+        )
+        .execute(&mut *tx)
+        .await?;
+        audit::append(&mut tx, std::slice::from_ref(&audit)).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn consent(&self, pseudonym: Pseudonym) -> Result<(Vec<ConsentState>, Vec<ConsentEvent>), VaultError> {
+        let current = sqlx::query_as!(
+            ConsentState,
+            r#"SELECT purpose AS "purpose!", granted AS "granted!", actor AS "actor!", recorded_at AS "recorded_at!"
+               FROM consent_current WHERE pseudonym = $1 ORDER BY purpose"#,
+            pseudonym.as_uuid()
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let history = sqlx::query_as!(
+            ConsentEvent,
+            "SELECT id, purpose, granted, actor, request_id, recorded_at FROM consent_events WHERE pseudonym = $1 ORDER BY id",
+            pseudonym.as_uuid()
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok((current, history))
+    }
+}
+
+/// Key version of `institution`, registering it on first use.
+async fn institution_version(conn: &mut PgConnection, institution: &InstitutionId) -> Result<i32, sqlx::Error> {
+    let id = institution.as_str();
+    if let Some(v) = sqlx::query_scalar!("SELECT key_version FROM institutions WHERE id = $1", id)
+        .fetch_optional(&mut *conn)
+        .await?
+    {
+        return Ok(v);
+    }
+    sqlx::query!("INSERT INTO institutions (id) VALUES ($1) ON CONFLICT (id) DO NOTHING", id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query_scalar!("SELECT key_version FROM institutions WHERE id = $1", id).fetch_one(&mut *conn).await
+}
+
+/// Issue-or-get for learners of one institution, inside the caller's transaction.
+/// Idempotent under concurrency: the unique (institution, blind index)
+/// constraint decides, losers read the winner's pseudonym.
+pub(crate) async fn issue_in_tx(
+    conn: &mut PgConnection,
+    master: &MasterKey,
+    institution: &InstitutionId,
+    learners: &[&NewLearner],
+) -> Result<Vec<Issued>, sqlx::Error> {
+    let inst = institution.as_str();
+    let version = institution_version(conn, institution).await?;
+    let index_key = master.institution_key(KeyUse::BlindIndex, inst, version);
+    let blinds: Vec<[u8; 32]> = learners.iter().map(|l| crypto::blind_index(&index_key, &l.external_id)).collect();
+    let mut found: HashMap<[u8; 32], Issued> = HashMap::with_capacity(blinds.len());
+
+    let wanted: Vec<Vec<u8>> = unique(&blinds).into_iter().map(|b| b.to_vec()).collect();
+    for (b, p) in existing(&mut *conn, inst, &wanted).await? {
+        found.insert(b, Issued { pseudonym: p, created: false });
+    }
+
+    // Seal only learners not yet in the vault (first occurrence of each blind index).
+    let wrap_key = master.institution_key(KeyUse::KeyWrap, inst, version);
+    let (mut ps, mut bis, mut wraps, mut cts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut pending = std::collections::HashSet::new();
+    for (l, b) in learners.iter().zip(&blinds) {
+        if found.contains_key(b) || !pending.insert(*b) {
+            continue;
+        }
+        let p = Pseudonym::new_random();
+        let sealed = crypto::seal_identity(&wrap_key, p, inst, &l.identity.0);
+        ps.push(p.as_uuid());
+        bis.push(b.to_vec());
+        wraps.push(sealed.wrapped_dek);
+        cts.push(sealed.identity_ct);
+    }
+    if !ps.is_empty() {
+        let inserted = sqlx::query!(
+            r#"INSERT INTO learners (pseudonym, institution_id, blind_index, index_key_version, wrapped_dek, wrap_key_version, identity_ct)
+               SELECT u.p, $1, u.bi, $2, u.w, $2, u.ct
+               FROM UNNEST($3::uuid[], $4::bytea[], $5::bytea[], $6::bytea[]) AS u(p, bi, w, ct)
+               ON CONFLICT (institution_id, blind_index) DO NOTHING
+               RETURNING blind_index, pseudonym"#,
+            inst,
+            version,
+            &ps,
+            &bis,
+            &wraps,
+            &cts,
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        for r in inserted {
+            let b: [u8; 32] = r.blind_index.as_slice().try_into().expect("32-byte blind index");
+            found.insert(b, Issued { pseudonym: Pseudonym::from_uuid(r.pseudonym), created: true });
+        }
+        // Lost races: another transaction inserted them first; read theirs.
+        let lost: Vec<Vec<u8>> = pending.iter().filter(|b| !found.contains_key(*b)).map(|b| b.to_vec()).collect();
+        if !lost.is_empty() {
+            for (b, p) in existing(&mut *conn, inst, &lost).await? {
+                found.insert(b, Issued { pseudonym: p, created: false });
+            }
+        }
+    }
+    // Within one call, a repeated external id is "created" only at its first occurrence.
+    let mut seen = std::collections::HashSet::new();
+    Ok(blinds
+        .iter()
+        .map(|b| {
+            let mut r = *found.get(b).expect("issued or found");
+            if !seen.insert(*b) {
+                r.created = false;
+            }
+            r
+        })
+        .collect())
+}
+
+async fn existing(conn: &mut PgConnection, inst: &str, wanted: &[Vec<u8>]) -> Result<Vec<([u8; 32], Pseudonym)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        "SELECT blind_index, pseudonym FROM learners WHERE institution_id = $1 AND blind_index = ANY($2::bytea[])",
+        inst,
+        wanted
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.blind_index.as_slice().try_into().expect("32-byte blind index"), Pseudonym::from_uuid(r.pseudonym)))
+        .collect())
+}
+
+fn unique(blinds: &[[u8; 32]]) -> Vec<[u8; 32]> {
+    let mut v = blinds.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
