@@ -270,7 +270,17 @@ async fn resolve(
     };
     s.authorize(&p, Permission::PseudonymResolve, Some(&institution), target).await?;
     entry.institution = Some(institution.clone());
-    let plain = s.vault.decrypt_identity(pseudonym).await?.ok_or_else(|| Error::not_found("unknown_pseudonym", "no such pseudonym"))?;
+    let plain = match s.vault.decrypt_identity(pseudonym).await {
+        Ok(Some(plain)) => plain,
+        Ok(None) => return Err(Error::not_found("unknown_pseudonym", "no such pseudonym")),
+        Err(e) => {
+            // Integrity failure (e.g. a ciphertext moved between rows): audited, nothing released.
+            entry.outcome = Outcome::Error;
+            entry.detail = serde_json::json!({"reason": "integrity"});
+            s.audit.record(entry).await?;
+            return Err(e.into());
+        }
+    };
     let identity: Value = serde_json::from_slice(&plain).map_err(|e| Error::Internal(format!("identity is not JSON: {e}")))?;
     // Fail closed: the identity leaves only once the audit row is committed.
     s.audit.record(entry).await?;

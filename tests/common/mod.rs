@@ -1,0 +1,149 @@
+//! Test harness: each test gets its own PostgreSQL database (migrated), its own
+//! master key, and an app on 127.0.0.1:0, so tests run in parallel.
+#![allow(dead_code)]
+
+use learnvault::config::Settings;
+use learnvault::vault::keys::MasterKey;
+use reqwest::StatusCode;
+use secrecy::ExposeSecret;
+use serde_json::Value;
+use sqlx::PgPool;
+use std::time::Duration;
+
+pub const PG: &str = "postgres://postgres@127.0.0.1:5432";
+
+pub struct TestApp {
+    pub base: String,
+    pub db_name: String,
+    pub settings: Settings,
+    pub master: MasterKey,
+    /// Superuser connection to this test's database (to inspect and to tamper).
+    pub admin: PgPool,
+    pub client: reqwest::Client,
+    pub state: learnvault::api::AppState,
+}
+
+pub fn settings_for(db_name: &str, master: &MasterKey) -> Settings {
+    Settings {
+        database_url: format!("postgres://learnvault_app@127.0.0.1:5432/{db_name}").into(),
+        admin_database_url: format!("{PG}/{db_name}").into(),
+        master_key: Some(master.to_base64().expose_secret().to_owned().into()),
+        policy_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/policies").into(),
+        listen: "127.0.0.1:0".into(),
+        db_max_connections: 8,
+        ..Settings::default()
+    }
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(|_| {}).await
+    }
+
+    pub async fn spawn_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+        let db_name = format!("lv_test_{}", uuid::Uuid::new_v4().simple());
+        let master = MasterKey::generate();
+        let mut settings = settings_for(&db_name, &master);
+        tweak(&mut settings);
+        learnvault::db::migrate(&settings).await.expect("migrate");
+        let app = Self::start(settings, master).await;
+        app
+    }
+
+    /// A second app (another "process") on the same database and key.
+    pub async fn sibling(&self) -> TestApp {
+        Self::start(self.settings.clone(), self.master.clone()).await
+    }
+
+    async fn start(settings: Settings, master: MasterKey) -> TestApp {
+        let db_name = settings.admin_database_url.expose_secret().rsplit('/').next().unwrap().to_owned();
+        let state = learnvault::app::build_state(&settings).await.expect("state");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(learnvault::app::serve(state.clone(), listener, std::future::pending()));
+        let admin = PgPool::connect(settings.admin_database_url.expose_secret()).await.unwrap();
+        TestApp {
+            base: format!("http://{addr}"),
+            db_name,
+            settings,
+            master,
+            admin,
+            client: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap(),
+            state,
+        }
+    }
+
+    pub fn token(&self, sub: &str, roles: &[&str], institutions: &[&str]) -> String {
+        let auth = learnvault::auth::Authenticator::from_settings(&self.settings, &self.master).unwrap();
+        let roles: Vec<String> = roles.iter().map(|s| s.to_string()).collect();
+        let insts: Vec<String> = institutions.iter().map(|s| s.to_string()).collect();
+        auth.mint(sub, &roles, &insts, Duration::from_secs(600)).unwrap()
+    }
+
+    pub fn lms(&self, institution: &str) -> String {
+        self.token("lms-test", &["lms"], &[institution])
+    }
+
+    pub fn dpo(&self, institution: &str) -> String {
+        self.token("dpo-test", &["dpo"], &[institution])
+    }
+
+    pub fn auditor(&self) -> String {
+        self.token("auditor-test", &["auditor"], &["*"])
+    }
+
+    pub async fn send(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+        let url = format!("{}{}", self.base, path);
+        let mut req = match method {
+            "GET" => self.client.get(url),
+            "PUT" => self.client.put(url),
+            _ => self.client.post(url),
+        };
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.send("POST", path, Some(token), Some(body)).await
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.send("GET", path, Some(token), None).await
+    }
+
+    /// Issue one pseudonym through the API.
+    pub async fn issue(&self, institution: &str, external_id: &str, identity: Value) -> String {
+        let (s, v) = self
+            .post("/v1/pseudonyms", &self.lms(institution), serde_json::json!({"institution": institution, "external_id": external_id, "identity": identity}))
+            .await;
+        assert!(s.is_success(), "issue failed: {s} {v}");
+        v["pseudonym"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar::<_, i64>(sql).fetch_one(&self.admin).await.unwrap()
+    }
+
+    /// Audit rows with `outcome = 'denied'` and the given reason code in `detail`.
+    pub async fn denials(&self, reason: &str) -> i64 {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM audit_log WHERE outcome = 'denied' AND detail->>'reason' = $1")
+            .bind(reason)
+            .fetch_one(&self.admin)
+            .await
+            .unwrap()
+    }
+
+    pub async fn verify(&self) -> Value {
+        let (s, v) = self.get("/v1/audit/verify", &self.auditor()).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v
+    }
+}
