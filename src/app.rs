@@ -37,7 +37,7 @@ pub async fn build_state(settings: &Settings) -> anyhow::Result<AppState> {
     if settings.is_production() && auth.is_development() {
         anyhow::bail!("production mode requires LEARNVAULT_JWKS_FILE (RS256/EdDSA keys); HS256 development tokens are refused");
     }
-    let pool = crate::db::connect(settings).await.context("connecting to PostgreSQL as the runtime role")?;
+    let pool = crate::db::connect(settings).context("connecting to PostgreSQL as the runtime role")?;
     Ok(AppState {
         vault: Vault::new(pool.clone(), master, settings.issue_writers),
         audit: Recorder::spawn(pool.clone()),

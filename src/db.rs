@@ -30,11 +30,11 @@ pub async fn migrate(settings: &Settings) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// The runtime pool (role `learnvault_app`).
-pub async fn connect(settings: &Settings) -> Result<PgPool, sqlx::Error> {
+/// The runtime pool (role `learnvault_app`). Lazy: connections open on first
+/// use, so configuration errors surface before any database work.
+pub fn connect(settings: &Settings) -> Result<PgPool, sqlx::Error> {
     PgPoolOptions::new()
         .max_connections(settings.db_max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .connect(settings.database_url.expose_secret())
-        .await
+        .connect_lazy(settings.database_url.expose_secret())
 }

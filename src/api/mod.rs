@@ -124,10 +124,8 @@ fn routes(limits: Limits) -> OpenApiRouter<AppState> {
 }
 
 pub fn router(state: AppState) -> Router {
-    let (router, doc) = routes(state.limits).split_for_parts();
-    let doc = Arc::new(doc);
+    let (router, _doc) = routes(state.limits).split_for_parts();
     router
-        .route("/openapi.json", axum::routing::get(move || { let d = doc.clone(); async move { axum::Json((*d).clone()) } }))
         .fallback(|| async { Error::not_found("route_not_found", "no such route") })
         .layer(axum::middleware::from_fn(track))
         .layer(DefaultBodyLimit::max(state.limits.body_bytes))

@@ -15,7 +15,7 @@ pub enum AuditCommand {
 
 pub async fn run(settings: Settings, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
     let AuditCommand::Verify { json } = cmd;
-    let pool = crate::db::connect(&settings).await?;
+    let pool = crate::db::connect(&settings)?;
     let v = crate::audit::verify(&pool).await?;
     pool.close().await;
     if json {

@@ -1,0 +1,46 @@
+mod common;
+
+use common::TestApp;
+use reqwest::StatusCode;
+use serde_json::json;
+
+#[tokio::test]
+async fn health_readiness_metrics_and_openapi() {
+    let app = TestApp::spawn().await;
+    let (s, v) = app.send("GET", "/healthz", None, None).await;
+    assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("ok")));
+    let (s, v) = app.send("GET", "/readyz", None, None).await;
+    assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("ready")));
+
+    let p = app.issue("uni-a", "S-1", json!({"email": "metric.leak@example.edu"})).await;
+    app.post(&format!("/v1/pseudonyms/{p}/resolve"), &app.dpo("uni-a"), json!({"purpose": "safeguarding", "justification": "x"})).await;
+    let (s, metrics) = app.send("GET", "/metrics", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let text = metrics.as_str().unwrap();
+    assert!(text.contains("learnvault_http_requests_total"), "{text}");
+    assert!(text.contains(r#"route="/v1/pseudonyms/{pseudonym}/resolve""#), "routes, not raw paths, label metrics");
+    assert!(!text.contains(&p), "no pseudonym in metric labels");
+    assert!(!text.contains("metric.leak@example.edu"));
+
+    let (s, doc) = app.send("GET", "/openapi.json", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/v1/pseudonyms", "post"),
+        ("/v1/pseudonyms/batch", "post"),
+        ("/v1/pseudonyms/lookup", "post"),
+        ("/v1/pseudonyms/{pseudonym}/resolve", "post"),
+        ("/v1/pseudonyms/{pseudonym}/consent", "put"),
+        ("/v1/pseudonyms/{pseudonym}/consent", "get"),
+        ("/v1/audit", "get"),
+        ("/v1/audit/verify", "get"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
+        ("/openapi.json", "get"),
+    ] {
+        assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} missing from the OpenAPI document");
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}
