@@ -176,3 +176,42 @@ async fn lms_cannot_resolve_and_dpo_needs_a_known_purpose_and_justification() {
     assert_eq!(app.count("SELECT count(*) FROM audit_log WHERE action = 'pseudonym.resolve' AND outcome = 'denied'").await, 6);
     assert_eq!(app.count("SELECT count(*) FROM audit_log WHERE action = 'pseudonym.resolve' AND outcome = 'success'").await, 0);
 }
+
+#[tokio::test]
+async fn concurrent_overlapping_batches_agree_and_do_not_deadlock() {
+    let app = std::sync::Arc::new(TestApp::spawn().await);
+    let token = app.lms("uni-a");
+    let mut tasks = Vec::new();
+    for k in 0..8 {
+        let (app, token) = (app.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            // The same 500 learners, half the calls in reverse order.
+            let mut ids: Vec<usize> = (0..500).collect();
+            if k % 2 == 1 {
+                ids.reverse();
+            }
+            let items: Vec<Value> = ids.iter().map(|i| json!({"institution": "uni-a", "external_id": format!("o-{i}")})).collect();
+            let (s, v) = app.post("/v1/pseudonyms/batch", &token, json!({"items": items})).await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            let mut by_id: Vec<(usize, String)> = ids
+                .into_iter()
+                .zip(v["results"].as_array().unwrap())
+                .map(|(i, r)| (i, r["pseudonym"].as_str().unwrap().to_owned()))
+                .collect();
+            by_id.sort();
+            (by_id, v["created"].as_u64().unwrap())
+        }));
+    }
+    let mut first: Option<Vec<(usize, String)>> = None;
+    let mut created = 0;
+    for t in tasks {
+        let (by_id, c) = t.await.unwrap();
+        created += c;
+        match &first {
+            None => first = Some(by_id),
+            Some(f) => assert_eq!(f, &by_id),
+        }
+    }
+    assert_eq!(created, 500, "each learner created exactly once across the calls");
+    assert_eq!(app.count("SELECT count(*) FROM learners").await, 500);
+}

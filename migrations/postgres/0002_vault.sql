@@ -19,7 +19,7 @@ CREATE TABLE institutions (
 
 CREATE TABLE learners (
     pseudonym         uuid PRIMARY KEY,
-    institution_id    text NOT NULL REFERENCES institutions (id),
+    institution_id    text NOT NULL,      -- must name an institution: checked per statement below
     blind_index       bytea NOT NULL CHECK (length(blind_index) = 32),
     index_key_version integer NOT NULL,
     wrapped_dek       bytea NOT NULL,   -- nonce(12) || AES-256-GCM(wrap key, DEK); AAD binds pseudonym + institution
@@ -36,18 +36,25 @@ CREATE TABLE tombstones (
     request_id     uuid NOT NULL
 );
 
--- A tombstoned pseudonym can never come back.
-CREATE FUNCTION learners_refuse_tombstoned() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Checked once per INSERT statement over its new rows (a batch of 10,000
+-- learners costs one join, not 10,000 row triggers and foreign-key probes):
+-- * a tombstoned pseudonym can never come back;
+-- * every row names a registered institution (institutions are never deleted:
+--   the runtime role has no DELETE on them).
+CREATE FUNCTION learners_check_new_rows() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF EXISTS (SELECT 1 FROM tombstones t WHERE t.pseudonym = NEW.pseudonym) THEN
-        RAISE EXCEPTION 'pseudonym % is erased and cannot be reissued', NEW.pseudonym
-            USING ERRCODE = 'check_violation';
+    IF EXISTS (SELECT 1 FROM new_rows n JOIN tombstones t ON t.pseudonym = n.pseudonym) THEN
+        RAISE EXCEPTION 'an erased pseudonym cannot be reissued' USING ERRCODE = 'check_violation';
     END IF;
-    RETURN NEW;
+    IF EXISTS (SELECT 1 FROM new_rows n WHERE NOT EXISTS (SELECT 1 FROM institutions i WHERE i.id = n.institution_id)) THEN
+        RAISE EXCEPTION 'learners row names an unknown institution' USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    RETURN NULL;
 END
 $$;
-CREATE TRIGGER learners_refuse_tombstoned BEFORE INSERT ON learners
-    FOR EACH ROW EXECUTE FUNCTION learners_refuse_tombstoned();
+CREATE TRIGGER learners_check_new_rows AFTER INSERT ON learners
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION learners_check_new_rows();
 
 -- Consent: append-only history per learner and purpose; the newest row wins.
 -- Rows are never updated. They are deleted only by erasure.

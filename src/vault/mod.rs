@@ -303,55 +303,55 @@ pub(crate) async fn issue_in_tx(
     let version = institution_version(conn, institution).await?;
     let index_key = master.institution_key(KeyUse::BlindIndex, inst, version);
     let blinds: Vec<[u8; 32]> = learners.iter().map(|l| crypto::blind_index(&index_key, &l.external_id)).collect();
-    let mut found: HashMap<[u8; 32], Issued> = HashMap::with_capacity(blinds.len());
-
-    let wanted: Vec<Vec<u8>> = unique(&blinds).into_iter().map(|b| b.to_vec()).collect();
-    for (b, p) in existing(&mut *conn, inst, &wanted).await? {
-        found.insert(b, Issued { pseudonym: p, created: false });
-    }
-
-    // Seal only learners not yet in the vault (first occurrence of each blind index).
+    // Seal each distinct learner once (first occurrence), in blind-index order:
+    // concurrent transactions inserting overlapping learners then take row
+    // locks in the same order and cannot deadlock.
     let wrap_key = master.institution_key(KeyUse::KeyWrap, inst, version);
-    let (mut ps, mut bis, mut wraps, mut cts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut pending = std::collections::HashSet::new();
-    for (l, b) in learners.iter().zip(&blinds) {
-        if found.contains_key(b) || !pending.insert(*b) {
-            continue;
-        }
+    let mut todo: Vec<(&[u8; 32], &&NewLearner)> = blinds.iter().zip(learners).collect();
+    todo.sort_by_key(|(b, _)| **b);
+    todo.dedup_by_key(|(b, _)| **b);
+    let mut rows = Rows::default();
+    for (b, l) in todo {
         let p = Pseudonym::new_random();
         let sealed = crypto::seal_identity(&wrap_key, p, inst, &l.identity.0);
-        ps.push(p.as_uuid());
-        bis.push(b.to_vec());
-        wraps.push(sealed.wrapped_dek);
-        cts.push(sealed.identity_ct);
+        rows.ps.push(p.as_uuid());
+        rows.bis.push(b.to_vec());
+        rows.wraps.push(sealed.wrapped_dek);
+        rows.cts.push(sealed.identity_ct);
     }
-    if !ps.is_empty() {
-        let inserted = sqlx::query!(
-            r#"INSERT INTO learners (pseudonym, institution_id, blind_index, index_key_version, wrapped_dek, wrap_key_version, identity_ct)
-               SELECT u.p, $1, u.bi, $2, u.w, $2, u.ct
-               FROM UNNEST($3::uuid[], $4::bytea[], $5::bytea[], $6::bytea[]) AS u(p, bi, w, ct)
-               ON CONFLICT (institution_id, blind_index) DO NOTHING
-               RETURNING blind_index, pseudonym"#,
-            inst,
-            version,
-            &ps,
-            &bis,
-            &wraps,
-            &cts,
-        )
-        .fetch_all(&mut *conn)
-        .await?;
-        for r in inserted {
-            let b: [u8; 32] = r.blind_index.as_slice().try_into().expect("32-byte blind index");
-            found.insert(b, Issued { pseudonym: Pseudonym::from_uuid(r.pseudonym), created: true });
-        }
-        // Lost races: another transaction inserted them first; read theirs.
-        let lost: Vec<Vec<u8>> = pending.iter().filter(|b| !found.contains_key(*b)).map(|b| b.to_vec()).collect();
-        if !lost.is_empty() {
-            for (b, p) in existing(&mut *conn, inst, &lost).await? {
-                found.insert(b, Issued { pseudonym: p, created: false });
+    let mut found: HashMap<[u8; 32], Issued> = HashMap::with_capacity(rows.ps.len());
+
+    // Fast path: nobody is in the vault yet (new learners, the common case).
+    sqlx::query("SAVEPOINT issue_fast").execute(&mut *conn).await?;
+    match insert_plain(conn, inst, version, &rows).await {
+        Ok(()) => {
+            sqlx::query("RELEASE SAVEPOINT issue_fast").execute(&mut *conn).await?;
+            for (p, b) in rows.ps.iter().zip(&rows.bis) {
+                let b: [u8; 32] = b.as_slice().try_into().expect("32-byte blind index");
+                found.insert(b, Issued { pseudonym: Pseudonym::from_uuid(*p), created: true });
             }
         }
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => {
+            // Some are already issued (or being issued concurrently): slow path.
+            sqlx::query("ROLLBACK TO SAVEPOINT issue_fast").execute(&mut *conn).await?;
+            for (b, p) in existing(&mut *conn, inst, &rows.bis).await? {
+                found.insert(b, Issued { pseudonym: p, created: false });
+            }
+            rows.retain(|b| !found.contains_key(b));
+            if !rows.ps.is_empty() {
+                for (b, p) in insert_or_skip(conn, inst, version, &rows).await? {
+                    found.insert(b, Issued { pseudonym: p, created: true });
+                }
+                // Lost races: another transaction inserted them first; read theirs.
+                let lost: Vec<Vec<u8>> = rows.bis.iter().filter(|b| !found.contains_key(b.as_slice())).cloned().collect();
+                if !lost.is_empty() {
+                    for (b, p) in existing(&mut *conn, inst, &lost).await? {
+                        found.insert(b, Issued { pseudonym: p, created: false });
+                    }
+                }
+            }
+        }
+        Err(e) => return Err(e),
     }
     // Within one call, a repeated external id is "created" only at its first occurrence.
     let mut seen = std::collections::HashSet::new();
@@ -369,7 +369,11 @@ pub(crate) async fn issue_in_tx(
 
 async fn existing(conn: &mut PgConnection, inst: &str, wanted: &[Vec<u8>]) -> Result<Vec<([u8; 32], Pseudonym)>, sqlx::Error> {
     let rows = sqlx::query!(
-        "SELECT blind_index, pseudonym FROM learners WHERE institution_id = $1 AND blind_index = ANY($2::bytea[])",
+        // A join, not `= ANY(array)`: with thousands of keys the latter can be
+        // planned as a scan comparing every row with every key.
+        r#"SELECT l.blind_index, l.pseudonym
+           FROM UNNEST($2::bytea[]) AS w(bi)
+           JOIN learners l ON l.institution_id = $1 AND l.blind_index = w.bi"#,
         inst,
         wanted
     )
@@ -381,9 +385,64 @@ async fn existing(conn: &mut PgConnection, inst: &str, wanted: &[Vec<u8>]) -> Re
         .collect())
 }
 
-fn unique(blinds: &[[u8; 32]]) -> Vec<[u8; 32]> {
-    let mut v = blinds.to_vec();
-    v.sort_unstable();
-    v.dedup();
-    v
+/// Column arrays of sealed vault rows, for `UNNEST` inserts.
+#[derive(Default)]
+struct Rows {
+    ps: Vec<Uuid>,
+    bis: Vec<Vec<u8>>,
+    wraps: Vec<Vec<u8>>,
+    cts: Vec<Vec<u8>>,
+}
+
+impl Rows {
+    fn retain(&mut self, keep: impl Fn(&[u8]) -> bool) {
+        let old = std::mem::take(self);
+        for (((p, b), w), c) in old.ps.into_iter().zip(old.bis).zip(old.wraps).zip(old.cts) {
+            if keep(&b) {
+                self.ps.push(p);
+                self.bis.push(b);
+                self.wraps.push(w);
+                self.cts.push(c);
+            }
+        }
+    }
+}
+
+async fn insert_plain(conn: &mut PgConnection, inst: &str, version: i32, r: &Rows) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        r#"INSERT INTO learners (pseudonym, institution_id, blind_index, index_key_version, wrapped_dek, wrap_key_version, identity_ct)
+           SELECT u.p, $1, u.bi, $2, u.w, $2, u.ct
+           FROM UNNEST($3::uuid[], $4::bytea[], $5::bytea[], $6::bytea[]) AS u(p, bi, w, ct)"#,
+        inst,
+        version,
+        &r.ps,
+        &r.bis,
+        &r.wraps,
+        &r.cts,
+    )
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+async fn insert_or_skip(conn: &mut PgConnection, inst: &str, version: i32, r: &Rows) -> Result<Vec<([u8; 32], Pseudonym)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"INSERT INTO learners (pseudonym, institution_id, blind_index, index_key_version, wrapped_dek, wrap_key_version, identity_ct)
+           SELECT u.p, $1, u.bi, $2, u.w, $2, u.ct
+           FROM UNNEST($3::uuid[], $4::bytea[], $5::bytea[], $6::bytea[]) AS u(p, bi, w, ct)
+           ON CONFLICT (institution_id, blind_index) DO NOTHING
+           RETURNING blind_index, pseudonym"#,
+        inst,
+        version,
+        &r.ps,
+        &r.bis,
+        &r.wraps,
+        &r.cts,
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.blind_index.as_slice().try_into().expect("32-byte blind index"), Pseudonym::from_uuid(r.pseudonym)))
+        .collect())
 }
