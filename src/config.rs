@@ -8,6 +8,9 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use std::path::PathBuf;
 
+/// The pinned embedded-engine version (`ops/install-chdb.sh`).
+pub const CHDB_VERSION: &str = "26.7.3-stable.1";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Environment {
@@ -53,6 +56,14 @@ pub struct Settings {
     pub batch_max_items: usize,
     /// Concurrent group-commit writers for single issuance.
     pub issue_writers: usize,
+    /// `chdb:///data/path` (embedded engine; `chdb://` = the default path) or `http://user:pw@host:8123`.
+    pub clickhouse_url: String,
+    /// Path of `libchdb.so` (installed by `ops/install-chdb.sh`).
+    pub chdb_lib: Option<PathBuf>,
+    /// Connections to the embedded engine (one per concurrent worker).
+    pub chdb_connections: usize,
+    /// Directory of the numbered ClickHouse migrations.
+    pub clickhouse_migrations_dir: PathBuf,
 }
 
 impl Default for Settings {
@@ -74,6 +85,10 @@ impl Default for Settings {
             batch_body_limit_bytes: 16 * 1024 * 1024,
             batch_max_items: 10_000,
             issue_writers: 2,
+            clickhouse_url: "chdb://".into(),
+            chdb_lib: None,
+            chdb_connections: 3,
+            clickhouse_migrations_dir: PathBuf::from("migrations/clickhouse"),
         }
     }
 }
@@ -91,15 +106,38 @@ impl Settings {
         self.env == Environment::Production
     }
 
+    fn data_home() -> PathBuf {
+        std::env::var_os("XDG_DATA_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+
+    /// Data directory of the embedded engine when `clickhouse_url` is `chdb://`.
+    pub fn default_chdb_path(&self) -> PathBuf {
+        Self::data_home().join("learnvault").join("chdb")
+    }
+
+    /// `libchdb.so`: configured, or where `ops/install-chdb.sh` caches it.
+    pub fn chdb_lib_path(&self) -> PathBuf {
+        if let Some(p) = &self.chdb_lib {
+            return p.clone();
+        }
+        let cache = std::env::var_os("LEARNVAULT_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .unwrap_or_else(|| PathBuf::from("."))
+                .join("learnvault")
+        });
+        cache.join("chdb").join(CHDB_VERSION).join("libchdb.so")
+    }
+
     /// Where the development master key lives when none is configured.
     pub fn dev_key_path(&self) -> PathBuf {
         if let Some(p) = &self.master_key_file {
             return p.clone();
         }
-        let base = std::env::var_os("XDG_DATA_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-            .unwrap_or_else(|| PathBuf::from("."));
-        base.join("learnvault").join("dev-master.key")
+        Self::data_home().join("learnvault").join("dev-master.key")
     }
 }

@@ -14,6 +14,7 @@
 //! - [`auth`]: JWT verification and development token minting.
 //! - [`policy`]: roles -> permissions and declared purposes from `policies/*.yaml`.
 //! - [`api`]: axum routes, extractors, the one error type, OpenAPI. Only `api` knows HTTP.
+//! - [`warehouse`]: the ClickHouse port (embedded chDB or server over HTTP), its migrations.
 //! - [`db`]: pools and migrations. [`app`]: wiring and the server.
 //! - [`cli`]: one module per subcommand (`serve`, `migrate`, `token`, `audit`, `bench`, `demo`).
 
@@ -28,3 +29,4 @@ pub mod domain;
 pub mod policy;
 pub mod telemetry;
 pub mod vault;
+pub mod warehouse;
