@@ -64,6 +64,23 @@ pub struct Settings {
     pub chdb_connections: usize,
     /// Directory of the numbered ClickHouse migrations.
     pub clickhouse_migrations_dir: PathBuf,
+    /// Kafka bootstrap servers.
+    pub kafka_brokers: String,
+    pub events_topic: String,
+    pub dlq_topic: String,
+    pub consumer_group: String,
+    /// Partitions of the topics when the lander creates them.
+    pub topic_partitions: i32,
+    /// A partition's batch is flushed at this many events...
+    pub lander_batch_rows: usize,
+    /// ...or when its oldest event has waited this long.
+    pub lander_batch_ms: u64,
+    /// Larger events are dead-lettered as `oversized`.
+    pub max_event_bytes: usize,
+    /// How long the lander trusts a vault answer (an erasure takes effect within it).
+    pub governance_cache_ms: u64,
+    /// Run the lander inside `serve`.
+    pub lander_enabled: bool,
 }
 
 impl Default for Settings {
@@ -89,6 +106,16 @@ impl Default for Settings {
             chdb_lib: None,
             chdb_connections: 3,
             clickhouse_migrations_dir: PathBuf::from("migrations/clickhouse"),
+            kafka_brokers: "127.0.0.1:9092".into(),
+            events_topic: "learning-events".into(),
+            dlq_topic: "learning-events.dlq".into(),
+            consumer_group: "learnvault-lander".into(),
+            topic_partitions: 6,
+            lander_batch_rows: 20_000,
+            lander_batch_ms: 250,
+            max_event_bytes: 64 * 1024,
+            governance_cache_ms: 2_000,
+            lander_enabled: false,
         }
     }
 }

@@ -14,6 +14,8 @@
 //! - [`auth`]: JWT verification and development token minting.
 //! - [`policy`]: roles -> permissions and declared purposes from `policies/*.yaml`.
 //! - [`api`]: axum routes, extractors, the one error type, OpenAPI. Only `api` knows HTTP.
+//! - [`lander`]: the governed Kafka -> ClickHouse lander (batches, intents, dead letters).
+//! - [`taxonomy`]: versioned event schemas, validation at the gate, the compatibility check.
 //! - [`warehouse`]: the ClickHouse port (embedded chDB or server over HTTP), its migrations.
 //! - [`db`]: pools and migrations. [`app`]: wiring and the server.
 //! - [`cli`]: one module per subcommand (`serve`, `migrate`, `token`, `audit`, `bench`, `demo`).
@@ -26,7 +28,9 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod lander;
 pub mod policy;
+pub mod taxonomy;
 pub mod telemetry;
 pub mod vault;
 pub mod warehouse;

@@ -93,3 +93,34 @@ fn tempdir() -> std::path::PathBuf {
 fn num(v: &serde_json::Value) -> u64 {
     v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())).unwrap_or_else(|| panic!("not a count: {v}"))
 }
+
+#[test]
+fn taxonomy_check_passes_on_the_shipped_tree_and_names_the_view_a_rename_breaks() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let run = |policy_dir: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_learnvault"))
+            .args(["taxonomy", "check", "--src", root.join("src").to_str().unwrap()])
+            .env("LEARNVAULT_POLICY_DIR", policy_dir)
+            .env("LEARNVAULT_CLICKHOUSE_MIGRATIONS_DIR", root.join("migrations/clickhouse"))
+            .output()
+            .unwrap()
+    };
+    let ok = run(&root.join("policies"));
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stdout));
+
+    // A client release renames cohort_id -> cohort and drops assess.submit.
+    let dir = tempdir();
+    std::fs::create_dir_all(dir.join("taxonomy")).unwrap();
+    let v23 = std::fs::read_to_string(root.join("policies/taxonomy/2.3.yaml")).unwrap();
+    std::fs::write(dir.join("taxonomy/2.3.yaml"), &v23).unwrap();
+    let v24 = v23
+        .replace("version: \"2.3\"", "version: \"2.4\"")
+        .replace("  cohort_id:", "  cohort:")
+        .replace("  - assess.submit\n", "");
+    std::fs::write(dir.join("taxonomy/2.4.yaml"), v24).unwrap();
+    let bad = run(&dir);
+    let out = String::from_utf8_lossy(&bad.stdout);
+    assert_eq!(bad.status.code(), Some(1), "{out}");
+    assert!(out.contains("removes (or renames) field `cohort_id`, read by agg.funnel_by_cohort_mv"), "{out}");
+    assert!(out.contains("drops event type `assess.submit`, read by agg.funnel_by_cohort_mv"), "{out}");
+}

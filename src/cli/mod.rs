@@ -3,7 +3,9 @@
 mod audit;
 pub mod bench;
 mod demo;
+pub mod land;
 mod serve;
+mod taxonomy;
 mod token;
 
 use clap::{Parser, Subcommand};
@@ -22,7 +24,9 @@ pub struct Cli {
 pub enum Command {
     /// Run migrations, then serve the HTTP API until SIGINT/SIGTERM.
     Serve,
-    /// Create the database if needed and apply PostgreSQL migrations.
+    /// Run the Kafka -> ClickHouse lander alone until SIGINT/SIGTERM.
+    Land,
+    /// Apply PostgreSQL migrations (creating the database if needed) and ClickHouse migrations.
     Migrate,
     /// Development tokens.
     Token {
@@ -33,6 +37,11 @@ pub enum Command {
     Audit {
         #[command(subcommand)]
         command: audit::AuditCommand,
+    },
+    /// Event taxonomy tools.
+    Taxonomy {
+        #[command(subcommand)]
+        command: taxonomy::TaxonomyCommand,
     },
     /// Benchmarks that print figures.
     Bench {
@@ -48,11 +57,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     crate::telemetry::init(settings.log_format);
     match cli.command {
         Command::Serve => serve::run(settings).await,
+        Command::Land => land::run(settings).await,
         Command::Migrate => {
             crate::db::migrate(&settings).await?;
-            println!("migrations applied");
+            println!("postgresql migrations applied");
+            let wh = crate::warehouse::Warehouse::open(&settings)?;
+            let result = crate::warehouse::migrate::run(&wh, &settings.clickhouse_migrations_dir).await;
+            wh.close();
+            println!("clickhouse migrations applied: {:?}", result?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Taxonomy { command } => taxonomy::run(settings, command),
         Command::Token { command } => token::run(settings, command),
         Command::Audit { command } => audit::run(settings, command).await,
         Command::Bench { command } => bench::run(settings, command).await,

@@ -74,6 +74,9 @@ struct PurposesFile {
 #[derive(Deserialize, Clone)]
 struct PurposeDef {
     id: String,
+    /// For consent purposes: `granted` or `denied` before any decision (default `denied`).
+    #[serde(default)]
+    default: Option<String>,
     #[allow(dead_code)]
     description: Option<String>,
 }
@@ -83,6 +86,7 @@ pub struct Policies {
     roles: BTreeMap<String, BTreeSet<Permission>>,
     reidentification: BTreeSet<String>,
     consent: BTreeSet<String>,
+    consent_granted_by_default: BTreeSet<String>,
 }
 
 fn read<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, PolicyError> {
@@ -121,6 +125,16 @@ impl Policies {
             }
             Ok(set)
         };
+        let mut consent_granted_by_default = BTreeSet::new();
+        for d in &pf.consent {
+            match d.default.as_deref() {
+                None | Some("denied") => {}
+                Some("granted") => {
+                    consent_granted_by_default.insert(d.id.clone());
+                }
+                Some(other) => return Err(invalid(&purposes_path, format!("consent purpose {:?}: default must be granted or denied, not {other:?}", d.id))),
+            }
+        }
         let reidentification = collect(pf.reidentification, "reidentification")?;
         let consent = collect(pf.consent, "consent")?;
         for required in ["analytics", "research", "recommendations"] {
@@ -128,7 +142,7 @@ impl Policies {
                 return Err(invalid(&purposes_path, format!("consent purpose {required:?} must be defined")));
             }
         }
-        Ok(Policies { roles, reidentification, consent })
+        Ok(Policies { roles, reidentification, consent, consent_granted_by_default })
     }
 
     /// Whether any of `roles` grants `perm`. Unknown roles grant nothing.
@@ -146,6 +160,11 @@ impl Policies {
 
     pub fn consent_purpose(&self, p: &str) -> Option<Purpose> {
         self.consent.contains(p).then(|| Purpose::parse(p).ok()).flatten()
+    }
+
+    /// Whether `purpose` counts as granted before any decision is recorded.
+    pub fn consent_default(&self, purpose: &str) -> bool {
+        self.consent_granted_by_default.contains(purpose)
     }
 
     pub fn reidentification_purposes(&self) -> impl Iterator<Item = &str> {
@@ -189,5 +208,55 @@ mod tests {
         let err = Policies::load(&dir).unwrap_err().to_string();
         assert!(err.contains("unknown permission"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+/// `policies/protected-attributes.yaml`: attribute -> spellings.
+#[derive(Debug, Clone)]
+pub struct ProtectedAttributes {
+    /// normalised spelling -> attribute
+    spellings: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct ProtectedFile {
+    attributes: BTreeMap<String, Vec<String>>,
+}
+
+/// Lowercase, without `_`, `-`, `.` and spaces: `Date-Of_Birth` == `dateofbirth`.
+pub fn normalise_attribute(s: &str) -> String {
+    s.chars().filter(|c| !matches!(c, '_' | '-' | '.' | ' ')).flat_map(char::to_lowercase).collect()
+}
+
+impl ProtectedAttributes {
+    pub fn load(dir: &Path) -> Result<Self, PolicyError> {
+        let f: ProtectedFile = read(&dir.join("protected-attributes.yaml"))?;
+        let mut spellings = BTreeMap::new();
+        for (attr, list) in f.attributes {
+            spellings.insert(normalise_attribute(&attr), attr.clone());
+            for s in list {
+                spellings.insert(normalise_attribute(&s), attr.clone());
+            }
+        }
+        Ok(ProtectedAttributes { spellings })
+    }
+
+    /// The protected attribute a property key denotes, if any.
+    pub fn matches(&self, key: &str) -> Option<&str> {
+        self.spellings.get(&normalise_attribute(key)).map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod protected_tests {
+    use super::*;
+
+    #[test]
+    fn spellings_match_case_and_separator_insensitively() {
+        let p = ProtectedAttributes::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap();
+        assert_eq!(p.matches("Gender"), Some("gender"));
+        assert_eq!(p.matches("date-of-birth"), Some("date_of_birth"));
+        assert_eq!(p.matches("FREE_SCHOOL_MEALS"), Some("socioeconomic"));
+        assert_eq!(p.matches("playback_speed"), None);
     }
 }

@@ -1,0 +1,90 @@
+//! Governance at the gate: is the pseudonym known, not erased, of the event's
+//! institution, and has its learner not withdrawn analytics consent?
+//! Answers are cached for `ttl` (an erasure takes effect within that time).
+
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+use crate::taxonomy::Reason;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Standing {
+    Active { institution: String, analytics: bool },
+    Erased,
+    Unknown,
+}
+
+impl Standing {
+    /// The dead-letter reason for an event of `institution`, or `None` to land it.
+    pub fn refusal(&self, institution: &str) -> Option<Reason> {
+        match self {
+            Standing::Active { institution: i, .. } if i != institution => Some(Reason::UnknownPseudonym),
+            Standing::Active { analytics: false, .. } => Some(Reason::NoConsent),
+            Standing::Active { .. } => None,
+            Standing::Erased => Some(Reason::ErasedSubject),
+            Standing::Unknown => Some(Reason::UnknownPseudonym),
+        }
+    }
+}
+
+pub struct Governance {
+    pool: PgPool,
+    ttl: Duration,
+    analytics_default: bool,
+    cache: HashMap<Uuid, (Standing, Instant)>,
+}
+
+impl Governance {
+    pub fn new(pool: PgPool, ttl: Duration, analytics_default: bool) -> Self {
+        Governance { pool, ttl, analytics_default, cache: HashMap::new() }
+    }
+
+    /// Standing of every pseudonym in `ids`, with one query for the cache misses.
+    pub async fn standings(&mut self, ids: impl IntoIterator<Item = Uuid>) -> Result<HashMap<Uuid, Standing>, sqlx::Error> {
+        let now = Instant::now();
+        let mut out = HashMap::new();
+        let mut misses = Vec::new();
+        for id in ids {
+            match self.cache.get(&id) {
+                Some((s, at)) if now.duration_since(*at) < self.ttl => {
+                    out.insert(id, s.clone());
+                }
+                _ => misses.push(id),
+            }
+        }
+        misses.sort_unstable();
+        misses.dedup();
+        if !misses.is_empty() {
+            let rows = sqlx::query!(
+                r#"SELECT q.p AS "pseudonym!", l.institution_id AS "institution?", (t.pseudonym IS NOT NULL) AS "erased!", c.granted AS "analytics?"
+                   FROM UNNEST($1::uuid[]) AS q(p)
+                   LEFT JOIN learners l ON l.pseudonym = q.p
+                   LEFT JOIN tombstones t ON t.pseudonym = q.p
+                   LEFT JOIN LATERAL (
+                       SELECT ce.granted FROM consent_events ce
+                       WHERE ce.pseudonym = q.p AND ce.purpose = 'analytics'
+                       ORDER BY ce.id DESC LIMIT 1
+                   ) c ON true"#,
+                &misses
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            for r in rows {
+                let s = match (r.institution, r.erased) {
+                    (_, true) => Standing::Erased,
+                    (Some(institution), false) => Standing::Active { institution, analytics: r.analytics.unwrap_or(self.analytics_default) },
+                    (None, false) => Standing::Unknown,
+                };
+                self.cache.insert(r.pseudonym, (s.clone(), now));
+                out.insert(r.pseudonym, s);
+            }
+            if self.cache.len() > 1_000_000 {
+                let ttl = self.ttl;
+                self.cache.retain(|_, (_, at)| now.duration_since(*at) < ttl);
+            }
+        }
+        Ok(out)
+    }
+}

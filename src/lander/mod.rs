@@ -1,0 +1,561 @@
+//! The governed Kafka -> ClickHouse lander.
+//!
+//! consume `learning-events` (keyed by pseudonym) -> decode and validate
+//! against the taxonomy -> govern (vault standing, analytics consent,
+//! protected attributes) -> batch per partition (size and time) -> record the
+//! batch intent (offset range + deduplication token) in PostgreSQL -> insert
+//! into ClickHouse with that token -> commit the offset.
+//!
+//! Invariants:
+//! * an offset is committed only after ClickHouse accepted its batch and the
+//!   batch's refused events are in the dead-letter topic;
+//! * a batch is identified by `topic:partition:first-last`; after a crash the
+//!   pending intent is rebuilt over exactly that range and re-sent with the same
+//!   token, so ClickHouse (deduplication on the base table and its views)
+//!   lands it at most once: exactly-once without Kafka transactions;
+//! * every refused event goes to the dead-letter topic with a typed reason and
+//!   its original payload (protected attribute values redacted); nothing is
+//!   dropped silently and nothing is retried forever;
+//! * retryable warehouse errors back off while the consumer stops reading
+//!   (memory stays bounded by one batch per partition).
+
+pub mod govern;
+
+use chrono::{DateTime, Utc};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::PgPool;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::Settings;
+use crate::policy::ProtectedAttributes;
+use crate::taxonomy::{Reason, Taxonomy, ValidEvent};
+use crate::warehouse::{Warehouse, WarehouseError};
+use govern::Governance;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LanderError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("postgres: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Warehouse(#[from] WarehouseError),
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct LanderConfig {
+    pub brokers: String,
+    pub topic: String,
+    pub dlq_topic: String,
+    pub group: String,
+    pub partitions: i32,
+    pub batch_rows: usize,
+    pub batch_wait: Duration,
+    pub max_event_bytes: usize,
+    pub governance_ttl: Duration,
+    /// Events whose client clock is further than this from server time are flagged.
+    pub clock_skew: Duration,
+}
+
+impl LanderConfig {
+    pub fn from_settings(s: &Settings) -> Self {
+        LanderConfig {
+            brokers: s.kafka_brokers.clone(),
+            topic: s.events_topic.clone(),
+            dlq_topic: s.dlq_topic.clone(),
+            group: s.consumer_group.clone(),
+            partitions: s.topic_partitions,
+            batch_rows: s.lander_batch_rows,
+            batch_wait: Duration::from_millis(s.lander_batch_ms),
+            max_event_bytes: s.max_event_bytes,
+            governance_ttl: Duration::from_millis(s.governance_cache_ms),
+            clock_skew: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Create the events and dead-letter topics if missing (tansu does not auto-create).
+pub async fn ensure_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<(), LanderError> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let new: Vec<NewTopic> = topics.iter().map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1))).collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for r in admin.create_topics(new.iter(), &opts).await? {
+        match r {
+            Ok(_) => {}
+            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, code)) => return Err(LanderError::Config(format!("cannot create topic {t}: {code}"))),
+        }
+    }
+    Ok(())
+}
+
+/// Counters shared with the demo and the benchmarks.
+#[derive(Debug, Default)]
+pub struct LanderStats {
+    pub landed: AtomicU64,
+    pub rejected: AtomicU64,
+    pub batches: AtomicU64,
+    /// Milliseconds between `server_ts` and the insert, of the last batch's oldest row.
+    pub last_freshness_ms: AtomicU64,
+}
+
+struct Ctx {
+    revoked: Arc<Mutex<Vec<i32>>>,
+}
+impl ClientContext for Ctx {}
+impl ConsumerContext for Ctx {
+    fn pre_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut r = self.revoked.lock().expect("revoked lock");
+            r.extend(tpl.elements().iter().map(|e| e.partition()));
+        }
+    }
+}
+
+struct Item {
+    offset: i64,
+    key: Option<Vec<u8>>,
+    raw: Vec<u8>,
+    outcome: Result<ValidEvent, (Reason, String)>,
+}
+
+#[derive(Default)]
+struct PartitionState {
+    loaded: bool,
+    /// A pending intent: the next batch must cover exactly `first..=last`.
+    replay: Option<(i64, i64, String)>,
+    items: Vec<Item>,
+    started: Option<Instant>,
+}
+
+pub struct Lander {
+    cfg: LanderConfig,
+    consumer: Arc<StreamConsumer<Ctx>>,
+    producer: FutureProducer,
+    warehouse: Warehouse,
+    pool: PgPool,
+    taxonomy: Taxonomy,
+    protected: ProtectedAttributes,
+    governance: Governance,
+    parts: HashMap<i32, PartitionState>,
+    revoked: Arc<Mutex<Vec<i32>>>,
+    pub stats: Arc<LanderStats>,
+}
+
+#[derive(Serialize)]
+struct Row<'a> {
+    server_ts: String,
+    client_ts: String,
+    event_id: uuid::Uuid,
+    event_version: &'a str,
+    event_type: &'a str,
+    learner_id: uuid::Uuid,
+    session_id: &'a str,
+    course_id: &'a str,
+    content_id: &'a str,
+    cohort_id: &'a str,
+    institution_id: &'a str,
+    position_sec: Option<u32>,
+    props: &'a BTreeMap<String, String>,
+}
+
+fn ch_ts(t: &DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S%.3f").to_string()
+}
+
+impl Lander {
+    pub async fn new(
+        cfg: LanderConfig,
+        warehouse: Warehouse,
+        pool: PgPool,
+        taxonomy: Taxonomy,
+        protected: ProtectedAttributes,
+        analytics_default: bool,
+    ) -> Result<Lander, LanderError> {
+        ensure_topics(&cfg.brokers, &[(&cfg.topic, cfg.partitions), (&cfg.dlq_topic, cfg.partitions)]).await?;
+        let revoked = Arc::new(Mutex::new(Vec::new()));
+        let consumer: StreamConsumer<Ctx> = ClientConfig::new()
+            .set("bootstrap.servers", &cfg.brokers)
+            .set("group.id", &cfg.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "10000")
+            .set("fetch.wait.max.ms", "50")
+            .create_with_context(Ctx { revoked: revoked.clone() })?;
+        consumer.subscribe(&[&cfg.topic])?;
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &cfg.brokers)
+            .set("acks", "all")
+            .set("compression.type", "lz4")
+            .set("message.timeout.ms", "30000")
+            .create()?;
+        let governance = Governance::new(pool.clone(), cfg.governance_ttl, analytics_default);
+        Ok(Lander {
+            cfg,
+            consumer: Arc::new(consumer),
+            producer,
+            warehouse,
+            pool,
+            taxonomy,
+            protected,
+            governance,
+            parts: HashMap::new(),
+            revoked,
+            stats: Arc::new(LanderStats::default()),
+        })
+    }
+
+    /// Consume until `shutdown` resolves, then flush what is pending and commit.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), LanderError> {
+        tokio::pin!(shutdown);
+        let consumer = self.consumer.clone();
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        let mut lag_every = Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                _ = tick.tick() => {
+                    self.apply_revocations();
+                    self.flush_due(false).await?;
+                    if lag_every.elapsed() > Duration::from_secs(5) {
+                        lag_every = Instant::now();
+                        self.report_lag().await;
+                    }
+                }
+                m = consumer.recv() => match m {
+                    Ok(m) => self.handle(&m).await?,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "kafka consumer error; retrying");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                },
+            }
+        }
+        tracing::info!("lander draining");
+        self.flush_due(true).await?;
+        Ok(())
+    }
+
+    fn apply_revocations(&mut self) {
+        let revoked: Vec<i32> = std::mem::take(&mut *self.revoked.lock().expect("revoked lock"));
+        for p in revoked {
+            // Uncommitted work is re-read by the partition's next owner.
+            self.parts.remove(&p);
+        }
+    }
+
+    async fn handle(&mut self, m: &BorrowedMessage<'_>) -> Result<(), LanderError> {
+        let p = m.partition();
+        let offset = m.offset();
+        if !self.parts.get(&p).is_some_and(|s| s.loaded) {
+            let intent = sqlx::query!(
+                "SELECT first_offset, last_offset, token FROM lander_intents WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
+                self.cfg.group,
+                self.cfg.topic,
+                p
+            )
+            .fetch_optional(&self.pool)
+            .await?;
+            let state = self.parts.entry(p).or_default();
+            state.loaded = true;
+            state.replay = intent.and_then(|i| {
+                if i.first_offset == offset {
+                    tracing::info!(partition = p, first = i.first_offset, last = i.last_offset, "replaying a pending batch with its token");
+                    Some((i.first_offset, i.last_offset, i.token))
+                } else {
+                    if offset > i.first_offset && offset <= i.last_offset {
+                        tracing::warn!(partition = p, offset, "resuming inside a recorded batch; forming new batches");
+                    }
+                    None
+                }
+            });
+        }
+        let item = self.decode(m);
+        let state = self.parts.get_mut(&p).expect("state loaded");
+        if let Some((_, last, _)) = &state.replay {
+            if offset > *last {
+                // The replayed range ended without its last offset (compaction/retention): flush what we have.
+                tracing::warn!(partition = p, "pending batch range no longer complete; flushing what was re-read");
+            }
+        }
+        state.started.get_or_insert_with(Instant::now);
+        state.items.push(item);
+        let full = match &state.replay {
+            Some((_, last, _)) => offset >= *last,
+            None => state.items.len() >= self.cfg.batch_rows,
+        };
+        if full {
+            self.flush(p).await?;
+        }
+        Ok(())
+    }
+
+    fn decode(&self, m: &BorrowedMessage<'_>) -> Item {
+        let raw = m.payload().unwrap_or_default().to_vec();
+        let key = m.key().map(<[u8]>::to_vec);
+        let offset = m.offset();
+        let broker_ts = m.timestamp().to_millis().and_then(DateTime::from_timestamp_millis);
+        let outcome = (|| {
+            if raw.len() > self.cfg.max_event_bytes {
+                return Err((Reason::Oversized, format!("event is larger than {} bytes", self.cfg.max_event_bytes)));
+            }
+            let v: Value = serde_json::from_slice(&raw).map_err(|_| (Reason::InvalidJson, "payload is not valid JSON".to_string()))?;
+            let mut ev = self.taxonomy.validate(&v).map_err(|r| (r.reason, r.detail))?;
+            if let Some(attr) = ev.props.keys().find_map(|k| self.protected.matches(k)) {
+                return Err((Reason::ProtectedAttribute, format!("props carry protected attribute `{attr}`")));
+            }
+            let server = *ev.server_ts.get_or_insert_with(|| broker_ts.unwrap_or_else(Utc::now));
+            let skew = ev.client_ts.signed_duration_since(server).num_milliseconds();
+            if skew.unsigned_abs() > self.cfg.clock_skew.as_millis() as u64 {
+                ev.props.insert("clock_skew_ms".into(), skew.to_string());
+            }
+            Ok(ev)
+        })();
+        Item { offset, key, raw, outcome }
+    }
+
+    /// Flush partitions whose batch is old enough (or all, when draining).
+    async fn flush_due(&mut self, drain: bool) -> Result<(), LanderError> {
+        let wait = self.cfg.batch_wait;
+        let due: Vec<i32> = self
+            .parts
+            .iter()
+            .filter(|(_, s)| !s.items.is_empty())
+            .filter(|(_, s)| s.replay.is_none() && (drain || s.started.is_some_and(|t| t.elapsed() >= wait)))
+            .map(|(p, _)| *p)
+            .collect();
+        for p in due {
+            self.flush(p).await?;
+        }
+        Ok(())
+    }
+
+    fn redact(&self, raw: &[u8]) -> Vec<u8> {
+        match serde_json::from_slice::<Value>(raw) {
+            Ok(mut v) => {
+                if let Some(props) = v.get_mut("props").and_then(Value::as_object_mut) {
+                    for (k, val) in props.iter_mut() {
+                        if self.protected.matches(k).is_some() {
+                            *val = Value::String("<redacted>".into());
+                        }
+                    }
+                }
+                serde_json::to_vec(&v).unwrap_or_default()
+            }
+            Err(_) => raw.to_vec(),
+        }
+    }
+
+    async fn dead_letter(&self, p: i32, item: &Item, reason: Reason, detail: &str) -> Result<(), LanderError> {
+        let payload = if reason == Reason::ProtectedAttribute { self.redact(&item.raw) } else { item.raw.clone() };
+        let mut rec = serde_json::json!({
+            "reason": reason.as_str(),
+            "detail": detail,
+            "topic": self.cfg.topic,
+            "partition": p,
+            "offset": item.offset,
+            "failed_at": Utc::now().to_rfc3339(),
+        });
+        match String::from_utf8(payload) {
+            Ok(s) => rec["payload"] = Value::String(s),
+            Err(e) => {
+                use base64::Engine;
+                rec["payload_base64"] = Value::String(base64::engine::general_purpose::STANDARD.encode(e.as_bytes()));
+            }
+        }
+        let body = serde_json::to_vec(&rec).expect("json");
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let mut record = FutureRecord::to(&self.cfg.dlq_topic).payload(&body);
+            if let Some(k) = &item.key {
+                record = record.key(k);
+            }
+            match self.producer.send(record, Duration::from_secs(10)).await {
+                Ok(_) => break,
+                Err((e, _)) => {
+                    tracing::warn!(error = %e, "dead-letter produce failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        metrics::counter!("learnvault_lander_rejects_total", "reason" => reason.as_str()).increment(1);
+        self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn flush(&mut self, p: i32) -> Result<(), LanderError> {
+        let Some(state) = self.parts.get_mut(&p) else { return Ok(()) };
+        if state.items.is_empty() {
+            return Ok(());
+        }
+        let items = std::mem::take(&mut state.items);
+        let replay = state.replay.take();
+        state.started = None;
+        let started = Instant::now();
+        let first = items.first().expect("non-empty").offset;
+        let last = items.last().expect("non-empty").offset;
+
+        // Governance, one query for the batch's cache misses.
+        let ids: Vec<uuid::Uuid> = items.iter().filter_map(|i| i.outcome.as_ref().ok().map(|e| e.learner_id)).collect();
+        let standings = loop {
+            match self.governance.standings(ids.iter().copied()).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "vault unavailable for governance; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        };
+        let mut rows = Vec::with_capacity(items.len() * 300);
+        let mut landed = 0u64;
+        let mut oldest: Option<DateTime<Utc>> = None;
+        let mut refused: Vec<(&Item, Reason, String)> = Vec::new();
+        for item in &items {
+            match &item.outcome {
+                Err((reason, detail)) => refused.push((item, *reason, detail.clone())),
+                Ok(ev) => match standings.get(&ev.learner_id).and_then(|s| s.refusal(&ev.institution_id)) {
+                    Some(reason) => refused.push((item, reason, "refused by the vault's governance".into())),
+                    None => {
+                        let server = ev.server_ts.expect("set at decode");
+                        oldest = Some(oldest.map_or(server, |o| o.min(server)));
+                        serde_json::to_writer(
+                            &mut rows,
+                            &Row {
+                                server_ts: ch_ts(&server),
+                                client_ts: ch_ts(&ev.client_ts),
+                                event_id: ev.event_id,
+                                event_version: &ev.event_version,
+                                event_type: &ev.event_type,
+                                learner_id: ev.learner_id,
+                                session_id: &ev.session_id,
+                                course_id: &ev.course_id,
+                                content_id: &ev.content_id,
+                                cohort_id: &ev.cohort_id,
+                                institution_id: &ev.institution_id,
+                                position_sec: ev.position_sec,
+                                props: &ev.props,
+                            },
+                        )
+                        .expect("json");
+                        rows.push(b'\n');
+                        landed += 1;
+                    }
+                },
+            }
+        }
+        for (item, reason, detail) in &refused {
+            self.dead_letter(p, item, *reason, detail).await?;
+        }
+
+        let token = match replay {
+            Some((f, l, token)) if f == first && l == last => token,
+            _ => {
+                let token = format!("{}:{}:{}-{}", self.cfg.topic, p, first, last);
+                sqlx::query!(
+                    r#"INSERT INTO lander_intents (consumer_group, topic, partition, first_offset, last_offset, token)
+                       VALUES ($1, $2, $3, $4, $5, $6)
+                       ON CONFLICT (consumer_group, topic, partition)
+                       DO UPDATE SET first_offset = EXCLUDED.first_offset, last_offset = EXCLUDED.last_offset,
+                                     token = EXCLUDED.token, recorded_at = now()"#,
+                    self.cfg.group,
+                    self.cfg.topic,
+                    p,
+                    first,
+                    last,
+                    token
+                )
+                .execute(&self.pool)
+                .await?;
+                token
+            }
+        };
+        if landed > 0 {
+            let settings = [
+                ("insert_deduplicate", "1".to_string()),
+                ("insert_deduplication_token", token.clone()),
+                ("deduplicate_blocks_in_dependent_materialized_views", "1".to_string()),
+                ("max_insert_block_size", "10000000".to_string()),
+                ("min_insert_block_size_rows", "0".to_string()),
+                ("min_insert_block_size_bytes", "0".to_string()),
+            ];
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match self.warehouse.insert("events.learning_events", "JSONEachRow", rows.clone(), &settings).await {
+                    Ok(()) => break,
+                    Err(e) if e.is_retryable() => {
+                        tracing::warn!(error = %e, partition = p, "warehouse busy or down; backing off");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
+                    Err(e) => {
+                        // Bad data the gate did not catch: dead-letter the batch, never retry forever.
+                        tracing::error!(error = %e, partition = p, rows = landed, "warehouse refused a batch; dead-lettering it");
+                        let detail = "the warehouse refused the batch";
+                        for item in items.iter().filter(|i| i.outcome.is_ok()) {
+                            self.dead_letter(p, item, Reason::WarehouseRejected, detail).await?;
+                        }
+                        landed = 0;
+                        break;
+                    }
+                }
+            }
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.cfg.topic, p, Offset::Offset(last + 1))?;
+        let consumer = self.consumer.clone();
+        tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
+            .await
+            .map_err(|e| LanderError::Config(format!("commit task: {e}")))??;
+
+        let now = Utc::now();
+        self.stats.landed.fetch_add(landed, Ordering::Relaxed);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("learnvault_lander_rows_total").increment(landed);
+        metrics::histogram!("learnvault_lander_batch_seconds").record(started.elapsed().as_secs_f64());
+        if let Some(o) = oldest {
+            let fresh = now.signed_duration_since(o).num_milliseconds().max(0) as u64;
+            self.stats.last_freshness_ms.store(fresh, Ordering::Relaxed);
+            metrics::histogram!("learnvault_lander_freshness_seconds").record(fresh as f64 / 1000.0);
+        }
+        tracing::debug!(partition = p, first, last, landed, refused = refused.len(), "batch landed");
+        Ok(())
+    }
+
+    async fn report_lag(&self) {
+        let consumer = self.consumer.clone();
+        let topic = self.cfg.topic.clone();
+        let parts: Vec<i32> = self.parts.keys().copied().collect();
+        let lags = tokio::task::spawn_blocking(move || {
+            let positions = consumer.position().ok();
+            parts
+                .into_iter()
+                .filter_map(|p| {
+                    let (_, high) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(1)).ok()?;
+                    let pos = positions.as_ref()?.find_partition(&topic, p)?.offset().to_raw()?;
+                    Some((p, (high - pos).max(0)))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        for (p, lag) in lags {
+            metrics::gauge!("learnvault_lander_consumer_lag", "partition" => p.to_string()).set(lag as f64);
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! Event-spine harness: real tansu (127.0.0.1:9092, started by ops/test.sh),
+//! real chDB (a data path per test process), real PostgreSQL (a database per
+//! test), and topics and a consumer group per test.
+#![allow(dead_code)]
+
+use learnvault::config::Settings;
+use learnvault::lander::{ensure_topics, LanderStats};
+use learnvault::warehouse::{migrate, Warehouse};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::TestApp;
+
+pub fn brokers() -> String {
+    std::env::var("LEARNVAULT_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+pub struct Spine {
+    pub app: TestApp,
+    pub wh: Warehouse,
+    pub settings: Settings,
+    pub producer: FutureProducer,
+    pub data_path: PathBuf,
+}
+
+pub struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    handle: tokio::task::JoinHandle<Result<(), learnvault::lander::LanderError>>,
+    pub stats: Arc<LanderStats>,
+}
+
+impl Running {
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.handle.await.unwrap().unwrap();
+    }
+}
+
+impl Spine {
+    /// `open_engine`: open the embedded engine in this process (false when a
+    /// child process will own the data path).
+    pub async fn new(open_engine: bool) -> Spine {
+        Self::with_brokers(open_engine, brokers()).await
+    }
+
+    pub async fn with_brokers(open_engine: bool, brokers: String) -> Spine {
+        let app = TestApp::spawn().await;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let data_path = std::env::temp_dir().join(format!("lv-spine-{id}"));
+        let mut settings = app.settings.clone();
+        settings.kafka_brokers = brokers;
+        settings.events_topic = format!("le-{id}");
+        settings.dlq_topic = format!("le-{id}.dlq");
+        settings.consumer_group = format!("lander-{id}");
+        settings.topic_partitions = 3;
+        settings.lander_batch_ms = 100;
+        settings.clickhouse_url = format!("chdb://{}", data_path.display());
+        settings.clickhouse_migrations_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/clickhouse").into();
+        ensure_topics(&settings.kafka_brokers, &[(&settings.events_topic, 3), (&settings.dlq_topic, 3)]).await.expect("topics (is tansu running? ops/tansu.sh)");
+        let wh = if open_engine {
+            let wh = Warehouse::open(&settings).expect("embedded engine (ops/install-chdb.sh)");
+            migrate::run(&wh, &settings.clickhouse_migrations_dir).await.unwrap();
+            wh
+        } else {
+            Warehouse::Http(learnvault::warehouse::http::Server::new("http://127.0.0.1:1").unwrap())
+        };
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &settings.kafka_brokers)
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            .create()
+            .unwrap();
+        Spine { app, wh, settings, producer, data_path }
+    }
+
+    pub async fn start_lander(&self) -> Running {
+        let lander = learnvault::cli::land::build(&self.settings, self.wh.clone()).await.unwrap();
+        let stats = lander.stats.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(lander.run(async move {
+            let _ = stopped.await;
+        }));
+        Running { stop, handle, stats }
+    }
+
+    pub async fn produce_raw(&self, key: &str, payload: &[u8]) {
+        self.producer
+            .send(FutureRecord::to(&self.settings.events_topic).key(key).payload(payload), Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce");
+    }
+
+    pub async fn produce(&self, events: &[Value]) {
+        let futs = events.iter().map(|e| {
+            let key = e["learner_id"].as_str().unwrap_or("none").to_owned();
+            let payload = serde_json::to_vec(e).unwrap();
+            async move { self.produce_raw(&key, &payload).await }
+        });
+        futures::future::join_all(futs).await;
+    }
+
+    pub async fn count(&self, sql: &str) -> u64 {
+        let rows = self.wh.query(sql, &[]).await.unwrap();
+        num(&rows[0]["n"])
+    }
+
+    /// Wait until the base table holds `n` rows (or time out), returning the count.
+    pub async fn wait_rows(&self, n: u64, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.count("SELECT count() AS n FROM events.learning_events").await;
+            if c >= n || Instant::now() > deadline {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Read `n` dead letters (or what arrives before the timeout).
+    pub async fn dead_letters(&self, n: usize, timeout: Duration) -> Vec<Value> {
+        let c: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.settings.kafka_brokers)
+            .set("group.id", format!("dlq-reader-{}", uuid::Uuid::new_v4()))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        c.subscribe(&[&self.settings.dlq_topic]).unwrap();
+        let mut out = Vec::new();
+        let deadline = Instant::now() + timeout;
+        while out.len() < n && Instant::now() < deadline {
+            if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), c.recv()).await {
+                out.push(serde_json::from_slice(m.payload().unwrap()).unwrap());
+            }
+        }
+        out
+    }
+}
+
+pub fn num(v: &Value) -> u64 {
+    v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())).unwrap_or_else(|| panic!("not a count: {v}"))
+}
+
+/// A taxonomy 2.3 event.
+pub fn event(learner: &str, event_type: &str, course: &str, cohort: &str, institution: &str) -> Value {
+    json!({
+        "event_id": uuid::Uuid::new_v4(),
+        "event_version": "2.3",
+        "event_type": event_type,
+        "learner_id": learner,
+        "session_id": "s-1",
+        "course_id": course,
+        "content_id": "video-7",
+        "cohort_id": cohort,
+        "institution_id": institution,
+        "position_sec": 42,
+        "client_ts": chrono::Utc::now().timestamp_millis(),
+        "props": {"player": "web"}
+    })
+}
+
+impl Spine {
+    /// Environment for a child `learnvault land` process with this spine's settings.
+    pub fn child_env(&self) -> Vec<(String, String)> {
+        use secrecy::ExposeSecret;
+        let s = &self.settings;
+        vec![
+            ("LEARNVAULT_DATABASE_URL".into(), s.database_url.expose_secret().to_owned()),
+            ("LEARNVAULT_ADMIN_DATABASE_URL".into(), s.admin_database_url.expose_secret().to_owned()),
+            ("LEARNVAULT_POLICY_DIR".into(), s.policy_dir.display().to_string()),
+            ("LEARNVAULT_CLICKHOUSE_URL".into(), s.clickhouse_url.clone()),
+            ("LEARNVAULT_CLICKHOUSE_MIGRATIONS_DIR".into(), s.clickhouse_migrations_dir.display().to_string()),
+            ("LEARNVAULT_KAFKA_BROKERS".into(), s.kafka_brokers.clone()),
+            ("LEARNVAULT_EVENTS_TOPIC".into(), s.events_topic.clone()),
+            ("LEARNVAULT_DLQ_TOPIC".into(), s.dlq_topic.clone()),
+            ("LEARNVAULT_CONSUMER_GROUP".into(), s.consumer_group.clone()),
+            ("LEARNVAULT_TOPIC_PARTITIONS".into(), s.topic_partitions.to_string()),
+            ("LEARNVAULT_LANDER_BATCH_MS".into(), "100".into()),
+            ("LEARNVAULT_LANDER_BATCH_ROWS".into(), "300".into()),
+            ("LEARNVAULT_LOG".into(), "warn".into()),
+        ]
+    }
+
+    /// Whether the lander's group has committed every produced offset.
+    pub fn caught_up(&self) -> bool {
+        use rdkafka::consumer::BaseConsumer;
+        use rdkafka::{Offset, TopicPartitionList};
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.settings.kafka_brokers)
+            .set("group.id", &self.settings.consumer_group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let topic = &self.settings.events_topic;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..self.settings.topic_partitions {
+            tpl.add_partition(topic, p);
+        }
+        let Ok(committed) = c.committed_offsets(tpl, Duration::from_secs(5)) else { return false };
+        (0..self.settings.topic_partitions).all(|p| {
+            let Ok((_, high)) = c.fetch_watermarks(topic, p, Duration::from_secs(5)) else { return false };
+            let done = match committed.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => 0,
+            };
+            done >= high
+        })
+    }
+}
+
+/// The tansu binary installed by ops/install-tansu.sh.
+pub fn tansu_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("LEARNVAULT_TANSU_BIN") {
+        return p.into();
+    }
+    let cache = std::env::var_os("LEARNVAULT_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache"))
+            .join("learnvault")
+    });
+    cache.join("tansu-0.6.0/bin/tansu")
+}
+
+/// A private tansu broker on its own port and storage (for restart tests).
+pub struct Broker {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl Broker {
+    pub fn start_new() -> Broker {
+        let port = 20_000 + (rand_port() % 20_000);
+        let dir = std::env::temp_dir().join(format!("lv-tansu-{port}-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut b = Broker { port, dir, child: None };
+        b.start();
+        b
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn start(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = std::process::Command::new(tansu_bin())
+            .args(["broker", "--storage-engine", "sqlite://tansu.db", "--listener-url", &url, "--advertised-listener-url", &url])
+            .current_dir(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("tansu (ops/install-tansu.sh)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn rand_port() -> u16 {
+    (uuid::Uuid::new_v4().as_u128() % 65_000) as u16
+}

@@ -1,0 +1,181 @@
+//! The governed lander on real tansu, chDB and PostgreSQL.
+mod common;
+
+use common::spine::{event, num, Spine};
+use serde_json::json;
+use std::collections::HashMap;
+use std::time::Duration;
+
+async fn learners(s: &Spine, n: usize, institution: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        out.push(s.app.issue(institution, &format!("L{i}"), json!({})).await);
+    }
+    out
+}
+
+#[tokio::test]
+async fn valid_events_land_exactly_once_with_right_rollups() {
+    let s = Spine::new(true).await;
+    let ls = learners(&s, 6, "uni-a").await;
+    let types = ["content.start", "content.complete", "assess.submit", "session.heartbeat", "interact.replay", "session.heartbeat"];
+    let mut events = Vec::new();
+    for i in 0..900 {
+        let l = &ls[i % ls.len()];
+        // learner k does the first k+1 funnel steps at most
+        let t = types[(i / ls.len()) % types.len()];
+        events.push(event(l, t, "cs101", if i % 2 == 0 { "c1" } else { "c2" }, "uni-a"));
+    }
+    let lander = s.start_lander().await;
+    s.produce(&events).await;
+    assert_eq!(s.wait_rows(900, Duration::from_secs(60)).await, 900);
+    lander.stop().await;
+    assert_eq!(s.count("SELECT uniqExact(event_id) AS n FROM events.learning_events").await, 900, "no duplicates");
+
+    // Rollups equal a recomputation from the base table.
+    let funnel = s
+        .wh
+        .query(
+            "SELECT cohort_id, uniqMerge(learners) AS enrolled, uniqMerge(started) AS started, uniqMerge(completed) AS completed, uniqMerge(assessed) AS assessed
+             FROM agg.funnel_by_cohort WHERE course_id = {c:String} GROUP BY cohort_id ORDER BY cohort_id",
+            &[("c", "cs101".into())],
+        )
+        .await
+        .unwrap();
+    let fresh = s
+        .wh
+        .query(
+            "SELECT cohort_id, uniq(learner_id) AS enrolled, uniqIf(learner_id, event_type = 'content.start') AS started,
+                    uniqIf(learner_id, event_type = 'content.complete') AS completed, uniqIf(learner_id, event_type = 'assess.submit') AS assessed
+             FROM events.learning_events WHERE course_id = {c:String} GROUP BY cohort_id ORDER BY cohort_id",
+            &[("c", "cs101".into())],
+        )
+        .await
+        .unwrap();
+    assert_eq!(funnel.len(), 2);
+    for (a, b) in funnel.iter().zip(&fresh) {
+        for k in ["enrolled", "started", "completed", "assessed"] {
+            assert_eq!(num(&a[k]), num(&b[k]), "{k}");
+        }
+    }
+    assert_eq!(num(&funnel[0]["enrolled"]), 3);
+    let hb = s.count("SELECT sum(heartbeat_seconds) AS n FROM agg.engagement_per_minute").await;
+    assert_eq!(hb, 300 * 30, "300 heartbeats x 30 s");
+    let act = s.count("SELECT sum(events) AS n FROM agg.learner_daily_activity").await;
+    assert_eq!(act, 900);
+    let replays = s.count("SELECT sum(replays) AS n FROM agg.content_replays_daily WHERE position_bucket = 40").await;
+    assert_eq!(replays, 150);
+    s.wh.close();
+}
+
+#[tokio::test]
+async fn a_hostile_corpus_is_dead_lettered_with_reasons_and_the_rest_lands() {
+    let s = Spine::new(true).await;
+    let ls = learners(&s, 3, "uni-a").await;
+    // Learner 2 withdrew analytics consent.
+    let (st, _) = s
+        .app
+        .send("PUT", &format!("/v1/pseudonyms/{}/consent", ls[2]), Some(&s.app.lms("uni-a")), Some(json!({"consents": {"analytics": false}})))
+        .await;
+    assert!(st.is_success());
+    let good = |i: usize| event(&ls[i % 2], "content.view", "cs101", "c1", "uni-a");
+    let mut expected: HashMap<&str, usize> = HashMap::new();
+    let lander = s.start_lander().await;
+    let mut produce_bad = |payload: Vec<u8>, reason: &'static str| {
+        *expected.entry(reason).or_default() += 1;
+        payload
+    };
+    let mut corpus: Vec<Vec<u8>> = Vec::new();
+    corpus.push(produce_bad(b"{not json".to_vec(), "invalid_json"));
+    corpus.push(produce_bad(vec![0xff, 0xfe, 0x00], "invalid_json"));
+    let mut wrong_type = good(0);
+    wrong_type["position_sec"] = json!("forty-two");
+    corpus.push(produce_bad(serde_json::to_vec(&wrong_type).unwrap(), "schema_violation"));
+    let mut huge = good(0);
+    huge["course_id"] = json!("x".repeat(10_000));
+    corpus.push(produce_bad(serde_json::to_vec(&huge).unwrap(), "schema_violation"));
+    let mut oversized = good(0);
+    oversized["props"] = json!({"blob": "y".repeat(1000)});
+    let mut big = serde_json::to_vec(&oversized).unwrap();
+    big.extend(std::iter::repeat_n(b' ', 70_000));
+    corpus.push(produce_bad(big, "oversized"));
+    let mut unknown_type = good(0);
+    unknown_type["event_type"] = json!("content.teleport");
+    corpus.push(produce_bad(serde_json::to_vec(&unknown_type).unwrap(), "unknown_event_type"));
+    let mut unknown_version = good(0);
+    unknown_version["event_version"] = json!("9.1");
+    corpus.push(produce_bad(serde_json::to_vec(&unknown_version).unwrap(), "unknown_version"));
+    let mut renamed = good(0);
+    let c = renamed.as_object_mut().unwrap().remove("cohort_id").unwrap();
+    renamed["cohort"] = c;
+    corpus.push(produce_bad(serde_json::to_vec(&renamed).unwrap(), "schema_violation"));
+    let mut protected = good(0);
+    protected["props"] = json!({"Gender": "F", "player": "web"});
+    corpus.push(produce_bad(serde_json::to_vec(&protected).unwrap(), "protected_attribute"));
+    let unknown = event(&uuid::Uuid::new_v4().to_string(), "content.view", "cs101", "c1", "uni-a");
+    corpus.push(produce_bad(serde_json::to_vec(&unknown).unwrap(), "unknown_pseudonym"));
+    let other_inst = event(&ls[0], "content.view", "cs101", "c1", "uni-b");
+    corpus.push(produce_bad(serde_json::to_vec(&other_inst).unwrap(), "unknown_pseudonym"));
+    let no_consent = event(&ls[2], "content.view", "cs101", "c1", "uni-a");
+    corpus.push(produce_bad(serde_json::to_vec(&no_consent).unwrap(), "no_consent"));
+    let bad_total = corpus.len();
+    // Valid events around every bad one.
+    let mut all = Vec::new();
+    for (i, bad) in corpus.into_iter().enumerate() {
+        all.push(serde_json::to_vec(&good(i)).unwrap());
+        all.push(bad);
+    }
+    all.push(serde_json::to_vec(&good(99)).unwrap());
+    for p in &all {
+        s.produce_raw(&ls[0], p).await;
+    }
+    let valid = (all.len() - bad_total) as u64;
+    assert_eq!(s.wait_rows(valid, Duration::from_secs(60)).await, valid);
+    let dl = s.dead_letters(bad_total, Duration::from_secs(30)).await;
+    lander.stop().await;
+    assert_eq!(dl.len(), bad_total);
+    let mut got: HashMap<String, usize> = HashMap::new();
+    for d in &dl {
+        *got.entry(d["reason"].as_str().unwrap().to_owned()).or_default() += 1;
+        assert!(d["payload"].is_string() || d["payload_base64"].is_string(), "original payload kept: {d}");
+        assert!(d["offset"].is_i64());
+    }
+    let expected: HashMap<String, usize> = expected.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    assert_eq!(got, expected);
+    // The protected value itself never travels on, not even to the dead-letter topic.
+    let prot = dl.iter().find(|d| d["reason"] == "protected_attribute").unwrap();
+    assert!(!prot["payload"].as_str().unwrap().contains("\"F\""), "{prot}");
+    assert_eq!(s.count("SELECT count() AS n FROM events.learning_events WHERE mapContains(props, 'Gender')").await, 0);
+    s.wh.close();
+}
+
+#[tokio::test]
+async fn an_erased_learner_is_refused_within_seconds() {
+    let s = Spine::new(true).await;
+    let ls = learners(&s, 2, "uni-a").await;
+    let lander = s.start_lander().await;
+    s.produce(&[event(&ls[0], "content.view", "cs101", "c1", "uni-a"), event(&ls[1], "content.view", "cs101", "c1", "uni-a")]).await;
+    assert_eq!(s.wait_rows(2, Duration::from_secs(30)).await, 2);
+    // Erase learner 0 in the vault (tombstone + crypto-shred, as the DSR job does).
+    let mut tx = s.app.admin.begin().await.unwrap();
+    sqlx::query("INSERT INTO tombstones (pseudonym, institution_id, request_id) SELECT pseudonym, institution_id, gen_random_uuid() FROM learners WHERE pseudonym = $1::uuid")
+        .bind(&ls[0])
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM learners WHERE pseudonym = $1::uuid").bind(&ls[0]).execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    let erased_at = std::time::Instant::now();
+    // The governance cache trusts an answer for 2 s: from then on, every event is refused.
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    s.produce(&[event(&ls[0], "content.view", "cs101", "c1", "uni-a"), event(&ls[1], "content.view", "cs101", "c1", "uni-a")]).await;
+    assert_eq!(s.wait_rows(3, Duration::from_secs(30)).await, 3);
+    let dl = s.dead_letters(1, Duration::from_secs(30)).await;
+    lander.stop().await;
+    assert_eq!(dl.len(), 1);
+    assert_eq!(dl[0]["reason"], "erased_subject");
+    assert!(erased_at.elapsed() < Duration::from_secs(30));
+    let rows = s.wh.query("SELECT count() AS n FROM events.learning_events WHERE learner_id = {l:UUID}", &[("l", ls[0].clone())]).await.unwrap();
+    assert_eq!(num(&rows[0]["n"]), 1, "only the event before the erasure");
+    s.wh.close();
+}

@@ -1,0 +1,93 @@
+//! Crash safety of the lander: SIGKILL mid-batch, broker restarts.
+mod common;
+
+use common::spine::{event, num, Broker, Spine};
+use serde_json::json;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+fn spawn_lander(s: &Spine) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_learnvault"))
+        .arg("land")
+        .envs(s.child_env())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn sigkill_mid_batch_repeatedly_loses_nothing_and_duplicates_nothing() {
+    // A child process owns the embedded engine; this process opens it only at the end.
+    let mut s = Spine::new(false).await;
+    let mut ls = Vec::new();
+    for i in 0..24 {
+        ls.push(s.app.issue("uni-a", &format!("K{i}"), json!({})).await);
+    }
+    let total = 6_000;
+    let types = ["content.start", "session.heartbeat", "content.complete", "interact.pause", "assess.submit"];
+    let events: Vec<_> = (0..total).map(|i| event(&ls[i % ls.len()], types[i % types.len()], "cs101", &format!("c{}", i % 3), "uni-a")).collect();
+
+    let mut child = spawn_lander(&s);
+    let mut kills = 0;
+    let mut next_kill = Instant::now() + Duration::from_millis(1_500);
+    for chunk in events.chunks(200) {
+        s.produce(chunk).await;
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        if Instant::now() >= next_kill && kills < 6 {
+            child.kill().unwrap(); // SIGKILL, mid-batch or mid-insert
+            child.wait().unwrap();
+            kills += 1;
+            child = spawn_lander(&s);
+            next_kill = Instant::now() + Duration::from_millis(900 + 250 * kills);
+        }
+    }
+    assert!(kills >= 3, "killed {kills} times");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !s.caught_up() {
+        assert!(Instant::now() < deadline, "lander did not catch up");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    assert!(child.wait().unwrap().success(), "SIGTERM drains and exits cleanly");
+
+    s.wh = learnvault::warehouse::Warehouse::open(&s.settings).unwrap();
+    assert_eq!(s.count("SELECT count() AS n FROM events.learning_events").await, total as u64, "exactly the produced count");
+    assert_eq!(s.count("SELECT uniqExact(event_id) AS n FROM events.learning_events").await, total as u64, "no duplicate event ids");
+    // Every rollup equals a recomputation from the base table.
+    let checks = [
+        ("SELECT sum(events) AS n FROM agg.learner_daily_activity", "SELECT count() AS n FROM events.learning_events"),
+        (
+            "SELECT sum(heartbeat_seconds) AS n FROM agg.engagement_per_minute",
+            "SELECT countIf(event_type = 'session.heartbeat') * 30 AS n FROM events.learning_events",
+        ),
+        ("SELECT sum(pauses) AS n FROM agg.content_replays_daily", "SELECT countIf(event_type = 'interact.pause') AS n FROM events.learning_events"),
+        (
+            "SELECT sum(c) AS n FROM (SELECT cohort_id, uniqMerge(started) AS c FROM agg.funnel_by_cohort GROUP BY cohort_id)",
+            "SELECT sum(c) AS n FROM (SELECT cohort_id, uniqIf(learner_id, event_type = 'content.start') AS c FROM events.learning_events GROUP BY cohort_id)",
+        ),
+    ];
+    for (rollup, fresh) in checks {
+        assert_eq!(s.count(rollup).await, s.count(fresh).await, "{rollup}");
+    }
+    assert_eq!(s.count("SELECT sum(events) AS n FROM agg.engagement_per_minute").await, total as u64);
+    s.wh.close();
+}
+
+#[tokio::test]
+async fn the_lander_resumes_by_itself_after_a_broker_restart() {
+    let mut broker = Broker::start_new();
+    let s = Spine::with_brokers(true, broker.brokers()).await;
+    let l = s.app.issue("uni-a", "R1", json!({})).await;
+    let lander = s.start_lander().await;
+    let batch = |n: usize| (0..n).map(|_| event(&l, "session.heartbeat", "cs101", "c1", "uni-a")).collect::<Vec<_>>();
+    s.produce(&batch(100)).await;
+    assert_eq!(s.wait_rows(100, Duration::from_secs(30)).await, 100);
+    broker.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    broker.start();
+    s.produce(&batch(100)).await;
+    assert_eq!(s.wait_rows(200, Duration::from_secs(60)).await, 200, "resumed without a manual step");
+    lander.stop().await;
+    assert_eq!(num(&s.wh.query("SELECT uniqExact(event_id) AS n FROM events.learning_events", &[]).await.unwrap()[0]["n"]), 200);
+    s.wh.close();
+}
