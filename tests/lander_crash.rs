@@ -4,15 +4,39 @@ mod common;
 use common::spine::{event, num, Broker, Spine};
 use serde_json::json;
 use std::process::{Child, Command};
+
 use std::time::{Duration, Instant};
 
-fn spawn_lander(s: &Spine) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_learnvault"))
-        .arg("land")
-        .envs(s.child_env())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap()
+/// A `learnvault land` child process, SIGKILLed if the test fails.
+struct Lander(Option<Child>);
+
+impl Lander {
+    fn spawn(s: &Spine) -> Lander {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_learnvault"));
+        cmd.arg("land").envs(s.child_env()).stdout(std::process::Stdio::null());
+        if let Some(log) = std::env::var_os("LV_DEBUG_LOG") {
+            let f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+            cmd.env("LEARNVAULT_LOG", "info,learnvault=debug").stderr(f);
+        }
+        Lander(Some(cmd.spawn().unwrap()))
+    }
+    fn sigkill(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+    fn sigterm(&mut self) -> bool {
+        let mut c = self.0.take().unwrap();
+        Command::new("kill").arg("-TERM").arg(c.id().to_string()).status().unwrap();
+        c.wait().unwrap().success()
+    }
+}
+
+impl Drop for Lander {
+    fn drop(&mut self) {
+        self.sigkill();
+    }
 }
 
 #[tokio::test]
@@ -27,18 +51,17 @@ async fn sigkill_mid_batch_repeatedly_loses_nothing_and_duplicates_nothing() {
     let types = ["content.start", "session.heartbeat", "content.complete", "interact.pause", "assess.submit"];
     let events: Vec<_> = (0..total).map(|i| event(&ls[i % ls.len()], types[i % types.len()], "cs101", &format!("c{}", i % 3), "uni-a")).collect();
 
-    let mut child = spawn_lander(&s);
-    let mut kills = 0;
-    let mut next_kill = Instant::now() + Duration::from_millis(1_500);
-    for chunk in events.chunks(200) {
+    let mut child = Lander::spawn(&s);
+    let mut kills = 0u64;
+    let mut next_kill = Instant::now() + Duration::from_millis(1_200);
+    for chunk in events.chunks(150) {
         s.produce(chunk).await;
-        tokio::time::sleep(Duration::from_millis(60)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
         if Instant::now() >= next_kill && kills < 6 {
-            child.kill().unwrap(); // SIGKILL, mid-batch or mid-insert
-            child.wait().unwrap();
+            child.sigkill(); // mid-batch or mid-insert: whatever it was doing
             kills += 1;
-            child = spawn_lander(&s);
-            next_kill = Instant::now() + Duration::from_millis(900 + 250 * kills);
+            child = Lander::spawn(&s);
+            next_kill = Instant::now() + Duration::from_millis(800 + 150 * kills);
         }
     }
     assert!(kills >= 3, "killed {kills} times");
@@ -47,8 +70,7 @@ async fn sigkill_mid_batch_repeatedly_loses_nothing_and_duplicates_nothing() {
         assert!(Instant::now() < deadline, "lander did not catch up");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
-    assert!(child.wait().unwrap().success(), "SIGTERM drains and exits cleanly");
+    assert!(child.sigterm(), "SIGTERM drains and exits cleanly");
 
     s.wh = learnvault::warehouse::Warehouse::open(&s.settings).unwrap();
     assert_eq!(s.count("SELECT count() AS n FROM events.learning_events").await, total as u64, "exactly the produced count");

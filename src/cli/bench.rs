@@ -17,6 +17,8 @@ use crate::vault::keys::MasterKey;
 pub enum BenchCommand {
     /// Single issuance, batch issuance and resolve against the pseudonym API.
     Pseudonyms(PseudonymArgs),
+    /// The event spine: lander/raw-insert ratio, freshness at a fixed rate, funnel latency over a large base table.
+    Lander(super::bench_lander::LanderArgs),
 }
 
 #[derive(clap::Args)]
@@ -105,7 +107,10 @@ where
 }
 
 pub async fn run(settings: Settings, cmd: BenchCommand) -> anyhow::Result<ExitCode> {
-    let BenchCommand::Pseudonyms(args) = cmd;
+    let args = match cmd {
+        BenchCommand::Pseudonyms(a) => a,
+        BenchCommand::Lander(a) => return super::bench_lander::run(settings, a).await,
+    };
     let duration = parse_ttl(&args.duration).context("--duration like 10s")?;
     let master = MasterKey::load(&settings)?;
     let auth = Authenticator::from_settings(&settings, &master)?;

@@ -2,6 +2,7 @@
 
 mod audit;
 pub mod bench;
+mod bench_lander;
 mod demo;
 pub mod land;
 mod serve;

@@ -103,13 +103,28 @@ pub async fn ensure_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<(), 
 }
 
 /// Counters shared with the demo and the benchmarks.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LanderStats {
     pub landed: AtomicU64,
     pub rejected: AtomicU64,
     pub batches: AtomicU64,
     /// Milliseconds between `server_ts` and the insert, of the last batch's oldest row.
     pub last_freshness_ms: AtomicU64,
+    /// Per batch: milliseconds from the oldest row's `server_ts` to the end of
+    /// its insert (when the rollups show it): an upper bound of every row's freshness.
+    pub freshness_ms: Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+impl Default for LanderStats {
+    fn default() -> Self {
+        LanderStats {
+            landed: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            last_freshness_ms: AtomicU64::new(0),
+            freshness_ms: Mutex::new(hdrhistogram::Histogram::new_with_bounds(1, 3_600_000, 3).expect("bounds")),
+        }
+    }
 }
 
 struct Ctx {
@@ -193,7 +208,11 @@ impl Lander {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "10000")
+            // A lander that dies is replaced quickly: its session expires in 6 s and a
+            // rebalance waits at most 30 s for members that will not come back.
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "1000")
+            .set("max.poll.interval.ms", "30000")
             .set("fetch.wait.max.ms", "50")
             .create_with_context(Ctx { revoked: revoked.clone() })?;
         consumer.subscribe(&[&cfg.topic])?;
@@ -531,6 +550,7 @@ impl Lander {
         if let Some(o) = oldest {
             let fresh = now.signed_duration_since(o).num_milliseconds().max(0) as u64;
             self.stats.last_freshness_ms.store(fresh, Ordering::Relaxed);
+            let _ = self.stats.freshness_ms.lock().expect("stats lock").record(fresh.max(1));
             metrics::histogram!("learnvault_lander_freshness_seconds").record(fresh as f64 / 1000.0);
         }
         tracing::debug!(partition = p, first, last, landed, refused = refused.len(), "batch landed");

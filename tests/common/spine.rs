@@ -211,6 +211,9 @@ impl Spine {
                 Some(Offset::Offset(o)) => o,
                 _ => 0,
             };
+            if std::env::var_os("LV_DEBUG").is_some() {
+                eprintln!("partition {p}: committed {done} high {high}");
+            }
             done >= high
         })
     }

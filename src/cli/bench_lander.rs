@@ -1,0 +1,288 @@
+//! `learnvault bench lander`: the event spine's figures on the real services.
+//!
+//! 1. ratio: lander end-to-end throughput (Kafka -> base table with every view)
+//!    over the raw engine insert rate of the same rows into the same tables;
+//! 2. freshness p99 (produced -> visible in the funnel rollup) at a fixed rate;
+//! 3. funnel query p50/p99 over a base table of `--base-rows` rows.
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{json, Value};
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::config::Settings;
+use crate::domain::{ExternalId, InstitutionId};
+use crate::vault::{keys::MasterKey, Identity, NewLearner, Vault};
+use crate::warehouse::{migrate, Warehouse};
+
+#[derive(clap::Args)]
+pub struct LanderArgs {
+    /// Events for the throughput ratio.
+    #[arg(long, default_value_t = 300_000)]
+    events: usize,
+    /// Fixed produce rate for the freshness phase (events/s).
+    #[arg(long, default_value_t = 15_000)]
+    rate: usize,
+    /// Seconds of the freshness phase.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Base-table rows for the funnel query phase (0 skips it).
+    #[arg(long, default_value_t = 50_000_000)]
+    base_rows: u64,
+    /// Learners in the generated cohort.
+    #[arg(long, default_value_t = 5_000)]
+    learners: usize,
+}
+
+const TYPES: [&str; 10] = [
+    "session.heartbeat", "session.heartbeat", "session.heartbeat", "session.heartbeat", "session.heartbeat", "session.heartbeat",
+    "content.start", "interact.pause", "content.complete", "assess.submit",
+];
+
+fn payload(learner: &str, i: usize, server_ms: i64) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "event_id": uuid::Uuid::new_v4(), "event_version": "2.3", "event_type": TYPES[i % TYPES.len()],
+        "learner_id": learner, "session_id": format!("s{}", i % 97), "course_id": format!("course-{}", i % 20),
+        "content_id": format!("video-{}", i % 50), "cohort_id": format!("cohort-{}", i % 8), "institution_id": "bench-uni",
+        "position_sec": (i % 600) as u32, "client_ts": server_ms, "server_ts": server_ms, "props": {"player": "web"}
+    }))
+    .expect("json")
+}
+
+fn pct(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64
+}
+
+pub async fn run(mut settings: Settings, args: LanderArgs) -> anyhow::Result<ExitCode> {
+    let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let data = std::env::temp_dir().join(format!("lv-bench-lander-{id}"));
+    settings.clickhouse_url = format!("chdb://{}", data.display());
+    settings.events_topic = format!("bench-events-{id}");
+    settings.dlq_topic = format!("bench-events-{id}.dlq");
+    settings.consumer_group = format!("bench-lander-{id}");
+    crate::db::migrate(&settings).await?;
+    let wh = Warehouse::open(&settings)?;
+    let result = phases(&settings, &wh, &args).await;
+    wh.close();
+    let _ = std::fs::remove_dir_all(&data);
+    result
+}
+
+async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyhow::Result<ExitCode> {
+    migrate::run(wh, &settings.clickhouse_migrations_dir).await?;
+    println!("learnvault bench lander  engine={}  partitions={}", wh.version().await?, settings.topic_partitions);
+
+    // Learners in the vault (the lander refuses unknown pseudonyms).
+    let pool = crate::db::connect(settings)?;
+    let vault = Vault::new(pool.clone(), MasterKey::load(settings)?, 1);
+    let inst = InstitutionId::parse("bench-uni")?;
+    let mut learners = Vec::new();
+    for chunk in (0..args.learners).collect::<Vec<_>>().chunks(10_000) {
+        let items: Vec<(InstitutionId, NewLearner)> = chunk
+            .iter()
+            .map(|i| (inst.clone(), NewLearner { external_id: ExternalId::parse(&format!("bench-{i}")).unwrap(), identity: Identity::empty() }))
+            .collect();
+        let entry = crate::audit::NewEntry {
+            request_id: uuid::Uuid::new_v4(),
+            actor: "bench".into(),
+            roles: vec![],
+            institution: Some("bench-uni".into()),
+            action: "pseudonym.issue_batch".into(),
+            target: None,
+            purpose: None,
+            justification: None,
+            outcome: crate::audit::Outcome::Success,
+            detail: json!({}),
+        };
+        learners.extend(vault.issue_batch(items, entry).await?.into_iter().map(|r| r.pseudonym.to_string()));
+    }
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka_brokers)
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    crate::lander::ensure_topics(&settings.kafka_brokers, &[(&settings.events_topic, settings.topic_partitions), (&settings.dlq_topic, settings.topic_partitions)]).await?;
+
+    // Phase 1: backlog of N events, then the lander drains it.
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let payloads: Vec<(String, Vec<u8>)> = (0..args.events)
+        .map(|i| {
+            let l = &learners[i % learners.len()];
+            (l.clone(), payload(l, i, now_ms))
+        })
+        .collect();
+    let t0 = Instant::now();
+    for chunk in payloads.chunks(20_000) {
+        let futs = chunk.iter().map(|(k, p)| producer.send(FutureRecord::to(&settings.events_topic).key(k).payload(p), Duration::from_secs(30)));
+        for r in futures::future::join_all(futs).await {
+            r.map_err(|(e, _)| e)?;
+        }
+    }
+    println!("produced {} events in {:.1}s", args.events, t0.elapsed().as_secs_f64());
+    let lander = super::land::build(settings, wh.clone()).await?;
+    let stats = lander.stats.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(lander.run(async move {
+        let _ = stopped.await;
+    }));
+    let t0 = Instant::now();
+    while stats.landed.load(Ordering::Relaxed) < args.events as u64 {
+        anyhow::ensure!(t0.elapsed() < Duration::from_secs(600), "lander did not drain the backlog");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lander_secs = t0.elapsed().as_secs_f64();
+    let lander_rate = args.events as f64 / lander_secs;
+
+    // Raw engine insert of the same rows, same tables and views, same batch size.
+    let rows: Vec<u8> = {
+        let mut out = Vec::new();
+        for (_, p) in &payloads {
+            let mut v: Value = serde_json::from_slice(p)?;
+            for k in ["client_ts", "server_ts"] {
+                let ms = v[k].as_i64().unwrap_or_default();
+                v[k] = json!(chrono::DateTime::from_timestamp_millis(ms).unwrap().format("%Y-%m-%d %H:%M:%S%.3f").to_string());
+            }
+            serde_json::to_writer(&mut out, &v)?;
+            out.push(b'\n');
+        }
+        out
+    };
+    let per_insert = settings.lander_batch_rows.min(args.events.div_ceil(settings.topic_partitions as usize));
+    let lines: Vec<&[u8]> = rows.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+    let t0 = Instant::now();
+    for chunk in lines.chunks(per_insert) {
+        let mut buf = Vec::with_capacity(chunk.iter().map(|l| l.len() + 1).sum());
+        for l in chunk {
+            buf.extend_from_slice(l);
+            buf.push(b'\n');
+        }
+        wh.insert("events.learning_events", "JSONEachRow", buf, &[]).await?;
+    }
+    let raw_secs = t0.elapsed().as_secs_f64();
+    let raw_rate = args.events as f64 / raw_secs;
+    println!(
+        "throughput        lander {:>9.0} ev/s ({:.2}s)   raw engine insert {:>9.0} rows/s ({:.2}s, {} rows per insert)   ratio {:.2}",
+        lander_rate, lander_secs, raw_rate, raw_secs, per_insert, lander_rate / raw_rate
+    );
+
+    // Phase 2: freshness at a fixed rate, lander live.
+    stats.freshness_ms.lock().expect("stats").reset();
+    let total = args.rate * args.seconds as usize;
+    let landed_before = stats.landed.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    let tick = Duration::from_millis(10);
+    let per_tick = args.rate / 100;
+    let mut sent = 0usize;
+    let mut inflight = Vec::new();
+    while sent < total {
+        let due = ((t0.elapsed().as_secs_f64() * args.rate as f64) as usize).min(total);
+        while sent < due {
+            let l = &learners[sent % learners.len()];
+            let p = payload(l, sent, chrono::Utc::now().timestamp_millis());
+            let key = l.clone();
+            let producer = producer.clone();
+            let topic = settings.events_topic.clone();
+            inflight.push(tokio::spawn(async move {
+                producer.send(FutureRecord::to(&topic).key(&key).payload(&p), Duration::from_secs(30)).await.map(|_| ()).map_err(|(e, _)| e)
+            }));
+            sent += 1;
+        }
+        let _ = per_tick;
+        tokio::time::sleep(tick).await;
+    }
+    for f in inflight {
+        f.await??;
+    }
+    let produce_secs = t0.elapsed().as_secs_f64();
+    while stats.landed.load(Ordering::Relaxed) < landed_before + total as u64 {
+        anyhow::ensure!(t0.elapsed() < Duration::from_secs(args.seconds + 120), "lander fell behind");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let h = stats.freshness_ms.lock().expect("stats").clone();
+    println!(
+        "freshness         {} events at {:.0} ev/s: per batch (oldest row) p50={:.0}ms p95={:.0}ms p99={:.0}ms max={}ms over {} batches",
+        total,
+        total as f64 / produce_secs,
+        pct(&h, 0.5),
+        pct(&h, 0.95),
+        pct(&h, 0.99),
+        h.max(),
+        h.len()
+    );
+    let _ = stop.send(());
+    handle.await.context("lander task")??;
+
+    // Phase 3: funnel over a large base table.
+    if args.base_rows > 0 {
+        let have: u64 = count(wh, "SELECT count() AS n FROM events.learning_events").await?;
+        let need = args.base_rows.saturating_sub(have);
+        let t0 = Instant::now();
+        let step = 5_000_000u64;
+        let mut done = 0;
+        while done < need {
+            let n = step.min(need - done);
+            wh.execute(
+                "INSERT INTO events.learning_events (server_ts, client_ts, event_id, event_version, event_type, learner_id, session_id,
+                     course_id, content_id, cohort_id, institution_id, position_sec, props)
+                 SELECT now64(3) - toIntervalSecond(number % 2419200) AS ts, ts, generateUUIDv4(), '2.3',
+                        ['session.heartbeat','session.heartbeat','session.heartbeat','session.heartbeat','session.heartbeat','session.heartbeat',
+                         'content.start','interact.pause','content.complete','assess.submit'][(number % 10) + 1],
+                        reinterpretAsUUID(reverse(toFixedString(toString(cityHash64(number % {learners:UInt64})), 16))), 's',
+                        concat('course-', toString(number % 20)), concat('video-', toString(number % 50)),
+                        concat('cohort-', toString(intDiv(number, 7) % 8)), 'bench-uni', toUInt32(number % 600), map()
+                 FROM numbers({offset:UInt64}, {n:UInt64})",
+                &[("learners", (args.learners as u64 * 10).to_string()), ("offset", done.to_string()), ("n", n.to_string())],
+            )
+            .await?;
+            done += n;
+        }
+        if need > 0 {
+            println!("loaded {need} base rows in {:.1}s ({:.0} rows/s, every view updating)", t0.elapsed().as_secs_f64(), need as f64 / t0.elapsed().as_secs_f64());
+        }
+        let total = count(wh, "SELECT count() AS n FROM events.learning_events").await?;
+        for (label, merged) in [("unmerged", false), ("merged", true)] {
+            if merged {
+                let t = Instant::now();
+                wh.execute("OPTIMIZE TABLE agg.funnel_by_cohort FINAL", &[]).await?;
+                println!("OPTIMIZE agg.funnel_by_cohort FINAL in {:.1}s", t.elapsed().as_secs_f64());
+            }
+            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            for i in 0..200 {
+                let t = Instant::now();
+                let rows = wh
+                    .query(
+                        "SELECT cohort_id, uniqMerge(learners) AS enrolled, uniqMerge(started) AS started, uniqMerge(completed) AS completed,
+                                uniqMerge(assessed) AS assessed
+                         FROM agg.funnel_by_cohort WHERE course_id = {course:String} AND event_date >= today() - 27 GROUP BY cohort_id",
+                        &[("course", format!("course-{}", i % 20))],
+                    )
+                    .await?;
+                h.record(t.elapsed().as_micros().max(1) as u64)?;
+                anyhow::ensure!(!rows.is_empty(), "funnel returned nothing");
+            }
+            println!(
+                "funnel query      base rows={total} ({label}) 200 queries: p50={:.2}ms p95={:.2}ms p99={:.2}ms max={:.2}ms",
+                pct(&h, 0.5) / 1000.0,
+                pct(&h, 0.95) / 1000.0,
+                pct(&h, 0.99) / 1000.0,
+                h.max() as f64 / 1000.0
+            );
+        }
+    }
+    pool.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn count(wh: &Warehouse, sql: &str) -> anyhow::Result<u64> {
+    let rows = wh.query(sql, &[]).await?;
+    let v = &rows[0]["n"];
+    v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())).context("count")
+}
