@@ -170,6 +170,46 @@ pub struct Lander {
     pub stats: Arc<LanderStats>,
 }
 
+/// A batch ready to insert: governed, refusals dead-lettered, intent recorded.
+struct Prepared {
+    partition: i32,
+    first: i64,
+    last: i64,
+    token: String,
+    rows: Vec<u8>,
+    landed: u64,
+    oldest: Option<DateTime<Utc>>,
+    items: Vec<Item>,
+}
+
+/// Insert a prepared batch with its deduplication token, backing off on
+/// retryable errors; `Err` only when the warehouse refuses the data itself.
+async fn insert_with_retry(warehouse: &Warehouse, b: &Prepared) -> Result<(), WarehouseError> {
+    if b.landed == 0 {
+        return Ok(());
+    }
+    let settings = [
+        ("insert_deduplicate", "1".to_string()),
+        ("insert_deduplication_token", b.token.clone()),
+        ("deduplicate_blocks_in_dependent_materialized_views", "1".to_string()),
+        ("max_insert_block_size", "10000000".to_string()),
+        ("min_insert_block_size_rows", "0".to_string()),
+        ("min_insert_block_size_bytes", "0".to_string()),
+    ];
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match warehouse.insert("events.learning_events", "JSONEachRow", b.rows.clone(), &settings).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, partition = b.partition, "warehouse busy or down; backing off");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct Row<'a> {
     server_ts: String,
@@ -304,7 +344,8 @@ impl Lander {
                 }
             });
         }
-        let item = self.decode(m);
+        let broker_ts = m.timestamp().to_millis().and_then(DateTime::from_timestamp_millis);
+        let item = self.decode(offset, m.key().map(<[u8]>::to_vec), m.payload().unwrap_or_default().to_vec(), broker_ts);
         let state = self.parts.get_mut(&p).expect("state loaded");
         if let Some((_, last, _)) = &state.replay {
             if offset > *last {
@@ -324,11 +365,7 @@ impl Lander {
         Ok(())
     }
 
-    fn decode(&self, m: &BorrowedMessage<'_>) -> Item {
-        let raw = m.payload().unwrap_or_default().to_vec();
-        let key = m.key().map(<[u8]>::to_vec);
-        let offset = m.offset();
-        let broker_ts = m.timestamp().to_millis().and_then(DateTime::from_timestamp_millis);
+    fn decode(&self, offset: i64, key: Option<Vec<u8>>, raw: Vec<u8>, broker_ts: Option<DateTime<Utc>>) -> Item {
         let outcome = (|| {
             if raw.len() > self.cfg.max_event_bytes {
                 return Err((Reason::Oversized, format!("event is larger than {} bytes", self.cfg.max_event_bytes)));
@@ -358,10 +395,7 @@ impl Lander {
             .filter(|(_, s)| s.replay.is_none() && (drain || s.started.is_some_and(|t| t.elapsed() >= wait)))
             .map(|(p, _)| *p)
             .collect();
-        for p in due {
-            self.flush(p).await?;
-        }
-        Ok(())
+        self.flush_many(&due, true).await
     }
 
     fn redact(&self, raw: &[u8]) -> Vec<u8> {
@@ -418,15 +452,83 @@ impl Lander {
         Ok(())
     }
 
+    /// Land already-read messages of partition `p` as one batch, without Kafka
+    /// (no consume, no offset commit): the lander's own pipeline, for the
+    /// benchmark that separates it from the broker. Returns the rows landed.
+    pub async fn land_direct(&mut self, p: i32, messages: Vec<(i64, Option<Vec<u8>>, Vec<u8>)>) -> Result<u64, LanderError> {
+        let before = self.stats.landed.load(Ordering::Relaxed);
+        let now = Some(Utc::now());
+        let items: Vec<Item> = messages.into_iter().map(|(o, k, raw)| self.decode(o, k, raw, now)).collect();
+        let state = self.parts.entry(p).or_default();
+        state.loaded = true;
+        state.items = items;
+        self.flush_many(&[p], false).await?;
+        Ok(self.stats.landed.load(Ordering::Relaxed) - before)
+    }
+
     async fn flush(&mut self, p: i32) -> Result<(), LanderError> {
-        let Some(state) = self.parts.get_mut(&p) else { return Ok(()) };
-        if state.items.is_empty() {
+        self.flush_many(&[p], true).await
+    }
+
+    /// Flush the batches of `partitions`: prepare each (governance, dead
+    /// letters, intent), insert them concurrently, then commit every offset in
+    /// one synchronous commit.
+    async fn flush_many(&mut self, partitions: &[i32], commit: bool) -> Result<(), LanderError> {
+        let started = Instant::now();
+        let mut prepared = Vec::with_capacity(partitions.len());
+        for &p in partitions {
+            if let Some(b) = self.prepare(p).await? {
+                prepared.push(b);
+            }
+        }
+        if prepared.is_empty() {
             return Ok(());
+        }
+        let inserts = prepared.iter().map(|b| insert_with_retry(&self.warehouse, b));
+        let outcomes = futures::future::join_all(inserts).await;
+        let mut tpl = TopicPartitionList::new();
+        let now = Utc::now();
+        for (b, outcome) in prepared.iter().zip(outcomes) {
+            let mut landed = b.landed;
+            if let Err(e) = outcome {
+                // Bad data the gate did not catch: dead-letter the batch, never retry forever.
+                tracing::error!(error = %e, partition = b.partition, rows = b.landed, "warehouse refused a batch; dead-lettering it");
+                for item in b.items.iter().filter(|i| i.outcome.is_ok()) {
+                    self.dead_letter(b.partition, item, Reason::WarehouseRejected, "the warehouse refused the batch").await?;
+                }
+                landed = 0;
+            }
+            tpl.add_partition_offset(&self.cfg.topic, b.partition, Offset::Offset(b.last + 1))?;
+            self.stats.landed.fetch_add(landed, Ordering::Relaxed);
+            self.stats.batches.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("learnvault_lander_rows_total").increment(landed);
+            if let Some(o) = b.oldest {
+                let fresh = now.signed_duration_since(o).num_milliseconds().max(0) as u64;
+                self.stats.last_freshness_ms.store(fresh, Ordering::Relaxed);
+                let _ = self.stats.freshness_ms.lock().expect("stats lock").record(fresh.max(1));
+                metrics::histogram!("learnvault_lander_freshness_seconds").record(fresh as f64 / 1000.0);
+            }
+            tracing::debug!(partition = b.partition, first = b.first, last = b.last, landed, "batch landed");
+        }
+        if commit {
+            let consumer = self.consumer.clone();
+            tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
+                .await
+                .map_err(|e| LanderError::Config(format!("commit task: {e}")))??;
+        }
+        metrics::histogram!("learnvault_lander_batch_seconds").record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Take partition `p`'s batch: govern it, dead-letter its refusals, record its intent.
+    async fn prepare(&mut self, p: i32) -> Result<Option<Prepared>, LanderError> {
+        let Some(state) = self.parts.get_mut(&p) else { return Ok(None) };
+        if state.items.is_empty() {
+            return Ok(None);
         }
         let items = std::mem::take(&mut state.items);
         let replay = state.replay.take();
         state.started = None;
-        let started = Instant::now();
         let first = items.first().expect("non-empty").offset;
         let last = items.last().expect("non-empty").offset;
 
@@ -444,12 +546,12 @@ impl Lander {
         let mut rows = Vec::with_capacity(items.len() * 300);
         let mut landed = 0u64;
         let mut oldest: Option<DateTime<Utc>> = None;
-        let mut refused: Vec<(&Item, Reason, String)> = Vec::new();
-        for item in &items {
+        let mut refused: Vec<(usize, Reason, String)> = Vec::new();
+        for (ix, item) in items.iter().enumerate() {
             match &item.outcome {
-                Err((reason, detail)) => refused.push((item, *reason, detail.clone())),
+                Err((reason, detail)) => refused.push((ix, *reason, detail.clone())),
                 Ok(ev) => match standings.get(&ev.learner_id).and_then(|s| s.refusal(&ev.institution_id)) {
-                    Some(reason) => refused.push((item, reason, "refused by the vault's governance".into())),
+                    Some(reason) => refused.push((ix, reason, "refused by the vault's governance".into())),
                     None => {
                         let server = ev.server_ts.expect("set at decode");
                         oldest = Some(oldest.map_or(server, |o| o.min(server)));
@@ -478,10 +580,9 @@ impl Lander {
                 },
             }
         }
-        for (item, reason, detail) in &refused {
-            self.dead_letter(p, item, *reason, detail).await?;
+        for (ix, reason, detail) in &refused {
+            self.dead_letter(p, &items[*ix], *reason, detail).await?;
         }
-
         let token = match replay {
             Some((f, l, token)) if f == first && l == last => token,
             _ => {
@@ -504,57 +605,7 @@ impl Lander {
                 token
             }
         };
-        if landed > 0 {
-            let settings = [
-                ("insert_deduplicate", "1".to_string()),
-                ("insert_deduplication_token", token.clone()),
-                ("deduplicate_blocks_in_dependent_materialized_views", "1".to_string()),
-                ("max_insert_block_size", "10000000".to_string()),
-                ("min_insert_block_size_rows", "0".to_string()),
-                ("min_insert_block_size_bytes", "0".to_string()),
-            ];
-            let mut backoff = Duration::from_millis(100);
-            loop {
-                match self.warehouse.insert("events.learning_events", "JSONEachRow", rows.clone(), &settings).await {
-                    Ok(()) => break,
-                    Err(e) if e.is_retryable() => {
-                        tracing::warn!(error = %e, partition = p, "warehouse busy or down; backing off");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
-                    }
-                    Err(e) => {
-                        // Bad data the gate did not catch: dead-letter the batch, never retry forever.
-                        tracing::error!(error = %e, partition = p, rows = landed, "warehouse refused a batch; dead-lettering it");
-                        let detail = "the warehouse refused the batch";
-                        for item in items.iter().filter(|i| i.outcome.is_ok()) {
-                            self.dead_letter(p, item, Reason::WarehouseRejected, detail).await?;
-                        }
-                        landed = 0;
-                        break;
-                    }
-                }
-            }
-        }
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&self.cfg.topic, p, Offset::Offset(last + 1))?;
-        let consumer = self.consumer.clone();
-        tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
-            .await
-            .map_err(|e| LanderError::Config(format!("commit task: {e}")))??;
-
-        let now = Utc::now();
-        self.stats.landed.fetch_add(landed, Ordering::Relaxed);
-        self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("learnvault_lander_rows_total").increment(landed);
-        metrics::histogram!("learnvault_lander_batch_seconds").record(started.elapsed().as_secs_f64());
-        if let Some(o) = oldest {
-            let fresh = now.signed_duration_since(o).num_milliseconds().max(0) as u64;
-            self.stats.last_freshness_ms.store(fresh, Ordering::Relaxed);
-            let _ = self.stats.freshness_ms.lock().expect("stats lock").record(fresh.max(1));
-            metrics::histogram!("learnvault_lander_freshness_seconds").record(fresh as f64 / 1000.0);
-        }
-        tracing::debug!(partition = p, first, last, landed, refused = refused.len(), "batch landed");
-        Ok(())
+        Ok(Some(Prepared { partition: p, first, last, token, rows, landed, oldest, items }))
     }
 
     async fn report_lag(&self) {
