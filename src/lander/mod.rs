@@ -140,6 +140,64 @@ impl ConsumerContext for Ctx {
     }
 }
 
+/// A message as read, decoded when its batch is prepared.
+struct Raw {
+    offset: i64,
+    key: Option<Vec<u8>>,
+    raw: Vec<u8>,
+    broker_ts: Option<DateTime<Utc>>,
+}
+
+/// Decoding and validation: pure, shared by the decode threads.
+pub struct Decoder {
+    taxonomy: Taxonomy,
+    protected: ProtectedAttributes,
+    max_event_bytes: usize,
+    clock_skew: Duration,
+}
+
+impl Decoder {
+    fn decode(&self, m: Raw) -> Item {
+        let outcome = (|| {
+            if m.raw.len() > self.max_event_bytes {
+                return Err((Reason::Oversized, format!("event is larger than {} bytes", self.max_event_bytes)));
+            }
+            let v: Value = serde_json::from_slice(&m.raw).map_err(|_| (Reason::InvalidJson, "payload is not valid JSON".to_string()))?;
+            let mut ev = self.taxonomy.validate(&v).map_err(|r| (r.reason, r.detail))?;
+            if let Some(attr) = ev.props.keys().find_map(|k| self.protected.matches(k)) {
+                return Err((Reason::ProtectedAttribute, format!("props carry protected attribute `{attr}`")));
+            }
+            let server = *ev.server_ts.get_or_insert_with(|| m.broker_ts.unwrap_or_else(Utc::now));
+            let skew = ev.client_ts.signed_duration_since(server).num_milliseconds();
+            if skew.unsigned_abs() > self.clock_skew.as_millis() as u64 {
+                ev.props.insert("clock_skew_ms".into(), skew.to_string());
+            }
+            Ok(ev)
+        })();
+        Item { offset: m.offset, key: m.key, raw: m.raw, outcome }
+    }
+
+    /// Decode a batch on two threads, off the async runtime, keeping order.
+    async fn decode_all(self: &Arc<Self>, raws: Vec<Raw>) -> Vec<Item> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            if raws.len() < 2_000 {
+                return raws.into_iter().map(|r| me.decode(r)).collect();
+            }
+            let mut raws = raws;
+            let second = raws.split_off(raws.len() / 2);
+            std::thread::scope(|scope| {
+                let h = scope.spawn(|| second.into_iter().map(|r| me.decode(r)).collect::<Vec<_>>());
+                let mut out: Vec<Item> = raws.into_iter().map(|r| me.decode(r)).collect();
+                out.extend(h.join().expect("decode thread"));
+                out
+            })
+        })
+        .await
+        .expect("decode task")
+    }
+}
+
 struct Item {
     offset: i64,
     key: Option<Vec<u8>>,
@@ -152,7 +210,7 @@ struct PartitionState {
     loaded: bool,
     /// A pending intent: the next batch must cover exactly `first..=last`.
     replay: Option<(i64, i64, String)>,
-    items: Vec<Item>,
+    items: Vec<Raw>,
     started: Option<Instant>,
 }
 
@@ -162,8 +220,7 @@ pub struct Lander {
     producer: FutureProducer,
     warehouse: Warehouse,
     pool: PgPool,
-    taxonomy: Taxonomy,
-    protected: ProtectedAttributes,
+    decoder: Arc<Decoder>,
     governance: Governance,
     parts: HashMap<i32, PartitionState>,
     revoked: Arc<Mutex<Vec<i32>>>,
@@ -263,14 +320,14 @@ impl Lander {
             .set("message.timeout.ms", "30000")
             .create()?;
         let governance = Governance::new(pool.clone(), cfg.governance_ttl, analytics_default);
+        let decoder = Arc::new(Decoder { taxonomy, protected, max_event_bytes: cfg.max_event_bytes, clock_skew: cfg.clock_skew });
         Ok(Lander {
             cfg,
             consumer: Arc::new(consumer),
             producer,
             warehouse,
             pool,
-            taxonomy,
-            protected,
+            decoder,
             governance,
             parts: HashMap::new(),
             revoked,
@@ -345,7 +402,7 @@ impl Lander {
             });
         }
         let broker_ts = m.timestamp().to_millis().and_then(DateTime::from_timestamp_millis);
-        let item = self.decode(offset, m.key().map(<[u8]>::to_vec), m.payload().unwrap_or_default().to_vec(), broker_ts);
+        let item = Raw { offset, key: m.key().map(<[u8]>::to_vec), raw: m.payload().unwrap_or_default().to_vec(), broker_ts };
         let state = self.parts.get_mut(&p).expect("state loaded");
         if let Some((_, last, _)) = &state.replay {
             if offset > *last {
@@ -363,26 +420,6 @@ impl Lander {
             self.flush(p).await?;
         }
         Ok(())
-    }
-
-    fn decode(&self, offset: i64, key: Option<Vec<u8>>, raw: Vec<u8>, broker_ts: Option<DateTime<Utc>>) -> Item {
-        let outcome = (|| {
-            if raw.len() > self.cfg.max_event_bytes {
-                return Err((Reason::Oversized, format!("event is larger than {} bytes", self.cfg.max_event_bytes)));
-            }
-            let v: Value = serde_json::from_slice(&raw).map_err(|_| (Reason::InvalidJson, "payload is not valid JSON".to_string()))?;
-            let mut ev = self.taxonomy.validate(&v).map_err(|r| (r.reason, r.detail))?;
-            if let Some(attr) = ev.props.keys().find_map(|k| self.protected.matches(k)) {
-                return Err((Reason::ProtectedAttribute, format!("props carry protected attribute `{attr}`")));
-            }
-            let server = *ev.server_ts.get_or_insert_with(|| broker_ts.unwrap_or_else(Utc::now));
-            let skew = ev.client_ts.signed_duration_since(server).num_milliseconds();
-            if skew.unsigned_abs() > self.cfg.clock_skew.as_millis() as u64 {
-                ev.props.insert("clock_skew_ms".into(), skew.to_string());
-            }
-            Ok(ev)
-        })();
-        Item { offset, key, raw, outcome }
     }
 
     /// Flush partitions whose batch is old enough (or all, when draining).
@@ -403,7 +440,7 @@ impl Lander {
             Ok(mut v) => {
                 if let Some(props) = v.get_mut("props").and_then(Value::as_object_mut) {
                     for (k, val) in props.iter_mut() {
-                        if self.protected.matches(k).is_some() {
+                        if self.decoder.protected.matches(k).is_some() {
                             *val = Value::String("<redacted>".into());
                         }
                     }
@@ -458,7 +495,7 @@ impl Lander {
     pub async fn land_direct(&mut self, p: i32, messages: Vec<(i64, Option<Vec<u8>>, Vec<u8>)>) -> Result<u64, LanderError> {
         let before = self.stats.landed.load(Ordering::Relaxed);
         let now = Some(Utc::now());
-        let items: Vec<Item> = messages.into_iter().map(|(o, k, raw)| self.decode(o, k, raw, now)).collect();
+        let items: Vec<Raw> = messages.into_iter().map(|(offset, key, raw)| Raw { offset, key, raw, broker_ts: now }).collect();
         let state = self.parts.entry(p).or_default();
         state.loaded = true;
         state.items = items;
@@ -526,9 +563,10 @@ impl Lander {
         if state.items.is_empty() {
             return Ok(None);
         }
-        let items = std::mem::take(&mut state.items);
+        let raws = std::mem::take(&mut state.items);
         let replay = state.replay.take();
         state.started = None;
+        let items = self.decoder.decode_all(raws).await;
         let first = items.first().expect("non-empty").offset;
         let last = items.last().expect("non-empty").offset;
 
