@@ -230,9 +230,16 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
         f.await??;
     }
     let produce_secs = t0.elapsed().as_secs_f64();
+    let mut behind = 0;
     while stats.landed.load(Ordering::Relaxed) < landed_before + total as u64 {
-        anyhow::ensure!(t0.elapsed() < Duration::from_secs(args.seconds + 120), "lander fell behind");
+        if t0.elapsed() > Duration::from_secs(args.seconds + 60) {
+            behind = landed_before + total as u64 - stats.landed.load(Ordering::Relaxed);
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if behind > 0 {
+        println!("freshness         NOT CAUGHT UP: {behind} events still unlanded 60 s after the last produce (broker saturated)");
     }
     let h = stats.freshness_ms.lock().expect("stats").clone();
     println!(

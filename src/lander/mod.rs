@@ -340,10 +340,12 @@ impl Lander {
         tokio::pin!(shutdown);
         let consumer = self.consumer.clone();
         let mut tick = tokio::time::interval(Duration::from_millis(50));
+        // A slow flush must not be followed by a burst of ticks that starves the consumer.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut lag_every = Instant::now();
         loop {
+            // Unbiased: under load both the consumer and the flush timer get their turn.
             tokio::select! {
-                biased;
                 _ = &mut shutdown => break,
                 _ = tick.tick() => {
                     self.apply_revocations();
