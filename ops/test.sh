@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 ops/deps.sh
 ops/postgres.sh
 ops/install-chdb.sh >/dev/null
-tansu_pid=$(ops/tansu.sh)
+tansu_pid=$(LEARNVAULT_TANSU_FRESH=1 ops/tansu.sh)
 trap '[ -n "${tansu_pid:-}" ] && kill "$tansu_pid" 2>/dev/null || true' EXIT
 
 # Each test makes its own database lv_test_<uuid>; drop those of earlier runs.
