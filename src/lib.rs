@@ -17,6 +17,7 @@
 //! - [`lander`]: the governed Kafka -> ClickHouse lander (batches, intents, dead letters).
 //! - [`taxonomy`]: versioned event schemas, validation at the gate, the compatibility check.
 //! - [`warehouse`]: the ClickHouse port (embedded chDB or server over HTTP), its migrations.
+//! - [`datamap`]: the map of every store holding learner data, checked against the live schemas.
 //! - [`db`]: pools and migrations. [`app`]: wiring and the server.
 //! - [`cli`]: one module per subcommand (`serve`, `migrate`, `token`, `audit`, `bench`, `demo`).
 
@@ -26,6 +27,7 @@ pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod datamap;
 pub mod db;
 pub mod domain;
 pub mod lander;

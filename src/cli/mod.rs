@@ -3,6 +3,7 @@
 mod audit;
 pub mod bench;
 mod bench_lander;
+mod datamap;
 mod demo;
 pub mod land;
 mod serve;
@@ -39,6 +40,11 @@ pub enum Command {
         #[command(subcommand)]
         command: audit::AuditCommand,
     },
+    /// The data map of every store holding learner data.
+    Datamap {
+        #[command(subcommand)]
+        command: datamap::DataMapCommand,
+    },
     /// Event taxonomy tools.
     Taxonomy {
         #[command(subcommand)]
@@ -69,6 +75,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Taxonomy { command } => taxonomy::run(settings, command),
+        Command::Datamap { command } => datamap::run(settings, command).await,
         Command::Token { command } => token::run(settings, command),
         Command::Audit { command } => audit::run(settings, command).await,
         Command::Bench { command } => bench::run(settings, command).await,
