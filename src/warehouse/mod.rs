@@ -29,8 +29,17 @@ pub enum WarehouseError {
 }
 
 impl WarehouseError {
-    /// Classify an engine error message by its ClickHouse error code.
+    /// Classify an engine error message by its ClickHouse error code. The
+    /// message is cut at the engine's row excerpt (`: while ...`/`Row ...`) and
+    /// to 400 characters: parse errors quote the data, which must not reach a log.
     pub fn classify(msg: String) -> WarehouseError {
+        let mut msg: String = msg.lines().next().unwrap_or_default().to_owned();
+        for cut in [": while ", "Row 1:", "(at row "] {
+            if let Some(i) = msg.find(cut) {
+                msg.truncate(i);
+            }
+        }
+        let msg: String = msg.chars().take(400).collect();
         // Codes that clear by themselves: memory limit, too many parts,
         // timeouts, network, shutting down, table being dropped/locked.
         const RETRYABLE: [&str; 9] = [
