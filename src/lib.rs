@@ -15,6 +15,7 @@
 //! - [`policy`]: roles -> permissions and declared purposes from `policies/*.yaml`.
 //! - [`api`]: axum routes, extractors, the one error type, OpenAPI. Only `api` knows HTTP.
 //! - [`lander`]: the governed Kafka -> ClickHouse lander (batches, intents, dead letters).
+//! - [`retention`]: retention as a table property, verified against the live engine.
 //! - [`taxonomy`]: versioned event schemas, validation at the gate, the compatibility check.
 //! - [`warehouse`]: the ClickHouse port (embedded chDB or server over HTTP), its migrations.
 //! - [`datamap`]: the map of every store holding learner data, checked against the live schemas.
@@ -32,6 +33,7 @@ pub mod db;
 pub mod domain;
 pub mod lander;
 pub mod policy;
+pub mod retention;
 pub mod taxonomy;
 pub mod telemetry;
 pub mod vault;

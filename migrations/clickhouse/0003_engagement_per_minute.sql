@@ -13,7 +13,7 @@ CREATE TABLE IF NOT EXISTS agg.engagement_per_minute
 ENGINE = AggregatingMergeTree
 PARTITION BY toYYYYMM(minute)
 ORDER BY (course_id, cohort_id, minute)
-TTL toDate(minute) + INTERVAL 26 MONTH DELETE
+TTL minute + INTERVAL 26 MONTH DELETE
 SETTINGS non_replicated_deduplication_window = 10000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS agg.engagement_per_minute_mv TO agg.engagement_per_minute AS

@@ -6,6 +6,7 @@ mod bench_lander;
 mod datamap;
 mod demo;
 pub mod land;
+mod retention;
 mod serve;
 mod taxonomy;
 mod token;
@@ -45,6 +46,11 @@ pub enum Command {
         #[command(subcommand)]
         command: datamap::DataMapCommand,
     },
+    /// Retention proof: TTLs equal the policy, no row older than policy plus grace.
+    Retention {
+        #[command(subcommand)]
+        command: retention::RetentionCommand,
+    },
     /// Event taxonomy tools.
     Taxonomy {
         #[command(subcommand)]
@@ -75,6 +81,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Taxonomy { command } => taxonomy::run(settings, command),
+        Command::Retention { command } => retention::run(settings, command).await,
         Command::Datamap { command } => datamap::run(settings, command).await,
         Command::Token { command } => token::run(settings, command),
         Command::Audit { command } => audit::run(settings, command).await,

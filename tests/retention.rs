@@ -1,0 +1,61 @@
+//! Retention proof on the live embedded engine.
+mod common;
+
+use common::spine::num;
+use learnvault::config::Settings;
+use learnvault::retention::{verify, Policy};
+use learnvault::warehouse::{migrate, Warehouse};
+
+#[tokio::test]
+async fn ttls_match_the_policy_expired_rows_go_and_a_drifted_ttl_fails() {
+    let dir = std::env::temp_dir().join(format!("lv-ch-{}", uuid::Uuid::new_v4().simple()));
+    let settings = Settings {
+        clickhouse_url: format!("chdb://{}", dir.display()),
+        clickhouse_migrations_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/clickhouse").into(),
+        ..Settings::default()
+    };
+    let wh = Warehouse::open(&settings).unwrap();
+    migrate::run(&wh, &settings.clickhouse_migrations_dir).await.unwrap();
+    let policy = Policy::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/retention.yaml")).unwrap();
+
+    let r = verify(&wh, &policy).await.unwrap();
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.tables.len(), 5);
+
+    // Rows from three years ago arrive with today's: the engine drops the expired ones as it
+    // writes them (and at merges): retention needs no script.
+    let insert = "INSERT INTO events.learning_events (server_ts, client_ts, event_id, event_version, event_type, learner_id, session_id,
+                       course_id, content_id, cohort_id, institution_id, position_sec, props)
+         SELECT ts, ts, generateUUIDv4(), '2.3', 'session.heartbeat', generateUUIDv4(), 's', 'cs101', 'v', 'c1', 'uni', NULL, map()
+         FROM (SELECT if(number % 2 = 0, now64(3) - toIntervalYear(3), now64(3)) AS ts FROM numbers(1000))";
+    wh.execute(insert, &[]).await.unwrap();
+    for t in ["events.learning_events", "agg.funnel_by_cohort", "agg.engagement_per_minute", "agg.learner_daily_activity"] {
+        wh.execute(&format!("OPTIMIZE TABLE {t} FINAL"), &[]).await.unwrap();
+    }
+    assert_eq!(num(&wh.query("SELECT count() AS n FROM events.learning_events", &[]).await.unwrap()[0]["n"]), 500);
+    let r = verify(&wh, &policy).await.unwrap();
+    assert!(r.ok, "{r:?}");
+
+    // A migration lengthens the base table's TTL without the policy: the TTL check fails,
+    // and the rows it now keeps beyond the policy are reported with the oldest date.
+    wh.execute("ALTER TABLE events.learning_events MODIFY TTL event_date + INTERVAL 60 MONTH", &[]).await.unwrap();
+    wh.execute(insert, &[]).await.unwrap();
+    let r = verify(&wh, &policy).await.unwrap();
+    assert!(!r.ok);
+    let base = r.tables.iter().find(|t| t.table == "events.learning_events").unwrap();
+    assert!(!base.ttl_ok && !base.rows_ok, "{base:?}");
+    assert_eq!(base.live_ttl.as_deref(), Some("event_date + toIntervalMonth(60)"));
+    assert!(base.oldest.as_deref().is_some_and(|o| o < base.limit.as_str()), "{base:?}");
+    wh.execute("ALTER TABLE events.learning_events MODIFY TTL event_date + INTERVAL 26 MONTH", &[]).await.unwrap();
+    wh.execute("OPTIMIZE TABLE events.learning_events FINAL", &[]).await.unwrap();
+    let r = verify(&wh, &policy).await.unwrap();
+    assert!(r.tables.iter().find(|t| t.table == "events.learning_events").unwrap().rows_ok, "{r:?}");
+
+    // A migration that shortens a TTL without the policy fails the check, naming the table.
+    wh.execute("ALTER TABLE agg.content_replays_daily MODIFY TTL event_date + INTERVAL 12 MONTH", &[]).await.unwrap();
+    let r = verify(&wh, &policy).await.unwrap();
+    assert!(!r.ok);
+    let drifted: Vec<_> = r.tables.iter().filter(|t| !t.ttl_ok).map(|t| (t.table.as_str(), t.live_ttl.clone())).collect();
+    assert_eq!(drifted, vec![("agg.content_replays_daily", Some("event_date + toIntervalMonth(12)".to_string()))]);
+    wh.close();
+}
