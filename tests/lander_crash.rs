@@ -113,3 +113,53 @@ async fn the_lander_resumes_by_itself_after_a_broker_restart() {
     assert_eq!(num(&s.wh.query("SELECT uniqExact(event_id) AS n FROM events.learning_events", &[]).await.unwrap()[0]["n"]), 200);
     s.wh.close();
 }
+
+#[tokio::test]
+async fn serve_runs_the_api_and_the_lander_in_one_process_and_drains_on_sigterm() {
+    let s = Spine::new(false).await;
+    let port = 30_000 + (uuid::Uuid::new_v4().as_u128() % 20_000) as u16;
+    let key = s.app.master.to_base64();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_learnvault"))
+        .arg("serve")
+        .envs(s.child_env())
+        .env("LEARNVAULT_LANDER_ENABLED", "true")
+        .env("LEARNVAULT_LISTEN", format!("127.0.0.1:{port}"))
+        .env("LEARNVAULT_MASTER_KEY", secrecy::ExposeSecret::expose_secret(&key))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.get(format!("{base}/readyz")).send().await.map(|r| !r.status().is_success()).unwrap_or(true) {
+        assert!(Instant::now() < deadline, "serve did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The LMS gets a pseudonym from the API of the same process that lands its events.
+    let r: serde_json::Value = client
+        .post(format!("{base}/v1/pseudonyms"))
+        .bearer_auth(s.app.lms("uni-a"))
+        .json(&json!({"institution": "uni-a", "external_id": "served-1"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let p = r["pseudonym"].as_str().unwrap().to_owned();
+    s.produce(&(0..50).map(|_| event(&p, "session.heartbeat", "cs101", "c1", "uni-a")).collect::<Vec<_>>()).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !s.caught_up() {
+        assert!(Instant::now() < deadline, "lander inside serve did not land");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let metrics = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("learnvault_lander_rows_total"), "lander metrics are served");
+    Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    assert!(child.wait().unwrap().success(), "SIGTERM stops the API and drains the lander");
+
+    let wh = learnvault::warehouse::Warehouse::open(&s.settings).unwrap();
+    let rows = wh.query("SELECT count() AS n FROM events.learning_events WHERE learner_id = {p:UUID}", &[("p", p)]).await.unwrap();
+    assert_eq!(num(&rows[0]["n"]), 50);
+    wh.close();
+}
