@@ -1,12 +1,27 @@
 #!/usr/bin/env bash
-# The README's first command: set up what is needed, then walk through the vault
-# end to end on a fresh `learnvault_demo` database, printing what happens.
+# The README's first command: set up what is needed (PostgreSQL, the embedded
+# ClickHouse engine, the tansu broker), then walk through learnvault end to end
+# on fresh state: the vault and its audit log, then a cohort's events through
+# Kafka and the governed lander into ClickHouse. Stops what it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ops/deps.sh
 ops/postgres.sh
+ops/install-chdb.sh >/dev/null
+tansu_pid=$(ops/tansu.sh)
+trap '[ -n "${tansu_pid:-}" ] && kill "$tansu_pid" 2>/dev/null || true' EXIT
 cargo build --quiet
 dropdb -h 127.0.0.1 -U postgres --if-exists learnvault_demo
+run=$(date +%s)
+chdb_dir="${TMPDIR:-/tmp}/learnvault-demo-chdb"
+rm -rf "$chdb_dir"
 export LEARNVAULT_DATABASE_URL="postgres://learnvault_app@127.0.0.1:5432/learnvault_demo"
 export LEARNVAULT_ADMIN_DATABASE_URL="postgres://postgres@127.0.0.1:5432/learnvault_demo"
 export LEARNVAULT_LISTEN="${LEARNVAULT_LISTEN:-127.0.0.1:8080}"
-exec target/debug/learnvault demo --tamper "$@"
+export LEARNVAULT_CLICKHOUSE_URL="chdb://$chdb_dir"
+export LEARNVAULT_EVENTS_TOPIC="learning-events-demo-$run"
+export LEARNVAULT_DLQ_TOPIC="learning-events-demo-$run.dlq"
+export LEARNVAULT_CONSUMER_GROUP="learnvault-demo-$run"
+export LEARNVAULT_LANDER_BATCH_MS=100
+export LEARNVAULT_LOG="${LEARNVAULT_LOG:-warn}"
+target/debug/learnvault demo --spine --tamper "$@"

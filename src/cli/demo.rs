@@ -17,6 +17,11 @@ pub struct DemoArgs {
     /// (bypassing the append-only trigger) and verify again. Leaves the chain broken.
     #[arg(long)]
     tamper: bool,
+    /// Also run the event spine: produce a cohort's events to Kafka, land them
+    /// with the lander into the embedded ClickHouse engine, show the rollups and
+    /// the dead letters (needs the broker of ops/tansu.sh and ops/install-chdb.sh).
+    #[arg(long)]
+    spine: bool,
 }
 
 struct Demo {
@@ -97,6 +102,10 @@ pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<ExitCode>
         v["rejected"],
         t0.elapsed().as_secs_f64() * 1000.0
     );
+    let cohort: Vec<String> = v["results"]
+        .as_array()
+        .map(|r| r.iter().take(40).filter_map(|x| x["pseudonym"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
 
     step("Consent, per purpose, with append-only history");
     let (s, v) = d
@@ -104,9 +113,9 @@ pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<ExitCode>
         .await?;
     show("PUT  .../consent {analytics: true, recommendations: false}", s, &v["current"]);
     let (s, v) = d
-        .call(&lms, "PUT", &format!("/v1/pseudonyms/{pseudonym}/consent"), Some(json!({"consents": {"recommendations": true}})))
+        .call(&lms, "PUT", &format!("/v1/pseudonyms/{pseudonym}/consent"), Some(json!({"consents": {"analytics": false}})))
         .await?;
-    show("PUT  .../consent {recommendations: true}", s, &json!({"history_len": v["history"].as_array().map(Vec::len)}));
+    show("PUT  .../consent {analytics: false} (the learner objects)", s, &json!({"history_len": v["history"].as_array().map(Vec::len)}));
 
     step("Re-identification is for DPOs only, with a declared purpose");
     let resolve = format!("/v1/pseudonyms/{pseudonym}/resolve");
@@ -122,6 +131,11 @@ pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<ExitCode>
     show("DPO resolves for subject_access_request (audited)", s, &v);
     let (s, v) = d.call("not-a-token", "GET", "/v1/audit", None).await?;
     show("a caller without a valid token", s, &v);
+
+    if args.spine {
+        anyhow::ensure!(cohort.len() >= 2, "the batch issued no pseudonyms");
+        spine(&settings, &cohort, &pseudonym).await?;
+    }
 
     step("An auditor reviews who touched this learner, and why");
     let (s, v) = d.call(&auditor, "GET", &format!("/v1/audit?target={pseudonym}"), None).await?;
@@ -163,7 +177,8 @@ pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<ExitCode>
     println!("  curl -s -H \"Authorization: Bearer $TOKEN\" http://{}/v1/audit | jq", settings.listen);
     println!("  curl -s http://{}/openapi.json | jq '.paths | keys'", settings.listen);
     println!("  cargo run -- audit verify                           # exit 0 when the chain is intact");
-    println!("  cargo run --release -- bench pseudonyms             # the figures in BENCHMARKS.md");
+    println!("  cargo run -- taxonomy check                         # breaking taxonomy changes, found in the views' SQL");
+    println!("  cargo run --release -- bench pseudonyms             # the figures in BENCHMARKS.md (also: bench lander)");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -173,4 +188,120 @@ fn redact_url(settings: &Settings) -> String {
         Some((_, db)) => format!(".../{db}"),
         None => "(configured)".into(),
     }
+}
+
+/// The event spine on real tansu and chDB: a cohort's events through the lander.
+async fn spine(settings: &Settings, cohort: &[String], withdrawn: &str) -> anyhow::Result<()> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    step("Events through Kafka, governed by the lander, into ClickHouse");
+    let wh = crate::warehouse::Warehouse::open(settings)?;
+    let result = async {
+        let applied = crate::warehouse::migrate::run(&wh, &settings.clickhouse_migrations_dir).await?;
+        println!("  clickhouse: {}  migrations applied now: {applied:?}", wh.version().await?);
+        let lander = super::land::build(settings, wh.clone()).await?;
+        let stats = lander.stats.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(lander.run(async move {
+            let _ = stopped.await;
+        }));
+        let producer: FutureProducer = rdkafka::config::ClientConfig::new().set("bootstrap.servers", &settings.kafka_brokers).set("acks", "all").create()?;
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut events = Vec::new();
+        for (i, l) in cohort.iter().enumerate() {
+            let cohort_id = if i % 2 == 0 { "cohort-a" } else { "cohort-b" };
+            let ev = |t: &str, pos: Option<u32>, k: i64| {
+                json!({"event_id": uuid::Uuid::new_v4(), "event_version": "2.3", "event_type": t, "learner_id": l,
+                       "session_id": format!("s-{i}"), "course_id": "cs101", "content_id": "lecture-3", "cohort_id": cohort_id,
+                       "institution_id": "uni-north", "position_sec": pos, "client_ts": now - 600_000 + k * 30_000, "props": {"player": "web"}})
+            };
+            events.push(ev("session.start", None, 0));
+            events.push(ev("content.start", Some(0), 1));
+            for k in 0..(4 + i % 6) as i64 {
+                events.push(ev("session.heartbeat", None, 2 + k));
+            }
+            // The confusing segment: pauses and replays around 1:35.
+            if i % 3 != 0 {
+                events.push(ev("interact.pause", Some(93 + (i % 5) as u32), 8));
+                events.push(ev("interact.replay", Some(95), 9));
+            }
+            if i % 4 != 3 {
+                events.push(ev("content.complete", Some(600), 10));
+            }
+            if i % 5 == 0 {
+                events.push(ev("assess.submit", None, 11));
+            }
+        }
+        // What the gate must refuse: a withdrawn learner, an unknown pseudonym, a protected attribute, a bad version.
+        let mut bad = vec![
+            json!({"event_id": uuid::Uuid::new_v4(), "event_version": "2.3", "event_type": "content.view", "learner_id": withdrawn,
+                   "course_id": "cs101", "cohort_id": "cohort-a", "institution_id": "uni-north", "client_ts": now}),
+            json!({"event_id": uuid::Uuid::new_v4(), "event_version": "2.3", "event_type": "content.view", "learner_id": uuid::Uuid::new_v4(),
+                   "course_id": "cs101", "cohort_id": "cohort-a", "institution_id": "uni-north", "client_ts": now}),
+            json!({"event_id": uuid::Uuid::new_v4(), "event_version": "2.3", "event_type": "content.view", "learner_id": cohort[0],
+                   "course_id": "cs101", "cohort_id": "cohort-a", "institution_id": "uni-north", "client_ts": now, "props": {"gender": "f"}}),
+            json!({"event_id": uuid::Uuid::new_v4(), "event_version": "1.0", "event_type": "content.view", "learner_id": cohort[1],
+                   "course_id": "cs101", "cohort_id": "cohort-a", "institution_id": "uni-north", "client_ts": now}),
+        ];
+        let good = events.len();
+        events.append(&mut bad);
+        let t0 = Instant::now();
+        for e in &events {
+            let key = e["learner_id"].as_str().unwrap_or_default().to_owned();
+            let payload = serde_json::to_vec(e)?;
+            producer
+                .send(FutureRecord::to(&settings.events_topic).key(&key).payload(&payload), Duration::from_secs(10))
+                .await
+                .map_err(|(e, _)| e)?;
+        }
+        println!("  produced {} events for {} learners to {} ({} valid, 4 the gate must refuse)", events.len(), cohort.len(), settings.events_topic, good);
+        while stats.landed.load(std::sync::atomic::Ordering::Relaxed) + stats.rejected.load(std::sync::atomic::Ordering::Relaxed) < events.len() as u64 {
+            anyhow::ensure!(t0.elapsed() < Duration::from_secs(60), "the lander did not land the demo events");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        println!(
+            "  landed {} and dead-lettered {} in {:.1}s (freshness of the last batch {} ms)",
+            stats.landed.load(std::sync::atomic::Ordering::Relaxed),
+            stats.rejected.load(std::sync::atomic::Ordering::Relaxed),
+            t0.elapsed().as_secs_f64(),
+            stats.last_freshness_ms.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        let _ = stop.send(());
+        handle.await??;
+        let funnel = wh
+            .query(
+                "SELECT cohort_id, uniqMerge(learners) AS enrolled, uniqMerge(started) AS started, uniqMerge(completed) AS completed,
+                        uniqMerge(assessed) AS assessed
+                 FROM agg.funnel_by_cohort WHERE course_id = {course:String} AND event_date >= today() - 27 GROUP BY cohort_id ORDER BY cohort_id",
+                &[("course", "cs101".into())],
+            )
+            .await?;
+        println!("  funnel (agg.funnel_by_cohort, cs101):");
+        for r in &funnel {
+            println!("    {:<9} enrolled={} started={} completed={} assessed={}", r["cohort_id"].as_str().unwrap_or(""), r["enrolled"], r["started"], r["completed"], r["assessed"]);
+        }
+        let seg = wh
+            .query(
+                "SELECT content_id, position_bucket, sum(replays) AS replays, sum(pauses) AS pauses, uniqMerge(learners) AS learners
+                 FROM agg.content_replays_daily WHERE course_id = {course:String} GROUP BY content_id, position_bucket
+                 ORDER BY replays + pauses DESC LIMIT 1",
+                &[("course", "cs101".into())],
+            )
+            .await?;
+        if let Some(r) = seg.first() {
+            println!(
+                "  most replayed segment (agg.content_replays_daily): {} at {}s..{}s: {} replays, {} pauses by {} learners",
+                r["content_id"].as_str().unwrap_or(""),
+                r["position_bucket"],
+                r["position_bucket"].as_u64().unwrap_or(0) + 10,
+                r["replays"],
+                r["pauses"],
+                r["learners"]
+            );
+        }
+        println!("  dead letters go to {} with a typed reason (no_consent, unknown_pseudonym, protected_attribute, unknown_version)", settings.dlq_topic);
+        anyhow::Ok(())
+    }
+    .await;
+    wh.close();
+    result
 }
