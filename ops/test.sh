@@ -19,4 +19,5 @@ rm -rf "${TMPDIR:-/tmp}"/lv-spine-* "${TMPDIR:-/tmp}"/lv-ch-* 2>/dev/null || tru
 command -v cargo-nextest >/dev/null 2>&1 || cargo install cargo-nextest --locked
 cargo build --quiet
 target/debug/learnvault taxonomy check
+target/debug/learnvault policy check-features
 cargo nextest run --no-fail-fast "$@"

@@ -65,6 +65,14 @@ async fn valid_events_land_exactly_once_with_right_rollups() {
     assert_eq!(act, 900);
     let replays = s.count("SELECT sum(replays) AS n FROM agg.content_replays_daily WHERE position_bucket = 40").await;
     assert_eq!(replays, 150);
+    // The recommendation features read the landed behaviour.
+    let f = s
+        .wh
+        .query("SELECT sessions_28d, replay_rate, completion_rate FROM features.learner_engagement WHERE learner_id = {l:UUID}", &[("l", ls[0].clone())])
+        .await
+        .unwrap();
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(f[0]["replay_rate"].as_f64().unwrap() > 0.0, "{f:?}");
     s.wh.close();
 }
 

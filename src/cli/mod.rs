@@ -6,6 +6,7 @@ mod bench_lander;
 mod datamap;
 mod demo;
 pub mod land;
+mod policy;
 mod retention;
 mod serve;
 mod taxonomy;
@@ -46,6 +47,11 @@ pub enum Command {
         #[command(subcommand)]
         command: datamap::DataMapCommand,
     },
+    /// Policy checks for CI.
+    Policy {
+        #[command(subcommand)]
+        command: policy::PolicyCommand,
+    },
     /// Retention proof: TTLs equal the policy, no row older than policy plus grace.
     Retention {
         #[command(subcommand)]
@@ -81,6 +87,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Taxonomy { command } => taxonomy::run(settings, command),
+        Command::Policy { command } => policy::run(settings, command),
         Command::Retention { command } => retention::run(settings, command).await,
         Command::Datamap { command } => datamap::run(settings, command).await,
         Command::Token { command } => token::run(settings, command),

@@ -9,6 +9,8 @@ use std::path::Path;
 
 use crate::domain::Purpose;
 
+pub mod lineage;
+
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     #[error("cannot read policy file {path}: {source}")]

@@ -1,0 +1,28 @@
+use clap::Subcommand;
+use std::process::ExitCode;
+
+use crate::config::Settings;
+use crate::policy::lineage::{check, Catalog};
+use crate::policy::ProtectedAttributes;
+
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Fail when a recommendation feature view's lineage reaches a protected attribute.
+    CheckFeatures,
+}
+
+pub fn run(settings: Settings, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
+    let PolicyCommand::CheckFeatures = cmd;
+    let protected = ProtectedAttributes::load(&settings.policy_dir)?;
+    let catalog = Catalog::from_migrations(&settings.clickhouse_migrations_dir).map_err(anyhow::Error::msg)?;
+    let (features, found) = check(&catalog, &protected);
+    if found.is_empty() {
+        println!("features ok: {} feature view(s) {features:?}, lineage free of protected attributes", features.len());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for f in &found {
+            println!("FAIL {f}");
+        }
+        Ok(ExitCode::from(1))
+    }
+}
