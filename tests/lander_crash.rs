@@ -108,7 +108,10 @@ async fn the_lander_resumes_by_itself_after_a_broker_restart() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     broker.start();
     s.produce(&batch(100)).await;
-    assert_eq!(s.wait_rows(200, Duration::from_secs(60)).await, 200, "resumed without a manual step");
+    let landed = s.wait_rows(200, Duration::from_secs(90)).await;
+    if landed != 200 {
+        panic!("resumed without a manual step? landed {landed}; the lander ended with {}", lander.outcome().await);
+    }
     lander.stop().await;
     assert_eq!(num(&s.wh.query("SELECT uniqExact(event_id) AS n FROM events.learning_events", &[]).await.unwrap()[0]["n"]), 200);
     s.wh.close();

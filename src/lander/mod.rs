@@ -381,14 +381,23 @@ impl Lander {
         let p = m.partition();
         let offset = m.offset();
         if !self.parts.get(&p).is_some_and(|s| s.loaded) {
-            let intent = sqlx::query!(
-                "SELECT first_offset, last_offset, token FROM lander_intents WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
-                self.cfg.group,
-                self.cfg.topic,
-                p
-            )
-            .fetch_optional(&self.pool)
-            .await?;
+            let intent = loop {
+                let r = sqlx::query!(
+                    "SELECT first_offset, last_offset, token FROM lander_intents WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
+                    self.cfg.group,
+                    self.cfg.topic,
+                    p
+                )
+                .fetch_optional(&self.pool)
+                .await;
+                match r {
+                    Ok(i) => break i,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read batch intents from PostgreSQL; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            };
             let state = self.parts.entry(p).or_default();
             state.loaded = true;
             state.replay = intent.and_then(|i| {
@@ -550,13 +559,29 @@ impl Lander {
             tracing::debug!(partition = b.partition, first = b.first, last = b.last, landed, "batch landed");
         }
         if commit {
-            let consumer = self.consumer.clone();
-            tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
-                .await
-                .map_err(|e| LanderError::Config(format!("commit task: {e}")))??;
+            self.commit(tpl).await;
         }
         metrics::histogram!("learnvault_lander_batch_seconds").record(started.elapsed().as_secs_f64());
         Ok(())
+    }
+
+    /// Commit offsets, retrying while the broker is away. Gives up after ~30 s (the
+    /// partitions may have moved to another member): the batches stay replayable
+    /// by their intents and tokens, and a later commit covers them.
+    async fn commit(&self, tpl: TopicPartitionList) {
+        let mut backoff = Duration::from_millis(250);
+        for attempt in 1..=10 {
+            let consumer = self.consumer.clone();
+            let tpl = tpl.clone();
+            match tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync)).await {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => tracing::warn!(error = %e, attempt, "offset commit failed; retrying"),
+                Err(e) => tracing::warn!(error = %e, attempt, "offset commit task failed; retrying"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        tracing::error!("offset commit abandoned after 10 attempts; the batches will be replayed with their tokens");
     }
 
     /// Take partition `p`'s batch: govern it, dead-letter its refusals, record its intent.
@@ -627,7 +652,8 @@ impl Lander {
             Some((f, l, token)) if f == first && l == last => token,
             _ => {
                 let token = format!("{}:{}:{}-{}", self.cfg.topic, p, first, last);
-                sqlx::query!(
+                // No insert without its intent: wait for PostgreSQL rather than land unreplayably.
+                while let Err(e) = sqlx::query!(
                     r#"INSERT INTO lander_intents (consumer_group, topic, partition, first_offset, last_offset, token)
                        VALUES ($1, $2, $3, $4, $5, $6)
                        ON CONFLICT (consumer_group, topic, partition)
@@ -641,7 +667,11 @@ impl Lander {
                     token
                 )
                 .execute(&self.pool)
-                .await?;
+                .await
+                {
+                    tracing::warn!(error = %e, "cannot record a batch intent in PostgreSQL; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
                 token
             }
         };

@@ -40,6 +40,12 @@ impl Running {
         let _ = self.stop.send(());
         self.handle.await.unwrap().unwrap();
     }
+
+    /// Stop and return how the lander ended (to explain a failure).
+    pub async fn outcome(self) -> String {
+        let _ = self.stop.send(());
+        format!("{:?}", self.handle.await)
+    }
 }
 
 impl Spine {
