@@ -30,6 +30,8 @@ async fn malformed_bodies_get_a_code_and_write_nothing() {
         ("/v1/pseudonyms", "application/json", br#"{"institution": "uni-a"}"#.to_vec(), StatusCode::BAD_REQUEST, "invalid_body"),
         ("/v1/pseudonyms", "application/json", br#"{"institution": 5, "external_id": "x"}"#.to_vec(), StatusCode::BAD_REQUEST, "invalid_body"),
         ("/v1/pseudonyms", "application/json", format!(r#"{{"institution": "uni-a", "external_id": "x", "emial": "{secret}"}}"#).into_bytes(), StatusCode::BAD_REQUEST, "invalid_body"),
+        ("/v1/pseudonyms", "application/json", format!(r#"{{"institution": "uni-a", "external_id": "x", "identity": "{secret}"}}"#).into_bytes(), StatusCode::BAD_REQUEST, "invalid_body"),
+        ("/v1/pseudonyms", "application/json", br#"{"institution": "uni-a", "external_id": 9876543210}"#.to_vec(), StatusCode::BAD_REQUEST, "invalid_body"),
         ("/v1/pseudonyms", "text/plain", br#"{"institution": "uni-a", "external_id": "x"}"#.to_vec(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
         ("/v1/pseudonyms", "application/json", format!(r#"{{"institution": "uni a", "external_id": "{secret}"}}"#).into_bytes(), StatusCode::BAD_REQUEST, "invalid_institution"),
         ("/v1/pseudonyms", "application/json", format!(r#"{{"institution": "uni-a", "external_id": "{}"}}"#, "x".repeat(300)).into_bytes(), StatusCode::BAD_REQUEST, "invalid_external_id"),
@@ -45,6 +47,7 @@ async fn malformed_bodies_get_a_code_and_write_nothing() {
         assert_eq!(v["error"]["code"], code, "{v}");
         assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
         assert!(!v.to_string().contains(secret), "error echoes an identity: {v}");
+        assert!(!v.to_string().contains("9876543210"), "error echoes an LMS id: {v}");
     }
     assert_eq!(app.count("SELECT count(*) FROM learners").await, 0, "nothing written");
     assert_eq!(app.count("SELECT count(*) FROM institutions").await, 0);

@@ -133,7 +133,7 @@ impl From<JsonRejection> for Error {
     fn from(r: JsonRejection) -> Self {
         match r {
             JsonRejection::JsonSyntaxError(_) => Error::bad_request("invalid_json", "the request body is not valid JSON"),
-            JsonRejection::JsonDataError(e) => Error::bad_request("invalid_body", e.body_text()),
+            JsonRejection::JsonDataError(e) => Error::bad_request("invalid_body", without_values(&e.body_text())),
             JsonRejection::MissingJsonContentType(_) => {
                 Error::UnsupportedMediaType { message: "expected `Content-Type: application/json`".into() }
             }
@@ -148,5 +148,31 @@ impl From<JsonRejection> for Error {
 impl From<QueryRejection> for Error {
     fn from(r: QueryRejection) -> Self {
         Error::bad_request("invalid_query", r.body_text())
+    }
+}
+
+/// serde's "invalid type/value" messages quote the offending value, which may be
+/// an identity (an email where an object was expected, a numeric LMS id): keep
+/// the field path and what was expected, drop the value.
+fn without_values(msg: &str) -> String {
+    for marker in ["invalid type: ", "invalid value: "] {
+        if let Some(i) = msg.find(marker) {
+            let expected = msg[i..].find(", expected").map(|j| &msg[i + j..]).unwrap_or("");
+            return format!("{}{}<value withheld>{expected}", &msg[..i], marker);
+        }
+    }
+    msg.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_values;
+
+    #[test]
+    fn data_errors_keep_the_path_and_drop_the_value() {
+        let m = without_values("identity: invalid type: string \"ada@example.edu\", expected a map at line 1 column 60");
+        assert_eq!(m, "identity: invalid type: <value withheld>, expected a map at line 1 column 60");
+        assert!(!without_values("external_id: invalid type: integer `12345678`, expected a string").contains("12345678"));
+        assert_eq!(without_values("missing field `institution`"), "missing field `institution`");
     }
 }

@@ -207,7 +207,6 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
     let landed_before = stats.landed.load(Ordering::Relaxed);
     let t0 = Instant::now();
     let tick = Duration::from_millis(10);
-    let per_tick = args.rate / 100;
     let mut sent = 0usize;
     let mut inflight = Vec::new();
     while sent < total {
@@ -223,7 +222,6 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
             }));
             sent += 1;
         }
-        let _ = per_tick;
         tokio::time::sleep(tick).await;
     }
     for f in inflight {
