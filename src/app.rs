@@ -10,6 +10,9 @@ use crate::api::{self, AppState, Limits};
 use crate::audit::Recorder;
 use crate::auth::Authenticator;
 use crate::config::Settings;
+use crate::datamap::DataMap;
+use crate::dsr::Dsr;
+use crate::warehouse::Warehouse;
 use crate::policy::Policies;
 use crate::vault::keys::MasterKey;
 use crate::vault::Vault;
@@ -49,8 +52,45 @@ pub async fn build_state(settings: &Settings) -> anyhow::Result<AppState> {
             body_bytes: settings.body_limit_bytes,
             batch_body_bytes: settings.batch_body_limit_bytes,
             batch_items: settings.batch_max_items,
+            ingest_events: settings.ingest_max_events,
         },
+        warehouse: None,
+        dsr: None,
+        gateway: None,
     })
+}
+
+/// Give the API the ingest gateway (a Kafka producer; the topics are created
+/// if the broker is reachable, otherwise ingest answers 503 until it is).
+pub async fn with_gateway(mut state: AppState, settings: &Settings) -> anyhow::Result<AppState> {
+    let topics = [(settings.events_topic.as_str(), settings.topic_partitions), (settings.dlq_topic.as_str(), settings.topic_partitions)];
+    if let Err(e) = crate::lander::ensure_topics(&settings.kafka_brokers, &topics).await {
+        tracing::warn!(error = %e, "cannot create the topics now; ingest answers 503 until the broker is reachable");
+    }
+    let analytics = state.policies.consent_default("analytics");
+    state.gateway = Some(Arc::new(crate::gateway::Gateway::new(settings, state.vault.clone(), analytics)?));
+    Ok(state)
+}
+
+/// Give the API the warehouse (the process owns it): subject requests,
+/// features and the retention report need it.
+pub fn with_warehouse(mut state: AppState, settings: &Settings, warehouse: Warehouse) -> anyhow::Result<AppState> {
+    let master = MasterKey::load(settings).context("loading the master key")?;
+    let dir = &settings.policy_dir;
+    let dsr = Dsr {
+        pool: state.pool.clone(),
+        warehouse: warehouse.clone(),
+        vault: state.vault.clone(),
+        map: DataMap::load(&dir.join("data-map.yaml")).context("loading the data map")?,
+        retention: crate::retention::Policy::load(&dir.join("retention.yaml")).context("loading the retention policy")?,
+        archive_dir: settings.archive_path(),
+        signer: crate::dsr::certificate::Signer::derive(&master),
+        settle: std::time::Duration::from_millis(settings.governance_cache_ms + settings.lander_batch_ms),
+    };
+    std::fs::create_dir_all(&dsr.archive_dir).with_context(|| format!("creating {}", dsr.archive_dir.display()))?;
+    state.warehouse = Some(warehouse);
+    state.dsr = Some(Arc::new(dsr));
+    Ok(state)
 }
 
 /// Serve the API on `listener` until `shutdown` resolves; in-flight requests drain.

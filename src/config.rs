@@ -81,6 +81,14 @@ pub struct Settings {
     pub governance_cache_ms: u64,
     /// Run the lander inside `serve`.
     pub lander_enabled: bool,
+    /// The gateway gives up on a broker acknowledgement after this (503, retry).
+    pub produce_timeout_ms: u64,
+    /// Events in one `POST /v1/events` or xAPI request.
+    pub ingest_max_events: usize,
+    /// Run subject-request jobs and the retention purge inside `serve`.
+    pub jobs_enabled: bool,
+    /// Where subject-access archives are written (default: beside the data directory).
+    pub archive_dir: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -116,6 +124,10 @@ impl Default for Settings {
             max_event_bytes: 64 * 1024,
             governance_cache_ms: 2_000,
             lander_enabled: false,
+            produce_timeout_ms: 5_000,
+            ingest_max_events: 5_000,
+            jobs_enabled: true,
+            archive_dir: None,
         }
     }
 }
@@ -158,6 +170,11 @@ impl Settings {
                 .join("learnvault")
         });
         cache.join("chdb").join(CHDB_VERSION).join("libchdb.so")
+    }
+
+    /// Subject-access archives: configured, or under the data home.
+    pub fn archive_path(&self) -> PathBuf {
+        self.archive_dir.clone().unwrap_or_else(|| Self::data_home().join("learnvault").join("dsr-archives"))
     }
 
     /// Where the development master key lives when none is configured.

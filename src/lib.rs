@@ -18,6 +18,8 @@
 //! - [`retention`]: retention as a table property, verified against the live engine.
 //! - [`taxonomy`]: versioned event schemas, validation at the gate, the compatibility check.
 //! - [`warehouse`]: the ClickHouse port (embedded chDB or server over HTTP), its migrations.
+//! - [`dsr`]: subject access and erasure jobs (map-driven), archives, signed erasure certificates.
+//! - [`gateway`]: event and xAPI ingest, pseudonymisation at the gate.
 //! - [`datamap`]: the map of every store holding learner data, checked against the live schemas.
 //! - [`db`]: pools and migrations. [`app`]: wiring and the server.
 //! - [`cli`]: one module per subcommand (`serve`, `migrate`, `token`, `audit`, `bench`, `demo`).
@@ -31,6 +33,8 @@ pub mod config;
 pub mod datamap;
 pub mod db;
 pub mod domain;
+pub mod dsr;
+pub mod gateway;
 pub mod lander;
 pub mod policy;
 pub mod retention;

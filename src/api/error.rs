@@ -24,6 +24,8 @@ pub enum Error {
     #[error("{message}")]
     Gone { code: &'static str, message: String },
     #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    #[error("{message}")]
     PayloadTooLarge { code: &'static str, message: String },
     #[error("{message}")]
     UnsupportedMediaType { message: String },
@@ -68,6 +70,7 @@ impl Error {
             Error::Forbidden { code, message } => (StatusCode::FORBIDDEN, code, message.clone()),
             Error::NotFound { code, message } => (StatusCode::NOT_FOUND, code, message.clone()),
             Error::Gone { code, message } => (StatusCode::GONE, code, message.clone()),
+            Error::Conflict { code, message } => (StatusCode::CONFLICT, code, message.clone()),
             Error::PayloadTooLarge { code, message } => (StatusCode::PAYLOAD_TOO_LARGE, code, message.clone()),
             Error::UnsupportedMediaType { message } => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", message.clone()),
             Error::Unavailable { code, message } => (StatusCode::SERVICE_UNAVAILABLE, code, message.clone()),

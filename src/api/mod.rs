@@ -4,8 +4,11 @@
 
 mod audit;
 mod consent;
+mod dsr;
 mod error;
 mod extract;
+mod features;
+mod ingest;
 mod ops;
 mod pseudonyms;
 
@@ -28,7 +31,9 @@ use uuid::Uuid;
 use crate::audit::{Outcome, Recorder};
 use crate::auth::Authenticator;
 use crate::policy::{Permission, Policies};
+use crate::dsr::Dsr;
 use crate::vault::Vault;
+use crate::warehouse::Warehouse;
 
 /// Request limits, from `Settings`.
 #[derive(Debug, Clone, Copy)]
@@ -36,6 +41,8 @@ pub struct Limits {
     pub body_bytes: usize,
     pub batch_body_bytes: usize,
     pub batch_items: usize,
+    /// Events (or xAPI statements) in one ingest request.
+    pub ingest_events: usize,
 }
 
 #[derive(Clone)]
@@ -47,6 +54,12 @@ pub struct AppState {
     pub policies: Arc<Policies>,
     pub metrics: PrometheusHandle,
     pub limits: Limits,
+    /// The warehouse, when this process owns it (`serve`); `None` in API-only processes.
+    pub warehouse: Option<Warehouse>,
+    /// Subject requests (needs the warehouse).
+    pub dsr: Option<Arc<Dsr>>,
+    /// The ingest gateway (needs Kafka): `None` in processes that do not ingest.
+    pub gateway: Option<Arc<crate::gateway::Gateway>>,
 }
 
 impl AppState {
@@ -94,6 +107,10 @@ impl AppState {
         (name = "pseudonyms", description = "Pseudonym issuance, lookup and audited re-identification"),
         (name = "consent", description = "Per-purpose consent, append-only history"),
         (name = "audit", description = "Tamper-evident audit log"),
+        (name = "ingest", description = "Learning events and xAPI statements, pseudonymised at the gate"),
+        (name = "dsr", description = "Subject access and erasure requests, archives, erasure certificates"),
+        (name = "features", description = "Behaviour-only recommendation features (recommendations consent)"),
+        (name = "retention", description = "Retention proof"),
         (name = "ops", description = "Health, readiness, metrics, this document")
     )
 )]
@@ -112,7 +129,7 @@ impl Modify for BearerAuth {
 
 /// The OpenAPI document, generated from the routes.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes(Limits { body_bytes: 0, batch_body_bytes: 0, batch_items: 0 }).split_for_parts().1
+    routes(Limits { body_bytes: 0, batch_body_bytes: 0, batch_items: 0, ingest_events: 0 }).split_for_parts().1
 }
 
 fn routes(limits: Limits) -> OpenApiRouter<AppState> {
@@ -120,6 +137,9 @@ fn routes(limits: Limits) -> OpenApiRouter<AppState> {
         .merge(pseudonyms::router(limits))
         .merge(consent::router())
         .merge(audit::router())
+        .merge(ingest::router(limits))
+        .merge(dsr::router())
+        .merge(features::router())
         .merge(ops::router())
 }
 

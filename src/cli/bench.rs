@@ -19,6 +19,8 @@ pub enum BenchCommand {
     Pseudonyms(PseudonymArgs),
     /// The event spine: lander/raw-insert ratio, freshness at a fixed rate, funnel latency over a large base table.
     Lander(super::bench_lander::LanderArgs),
+    /// Subject access, erasure (with recompute and verification) and retention verify over a large base table.
+    Dsr(super::bench_dsr::DsrArgs),
 }
 
 #[derive(clap::Args)]
@@ -110,6 +112,7 @@ pub async fn run(settings: Settings, cmd: BenchCommand) -> anyhow::Result<ExitCo
     let args = match cmd {
         BenchCommand::Pseudonyms(a) => a,
         BenchCommand::Lander(a) => return super::bench_lander::run(settings, a).await,
+        BenchCommand::Dsr(a) => return super::bench_dsr::run(settings, a).await,
     };
     let duration = parse_ttl(&args.duration).context("--duration like 10s")?;
     let master = MasterKey::load(&settings)?;

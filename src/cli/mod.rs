@@ -2,9 +2,11 @@
 
 mod audit;
 pub mod bench;
+mod bench_dsr;
 mod bench_lander;
 mod datamap;
 mod demo;
+mod dsr;
 pub mod land;
 mod policy;
 mod retention;
@@ -46,6 +48,11 @@ pub enum Command {
     Datamap {
         #[command(subcommand)]
         command: datamap::DataMapCommand,
+    },
+    /// Subject access and erasure requests, erasure certificates.
+    Dsr {
+        #[command(subcommand)]
+        command: dsr::DsrCommand,
     },
     /// Policy checks for CI.
     Policy {
@@ -90,6 +97,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Policy { command } => policy::run(settings, command),
         Command::Retention { command } => retention::run(settings, command).await,
         Command::Datamap { command } => datamap::run(settings, command).await,
+        Command::Dsr { command } => dsr::run(settings, command).await,
         Command::Token { command } => token::run(settings, command),
         Command::Audit { command } => audit::run(settings, command).await,
         Command::Bench { command } => bench::run(settings, command).await,

@@ -1,17 +1,18 @@
 use anyhow::Context;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use crate::config::Settings;
 use crate::warehouse::{migrate, Warehouse};
 
-/// The API, and with `LEARNVAULT_LANDER_ENABLED=true` the lander, in one
-/// process (the embedded engine allows one process per data path).
+/// The API, the subject-request worker and the retention purge, and with
+/// `LEARNVAULT_LANDER_ENABLED=true` the lander, in one process (the embedded
+/// engine allows one process per data path).
 pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
     // Configuration (keys, policies, token verification) fails fast, before any database work.
     let state = crate::app::build_state(&settings).await?;
     crate::db::migrate(&settings).await.context("applying migrations")?;
     let listener = tokio::net::TcpListener::bind(&settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, env = ?settings.env, lander = settings.lander_enabled, "learnvault serving");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         crate::app::shutdown_signal().await;
@@ -20,17 +21,32 @@ pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    if !settings.lander_enabled {
-        crate::app::serve(state, listener, stopped(stop_rx)).await?;
-        return Ok(ExitCode::SUCCESS);
-    }
     let warehouse = Warehouse::open(&settings)?;
     let result = async {
         migrate::run(&warehouse, &settings.clickhouse_migrations_dir).await?;
-        let lander = super::land::build(&settings, warehouse.clone()).await?;
+        let state = crate::app::with_warehouse(state, &settings, warehouse.clone())?;
+        let state = crate::app::with_gateway(state, &settings).await?;
+        tracing::info!(addr = %listener.local_addr()?, env = ?settings.env, lander = settings.lander_enabled,
+            jobs = settings.jobs_enabled, "learnvault serving");
+        let dsr = state.dsr.clone().expect("set by with_warehouse");
+        let jobs = {
+            let rx = stop_rx.clone();
+            let enabled = settings.jobs_enabled;
+            async move {
+                if enabled {
+                    tokio::join!(dsr.clone().work(rx.clone()), purge_loop(dsr, rx));
+                }
+            }
+        };
         let api = crate::app::serve(state, listener, stopped(stop_rx.clone()));
-        let land = lander.run(stopped(stop_rx));
-        let (a, l) = tokio::join!(api, land);
+        let land = async {
+            if settings.lander_enabled {
+                let lander = super::land::build(&settings, warehouse.clone()).await?;
+                lander.run(stopped(stop_rx.clone())).await?;
+            }
+            anyhow::Ok(())
+        };
+        let (a, l, ()) = tokio::join!(api, land, jobs);
         a?;
         l?;
         anyhow::Ok(())
@@ -38,4 +54,19 @@ pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
     .await;
     warehouse.close();
     result.map(|_| ExitCode::SUCCESS)
+}
+
+/// Hourly: delete finished request records and archives past their retention.
+async fn purge_loop(dsr: std::sync::Arc<crate::dsr::Dsr>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        match crate::retention::purge(&dsr.pool, &dsr.retention, &dsr.archive_dir).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "retention purge"),
+            Err(e) => tracing::warn!(error = %e, "retention purge failed; retrying next hour"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
 }

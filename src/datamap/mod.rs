@@ -34,9 +34,11 @@ pub enum StoreKind {
     Clickhouse,
     Postgres,
     Kafka,
+    /// Files the service writes (subject-access archives).
+    Files,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Erasure {
     DeleteRows,

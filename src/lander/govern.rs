@@ -29,6 +29,20 @@ impl Standing {
     }
 }
 
+/// Pseudonyms erased by this process since it started: the lander refuses them
+/// at once rather than after its cache expires (another process's erasures
+/// take effect within the cache time).
+static ERASED_HERE: std::sync::Mutex<Option<std::collections::HashSet<Uuid>>> = std::sync::Mutex::new(None);
+
+/// Record that `id` was just tombstoned (called by the erasure job).
+pub fn note_erased(id: Uuid) {
+    ERASED_HERE.lock().expect("not poisoned").get_or_insert_with(Default::default).insert(id);
+}
+
+fn erased_here(id: &Uuid) -> bool {
+    ERASED_HERE.lock().expect("not poisoned").as_ref().is_some_and(|s| s.contains(id))
+}
+
 pub struct Governance {
     pool: PgPool,
     ttl: Duration,
@@ -47,6 +61,10 @@ impl Governance {
         let mut out = HashMap::new();
         let mut misses = Vec::new();
         for id in ids {
+            if erased_here(&id) {
+                out.insert(id, Standing::Erased);
+                continue;
+            }
             match self.cache.get(&id) {
                 Some((s, at)) if now.duration_since(*at) < self.ttl => {
                     out.insert(id, s.clone());

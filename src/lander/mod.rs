@@ -255,7 +255,11 @@ async fn insert_with_retry(warehouse: &Warehouse, b: &Prepared) -> Result<(), Wa
     ];
     let mut backoff = Duration::from_millis(100);
     loop {
-        match warehouse.insert("events.learning_events", "JSONEachRow", b.rows.clone(), &settings).await {
+        let inserted = {
+            let _rebuild = crate::warehouse::AGGREGATE_REBUILD.read().await;
+            warehouse.insert("events.learning_events", "JSONEachRow", b.rows.clone(), &settings).await
+        };
+        match inserted {
             Ok(()) => return Ok(()),
             Err(e) if e.is_retryable() => {
                 tracing::warn!(error = %e, partition = b.partition, "warehouse busy or down; backing off");

@@ -29,10 +29,16 @@ pub enum Permission {
     ConsentRead,
     AuditRead,
     AuditVerify,
+    DsrAccess,
+    DsrErasure,
+    DsrRead,
+    FeaturesRead,
+    RetentionRead,
+    EventsIngest,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 7] = [
+    pub const ALL: [Permission; 13] = [
         Permission::PseudonymIssue,
         Permission::PseudonymLookup,
         Permission::PseudonymResolve,
@@ -40,6 +46,12 @@ impl Permission {
         Permission::ConsentRead,
         Permission::AuditRead,
         Permission::AuditVerify,
+        Permission::DsrAccess,
+        Permission::DsrErasure,
+        Permission::DsrRead,
+        Permission::FeaturesRead,
+        Permission::RetentionRead,
+        Permission::EventsIngest,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -50,6 +62,12 @@ impl Permission {
             Permission::ConsentRead => "consent.read",
             Permission::AuditRead => "audit.read",
             Permission::AuditVerify => "audit.verify",
+            Permission::DsrAccess => "dsr.access",
+            Permission::DsrErasure => "dsr.erasure",
+            Permission::DsrRead => "dsr.read",
+            Permission::FeaturesRead => "features.read",
+            Permission::RetentionRead => "retention.read",
+            Permission::EventsIngest => "events.ingest",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {

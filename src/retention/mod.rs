@@ -8,6 +8,7 @@
 use chrono::{Duration, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use sqlx::PgPool;
 use std::path::Path;
 
 use crate::warehouse::{Warehouse, WarehouseError};
@@ -18,6 +19,8 @@ pub enum RetentionError {
     Invalid { path: String, message: String },
     #[error(transparent)]
     Warehouse(#[from] WarehouseError),
+    #[error("postgres: {0}")]
+    Db(#[from] sqlx::Error),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -27,11 +30,22 @@ pub struct TablePolicy {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+pub struct DaysPolicy {
+    pub days: u32,
+    #[serde(default)]
+    pub column: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
 pub struct Policy {
     pub grace_days: u32,
     pub clickhouse: BTreeMap<String, TablePolicy>,
     #[serde(default)]
     pub kafka: BTreeMap<String, serde_yaml::Value>,
+    #[serde(default)]
+    pub postgres: BTreeMap<String, DaysPolicy>,
+    #[serde(default)]
+    pub archives: Option<DaysPolicy>,
 }
 
 impl Policy {
@@ -39,8 +53,13 @@ impl Policy {
         let invalid = |message: String| RetentionError::Invalid { path: path.display().to_string(), message };
         let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
         let p: Policy = serde_yaml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        let ok = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
+        for (t, tp) in &p.postgres {
+            if !ok(t) || !tp.column.as_deref().is_some_and(ok) || tp.days == 0 {
+                return Err(invalid(format!("postgres {t}: table and column must be identifiers, days > 0")));
+            }
+        }
         for (t, tp) in &p.clickhouse {
-            let ok = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
             if !ok(t) || !ok(&tp.column) || tp.months == 0 {
                 return Err(invalid(format!("{t}: table and column must be identifiers, months > 0")));
             }
@@ -122,9 +141,83 @@ pub async fn verify(wh: &Warehouse, policy: &Policy) -> Result<Report, Retention
         .keys()
         .map(|t| format!("kafka topic {t}: retention is the broker's retention.ms, set where the topic is provisioned"))
         .collect();
-    not_checked.push("postgresql: no learner-data job or dead-letter tables yet (subject-access and erasure jobs are a later issue)".into());
+    not_checked.push(
+        "dead letters live in the Kafka topic learning-events.dlq (no PostgreSQL copy); its retention is the topic's".into(),
+    );
     let ok = tables.iter().all(|t| t.ttl_ok && t.rows_ok);
     Ok(Report { ok, checked_at: now.to_rfc3339(), grace_days: policy.grace_days, tables, not_checked })
+}
+
+/// Add the PostgreSQL tables and the subject-access archives to `report`:
+/// no row (by the policy's column) and no archive older than policy + grace.
+/// Their retention is a purge job ([`purge`], run by `serve`), not an engine
+/// property, so only the age check applies (`ttl_ok` is true by definition).
+pub async fn verify_postgres(report: &mut Report, pool: &PgPool, policy: &Policy, archive_dir: &Path) -> Result<(), RetentionError> {
+    let now = Utc::now();
+    for (table, tp) in &policy.postgres {
+        let column = tp.column.as_deref().unwrap_or("created_at");
+        let limit = now - Duration::days(i64::from(tp.days) + i64::from(policy.grace_days));
+        // Identifiers come from the validated policy file.
+        let oldest: Option<chrono::DateTime<Utc>> =
+            sqlx::query_scalar(&format!("SELECT min({column}) FROM {table}")).fetch_one(pool).await?;
+        tables_push(report, format!("postgres:{table}"), format!("purge {column} older than {} days", tp.days), oldest, limit);
+    }
+    if let Some(a) = &policy.archives {
+        let limit = now - Duration::days(i64::from(a.days) + i64::from(policy.grace_days));
+        let mut oldest: Option<chrono::DateTime<Utc>> = None;
+        if let Ok(entries) = std::fs::read_dir(archive_dir) {
+            for e in entries.flatten() {
+                if let Ok(m) = e.metadata().and_then(|m| m.modified()) {
+                    let t: chrono::DateTime<Utc> = m.into();
+                    oldest = Some(oldest.map_or(t, |o| o.min(t)));
+                }
+            }
+        }
+        tables_push(report, format!("files:{}", archive_dir.display()), format!("delete archives older than {} days", a.days), oldest, limit);
+    }
+    report.ok = report.tables.iter().all(|t| t.ttl_ok && t.rows_ok);
+    Ok(())
+}
+
+fn tables_push(report: &mut Report, table: String, expected: String, oldest: Option<chrono::DateTime<Utc>>, limit: chrono::DateTime<Utc>) {
+    report.tables.push(TableReport {
+        table,
+        live_ttl: Some(expected.clone()),
+        expected_ttl: expected,
+        ttl_ok: true,
+        rows_ok: oldest.is_none_or(|o| o >= limit),
+        oldest: oldest.map(|o| o.to_rfc3339()),
+        limit: limit.date_naive().to_string(),
+    });
+}
+
+/// Delete what the policy says has expired outside ClickHouse (which expires
+/// its own rows by TTL): finished subject-request records and old archives.
+/// The audit log is append-only and hash-chained: it is checked, not purged.
+pub async fn purge(pool: &PgPool, policy: &Policy, archive_dir: &Path) -> Result<u64, RetentionError> {
+    let mut removed = 0;
+    if let Some(tp) = policy.postgres.get("dsr_jobs") {
+        removed += sqlx::query("DELETE FROM dsr_jobs WHERE completed_at < now() - make_interval(days => $1)")
+            .bind(tp.days as i32)
+            .execute(pool)
+            .await?
+            .rows_affected();
+    }
+    if let Some(a) = &policy.archives {
+        let limit = std::time::SystemTime::now() - std::time::Duration::from_secs(u64::from(a.days) * 86_400);
+        if let Ok(entries) = std::fs::read_dir(archive_dir) {
+            for e in entries.flatten() {
+                if e.metadata().and_then(|m| m.modified()).is_ok_and(|m| m < limit) {
+                    let p = e.path();
+                    let gone = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+                    if gone.is_ok() {
+                        removed += 1;
+                    }
+                }
+            }
+        }
+    }
+    Ok(removed)
 }
 
 #[cfg(test)]

@@ -16,6 +16,13 @@ use std::sync::Arc;
 
 use crate::config::Settings;
 
+/// Held for reading by every insert that feeds materialized views (the lander)
+/// and for writing while an aggregate partition is rebuilt and swapped in
+/// (erasure): a row landing between the rebuild and the swap would be lost.
+/// Process-wide, which is the scope of the embedded engine; with a server
+/// shared by several processes the rebuild window is documented, not closed.
+pub static AGGREGATE_REBUILD: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 #[derive(Debug, thiserror::Error)]
 pub enum WarehouseError {
     /// The engine is down, overloaded or unreachable: retry with back-off.

@@ -57,9 +57,36 @@ impl TestApp {
         Self::start(self.settings.clone(), self.master.clone()).await
     }
 
+    /// An app that owns an embedded warehouse (its own data path: nextest runs
+    /// each test in its own process) and runs the subject-request worker.
+    pub async fn spawn_with_warehouse() -> TestApp {
+        let db_name = format!("lv_test_{}", uuid::Uuid::new_v4().simple());
+        let master = MasterKey::generate();
+        let mut settings = settings_for(&db_name, &master);
+        let dir = std::env::temp_dir().join(format!("lv-ch-{}", uuid::Uuid::new_v4().simple()));
+        settings.clickhouse_url = format!("chdb://{}", dir.join("chdb").display());
+        settings.clickhouse_migrations_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/clickhouse").into();
+        settings.archive_dir = Some(dir.join("archives"));
+        settings.governance_cache_ms = 200;
+        learnvault::db::migrate(&settings).await.expect("migrate");
+        Self::start(settings, master).await
+    }
+
+    pub fn warehouse(&self) -> &learnvault::warehouse::Warehouse {
+        self.state.warehouse.as_ref().expect("spawned with a warehouse")
+    }
+
     async fn start(settings: Settings, master: MasterKey) -> TestApp {
         let db_name = settings.admin_database_url.expose_secret().rsplit('/').next().unwrap().to_owned();
-        let state = learnvault::app::build_state(&settings).await.expect("state");
+        let mut state = learnvault::app::build_state(&settings).await.expect("state");
+        if settings.clickhouse_url != Settings::default().clickhouse_url {
+            let wh = learnvault::warehouse::Warehouse::open(&settings).expect("open the embedded engine");
+            learnvault::warehouse::migrate::run(&wh, &settings.clickhouse_migrations_dir).await.expect("clickhouse migrations");
+            state = learnvault::app::with_warehouse(state, &settings, wh).expect("warehouse state");
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            std::mem::forget(tx);
+            tokio::spawn(state.dsr.clone().unwrap().work(rx));
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(learnvault::app::serve(state.clone(), listener, std::future::pending()));
@@ -88,6 +115,10 @@ impl TestApp {
 
     pub fn dpo(&self, institution: &str) -> String {
         self.token("dpo-test", &["dpo"], &[institution])
+    }
+
+    pub fn recommender(&self, institution: &str) -> String {
+        self.token("recommender-test", &["recommender"], &[institution])
     }
 
     pub fn auditor(&self) -> String {

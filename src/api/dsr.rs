@@ -1,0 +1,214 @@
+//! `/v1/dsr/*`: subject access and erasure requests (DPO), their jobs, the
+//! access archive and the signed erasure certificate.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use tokio::io::AsyncReadExt;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::{AppJson, AppState, Error, ErrorBody, Principal};
+use crate::audit::Outcome;
+use crate::domain::{ExternalId, InstitutionId, Pseudonym};
+use crate::dsr::{Dsr, DsrError, Job, Kind, Request};
+use crate::policy::Permission;
+use crate::vault::Subject;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(access))
+        .routes(routes!(erasure))
+        .routes(routes!(job))
+        .routes(routes!(archive))
+        .routes(routes!(certificate))
+        .routes(routes!(certificate_key))
+}
+
+/// The subject, by pseudonym or by the LMS's `{institution, external_id}`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DsrRequest {
+    pseudonym: Option<Uuid>,
+    institution: Option<String>,
+    external_id: Option<String>,
+    /// The DPO's ticket or case number (letters, digits, `._:/#-`; never an identity).
+    reference: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CertificateKey {
+    algorithm: &'static str,
+    /// Base64 of the raw Ed25519 public key that signs erasure certificates.
+    public_key: String,
+}
+
+fn dsr(s: &AppState) -> Result<&Arc<Dsr>, Error> {
+    s.dsr.as_ref().ok_or_else(|| Error::Unavailable {
+        code: "warehouse_unavailable",
+        message: "subject requests need the warehouse; this process runs without it".into(),
+    })
+}
+
+impl From<DsrError> for Error {
+    fn from(e: DsrError) -> Self {
+        match e {
+            DsrError::NotFound => Error::not_found("unknown_job", "no such job"),
+            DsrError::Db(d) => d.into(),
+            DsrError::Audit(a) => a.into(),
+            DsrError::Vault(v) => v.into(),
+            other => Error::Internal(other.to_string()),
+        }
+    }
+}
+
+async fn submit(s: &AppState, p: &Principal, kind: Kind, req: DsrRequest) -> Result<Response, Error> {
+    let perm = if kind == Kind::Access { Permission::DsrAccess } else { Permission::DsrErasure };
+    s.authorize(p, perm, None, req.pseudonym).await?;
+    let d = dsr(s)?;
+    if let Some(r) = &req.reference {
+        let ok = !r.is_empty() && r.len() <= 128 && r.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:/#-".contains(&b));
+        if !ok {
+            return Err(Error::bad_request("invalid_reference", "reference: 1-128 letters, digits or ._:/#- (a case number, never an identity)"));
+        }
+    }
+    let pseudonym = match (req.pseudonym, &req.institution, &req.external_id) {
+        (Some(p), None, None) => Pseudonym::from_uuid(p),
+        (None, Some(i), Some(e)) => {
+            let inst = InstitutionId::parse(i)?;
+            s.authorize(p, perm, Some(inst.as_str()), None).await?;
+            let ext = ExternalId::parse(e)?;
+            s.vault
+                .lookup(&inst, &ext)
+                .await?
+                .ok_or_else(|| Error::not_found("unknown_learner", "no learner with this external id in this institution"))?
+        }
+        _ => {
+            return Err(Error::bad_request(
+                "invalid_subject",
+                "name the subject by `pseudonym`, or by `institution` and `external_id` (not both)",
+            ))
+        }
+    };
+    let institution = match s.vault.subject(pseudonym).await? {
+        Subject::Active { institution } | Subject::Erased { institution, .. } => institution,
+        Subject::Unknown => return Err(Error::not_found("unknown_pseudonym", "no such pseudonym")),
+    };
+    s.authorize(p, perm, Some(&institution), Some(pseudonym.as_uuid())).await?;
+    let (job, created) = d
+        .submit(&Request {
+            kind,
+            pseudonym: pseudonym.as_uuid(),
+            institution,
+            requested_by: p.sub.clone(),
+            roles: p.roles.clone(),
+            request_id: p.request_id,
+            reference: req.reference,
+        })
+        .await?;
+    let status = if created { StatusCode::ACCEPTED } else { StatusCode::OK };
+    let mut resp = (status, Json(job.clone())).into_response();
+    resp.headers_mut()
+        .insert(header::LOCATION, HeaderValue::from_str(&format!("/v1/dsr/jobs/{}", job.id)).expect("ascii"));
+    Ok(resp)
+}
+
+/// Open a subject-access request (Art. 15). 202 with the job; poll it, then download the archive.
+#[utoipa::path(post, path = "/v1/dsr/access", tag = "dsr", request_body = DsrRequest,
+    responses((status = 202, body = Job), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn access(State(s): State<AppState>, p: Principal, AppJson(req): AppJson<DsrRequest>) -> Result<Response, Error> {
+    submit(&s, &p, Kind::Access, req).await
+}
+
+/// Open an erasure request (Art. 17). Idempotent: an open or finished erasure
+/// of the same subject is returned (200) instead of a new one (202).
+#[utoipa::path(post, path = "/v1/dsr/erasure", tag = "dsr", request_body = DsrRequest,
+    responses((status = 202, body = Job), (status = 200, body = Job), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+async fn erasure(State(s): State<AppState>, p: Principal, AppJson(req): AppJson<DsrRequest>) -> Result<Response, Error> {
+    submit(&s, &p, Kind::Erasure, req).await
+}
+
+async fn visible_job(s: &AppState, p: &Principal, perm: Permission, id: &str) -> Result<Job, Error> {
+    s.authorize(p, perm, None, None).await?;
+    let id = Uuid::parse_str(id).map_err(|_| Error::bad_request("invalid_job_id", "a job id is a UUID"))?;
+    let job = dsr(s)?.job(id).await?;
+    s.authorize(p, perm, Some(&job.institution), Some(job.pseudonym)).await?;
+    Ok(job)
+}
+
+/// A job's state, step, progress, deadline and result.
+#[utoipa::path(get, path = "/v1/dsr/jobs/{id}", tag = "dsr", params(("id" = Uuid, Path, description = "Job id")),
+    responses((status = 200, body = Job), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn job(State(s): State<AppState>, p: Principal, Path(id): Path<String>) -> Result<Json<Job>, Error> {
+    Ok(Json(visible_job(&s, &p, Permission::DsrRead, &id).await?))
+}
+
+/// The subject-access archive (tar: manifest.json, identity.json, JSONL and CSV per store). Audited.
+#[utoipa::path(get, path = "/v1/dsr/jobs/{id}/archive", tag = "dsr", params(("id" = Uuid, Path, description = "Job id")),
+    responses((status = 200, description = "tar archive", content_type = "application/x-tar"), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 410, body = ErrorBody)))]
+async fn archive(State(s): State<AppState>, p: Principal, Path(id): Path<String>) -> Result<Response, Error> {
+    let job = visible_job(&s, &p, Permission::DsrAccess, &id).await?;
+    let path = match (&job.kind[..], &job.state[..], job.result.as_ref().and_then(|r| r["archive"].as_str())) {
+        ("access", "done", Some(path)) => std::path::PathBuf::from(path),
+        ("access", _, _) => return Err(Error::Conflict { code: "job_not_done", message: format!("the job is {}", job.state) }),
+        _ => return Err(Error::not_found("no_archive", "only subject-access jobs have an archive")),
+    };
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|_| Error::Gone { code: "archive_expired", message: "the archive has expired (retention.yaml `archives`); open a new request".into() })?;
+    let mut entry = p.entry("dsr.archive.download", Some(&job.institution), Some(job.pseudonym), Outcome::Success);
+    entry.detail = serde_json::json!({"job": job.id, "sha256": job.result.as_ref().map(|r| r["sha256"].clone())});
+    s.audit.record(entry).await?;
+    let stream = futures::stream::unfold(file, |mut f| async move {
+        let mut buf = vec![0u8; 256 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(bytes_of(buf)), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    });
+    let mut resp = Body::from_stream(stream).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-tar"));
+    h.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_str(&format!("attachment; filename=\"subject-access-{}.tar\"", job.id)).expect("ascii"),
+    );
+    Ok(resp)
+}
+
+fn bytes_of(v: Vec<u8>) -> axum::body::Bytes {
+    axum::body::Bytes::from(v)
+}
+
+/// The signed erasure certificate of a finished erasure job.
+#[utoipa::path(get, path = "/v1/dsr/jobs/{id}/certificate", tag = "dsr", params(("id" = Uuid, Path, description = "Job id")),
+    responses((status = 200, description = "signed certificate", body = Object), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn certificate(State(s): State<AppState>, p: Principal, Path(id): Path<String>) -> Result<Json<serde_json::Value>, Error> {
+    let job = visible_job(&s, &p, Permission::DsrRead, &id).await?;
+    match (&job.kind[..], job.result.as_ref().map(|r| r["certificate"].clone())) {
+        ("erasure", Some(c)) if !c.is_null() => Ok(Json(c)),
+        ("erasure", _) => Err(Error::Conflict { code: "job_not_done", message: format!("the job is {}", job.state) }),
+        _ => Err(Error::not_found("no_certificate", "only erasure jobs have a certificate")),
+    }
+}
+
+/// The public key that signs erasure certificates (verify offline with `learnvault dsr verify-certificate`).
+#[utoipa::path(get, path = "/v1/dsr/certificate-key", tag = "dsr", security(), responses((status = 200, body = CertificateKey)))]
+async fn certificate_key(State(s): State<AppState>) -> Result<Json<CertificateKey>, Error> {
+    Ok(Json(CertificateKey { algorithm: "Ed25519", public_key: dsr(&s)?.signer.public_key() }))
+}

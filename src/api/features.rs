@@ -1,0 +1,98 @@
+//! `/v1/features/{pseudonym}`: behaviour-only recommendation features (the
+//! `features.*` views, whose lineage CI checks against protected attributes),
+//! served only for learners who granted `recommendations` consent.
+//! `/v1/retention/report`: the retention proof, for auditors.
+
+use axum::extract::{Path, State};
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::{AppState, Error, ErrorBody, Principal};
+use crate::audit::Outcome;
+use crate::domain::Pseudonym;
+use crate::policy::Permission;
+use crate::vault::Subject;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(features)).routes(routes!(retention_report))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Features {
+    pseudonym: Uuid,
+    /// The feature set (the view it comes from).
+    feature_set: &'static str,
+    /// Feature name -> value; empty when the learner has no activity in the window.
+    #[schema(value_type = Object)]
+    features: serde_json::Map<String, serde_json::Value>,
+}
+
+fn warehouse(s: &AppState) -> Result<&crate::warehouse::Warehouse, Error> {
+    s.warehouse.as_ref().ok_or_else(|| Error::Unavailable {
+        code: "warehouse_unavailable",
+        message: "this process runs without the warehouse".into(),
+    })
+}
+
+/// A learner's engagement features (activity cadence, completion, replay and
+/// pause rates, assessment timing). 403 `consent_required` without
+/// `recommendations` consent (denied by default; the refusal is audited).
+#[utoipa::path(get, path = "/v1/features/{pseudonym}", tag = "features",
+    params(("pseudonym" = Uuid, Path, description = "Learner pseudonym")),
+    responses((status = 200, body = Features), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 410, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn features(State(s): State<AppState>, p: Principal, Path(raw): Path<String>) -> Result<Json<Features>, Error> {
+    let pseudonym = Pseudonym::parse(&raw)?;
+    s.authorize(&p, Permission::FeaturesRead, None, Some(pseudonym.as_uuid())).await?;
+    let institution = match s.vault.subject(pseudonym).await? {
+        Subject::Active { institution } => institution,
+        Subject::Erased { .. } => return Err(Error::Gone { code: "erased", message: "this learner has been erased".into() }),
+        Subject::Unknown => return Err(Error::not_found("unknown_pseudonym", "no such pseudonym")),
+    };
+    s.authorize(&p, Permission::FeaturesRead, Some(&institution), Some(pseudonym.as_uuid())).await?;
+    let (current, _) = s.vault.consent(pseudonym).await?;
+    let granted = current
+        .iter()
+        .find(|c| c.purpose == "recommendations")
+        .map(|c| c.granted)
+        .unwrap_or_else(|| s.policies.consent_default("recommendations"));
+    if !granted {
+        let mut entry = p.entry(Permission::FeaturesRead.as_str(), Some(&institution), Some(pseudonym.as_uuid()), Outcome::Denied);
+        entry.detail = serde_json::json!({"reason": "no_recommendations_consent"});
+        s.audit.record(entry).await?;
+        return Err(Error::Forbidden {
+            code: "consent_required",
+            message: "this learner has not granted `recommendations` consent".into(),
+        });
+    }
+    let rows = warehouse(&s)?
+        .query(
+            "SELECT * EXCEPT learner_id FROM features.learner_engagement WHERE learner_id = {p:UUID}",
+            &[("p", pseudonym.as_uuid().to_string())],
+        )
+        .await
+        .map_err(|e| Error::Unavailable { code: "warehouse_unavailable", message: format!("the warehouse did not answer: {e}") })?;
+    let features = rows.into_iter().next().and_then(|r| r.as_object().cloned()).unwrap_or_default();
+    Ok(Json(Features { pseudonym: pseudonym.as_uuid(), feature_set: "features.learner_engagement", features }))
+}
+
+/// The retention proof (same as `learnvault retention verify`): live TTLs equal
+/// `policies/retention.yaml`, no row or archive older than policy plus grace.
+#[utoipa::path(get, path = "/v1/retention/report", tag = "retention",
+    responses((status = 200, description = "the report; `ok` false on any violation", body = Object),
+        (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn retention_report(State(s): State<AppState>, p: Principal) -> Result<Json<crate::retention::Report>, Error> {
+    s.authorize(&p, Permission::RetentionRead, None, None).await?;
+    let d = s.dsr.as_ref().ok_or_else(|| Error::Unavailable {
+        code: "warehouse_unavailable",
+        message: "this process runs without the warehouse".into(),
+    })?;
+    let unavailable = |e: crate::retention::RetentionError| Error::Unavailable { code: "retention_check_failed", message: e.to_string() };
+    let mut report = crate::retention::verify(&d.warehouse, &d.retention).await.map_err(unavailable)?;
+    crate::retention::verify_postgres(&mut report, &d.pool, &d.retention, &d.archive_dir).await.map_err(unavailable)?;
+    Ok(Json(report))
+}

@@ -1,0 +1,285 @@
+//! Ingest: `POST /v1/events` (taxonomy events as a JSON array or NDJSON) and
+//! the xAPI statement resource (`POST|PUT /xapi/statements`, `GET /xapi/about`).
+//! The work is in [`crate::gateway`]; this module parses HTTP and maps statuses.
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::{AppState, Error, ErrorBody, Limits, Principal};
+use crate::audit::Outcome;
+use crate::gateway::{self, xapi, Gateway, Incoming, Status};
+use crate::policy::Permission;
+
+pub fn router(limits: Limits) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(events))
+        .routes(routes!(xapi_post, xapi_put))
+        .routes(routes!(xapi_about))
+        .layer(DefaultBodyLimit::max(limits.batch_body_bytes))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EventResult {
+    index: usize,
+    /// `accepted`, `rejected` or `unavailable` (retry).
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_id: Option<uuid::Uuid>,
+    /// The dead-letter reason code of a rejected event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct IngestResponse {
+    accepted: usize,
+    rejected: usize,
+    unavailable: usize,
+    results: Vec<EventResult>,
+}
+
+fn gateway(s: &AppState) -> Result<&Arc<Gateway>, Error> {
+    s.gateway.as_ref().ok_or_else(|| Error::Unavailable { code: "gateway_unavailable", message: "this process does not run the gateway".into() })
+}
+
+fn unavailable() -> Error {
+    Error::Unavailable { code: "broker_unavailable", message: "the event broker did not acknowledge the events; nothing unacknowledged was accepted, retry".into() }
+}
+
+impl From<gateway::GatewayError> for Error {
+    fn from(e: gateway::GatewayError) -> Self {
+        match e {
+            gateway::GatewayError::Vault(v) => v.into(),
+            gateway::GatewayError::Db(d) => d.into(),
+            gateway::GatewayError::Kafka(_) => unavailable(),
+        }
+    }
+}
+
+/// Run the gateway for a request's events; the issuance audit row names the caller.
+async fn run(s: &AppState, p: &Principal, items: Vec<Incoming>) -> Result<Vec<Status>, Error> {
+    let mut entry = p.entry(Permission::PseudonymIssue.as_str(), None, None, Outcome::Success);
+    entry.detail = json!({"via": "gateway"});
+    let may = |i: &str| p.can_act_in(i);
+    Ok(gateway(s)?.ingest(items, &may, entry).await?)
+}
+
+/// Send learning events (LMS). A JSON array (or one object) of taxonomy events,
+/// or newline-delimited JSON (`Content-Type: application/x-ndjson`). Each event
+/// names its learner by `learner_id` (a pseudonym) or by
+/// `learner: {institution, external_id}` (pseudonymised here; the identity never
+/// reaches Kafka). `server_ts` is set here. 200 with a result per event
+/// (accepted, or rejected with its dead-letter reason code); 503 with
+/// `Retry-After` when the broker did not acknowledge (those events say `unavailable`).
+#[utoipa::path(post, path = "/v1/events", tag = "ingest",
+    request_body(content = Vec<Object>, description = "taxonomy events", content_type = "application/json"),
+    responses((status = 200, body = IngestResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = IngestResponse)))]
+async fn events(State(s): State<AppState>, p: Principal, headers: HeaderMap, body: Bytes) -> Result<Response, Error> {
+    s.authorize(&p, Permission::EventsIngest, None, None).await?;
+    let ndjson = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/x-ndjson") || ct.starts_with("application/jsonl"));
+    let max = s.limits.ingest_events;
+    let mut parsed: Vec<Result<Map<String, Value>, &'static str>> = Vec::new();
+    if ndjson {
+        for line in body.split(|b| *b == b'\n').filter(|l| !l.iter().all(u8::is_ascii_whitespace)) {
+            if parsed.len() == max {
+                return Err(Error::too_large("batch_too_large", format!("a request holds at most {max} events")));
+            }
+            parsed.push(match serde_json::from_slice::<Value>(line) {
+                Ok(Value::Object(m)) => Ok(m),
+                Ok(_) => Err("an event must be a JSON object"),
+                Err(_) => Err("line is not valid JSON"),
+            });
+        }
+    } else {
+        let v: Value = serde_json::from_slice(&body).map_err(|_| Error::bad_request("invalid_json", "the body is not valid JSON (send an array of events, or NDJSON with Content-Type: application/x-ndjson)"))?;
+        let list = match v {
+            Value::Array(a) => a,
+            Value::Object(_) => vec![v],
+            _ => return Err(Error::bad_request("invalid_body", "send an array of event objects")),
+        };
+        if list.len() > max {
+            return Err(Error::too_large("batch_too_large", format!("a request holds at most {max} events")));
+        }
+        parsed = list.into_iter().map(|e| if let Value::Object(m) = e { Ok(m) } else { Err("an event must be a JSON object") }).collect();
+    }
+    if parsed.is_empty() {
+        return Err(Error::bad_request("empty_batch", "no events in the body"));
+    }
+    // Events that cannot even be split from their identity are refused here, by position.
+    let mut pre: Vec<Option<(String, &'static str)>> = Vec::with_capacity(parsed.len());
+    let mut items = Vec::with_capacity(parsed.len());
+    let gw = gateway(&s)?;
+    for r in parsed {
+        match r.map_err(|e| (Map::new(), e)).and_then(gateway::split_identity) {
+            Ok(it) => {
+                pre.push(None);
+                items.push(it);
+            }
+            Err((event, why)) => {
+                let code = if why.contains("JSON") { "invalid_json" } else { "schema_violation" };
+                // Identity fields were removed by split_identity; an unparseable line is not kept at all.
+                if !gw.dead_letter(code, why, Value::Object(event)).await {
+                    return Err(unavailable());
+                }
+                pre.push(Some((code.into(), why)));
+            }
+        }
+    }
+    let mut statuses = run(&s, &p, items).await?.into_iter();
+    let mut results = Vec::with_capacity(pre.len());
+    let (mut accepted, mut rejected, mut unavail) = (0, 0, 0);
+    for (index, pre) in pre.into_iter().enumerate() {
+        let st = match pre {
+            Some((code, why)) => Status::Rejected { code, detail: why.into() },
+            None => statuses.next().expect("a status per event"),
+        };
+        results.push(match st {
+            Status::Accepted { event_id } => {
+                accepted += 1;
+                EventResult { index, status: "accepted", event_id: Some(event_id), code: None, detail: None }
+            }
+            Status::Rejected { code, detail } => {
+                rejected += 1;
+                EventResult { index, status: "rejected", event_id: None, code: Some(code), detail: Some(detail) }
+            }
+            Status::Unavailable => {
+                unavail += 1;
+                EventResult { index, status: "unavailable", event_id: None, code: Some("broker_unavailable".into()), detail: None }
+            }
+        });
+    }
+    let body = IngestResponse { accepted, rejected, unavailable: unavail, results };
+    if unavail > 0 {
+        let mut resp = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return Ok(resp);
+    }
+    Ok((StatusCode::OK, Json(body)).into_response())
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct PutParams {
+    #[serde(rename = "statementId")]
+    statement_id: String,
+}
+
+fn xapi_error(e: xapi::XapiError) -> Response {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+    with_version((status, Json(json!({"error": {"code": e.code, "message": e.to_string()}}))).into_response())
+}
+
+fn with_version(mut r: Response) -> Response {
+    r.headers_mut().insert("X-Experience-API-Version", HeaderValue::from_static(xapi::LRS_VERSION));
+    r
+}
+
+/// The institution xAPI statements belong to: the caller's only institution.
+fn xapi_institution(p: &Principal) -> Result<String, Error> {
+    match p.institutions.as_deref() {
+        Some([one]) => Ok(one.clone()),
+        _ => Err(Error::Forbidden {
+            code: "institution_ambiguous",
+            message: "xAPI statements carry no institution: use a token scoped to exactly one institution".into(),
+        }),
+    }
+}
+
+async fn statements(s: AppState, p: Principal, headers: HeaderMap, body: Bytes, put_id: Option<uuid::Uuid>) -> Result<Response, Error> {
+    s.authorize(&p, Permission::EventsIngest, None, None).await?;
+    if let Err(e) = xapi::check_version(headers.get("X-Experience-API-Version").and_then(|v| v.to_str().ok())) {
+        return Ok(xapi_error(e));
+    }
+    let institution = xapi_institution(&p)?;
+    let v: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(_) => return Ok(xapi_error(xapi::XapiError { code: "xapi_invalid", path: "$".into(), message: "the body is not valid JSON".into() })),
+    };
+    if let Value::Array(a) = &v {
+        if a.len() > s.limits.ingest_events {
+            return Err(Error::too_large("batch_too_large", format!("a request holds at most {} statements", s.limits.ingest_events)));
+        }
+    }
+    let outcomes = match xapi::map_body(&v, put_id, chrono::Utc::now()) {
+        Ok(o) => o,
+        Err(e) => return Ok(xapi_error(e)),
+    };
+    let gw = gateway(&s)?;
+    let ids: Vec<uuid::Uuid> = outcomes.iter().map(|o| o.statement_id()).collect();
+    let mut items = Vec::new();
+    for o in outcomes {
+        match o {
+            xapi::Outcome::Mapped(m) => items.push(Incoming { event: m.event, identity: Some((institution.clone(), m.actor.external_id())) }),
+            xapi::Outcome::Unmapped { statement_id, verb, reason } => {
+                // Valid xAPI with no event: acknowledged, dead-lettered without the actor.
+                if !gw.dead_letter(reason, "statement acknowledged, not landed", json!({"statement_id": statement_id, "verb": verb})).await {
+                    return Err(unavailable());
+                }
+            }
+        }
+    }
+    let statuses = if items.is_empty() { Vec::new() } else { run(&s, &p, items).await? };
+    if statuses.iter().any(|st| *st == Status::Unavailable) {
+        return Err(unavailable());
+    }
+    // Statements refused by governance or the taxonomy are in the dead-letter topic with their
+    // reason; the LRS contract acknowledges every valid statement.
+    Ok(with_version(match put_id {
+        Some(_) => StatusCode::NO_CONTENT.into_response(),
+        None => (StatusCode::OK, Json(ids)).into_response(),
+    }))
+}
+
+/// xAPI 1.0.3 statements (a statement or an array), for LMSs that already emit
+/// xAPI (Open edX event-routing-backends, Moodle logstore_xapi). Requires
+/// `X-Experience-API-Version: 1.0.x`; answers with the statement ids. An invalid
+/// statement rejects the whole request (400, nothing produced).
+#[utoipa::path(post, path = "/xapi/statements", tag = "ingest",
+    request_body(content = Object, description = "an xAPI statement or an array of them"),
+    responses((status = 200, description = "statement ids", body = Vec<uuid::Uuid>), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn xapi_post(State(s): State<AppState>, p: Principal, headers: HeaderMap, body: Bytes) -> Result<Response, Error> {
+    statements(s, p, headers, body, None).await
+}
+
+/// One xAPI statement with its id in the query (`?statementId=`); 204.
+#[utoipa::path(put, path = "/xapi/statements", tag = "ingest", params(PutParams),
+    request_body(content = Object, description = "one xAPI statement"),
+    responses((status = 204, description = "stored"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+async fn xapi_put(
+    State(s): State<AppState>,
+    p: Principal,
+    q: Result<Query<PutParams>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Error> {
+    let Ok(Query(q)) = q else {
+        return Ok(xapi_error(xapi::XapiError { code: "xapi_invalid", path: "statementId".into(), message: "PUT needs the statementId query parameter".into() }));
+    };
+    let id = match xapi::parse_statement_id(&q.statement_id) {
+        Ok(id) => id,
+        Err(e) => return Ok(xapi_error(e)),
+    };
+    statements(s, p, headers, body, Some(id)).await
+}
+
+/// The LRS "about" resource: supported xAPI versions.
+#[utoipa::path(get, path = "/xapi/about", tag = "ingest", security(), responses((status = 200, body = Object)))]
+async fn xapi_about() -> Response {
+    with_version(Json(json!({"version": [xapi::LRS_VERSION]})).into_response())
+}

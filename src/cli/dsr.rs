@@ -1,0 +1,184 @@
+//! `learnvault dsr ...`: subject access and erasure from the command line.
+//! The job runs in this process (it opens the warehouse: on the embedded
+//! engine, stop `serve` first, or use the API against the running server).
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use uuid::Uuid;
+
+use crate::config::Settings;
+use crate::domain::{ExternalId, InstitutionId, Pseudonym};
+use crate::dsr::{certificate, Kind, Request};
+use crate::vault::Subject;
+use crate::warehouse::{migrate, Warehouse};
+
+#[derive(Subcommand)]
+pub enum DsrCommand {
+    /// Subject access (Art. 15): write the archive (tar) of everything held about the learner.
+    Access {
+        #[command(flatten)]
+        subject: SubjectArgs,
+        /// Copy the archive here (it also stays in the archive directory until it expires).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Erasure (Art. 17): tombstone, delete, recompute aggregates, verify, crypto-shred, certify.
+    Erase {
+        #[command(flatten)]
+        subject: SubjectArgs,
+        /// Write the signed certificate here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Show a job.
+    Status { job: Uuid },
+    /// Check an erasure certificate's signature (against this deployment's key unless --public-key).
+    VerifyCertificate {
+        file: PathBuf,
+        /// Base64 Ed25519 public key (`GET /v1/dsr/certificate-key`).
+        #[arg(long)]
+        public_key: Option<String>,
+    },
+    /// Print the public key that signs erasure certificates.
+    CertificateKey,
+}
+
+#[derive(Args)]
+pub struct SubjectArgs {
+    #[arg(long, conflicts_with_all = ["institution", "external_id"])]
+    pseudonym: Option<Uuid>,
+    #[arg(long, requires = "external_id")]
+    institution: Option<String>,
+    #[arg(long, requires = "institution")]
+    external_id: Option<String>,
+    /// The case or ticket number.
+    #[arg(long)]
+    reference: Option<String>,
+}
+
+pub async fn run(settings: Settings, cmd: DsrCommand) -> anyhow::Result<ExitCode> {
+    let master = crate::vault::keys::MasterKey::load(&settings)?;
+    let signer = certificate::Signer::derive(&master);
+    let (kind, subject, out) = match cmd {
+        DsrCommand::CertificateKey => {
+            println!("{}", signer.public_key());
+            return Ok(ExitCode::SUCCESS);
+        }
+        DsrCommand::VerifyCertificate { file, public_key } => {
+            let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?)
+                .context("the file is not JSON")?;
+            let key = public_key.unwrap_or_else(|| signer.public_key());
+            return Ok(match certificate::verify(&doc, &key) {
+                Ok(body) => {
+                    println!("valid: erasure certificate of job {} for subject {} signed by {key}", body["job_id"], body["subject"]["pseudonym"]);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("INVALID: {e}");
+                    ExitCode::from(1)
+                }
+            });
+        }
+        DsrCommand::Status { job } => {
+            let (wh, state) = open(&settings).await?;
+            let r = state.dsr.as_ref().expect("with warehouse").job(job).await;
+            wh.close();
+            println!("{}", serde_json::to_string_pretty(&r?)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        DsrCommand::Access { subject, out } => (Kind::Access, subject, out),
+        DsrCommand::Erase { subject, out } => (Kind::Erasure, subject, out),
+    };
+    let (wh, state) = open(&settings).await?;
+    let result = async {
+        let pseudonym = match (subject.pseudonym, subject.institution, subject.external_id) {
+            (Some(p), _, _) => Pseudonym::from_uuid(p),
+            (None, Some(i), Some(e)) => state
+                .vault
+                .lookup(&InstitutionId::parse(&i)?, &ExternalId::parse(&e)?)
+                .await?
+                .context("no learner with this external id in this institution")?,
+            _ => anyhow::bail!("name the subject with --pseudonym, or --institution and --external-id"),
+        };
+        let institution = match state.vault.subject(pseudonym).await? {
+            Subject::Active { institution } | Subject::Erased { institution, .. } => institution,
+            Subject::Unknown => anyhow::bail!("no such pseudonym"),
+        };
+        let d = state.dsr.as_ref().expect("with warehouse");
+        let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+        let (job, created) = d
+            .submit(&Request {
+                kind,
+                pseudonym: pseudonym.as_uuid(),
+                institution,
+                requested_by: format!("cli:{user}"),
+                roles: vec!["cli".into()],
+                request_id: Uuid::new_v4(),
+                reference: subject.reference,
+            })
+            .await?;
+        eprintln!("job {} ({}){}", job.id, job.kind, if created { "" } else { ": an existing request for this subject" });
+        let started = std::time::Instant::now();
+        let show = |msg: &str| {
+            eprint!("\r\x1b[2K[{:>6.1}s] {msg}", started.elapsed().as_secs_f64());
+            let _ = std::io::stderr().flush();
+        };
+        let job = d.run_job(job.id, &show).await?;
+        eprintln!();
+        anyhow::Ok(job)
+    }
+    .await;
+    wh.close();
+    let job = result?;
+    if job.state != "done" {
+        eprintln!("job {} {}: {}", job.id, job.state, job.error.as_deref().unwrap_or(""));
+        return Ok(ExitCode::from(1));
+    }
+    let result = job.result.clone().unwrap_or_default();
+    match kind {
+        Kind::Access => {
+            let archive = result["archive"].as_str().unwrap_or_default();
+            if let Some(out) = out {
+                std::fs::copy(archive, &out).with_context(|| format!("copying the archive to {}", out.display()))?;
+                println!("{}", out.display());
+            } else {
+                println!("{archive}");
+            }
+            eprintln!("sha256 {}", result["sha256"].as_str().unwrap_or_default());
+        }
+        Kind::Erasure => {
+            let text = serde_json::to_string_pretty(&result["certificate"])?;
+            match out {
+                Some(out) => {
+                    std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
+                    println!("{}", out.display());
+                }
+                None => println!("{text}"),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn open(settings: &Settings) -> anyhow::Result<(Warehouse, crate::api::AppState)> {
+    let state = crate::app::build_state(settings).await?;
+    crate::db::migrate(settings).await.context("applying migrations")?;
+    let wh = Warehouse::open(settings).map_err(|e| {
+        anyhow::anyhow!("{e} (on the embedded engine a running `learnvault serve` holds the data path: stop it, or use POST /v1/dsr/*)")
+    })?;
+    if let Err(e) = migrate::run(&wh, &settings.clickhouse_migrations_dir).await {
+        wh.close();
+        return Err(e.into());
+    }
+    let state = crate::app::with_warehouse(state, settings, wh.clone());
+    match state {
+        Ok(s) => Ok((wh, s)),
+        Err(e) => {
+            wh.close();
+            Err(e)
+        }
+    }
+}

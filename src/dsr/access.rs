@@ -1,0 +1,304 @@
+//! Subject access (GDPR Art. 15, FERPA inspection): one archive per request.
+//!
+//! `{archive_dir}/{job}.tar` holds `manifest.json` (the subject, every mapped
+//! store queried with its category, retention and row count, the SHA-256 and
+//! size of every file, engine versions, generated time), `identity.json` (the
+//! identity decrypted for the subject), and per store `*.jsonl` and `*.csv`
+//! (consent history, every event row, every learner-level rollup and feature
+//! row, the audit entries about the subject, their requests).
+//!
+//! Memory stays bounded: ClickHouse rows are read a page at a time and
+//! PostgreSQL rows as a stream, each written out before the next is read.
+//! The step is idempotent: a resumed job starts the export over.
+
+use chrono::Utc;
+use futures::TryStreamExt;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use uuid::Uuid;
+
+use super::{ident, Dsr, DsrError, Job, Progress};
+use crate::datamap::StoreKind;
+use crate::domain::Pseudonym;
+use crate::vault::Subject;
+
+/// Rows per ClickHouse page.
+const PAGE: u64 = 50_000;
+
+pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), DsrError> {
+    let p = job.pseudonym;
+    let dir = d.archive_dir.join(job.id.to_string());
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    let mut stores = Vec::new();
+    let mut files = Vec::new();
+
+    // The identity, decrypted for its subject (the one place an identity leaves the vault besides re-identification).
+    progress("identity");
+    let identity = match d.vault.subject(Pseudonym::from_uuid(p)).await? {
+        Subject::Active { institution } => {
+            let plain = d.vault.decrypt_identity(Pseudonym::from_uuid(p)).await?;
+            let identity: Value = plain.as_ref().and_then(|b| serde_json::from_slice(b).ok()).unwrap_or(Value::Null);
+            json!({"pseudonym": p, "institution": institution, "status": "active", "identity": identity})
+        }
+        Subject::Erased { institution, erased_at } => {
+            json!({"pseudonym": p, "institution": institution, "status": "erased", "erased_at": erased_at, "identity": null})
+        }
+        Subject::Unknown => json!({"pseudonym": p, "status": "unknown", "identity": null}),
+    };
+    let mut out = Out::create(&dir, "identity.json")?;
+    out.write_all(&serde_json::to_vec_pretty(&identity).expect("JSON"))?;
+    files.push(out.finish()?);
+
+    for (s, key) in d.subject_stores(StoreKind::Clickhouse) {
+        let name = format!("clickhouse/{}", s.name);
+        let rows = export_clickhouse(d, &dir, &name, &s.name, key, p, &mut files, progress).await?;
+        stores.push(json!({"store": format!("clickhouse:{}", s.name), "category": s.category, "retention": s.retention, "rows": rows}));
+        d.save(job, "export").await?;
+    }
+    for (s, key) in d.subject_stores(StoreKind::Postgres) {
+        if s.category == "identity" {
+            // Ciphertext and blind index are not the subject's data in any useful form: identity.json is.
+            stores.push(json!({"store": format!("postgres:{}", s.name), "category": s.category, "retention": s.retention,
+                               "rows": if identity["status"] == "active" { 1 } else { 0 }, "exported_as": "identity.json"}));
+            continue;
+        }
+        let name = format!("postgres/{}", s.name);
+        let rows = export_postgres(d, &dir, &name, &s.name, key, p, &mut files, progress).await?;
+        stores.push(json!({"store": format!("postgres:{}", s.name), "category": s.category, "retention": s.retention, "rows": rows}));
+    }
+    let not_included: Vec<Value> = d
+        .map
+        .stores
+        .iter()
+        .filter(|s| s.store == StoreKind::Kafka)
+        .map(|s| json!({"store": format!("kafka:{}", s.name), "category": s.category, "retention": s.retention,
+                         "reason": "a transport buffer: its events are in the tables above once landed, and age out with the topic's retention"}))
+        .collect();
+
+    let manifest = json!({
+        "type": "learnvault.subject-access/v1",
+        "job_id": job.id,
+        "subject": {"pseudonym": p, "institution": job.institution},
+        "requested_by": job.requested_by,
+        "reference": job.reference,
+        "requested_at": job.requested_at,
+        "generated_at": Utc::now(),
+        "engines": {
+            "warehouse": d.warehouse.version().await?,
+            "postgresql": sqlx::query_scalar::<_, String>("SELECT version()").fetch_one(&d.pool).await?,
+            "learnvault": env!("CARGO_PKG_VERSION"),
+        },
+        "stores": stores,
+        "not_included": not_included,
+        "files": files,
+    });
+    let mut out = Out::create(&dir, "manifest.json")?;
+    out.write_all(&serde_json::to_vec_pretty(&manifest).expect("JSON"))?;
+    out.finish()?;
+
+    progress("archive");
+    let tar_path = d.archive_dir.join(format!("{}.tar", job.id));
+    let tmp = d.archive_dir.join(format!("{}.tar.partial", job.id));
+    {
+        let mut b = tar::Builder::new(BufWriter::new(File::create(&tmp)?));
+        b.mode(tar::HeaderMode::Deterministic);
+        b.append_path_with_name(dir.join("manifest.json"), "manifest.json")?;
+        for f in &files {
+            let rel = f["path"].as_str().expect("path");
+            b.append_path_with_name(dir.join(rel), rel)?;
+        }
+        b.into_inner()?.flush()?;
+    }
+    std::fs::rename(&tmp, &tar_path)?;
+    std::fs::remove_dir_all(&dir)?;
+    let bytes = std::fs::metadata(&tar_path)?.len();
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut File::open(&tar_path)?, &mut hasher)?;
+    let sha = hex::encode(hasher.finalize());
+    let result = json!({"archive": tar_path, "bytes": bytes, "sha256": sha, "stores": manifest["stores"]});
+    let detail = json!({"job": job.id, "archive_sha256": sha, "stores": manifest["stores"].as_array().map(Vec::len)});
+    d.finish(job, result, detail).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn export_clickhouse(
+    d: &Dsr,
+    dir: &Path,
+    name: &str,
+    table: &str,
+    key: &str,
+    p: Uuid,
+    files: &mut Vec<Value>,
+    progress: Progress<'_>,
+) -> Result<u64, DsrError> {
+    let (db, t) = table.split_once('.').unwrap_or(("default", table));
+    let order = d
+        .warehouse
+        .query(
+            "SELECT sorting_key FROM system.tables WHERE database = {db:String} AND name = {name:String}",
+            &[("db", db.to_owned()), ("name", t.to_owned())],
+        )
+        .await?
+        .first()
+        .and_then(|r| r["sorting_key"].as_str().map(str::to_owned))
+        .filter(|k| !k.is_empty());
+    let mut jsonl = Out::create(dir, &format!("{name}.jsonl"))?;
+    let mut csv = CsvOut::new(Out::create(dir, &format!("{name}.csv"))?);
+    let mut rows = 0u64;
+    loop {
+        // Sorting-key order makes the pages a stable partition of the rows.
+        let sql = match &order {
+            Some(o) => format!(
+                "SELECT * FROM {} WHERE {} = {{p:UUID}} ORDER BY {o} LIMIT {PAGE} OFFSET {rows}",
+                ident(table)?,
+                ident(key)?
+            ),
+            None => format!("SELECT * FROM {} WHERE {} = {{p:UUID}}", ident(table)?, ident(key)?),
+        };
+        let page = d.warehouse.raw(&sql, "JSONEachRow", &[("p", p.to_string())]).await?;
+        let mut n = 0u64;
+        for line in page.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            jsonl.write_all(line)?;
+            jsonl.write_all(b"\n")?;
+            let v: Map<String, Value> = serde_json::from_slice(line).map_err(|e| DsrError::Verification(format!("unreadable row: {e}")))?;
+            csv.row(&v)?;
+            n += 1;
+        }
+        rows += n;
+        progress(&format!("{table}: {rows} rows"));
+        if order.is_none() || n < PAGE {
+            break;
+        }
+    }
+    files.push(jsonl.finish()?);
+    files.push(csv.finish()?);
+    Ok(rows)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn export_postgres(
+    d: &Dsr,
+    dir: &Path,
+    name: &str,
+    table: &str,
+    key: &str,
+    p: Uuid,
+    files: &mut Vec<Value>,
+    progress: Progress<'_>,
+) -> Result<u64, DsrError> {
+    let mut jsonl = Out::create(dir, &format!("{name}.jsonl"))?;
+    let mut csv = CsvOut::new(Out::create(dir, &format!("{name}.csv"))?);
+    let sql = format!("SELECT to_jsonb(t) FROM {} t WHERE {} = $1", ident(table)?, ident(key)?);
+    let mut stream = sqlx::query_scalar::<_, Value>(&sql).bind(p).fetch(&d.pool);
+    let mut rows = 0u64;
+    while let Some(v) = stream.try_next().await? {
+        jsonl.write_all(&serde_json::to_vec(&v).expect("JSON"))?;
+        jsonl.write_all(b"\n")?;
+        if let Value::Object(m) = &v {
+            csv.row(m)?;
+        }
+        rows += 1;
+    }
+    progress(&format!("{table}: {rows} rows"));
+    files.push(jsonl.finish()?);
+    files.push(csv.finish()?);
+    Ok(rows)
+}
+
+/// A file being written, hashed as it goes.
+struct Out {
+    rel: String,
+    file: BufWriter<File>,
+    sha: Sha256,
+    bytes: u64,
+}
+
+impl Out {
+    fn create(dir: &Path, rel: &str) -> Result<Out, DsrError> {
+        let path: PathBuf = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        Ok(Out { rel: rel.to_owned(), file: BufWriter::new(File::create(path)?), sha: Sha256::new(), bytes: 0 })
+    }
+
+    fn finish(mut self) -> Result<Value, DsrError> {
+        self.file.flush()?;
+        Ok(json!({"path": self.rel, "sha256": hex::encode(self.sha.finalize()), "bytes": self.bytes}))
+    }
+}
+
+impl Write for Out {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.sha.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// RFC 4180 CSV from JSON objects; the header is the first row's keys.
+struct CsvOut {
+    out: Out,
+    header: Option<Vec<String>>,
+}
+
+impl CsvOut {
+    fn new(out: Out) -> Self {
+        CsvOut { out, header: None }
+    }
+
+    fn row(&mut self, v: &Map<String, Value>) -> Result<(), DsrError> {
+        if self.header.is_none() {
+            let h: Vec<String> = v.keys().cloned().collect();
+            let line = h.iter().map(|k| quote(k)).collect::<Vec<_>>().join(",");
+            write!(self.out, "{line}\r\n")?;
+            self.header = Some(h);
+        }
+        let h = self.header.as_ref().expect("set above");
+        let line = h
+            .iter()
+            .map(|k| match v.get(k) {
+                None | Some(Value::Null) => String::new(),
+                Some(Value::String(s)) => quote(s),
+                Some(other) => quote(&other.to_string()),
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        write!(self.out, "{line}\r\n")?;
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Value, DsrError> {
+        self.out.finish()
+    }
+}
+
+fn quote(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quote;
+
+    #[test]
+    fn csv_quotes_what_needs_it() {
+        assert_eq!(quote("plain"), "plain");
+        assert_eq!(quote("a,b"), "\"a,b\"");
+        assert_eq!(quote("say \"hi\"\n"), "\"say \"\"hi\"\"\n\"");
+    }
+}

@@ -1,0 +1,328 @@
+//! Erasure (GDPR Art. 17), step by step, each idempotent:
+//!
+//! 1. `tombstone`: the pseudonym is tombstoned (the gateway and the lander
+//!    refuse its events from now on), per-store counts and the subject's
+//!    partitions are recorded;
+//! 2. `delete`: rows of every mapped `delete_rows` ClickHouse table are deleted
+//!    physically (`ALTER TABLE ... DELETE`, `mutations_sync = 2`);
+//! 3. `recompute`: ClickHouse views never see deletes (a `uniqState` still
+//!    counts the learner), so each affected partition of every
+//!    `recompute_aggregate` table is rebuilt from the base table with its own
+//!    materialized view's SELECT and swapped in atomically (`REPLACE
+//!    PARTITION`), then compared with a fresh computation;
+//! 4. `verify`: 0 rows for the subject in every mapped store; events that the
+//!    lander landed after the tombstone (its governance cache) send the job back
+//!    to step 2, a bounded number of times;
+//! 5. `shred`: the vault row (wrapped key, ciphertext, blind index) and consent
+//!    history are deleted; the tombstone stays;
+//! 6. `certify`: a signed certificate (see [`super::certificate`]) with the
+//!    counts before and after and the residual copies stated honestly.
+
+use chrono::Utc;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::{ch_count, ident, num, Dsr, DsrError, Job, Progress};
+use crate::datamap::{Erasure, Store, StoreKind};
+use crate::warehouse::{Warehouse, AGGREGATE_REBUILD};
+
+const MAX_ROUNDS: u64 = 3;
+
+pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), DsrError> {
+    let p = job.pseudonym;
+    loop {
+        match job.step.as_str() {
+            "start" | "tombstone" => {
+                progress("tombstone");
+                sqlx::query(
+                    "INSERT INTO tombstones (pseudonym, institution_id, request_id) VALUES ($1, $2, $3) ON CONFLICT (pseudonym) DO NOTHING",
+                )
+                .bind(p)
+                .bind(&job.institution)
+                .bind(job.id)
+                .execute(&d.pool)
+                .await?;
+                crate::lander::govern::note_erased(p);
+                if job.progress.get("before").is_none() {
+                    job.progress["tombstoned_at"] = json!(Utc::now());
+                    job.progress["before"] = Value::Object(d.counts(p).await?);
+                }
+                job.progress["partitions"] = json!(partitions(d, p).await?);
+                d.save(job, "delete").await?;
+            }
+            "delete" => {
+                for (s, key) in d.subject_stores(StoreKind::Clickhouse).filter(|(s, _)| s.erasure == Erasure::DeleteRows) {
+                    progress(&format!("delete {}", s.name));
+                    // Partitions the subject has now (late events included) join the recompute set.
+                    let mut parts: Vec<String> = serde_json::from_value(job.progress["partitions"].clone()).unwrap_or_default();
+                    parts.extend(subject_partitions(&d.warehouse, &s.name, key, p).await?);
+                    parts.sort();
+                    parts.dedup();
+                    job.progress["partitions"] = json!(parts);
+                    d.warehouse
+                        .execute(
+                            &format!("ALTER TABLE {} DELETE WHERE {} = {{p:UUID}} SETTINGS mutations_sync = 2", ident(&s.name)?, ident(key)?),
+                            &[("p", p.to_string())],
+                        )
+                        .await?;
+                }
+                d.save(job, "recompute").await?;
+            }
+            "recompute" => {
+                let parts: Vec<String> = serde_json::from_value(job.progress["partitions"].clone()).unwrap_or_default();
+                let mut done = Vec::new();
+                // Lander inserts wait while partitions are swapped and compared
+                // (rows landing between the rebuild and the swap would be lost).
+                let _barrier = AGGREGATE_REBUILD.write().await;
+                for s in d.map.stores.iter().filter(|s| s.store == StoreKind::Clickhouse && s.erasure == Erasure::RecomputeAggregate) {
+                    progress(&format!("recompute {} ({} partitions)", s.name, parts.len()));
+                    let view = d
+                        .map
+                        .stores
+                        .iter()
+                        .find(|v| v.target.as_deref() == Some(s.name.as_str()))
+                        .ok_or_else(|| DsrError::Verification(format!("{}: no materialized view in the data map targets it", s.name)))?;
+                    for part in &parts {
+                        rebuild_partition(&d.warehouse, s, view, part, job.id).await?;
+                    }
+                    done.push(json!({"table": s.name, "partitions": parts, "verified_equal_to_fresh_computation": true}));
+                }
+                job.progress["recomputed"] = json!(done);
+                d.save(job, "verify").await?;
+            }
+            "verify" => {
+                progress("verify");
+                let mut left = Vec::new();
+                for (s, key) in d.subject_stores(StoreKind::Clickhouse) {
+                    let n = ch_count(&d.warehouse, &s.name, key, p).await?;
+                    if n > 0 {
+                        left.push(format!("{} ({n} rows)", s.name));
+                    }
+                }
+                if left.is_empty() {
+                    d.save(job, "shred").await?;
+                } else {
+                    // Events the lander accepted before it saw the tombstone.
+                    let round = job.progress["rounds"].as_u64().unwrap_or(0) + 1;
+                    job.progress["rounds"] = json!(round);
+                    if round > MAX_ROUNDS {
+                        return Err(DsrError::Verification(format!("rows remain after {MAX_ROUNDS} rounds: {}", left.join(", "))));
+                    }
+                    tokio::time::sleep(d.settle).await;
+                    d.save(job, "delete").await?;
+                }
+            }
+            "shred" => {
+                progress("crypto-shred");
+                // Consent history goes with the learner row (ON DELETE CASCADE).
+                sqlx::query("DELETE FROM learners WHERE pseudonym = $1").bind(p).execute(&d.pool).await?;
+                job.progress["after"] = Value::Object(d.counts(p).await?);
+                job.progress["shredded_at"] = json!(Utc::now());
+                d.save(job, "certify").await?;
+            }
+            "certify" => {
+                progress("certificate");
+                let body = certificate_body(d, job).await?;
+                let signed = d.signer.sign(&body);
+                let detail = json!({"job": job.id, "stores": body["stores"].as_array().map(Vec::len), "certificate_sha256": super::certificate::digest(&signed)});
+                d.finish(job, json!({"certificate": signed}), detail).await?;
+                return Ok(());
+            }
+            other => return Err(DsrError::Verification(format!("unknown step {other}"))),
+        }
+    }
+}
+
+/// Partition ids of the subject's rows in every `delete_rows` table.
+async fn partitions(d: &Dsr, p: Uuid) -> Result<Vec<String>, DsrError> {
+    let mut out = Vec::new();
+    for (s, key) in d.subject_stores(StoreKind::Clickhouse).filter(|(s, _)| s.erasure == Erasure::DeleteRows) {
+        out.extend(subject_partitions(&d.warehouse, &s.name, key, p).await?);
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+async fn subject_partitions(wh: &Warehouse, table: &str, key: &str, p: Uuid) -> Result<Vec<String>, DsrError> {
+    let rows = wh
+        .query(
+            &format!("SELECT DISTINCT _partition_id AS id FROM {} WHERE {} = {{p:UUID}}", ident(table)?, ident(key)?),
+            &[("p", p.to_string())],
+        )
+        .await?;
+    Ok(rows.iter().filter_map(|r| r["id"].as_str().map(str::to_owned)).collect())
+}
+
+struct Shape {
+    as_select: String,
+    partition_key: String,
+    columns: Vec<(String, String, bool)>,
+}
+
+async fn shape(wh: &Warehouse, table: &str, view: &str) -> Result<Shape, DsrError> {
+    let split = |t: &str| t.split_once('.').map(|(a, b)| (a.to_owned(), b.to_owned())).unwrap_or(("default".into(), t.to_owned()));
+    let (vdb, vname) = split(view);
+    let (tdb, tname) = split(table);
+    let v = wh
+        .query(
+            "SELECT as_select FROM system.tables WHERE database = {db:String} AND name = {name:String}",
+            &[("db", vdb), ("name", vname)],
+        )
+        .await?;
+    let as_select = v.first().and_then(|r| r["as_select"].as_str()).filter(|s| !s.is_empty()).map(str::to_owned);
+    let t = wh
+        .query(
+            "SELECT partition_key FROM system.tables WHERE database = {db:String} AND name = {name:String}",
+            &[("db", tdb.clone()), ("name", tname.clone())],
+        )
+        .await?;
+    let partition_key = t.first().and_then(|r| r["partition_key"].as_str()).map(str::to_owned);
+    let cols = wh
+        .query(
+            "SELECT name, type, is_in_sorting_key AS k FROM system.columns WHERE database = {db:String} AND table = {name:String} ORDER BY position",
+            &[("db", tdb), ("name", tname)],
+        )
+        .await?;
+    let (Some(as_select), Some(partition_key)) = (as_select, partition_key) else {
+        return Err(DsrError::Verification(format!("{table}: its view {view} or its partition key is missing from the live schema")));
+    };
+    if !partition_key.starts_with("toYYYYMM(") {
+        // The subject's partitions are found in the base table (monthly by event time).
+        return Err(DsrError::Verification(format!("{table}: partition key {partition_key} is not monthly; cannot map the subject's partitions")));
+    }
+    let columns = cols
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap_or_default().to_owned(), c["type"].as_str().unwrap_or_default().to_owned(), num(&c["k"]) == 1))
+        .collect();
+    Ok(Shape { as_select, partition_key, columns })
+}
+
+/// Rebuild one partition of an aggregate table from the base table, swap it
+/// in atomically, then check it equals a fresh computation.
+async fn rebuild_partition(wh: &Warehouse, table: &Store, view: &Store, part: &str, job: Uuid) -> Result<(), DsrError> {
+    if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(DsrError::Verification(format!("unexpected partition id {part:?}")));
+    }
+    let t = ident(&table.name)?;
+    let sh = shape(wh, t, ident(&view.name)?).await?;
+    let staging = format!("{t}__erasure_{}", &job.simple().to_string()[..12]);
+    let cols = sh.columns.iter().map(|(n, _, _)| format!("`{n}`")).collect::<Vec<_>>().join(", ");
+    let fresh = format!("(SELECT * FROM ({}) WHERE {} = {part})", sh.as_select, sh.partition_key);
+    wh.execute(&format!("DROP TABLE IF EXISTS {staging}"), &[]).await?;
+    wh.execute(&format!("CREATE TABLE {staging} AS {t}"), &[]).await?;
+    let result = async {
+        wh.execute(&format!("INSERT INTO {staging} ({cols}) SELECT {cols} FROM {fresh}"), &[]).await?;
+        let staged = num(&wh.query(&format!("SELECT count() AS n FROM {staging}"), &[]).await?[0]["n"]);
+        if staged == 0 {
+            wh.execute(&format!("ALTER TABLE {t} DROP PARTITION ID '{part}'"), &[]).await?;
+        } else {
+            wh.execute(&format!("ALTER TABLE {t} REPLACE PARTITION ID '{part}' FROM {staging}"), &[]).await?;
+        }
+        let live = fingerprint(wh, &sh, &format!("(SELECT * FROM {t} WHERE _partition_id = '{part}')")).await?;
+        let expected = fingerprint(wh, &sh, &fresh).await?;
+        if live != expected {
+            return Err(DsrError::Verification(format!("{t} partition {part}: recomputed aggregate differs from a fresh computation")));
+        }
+        Ok(())
+    }
+    .await;
+    wh.execute(&format!("DROP TABLE IF EXISTS {staging}"), &[]).await?;
+    result
+}
+
+/// Order-independent digest of an aggregate table's content: states merged
+/// per sorting key, then hashed. Equal content gives equal digests however
+/// the rows are split into parts.
+async fn fingerprint(wh: &Warehouse, sh: &Shape, source: &str) -> Result<(u64, String), DsrError> {
+    let keys: Vec<String> = sh.columns.iter().filter(|c| c.2).map(|c| format!("`{}`", c.0)).collect();
+    let vals: Vec<String> = sh.columns.iter().filter(|c| !c.2).map(|(n, ty, _)| merge_expr(n, ty)).collect();
+    let sql = format!(
+        "SELECT count() AS groups, toString(sum(cityHash64(*))) AS h FROM (SELECT {} FROM {source} GROUP BY {})",
+        keys.iter().chain(&vals).cloned().collect::<Vec<_>>().join(", "),
+        keys.join(", ")
+    );
+    let r = wh.query(&sql, &[]).await?;
+    let r = r.first().cloned().unwrap_or_default();
+    Ok((num(&r["groups"]), r["h"].as_str().unwrap_or_default().to_owned()))
+}
+
+/// `AggregateFunction(uniq, UUID)` -> `uniqMerge(c)`; `AggregateFunction(quantile(0.5), F)`
+/// -> `quantileMerge(0.5)(c)`; `SimpleAggregateFunction(sum, T)` -> `sum(c)`; else `any(c)`.
+fn merge_expr(col: &str, ty: &str) -> String {
+    let first_arg = |prefix: &str| ty.strip_prefix(prefix).map(|rest| rest.split(',').next().unwrap_or("").trim().to_owned());
+    if let Some(f) = first_arg("AggregateFunction(") {
+        return match f.split_once('(') {
+            Some((name, params)) => format!("{name}Merge({params}(`{col}`) AS `{col}`"),
+            None => format!("{f}Merge(`{col}`) AS `{col}`"),
+        };
+    }
+    if let Some(f) = first_arg("SimpleAggregateFunction(") {
+        return format!("{f}(`{col}`) AS `{col}`");
+    }
+    format!("any(`{col}`) AS `{col}`")
+}
+
+async fn certificate_body(d: &Dsr, job: &Job) -> Result<Value, DsrError> {
+    let before = job.progress["before"].as_object().cloned().unwrap_or_default();
+    let after = job.progress["after"].as_object().cloned().unwrap_or_default();
+    let mut stores = Vec::new();
+    for s in &d.map.stores {
+        let key = format!("{}:{}", store_kind(s), s.name);
+        let method = serde_json::to_value(s.erasure).unwrap_or(Value::Null);
+        match (before.get(&key), after.get(&key)) {
+            (Some(b), Some(a)) => stores.push(json!({"store": key, "method": method, "rows_before": b, "rows_after": a, "reason": s.reason})),
+            _ if s.erasure == Erasure::RecomputeAggregate => stores.push(json!({
+                "store": key, "method": method, "reason": s.reason,
+                "partitions_recomputed": job.progress["partitions"], "verified_equal_to_fresh_computation": true
+            })),
+            _ => {}
+        }
+    }
+    let tombstoned_at = job.progress["tombstoned_at"].as_str().unwrap_or_default().to_owned();
+    let residual: Vec<Value> = d
+        .map
+        .stores
+        .iter()
+        .filter(|s| matches!(s.erasure, Erasure::Keep | Erasure::Expire) && s.subject_key.is_some())
+        .filter(|s| !after.get(&format!("{}:{}", store_kind(s), s.name)).is_some_and(|n| num(n) == 0))
+        .map(|s| json!({"store": format!("{}:{}", store_kind(s), s.name), "method": s.erasure, "retention": s.retention, "reason": s.reason}))
+        .collect();
+    Ok(json!({
+        "type": "learnvault.erasure-certificate/v1",
+        "job_id": job.id,
+        "subject": {"pseudonym": job.pseudonym, "institution": job.institution},
+        "requested_by": job.requested_by,
+        "reference": job.reference,
+        "requested_at": job.requested_at,
+        "tombstoned_at": tombstoned_at,
+        "shredded_at": job.progress["shredded_at"],
+        "issued_at": Utc::now(),
+        "stores": stores,
+        "vault": {"identity_crypto_shredded": after.get("postgres:learners").is_some_and(|n| num(n) == 0), "tombstone_kept": true},
+        "residual_copies": residual,
+        "engines": {"warehouse": d.warehouse.version().await?, "learnvault": env!("CARGO_PKG_VERSION")},
+    }))
+}
+
+fn store_kind(s: &Store) -> &'static str {
+    match s.store {
+        StoreKind::Clickhouse => "clickhouse",
+        StoreKind::Postgres => "postgres",
+        StoreKind::Kafka => "kafka",
+        StoreKind::Files => "files",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_expr;
+
+    #[test]
+    fn merge_expressions_follow_the_column_type() {
+        assert_eq!(merge_expr("l", "AggregateFunction(uniq, UUID)"), "uniqMerge(`l`) AS `l`");
+        assert_eq!(merge_expr("q", "AggregateFunction(quantile(0.5), Float64)"), "quantileMerge(0.5)(`q`) AS `q`");
+        assert_eq!(merge_expr("s", "SimpleAggregateFunction(sum, UInt64)"), "sum(`s`) AS `s`");
+        assert_eq!(merge_expr("x", "UInt32"), "any(`x`) AS `x`");
+    }
+}

@@ -1,0 +1,299 @@
+//! The ingest gateway: where identities become pseudonyms. Taxonomy events
+//! (`POST /v1/events`) and xAPI statements (`POST|PUT /xapi/statements`) are
+//! pseudonymised through the vault (issue-or-get, one batch per request),
+//! stamped with server time, validated and governed, and produced to
+//! `learning-events` keyed by pseudonym with `acks=all`.
+//!
+//! Invariants:
+//! * nothing with a raw identifier reaches a topic: the `learner` object
+//!   (`{institution, external_id}`) and the xAPI actor are removed before
+//!   anything is produced, dead letters included;
+//! * an event is reported `accepted` only after the broker acknowledged it;
+//!   when the broker cannot be reached the request fails with 503 and
+//!   `Retry-After` (what was not written is not acknowledged);
+//! * a refused event is in the dead-letter topic with the same reason code the
+//!   caller sees.
+
+pub mod xapi;
+
+use chrono::Utc;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::time::Duration;
+use uuid::Uuid;
+
+use crate::audit::NewEntry;
+use crate::config::Settings;
+use crate::domain::{ExternalId, InstitutionId};
+use crate::lander::govern::{Governance, Standing};
+use crate::policy::ProtectedAttributes;
+use crate::taxonomy::{Reason, Taxonomy};
+use crate::vault::{Identity, NewLearner, Vault, VaultError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error("postgres: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+}
+
+/// One event as received, its identity (if named by one) already split off.
+pub struct Incoming {
+    /// The event without identity fields.
+    pub event: Map<String, Value>,
+    /// `{institution, external_id}` when the event names its learner that way.
+    pub identity: Option<(String, String)>,
+}
+
+/// What became of one event.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Status {
+    Accepted { event_id: Uuid },
+    /// `code` is the dead-letter reason (or `institution_not_allowed` / `invalid_learner`).
+    Rejected { code: String, detail: String },
+    /// The broker did not acknowledge it: retry.
+    Unavailable,
+}
+
+pub struct Gateway {
+    producer: FutureProducer,
+    topic: String,
+    dlq_topic: String,
+    taxonomy: Taxonomy,
+    protected: ProtectedAttributes,
+    governance: tokio::sync::Mutex<Governance>,
+    vault: Vault,
+    clock_skew: Duration,
+}
+
+impl Gateway {
+    pub fn new(settings: &Settings, vault: Vault, analytics_default: bool) -> anyhow::Result<Gateway> {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &settings.kafka_brokers)
+            .set("acks", "all")
+            .set("compression.type", "lz4")
+            .set("linger.ms", "2")
+            .set("queue.buffering.max.messages", "1000000")
+            // Fail a request within seconds when the broker is gone (503, retry), not minutes.
+            .set("message.timeout.ms", &settings.produce_timeout_ms.to_string())
+            .create()?;
+        let pool = vault.pool().clone();
+        Ok(Gateway {
+            producer,
+            topic: settings.events_topic.clone(),
+            dlq_topic: settings.dlq_topic.clone(),
+            taxonomy: Taxonomy::load(&settings.policy_dir.join("taxonomy"))?,
+            protected: ProtectedAttributes::load(&settings.policy_dir)?,
+            governance: tokio::sync::Mutex::new(Governance::new(pool, Duration::from_millis(settings.governance_cache_ms), analytics_default)),
+            vault,
+            clock_skew: Duration::from_secs(300),
+        })
+    }
+
+    /// Pseudonymise, validate, govern and produce `items`; one status each, in order.
+    /// `may_act_in` says whether the caller may send events of an institution;
+    /// `audit` is the issuance audit entry (one per request, with counts).
+    pub async fn ingest(
+        &self,
+        items: Vec<Incoming>,
+        may_act_in: &(dyn Fn(&str) -> bool + Sync),
+        audit: NewEntry,
+    ) -> Result<Vec<Status>, GatewayError> {
+        let now = Utc::now();
+        let mut out: Vec<Option<Status>> = vec![None; items.len()];
+        let mut events: Vec<Option<Map<String, Value>>> = Vec::with_capacity(items.len());
+
+        // 1. Identities -> pseudonyms, one vault batch for the request.
+        let mut wanted: Vec<(InstitutionId, NewLearner)> = Vec::new();
+        let mut slot: Vec<Option<usize>> = vec![None; items.len()];
+        let mut seen: HashMap<(String, String), usize> = HashMap::new();
+        for (i, it) in items.iter().enumerate() {
+            if let Some((inst, ext)) = &it.identity {
+                match (InstitutionId::parse(inst), ExternalId::parse(ext)) {
+                    (Ok(inst_id), Ok(ext_id)) => {
+                        if !may_act_in(inst_id.as_str()) {
+                            out[i] = Some(rejected("institution_not_allowed", "the caller cannot send events for this institution"));
+                            continue;
+                        }
+                        let k = (inst.clone(), ext.clone());
+                        let n = *seen.entry(k).or_insert_with(|| {
+                            wanted.push((inst_id, NewLearner { external_id: ext_id, identity: Identity::empty() }));
+                            wanted.len() - 1
+                        });
+                        slot[i] = Some(n);
+                    }
+                    _ => out[i] = Some(rejected("invalid_learner", "learner.institution and learner.external_id must be valid ids")),
+                }
+            }
+        }
+        let issued = if wanted.is_empty() { Vec::new() } else { self.vault.issue_batch(wanted, audit).await? };
+
+        // 2. Fill in, validate.
+        for (i, it) in items.into_iter().enumerate() {
+            if out[i].is_some() {
+                events.push(None);
+                continue;
+            }
+            let mut ev = it.event;
+            if let (Some(n), Some((inst, _))) = (slot[i], &it.identity) {
+                ev.insert("learner_id".into(), json!(issued[n].pseudonym.as_uuid()));
+                ev.entry("institution_id").or_insert_with(|| json!(inst));
+            }
+            ev.insert("server_ts".into(), json!(now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)));
+            events.push(Some(ev));
+        }
+        let mut valid = Vec::with_capacity(events.len());
+        for (i, ev) in events.iter().enumerate() {
+            let Some(ev) = ev else {
+                valid.push(None);
+                continue;
+            };
+            match self.taxonomy.validate(&Value::Object(ev.clone())) {
+                Ok(mut v) => {
+                    if let Some(attr) = v.props.keys().find_map(|k| self.protected.matches(k)) {
+                        out[i] = Some(rejected(Reason::ProtectedAttribute.as_str(), &format!("props carry protected attribute `{attr}`")));
+                        valid.push(None);
+                        continue;
+                    }
+                    if !may_act_in(&v.institution_id) {
+                        out[i] = Some(rejected("institution_not_allowed", "the caller cannot send events for this institution"));
+                        valid.push(None);
+                        continue;
+                    }
+                    let skew = v.client_ts.signed_duration_since(now).num_milliseconds();
+                    if skew.unsigned_abs() > self.clock_skew.as_millis() as u64 {
+                        v.props.insert("clock_skew_ms".into(), skew.to_string());
+                    }
+                    valid.push(Some(v));
+                }
+                Err(r) => {
+                    out[i] = Some(rejected(r.reason.as_str(), &r.detail));
+                    valid.push(None);
+                }
+            }
+        }
+
+        // 3. Govern: known, not erased, of the event's institution, analytics consent.
+        let ids: Vec<Uuid> = valid.iter().flatten().map(|v| v.learner_id).collect();
+        let standings = if ids.is_empty() { HashMap::new() } else { self.governance.lock().await.standings(ids).await? };
+        for (i, v) in valid.iter_mut().enumerate() {
+            if let Some(ev) = v {
+                let s = standings.get(&ev.learner_id).cloned().unwrap_or(Standing::Unknown);
+                if let Some(reason) = s.refusal(&ev.institution_id) {
+                    out[i] = Some(rejected(reason.as_str(), "refused by governance"));
+                    *v = None;
+                }
+            }
+        }
+
+        // 4. Produce the accepted, dead-letter the refused; then wait for every acknowledgement.
+        let mut sends = Vec::new();
+        for (i, v) in valid.iter().enumerate() {
+            if let Some(ev) = v {
+                let body = serde_json::to_vec(ev).expect("an event serialises");
+                let key = ev.learner_id.to_string();
+                let producer = &self.producer;
+                let topic = &self.topic;
+                sends.push(async move {
+                    let r = producer.send(FutureRecord::to(topic).key(&key).payload(&body), Duration::from_secs(0)).await;
+                    (i, r.is_ok())
+                });
+            }
+        }
+        let mut dead = Vec::new();
+        for (i, st) in out.iter().enumerate() {
+            if let Some(Status::Rejected { code, detail }) = st {
+                let payload = events.get(i).cloned().flatten().map(Value::Object).unwrap_or(Value::Null);
+                let key = payload.get("learner_id").and_then(Value::as_str).map(str::to_owned);
+                let rec = json!({"reason": code, "detail": detail, "stage": "gateway", "failed_at": now.to_rfc3339(), "payload": redact(payload, &self.protected)});
+                let body = serde_json::to_vec(&rec).expect("json");
+                let producer = &self.producer;
+                let topic = &self.dlq_topic;
+                dead.push(async move {
+                    let mut r = FutureRecord::to(topic).payload(&body);
+                    if let Some(k) = &key {
+                        r = r.key(k);
+                    }
+                    producer.send(r, Duration::from_secs(0)).await.is_ok()
+                });
+                metrics::counter!("learnvault_gateway_rejects_total", "reason" => code.clone()).increment(1);
+            }
+        }
+        let (sent, dead) = tokio::join!(futures::future::join_all(sends), futures::future::join_all(dead));
+        let mut accepted = 0u64;
+        for (i, ok) in sent {
+            let ev = valid[i].as_ref().expect("sent events are valid");
+            out[i] = Some(if ok {
+                accepted += 1;
+                Status::Accepted { event_id: ev.event_id }
+            } else {
+                Status::Unavailable
+            });
+        }
+        if dead.iter().any(|ok| !ok) {
+            // A refusal that is not in the dead-letter topic must not be reported as handled.
+            for st in out.iter_mut() {
+                if matches!(st, Some(Status::Rejected { .. })) {
+                    *st = Some(Status::Unavailable);
+                }
+            }
+        }
+        metrics::counter!("learnvault_gateway_events_total").increment(accepted);
+        Ok(out.into_iter().map(|s| s.expect("every event has a status")).collect())
+    }
+
+    /// Dead-letter something that never became an event (an unmapped xAPI
+    /// verb, an unparseable line), with identity fields already removed.
+    pub async fn dead_letter(&self, code: &str, detail: &str, payload: Value) -> bool {
+        let rec = json!({"reason": code, "detail": detail, "stage": "gateway", "failed_at": Utc::now().to_rfc3339(), "payload": redact(payload, &self.protected)});
+        let body = serde_json::to_vec(&rec).expect("json");
+        let ok = self.producer.send(FutureRecord::<(), _>::to(&self.dlq_topic).payload(&body), Duration::from_secs(0)).await.is_ok();
+        metrics::counter!("learnvault_gateway_rejects_total", "reason" => code.to_owned()).increment(1);
+        ok
+    }
+}
+
+fn rejected(code: &str, detail: &str) -> Status {
+    Status::Rejected { code: code.to_owned(), detail: detail.to_owned() }
+}
+
+/// Remove identity fields and protected-attribute values from a dead letter's payload.
+fn redact(mut payload: Value, protected: &ProtectedAttributes) -> Value {
+    if let Some(obj) = payload.as_object_mut() {
+        obj.remove("learner");
+        obj.remove("actor");
+        if let Some(Value::Object(props)) = obj.get_mut("props") {
+            for (k, v) in props.iter_mut() {
+                if protected.matches(k).is_some() {
+                    *v = Value::String("<redacted>".into());
+                }
+            }
+        }
+    }
+    payload
+}
+
+/// Split an event object into the event and its identity: a `learner`
+/// object `{institution, external_id}` names the learner by identity.
+pub fn split_identity(mut event: Map<String, Value>) -> Result<Incoming, (Map<String, Value>, &'static str)> {
+    match event.remove("learner") {
+        None => Ok(Incoming { event, identity: None }),
+        Some(Value::Object(l)) => match (l.get("institution").and_then(Value::as_str), l.get("external_id").and_then(Value::as_str)) {
+            (Some(i), Some(e)) if l.len() == 2 => {
+                if event.contains_key("learner_id") {
+                    return Err((event, "name the learner by `learner_id` or by `learner`, not both"));
+                }
+                Ok(Incoming { identity: Some((i.to_owned(), e.to_owned())), event })
+            }
+            _ => Err((event, "`learner` must be {\"institution\": string, \"external_id\": string}")),
+        },
+        Some(_) => Err((event, "`learner` must be {\"institution\": string, \"external_id\": string}")),
+    }
+}

@@ -1,0 +1,343 @@
+//! Subject access and erasure on the real engines: PostgreSQL (vault, jobs,
+//! audit) and the embedded ClickHouse engine (events, rollups, features).
+mod common;
+
+use common::spine::num;
+use common::TestApp;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::time::Duration;
+
+/// Land `n` events of each type in `types` for `learner`, half today and half 40 days ago
+/// (two monthly partitions when today is past the 10th; always two distinct dates).
+async fn land(app: &TestApp, learner: &str, cohort: &str, n: u32, types: &[&str]) {
+    let sql = "INSERT INTO events.learning_events (server_ts, client_ts, event_id, event_version, event_type, learner_id, session_id,
+                   course_id, content_id, cohort_id, institution_id, position_sec, props)
+               SELECT ts, ts, generateUUIDv4(), '2.3', t, {l:UUID}, 's-1', 'cs101', 'video-7', {c:String}, 'uni-a', toUInt32(number % 600),
+                      map('player', 'web')
+               FROM (SELECT number, if(number % 2 = 0, now64(3), now64(3) - toIntervalDay(40)) AS ts FROM numbers({n:UInt32}))
+               ARRAY JOIN {types:Array(String)} AS t";
+    app.warehouse()
+        .execute(
+            sql,
+            &[
+                ("l", learner.to_owned()),
+                ("c", cohort.to_owned()),
+                ("n", n.to_string()),
+                ("types", format!("{types:?}").replace('"', "'")),
+            ],
+        )
+        .await
+        .unwrap();
+}
+
+async fn ch(app: &TestApp, sql: &str, p: &str) -> u64 {
+    let rows = app.warehouse().query(sql, &[("p", p.to_owned())]).await.unwrap();
+    num(&rows[0]["n"])
+}
+
+/// Cohort funnel and per-minute engagement as the dashboards read them.
+async fn dashboards(app: &TestApp) -> Value {
+    let f = app
+        .warehouse()
+        .query(
+            "SELECT cohort_id, uniqMerge(learners) AS enrolled, uniqMerge(started) AS started, uniqMerge(completed) AS completed
+             FROM agg.funnel_by_cohort GROUP BY cohort_id ORDER BY cohort_id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let e = app
+        .warehouse()
+        .query("SELECT cohort_id, uniqMerge(active_learners) AS active FROM agg.engagement_per_minute GROUP BY cohort_id ORDER BY cohort_id", &[])
+        .await
+        .unwrap();
+    let r = app
+        .warehouse()
+        .query("SELECT content_id, uniqMerge(learners) AS replayers FROM agg.content_replays_daily GROUP BY content_id", &[])
+        .await
+        .unwrap();
+    json!({"funnel": f, "engagement": e, "replays": r})
+}
+
+async fn wait_job(app: &TestApp, id: &str) -> Value {
+    let dpo = app.dpo("uni-a");
+    for _ in 0..300 {
+        let (s, job) = app.get(&format!("/v1/dsr/jobs/{id}"), &dpo).await;
+        assert_eq!(s, StatusCode::OK, "{job}");
+        if job["state"] == "done" || job["state"] == "failed" {
+            return job;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("job {id} did not finish");
+}
+
+#[tokio::test]
+async fn erasure_reaches_rows_rollups_and_the_vault_and_is_certified() {
+    let app = TestApp::spawn_with_warehouse().await;
+    let a = app.issue("uni-a", "S-A", json!({"name": "Ada Erased", "email": "ada@example.edu"})).await;
+    let b = app.issue("uni-a", "S-B", json!({"name": "Bob Kept"})).await;
+    let c = app.issue("uni-a", "S-C", json!({"name": "Cy Kept"})).await;
+    let types = ["content.start", "content.complete", "interact.replay", "session.heartbeat", "session.start"];
+    land(&app, &a, "c1", 20, &types).await;
+    land(&app, &b, "c1", 20, &types).await;
+    land(&app, &c, "c2", 10, &types).await;
+    let (s, _) = app.send("PUT", &format!("/v1/pseudonyms/{a}/consent"), Some(&app.lms("uni-a")), Some(json!({"consents": {"research": true}}))).await;
+    assert_eq!(s, StatusCode::OK);
+
+    let before = dashboards(&app).await;
+    assert_eq!(num(&before["funnel"][0]["enrolled"]), 2, "{before}");
+    let others_rows = ch(&app, "SELECT count() AS n FROM events.learning_events WHERE learner_id != {p:UUID}", &a).await;
+    let others_daily = ch(&app, "SELECT count() AS n FROM agg.learner_daily_activity WHERE learner_id != {p:UUID}", &a).await;
+    assert_eq!(others_rows, 150);
+
+    // Only a DPO of the learner's institution may ask.
+    let (s, v) = app.post("/v1/dsr/erasure", &app.lms("uni-a"), json!({"pseudonym": a})).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    let (s, v) = app.post("/v1/dsr/erasure", &app.dpo("uni-b"), json!({"pseudonym": a})).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    let (s, v) = app.post("/v1/dsr/erasure", &app.dpo("uni-a"), json!({"pseudonym": a, "reference": "ada@example.edu"})).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_reference")));
+
+    let (s, job) = app.post("/v1/dsr/erasure", &app.dpo("uni-a"), json!({"pseudonym": a, "reference": "CASE-2026-17"})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    // Asking again returns the same job.
+    let (s, again) = app.post("/v1/dsr/erasure", &app.dpo("uni-a"), json!({"institution": "uni-a", "external_id": "S-A"})).await;
+    assert_eq!((s, again["id"].as_str()), (StatusCode::OK, Some(id.as_str())), "{again}");
+
+    let job = wait_job(&app, &id).await;
+    assert_eq!(job["state"], "done", "{job}");
+
+    // Every mapped ClickHouse table holds nothing of the subject; the others' rows are untouched.
+    for t in ["events.learning_events", "agg.learner_daily_activity", "features.learner_engagement"] {
+        assert_eq!(ch(&app, &format!("SELECT count() AS n FROM {t} WHERE learner_id = {{p:UUID}}"), &a).await, 0, "{t}");
+    }
+    assert_eq!(ch(&app, "SELECT count() AS n FROM events.learning_events WHERE learner_id != {p:UUID}", &a).await, others_rows);
+    assert_eq!(ch(&app, "SELECT count() AS n FROM agg.learner_daily_activity WHERE learner_id != {p:UUID}", &a).await, others_daily);
+    // Deleted physically, not only masked.
+    assert_eq!(ch(&app, "SELECT count() AS n FROM events.learning_events SETTINGS apply_deleted_mask = 0", "").await, others_rows);
+
+    // The rollups no longer count the learner (uniq states rebuilt), the other cohort is unchanged.
+    let after = dashboards(&app).await;
+    assert_eq!(num(&after["funnel"][0]["enrolled"]), 1, "{after}");
+    assert_eq!(num(&after["funnel"][0]["completed"]), 1, "{after}");
+    assert_eq!(after["funnel"][1], before["funnel"][1]);
+    assert_eq!(num(&after["engagement"][0]["active"]), 1, "{after}");
+    assert_eq!(after["engagement"][1], before["engagement"][1]);
+    assert_eq!(num(&after["replays"][0]["replayers"]), 2, "{after}");
+
+    // Vault: identity crypto-shredded, consent gone, tombstone kept; resolve says erased.
+    assert_eq!(app.count(&format!("SELECT count(*) FROM learners WHERE pseudonym = '{a}'")).await, 0);
+    assert_eq!(app.count(&format!("SELECT count(*) FROM consent_events WHERE pseudonym = '{a}'")).await, 0);
+    assert_eq!(app.count(&format!("SELECT count(*) FROM tombstones WHERE pseudonym = '{a}'")).await, 1);
+    assert_eq!(app.count("SELECT count(*) FROM learners").await, 2);
+
+    // The certificate: signed, counts before and after, residual copies stated.
+    let (s, cert) = app.get(&format!("/v1/dsr/jobs/{id}/certificate"), &app.auditor()).await;
+    assert_eq!(s, StatusCode::OK, "{cert}");
+    let (_, key) = app.send("GET", "/v1/dsr/certificate-key", None, None).await;
+    let key = key["public_key"].as_str().unwrap();
+    let body = learnvault::dsr::certificate::verify(&cert, key).expect("valid signature");
+    assert_eq!(body["subject"]["pseudonym"], json!(a));
+    let stores: BTreeMap<String, Value> =
+        body["stores"].as_array().unwrap().iter().map(|s| (s["store"].as_str().unwrap().to_owned(), s.clone())).collect();
+    assert_eq!(stores["clickhouse:events.learning_events"]["rows_before"], json!(100));
+    assert_eq!(stores["clickhouse:events.learning_events"]["rows_after"], json!(0));
+    assert_eq!(stores["postgres:learners"]["rows_before"], json!(1));
+    assert_eq!(stores["postgres:learners"]["rows_after"], json!(0));
+    assert_eq!(stores["postgres:consent_events"]["rows_after"], json!(0));
+    assert_eq!(stores["clickhouse:agg.funnel_by_cohort"]["verified_equal_to_fresh_computation"], json!(true));
+    let residual: Vec<&str> = body["residual_copies"].as_array().unwrap().iter().map(|r| r["store"].as_str().unwrap()).collect();
+    for r in ["kafka:learning-events", "kafka:learning-events.dlq", "postgres:audit_log", "postgres:tombstones"] {
+        assert!(residual.contains(&r), "{r} missing from {residual:?}");
+    }
+    let mut forged = cert.clone();
+    forged["certificate"]["stores"][0]["rows_after"] = json!(0);
+    forged["certificate"]["subject"]["pseudonym"] = json!(b);
+    assert!(learnvault::dsr::certificate::verify(&forged, key).is_err());
+
+    // The CLI verifies the file against this deployment's key.
+    let file = std::env::temp_dir().join(format!("cert-{id}.json"));
+    std::fs::write(&file, serde_json::to_vec_pretty(&cert).unwrap()).unwrap();
+    let ok = std::process::Command::new(env!("CARGO_BIN_EXE_learnvault"))
+        .args(["dsr", "verify-certificate", file.to_str().unwrap(), "--public-key", key])
+        .env("LEARNVAULT_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    std::fs::write(&file, serde_json::to_vec_pretty(&forged).unwrap()).unwrap();
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_learnvault"))
+        .args(["dsr", "verify-certificate", file.to_str().unwrap(), "--public-key", key])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+
+    // Audited: the request by the DPO, the completion by the worker; the chain holds.
+    assert_eq!(app.count(&format!("SELECT count(*) FROM audit_log WHERE action = 'dsr.erasure.request' AND target_pseudonym = '{a}'")).await, 1);
+    assert_eq!(app.count(&format!("SELECT count(*) FROM audit_log WHERE action = 'dsr.erasure.complete' AND target_pseudonym = '{a}'")).await, 1);
+    assert_eq!(app.verify().await["intact"], json!(true));
+    // Nothing in the job record or the certificate names the learner.
+    let text = format!("{job}{cert}");
+    assert!(!text.contains("Ada") && !text.contains("ada@example.edu") && !text.contains("S-A"));
+}
+
+#[tokio::test]
+async fn a_job_that_died_mid_way_resumes_at_its_step() {
+    let app = TestApp::spawn_with_warehouse().await;
+    let a = app.issue("uni-a", "S-A", json!({"name": "Ada"})).await;
+    let b = app.issue("uni-a", "S-B", json!({"name": "Bob"})).await;
+    land(&app, &a, "c1", 10, &["content.start", "session.heartbeat"]).await;
+    land(&app, &b, "c1", 10, &["content.start", "session.heartbeat"]).await;
+    // A worker tombstoned the subject, recorded its counts, deleted its base rows, and died
+    // before rebuilding the rollups: its lease has expired, its step is `recompute`.
+    app.warehouse()
+        .execute("ALTER TABLE events.learning_events DELETE WHERE learner_id = {p:UUID} SETTINGS mutations_sync = 2", &[("p", a.clone())])
+        .await
+        .unwrap();
+    app.warehouse()
+        .execute("ALTER TABLE agg.learner_daily_activity DELETE WHERE learner_id = {p:UUID} SETTINGS mutations_sync = 2", &[("p", a.clone())])
+        .await
+        .unwrap();
+    let parts: Vec<String> = app
+        .warehouse()
+        .query("SELECT DISTINCT _partition_id AS id FROM agg.funnel_by_cohort", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    sqlx::query("INSERT INTO tombstones (pseudonym, institution_id, request_id) VALUES ($1::uuid, 'uni-a', gen_random_uuid())")
+        .bind(&a)
+        .execute(&app.admin)
+        .await
+        .unwrap();
+    let id = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO dsr_jobs (id, kind, pseudonym, institution_id, requested_by, request_id, state, step, progress, attempts, lease_until, deadline)
+         VALUES ($1, 'erasure', $2::uuid, 'uni-a', 'dpo-test', gen_random_uuid(), 'running', 'recompute', $3, 1, now() - interval '1 second', now() + interval '30 days')",
+    )
+    .bind(id)
+    .bind(&a)
+    .bind(json!({"before": {"clickhouse:events.learning_events": 20}, "partitions": parts, "tombstoned_at": "2026-11-25T00:00:00Z"}))
+    .execute(&app.admin)
+    .await
+    .unwrap();
+    assert_eq!(num(&dashboards(&app).await["funnel"][0]["enrolled"]), 2, "the rollup still counts the erased learner");
+
+    let job = wait_job(&app, &id.to_string()).await;
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(job["attempts"], json!(2));
+    assert_eq!(num(&dashboards(&app).await["funnel"][0]["enrolled"]), 1);
+    assert_eq!(app.count(&format!("SELECT count(*) FROM learners WHERE pseudonym = '{a}'")).await, 0);
+    assert_eq!(app.count(&format!("SELECT count(*) FROM learners WHERE pseudonym = '{b}'")).await, 1);
+}
+
+#[tokio::test]
+async fn subject_access_archive_holds_everything_about_the_subject_and_nothing_else() {
+    let app = TestApp::spawn_with_warehouse().await;
+    let a = app.issue("uni-a", "S-A", json!({"name": "Ada Lovelace", "email": "ada@example.edu"})).await;
+    let b = app.issue("uni-a", "S-B", json!({"name": "Bob Other"})).await;
+    land(&app, &a, "c1", 30, &["content.start", "session.heartbeat", "assess.submit"]).await;
+    land(&app, &b, "c1", 30, &["content.start", "session.heartbeat"]).await;
+    let (s, _) = app.send("PUT", &format!("/v1/pseudonyms/{a}/consent"), Some(&app.lms("uni-a")), Some(json!({"consents": {"research": true}}))).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = app.send("PUT", &format!("/v1/pseudonyms/{a}/consent"), Some(&app.lms("uni-a")), Some(json!({"consents": {"research": false}}))).await;
+    assert_eq!(s, StatusCode::OK);
+
+    let (s, v) = app.post("/v1/dsr/access", &app.auditor(), json!({"pseudonym": a})).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    let (s, v) = app.post("/v1/dsr/access", &app.dpo("uni-a"), json!({"institution": "uni-a", "external_id": "S-NOPE"})).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("unknown_learner")));
+    let (s, job) = app.post("/v1/dsr/access", &app.dpo("uni-a"), json!({"institution": "uni-a", "external_id": "S-A", "reference": "SAR-9"})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{job}");
+    assert!(job["deadline"].as_str().unwrap() > job["requested_at"].as_str().unwrap());
+    let id = job["id"].as_str().unwrap().to_owned();
+    let job = wait_job(&app, &id).await;
+    assert_eq!(job["state"], "done", "{job}");
+
+    let resp = app.client.get(format!("{}/v1/dsr/jobs/{id}/archive", app.base)).bearer_auth(app.dpo("uni-a")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let bytes = resp.bytes().await.unwrap();
+    let mut files = BTreeMap::new();
+    for entry in tar::Archive::new(&bytes[..]).entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().display().to_string();
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).unwrap();
+        files.insert(name, data);
+    }
+    let manifest: Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
+    // Every file is listed with its hash.
+    for f in manifest["files"].as_array().unwrap() {
+        let data = &files[f["path"].as_str().unwrap()];
+        assert_eq!(f["sha256"].as_str().unwrap(), hex::encode(<sha2::Sha256 as sha2::Digest>::digest(data)));
+    }
+    let rows: BTreeMap<&str, u64> =
+        manifest["stores"].as_array().unwrap().iter().map(|s| (s["store"].as_str().unwrap(), s["rows"].as_u64().unwrap())).collect();
+    assert_eq!(rows["clickhouse:events.learning_events"], 90);
+    assert_eq!(rows["postgres:consent_events"], 2);
+    assert!(rows["clickhouse:agg.learner_daily_activity"] >= 2);
+    assert!(rows["postgres:audit_log"] >= 3, "{rows:?}");
+    assert!(manifest["engines"]["warehouse"].as_str().unwrap().contains("chDB"));
+    let events = String::from_utf8(files["clickhouse/events.learning_events.jsonl"].clone()).unwrap();
+    assert_eq!(events.lines().count(), 90);
+    assert_eq!(String::from_utf8_lossy(&files["clickhouse/events.learning_events.csv"]).lines().count(), 91);
+    let identity: Value = serde_json::from_slice(&files["identity.json"]).unwrap();
+    assert_eq!(identity["identity"]["email"], "ada@example.edu");
+    // Nothing about anyone else.
+    let all: Vec<u8> = files.values().flatten().copied().collect();
+    let all = String::from_utf8_lossy(&all);
+    assert!(!all.contains(&b) && !all.contains("Bob Other"));
+
+    // The download and the completion are audited.
+    assert_eq!(app.count(&format!("SELECT count(*) FROM audit_log WHERE action = 'dsr.archive.download' AND target_pseudonym = '{a}'")).await, 1);
+    assert_eq!(app.count(&format!("SELECT count(*) FROM audit_log WHERE action = 'dsr.access.complete' AND target_pseudonym = '{a}'")).await, 1);
+}
+
+#[tokio::test]
+async fn features_need_recommendations_consent_and_retention_report_is_served() {
+    let app = TestApp::spawn_with_warehouse().await;
+    let a = app.issue("uni-a", "S-A", json!({"name": "Ada"})).await;
+    land(&app, &a, "c1", 10, &["content.start", "content.complete", "interact.pause", "session.start", "session.heartbeat"]).await;
+    let rec = app.recommender("uni-a");
+
+    let (s, v) = app.get(&format!("/v1/features/{a}"), &rec).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("consent_required")), "{v}");
+    assert_eq!(app.denials("no_recommendations_consent").await, 1);
+    let (s, _) = app.get(&format!("/v1/features/{a}"), &app.lms("uni-a")).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    let (s, _) = app.send("PUT", &format!("/v1/pseudonyms/{a}/consent"), Some(&app.lms("uni-a")), Some(json!({"consents": {"recommendations": true}}))).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = app.get(&format!("/v1/features/{a}"), &rec).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["features"]["completion_rate"].as_f64(), Some(1.0), "{v}");
+    assert!(v["features"]["sessions_28d"].as_u64().or_else(|| v["features"]["sessions_28d"].as_str().and_then(|s| s.parse().ok())).unwrap() > 0);
+    assert!(v["features"].get("learner_id").is_none());
+
+    // Retention report for auditors: passes, then fails on an expired request record, which the purge removes.
+    let (s, r) = app.get("/v1/retention/report", &app.auditor()).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["ok"], json!(true), "{r}");
+    assert!(r["tables"].as_array().unwrap().iter().any(|t| t["table"] == "postgres:dsr_jobs"));
+    sqlx::query(
+        "INSERT INTO dsr_jobs (id, kind, pseudonym, institution_id, requested_by, request_id, state, step, requested_at, deadline, completed_at)
+         VALUES (gen_random_uuid(), 'access', gen_random_uuid(), 'uni-a', 'dpo', gen_random_uuid(), 'done', 'done',
+                 now() - interval '7 years', now() - interval '7 years', now() - interval '7 years')",
+    )
+    .execute(&app.admin)
+    .await
+    .unwrap();
+    let (_, r) = app.get("/v1/retention/report", &app.auditor()).await;
+    assert_eq!(r["ok"], json!(false), "{r}");
+    let d = app.state.dsr.as_ref().unwrap();
+    assert_eq!(learnvault::retention::purge(&d.pool, &d.retention, &d.archive_dir).await.unwrap(), 1);
+    let (_, r) = app.get("/v1/retention/report", &app.auditor()).await;
+    assert_eq!(r["ok"], json!(true), "{r}");
+    let (s, _) = app.get("/v1/retention/report", &app.lms("uni-a")).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+}
