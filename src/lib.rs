@@ -38,6 +38,7 @@ pub mod gateway;
 pub mod lander;
 pub mod policy;
 pub mod retention;
+pub mod sim;
 pub mod taxonomy;
 pub mod telemetry;
 pub mod vault;

@@ -22,6 +22,19 @@ pub struct DemoArgs {
     /// the dead letters (needs the broker of ops/tansu.sh and ops/install-chdb.sh).
     #[arg(long)]
     spine: bool,
+    /// Instead: the live demo. API, gateway, lander and engine in this process, a simulated
+    /// cohort sent in real time (events and xAPI), a refreshing terminal dashboard.
+    #[arg(long)]
+    live: bool,
+    /// Live demo: events per second.
+    #[arg(long, default_value_t = 400)]
+    rate: u64,
+    /// Live demo: simulated learners.
+    #[arg(long, default_value_t = 600)]
+    learners: usize,
+    /// Live demo: how long it runs (Ctrl-C ends it earlier).
+    #[arg(long, default_value = "60s")]
+    duration: String,
 }
 
 struct Demo {
@@ -57,6 +70,10 @@ fn show(label: &str, status: StatusCode, v: &Value) {
 }
 
 pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<ExitCode> {
+    if args.live {
+        let live = super::demo_live::LiveArgs { rate: args.rate, learners: args.learners, duration: args.duration };
+        return super::demo_live::run(settings, live).await;
+    }
     crate::db::migrate(&settings).await.context("migrating (is PostgreSQL running? ops/postgres.sh starts it)")?;
     let state = crate::app::build_state(&settings).await?;
     let pool = state.pool.clone();

@@ -6,8 +6,10 @@ mod bench_dsr;
 mod bench_lander;
 mod datamap;
 mod demo;
+mod demo_live;
 mod dsr;
 pub mod land;
+pub mod loadgen;
 mod policy;
 mod retention;
 mod serve;
@@ -69,6 +71,8 @@ pub enum Command {
         #[command(subcommand)]
         command: taxonomy::TaxonomyCommand,
     },
+    /// Send a simulated cohort at a fixed rate (through the gateway, as xAPI, or straight to Kafka).
+    Loadgen(loadgen::LoadgenArgs),
     /// Benchmarks that print figures.
     Bench {
         #[command(subcommand)]
@@ -101,6 +105,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token { command } => token::run(settings, command),
         Command::Audit { command } => audit::run(settings, command).await,
         Command::Bench { command } => bench::run(settings, command).await,
+        Command::Loadgen(args) => loadgen::run(settings, args).await,
         Command::Demo(args) => demo::run(settings, args).await,
     }
 }

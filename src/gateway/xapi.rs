@@ -20,9 +20,10 @@
 //!
 //! # Privacy
 //! Mapping reads only allow-listed fields (see `docs/xapi-mapping.md`). The actor, `authority`,
-//! `context.instructor`, `context.team` and every name, mbox or account are validated but never copied;
-//! free-form strings (session, cohort, platform) that look like an email address or contain an actor
-//! identifier are dropped. Error messages name the JSON path and the rule, never a value.
+//! `context.instructor`, `context.team` and every name, mbox or account are validated but never copied.
+//! Free-form strings (session, cohort, platform) that look like an email address or contain a name or
+//! identifier of those agents are dropped; a course IRI containing one makes the statement unmapped,
+//! a content IRI containing one is left out. Error messages name the JSON path and the rule, never a value.
 
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
@@ -60,7 +61,8 @@ const MAX_PROP_VALUE: usize = 1024;
 
 /// Why a request or statement was refused (all 400-class). `code` is stable:
 /// `xapi_version`, `xapi_invalid`, `xapi_unsupported`, `xapi_id_conflict`.
-/// `path` is the JSON path (e.g. `[2].actor.account.homePage`); neither field holds a value.
+/// `path` is the JSON path (e.g. `[2].actor.account.homePage`, `$` for the body or statement itself);
+/// neither field holds a value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{path}: {message}")]
 pub struct XapiError {
@@ -75,13 +77,13 @@ impl XapiError {
         400
     }
     fn at(mut self, prefix: &str) -> Self {
-        self.path = if self.path.is_empty() { prefix.to_owned() } else { format!("{prefix}.{}", self.path) };
+        self.path = if self.path == "$" { prefix.to_owned() } else { format!("{prefix}.{}", self.path) };
         self
     }
 }
 
 fn err(code: &'static str, path: &str, message: impl Into<String>) -> XapiError {
-    XapiError { code, path: path.to_owned(), message: message.into() }
+    XapiError { code, path: if path.is_empty() { "$" } else { path }.to_owned(), message: message.into() }
 }
 fn invalid(path: &str, message: impl Into<String>) -> XapiError {
     err("xapi_invalid", path, message)
@@ -167,14 +169,6 @@ impl Actor {
         match self {
             Actor::Account { home_page, .. } => Some(home_page),
             _ => None,
-        }
-    }
-    fn identifiers(&self) -> Vec<String> {
-        match self {
-            Actor::Account { name, .. } => vec![name.to_lowercase()],
-            Actor::Mbox(m) => vec![m["mailto:".len()..].to_lowercase()],
-            Actor::MboxSha1(h) => vec![h.to_lowercase()],
-            Actor::OpenId(u) => vec![u.to_lowercase()],
         }
     }
 }
@@ -591,7 +585,9 @@ fn check_result(v: &Value) -> R<&Map<String, Value>> {
 }
 
 /// Validated context; returns the context activities (parent first, then grouping) for course lookup.
-fn check_context(v: &Value) -> R<(&Map<String, Value>, Vec<&Map<String, Value>>)> {
+type Obj = Map<String, Value>;
+
+fn check_context(v: &Value) -> R<(&Obj, Vec<&Obj>)> {
     let p = "context";
     let m = obj(v, p)?;
     only_keys(m, &["registration", "instructor", "team", "contextActivities", "revision", "platform", "language", "statement", "extensions"], p)?;
@@ -704,7 +700,11 @@ pub fn map_statement(st: &Value, put_id: Option<Uuid>, now: DateTime<Utc>) -> Re
     if s.contains_key("attachments") {
         return Err(unsupported("attachments", "statements with attachments are not supported"));
     }
-    Ok(map_valid(statement_id, actor, verb, object, result, context, &candidates, timestamp.unwrap_or(now)))
+    let mut ids = Vec::new();
+    for v in [s.get("actor"), s.get("authority"), context.and_then(|c| c.get("instructor")), context.and_then(|c| c.get("team"))] {
+        identities_of(v, &mut ids);
+    }
+    Ok(map_valid(statement_id, actor, verb, object, result, context, &candidates, &ids, timestamp.unwrap_or(now)))
 }
 
 fn sub<'a>(m: Option<&'a Map<String, Value>>, key: &str) -> Option<&'a Map<String, Value>> {
@@ -777,16 +777,36 @@ fn fit(s: &str, max: usize) -> String {
     format!("{prefix}~{tag}")
 }
 
-/// Whether `value` contains one of the actor's identifiers (those of 4+ characters), case-insensitively.
-fn contains_identifier(value: &str, actor: &Actor) -> bool {
-    let v = value.to_lowercase();
-    actor.identifiers().iter().any(|id| id.len() >= 4 && v.contains(id.as_str()))
+/// The identifying strings (names, IFI values, mbox local parts; lowercased) of an Agent or Group
+/// value: the actor, authority, instructor and team members.
+fn identities_of(v: Option<&Value>, out: &mut Vec<String>) {
+    let Some(Value::Object(m)) = v else { return };
+    for k in ["name", "mbox", "mbox_sha1sum", "openid"] {
+        if let Some(s) = m.get(k).and_then(Value::as_str) {
+            let s = s.trim_start_matches("mailto:").trim().to_lowercase();
+            if k == "mbox" {
+                out.extend(s.split('@').next().map(str::to_owned));
+            }
+            out.push(s);
+        }
+    }
+    out.extend(m.get("account").and_then(|a| a.get("name")).and_then(Value::as_str).map(|n| n.trim().to_lowercase()));
+    if let Some(Value::Array(members)) = m.get("member") {
+        members.iter().for_each(|x| identities_of(Some(x), out));
+    }
 }
 
-/// Free-form strings that look like an email address or contain an actor identifier are not copied.
-fn identifying(value: &str, actor: &Actor) -> bool {
-    let email_like = value.split_once('@').is_some_and(|(l, d)| !l.is_empty() && d.contains('.'));
-    email_like || contains_identifier(value, actor)
+/// Whether `value` contains one of `ids` at least `min` bytes long, case-insensitively.
+fn contains_identity(value: &str, ids: &[String], min: usize) -> bool {
+    let v = value.to_lowercase();
+    ids.iter().any(|id| id.len() >= min && v.contains(id.as_str()))
+}
+
+/// A trimmed, non-empty free-form string, unless it looks like an email address or contains an
+/// identity of 4+ characters (then it is not copied).
+fn free_text<'a>(v: Option<&'a str>, ids: &[String]) -> Option<&'a str> {
+    let email_like = |s: &str| s.split_once('@').is_some_and(|(l, d)| !l.is_empty() && d.contains('.'));
+    v.map(str::trim).filter(|s| !s.is_empty() && !email_like(s) && !contains_identity(s, ids, 4))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -798,6 +818,7 @@ fn map_valid(
     result: Option<&Map<String, Value>>,
     context: Option<&Map<String, Value>>,
     candidates: &[&Map<String, Value>],
+    ids: &[String],
     client_ts: DateTime<Utc>,
 ) -> Outcome {
     let unmapped = |reason: &'static str| Outcome::Unmapped { statement_id, verb: verb.to_owned(), reason };
@@ -835,15 +856,13 @@ fn map_valid(
         _ => return unmapped("unmapped_verb"),
     };
     let Some(course) = course_of(candidates, object) else { return unmapped("no_course") };
-    if contains_identifier(&course, &actor) {
+    // IRIs are matched against identities of 8+ characters only (short numeric LMS ids collide).
+    if contains_identity(&course, ids, 8) {
         return unmapped("identity_in_course");
     }
     let oid = id_of(object);
     let content = key_after(oid, "block-v1:").or_else(|| key_after(oid, "course-v1:")).unwrap_or(oid);
-    fn keep<'v>(v: Option<&'v str>, actor: &Actor) -> Option<&'v str> {
-        v.map(str::trim).filter(|s| !s.is_empty() && !identifying(s, actor))
-    }
-    let free = |v| keep(v, &actor);
+    let free = |v| free_text(v, ids);
     let session = SESSION_EXTENSIONS
         .iter()
         .find_map(|k| free(cext.and_then(|m| m.get(*k)).and_then(Value::as_str)))
@@ -913,7 +932,7 @@ fn map_valid(
         ev.insert("session_id".into(), fit(s, 128).into());
     }
     ev.insert("course_id".into(), fit(&course, 128).into());
-    if !contains_identifier(content, &actor) {
+    if !contains_identity(content, ids, 8) {
         ev.insert("content_id".into(), fit(content, 256).into());
     }
     ev.insert("cohort_id".into(), fit(cohort, 128).into());
@@ -981,6 +1000,7 @@ mod tests {
             ("openedx_video_terminated", "session.end", COURSE, VIDEO_BLOCK, Some(194)),
             ("openedx_problem_check", "assess.score", COURSE, PROBLEM_BLOCK, None),
             ("openedx_problem_attempted", "assess.attempt", COURSE, PROBLEM_BLOCK, None),
+            ("openedx_problem_answered", "assess.submit", COURSE, PROBLEM_BLOCK, None),
             ("openedx_course_passed", "assess.score", COURSE, COURSE, None),
             ("openedx_navigated", "content.view", COURSE,
              "block-v1:LearnX+BIO101+2025_T1+type@sequential+block@19a30717eff543078a5d94ae9d6c18a5", None),
@@ -1067,7 +1087,7 @@ mod tests {
         assert_eq!(m.event.get("session_id"), None);
         // a course IRI naming the learner yields no event at all
         let mut st = fixture("openedx_course_passed");
-        st["object"]["id"] = json!(format!("https://lms.example.edu/u/{LEARNER}/course"));
+        st["object"]["id"] = json!(format!("https://lms.example.edu/u/{}/course", LEARNER.to_uppercase()));
         assert!(matches!(map_statement(&st, None, now()).unwrap(), Outcome::Unmapped { reason: "identity_in_course", .. }));
     }
 
@@ -1083,7 +1103,7 @@ mod tests {
             ("invalid_bad_id", "xapi_invalid", "id"),
             ("invalid_group_actor", "xapi_unsupported", "actor"),
             ("invalid_statement_ref_object", "xapi_unsupported", "object.objectType"),
-            ("invalid_unknown_property", "xapi_invalid", ""),
+            ("invalid_unknown_property", "xapi_invalid", "$"),
             ("invalid_score_out_of_range", "xapi_invalid", "result.score.scaled"),
             ("invalid_duration", "xapi_invalid", "result.duration"),
             ("invalid_verb_iri", "xapi_invalid", "verb.id"),
@@ -1255,7 +1275,7 @@ mod tests {
         for t in ["en", "en-US", "zh-Hant-TW", "x-private", "i-klingon"] {
             assert!(is_lang_tag(t), "{t}");
         }
-        for t in ["", "e", "english-language-name", "en_US", "en--US"] {
+        for t in ["", "e", "englishlanguage", "en_US", "en--US", "en-toolongsubtag"] {
             assert!(!is_lang_tag(t), "{t}");
         }
         let ts = |s| parse_timestamp(s).map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true));

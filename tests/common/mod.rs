@@ -72,6 +72,25 @@ impl TestApp {
         Self::start(settings, master).await
     }
 
+    /// A sibling app (same database and key) running the ingest gateway with
+    /// `settings` (its brokers and topics); it does not open the warehouse.
+    pub async fn gateway(&self, settings: Settings) -> TestApp {
+        let state = learnvault::app::build_state(&settings).await.expect("state");
+        let state = learnvault::app::with_gateway(state, &settings).await.expect("gateway");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(learnvault::app::serve(state.clone(), listener, std::future::pending()));
+        TestApp {
+            base: format!("http://{addr}"),
+            db_name: self.db_name.clone(),
+            settings,
+            master: self.master.clone(),
+            admin: self.admin.clone(),
+            client: self.client.clone(),
+            state,
+        }
+    }
+
     pub fn warehouse(&self) -> &learnvault::warehouse::Warehouse {
         self.state.warehouse.as_ref().expect("spawned with a warehouse")
     }

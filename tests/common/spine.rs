@@ -130,6 +130,32 @@ impl Spine {
         }
     }
 
+    /// Every message of `topic` (key and payload as text), reading until `idle` passes without one.
+    pub async fn scan(&self, topic: &str, idle: Duration) -> Vec<String> {
+        let c: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.settings.kafka_brokers)
+            .set("group.id", format!("scanner-{}", uuid::Uuid::new_v4()))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        c.subscribe(&[topic]).unwrap();
+        let mut out = Vec::new();
+        while let Ok(Ok(m)) = tokio::time::timeout(idle, c.recv()).await {
+            let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
+            let payload = m.payload().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
+            out.push(format!("{key}\t{payload}"));
+        }
+        out
+    }
+
+    /// Messages in `topic` (sum of high watermarks).
+    pub fn messages_in(&self, topic: &str) -> i64 {
+        use rdkafka::consumer::BaseConsumer;
+        let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &self.settings.kafka_brokers).create().unwrap();
+        (0..self.settings.topic_partitions).map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(5)).unwrap().1).sum()
+    }
+
     /// Read `n` dead letters (or what arrives before the timeout).
     pub async fn dead_letters(&self, n: usize, timeout: Duration) -> Vec<Value> {
         let c: StreamConsumer = ClientConfig::new()

@@ -1,0 +1,255 @@
+//! The ingest gateway on real tansu, PostgreSQL and the embedded engine:
+//! `/v1/events` and `/xapi/statements` pseudonymise at the gate, and no actor
+//! identifier ever reaches Kafka or ClickHouse.
+mod common;
+
+use common::spine::{num, Broker, Spine};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const EXT: &str = "edx-anon-4242";
+
+fn fixture(name: &str) -> Value {
+    let path = format!("{}/tests/fixtures/xapi/{name}.json", env!("CARGO_MANIFEST_DIR"));
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    if v["actor"]["account"].is_object() {
+        v["actor"]["account"]["name"] = json!(EXT);
+    }
+    v
+}
+
+async fn xapi(app: &common::TestApp, token: &str, body: &Value, version: Option<&str>) -> (StatusCode, Value) {
+    let mut req = app.client.post(format!("{}/xapi/statements", app.base)).bearer_auth(token).json(body);
+    if let Some(v) = version {
+        req = req.header("X-Experience-API-Version", v);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+fn event(learner: Value, event_type: &str) -> Value {
+    let mut e = json!({
+        "event_id": uuid::Uuid::new_v4(), "event_version": "2.3", "event_type": event_type,
+        "session_id": "s-1", "course_id": "course-v1:LearnX+BIO101+2025_T1", "content_id": "video-1", "cohort_id": "c1",
+        "institution_id": "uni-a", "position_sec": 12, "client_ts": chrono::Utc::now().timestamp_millis(), "props": {"player": "web"}
+    });
+    match learner {
+        Value::String(p) => e["learner_id"] = json!(p),
+        l => e["learner"] = l,
+    }
+    e
+}
+
+#[tokio::test]
+async fn one_learner_three_ways_lands_under_one_pseudonym_and_no_identifier_reaches_kafka_or_clickhouse() {
+    let spine = Spine::new(true).await;
+    let gw = spine.app.gateway(spine.settings.clone()).await;
+    let lander = spine.start_lander().await;
+    let lms = gw.lms("uni-a");
+
+    // 1. /v1/events naming the learner by external id.
+    let by_id = json!({"institution": "uni-a", "external_id": EXT});
+    let (s, v) = gw.post("/v1/events", &lms, json!([event(by_id.clone(), "session.start"), event(by_id, "content.view")])).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["accepted"], json!(2), "{v}");
+
+    // 2. xAPI statements as Open edX emits them, with the same learner's account.
+    let statements = json!([
+        fixture("openedx_video_played"),
+        fixture("openedx_video_paused"),
+        fixture("openedx_video_seeked"),
+        fixture("openedx_problem_check"),
+        fixture("openedx_video_completed"),
+    ]);
+    let (s, ids) = xapi(&gw, &lms, &statements, Some("1.0.3")).await;
+    assert_eq!(s, StatusCode::OK, "{ids}");
+    assert_eq!(ids.as_array().unwrap().len(), 5);
+    assert_eq!(ids[0], statements[0]["id"]);
+    // PUT with a statement id.
+    let mut one = fixture("openedx_video_played");
+    let put_id = uuid::Uuid::new_v4();
+    one.as_object_mut().unwrap().remove("id");
+    let resp = gw
+        .client
+        .put(format!("{}/xapi/statements?statementId={put_id}", gw.base))
+        .bearer_auth(&lms)
+        .header("X-Experience-API-Version", "1.0.3")
+        .json(&one)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+
+    // 3. The pseudonym issued to the LMS for the same learner.
+    let p = gw.issue("uni-a", EXT, json!({"name": "Ada Lovelace"})).await;
+    let (s, v) = gw.post("/v1/events", &lms, json!([event(json!(p), "session.heartbeat")])).await;
+    assert_eq!((s, v["accepted"].clone()), (StatusCode::OK, json!(1)), "{v}");
+
+    let landed = spine.wait_rows(9, Duration::from_secs(30)).await;
+    assert_eq!(landed, 9);
+    assert_eq!(spine.count("SELECT uniqExact(learner_id) AS n FROM events.learning_events").await, 1);
+    assert_eq!(spine.count(&format!("SELECT count() AS n FROM events.learning_events WHERE learner_id = '{p}'")).await, 9);
+    // xAPI verbs became taxonomy events with the content, course and position of the statement.
+    let rows = spine
+        .wh
+        .query(
+            "SELECT event_type, content_id, course_id, position_sec, props['xapi_verb'] AS verb, event_id FROM events.learning_events
+             WHERE props['xapi_verb'] != '' ORDER BY event_type",
+            &[],
+        )
+        .await
+        .unwrap();
+    let by_verb = |v: &str| rows.iter().find(|r| r["verb"].as_str().unwrap().ends_with(v)).unwrap_or_else(|| panic!("{v} not landed: {rows:?}")).clone();
+    assert_eq!(by_verb("/played")["event_type"], "content.start");
+    assert_eq!(by_verb("/paused")["event_type"], "interact.pause");
+    let seeked = by_verb("/seeked");
+    assert_eq!(seeked["event_type"], "interact.replay");
+    assert_eq!(seeked["position_sec"], json!(10));
+    assert!(seeked["content_id"].as_str().unwrap().contains("block-v1:LearnX+BIO101"), "{seeked}");
+    assert_eq!(seeked["course_id"], "course-v1:LearnX+BIO101+2025_T1");
+    // Open edX sends a problem check as acrossx `evaluated`: an assessment score.
+    assert_eq!(by_verb("/evaluated")["event_type"], "assess.score");
+    assert_eq!(by_verb("/completed")["event_type"], "content.complete");
+    assert!(rows.iter().any(|r| r["event_id"] == json!(put_id.to_string())), "the PUT statement id is the event id");
+
+    // No actor identifier anywhere: every message of both topics, every row of every table.
+    let mut seen = spine.scan(&spine.settings.events_topic, Duration::from_secs(3)).await;
+    assert_eq!(seen.len(), 9);
+    seen.extend(spine.scan(&spine.settings.dlq_topic, Duration::from_secs(2)).await);
+    for m in &seen {
+        assert!(!m.contains(EXT), "identifier in Kafka: {m}");
+    }
+    for t in ["events.learning_events", "agg.learner_daily_activity", "agg.funnel_by_cohort", "agg.content_replays_daily", "agg.engagement_per_minute"] {
+        let dump = spine.wh.raw(&format!("SELECT * FROM {t}"), "JSONEachRow", &[]).await.unwrap();
+        assert!(!String::from_utf8_lossy(&dump).contains(EXT), "identifier in {t}");
+    }
+    lander.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_xapi_is_refused_with_400_and_nothing_is_produced() {
+    let spine = Spine::new(false).await;
+    let gw = spine.app.gateway(spine.settings.clone()).await;
+    let lms = gw.lms("uni-a");
+    let good = fixture("openedx_video_played");
+    let (s, v) = xapi(&gw, &lms, &good, None).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("xapi_version")), "{v}");
+    let (s, _) = xapi(&gw, &lms, &good, Some("0.95")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    for name in ["invalid_missing_actor", "invalid_missing_verb", "invalid_missing_object", "invalid_wrong_types", "invalid_two_ifis", "invalid_bad_id"] {
+        let (s, v) = xapi(&gw, &lms, &fixture(name), Some("1.0.3")).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{name}: {v}");
+        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{name}: {v}");
+    }
+    // One bad statement in a batch refuses the batch.
+    let (s, _) = xapi(&gw, &lms, &json!([good.clone(), fixture("invalid_missing_verb")]), Some("1.0.3")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    // Not JSON at all.
+    let resp = gw.client.post(format!("{}/xapi/statements", gw.base)).bearer_auth(&lms).header("X-Experience-API-Version", "1.0.3").body("{nope").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    // An LMS token for several institutions cannot say whose statements these are.
+    let multi = gw.token("lms-multi", &["lms"], &["uni-a", "uni-b"]);
+    let (s, v) = xapi(&gw, &multi, &good, Some("1.0.3")).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("institution_ambiguous")));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(spine.messages_in(&spine.settings.events_topic), 0);
+    assert_eq!(spine.messages_in(&spine.settings.dlq_topic), 0);
+    assert_eq!(gw.count("SELECT count(*) FROM learners").await, 0, "no pseudonym issued for a refused request");
+}
+
+#[tokio::test]
+async fn events_are_refused_one_by_one_with_reasons_and_dead_lettered_without_identity() {
+    let spine = Spine::new(false).await;
+    let gw = spine.app.gateway(spine.settings.clone()).await;
+    let lms = gw.lms("uni-a");
+    let erased = gw.issue("uni-a", "S-GONE", json!({"name": "Gone"})).await;
+    sqlx::query("INSERT INTO tombstones (pseudonym, institution_id, request_id) VALUES ($1::uuid, 'uni-a', gen_random_uuid())")
+        .bind(&erased)
+        .execute(&gw.admin)
+        .await
+        .unwrap();
+    let who = |ext: &str| json!({"institution": "uni-a", "external_id": ext});
+    let mut skewed = event(who("S-1"), "session.heartbeat");
+    skewed["client_ts"] = json!(chrono::Utc::now().timestamp_millis() - 20 * 60 * 1000);
+    let mut bad_version = event(who("S-2"), "content.view");
+    bad_version["event_version"] = json!("9.9");
+    let mut protected = event(who("S-3"), "content.view");
+    protected["props"] = json!({"Gender": "f"});
+    let mut other_inst = event(json!({"institution": "uni-b", "external_id": "S-4"}), "content.view");
+    other_inst["institution_id"] = json!("uni-b");
+    let bad_learner = event(json!({"institution": "uni-a"}), "content.view");
+    let batch = json!([skewed, bad_version, protected, event(json!(erased), "content.view"), event(json!(uuid::Uuid::new_v4()), "content.view"), other_inst, bad_learner]);
+    let (s, v) = gw.post("/v1/events", &lms, batch).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let codes: Vec<&str> = v["results"].as_array().unwrap().iter().map(|r| r["code"].as_str().unwrap_or(r["status"].as_str().unwrap())).collect();
+    assert_eq!(
+        codes,
+        ["accepted", "unknown_version", "protected_attribute", "erased_subject", "unknown_pseudonym", "institution_not_allowed", "schema_violation"]
+    );
+    // NDJSON with an unparseable line: that line is refused, the others go through.
+    let good = serde_json::to_string(&event(who("S-5"), "content.start")).unwrap();
+    let body = format!("{good}\n{{not json\n{good}\n");
+    let resp = gw.client.post(format!("{}/v1/events", gw.base)).bearer_auth(&lms).header("content-type", "application/x-ndjson").body(body).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!((v["accepted"].clone(), v["rejected"].clone()), (json!(2), json!(1)), "{v}");
+    assert_eq!(v["results"][1]["code"], "invalid_json");
+
+    // Dead letters carry the reason and no identity.
+    let dl = spine.dead_letters(7, Duration::from_secs(10)).await;
+    assert_eq!(dl.len(), 7, "{dl:?}");
+    let text = serde_json::to_string(&dl).unwrap();
+    for ext in ["S-1", "S-2", "S-3", "S-4", "S-5", "\"f\""] {
+        assert!(!text.contains(ext), "{ext} in dead letters: {text}");
+    }
+    let accepted = spine.scan(&spine.settings.events_topic, Duration::from_secs(2)).await;
+    assert_eq!(accepted.len(), 3);
+    assert!(accepted[0].contains("clock_skew_ms") || accepted.iter().any(|m| m.contains("clock_skew_ms")), "{accepted:?}");
+
+    // Limits: too many events, too large a body.
+    let many: Vec<Value> = (0..gw.settings.ingest_max_events + 1).map(|_| json!({})).collect();
+    let (s, v) = gw.post("/v1/events", &lms, json!(many)).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("batch_too_large")));
+    let huge = "x".repeat(gw.settings.batch_body_limit_bytes + 1);
+    let resp = gw.client.post(format!("{}/v1/events", gw.base)).bearer_auth(&lms).header("content-type", "application/json").body(huge).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // Only LMS tokens may send events.
+    let (s, _) = gw.post("/v1/events", &gw.auditor(), json!([event(who("S-1"), "content.view")])).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(num(&json!(spine.messages_in(&spine.settings.events_topic))), 3);
+}
+
+#[tokio::test]
+async fn broker_outage_answers_503_with_retry_and_recovers() {
+    let mut broker = Broker::start_new();
+    let spine = Spine::with_brokers(false, broker.brokers()).await;
+    let mut settings = spine.settings.clone();
+    settings.produce_timeout_ms = 2_000;
+    let gw = spine.app.gateway(settings).await;
+    let lms = gw.lms("uni-a");
+    let who = json!({"institution": "uni-a", "external_id": "S-1"});
+    let (s, v) = gw.post("/v1/events", &lms, json!([event(who.clone(), "content.view")])).await;
+    assert_eq!((s, v["accepted"].clone()), (StatusCode::OK, json!(1)), "{v}");
+
+    broker.kill();
+    let resp = gw.client.post(format!("{}/v1/events", gw.base)).bearer_auth(&lms).json(&json!([event(who.clone(), "content.view")])).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(resp.headers().get("retry-after").unwrap(), "1");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!((v["accepted"].clone(), v["results"][0]["status"].clone()), (json!(0), json!("unavailable")), "{v}");
+
+    broker.start();
+    let mut ok = false;
+    for _ in 0..30 {
+        let (s, v) = gw.post("/v1/events", &lms, json!([event(who.clone(), "content.view")])).await;
+        if s == StatusCode::OK && v["accepted"] == json!(1) {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(ok, "the gateway did not recover after the broker came back");
+}
