@@ -51,6 +51,13 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
                 d.save(job, "delete").await?;
             }
             "delete" => {
+                // Before the rows go: which keys of each aggregate they feed (recompute only those).
+                for s in d.map.stores.iter().filter(|s| s.store == StoreKind::Clickhouse && s.erasure == Erasure::RecomputeAggregate) {
+                    let view = view_of(d, s)?;
+                    let prev = job.progress["affected"].get(&s.name).cloned();
+                    let found = affected_keys(d, s, view, p).await?;
+                    job.progress["affected"][&s.name] = merge_affected(prev, found);
+                }
                 for (s, key) in d.subject_stores(StoreKind::Clickhouse).filter(|(s, _)| s.erasure == Erasure::DeleteRows) {
                     progress(&format!("delete {}", s.name));
                     // Partitions the subject has now (late events included) join the recompute set.
@@ -76,16 +83,12 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
                 let _barrier = AGGREGATE_REBUILD.write().await;
                 for s in d.map.stores.iter().filter(|s| s.store == StoreKind::Clickhouse && s.erasure == Erasure::RecomputeAggregate) {
                     progress(&format!("recompute {} ({} partitions)", s.name, parts.len()));
-                    let view = d
-                        .map
-                        .stores
-                        .iter()
-                        .find(|v| v.target.as_deref() == Some(s.name.as_str()))
-                        .ok_or_else(|| DsrError::Verification(format!("{}: no materialized view in the data map targets it", s.name)))?;
+                    let view = view_of(d, s)?;
+                    let keys = job.progress["affected"].get(&s.name).cloned();
                     for part in &parts {
-                        rebuild_partition(&d.warehouse, s, view, part, job.id).await?;
+                        rebuild_partition(&d.warehouse, s, view, part, job.id, keys.as_ref()).await?;
                     }
-                    done.push(json!({"table": s.name, "partitions": parts, "verified_equal_to_fresh_computation": true}));
+                    done.push(json!({"table": s.name, "partitions": parts, "keys": keys, "verified_equal_to_fresh_computation": true}));
                 }
                 job.progress["recomputed"] = json!(done);
                 d.save(job, "verify").await?;
@@ -198,9 +201,111 @@ async fn shape(wh: &Warehouse, table: &str, view: &str) -> Result<Shape, DsrErro
     Ok(Shape { as_select, partition_key, columns })
 }
 
-/// Rebuild one partition of an aggregate table from the base table, swap it
-/// in atomically, then check it equals a fresh computation.
-async fn rebuild_partition(wh: &Warehouse, table: &Store, view: &Store, part: &str, job: Uuid) -> Result<(), DsrError> {
+fn view_of<'a>(d: &'a Dsr, table: &Store) -> Result<&'a Store, DsrError> {
+    d.map
+        .stores
+        .iter()
+        .find(|v| v.target.as_deref() == Some(table.name.as_str()))
+        .ok_or_else(|| DsrError::Verification(format!("{}: no materialized view in the data map targets it", table.name)))
+}
+
+/// The aggregate's sorting-key columns that its source table also has (string
+/// or date columns), with the values the subject's rows hold in them:
+/// `{"cols": [[name, type]], "values": [[...], ...]}`. Only groups matching
+/// these values can contain the subject, so only they are recomputed.
+async fn affected_keys(d: &Dsr, table: &Store, view: &Store, p: Uuid) -> Result<Value, DsrError> {
+    let wh = &d.warehouse;
+    let sh = shape(wh, ident(&table.name)?, ident(&view.name)?).await?;
+    let Some((source, key)) = d
+        .subject_stores(StoreKind::Clickhouse)
+        .find(|(s, _)| s.erasure == Erasure::DeleteRows && sh.as_select.contains(s.name.as_str()))
+    else {
+        return Ok(Value::Null);
+    };
+    let (db, name) = source.name.split_once('.').unwrap_or(("default", &source.name));
+    let src_cols = wh
+        .query(
+            "SELECT name, type FROM system.columns WHERE database = {db:String} AND table = {name:String}",
+            &[("db", db.to_owned()), ("name", name.to_owned())],
+        )
+        .await?;
+    let kind = |ty: &str| match ty {
+        "String" | "LowCardinality(String)" => Some("String"),
+        "Date" => Some("Date"),
+        _ => None,
+    };
+    let cols: Vec<(String, &str)> = sh
+        .columns
+        .iter()
+        .filter(|c| c.2)
+        .filter_map(|c| {
+            let ty = src_cols.iter().find(|s| s["name"].as_str() == Some(c.0.as_str()))?["type"].as_str()?;
+            Some((c.0.clone(), kind(ty)?))
+        })
+        .collect();
+    if cols.is_empty() {
+        return Ok(Value::Null);
+    }
+    let select = cols.iter().map(|(c, _)| format!("groupUniqArray(toString(`{c}`)) AS `{c}`")).collect::<Vec<_>>().join(", ");
+    let row = wh
+        .query(&format!("SELECT {select} FROM {} WHERE {} = {{p:UUID}}", ident(&source.name)?, ident(key)?), &[("p", p.to_string())])
+        .await?;
+    let row = row.first().cloned().unwrap_or_default();
+    Ok(json!({
+        "cols": cols.iter().map(|(c, t)| json!([c, t])).collect::<Vec<_>>(),
+        "values": cols.iter().map(|(c, _)| row[c].clone()).collect::<Vec<_>>(),
+    }))
+}
+
+/// Union of two `affected_keys` results (a later round may find late rows' keys).
+fn merge_affected(prev: Option<Value>, found: Value) -> Value {
+    match (prev, found) {
+        (Some(p), f) if p.is_object() && f.is_object() && p["cols"] == f["cols"] => {
+            let values: Vec<Value> = p["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .zip(f["values"].as_array().into_iter().flatten())
+                .map(|(a, b)| {
+                    let mut v: Vec<Value> = a.as_array().cloned().unwrap_or_default();
+                    v.extend(b.as_array().cloned().unwrap_or_default());
+                    v.sort_by_key(|x| x.to_string());
+                    v.dedup();
+                    Value::Array(v)
+                })
+                .collect();
+            json!({"cols": p["cols"], "values": values})
+        }
+        // Different shapes (a migration in between) or nothing known: recompute whole partitions.
+        (Some(_), _) => Value::Null,
+        (None, f) => f,
+    }
+}
+
+/// `c0 IN {k0:Array(String)} AND ...` and its parameters, from `affected_keys`.
+fn key_filter(keys: Option<&Value>) -> Option<(String, Vec<(String, String)>)> {
+    let keys = keys.filter(|k| k.is_object())?;
+    let cols = keys["cols"].as_array()?;
+    let values = keys["values"].as_array()?;
+    let mut sql = Vec::new();
+    let mut params = Vec::new();
+    for (i, (c, v)) in cols.iter().zip(values).enumerate() {
+        let (name, ty) = (c[0].as_str()?, c[1].as_str()?);
+        if ident(name).is_err() || !matches!(ty, "String" | "Date") {
+            return None;
+        }
+        let list: Vec<String> =
+            v.as_array()?.iter().map(|x| format!("'{}'", x.as_str().unwrap_or_default().replace('\\', "\\\\").replace('\'', "\\'"))).collect();
+        sql.push(format!("`{name}` IN {{k{i}:Array({ty})}}"));
+        params.push((format!("k{i}"), format!("[{}]", list.join(","))));
+    }
+    Some((sql.join(" AND "), params))
+}
+
+/// Rebuild one partition of an aggregate table, swap it in atomically, then
+/// check it equals a fresh computation. With `keys`, only the groups the
+/// subject fed are recomputed from the base table; the others are copied as they are.
+async fn rebuild_partition(wh: &Warehouse, table: &Store, view: &Store, part: &str, job: Uuid, keys: Option<&Value>) -> Result<(), DsrError> {
     if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
         return Err(DsrError::Verification(format!("unexpected partition id {part:?}")));
     }
@@ -208,20 +313,26 @@ async fn rebuild_partition(wh: &Warehouse, table: &Store, view: &Store, part: &s
     let sh = shape(wh, t, ident(&view.name)?).await?;
     let staging = format!("{t}__erasure_{}", &job.simple().to_string()[..12]);
     let cols = sh.columns.iter().map(|(n, _, _)| format!("`{n}`")).collect::<Vec<_>>().join(", ");
-    let fresh = format!("(SELECT * FROM ({}) WHERE {} = {part})", sh.as_select, sh.partition_key);
+    let (filter, params) = key_filter(keys).unwrap_or_else(|| ("1".into(), Vec::new()));
+    let params: Vec<(&str, String)> = params.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let fresh = format!("(SELECT * FROM ({}) WHERE {} = {part} AND {filter})", sh.as_select, sh.partition_key);
+    let live = format!("(SELECT * FROM {t} WHERE _partition_id = '{part}' AND {filter})");
     wh.execute(&format!("DROP TABLE IF EXISTS {staging}"), &[]).await?;
     wh.execute(&format!("CREATE TABLE {staging} AS {t}"), &[]).await?;
     let result = async {
-        wh.execute(&format!("INSERT INTO {staging} ({cols}) SELECT {cols} FROM {fresh}"), &[]).await?;
+        if filter != "1" {
+            wh.execute(&format!("INSERT INTO {staging} SELECT * FROM {t} WHERE _partition_id = '{part}' AND NOT ({filter})"), &params).await?;
+        }
+        wh.execute(&format!("INSERT INTO {staging} ({cols}) SELECT {cols} FROM {fresh}"), &params).await?;
         let staged = num(&wh.query(&format!("SELECT count() AS n FROM {staging}"), &[]).await?[0]["n"]);
         if staged == 0 {
             wh.execute(&format!("ALTER TABLE {t} DROP PARTITION ID '{part}'"), &[]).await?;
         } else {
             wh.execute(&format!("ALTER TABLE {t} REPLACE PARTITION ID '{part}' FROM {staging}"), &[]).await?;
         }
-        let live = fingerprint(wh, &sh, &format!("(SELECT * FROM {t} WHERE _partition_id = '{part}')")).await?;
-        let expected = fingerprint(wh, &sh, &fresh).await?;
-        if live != expected {
+        let now = fingerprint(wh, &sh, &live, &params).await?;
+        let expected = fingerprint(wh, &sh, &fresh, &params).await?;
+        if now != expected {
             return Err(DsrError::Verification(format!("{t} partition {part}: recomputed aggregate differs from a fresh computation")));
         }
         Ok(())
@@ -234,7 +345,7 @@ async fn rebuild_partition(wh: &Warehouse, table: &Store, view: &Store, part: &s
 /// Order-independent digest of an aggregate table's content: states merged
 /// per sorting key, then hashed. Equal content gives equal digests however
 /// the rows are split into parts.
-async fn fingerprint(wh: &Warehouse, sh: &Shape, source: &str) -> Result<(u64, String), DsrError> {
+async fn fingerprint(wh: &Warehouse, sh: &Shape, source: &str, params: &[(&str, String)]) -> Result<(u64, String), DsrError> {
     let keys: Vec<String> = sh.columns.iter().filter(|c| c.2).map(|c| format!("`{}`", c.0)).collect();
     let vals: Vec<String> = sh.columns.iter().filter(|c| !c.2).map(|(n, ty, _)| merge_expr(n, ty)).collect();
     let sql = format!(
@@ -242,7 +353,7 @@ async fn fingerprint(wh: &Warehouse, sh: &Shape, source: &str) -> Result<(u64, S
         keys.iter().chain(&vals).cloned().collect::<Vec<_>>().join(", "),
         keys.join(", ")
     );
-    let r = wh.query(&sql, &[]).await?;
+    let r = wh.query(&sql, params).await?;
     let r = r.first().cloned().unwrap_or_default();
     Ok((num(&r["groups"]), r["h"].as_str().unwrap_or_default().to_owned()))
 }
@@ -316,7 +427,22 @@ fn store_kind(s: &Store) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::merge_expr;
+    use super::{key_filter, merge_affected, merge_expr};
+    use serde_json::json;
+
+    #[test]
+    fn key_filters_are_parameters_and_escape_quotes() {
+        let keys = json!({"cols": [["course_id", "String"], ["event_date", "Date"]], "values": [["it's", "a\\b"], ["2026-11-01"]]});
+        let (sql, params) = key_filter(Some(&keys)).unwrap();
+        assert_eq!(sql, "`course_id` IN {k0:Array(String)} AND `event_date` IN {k1:Array(Date)}");
+        assert_eq!(params[0].1, r"['it\'s','a\\b']");
+        assert_eq!(params[1].1, "['2026-11-01']");
+        assert!(key_filter(Some(&json!({"cols": [["x; DROP", "String"]], "values": [[]]}))).is_none());
+        assert!(key_filter(None).is_none());
+        let merged = merge_affected(Some(keys.clone()), json!({"cols": keys["cols"], "values": [["z"], ["2026-11-02"]]}));
+        assert_eq!(merged["values"][0].as_array().unwrap().len(), 3);
+        assert_eq!(merge_affected(Some(keys), json!(null)), json!(null));
+    }
 
     #[test]
     fn merge_expressions_follow_the_column_type() {
