@@ -21,6 +21,8 @@ pub enum BenchCommand {
     Lander(super::bench_lander::LanderArgs),
     /// Subject access, erasure (with recompute and verification) and retention verify over a large base table.
     Dsr(super::bench_dsr::DsrArgs),
+    /// The ingest gateway: accepted events/s over loopback HTTP, latency at a fixed rate, end-to-end freshness.
+    Gateway(super::bench_gateway::GatewayArgs),
 }
 
 #[derive(clap::Args)]
@@ -113,6 +115,7 @@ pub async fn run(settings: Settings, cmd: BenchCommand) -> anyhow::Result<ExitCo
         BenchCommand::Pseudonyms(a) => a,
         BenchCommand::Lander(a) => return super::bench_lander::run(settings, a).await,
         BenchCommand::Dsr(a) => return super::bench_dsr::run(settings, a).await,
+        BenchCommand::Gateway(a) => return super::bench_gateway::run(settings, a).await,
     };
     let duration = parse_ttl(&args.duration).context("--duration like 10s")?;
     let master = MasterKey::load(&settings)?;

@@ -3,6 +3,7 @@
 mod audit;
 pub mod bench;
 mod bench_dsr;
+mod bench_gateway;
 mod bench_lander;
 mod datamap;
 mod demo;

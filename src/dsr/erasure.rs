@@ -58,38 +58,51 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
                     let found = affected_keys(d, s, view, p).await?;
                     job.progress["affected"][&s.name] = merge_affected(prev, found);
                 }
-                for (s, key) in d.subject_stores(StoreKind::Clickhouse).filter(|(s, _)| s.erasure == Erasure::DeleteRows) {
-                    progress(&format!("delete {}", s.name));
-                    // Partitions the subject has now (late events included) join the recompute set.
-                    let mut parts: Vec<String> = serde_json::from_value(job.progress["partitions"].clone()).unwrap_or_default();
+                let targets: Vec<(&Store, &str)> =
+                    d.subject_stores(StoreKind::Clickhouse).filter(|(s, _)| s.erasure == Erasure::DeleteRows).collect();
+                // Partitions the subject has now (late events included) join the recompute set.
+                let mut parts: Vec<String> = serde_json::from_value(job.progress["partitions"].clone()).unwrap_or_default();
+                for (s, key) in &targets {
                     parts.extend(subject_partitions(&d.warehouse, &s.name, key, p).await?);
-                    parts.sort();
-                    parts.dedup();
-                    job.progress["partitions"] = json!(parts);
+                }
+                parts.sort();
+                parts.dedup();
+                job.progress["partitions"] = json!(parts);
+                progress(&format!("delete from {} tables", targets.len()));
+                // One connection each: the tables are rewritten in parallel.
+                futures::future::try_join_all(targets.iter().map(|(s, key)| async move {
                     d.warehouse
                         .execute(
                             &format!("ALTER TABLE {} DELETE WHERE {} = {{p:UUID}} SETTINGS mutations_sync = 2", ident(&s.name)?, ident(key)?),
                             &[("p", p.to_string())],
                         )
-                        .await?;
-                }
+                        .await
+                        .map_err(DsrError::from)
+                }))
+                .await?;
                 d.save(job, "recompute").await?;
             }
             "recompute" => {
                 let parts: Vec<String> = serde_json::from_value(job.progress["partitions"].clone()).unwrap_or_default();
-                let mut done = Vec::new();
                 // Lander inserts wait while partitions are swapped and compared
                 // (rows landing between the rebuild and the swap would be lost).
                 let _barrier = AGGREGATE_REBUILD.write().await;
-                for s in d.map.stores.iter().filter(|s| s.store == StoreKind::Clickhouse && s.erasure == Erasure::RecomputeAggregate) {
-                    progress(&format!("recompute {} ({} partitions)", s.name, parts.len()));
+                let tables: Vec<&Store> =
+                    d.map.stores.iter().filter(|s| s.store == StoreKind::Clickhouse && s.erasure == Erasure::RecomputeAggregate).collect();
+                progress(&format!("recompute {} aggregates ({} partitions each)", tables.len(), parts.len()));
+                let job_id = job.id;
+                let affected = &job.progress["affected"];
+                let parts = &parts;
+                // Each aggregate on its own connection, its partitions one after the other.
+                let done = futures::future::try_join_all(tables.iter().map(|s| async move {
                     let view = view_of(d, s)?;
-                    let keys = job.progress["affected"].get(&s.name).cloned();
-                    for part in &parts {
-                        rebuild_partition(&d.warehouse, s, view, part, job.id, keys.as_ref()).await?;
+                    let keys = affected.get(&s.name).cloned();
+                    for part in parts {
+                        rebuild_partition(&d.warehouse, s, view, part, job_id, keys.as_ref()).await?;
                     }
-                    done.push(json!({"table": s.name, "partitions": parts, "keys": keys, "verified_equal_to_fresh_computation": true}));
-                }
+                    Ok::<_, DsrError>(json!({"table": s.name, "partitions": parts, "keys": keys, "verified_equal_to_fresh_computation": true}))
+                }))
+                .await?;
                 job.progress["recomputed"] = json!(done);
                 d.save(job, "verify").await?;
             }
@@ -321,7 +334,9 @@ async fn rebuild_partition(wh: &Warehouse, table: &Store, view: &Store, part: &s
     wh.execute(&format!("CREATE TABLE {staging} AS {t}"), &[]).await?;
     let result = async {
         if filter != "1" {
-            wh.execute(&format!("INSERT INTO {staging} SELECT * FROM {t} WHERE _partition_id = '{part}' AND NOT ({filter})"), &params).await?;
+            // The partition as it is (hard links, no copy), minus the groups the subject fed.
+            wh.execute(&format!("ALTER TABLE {staging} ATTACH PARTITION ID '{part}' FROM {t}"), &[]).await?;
+            wh.execute(&format!("DELETE FROM {staging} WHERE {filter} SETTINGS lightweight_deletes_sync = 2"), &params).await?;
         }
         wh.execute(&format!("INSERT INTO {staging} ({cols}) SELECT {cols} FROM {fresh}"), &params).await?;
         let staged = num(&wh.query(&format!("SELECT count() AS n FROM {staging}"), &[]).await?[0]["n"]);
@@ -329,6 +344,13 @@ async fn rebuild_partition(wh: &Warehouse, table: &Store, view: &Store, part: &s
             wh.execute(&format!("ALTER TABLE {t} DROP PARTITION ID '{part}'"), &[]).await?;
         } else {
             wh.execute(&format!("ALTER TABLE {t} REPLACE PARTITION ID '{part}' FROM {staging}"), &[]).await?;
+        }
+        if filter != "1" {
+            // The superseded states (masked) still hold the subject's hash in their sketches: rewrite
+            // the partition's parts without them now rather than at the next merge.
+            let t0 = std::time::Instant::now();
+            wh.execute(&format!("ALTER TABLE {t} APPLY DELETED MASK IN PARTITION ID '{part}' SETTINGS mutations_sync = 2"), &[]).await?;
+            tracing::info!(table = t, part, ms = t0.elapsed().as_millis() as u64, "superseded aggregate states purged");
         }
         let now = fingerprint(wh, &sh, &live, &params).await?;
         let expected = fingerprint(wh, &sh, &fresh, &params).await?;
