@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The README's first command: set up what is needed (PostgreSQL, the embedded
 # ClickHouse engine, the tansu broker), then walk through learnvault end to end
-# on fresh state: the vault and its audit log, then a cohort's events through
-# Kafka and the governed lander into ClickHouse. Stops what it started.
+# on fresh state: the vault and its audit log, a cohort's events through Kafka
+# and the governed lander into ClickHouse; then the whole system live (API,
+# gateway, lander, engine) fed by a simulated cohort in real time, with a
+# refreshing dashboard. Stops what it started.
+# LEARNVAULT_DEMO_DURATION (default 60s) sets the live part's length; Ctrl-C ends it early.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ops/deps.sh
@@ -25,3 +28,19 @@ export LEARNVAULT_CONSUMER_GROUP="learnvault-demo-$run"
 export LEARNVAULT_LANDER_BATCH_MS=100
 export LEARNVAULT_LOG="${LEARNVAULT_LOG:-warn}"
 target/debug/learnvault demo --spine --tamper "$@"
+
+# The live part: its own database, engine directory and topics (the walkthrough left a tampered chain).
+dropdb -h 127.0.0.1 -U postgres --if-exists learnvault_demo_live
+live_dir="${TMPDIR:-/tmp}/learnvault-demo-live-chdb"
+rm -rf "$live_dir"
+export LEARNVAULT_DATABASE_URL="postgres://learnvault_app@127.0.0.1:5432/learnvault_demo_live"
+export LEARNVAULT_ADMIN_DATABASE_URL="postgres://postgres@127.0.0.1:5432/learnvault_demo_live"
+export LEARNVAULT_CLICKHOUSE_URL="chdb://$live_dir"
+export LEARNVAULT_ARCHIVE_DIR="${TMPDIR:-/tmp}/learnvault-demo-live-archives"
+export LEARNVAULT_EVENTS_TOPIC="learning-events-live-$run"
+export LEARNVAULT_DLQ_TOPIC="learning-events-live-$run.dlq"
+export LEARNVAULT_CONSUMER_GROUP="learnvault-live-$run"
+echo
+echo "== The whole system live for ${LEARNVAULT_DEMO_DURATION:-60s} (Ctrl-C ends it early)"
+sleep 2
+target/debug/learnvault demo --live --duration "${LEARNVAULT_DEMO_DURATION:-60s}"

@@ -67,9 +67,10 @@ pub async fn run(mut settings: Settings, args: GatewayArgs) -> anyhow::Result<Ex
     };
     // Warm-up: the learners' pseudonyms are issued on first sight (issue-or-get).
     let warm = LoadgenArgs { duration: "5s".into(), ..load(args.rate, 1) };
-    phase("warm-up (first sight: pseudonyms issued)", &settings, &warm).await?;
-    phase("throughput", &settings, &load(args.max_rate, 1)).await?;
-    phase("fixed rate", &settings, &load(args.rate, 1)).await?;
+    let produced = std::sync::atomic::AtomicU64::new(0);
+    produced.fetch_add(phase("warm-up (first sight: pseudonyms issued)", &settings, &warm).await?, Ordering::Relaxed);
+    produced.fetch_add(phase("throughput (closed loop)", &settings, &load(args.max_rate, 1)).await?, Ordering::Relaxed);
+    produced.fetch_add(phase("fixed rate", &settings, &load(args.rate, 1)).await?, Ordering::Relaxed);
 
     if !args.no_lander {
         let wh = Warehouse::open(&settings)?;
@@ -83,18 +84,15 @@ pub async fn run(mut settings: Settings, args: GatewayArgs) -> anyhow::Result<Ex
                 let _ = rx.await;
             }));
             let t = Instant::now();
-            let mut last = u64::MAX;
-            loop {
-                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-                let now = stats.landed.load(Ordering::Relaxed);
-                if now == last {
-                    break;
-                }
-                last = now;
+            // The earlier phases' events: landed (or refused) before measuring freshness.
+            while stats.landed.load(Ordering::Relaxed) + stats.rejected.load(Ordering::Relaxed) < produced.load(Ordering::Relaxed)
+                && t.elapsed() < std::time::Duration::from_secs(1800)
+            {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
             println!("backlog landed: {} rows in {:.1}s", stats.landed.load(Ordering::Relaxed), t.elapsed().as_secs_f64());
             stats.freshness_ms.lock().expect("stats lock").reset();
-            phase("end to end", &settings, &load(args.rate, 1)).await?;
+            phase("end to end (lander running)", &settings, &load(args.rate, 1)).await?;
             tokio::time::sleep(std::time::Duration::from_secs(5)).await;
             let h = stats.freshness_ms.lock().expect("stats lock").clone();
             println!(
@@ -117,7 +115,8 @@ pub async fn run(mut settings: Settings, args: GatewayArgs) -> anyhow::Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
-async fn phase(name: &str, settings: &Settings, args: &LoadgenArgs) -> anyhow::Result<()> {
+/// Run one load phase, print its figures, return the events accepted.
+async fn phase(name: &str, settings: &Settings, args: &LoadgenArgs) -> anyhow::Result<u64> {
     let stats = Arc::new(LoadStats::default());
     let t = Instant::now();
     loadgen::generate(settings, args, stats.clone(), std::future::pending()).await?;
@@ -125,5 +124,5 @@ async fn phase(name: &str, settings: &Settings, args: &LoadgenArgs) -> anyhow::R
     loadgen::report(args, &stats, t.elapsed());
     let accepted = stats.accepted.load(Ordering::Relaxed);
     println!("{:<44} accepted {:.0} events/s", "", accepted as f64 / t.elapsed().as_secs_f64());
-    Ok(())
+    Ok(accepted)
 }

@@ -228,23 +228,25 @@ fn summary(settings: &Settings, hs: &LoadStats, xs: &LoadStats, ls: &crate::land
     );
     println!("  no identity reached Kafka or ClickHouse: learners were named by LMS ids and xAPI accounts, pseudonymised at the gate.");
     let env = format!(
-        "LEARNVAULT_DATABASE_URL={} LEARNVAULT_ADMIN_DATABASE_URL={} LEARNVAULT_CLICKHOUSE_URL={} LEARNVAULT_EVENTS_TOPIC={} LEARNVAULT_DLQ_TOPIC={}",
+        "LEARNVAULT_DATABASE_URL={} LEARNVAULT_ADMIN_DATABASE_URL={} LEARNVAULT_CLICKHOUSE_URL={} LEARNVAULT_EVENTS_TOPIC={} LEARNVAULT_DLQ_TOPIC={} LEARNVAULT_ARCHIVE_DIR={} LEARNVAULT_LANDER_ENABLED=true",
         settings.database_url.expose_secret(),
         settings.admin_database_url.expose_secret(),
         settings.clickhouse_url,
         settings.events_topic,
-        settings.dlq_topic
+        settings.dlq_topic,
+        settings.archive_path().display()
     );
     println!("\n\x1b[1mexplore further\x1b[0m (everything started by the demo is stopped; its data stays):");
     println!("  export {env}");
     println!("  cargo run -- serve &                     # API, gateway, jobs on http://{}", settings.listen);
     println!("  AUD=$(cargo run -q -- token mint --sub me --role auditor --institution '*')");
-    println!("  curl -s localhost:8080/v1/audit?limit=5 -H \"Authorization: Bearer $AUD\"");
-    println!("  curl -s localhost:8080/v1/retention/report -H \"Authorization: Bearer $AUD\"");
+    let at = &settings.listen;
+    println!("  curl -s '{at}/v1/audit?limit=5' -H \"Authorization: Bearer $AUD\"");
+    println!("  curl -s {at}/v1/retention/report -H \"Authorization: Bearer $AUD\"");
     println!("  DPO=$(cargo run -q -- token mint --sub dpo --role dpo --institution uni-north)");
-    println!("  curl -s -XPOST localhost:8080/v1/dsr/access -H \"Authorization: Bearer $DPO\" -H 'content-type: application/json' \\");
+    println!("  curl -s -XPOST {at}/v1/dsr/access -H \"Authorization: Bearer $DPO\" -H 'content-type: application/json' \\");
     println!("       -d '{{\"institution\":\"uni-north\",\"external_id\":\"uni-north-000000\"}}'");
-    println!("  cargo run -- loadgen --rate 2000 --duration 20s --via xapi      # more traffic (with serve running)");
+    println!("  cargo run -- loadgen --url http://{at} --rate 2000 --duration 20s --via xapi      # more traffic (with serve running)");
     println!("  (stop serve first:) cargo run -- datamap check; cargo run -- retention verify; cargo run -- dsr erase --institution uni-north --external-id uni-north-000000");
     println!("  OpenAPI: http://{}/openapi.json   metrics: http://{}/metrics", settings.listen, settings.listen);
 }

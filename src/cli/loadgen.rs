@@ -167,7 +167,9 @@ pub async fn generate(
         if elapsed >= duration {
             break;
         }
-        let due = (args.rate as f64 * elapsed.as_secs_f64()) as u64;
+        // Never more than one round of requests ahead: when the target is out of reach the
+        // generator sends as fast as answers come back (closed loop) instead of queueing without bound.
+        let due = ((args.rate as f64 * elapsed.as_secs_f64()) as u64).min(sent + (args.concurrency * args.batch.max(1)) as u64);
         let now = chrono::Utc::now();
         let mut pending: Vec<Value> = Vec::new();
         while sent < due {

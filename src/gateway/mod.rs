@@ -133,7 +133,7 @@ impl Gateway {
                 }
             }
         }
-        let issued = if wanted.is_empty() { Vec::new() } else { self.vault.issue_batch(wanted, audit).await? };
+        let issued = if wanted.is_empty() { Vec::new() } else { self.vault.get_or_issue(wanted, audit).await? };
 
         // 2. Fill in, validate.
         for (i, it) in items.into_iter().enumerate() {

@@ -142,6 +142,43 @@ impl Vault {
         self.issuer.submit(institution.clone(), learner, audit).await
     }
 
+    /// Issue-or-get for the ingest gateway, where nearly every learner is
+    /// already known: one read finds the existing pseudonyms (blind indexes of
+    /// the current key version), and only the rest go through [`Vault::issue_batch`]
+    /// (audited with its counts). Nothing is audited when nothing was issued: a
+    /// lookup from identity to pseudonym releases nothing the caller lacks.
+    pub async fn get_or_issue(&self, items: Vec<(InstitutionId, NewLearner)>, audit: NewEntry) -> Result<Vec<Issued>, VaultError> {
+        let mut out: Vec<Option<Issued>> = vec![None; items.len()];
+        let mut by_inst: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, (inst, _)) in items.iter().enumerate() {
+            by_inst.entry(inst.as_str()).or_default().push(i);
+        }
+        for (inst, idxs) in by_inst {
+            let Some(version) = sqlx::query_scalar!("SELECT key_version FROM institutions WHERE id = $1", inst).fetch_optional(&self.pool).await?
+            else {
+                continue;
+            };
+            let key = self.master.institution_key(KeyUse::BlindIndex, inst, version);
+            let blinds: Vec<Vec<u8>> = idxs.iter().map(|&i| crypto::blind_index(&key, &items[i].1.external_id).to_vec()).collect();
+            let mut conn = self.pool.acquire().await?;
+            let found: HashMap<[u8; 32], Pseudonym> = existing(&mut conn, inst, &blinds).await?.into_iter().collect();
+            for (&i, b) in idxs.iter().zip(&blinds) {
+                let b: [u8; 32] = b.as_slice().try_into().expect("32-byte blind index");
+                if let Some(p) = found.get(&b) {
+                    out[i] = Some(Issued { pseudonym: *p, created: false });
+                }
+            }
+        }
+        let missing: Vec<usize> = (0..items.len()).filter(|&i| out[i].is_none()).collect();
+        if !missing.is_empty() {
+            let todo: Vec<(InstitutionId, NewLearner)> = missing.iter().map(|&i| items[i].clone()).collect();
+            for (i, r) in missing.into_iter().zip(self.issue_batch(todo, audit).await?) {
+                out[i] = Some(r);
+            }
+        }
+        Ok(out.into_iter().map(|r| r.expect("found or issued")).collect())
+    }
+
     /// Issue-or-get many learners of several institutions in one transaction,
     /// with one audit row (carrying counts) for the call.
     pub async fn issue_batch(
