@@ -68,7 +68,7 @@ pub struct Gateway {
     dlq_topic: String,
     taxonomy: Taxonomy,
     protected: ProtectedAttributes,
-    governance: tokio::sync::Mutex<Governance>,
+    governance: std::sync::Mutex<Governance>,
     vault: Vault,
     clock_skew: Duration,
 }
@@ -91,7 +91,7 @@ impl Gateway {
             dlq_topic: settings.dlq_topic.clone(),
             taxonomy: Taxonomy::load(&settings.policy_dir.join("taxonomy"))?,
             protected: ProtectedAttributes::load(&settings.policy_dir)?,
-            governance: tokio::sync::Mutex::new(Governance::new(pool, Duration::from_millis(settings.governance_cache_ms), analytics_default)),
+            governance: std::sync::Mutex::new(Governance::new(pool, Duration::from_millis(settings.governance_cache_ms), analytics_default)),
             vault,
             clock_skew: Duration::from_secs(300),
         })
@@ -182,7 +182,22 @@ impl Gateway {
 
         // 3. Govern: known, not erased, of the event's institution, analytics consent.
         let ids: Vec<Uuid> = valid.iter().flatten().map(|v| v.learner_id).collect();
-        let standings = if ids.is_empty() { HashMap::new() } else { self.governance.lock().await.standings(ids).await? };
+        // The cache is locked only to read and fill it, never across the query.
+        let standings = if ids.is_empty() {
+            HashMap::new()
+        } else {
+            let (mut hits, misses, pool, analytics) = {
+                let g = self.governance.lock().expect("governance cache");
+                let (h, m) = g.cached(ids);
+                (h, m, g.pool().clone(), g.analytics_default())
+            };
+            if !misses.is_empty() {
+                let fetched = crate::lander::govern::fetch(&pool, &misses, analytics).await?;
+                self.governance.lock().expect("governance cache").remember(&fetched);
+                hits.extend(fetched);
+            }
+            hits
+        };
         for (i, v) in valid.iter_mut().enumerate() {
             if let Some(ev) = v {
                 let s = standings.get(&ev.learner_id).cloned().unwrap_or(Standing::Unknown);

@@ -57,6 +57,17 @@ impl Governance {
 
     /// Standing of every pseudonym in `ids`, with one query for the cache misses.
     pub async fn standings(&mut self, ids: impl IntoIterator<Item = Uuid>) -> Result<HashMap<Uuid, Standing>, sqlx::Error> {
+        let (mut out, misses) = self.cached(ids);
+        if !misses.is_empty() {
+            let fetched = fetch(&self.pool, &misses, self.analytics_default).await?;
+            self.remember(&fetched);
+            out.extend(fetched);
+        }
+        Ok(out)
+    }
+
+    /// The cached standings of `ids`, and the ids to fetch.
+    pub fn cached(&self, ids: impl IntoIterator<Item = Uuid>) -> (HashMap<Uuid, Standing>, Vec<Uuid>) {
         let now = Instant::now();
         let mut out = HashMap::new();
         let mut misses = Vec::new();
@@ -74,8 +85,33 @@ impl Governance {
         }
         misses.sort_unstable();
         misses.dedup();
-        if !misses.is_empty() {
-            let rows = sqlx::query!(
+        (out, misses)
+    }
+
+    /// Cache fetched standings.
+    pub fn remember(&mut self, fetched: &[(Uuid, Standing)]) {
+        let now = Instant::now();
+        for (id, s) in fetched {
+            self.cache.insert(*id, (s.clone(), now));
+        }
+        if self.cache.len() > 1_000_000 {
+            let ttl = self.ttl;
+            self.cache.retain(|_, (_, at)| now.duration_since(*at) < ttl);
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn analytics_default(&self) -> bool {
+        self.analytics_default
+    }
+}
+
+/// Standings of `ids` from the vault: one query.
+pub async fn fetch(pool: &PgPool, ids: &[Uuid], analytics_default: bool) -> Result<Vec<(Uuid, Standing)>, sqlx::Error> {
+    let rows = sqlx::query!(
                 r#"SELECT q.p AS "pseudonym!", l.institution_id AS "institution?", (t.pseudonym IS NOT NULL) AS "erased!", c.granted AS "analytics?"
                    FROM UNNEST($1::uuid[]) AS q(p)
                    LEFT JOIN learners l ON l.pseudonym = q.p
@@ -85,24 +121,19 @@ impl Governance {
                        WHERE ce.pseudonym = q.p AND ce.purpose = 'analytics'
                        ORDER BY ce.id DESC LIMIT 1
                    ) c ON true"#,
-                &misses
-            )
-            .fetch_all(&self.pool)
-            .await?;
-            for r in rows {
-                let s = match (r.institution, r.erased) {
-                    (_, true) => Standing::Erased,
-                    (Some(institution), false) => Standing::Active { institution, analytics: r.analytics.unwrap_or(self.analytics_default) },
-                    (None, false) => Standing::Unknown,
-                };
-                self.cache.insert(r.pseudonym, (s.clone(), now));
-                out.insert(r.pseudonym, s);
-            }
-            if self.cache.len() > 1_000_000 {
-                let ttl = self.ttl;
-                self.cache.retain(|_, (_, at)| now.duration_since(*at) < ttl);
-            }
-        }
-        Ok(out)
-    }
+        ids
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let s = match (r.institution, r.erased) {
+                (_, true) => Standing::Erased,
+                (Some(institution), false) => Standing::Active { institution, analytics: r.analytics.unwrap_or(analytics_default) },
+                (None, false) => Standing::Unknown,
+            };
+            (r.pseudonym, s)
+        })
+        .collect())
 }
