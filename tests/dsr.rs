@@ -180,6 +180,11 @@ async fn erasure_reaches_rows_rollups_and_the_vault_and_is_certified() {
     assert_eq!(app.count(&format!("SELECT count(*) FROM audit_log WHERE action = 'dsr.erasure.request' AND target_pseudonym = '{a}'")).await, 1);
     assert_eq!(app.count(&format!("SELECT count(*) FROM audit_log WHERE action = 'dsr.erasure.complete' AND target_pseudonym = '{a}'")).await, 1);
     assert_eq!(app.verify().await["intact"], json!(true));
+    // DPOs can alert on open and overdue requests.
+    let metrics = app.client.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("learnvault_dsr_jobs_open{kind=\"erasure\"}"), "{metrics}");
+    assert!(metrics.contains("learnvault_dsr_jobs_overdue"), "{metrics}");
+    assert!(metrics.contains("learnvault_dsr_jobs_total{kind=\"erasure\",outcome=\"done\"} 1"), "{metrics}");
     // Nothing in the job record or the certificate names the learner.
     let text = format!("{job}{cert}");
     assert!(!text.contains("Ada") && !text.contains("ada@example.edu") && !text.contains("S-A"));

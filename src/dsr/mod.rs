@@ -360,9 +360,14 @@ impl Dsr {
 
     /// The in-process worker (inside `serve`): runs jobs until `stop`.
     pub async fn work(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut gauges_at = std::time::Instant::now() - Duration::from_secs(60);
         loop {
             if *stop.borrow() {
                 return;
+            }
+            if gauges_at.elapsed() >= Duration::from_secs(30) {
+                gauges_at = std::time::Instant::now();
+                self.publish_gauges().await;
             }
             match self.claim(None).await {
                 Ok(Some(job)) => {
@@ -377,6 +382,25 @@ impl Dsr {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 _ = stop.changed() => {}
+            }
+        }
+    }
+
+    /// `learnvault_dsr_jobs_open{kind}` and `learnvault_dsr_jobs_overdue{kind}`
+    /// (open past the 30-day deadline): what a DPO's alert watches.
+    async fn publish_gauges(&self) {
+        let rows: Result<Vec<(String, i64, i64)>, _> = sqlx::query_as(
+            "SELECT k.kind, count(j.id), count(j.id) FILTER (WHERE j.deadline < now())
+             FROM (VALUES ('access'), ('erasure')) AS k(kind)
+             LEFT JOIN dsr_jobs j ON j.kind = k.kind AND j.state IN ('pending', 'running')
+             GROUP BY k.kind",
+        )
+        .fetch_all(&self.pool)
+        .await;
+        if let Ok(rows) = rows {
+            for (kind, open, overdue) in rows {
+                metrics::gauge!("learnvault_dsr_jobs_open", "kind" => kind.clone()).set(open as f64);
+                metrics::gauge!("learnvault_dsr_jobs_overdue", "kind" => kind).set(overdue as f64);
             }
         }
     }
