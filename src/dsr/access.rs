@@ -148,8 +148,7 @@ async fn export_clickhouse(
         .first()
         .and_then(|r| r["sorting_key"].as_str().map(str::to_owned))
         .filter(|k| !k.is_empty());
-    let mut jsonl = Out::create(dir, &format!("{name}.jsonl"))?;
-    let mut csv = CsvOut::new(Out::create(dir, &format!("{name}.csv"))?);
+    let mut out = StoreFiles::create(dir, name)?;
     let mut rows = 0u64;
     loop {
         // Sorting-key order makes the pages a stable partition of the rows.
@@ -164,10 +163,8 @@ async fn export_clickhouse(
         let page = d.warehouse.raw(&sql, "JSONEachRow", &[("p", p.to_string())]).await?;
         let mut n = 0u64;
         for line in page.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            jsonl.write_all(line)?;
-            jsonl.write_all(b"\n")?;
             let v: Map<String, Value> = serde_json::from_slice(line).map_err(|e| DsrError::Verification(format!("unreadable row: {e}")))?;
-            csv.row(&v)?;
+            out.row(line, &v)?;
             n += 1;
         }
         rows += n;
@@ -176,8 +173,7 @@ async fn export_clickhouse(
             break;
         }
     }
-    files.push(jsonl.finish()?);
-    files.push(csv.finish()?);
+    out.finish(files)?;
     Ok(rows)
 }
 
@@ -192,23 +188,43 @@ async fn export_postgres(
     files: &mut Vec<Value>,
     progress: Progress<'_>,
 ) -> Result<u64, DsrError> {
-    let mut jsonl = Out::create(dir, &format!("{name}.jsonl"))?;
-    let mut csv = CsvOut::new(Out::create(dir, &format!("{name}.csv"))?);
+    let mut out = StoreFiles::create(dir, name)?;
     let sql = format!("SELECT to_jsonb(t) FROM {} t WHERE {} = $1", ident(table)?, ident(key)?);
     let mut stream = sqlx::query_scalar::<_, Value>(&sql).bind(p).fetch(&d.pool);
     let mut rows = 0u64;
     while let Some(v) = stream.try_next().await? {
-        jsonl.write_all(&serde_json::to_vec(&v).expect("JSON"))?;
-        jsonl.write_all(b"\n")?;
         if let Value::Object(m) = &v {
-            csv.row(m)?;
+            out.row(&serde_json::to_vec(&v).expect("JSON"), m)?;
         }
         rows += 1;
     }
     progress(&format!("{table}: {rows} rows"));
-    files.push(jsonl.finish()?);
-    files.push(csv.finish()?);
+    out.finish(files)?;
     Ok(rows)
+}
+
+/// A store's two files: JSONL (rows as the engine gave them) and CSV.
+struct StoreFiles {
+    jsonl: Out,
+    csv: CsvOut,
+}
+
+impl StoreFiles {
+    fn create(dir: &Path, name: &str) -> Result<StoreFiles, DsrError> {
+        Ok(StoreFiles { jsonl: Out::create(dir, &format!("{name}.jsonl"))?, csv: CsvOut::new(Out::create(dir, &format!("{name}.csv"))?) })
+    }
+
+    fn row(&mut self, line: &[u8], v: &Map<String, Value>) -> Result<(), DsrError> {
+        self.jsonl.write_all(line)?;
+        self.jsonl.write_all(b"\n")?;
+        self.csv.row(v)
+    }
+
+    fn finish(self, files: &mut Vec<Value>) -> Result<(), DsrError> {
+        files.push(self.jsonl.finish()?);
+        files.push(self.csv.finish()?);
+        Ok(())
+    }
 }
 
 /// A file being written, hashed as it goes.
