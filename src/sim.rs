@@ -199,6 +199,6 @@ mod tests {
             .count();
         assert!(in_segment * 2 > replays.len(), "{in_segment} of {}", replays.len());
         assert!(events.iter().any(|e| e["props"]["platform"] == "mobile"));
-        assert!(to_xapi(&events.iter().find(|e| e["event_type"] == "interact.replay").unwrap(), "https://lms.example").is_some());
+        assert!(to_xapi(events.iter().find(|e| e["event_type"] == "interact.replay").unwrap(), "https://lms.example").is_some());
     }
 }

@@ -233,7 +233,7 @@ async fn statements(s: AppState, p: Principal, headers: HeaderMap, body: Bytes, 
         }
     }
     let statuses = if items.is_empty() { Vec::new() } else { run(&s, &p, items).await? };
-    if statuses.iter().any(|st| *st == Status::Unavailable) {
+    if statuses.contains(&Status::Unavailable) {
         return Err(unavailable());
     }
     // Statements refused by governance or the taxonomy are in the dead-letter topic with their

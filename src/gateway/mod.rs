@@ -82,7 +82,7 @@ impl Gateway {
             .set("linger.ms", "2")
             .set("queue.buffering.max.messages", "1000000")
             // Fail a request within seconds when the broker is gone (503, retry), not minutes.
-            .set("message.timeout.ms", &settings.produce_timeout_ms.to_string())
+            .set("message.timeout.ms", settings.produce_timeout_ms.to_string())
             .create()?;
         let pool = vault.pool().clone();
         Ok(Gateway {
