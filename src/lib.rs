@@ -21,8 +21,9 @@
 //! - [`dsr`]: subject access and erasure jobs (map-driven), archives, signed erasure certificates.
 //! - [`gateway`]: event and xAPI ingest, pseudonymisation at the gate.
 //! - [`datamap`]: the map of every store holding learner data, checked against the live schemas.
+//! - [`sim`]: the simulated cohort of the load generator and the live demo.
 //! - [`db`]: pools and migrations. [`app`]: wiring and the server.
-//! - [`cli`]: one module per subcommand (`serve`, `migrate`, `token`, `audit`, `bench`, `demo`).
+//! - [`cli`]: one module per subcommand (`serve`, `land`, `migrate`, `token`, `audit`, `dsr`, `loadgen`, `bench`, `demo`, ...).
 
 pub mod api;
 pub mod app;
