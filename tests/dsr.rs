@@ -121,6 +121,11 @@ async fn erasure_reaches_rows_rollups_and_the_vault_and_is_certified() {
     // Deleted physically, not only masked.
     assert_eq!(ch(&app, "SELECT count() AS n FROM events.learning_events SETTINGS apply_deleted_mask = 0", "").await, others_rows);
 
+    // The superseded aggregate states are gone physically too (no masked rows left behind).
+    for t in ["agg.funnel_by_cohort", "agg.engagement_per_minute", "agg.content_replays_daily"] {
+        let all = ch(&app, &format!("SELECT count() AS n FROM {t} SETTINGS apply_deleted_mask = 0"), "").await;
+        assert_eq!(all, ch(&app, &format!("SELECT count() AS n FROM {t}"), "").await, "{t} keeps masked rows");
+    }
     // The rollups no longer count the learner (uniq states rebuilt), the other cohort is unchanged.
     let after = dashboards(&app).await;
     assert_eq!(num(&after["funnel"][0]["enrolled"]), 1, "{after}");

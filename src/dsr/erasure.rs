@@ -336,7 +336,8 @@ async fn rebuild_partition(wh: &Warehouse, table: &Store, view: &Store, part: &s
         if filter != "1" {
             // The partition as it is (hard links, no copy), minus the groups the subject fed.
             wh.execute(&format!("ALTER TABLE {staging} ATTACH PARTITION ID '{part}' FROM {t}"), &[]).await?;
-            wh.execute(&format!("DELETE FROM {staging} WHERE {filter} SETTINGS lightweight_deletes_sync = 2"), &params).await?;
+            // Rewritten without them (a mutation, not a mask: the superseded states hold the subject's hash).
+            wh.execute(&format!("ALTER TABLE {staging} DELETE WHERE {filter} SETTINGS mutations_sync = 2"), &params).await?;
         }
         wh.execute(&format!("INSERT INTO {staging} ({cols}) SELECT {cols} FROM {fresh}"), &params).await?;
         let staged = num(&wh.query(&format!("SELECT count() AS n FROM {staging}"), &[]).await?[0]["n"]);
@@ -344,13 +345,6 @@ async fn rebuild_partition(wh: &Warehouse, table: &Store, view: &Store, part: &s
             wh.execute(&format!("ALTER TABLE {t} DROP PARTITION ID '{part}'"), &[]).await?;
         } else {
             wh.execute(&format!("ALTER TABLE {t} REPLACE PARTITION ID '{part}' FROM {staging}"), &[]).await?;
-        }
-        if filter != "1" {
-            // The superseded states (masked) still hold the subject's hash in their sketches: rewrite
-            // the partition's parts without them now rather than at the next merge.
-            let t0 = std::time::Instant::now();
-            wh.execute(&format!("ALTER TABLE {t} APPLY DELETED MASK IN PARTITION ID '{part}' SETTINGS mutations_sync = 2"), &[]).await?;
-            tracing::info!(table = t, part, ms = t0.elapsed().as_millis() as u64, "superseded aggregate states purged");
         }
         let now = fingerprint(wh, &sh, &live, &params).await?;
         let expected = fingerprint(wh, &sh, &fresh, &params).await?;
