@@ -6,10 +6,13 @@
 //! 2. `delete`: rows of every mapped `delete_rows` ClickHouse table are deleted
 //!    physically (`ALTER TABLE ... DELETE`, `mutations_sync = 2`);
 //! 3. `recompute`: ClickHouse views never see deletes (a `uniqState` still
-//!    counts the learner), so each affected partition of every
-//!    `recompute_aggregate` table is rebuilt from the base table with its own
-//!    materialized view's SELECT and swapped in atomically (`REPLACE
-//!    PARTITION`), then compared with a fresh computation;
+//!    counts the learner), so in each affected partition of every
+//!    `recompute_aggregate` table the groups the learner fed are rebuilt from
+//!    the base table with the table's own materialized-view SELECT: the
+//!    partition is hard-linked into a staging table, those groups are removed
+//!    there by a mutation (physically) and computed afresh, and the staging
+//!    partition is swapped in atomically (`REPLACE PARTITION`), then compared
+//!    with a fresh computation;
 //! 4. `verify`: 0 rows for the subject in every mapped store; events that the
 //!    lander landed after the tombstone (its governance cache) send the job back
 //!    to step 2, a bounded number of times;
