@@ -62,7 +62,6 @@ impl From<gateway::GatewayError> for Error {
         match e {
             gateway::GatewayError::Vault(v) => v.into(),
             gateway::GatewayError::Db(d) => d.into(),
-            gateway::GatewayError::Kafka(_) => unavailable(),
         }
     }
 }

@@ -30,7 +30,7 @@ use crate::config::Settings;
 use crate::domain::{ExternalId, InstitutionId};
 use crate::lander::govern::{Governance, Standing};
 use crate::policy::ProtectedAttributes;
-use crate::taxonomy::{Reason, Taxonomy};
+use crate::taxonomy::Taxonomy;
 use crate::vault::{Identity, NewLearner, Vault, VaultError};
 
 #[derive(Debug, thiserror::Error)]
@@ -39,8 +39,6 @@ pub enum GatewayError {
     Vault(#[from] VaultError),
     #[error("postgres: {0}")]
     Db(#[from] sqlx::Error),
-    #[error("kafka: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
 }
 
 /// One event as received, its identity (if named by one) already split off.
@@ -108,7 +106,7 @@ impl Gateway {
     ) -> Result<Vec<Status>, GatewayError> {
         let now = Utc::now();
         let mut out: Vec<Option<Status>> = vec![None; items.len()];
-        let mut events: Vec<Option<Map<String, Value>>> = Vec::with_capacity(items.len());
+        let mut events: Vec<Option<Value>> = Vec::with_capacity(items.len());
 
         // 1. Identities -> pseudonyms, one vault batch for the request.
         let mut wanted: Vec<(InstitutionId, NewLearner)> = Vec::new();
@@ -147,7 +145,7 @@ impl Gateway {
                 ev.entry("institution_id").or_insert_with(|| json!(inst));
             }
             ev.insert("server_ts".into(), json!(now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)));
-            events.push(Some(ev));
+            events.push(Some(Value::Object(ev)));
         }
         let mut valid = Vec::with_capacity(events.len());
         for (i, ev) in events.iter().enumerate() {
@@ -155,10 +153,10 @@ impl Gateway {
                 valid.push(None);
                 continue;
             };
-            match self.taxonomy.validate(&Value::Object(ev.clone())) {
+            match self.taxonomy.validate(ev) {
                 Ok(mut v) => {
-                    if let Some(attr) = v.props.keys().find_map(|k| self.protected.matches(k)) {
-                        out[i] = Some(rejected(Reason::ProtectedAttribute.as_str(), &format!("props carry protected attribute `{attr}`")));
+                    if let Err((reason, detail)) = crate::lander::check_props_and_clock(&mut v, &self.protected, self.clock_skew) {
+                        out[i] = Some(rejected(reason.as_str(), &detail));
                         valid.push(None);
                         continue;
                     }
@@ -166,10 +164,6 @@ impl Gateway {
                         out[i] = Some(rejected("institution_not_allowed", "the caller cannot send events for this institution"));
                         valid.push(None);
                         continue;
-                    }
-                    let skew = v.client_ts.signed_duration_since(now).num_milliseconds();
-                    if skew.unsigned_abs() > self.clock_skew.as_millis() as u64 {
-                        v.props.insert("clock_skew_ms".into(), skew.to_string());
                     }
                     valid.push(Some(v));
                 }
@@ -225,7 +219,7 @@ impl Gateway {
         let mut dead = Vec::new();
         for (i, st) in out.iter().enumerate() {
             if let Some(Status::Rejected { code, detail }) = st {
-                let payload = events.get(i).cloned().flatten().map(Value::Object).unwrap_or(Value::Null);
+                let payload = events.get(i).cloned().flatten().unwrap_or(Value::Null);
                 let key = payload.get("learner_id").and_then(Value::as_str).map(str::to_owned);
                 let rec = json!({"reason": code, "detail": detail, "stage": "gateway", "failed_at": now.to_rfc3339(), "payload": redact(payload, &self.protected)});
                 let body = serde_json::to_vec(&rec).expect("json");

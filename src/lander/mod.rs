@@ -164,14 +164,8 @@ impl Decoder {
             }
             let v: Value = serde_json::from_slice(&m.raw).map_err(|_| (Reason::InvalidJson, "payload is not valid JSON".to_string()))?;
             let mut ev = self.taxonomy.validate(&v).map_err(|r| (r.reason, r.detail))?;
-            if let Some(attr) = ev.props.keys().find_map(|k| self.protected.matches(k)) {
-                return Err((Reason::ProtectedAttribute, format!("props carry protected attribute `{attr}`")));
-            }
-            let server = *ev.server_ts.get_or_insert_with(|| m.broker_ts.unwrap_or_else(Utc::now));
-            let skew = ev.client_ts.signed_duration_since(server).num_milliseconds();
-            if skew.unsigned_abs() > self.clock_skew.as_millis() as u64 {
-                ev.props.insert("clock_skew_ms".into(), skew.to_string());
-            }
+            ev.server_ts.get_or_insert_with(|| m.broker_ts.unwrap_or_else(Utc::now));
+            check_props_and_clock(&mut ev, &self.protected, self.clock_skew)?;
             Ok(ev)
         })();
         Item { offset: m.offset, key: m.key, raw: m.raw, outcome }
@@ -196,6 +190,23 @@ impl Decoder {
         .await
         .expect("decode task")
     }
+}
+
+/// The checks every event passes at both gates (gateway and lander), after
+/// taxonomy validation and once `server_ts` is set: no protected attribute in
+/// `props`; a client clock further than `clock_skew` from server time is kept
+/// but flagged in `props.clock_skew_ms`.
+pub fn check_props_and_clock(ev: &mut ValidEvent, protected: &ProtectedAttributes, clock_skew: Duration) -> Result<(), (Reason, String)> {
+    if let Some(attr) = ev.props.keys().find_map(|k| protected.matches(k)) {
+        return Err((Reason::ProtectedAttribute, format!("props carry protected attribute `{attr}`")));
+    }
+    if let Some(server) = ev.server_ts {
+        let skew = ev.client_ts.signed_duration_since(server).num_milliseconds();
+        if skew.unsigned_abs() > clock_skew.as_millis() as u64 {
+            ev.props.insert("clock_skew_ms".into(), skew.to_string());
+        }
+    }
+    Ok(())
 }
 
 struct Item {
