@@ -71,8 +71,10 @@ pub struct Settings {
     pub consumer_group: String,
     /// Partitions of the topics when the lander creates them.
     pub topic_partitions: i32,
-    /// A partition's batch is flushed at this many events...
+    /// A partition's batch is flushed at this many records...
     pub lander_batch_rows: usize,
+    /// ...or this many bytes (an envelope record holds many events)...
+    pub lander_batch_bytes: usize,
     /// ...or when its oldest event has waited this long.
     pub lander_batch_ms: u64,
     /// Larger events are dead-lettered as `oversized`.
@@ -120,6 +122,7 @@ impl Default for Settings {
             consumer_group: "learnvault-lander".into(),
             topic_partitions: 6,
             lander_batch_rows: 20_000,
+            lander_batch_bytes: 8 * 1024 * 1024,
             lander_batch_ms: 250,
             max_event_bytes: 64 * 1024,
             governance_cache_ms: 2_000,

@@ -20,6 +20,7 @@
 //! - [`warehouse`]: the ClickHouse port (embedded chDB or server over HTTP), its migrations.
 //! - [`dsr`]: subject access and erasure jobs (map-driven), archives, signed erasure certificates.
 //! - [`gateway`]: event and xAPI ingest, pseudonymisation at the gate.
+//! - [`envelope`]: the `learning-events` record contract (single events or per-partition envelopes, murmur2 partitions).
 //! - [`datamap`]: the map of every store holding learner data, checked against the live schemas.
 //! - [`sim`]: the simulated cohort of the load generator and the live demo.
 //! - [`db`]: pools and migrations. [`app`]: wiring and the server.
@@ -35,6 +36,7 @@ pub mod datamap;
 pub mod db;
 pub mod domain;
 pub mod dsr;
+pub mod envelope;
 pub mod gateway;
 pub mod lander;
 pub mod policy;

@@ -187,3 +187,48 @@ async fn an_erased_learner_is_refused_within_seconds() {
     assert_eq!(num(&rows[0]["n"]), 1, "only the event before the erasure");
     s.wh.close();
 }
+
+#[tokio::test]
+async fn envelopes_land_their_events_and_dead_letter_bad_members_alone() {
+    let s = Spine::new(true).await;
+    let ls = learners(&s, 2, "uni-a").await;
+    let lander = s.start_lander().await;
+    let good: Vec<serde_json::Value> = (0..3).map(|i| event(&ls[i % 2], "content.view", "cs101", "c1", "uni-a")).collect();
+    let mut wrong_type = event(&ls[0], "content.view", "cs101", "c1", "uni-a");
+    wrong_type["position_sec"] = json!("forty-two");
+    let mut protected = event(&ls[1], "content.view", "cs101", "c1", "uni-a");
+    protected["props"] = json!({"ethnicity": "x"});
+    let envelope = json!([good[0], wrong_type, good[1], protected, good[2]]);
+    s.produce_raw(&ls[0], &serde_json::to_vec(&envelope).unwrap()).await;
+    s.produce_raw(&ls[0], b"[]").await;
+    s.produce_raw(&ls[0], b"[{\"event_type\": \"content.view\"},").await;
+    let single = event(&ls[1], "content.view", "cs101", "c1", "uni-a");
+    s.produce(std::slice::from_ref(&single)).await;
+
+    assert_eq!(s.wait_rows(4, Duration::from_secs(60)).await, 4);
+    let dl = s.dead_letters(4, Duration::from_secs(30)).await;
+    lander.stop().await;
+    let mut got: Vec<(String, Option<u64>)> = dl.iter().map(|d| (d["reason"].as_str().unwrap().to_owned(), d["index"].as_u64())).collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("invalid_json".to_owned(), None),
+            ("protected_attribute".to_owned(), Some(3)),
+            ("schema_violation".to_owned(), None),
+            ("schema_violation".to_owned(), Some(1)),
+        ]
+    );
+    // A refused member is dead-lettered alone: its own payload, not the envelope.
+    let member = dl.iter().find(|d| d["index"] == 1).unwrap();
+    let payload: serde_json::Value = serde_json::from_str(member["payload"].as_str().unwrap()).unwrap();
+    assert_eq!(payload["event_id"], wrong_type["event_id"]);
+    let prot = dl.iter().find(|d| d["reason"] == "protected_attribute").unwrap();
+    assert!(!prot["payload"].as_str().unwrap().contains("\"x\""), "{prot}");
+    for ev in good.iter().chain([&single]) {
+        let id = ev["event_id"].as_str().unwrap().to_owned();
+        let n = s.wh.query("SELECT count() AS n FROM events.learning_events WHERE event_id = {e:UUID}", &[("e", id)]).await.unwrap();
+        assert_eq!(num(&n[0]["n"]), 1, "{ev}");
+    }
+    s.wh.close();
+}

@@ -36,6 +36,35 @@ pub struct LanderArgs {
     /// Learners in the generated cohort.
     #[arg(long, default_value_t = 5_000)]
     learners: usize,
+    /// Produce one record per event instead of per-partition envelopes of up
+    /// to 500 events (what the gateway produces; see `envelope`).
+    #[arg(long)]
+    singles: bool,
+}
+
+/// Records for `events` (pseudonym, event JSON), as a producer sends them:
+/// one per event, or envelopes per partition for each group of 500 events
+/// (the gateway's request size).
+fn records(events: &[(String, Vec<u8>)], singles: bool, partitions: i32) -> Vec<(Option<i32>, String, Vec<u8>)> {
+    if singles {
+        return events.iter().map(|(k, p)| (None, k.clone(), p.clone())).collect();
+    }
+    events
+        .chunks(500)
+        .flat_map(|req| {
+            crate::envelope::pack(req.iter().enumerate().map(|(i, (k, p))| (i, k.as_str(), p.as_slice())), partitions)
+                .into_iter()
+                .map(|e| (Some(e.partition), e.key, e.value))
+        })
+        .collect()
+}
+
+fn record<'a>(topic: &'a str, r: &'a (Option<i32>, String, Vec<u8>)) -> FutureRecord<'a, String, Vec<u8>> {
+    let rec = FutureRecord::to(topic).key(&r.1).payload(&r.2);
+    match r.0 {
+        Some(p) => rec.partition(p),
+        None => rec,
+    }
 }
 
 const TYPES: [&str; 10] = [
@@ -110,6 +139,7 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
         .set("batch.num.messages", "10000")
         .set("compression.type", "lz4")
         .set("queue.buffering.max.messages", "1000000")
+        .set(crate::envelope::PARTITIONER.0, crate::envelope::PARTITIONER.1)
         .create()?;
     crate::lander::ensure_topics(&settings.kafka_brokers, &[(&settings.events_topic, settings.topic_partitions), (&settings.dlq_topic, settings.topic_partitions)]).await?;
 
@@ -122,13 +152,21 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
         })
         .collect();
     let t0 = Instant::now();
-    for chunk in payloads.chunks(20_000) {
-        let futs = chunk.iter().map(|(k, p)| producer.send(FutureRecord::to(&settings.events_topic).key(k).payload(p), Duration::from_secs(30)));
+    let recs = records(&payloads, args.singles, settings.topic_partitions);
+    for chunk in recs.chunks(20_000) {
+        let futs = chunk.iter().map(|r| producer.send(record(&settings.events_topic, r), Duration::from_secs(30)));
         for r in futures::future::join_all(futs).await {
             r.map_err(|(e, _)| e)?;
         }
     }
-    println!("produced {} events in {:.1}s", args.events, t0.elapsed().as_secs_f64());
+    println!(
+        "produced {} events in {} records ({}) in {:.1}s",
+        args.events,
+        recs.len(),
+        if args.singles { "one event per record" } else { "envelopes of up to 500 events per partition" },
+        t0.elapsed().as_secs_f64()
+    );
+    drop(recs);
     let lander = super::land::build(settings, wh.clone()).await?;
     let stats = lander.stats.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -211,16 +249,18 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
     let mut inflight = Vec::new();
     while sent < total {
         let due = ((t0.elapsed().as_secs_f64() * args.rate as f64) as usize).min(total);
+        let mut tick_events = Vec::new();
         while sent < due {
             let l = &learners[sent % learners.len()];
-            let p = payload(l, sent % learners.len(), sent, chrono::Utc::now().timestamp_millis());
-            let key = l.clone();
+            tick_events.push((l.clone(), payload(l, sent % learners.len(), sent, chrono::Utc::now().timestamp_millis())));
+            sent += 1;
+        }
+        for r in records(&tick_events, args.singles, settings.topic_partitions) {
             let producer = producer.clone();
             let topic = settings.events_topic.clone();
             inflight.push(tokio::spawn(async move {
-                producer.send(FutureRecord::to(&topic).key(&key).payload(&p), Duration::from_secs(30)).await.map(|_| ()).map_err(|(e, _)| e)
+                producer.send(record(&topic, &r), Duration::from_secs(30)).await.map(|_| ()).map_err(|(e, _)| e)
             }));
-            sent += 1;
         }
         tokio::time::sleep(tick).await;
     }

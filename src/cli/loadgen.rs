@@ -141,6 +141,7 @@ pub async fn generate(
             ClientConfig::new()
                 .set("bootstrap.servers", &settings.kafka_brokers)
                 .set("acks", "all")
+                .set(crate::envelope::PARTITIONER.0, crate::envelope::PARTITIONER.1)
                 .set("linger.ms", "5")
                 .set("compression.type", "lz4")
                 .set("queue.buffering.max.messages", "1000000")

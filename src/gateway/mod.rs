@@ -18,7 +18,7 @@ pub mod xapi;
 
 use chrono::Utc;
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -69,6 +69,9 @@ pub struct Gateway {
     governance: std::sync::Mutex<Governance>,
     vault: Vault,
     clock_skew: Duration,
+    produce_timeout_ms: u64,
+    /// The events topic's partition count, read from the broker once it answers.
+    partitions: tokio::sync::OnceCell<i32>,
 }
 
 impl Gateway {
@@ -78,6 +81,7 @@ impl Gateway {
             .set("acks", "all")
             .set("compression.type", "lz4")
             .set("linger.ms", "2")
+            .set(crate::envelope::PARTITIONER.0, crate::envelope::PARTITIONER.1)
             .set("queue.buffering.max.messages", "1000000")
             // Fail a request within seconds when the broker is gone (503, retry), not minutes.
             .set("message.timeout.ms", settings.produce_timeout_ms.to_string())
@@ -92,7 +96,34 @@ impl Gateway {
             governance: std::sync::Mutex::new(Governance::new(pool, Duration::from_millis(settings.governance_cache_ms), analytics_default)),
             vault,
             clock_skew: Duration::from_secs(300),
+            produce_timeout_ms: settings.produce_timeout_ms,
+            partitions: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// The events topic's partition count (cached once read); `None` while the
+    /// broker cannot tell (unreachable, or the topic does not exist yet).
+    async fn partitions(&self) -> Option<i32> {
+        let read = self
+            .partitions
+            .get_or_try_init(|| async {
+                let producer = self.producer.clone();
+                let topic = self.topic.clone();
+                let timeout = Duration::from_millis(self.produce_timeout_ms);
+                tokio::task::spawn_blocking(move || {
+                    let md = producer.client().fetch_metadata(Some(&topic), timeout).map_err(|_| ())?;
+                    let n = md.topics().iter().find(|t| t.name() == topic && t.error().is_none()).map_or(0, |t| t.partitions().len());
+                    if n == 0 {
+                        Err(())
+                    } else {
+                        Ok(n as i32)
+                    }
+                })
+                .await
+                .map_err(|_| ())?
+            })
+            .await;
+        read.ok().copied()
     }
 
     /// Pseudonymise, validate, govern and produce `items`; one status each, in order.
@@ -202,19 +233,30 @@ impl Gateway {
             }
         }
 
-        // 4. Produce the accepted, dead-letter the refused; then wait for every acknowledgement.
+        // 4. Produce the accepted as envelopes (one record per partition, see
+        // `envelope`), dead-letter the refused; then wait for every acknowledgement.
+        let partitions = self.partitions().await;
+        let bodies: Vec<(usize, String, Vec<u8>)> = valid
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| v.as_ref().map(|ev| (i, ev.learner_id.to_string(), serde_json::to_vec(ev).expect("an event serialises"))))
+            .collect();
         let mut sends = Vec::new();
-        for (i, v) in valid.iter().enumerate() {
-            if let Some(ev) = v {
-                let body = serde_json::to_vec(ev).expect("an event serialises");
-                let key = ev.learner_id.to_string();
-                let producer = &self.producer;
-                let topic = &self.topic;
-                sends.push(async move {
-                    let r = producer.send(FutureRecord::to(topic).key(&key).payload(&body), Duration::from_secs(0)).await;
-                    (i, r.is_ok())
-                });
+        let mut unavailable: Vec<usize> = Vec::new();
+        match partitions {
+            Some(n) => {
+                for env in crate::envelope::pack(bodies.iter().map(|(i, k, b)| (*i, k.as_str(), b.as_slice())), n) {
+                    let producer = &self.producer;
+                    let topic = &self.topic;
+                    sends.push(async move {
+                        let record = FutureRecord::to(topic).partition(env.partition).key(&env.key).payload(&env.value);
+                        let ok = producer.send(record, Duration::from_secs(0)).await.is_ok();
+                        (env.members, ok)
+                    });
+                }
             }
+            // The topic's partitions are unknown (broker unreachable): nothing is acknowledged.
+            None => unavailable.extend(bodies.iter().map(|b| b.0)),
         }
         let mut dead = Vec::new();
         for (i, st) in out.iter().enumerate() {
@@ -237,14 +279,19 @@ impl Gateway {
         }
         let (sent, dead) = tokio::join!(futures::future::join_all(sends), futures::future::join_all(dead));
         let mut accepted = 0u64;
-        for (i, ok) in sent {
-            let ev = valid[i].as_ref().expect("sent events are valid");
-            out[i] = Some(if ok {
-                accepted += 1;
-                Status::Accepted { event_id: ev.event_id }
-            } else {
-                Status::Unavailable
-            });
+        for (members, ok) in sent {
+            for i in members {
+                let ev = valid[i].as_ref().expect("sent events are valid");
+                out[i] = Some(if ok {
+                    accepted += 1;
+                    Status::Accepted { event_id: ev.event_id }
+                } else {
+                    Status::Unavailable
+                });
+            }
+        }
+        for i in unavailable {
+            out[i] = Some(Status::Unavailable);
         }
         if dead.iter().any(|ok| !ok) {
             // A refusal that is not in the dead-letter topic must not be reported as handled.

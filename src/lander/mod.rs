@@ -64,6 +64,8 @@ pub struct LanderConfig {
     pub partitions: i32,
     pub batch_rows: usize,
     pub batch_wait: Duration,
+    /// A partition's batch is flushed at `batch_rows` records or this many bytes.
+    pub batch_bytes: usize,
     pub max_event_bytes: usize,
     pub governance_ttl: Duration,
     /// Events whose client clock is further than this from server time are flagged.
@@ -80,6 +82,7 @@ impl LanderConfig {
             partitions: s.topic_partitions,
             batch_rows: s.lander_batch_rows,
             batch_wait: Duration::from_millis(s.lander_batch_ms),
+            batch_bytes: s.lander_batch_bytes,
             max_event_bytes: s.max_event_bytes,
             governance_ttl: Duration::from_millis(s.governance_cache_ms),
             clock_skew: Duration::from_secs(300),
@@ -157,32 +160,67 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    fn decode(&self, m: Raw) -> Item {
-        let outcome = (|| {
-            if m.raw.len() > self.max_event_bytes {
-                return Err((Reason::Oversized, format!("event is larger than {} bytes", self.max_event_bytes)));
+    /// One record -> its events: a record is one event object or an envelope
+    /// (a JSON array of events, see [`crate::envelope`]).
+    fn decode(&self, m: Raw, out: &mut Vec<Item>) {
+        let raw: Arc<[u8]> = m.raw.into();
+        let whole = 0..raw.len();
+        let item = |index: Option<u32>, span: std::ops::Range<usize>, outcome| Item { offset: m.offset, index, key: m.key.clone(), raw: raw.clone(), span, outcome };
+        if raw.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+            match serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(&raw) {
+                Ok(events) if !events.is_empty() => {
+                    for (ix, ev) in events.iter().enumerate() {
+                        let start = ev.get().as_ptr() as usize - raw.as_ptr() as usize;
+                        let span = start..start + ev.get().len();
+                        let outcome = self.decode_event(&raw[span.clone()], m.broker_ts);
+                        out.push(item(Some(ix as u32), span, outcome));
+                    }
+                }
+                Ok(_) => out.push(item(None, whole, Err((Reason::SchemaViolation, "an envelope must hold at least one event".into())))),
+                Err(_) => out.push(item(None, whole, Err((Reason::InvalidJson, "payload is not valid JSON".into())))),
             }
-            let v: Value = serde_json::from_slice(&m.raw).map_err(|_| (Reason::InvalidJson, "payload is not valid JSON".to_string()))?;
-            let mut ev = self.taxonomy.validate(&v).map_err(|r| (r.reason, r.detail))?;
-            ev.server_ts.get_or_insert_with(|| m.broker_ts.unwrap_or_else(Utc::now));
-            check_props_and_clock(&mut ev, &self.protected, self.clock_skew)?;
-            Ok(ev)
-        })();
-        Item { offset: m.offset, key: m.key, raw: m.raw, outcome }
+            return;
+        }
+        let outcome = self.decode_event(&raw, m.broker_ts);
+        out.push(item(None, whole, outcome));
     }
 
-    /// Decode a batch on two threads, off the async runtime, keeping order.
+    fn decode_event(&self, bytes: &[u8], broker_ts: Option<DateTime<Utc>>) -> Result<ValidEvent, (Reason, String)> {
+        if bytes.len() > self.max_event_bytes {
+            return Err((Reason::Oversized, format!("event is larger than {} bytes", self.max_event_bytes)));
+        }
+        let v: Value = serde_json::from_slice(bytes).map_err(|_| (Reason::InvalidJson, "payload is not valid JSON".to_string()))?;
+        let mut ev = self.taxonomy.validate(&v).map_err(|r| (r.reason, r.detail))?;
+        ev.server_ts.get_or_insert_with(|| broker_ts.unwrap_or_else(Utc::now));
+        check_props_and_clock(&mut ev, &self.protected, self.clock_skew)?;
+        Ok(ev)
+    }
+
+    /// Decode a batch on two threads (split by bytes), off the async runtime, keeping order.
     async fn decode_all(self: &Arc<Self>, raws: Vec<Raw>) -> Vec<Item> {
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
-            if raws.len() < 2_000 {
-                return raws.into_iter().map(|r| me.decode(r)).collect();
+            let total: usize = raws.iter().map(|r| r.raw.len()).sum();
+            let mut out = Vec::with_capacity(raws.len());
+            if total < 512 * 1024 || raws.len() < 2 {
+                raws.into_iter().for_each(|r| me.decode(r, &mut out));
+                return out;
             }
             let mut raws = raws;
-            let second = raws.split_off(raws.len() / 2);
+            let mut acc = 0;
+            let cut = raws.iter().position(|r| {
+                acc += r.raw.len();
+                acc >= total / 2
+            });
+            let cut = cut.map_or(raws.len() / 2, |c| (c + 1).min(raws.len() - 1)).max(1);
+            let second = raws.split_off(cut);
             std::thread::scope(|scope| {
-                let h = scope.spawn(|| second.into_iter().map(|r| me.decode(r)).collect::<Vec<_>>());
-                let mut out: Vec<Item> = raws.into_iter().map(|r| me.decode(r)).collect();
+                let h = scope.spawn(|| {
+                    let mut o = Vec::new();
+                    second.into_iter().for_each(|r| me.decode(r, &mut o));
+                    o
+                });
+                raws.into_iter().for_each(|r| me.decode(r, &mut out));
                 out.extend(h.join().expect("decode thread"));
                 out
             })
@@ -209,11 +247,22 @@ pub fn check_props_and_clock(ev: &mut ValidEvent, protected: &ProtectedAttribute
     Ok(())
 }
 
+/// One event of a record (a record holds one, or many when it is an envelope).
 struct Item {
     offset: i64,
+    /// The event's position in its envelope; `None` for a single-event record.
+    index: Option<u32>,
     key: Option<Vec<u8>>,
-    raw: Vec<u8>,
+    /// The whole record; `span` is this event's bytes in it.
+    raw: Arc<[u8]>,
+    span: std::ops::Range<usize>,
     outcome: Result<ValidEvent, (Reason, String)>,
+}
+
+impl Item {
+    fn bytes(&self) -> &[u8] {
+        &self.raw[self.span.clone()]
+    }
 }
 
 #[derive(Default)]
@@ -222,6 +271,8 @@ struct PartitionState {
     /// A pending intent: the next batch must cover exactly `first..=last`.
     replay: Option<(i64, i64, String)>,
     items: Vec<Raw>,
+    /// Bytes held in `items` (envelopes make record counts a poor measure).
+    bytes: usize,
     started: Option<Instant>,
 }
 
@@ -331,6 +382,7 @@ impl Lander {
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &cfg.brokers)
             .set("acks", "all")
+            .set(crate::envelope::PARTITIONER.0, crate::envelope::PARTITIONER.1)
             .set("compression.type", "lz4")
             .set("message.timeout.ms", "30000")
             .create()?;
@@ -437,10 +489,11 @@ impl Lander {
             }
         }
         state.started.get_or_insert_with(Instant::now);
+        state.bytes += item.raw.len();
         state.items.push(item);
         let full = match &state.replay {
             Some((_, last, _)) => offset >= *last,
-            None => state.items.len() >= self.cfg.batch_rows,
+            None => state.items.len() >= self.cfg.batch_rows || state.bytes >= self.cfg.batch_bytes,
         };
         if full {
             self.flush(p).await?;
@@ -478,13 +531,14 @@ impl Lander {
     }
 
     async fn dead_letter(&self, p: i32, item: &Item, reason: Reason, detail: &str) -> Result<(), LanderError> {
-        let payload = if reason == Reason::ProtectedAttribute { self.redact(&item.raw) } else { item.raw.clone() };
+        let payload = if reason == Reason::ProtectedAttribute { self.redact(item.bytes()) } else { item.bytes().to_vec() };
         let mut rec = serde_json::json!({
             "reason": reason.as_str(),
             "detail": detail,
             "topic": self.cfg.topic,
             "partition": p,
             "offset": item.offset,
+            "index": item.index,
             "failed_at": Utc::now().to_rfc3339(),
         });
         match String::from_utf8(payload) {
@@ -606,6 +660,7 @@ impl Lander {
             return Ok(None);
         }
         let raws = std::mem::take(&mut state.items);
+        state.bytes = 0;
         let replay = state.replay.take();
         state.started = None;
         let items = self.decoder.decode_all(raws).await;

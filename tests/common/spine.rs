@@ -79,6 +79,7 @@ impl Spine {
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &settings.kafka_brokers)
             .set("acks", "all")
+            .set(learnvault::envelope::PARTITIONER.0, learnvault::envelope::PARTITIONER.1)
             .set("linger.ms", "5")
             .set("compression.type", "lz4")
             .create()
