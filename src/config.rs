@@ -85,6 +85,10 @@ pub struct Settings {
     pub lander_enabled: bool,
     /// The gateway gives up on a broker acknowledgement after this (503, retry).
     pub produce_timeout_ms: u64,
+    /// Compression of the gateway's produce requests: `none` for tansu on
+    /// loopback (it re-handles compressed batches: 45k vs 29k events/s
+    /// measured), `lz4` or `zstd` for Apache Kafka over a network.
+    pub produce_compression: String,
     /// Events in one `POST /v1/events` or xAPI request.
     pub ingest_max_events: usize,
     /// Run subject-request jobs and the retention purge inside `serve`.
@@ -128,6 +132,7 @@ impl Default for Settings {
             governance_cache_ms: 2_000,
             lander_enabled: false,
             produce_timeout_ms: 5_000,
+            produce_compression: "none".into(),
             ingest_max_events: 5_000,
             jobs_enabled: true,
             archive_dir: None,

@@ -79,7 +79,7 @@ impl Gateway {
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &settings.kafka_brokers)
             .set("acks", "all")
-            .set("compression.type", "lz4")
+            .set("compression.type", &settings.produce_compression)
             .set("linger.ms", "2")
             .set(crate::envelope::PARTITIONER.0, crate::envelope::PARTITIONER.1)
             .set("queue.buffering.max.messages", "1000000")
