@@ -279,8 +279,9 @@ struct PartitionState {
 pub struct Lander {
     cfg: LanderConfig,
     consumer: Arc<StreamConsumer<Ctx>>,
-    producer: FutureProducer,
-    warehouse: Warehouse,
+    sink: Sink,
+    /// Batches being landed by their tasks, oldest first (at most one per partition).
+    inflight: std::collections::VecDeque<(i32, tokio::task::JoinHandle<Result<(), LanderError>>)>,
     pool: PgPool,
     decoder: Arc<Decoder>,
     governance: Governance,
@@ -350,8 +351,144 @@ struct Row<'a> {
     props: &'a BTreeMap<String, String>,
 }
 
+/// `YYYY-MM-DD hh:mm:ss.mmm`, as ClickHouse's DateTime64(3) reads it (without strftime's parser: this runs twice per row).
 fn ch_ts(t: &DateTime<Utc>) -> String {
-    t.format("%Y-%m-%d %H:%M:%S%.3f").to_string()
+    use chrono::{Datelike, Timelike};
+    use std::fmt::Write;
+    let mut s = String::with_capacity(23);
+    let _ = write!(
+        s,
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:03}",
+        t.year(),
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.timestamp_subsec_millis().min(999)
+    );
+    s
+}
+
+/// What landing a prepared batch needs, shared by the lander and its landing tasks.
+#[derive(Clone)]
+struct Sink {
+    cfg: Arc<LanderConfig>,
+    consumer: Arc<StreamConsumer<Ctx>>,
+    producer: FutureProducer,
+    warehouse: Warehouse,
+    decoder: Arc<Decoder>,
+    stats: Arc<LanderStats>,
+}
+
+impl Sink {
+    fn redact(&self, raw: &[u8]) -> Vec<u8> {
+        match serde_json::from_slice::<Value>(raw) {
+            Ok(mut v) => {
+                if let Some(props) = v.get_mut("props").and_then(Value::as_object_mut) {
+                    for (k, val) in props.iter_mut() {
+                        if self.decoder.protected.matches(k).is_some() {
+                            *val = Value::String("<redacted>".into());
+                        }
+                    }
+                }
+                serde_json::to_vec(&v).unwrap_or_default()
+            }
+            Err(_) => raw.to_vec(),
+        }
+    }
+
+    async fn dead_letter(&self, p: i32, item: &Item, reason: Reason, detail: &str) -> Result<(), LanderError> {
+        let payload = if reason == Reason::ProtectedAttribute { self.redact(item.bytes()) } else { item.bytes().to_vec() };
+        let mut rec = serde_json::json!({
+            "reason": reason.as_str(),
+            "detail": detail,
+            "topic": self.cfg.topic,
+            "partition": p,
+            "offset": item.offset,
+            "index": item.index,
+            "failed_at": Utc::now().to_rfc3339(),
+        });
+        match String::from_utf8(payload) {
+            Ok(s) => rec["payload"] = Value::String(s),
+            Err(e) => {
+                use base64::Engine;
+                rec["payload_base64"] = Value::String(base64::engine::general_purpose::STANDARD.encode(e.as_bytes()));
+            }
+        }
+        let body = serde_json::to_vec(&rec).expect("json");
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let mut record = FutureRecord::to(&self.cfg.dlq_topic).payload(&body);
+            if let Some(k) = &item.key {
+                record = record.key(k);
+            }
+            match self.producer.send(record, Duration::from_secs(10)).await {
+                Ok(_) => break,
+                Err((e, _)) => {
+                    tracing::warn!(error = %e, "dead-letter produce failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        metrics::counter!("learnvault_lander_rejects_total", "reason" => reason.as_str()).increment(1);
+        self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+
+    /// Insert a prepared batch with its token, record its figures, and commit
+    /// its partition's offset (when `commit`).
+    async fn land(self, b: Prepared, commit: bool) -> Result<(), LanderError> {
+        let started = Instant::now();
+        let mut landed = b.landed;
+        if let Err(e) = insert_with_retry(&self.warehouse, &b).await {
+            // Bad data the gate did not catch: dead-letter the batch, never retry forever.
+            tracing::error!(error = %e, partition = b.partition, rows = b.landed, "warehouse refused a batch; dead-lettering it");
+            for item in b.items.iter().filter(|i| i.outcome.is_ok()) {
+                self.dead_letter(b.partition, item, Reason::WarehouseRejected, "the warehouse refused the batch").await?;
+            }
+            landed = 0;
+        }
+        let now = Utc::now();
+        self.stats.landed.fetch_add(landed, Ordering::Relaxed);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("learnvault_lander_rows_total").increment(landed);
+        if let Some(o) = b.oldest {
+            let fresh = now.signed_duration_since(o).num_milliseconds().max(0) as u64;
+            self.stats.last_freshness_ms.store(fresh, Ordering::Relaxed);
+            let _ = self.stats.freshness_ms.lock().expect("stats lock").record(fresh.max(1));
+            metrics::histogram!("learnvault_lander_freshness_seconds").record(fresh as f64 / 1000.0);
+        }
+        tracing::debug!(partition = b.partition, first = b.first, last = b.last, landed, "batch landed");
+        if commit {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&self.cfg.topic, b.partition, Offset::Offset(b.last + 1))?;
+            self.commit(tpl).await;
+        }
+        metrics::histogram!("learnvault_lander_batch_seconds").record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Commit offsets, retrying while the broker is away. Gives up after ~30 s (the
+    /// partitions may have moved to another member): the batches stay replayable
+    /// by their intents and tokens, and a later commit covers them.
+    async fn commit(&self, tpl: TopicPartitionList) {
+        let mut backoff = Duration::from_millis(250);
+        for attempt in 1..=10 {
+            let consumer = self.consumer.clone();
+            let tpl = tpl.clone();
+            match tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync)).await {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => tracing::warn!(error = %e, attempt, "offset commit failed; retrying"),
+                Err(e) => tracing::warn!(error = %e, attempt, "offset commit task failed; retrying"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        tracing::error!("offset commit abandoned after 10 attempts; the batches will be replayed with their tokens");
+    }
 }
 
 impl Lander {
@@ -388,17 +525,20 @@ impl Lander {
             .create()?;
         let governance = Governance::new(pool.clone(), cfg.governance_ttl, analytics_default);
         let decoder = Arc::new(Decoder { taxonomy, protected, max_event_bytes: cfg.max_event_bytes, clock_skew: cfg.clock_skew });
+        let consumer = Arc::new(consumer);
+        let stats = Arc::new(LanderStats::default());
+        let sink = Sink { cfg: Arc::new(cfg.clone()), consumer: consumer.clone(), producer, warehouse, decoder: decoder.clone(), stats: stats.clone() };
         Ok(Lander {
             cfg,
-            consumer: Arc::new(consumer),
-            producer,
-            warehouse,
+            consumer,
+            sink,
+            inflight: std::collections::VecDeque::new(),
             pool,
             decoder,
             governance,
             parts: HashMap::new(),
             revoked,
-            stats: Arc::new(LanderStats::default()),
+            stats,
         })
     }
 
@@ -415,6 +555,7 @@ impl Lander {
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = tick.tick() => {
+                    self.reap().await?;
                     self.apply_revocations();
                     self.flush_due(false).await?;
                     if lag_every.elapsed() > Duration::from_secs(5) {
@@ -433,6 +574,7 @@ impl Lander {
         }
         tracing::info!("lander draining");
         self.flush_due(true).await?;
+        self.settle(None).await?;
         Ok(())
     }
 
@@ -448,6 +590,8 @@ impl Lander {
         let p = m.partition();
         let offset = m.offset();
         if !self.parts.get(&p).is_some_and(|s| s.loaded) {
+            // A batch of this partition still landing (it was revoked and came back) settles first.
+            self.settle(Some(p)).await?;
             let intent = loop {
                 let r = sqlx::query!(
                     "SELECT first_offset, last_offset, token FROM lander_intents WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
@@ -514,61 +658,6 @@ impl Lander {
         self.flush_many(&due, true).await
     }
 
-    fn redact(&self, raw: &[u8]) -> Vec<u8> {
-        match serde_json::from_slice::<Value>(raw) {
-            Ok(mut v) => {
-                if let Some(props) = v.get_mut("props").and_then(Value::as_object_mut) {
-                    for (k, val) in props.iter_mut() {
-                        if self.decoder.protected.matches(k).is_some() {
-                            *val = Value::String("<redacted>".into());
-                        }
-                    }
-                }
-                serde_json::to_vec(&v).unwrap_or_default()
-            }
-            Err(_) => raw.to_vec(),
-        }
-    }
-
-    async fn dead_letter(&self, p: i32, item: &Item, reason: Reason, detail: &str) -> Result<(), LanderError> {
-        let payload = if reason == Reason::ProtectedAttribute { self.redact(item.bytes()) } else { item.bytes().to_vec() };
-        let mut rec = serde_json::json!({
-            "reason": reason.as_str(),
-            "detail": detail,
-            "topic": self.cfg.topic,
-            "partition": p,
-            "offset": item.offset,
-            "index": item.index,
-            "failed_at": Utc::now().to_rfc3339(),
-        });
-        match String::from_utf8(payload) {
-            Ok(s) => rec["payload"] = Value::String(s),
-            Err(e) => {
-                use base64::Engine;
-                rec["payload_base64"] = Value::String(base64::engine::general_purpose::STANDARD.encode(e.as_bytes()));
-            }
-        }
-        let body = serde_json::to_vec(&rec).expect("json");
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let mut record = FutureRecord::to(&self.cfg.dlq_topic).payload(&body);
-            if let Some(k) = &item.key {
-                record = record.key(k);
-            }
-            match self.producer.send(record, Duration::from_secs(10)).await {
-                Ok(_) => break,
-                Err((e, _)) => {
-                    tracing::warn!(error = %e, "dead-letter produce failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-        metrics::counter!("learnvault_lander_rejects_total", "reason" => reason.as_str()).increment(1);
-        self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-
     /// Land already-read messages of partition `p` as one batch, without Kafka
     /// (no consume, no offset commit): the lander's own pipeline, for the
     /// benchmark that separates it from the broker. Returns the rows landed.
@@ -580,6 +669,7 @@ impl Lander {
         state.loaded = true;
         state.items = items;
         self.flush_many(&[p], false).await?;
+        self.settle(None).await?;
         Ok(self.stats.landed.load(Ordering::Relaxed) - before)
     }
 
@@ -587,70 +677,45 @@ impl Lander {
         self.flush_many(&[p], true).await
     }
 
-    /// Flush the batches of `partitions`: prepare each (governance, dead
-    /// letters, intent), insert them concurrently, then commit every offset in
-    /// one synchronous commit.
+    /// Flush the batches of `partitions`. Each is prepared here (decode,
+    /// governance, dead letters, intent) and landed by a task of its own
+    /// (insert with its token, then the partition's offset commit), so the
+    /// next batch decodes while earlier ones insert. One batch per partition is
+    /// in flight at a time: a partition's next intent is written only after
+    /// its previous batch committed, which keeps every pending range replayable.
     async fn flush_many(&mut self, partitions: &[i32], commit: bool) -> Result<(), LanderError> {
-        let started = Instant::now();
-        let mut prepared = Vec::with_capacity(partitions.len());
         for &p in partitions {
+            self.settle(Some(p)).await?;
             if let Some(b) = self.prepare(p).await? {
-                prepared.push(b);
+                let sink = self.sink.clone();
+                self.inflight.push_back((p, tokio::spawn(sink.land(b, commit))));
             }
         }
-        if prepared.is_empty() {
-            return Ok(());
-        }
-        let inserts = prepared.iter().map(|b| insert_with_retry(&self.warehouse, b));
-        let outcomes = futures::future::join_all(inserts).await;
-        let mut tpl = TopicPartitionList::new();
-        let now = Utc::now();
-        for (b, outcome) in prepared.iter().zip(outcomes) {
-            let mut landed = b.landed;
-            if let Err(e) = outcome {
-                // Bad data the gate did not catch: dead-letter the batch, never retry forever.
-                tracing::error!(error = %e, partition = b.partition, rows = b.landed, "warehouse refused a batch; dead-lettering it");
-                for item in b.items.iter().filter(|i| i.outcome.is_ok()) {
-                    self.dead_letter(b.partition, item, Reason::WarehouseRejected, "the warehouse refused the batch").await?;
-                }
-                landed = 0;
-            }
-            tpl.add_partition_offset(&self.cfg.topic, b.partition, Offset::Offset(b.last + 1))?;
-            self.stats.landed.fetch_add(landed, Ordering::Relaxed);
-            self.stats.batches.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("learnvault_lander_rows_total").increment(landed);
-            if let Some(o) = b.oldest {
-                let fresh = now.signed_duration_since(o).num_milliseconds().max(0) as u64;
-                self.stats.last_freshness_ms.store(fresh, Ordering::Relaxed);
-                let _ = self.stats.freshness_ms.lock().expect("stats lock").record(fresh.max(1));
-                metrics::histogram!("learnvault_lander_freshness_seconds").record(fresh as f64 / 1000.0);
-            }
-            tracing::debug!(partition = b.partition, first = b.first, last = b.last, landed, "batch landed");
-        }
-        if commit {
-            self.commit(tpl).await;
-        }
-        metrics::histogram!("learnvault_lander_batch_seconds").record(started.elapsed().as_secs_f64());
         Ok(())
     }
 
-    /// Commit offsets, retrying while the broker is away. Gives up after ~30 s (the
-    /// partitions may have moved to another member): the batches stay replayable
-    /// by their intents and tokens, and a later commit covers them.
-    async fn commit(&self, tpl: TopicPartitionList) {
-        let mut backoff = Duration::from_millis(250);
-        for attempt in 1..=10 {
-            let consumer = self.consumer.clone();
-            let tpl = tpl.clone();
-            match tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync)).await {
-                Ok(Ok(())) => return,
-                Ok(Err(e)) => tracing::warn!(error = %e, attempt, "offset commit failed; retrying"),
-                Err(e) => tracing::warn!(error = %e, attempt, "offset commit task failed; retrying"),
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+    /// Collect finished landing tasks (an error ends the lander, as before).
+    async fn reap(&mut self) -> Result<(), LanderError> {
+        while self.inflight.front().is_some_and(|(_, h)| h.is_finished()) {
+            let (_, h) = self.inflight.pop_front().expect("front");
+            h.await.map_err(|e| LanderError::Config(format!("landing task failed: {e}")))??;
         }
-        tracing::error!("offset commit abandoned after 10 attempts; the batches will be replayed with their tokens");
+        Ok(())
+    }
+
+    /// Wait for the in-flight batches up to and including partition `p`'s
+    /// (all of them when `None`), oldest first.
+    async fn settle(&mut self, p: Option<i32>) -> Result<(), LanderError> {
+        let Some(upto) = (match p {
+            Some(p) => self.inflight.iter().rposition(|(q, _)| *q == p),
+            None => self.inflight.len().checked_sub(1),
+        }) else {
+            return Ok(());
+        };
+        for (_, h) in self.inflight.drain(..=upto).collect::<Vec<_>>() {
+            h.await.map_err(|e| LanderError::Config(format!("landing task failed: {e}")))??;
+        }
+        Ok(())
     }
 
     /// Take partition `p`'s batch: govern it, dead-letter its refusals, record its intent.
@@ -716,7 +781,7 @@ impl Lander {
             }
         }
         for (ix, reason, detail) in &refused {
-            self.dead_letter(p, &items[*ix], *reason, detail).await?;
+            self.sink.dead_letter(p, &items[*ix], *reason, detail).await?;
         }
         let token = match replay {
             Some((f, l, token)) if f == first && l == last => token,
@@ -767,6 +832,20 @@ impl Lander {
         .unwrap_or_default();
         for (p, lag) in lags {
             metrics::gauge!("learnvault_lander_consumer_lag", "partition" => p.to_string()).set(lag as f64);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ch_ts;
+    use chrono::{DateTime, Utc};
+
+    #[test]
+    fn ch_ts_formats_as_strftime_did() {
+        for ms in [0i64, 1_764_072_000_123, 946_684_799_999, 4_102_444_800_007] {
+            let t: DateTime<Utc> = DateTime::from_timestamp_millis(ms).unwrap();
+            assert_eq!(ch_ts(&t), t.format("%Y-%m-%d %H:%M:%S%.3f").to_string());
         }
     }
 }
