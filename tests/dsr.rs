@@ -351,3 +351,37 @@ async fn features_need_recommendations_consent_and_retention_report_is_served() 
     let (s, _) = app.get("/v1/retention/report", &app.lms("uni-a")).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn subject_access_exports_more_than_one_page_completely_across_tied_sorting_keys() {
+    let app = TestApp::spawn_with_warehouse().await;
+    let a = app.issue("uni-a", "S-MANY", json!({})).await;
+    // 60,000 events (more than one 50,000-row page) sharing two `server_ts` values,
+    // as a gateway request's events do: the sorting key alone has ties across the
+    // page boundary. SQL leaves the order of ties open (this layout happens to keep
+    // it), so the exporter breaks them with the row's hash; here every row must
+    // come out exactly once over two pages.
+    land(&app, &a, "c1", 30_000, &["session.heartbeat", "content.view"]).await;
+    let (s, job) = app.post("/v1/dsr/access", &app.dpo("uni-a"), json!({"pseudonym": a})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    let job = wait_job(&app, &id).await;
+    assert_eq!(job["state"], "done", "{job}");
+    let resp = app.client.get(format!("{}/v1/dsr/jobs/{id}/archive", app.base)).bearer_auth(app.dpo("uni-a")).send().await.unwrap();
+    let bytes = resp.bytes().await.unwrap();
+    let mut events = String::new();
+    for entry in tar::Archive::new(&bytes[..]).entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.path().unwrap().display().to_string() == "clickhouse/events.learning_events.jsonl" {
+            entry.read_to_string(&mut events).unwrap();
+        }
+    }
+    // (`land` repeats an event id across its event types: a row is (event_id, event_type).)
+    let ids: std::collections::HashSet<(String, String)> = events
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|v| (v["event_id"].as_str().unwrap().to_owned(), v["event_type"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(events.lines().count(), 60_000);
+    assert_eq!(ids.len(), 60_000, "every event exactly once");
+}

@@ -151,10 +151,13 @@ async fn export_clickhouse(
     let mut out = StoreFiles::create(dir, name)?;
     let mut rows = 0u64;
     loop {
-        // Sorting-key order makes the pages a stable partition of the rows.
+        // Pages must partition the rows: sorting-key order alone leaves ties (a
+        // learner's events of one gateway request share `server_ts`) in an order
+        // that may differ between queries, so the row's own hash breaks them
+        // (rows equal in every column are interchangeable).
         let sql = match &order {
             Some(o) => format!(
-                "SELECT * FROM {} WHERE {} = {{p:UUID}} ORDER BY {o} LIMIT {PAGE} OFFSET {rows}",
+                "SELECT * FROM {} WHERE {} = {{p:UUID}} ORDER BY {o}, cityHash64(*) LIMIT {PAGE} OFFSET {rows}",
                 ident(table)?,
                 ident(key)?
             ),
