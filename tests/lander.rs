@@ -225,6 +225,8 @@ async fn envelopes_land_their_events_and_dead_letter_bad_members_alone() {
     assert_eq!(payload["event_id"], wrong_type["event_id"]);
     let prot = dl.iter().find(|d| d["reason"] == "protected_attribute").unwrap();
     assert!(!prot["payload"].as_str().unwrap().contains("\"x\""), "{prot}");
+    // Keyed by its own learner, not by the envelope's first one.
+    assert_eq!(prot["_key"], json!(ls[1]), "{prot}");
     for ev in good.iter().chain([&single]) {
         let id = ev["event_id"].as_str().unwrap().to_owned();
         let n = s.wh.query("SELECT count() AS n FROM events.learning_events WHERE event_id = {e:UUID}", &[("e", id)]).await.unwrap();

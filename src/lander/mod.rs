@@ -417,10 +417,20 @@ impl Sink {
             }
         }
         let body = serde_json::to_vec(&rec).expect("json");
+        // A member of an envelope is keyed by its own learner (the record's key names the
+        // envelope's first learner), when it names one.
+        let key: Option<Vec<u8>> = match (&item.outcome, item.index) {
+            (Ok(ev), _) => Some(ev.learner_id.to_string().into_bytes()),
+            (Err(_), Some(_)) => serde_json::from_slice::<Value>(item.bytes())
+                .ok()
+                .and_then(|v| v.get("learner_id").and_then(Value::as_str).and_then(|l| uuid::Uuid::parse_str(l).ok()))
+                .map(|l| l.to_string().into_bytes()),
+            (Err(_), None) => item.key.clone(),
+        };
         let mut backoff = Duration::from_millis(100);
         loop {
             let mut record = FutureRecord::to(&self.cfg.dlq_topic).payload(&body);
-            if let Some(k) = &item.key {
+            if let Some(k) = &key {
                 record = record.key(k);
             }
             match self.producer.send(record, Duration::from_secs(10)).await {

@@ -171,7 +171,10 @@ impl Spine {
         let deadline = Instant::now() + timeout;
         while out.len() < n && Instant::now() < deadline {
             if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), c.recv()).await {
-                out.push(serde_json::from_slice(m.payload().unwrap()).unwrap());
+                let mut v: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+                // The record key, for tests of how dead letters are keyed.
+                v["_key"] = m.key().map(|k| Value::String(String::from_utf8_lossy(k).into_owned())).unwrap_or(Value::Null);
+                out.push(v);
             }
         }
         out
