@@ -87,7 +87,7 @@ pub struct Settings {
     pub produce_timeout_ms: u64,
     /// Compression of the gateway's produce requests: `none` for tansu on
     /// loopback (it re-handles compressed batches: 45k vs 29k events/s
-    /// measured), `lz4` or `zstd` for Apache Kafka over a network.
+    /// measured), `lz4` for Apache Kafka over a network (no zstd in this librdkafka build).
     pub produce_compression: String,
     /// Events in one `POST /v1/events` or xAPI request.
     pub ingest_max_events: usize,

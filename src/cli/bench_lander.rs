@@ -137,7 +137,7 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
         .set("acks", "all")
         .set("linger.ms", "5")
         .set("batch.num.messages", "10000")
-        .set("compression.type", "lz4")
+        .set("compression.type", &settings.produce_compression)
         .set("queue.buffering.max.messages", "1000000")
         .set(crate::envelope::PARTITIONER.0, crate::envelope::PARTITIONER.1)
         .create()?;

@@ -189,8 +189,7 @@ impl Decoder {
         if bytes.len() > self.max_event_bytes {
             return Err((Reason::Oversized, format!("event is larger than {} bytes", self.max_event_bytes)));
         }
-        let v: Value = serde_json::from_slice(bytes).map_err(|_| (Reason::InvalidJson, "payload is not valid JSON".to_string()))?;
-        let mut ev = self.taxonomy.validate(&v).map_err(|r| (r.reason, r.detail))?;
+        let mut ev = self.taxonomy.validate_bytes(bytes).map_err(|r| (r.reason, r.detail))?;
         ev.server_ts.get_or_insert_with(|| broker_ts.unwrap_or_else(Utc::now));
         check_props_and_clock(&mut ev, &self.protected, self.clock_skew)?;
         Ok(ev)
@@ -857,5 +856,85 @@ mod tests {
             let t: DateTime<Utc> = DateTime::from_timestamp_millis(ms).unwrap();
             assert_eq!(ch_ts(&t), t.format("%Y-%m-%d %H:%M:%S%.3f").to_string());
         }
+    }
+}
+
+#[cfg(test)]
+mod cost {
+    //! `cargo test --release --lib -- --ignored --nocapture decode_cost`: where a lander batch's CPU goes.
+    use super::*;
+
+    #[test]
+    #[ignore]
+    fn decode_cost() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let taxonomy = Taxonomy::load(&root.join("taxonomy")).unwrap();
+        let protected = ProtectedAttributes::load(&root).unwrap();
+        let events: Vec<Vec<u8>> = (0..200_000)
+            .map(|i| {
+                serde_json::to_vec(&serde_json::json!({
+                    "event_id": uuid::Uuid::new_v4(), "event_version": "2.3", "event_type": "session.heartbeat",
+                    "learner_id": uuid::Uuid::new_v4(), "session_id": format!("s{}", i % 97), "course_id": format!("course-{}", i % 20),
+                    "content_id": format!("video-{}", i % 50), "cohort_id": "cohort-3", "institution_id": "bench-uni",
+                    "position_sec": i % 600, "client_ts": 1_764_072_000_000i64 + i, "server_ts": "2026-11-25T13:55:03.123Z", "props": {"player": "web"}
+                }))
+                .unwrap()
+            })
+            .collect();
+        let t = Instant::now();
+        let values: Vec<Value> = events.iter().map(|e| serde_json::from_slice(e).unwrap()).collect();
+        let parse = t.elapsed();
+        let t = Instant::now();
+        let mut valid: Vec<ValidEvent> = values.iter().map(|v| taxonomy.validate(v).unwrap()).collect();
+        let validate = t.elapsed();
+        let t = Instant::now();
+        for ev in valid.iter_mut() {
+            check_props_and_clock(ev, &protected, Duration::from_secs(300)).unwrap();
+        }
+        let checks = t.elapsed();
+        let t = Instant::now();
+        let mut rows = Vec::with_capacity(events.len() * 300);
+        for ev in &valid {
+            let server = ev.server_ts.unwrap();
+            serde_json::to_writer(
+                &mut rows,
+                &Row {
+                    server_ts: ch_ts(&server),
+                    client_ts: ch_ts(&ev.client_ts),
+                    event_id: ev.event_id,
+                    event_version: &ev.event_version,
+                    event_type: &ev.event_type,
+                    learner_id: ev.learner_id,
+                    session_id: &ev.session_id,
+                    course_id: &ev.course_id,
+                    content_id: &ev.content_id,
+                    cohort_id: &ev.cohort_id,
+                    institution_id: &ev.institution_id,
+                    position_sec: ev.position_sec,
+                    props: &ev.props,
+                },
+            )
+            .unwrap();
+            rows.push(b'\n');
+        }
+        let serialise = t.elapsed();
+        let t = Instant::now();
+        drop(values);
+        drop(valid);
+        let drop_t = t.elapsed();
+        let t = Instant::now();
+        let fast: Vec<ValidEvent> = events.iter().map(|e| taxonomy.validate_bytes(e).unwrap()).collect();
+        let fast_t = t.elapsed();
+        drop(fast);
+        let per = |d: Duration| d.as_nanos() as f64 / events.len() as f64;
+        println!("per event: validate_bytes (fast path, incl. parse) {:.0} ns", per(fast_t));
+        println!(
+            "per event: parse {:.0} ns, validate {:.0} ns, checks {:.0} ns, serialise {:.0} ns, drop {:.0} ns",
+            per(parse),
+            per(validate),
+            per(checks),
+            per(serialise),
+            per(drop_t)
+        );
     }
 }

@@ -2,9 +2,11 @@
 //! the gate.
 //!
 //! Invariant: an event reaches the warehouse only as a [`ValidEvent`], produced
-//! by [`Taxonomy::validate`] against the schema of the version it declares.
+//! by [`Taxonomy::validate`] (or [`Taxonomy::validate_bytes`], whose fast path
+//! accepts only what `validate` accepts) against the schema of the version it declares.
 
 pub mod check;
+pub mod fast;
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
@@ -57,6 +59,8 @@ pub struct Schema {
 #[derive(Debug, Clone)]
 pub struct Taxonomy {
     pub versions: BTreeMap<String, Schema>,
+    /// Versions the fast path ([`fast`]) can validate.
+    fast: BTreeSet<String>,
 }
 
 /// Why an event was refused: the dead-letter reason code.
@@ -123,11 +127,22 @@ pub struct ValidEvent {
 
 pub fn parse_ts(v: &Value) -> Option<DateTime<Utc>> {
     match v {
-        Value::Number(n) => n.as_i64().and_then(|ms| Utc.timestamp_millis_opt(ms).single()),
-        Value::String(s) => DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc)),
+        Value::Number(n) => n.as_i64().and_then(ts_from_ms),
+        Value::String(s) => ts_from_rfc3339(s),
         _ => None,
     }
-    .filter(|t| t.timestamp() > 946_684_800 && t.timestamp() < 4_102_444_800) // 2000..2100
+}
+
+fn ts_in_range(t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    Some(t).filter(|t| t.timestamp() > 946_684_800 && t.timestamp() < 4_102_444_800) // 2000..2100
+}
+
+fn ts_from_ms(ms: i64) -> Option<DateTime<Utc>> {
+    Utc.timestamp_millis_opt(ms).single().and_then(ts_in_range)
+}
+
+fn ts_from_rfc3339(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc)).and_then(ts_in_range)
 }
 
 impl Taxonomy {
@@ -155,7 +170,18 @@ impl Taxonomy {
         if versions.is_empty() {
             return Err(err(dir, "no taxonomy versions".into()));
         }
-        Ok(Taxonomy { versions })
+        let fast = versions.values().filter(|s| fast::eligible(s)).map(|s| s.version.clone()).collect();
+        Ok(Taxonomy { versions, fast })
+    }
+
+    /// Validate an event from its JSON bytes: the fast path when it can prove
+    /// the event valid, else the generic validator (which names the reason).
+    pub fn validate_bytes(&self, bytes: &[u8]) -> Result<ValidEvent, Rejection> {
+        if let Some(ev) = fast::validate(self, bytes) {
+            return Ok(ev);
+        }
+        let v: Value = serde_json::from_slice(bytes).map_err(|_| reject(Reason::InvalidJson, "payload is not valid JSON"))?;
+        self.validate(&v)
     }
 
     pub fn latest(&self) -> &Schema {
@@ -321,5 +347,90 @@ mod tests {
         let mut g = good();
         g["learner_id"] = json!("leak@example.edu");
         assert!(!t.validate(&g).unwrap_err().detail.contains("leak@"));
+    }
+}
+
+#[cfg(test)]
+mod fast_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn tax() -> Taxonomy {
+        Taxonomy::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/taxonomy")).unwrap()
+    }
+
+    fn good() -> Value {
+        json!({"event_id": Uuid::new_v4(), "event_version": "2.3", "event_type": "interact.replay",
+               "learner_id": Uuid::new_v4(), "session_id": "s-1", "course_id": "cs101", "content_id": "v1", "cohort_id": "c1",
+               "institution_id": "uni", "position_sec": 95, "client_ts": 1_764_000_000_000i64,
+               "server_ts": "2026-11-25T13:55:03.123Z", "props": {"speed": "1.5"}})
+    }
+
+    /// The fast path accepts exactly what the generic validator accepts, with the same result.
+    #[test]
+    fn fast_and_generic_paths_agree() {
+        let t = tax();
+        assert!(t.fast.contains("2.3"), "the shipped version takes the fast path");
+        let mut cases: Vec<Value> = vec![good()];
+        let edits: Vec<Box<dyn Fn(&mut Value)>> = vec![
+            Box::new(|g| g["position_sec"] = Value::Null),
+            Box::new(|g| {
+                g.as_object_mut().unwrap().remove("position_sec");
+            }),
+            Box::new(|g| g["position_sec"] = json!(4_294_967_296u64)),
+            Box::new(|g| g["position_sec"] = json!(-1)),
+            Box::new(|g| g["position_sec"] = json!(5.0)),
+            Box::new(|g| g["position_sec"] = json!("5")),
+            Box::new(|g| g["client_ts"] = json!("2026-11-25T13:55:03+01:00")),
+            Box::new(|g| g["client_ts"] = json!(1.5e12)),
+            Box::new(|g| g["client_ts"] = json!(1)),
+            Box::new(|g| g["client_ts"] = Value::Null),
+            Box::new(|g| g["server_ts"] = Value::Null),
+            Box::new(|g| g["server_ts"] = json!("not a time")),
+            Box::new(|g| g["course_id"] = json!("x".repeat(128))),
+            Box::new(|g| g["course_id"] = json!("x".repeat(129))),
+            Box::new(|g| g["course_id"] = json!("tab\there")),
+            Box::new(|g| g["course_id"] = json!("quote\"d")),
+            Box::new(|g| g["course_id"] = json!("é-ünïcode")),
+            Box::new(|g| g["course_id"] = Value::Null),
+            Box::new(|g| g["session_id"] = Value::Null),
+            Box::new(|g| {
+                g.as_object_mut().unwrap().remove("content_id");
+            }),
+            Box::new(|g| g["event_type"] = json!("content.teleport")),
+            Box::new(|g| g["event_version"] = json!("9.9")),
+            Box::new(|g| g["event_version"] = json!(2.3)),
+            Box::new(|g| g["learner_id"] = json!("not-a-uuid")),
+            Box::new(|g| g["learner_id"] = json!(Uuid::new_v4().simple().to_string())),
+            Box::new(|g| g["props"] = json!({})),
+            Box::new(|g| g["props"] = Value::Null),
+            Box::new(|g| g["props"] = json!({"k": 1})),
+            Box::new(|g| g["props"] = json!({"": "v"})),
+            Box::new(|g| g["props"] = json!({"k": "v".repeat(1025)})),
+            Box::new(|g| g["props"] = json!((0..65).map(|i| (i.to_string(), json!("v"))).collect::<Map<String, Value>>())),
+            Box::new(|g| g["extra"] = json!("field")),
+        ];
+        for e in &edits {
+            let mut g = good();
+            e(&mut g);
+            cases.push(g);
+        }
+        for case in &cases {
+            let bytes = serde_json::to_vec(case).unwrap();
+            let generic = t.validate(case).map_err(|r| r.reason);
+            let fast = fast::validate(&t, &bytes);
+            match (&generic, &fast) {
+                (Ok(a), Some(b)) => assert_eq!(format!("{a:?}"), format!("{b:?}"), "{case}"),
+                (Err(_), Some(b)) => panic!("fast path accepted what the generic validator refuses: {case} -> {b:?}"),
+                (_, None) => {}
+            }
+            assert_eq!(t.validate_bytes(&bytes).map_err(|r| r.reason).map(|e| format!("{e:?}")), generic.map(|e| format!("{e:?}")), "{case}");
+        }
+        // Duplicate keys: both keep the last value (the fast path defers).
+        let dup = br#"{"event_id": "00000000-0000-4000-8000-000000000001", "event_version": "2.3", "event_type": "content.view", "learner_id": "00000000-0000-4000-8000-000000000002", "course_id": "a", "course_id": "b", "cohort_id": "c", "institution_id": "u", "client_ts": 1764000000000}"#;
+        assert_eq!(t.validate_bytes(dup).unwrap().course_id, "b");
+        assert_eq!(t.validate_bytes(b"{not json").unwrap_err().reason, Reason::InvalidJson);
+        // The good event does take the fast path.
+        assert!(fast::validate(&t, &serde_json::to_vec(&good()).unwrap()).is_some());
     }
 }

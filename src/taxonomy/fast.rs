@@ -1,0 +1,183 @@
+//! The fast path of validation: an event read straight from its bytes into
+//! borrowed fields (no `serde_json::Value` tree), for schema versions whose
+//! fields are exactly the ones [`Wire`] knows with the types it expects.
+//!
+//! It only ever *accepts*: anything it cannot prove valid (a parse error, an
+//! unknown or duplicate field, a string with escapes, a required field absent
+//! or null, any failed rule) returns `None`, and the caller runs the generic
+//! validator, which decides and names the reason. So the two paths accept the
+//! same events (`tests::fast_and_generic_paths_agree`).
+
+use chrono::{DateTime, Utc};
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+use super::{FieldType, Schema, Taxonomy, ValidEvent};
+
+/// The fields of the wire form and their types, in schema terms.
+pub const WIRE_FIELDS: [(&str, FieldType); 13] = [
+    ("event_id", FieldType::Uuid),
+    ("event_version", FieldType::String),
+    ("event_type", FieldType::EventType),
+    ("learner_id", FieldType::Uuid),
+    ("session_id", FieldType::String),
+    ("course_id", FieldType::String),
+    ("content_id", FieldType::String),
+    ("cohort_id", FieldType::String),
+    ("institution_id", FieldType::String),
+    ("position_sec", FieldType::Uint32),
+    ("client_ts", FieldType::TimestampMs),
+    ("server_ts", FieldType::TimestampMs),
+    ("props", FieldType::Map),
+];
+
+/// Whether `schema` has exactly the wire fields, with the same types.
+pub fn eligible(schema: &Schema) -> bool {
+    schema.fields.len() == WIRE_FIELDS.len() && WIRE_FIELDS.iter().all(|(name, ty)| schema.fields.get(*name).is_some_and(|f| f.ty == *ty))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wire<'a> {
+    #[serde(default)]
+    event_id: Option<&'a str>,
+    #[serde(default)]
+    event_version: Option<&'a str>,
+    #[serde(default)]
+    event_type: Option<&'a str>,
+    #[serde(default)]
+    learner_id: Option<&'a str>,
+    #[serde(default)]
+    session_id: Option<&'a str>,
+    #[serde(default)]
+    course_id: Option<&'a str>,
+    #[serde(default)]
+    content_id: Option<&'a str>,
+    #[serde(default)]
+    cohort_id: Option<&'a str>,
+    #[serde(default)]
+    institution_id: Option<&'a str>,
+    #[serde(default)]
+    position_sec: Option<u64>,
+    #[serde(default)]
+    client_ts: Option<Ts>,
+    #[serde(default)]
+    server_ts: Option<Ts>,
+    #[serde(default, borrow)]
+    props: Option<BTreeMap<&'a str, &'a str>>,
+}
+
+/// A timestamp as the taxonomy reads it: epoch milliseconds or RFC 3339, years 2000-2100.
+struct Ts(DateTime<Utc>);
+
+impl<'de> Deserialize<'de> for Ts {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Ts, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Ts;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("epoch milliseconds or an RFC 3339 timestamp")
+            }
+            fn visit_i64<E: de::Error>(self, ms: i64) -> Result<Ts, E> {
+                super::ts_from_ms(ms).map(Ts).ok_or_else(|| E::custom("out of range"))
+            }
+            fn visit_u64<E: de::Error>(self, ms: u64) -> Result<Ts, E> {
+                let ms = i64::try_from(ms).map_err(|_| E::custom("out of range"))?;
+                self.visit_i64(ms)
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Ts, E> {
+                super::ts_from_rfc3339(s).map(Ts).ok_or_else(|| E::custom("not a timestamp"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The event, when the fast path can prove it valid against the schema of
+/// the version it declares (and that version is [`eligible`]).
+pub fn validate(taxonomy: &Taxonomy, bytes: &[u8]) -> Option<ValidEvent> {
+    let w: Wire = serde_json::from_slice(bytes).ok()?;
+    let schema = taxonomy.versions.get(w.event_version?)?;
+    if !taxonomy.fast.contains(&schema.version) {
+        return None;
+    }
+    let present = |name: &str| match name {
+        "event_id" => w.event_id.is_some(),
+        "event_version" => w.event_version.is_some(),
+        "event_type" => w.event_type.is_some(),
+        "learner_id" => w.learner_id.is_some(),
+        "session_id" => w.session_id.is_some(),
+        "course_id" => w.course_id.is_some(),
+        "content_id" => w.content_id.is_some(),
+        "cohort_id" => w.cohort_id.is_some(),
+        "institution_id" => w.institution_id.is_some(),
+        "position_sec" => w.position_sec.is_some(),
+        "client_ts" => w.client_ts.is_some(),
+        "server_ts" => w.server_ts.is_some(),
+        "props" => w.props.is_some(),
+        _ => false,
+    };
+    // A required field absent or null: the generic validator decides (nullable rules).
+    if schema.fields.iter().any(|(name, f)| f.required && !present(name)) {
+        return None;
+    }
+    let string_ok = |name: &str, v: Option<&str>| match v {
+        None => true,
+        Some(s) => !schema.fields[name].max_len.is_some_and(|m| s.len() > m) && !s.chars().any(char::is_control),
+    };
+    let strings = [
+        ("event_version", w.event_version),
+        ("session_id", w.session_id),
+        ("course_id", w.course_id),
+        ("content_id", w.content_id),
+        ("cohort_id", w.cohort_id),
+        ("institution_id", w.institution_id),
+    ];
+    if !strings.iter().all(|(n, v)| string_ok(n, *v)) {
+        return None;
+    }
+    let event_type = w.event_type?;
+    if !schema.event_types.contains(event_type) {
+        return None;
+    }
+    let event_id = Uuid::parse_str(w.event_id?).ok()?;
+    let learner_id = Uuid::parse_str(w.learner_id?).ok()?;
+    let position_sec = match w.position_sec {
+        Some(p) => Some(u32::try_from(p).ok()?),
+        None => None,
+    };
+    let props = match w.props {
+        None => BTreeMap::new(),
+        Some(m) => {
+            let f = &schema.fields["props"];
+            if f.max_keys.is_some_and(|k| m.len() > k) {
+                return None;
+            }
+            let mut out = BTreeMap::new();
+            for (k, v) in m {
+                if k.is_empty() || f.max_key_len.is_some_and(|l| k.len() > l) || f.max_value_len.is_some_and(|l| v.len() > l) {
+                    return None;
+                }
+                out.insert(k.to_owned(), v.to_owned());
+            }
+            out
+        }
+    };
+    Some(ValidEvent {
+        event_id,
+        event_version: schema.version.clone(),
+        event_type: event_type.to_owned(),
+        learner_id,
+        session_id: w.session_id.unwrap_or_default().to_owned(),
+        course_id: w.course_id.unwrap_or_default().to_owned(),
+        content_id: w.content_id.unwrap_or_default().to_owned(),
+        cohort_id: w.cohort_id.unwrap_or_default().to_owned(),
+        institution_id: w.institution_id.unwrap_or_default().to_owned(),
+        position_sec,
+        client_ts: w.client_ts?.0,
+        server_ts: w.server_ts.map(|t| t.0),
+        props,
+    })
+}
