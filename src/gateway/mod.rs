@@ -60,6 +60,9 @@ pub enum Status {
     Unavailable,
 }
 
+/// How long the gateway trusts the events topic's partition count.
+const PARTITIONS_REFRESH: Duration = Duration::from_secs(300);
+
 pub struct Gateway {
     producer: FutureProducer,
     topic: String,
@@ -70,8 +73,8 @@ pub struct Gateway {
     vault: Vault,
     clock_skew: Duration,
     produce_timeout_ms: u64,
-    /// The events topic's partition count, read from the broker once it answers.
-    partitions: tokio::sync::OnceCell<i32>,
+    /// The events topic's partition count and when it was read.
+    partitions: std::sync::Mutex<Option<(i32, std::time::Instant)>>,
 }
 
 impl Gateway {
@@ -97,33 +100,46 @@ impl Gateway {
             vault,
             clock_skew: Duration::from_secs(300),
             produce_timeout_ms: settings.produce_timeout_ms,
-            partitions: tokio::sync::OnceCell::new(),
+            partitions: std::sync::Mutex::new(None),
         })
     }
 
-    /// The events topic's partition count (cached once read); `None` while the
-    /// broker cannot tell (unreachable, or the topic does not exist yet).
+    /// The events topic's partition count, re-read from the broker every 5
+    /// minutes (as Kafka clients refresh metadata; partitions can be added);
+    /// the last known count serves while a refresh fails. `None` while the
+    /// broker has never told (unreachable, or the topic does not exist yet).
     async fn partitions(&self) -> Option<i32> {
-        let read = self
-            .partitions
-            .get_or_try_init(|| async {
-                let producer = self.producer.clone();
-                let topic = self.topic.clone();
-                let timeout = Duration::from_millis(self.produce_timeout_ms);
-                tokio::task::spawn_blocking(move || {
-                    let md = producer.client().fetch_metadata(Some(&topic), timeout).map_err(|_| ())?;
-                    let n = md.topics().iter().find(|t| t.name() == topic && t.error().is_none()).map_or(0, |t| t.partitions().len());
-                    if n == 0 {
-                        Err(())
-                    } else {
-                        Ok(n as i32)
-                    }
-                })
-                .await
-                .map_err(|_| ())?
-            })
-            .await;
-        read.ok().copied()
+        let known = *self.partitions.lock().expect("partitions lock");
+        if let Some((n, at)) = known {
+            if at.elapsed() < PARTITIONS_REFRESH {
+                return Some(n);
+            }
+        }
+        let producer = self.producer.clone();
+        let topic = self.topic.clone();
+        let timeout = Duration::from_millis(if known.is_some() { 1_000 } else { self.produce_timeout_ms });
+        let read = tokio::task::spawn_blocking(move || {
+            let md = producer.client().fetch_metadata(Some(&topic), timeout).ok()?;
+            let n = md.topics().iter().find(|t| t.name() == topic && t.error().is_none()).map_or(0, |t| t.partitions().len());
+            (n > 0).then_some(n as i32)
+        })
+        .await
+        .ok()
+        .flatten();
+        let mut slot = self.partitions.lock().expect("partitions lock");
+        match read {
+            Some(n) => {
+                *slot = Some((n, std::time::Instant::now()));
+                Some(n)
+            }
+            None => {
+                // Keep serving the last known count; try again at the next interval.
+                if let Some((n, _)) = known {
+                    *slot = Some((n, std::time::Instant::now()));
+                }
+                known.map(|(n, _)| n)
+            }
+        }
     }
 
     /// Pseudonymise, validate, govern and produce `items`; one status each, in order.
