@@ -14,9 +14,17 @@
 //! reads both forms; a refused event of an envelope is dead-lettered alone,
 //! with its index in the record.
 
-/// The producer setting every learnvault producer uses, so keyed single events
-/// and envelopes agree on partitions (Java-compatible murmur2).
-pub const PARTITIONER: (&str, &str) = ("partitioner", "murmur2_random");
+/// The configuration every learnvault producer starts from: `acks=all`, the
+/// given compression, and Java-compatible murmur2 partitioning, so keyed single
+/// events and envelopes agree on partitions. Callers add their own tuning.
+pub fn producer_config(brokers: &str, compression: &str) -> rdkafka::config::ClientConfig {
+    let mut c = rdkafka::config::ClientConfig::new();
+    c.set("bootstrap.servers", brokers)
+        .set("acks", "all")
+        .set("compression.type", compression)
+        .set("partitioner", "murmur2_random");
+    c
+}
 
 /// Largest envelope value the gateway builds (the broker default limit is 1 MB).
 pub const MAX_ENVELOPE_BYTES: usize = 512 * 1024;

@@ -7,7 +7,6 @@
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
-use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value};
 use std::process::ExitCode;
@@ -132,14 +131,10 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
         learners.extend(vault.issue_batch(items, entry).await?.into_iter().map(|r| r.pseudonym.to_string()));
     }
 
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &settings.kafka_brokers)
-        .set("acks", "all")
+    let producer: FutureProducer = crate::envelope::producer_config(&settings.kafka_brokers, &settings.produce_compression)
         .set("linger.ms", "5")
         .set("batch.num.messages", "10000")
-        .set("compression.type", &settings.produce_compression)
         .set("queue.buffering.max.messages", "1000000")
-        .set(crate::envelope::PARTITIONER.0, crate::envelope::PARTITIONER.1)
         .create()?;
     crate::lander::ensure_topics(&settings.kafka_brokers, &[(&settings.events_topic, settings.topic_partitions), (&settings.dlq_topic, settings.topic_partitions)]).await?;
 

@@ -221,7 +221,7 @@ async fn spine(settings: &Settings, cohort: &[String], withdrawn: &str) -> anyho
         let handle = tokio::spawn(lander.run(async move {
             let _ = stopped.await;
         }));
-        let producer: FutureProducer = rdkafka::config::ClientConfig::new().set("bootstrap.servers", &settings.kafka_brokers).set("acks", "all").set(crate::envelope::PARTITIONER.0, crate::envelope::PARTITIONER.1).create()?;
+        let producer: FutureProducer = crate::envelope::producer_config(&settings.kafka_brokers, &settings.produce_compression).create()?;
         let now = chrono::Utc::now().timestamp_millis();
         let mut events = Vec::new();
         for (i, l) in cohort.iter().enumerate() {

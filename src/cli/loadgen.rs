@@ -5,7 +5,6 @@
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
-use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -138,12 +137,8 @@ pub async fn generate(
             }
         }
         Some(
-            ClientConfig::new()
-                .set("bootstrap.servers", &settings.kafka_brokers)
-                .set("acks", "all")
-                .set(crate::envelope::PARTITIONER.0, crate::envelope::PARTITIONER.1)
+            crate::envelope::producer_config(&settings.kafka_brokers, &settings.produce_compression)
                 .set("linger.ms", "5")
-                .set("compression.type", "lz4")
                 .set("queue.buffering.max.messages", "1000000")
                 .create()?,
         )

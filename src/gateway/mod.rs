@@ -17,7 +17,6 @@
 pub mod xapi;
 
 use chrono::Utc;
-use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -79,12 +78,8 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(settings: &Settings, vault: Vault, analytics_default: bool) -> anyhow::Result<Gateway> {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &settings.kafka_brokers)
-            .set("acks", "all")
-            .set("compression.type", &settings.produce_compression)
+        let producer: FutureProducer = crate::envelope::producer_config(&settings.kafka_brokers, &settings.produce_compression)
             .set("linger.ms", "2")
-            .set(crate::envelope::PARTITIONER.0, crate::envelope::PARTITIONER.1)
             .set("queue.buffering.max.messages", "1000000")
             // Fail a request within seconds when the broker is gone (503, retry), not minutes.
             .set("message.timeout.ms", settings.produce_timeout_ms.to_string())

@@ -525,11 +525,8 @@ impl Lander {
             .set("fetch.wait.max.ms", "50")
             .create_with_context(Ctx { revoked: revoked.clone() })?;
         consumer.subscribe(&[&cfg.topic])?;
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &cfg.brokers)
-            .set("acks", "all")
-            .set(crate::envelope::PARTITIONER.0, crate::envelope::PARTITIONER.1)
-            .set("compression.type", "lz4")
+        // Dead letters: few, so compressed whatever the broker.
+        let producer: FutureProducer = crate::envelope::producer_config(&cfg.brokers, "lz4")
             .set("message.timeout.ms", "30000")
             .create()?;
         let governance = Governance::new(pool.clone(), cfg.governance_ttl, analytics_default);

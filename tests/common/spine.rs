@@ -76,12 +76,8 @@ impl Spine {
         } else {
             Warehouse::Http(learnvault::warehouse::http::Server::new("http://127.0.0.1:1").unwrap())
         };
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &settings.kafka_brokers)
-            .set("acks", "all")
-            .set(learnvault::envelope::PARTITIONER.0, learnvault::envelope::PARTITIONER.1)
+        let producer: FutureProducer = learnvault::envelope::producer_config(&settings.kafka_brokers, "lz4")
             .set("linger.ms", "5")
-            .set("compression.type", "lz4")
             .create()
             .unwrap();
         Spine { app, wh, settings, producer, data_path }
