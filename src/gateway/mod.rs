@@ -68,7 +68,7 @@ pub struct Gateway {
     dlq_topic: String,
     taxonomy: Taxonomy,
     protected: ProtectedAttributes,
-    governance: std::sync::Mutex<Governance>,
+    governance: Governance,
     vault: Vault,
     clock_skew: Duration,
     produce_timeout_ms: u64,
@@ -91,7 +91,7 @@ impl Gateway {
             dlq_topic: settings.dlq_topic.clone(),
             taxonomy: Taxonomy::load(&settings.policy_dir.join("taxonomy"))?,
             protected: ProtectedAttributes::load(&settings.policy_dir)?,
-            governance: std::sync::Mutex::new(Governance::new(pool, Duration::from_millis(settings.governance_cache_ms), analytics_default)),
+            governance: Governance::new(pool, Duration::from_millis(settings.governance_cache_ms), analytics_default),
             vault,
             clock_skew: Duration::from_secs(300),
             produce_timeout_ms: settings.produce_timeout_ms,
@@ -218,22 +218,7 @@ impl Gateway {
 
         // 3. Govern: known, not erased, of the event's institution, analytics consent.
         let ids: Vec<Uuid> = valid.iter().flatten().map(|v| v.learner_id).collect();
-        // The cache is locked only to read and fill it, never across the query.
-        let standings = if ids.is_empty() {
-            HashMap::new()
-        } else {
-            let (mut hits, misses, pool, analytics) = {
-                let g = self.governance.lock().expect("governance cache");
-                let (h, m) = g.cached(ids);
-                (h, m, g.pool().clone(), g.analytics_default())
-            };
-            if !misses.is_empty() {
-                let fetched = crate::lander::govern::fetch(&pool, &misses, analytics).await?;
-                self.governance.lock().expect("governance cache").remember(&fetched);
-                hits.extend(fetched);
-            }
-            hits
-        };
+        let standings = if ids.is_empty() { HashMap::new() } else { self.governance.standings(ids).await? };
         for (i, v) in valid.iter_mut().enumerate() {
             if let Some(ev) = v {
                 let s = standings.get(&ev.learner_id).cloned().unwrap_or(Standing::Unknown);

@@ -43,20 +43,22 @@ fn erased_here(id: &Uuid) -> bool {
     ERASED_HERE.lock().expect("not poisoned").as_ref().is_some_and(|s| s.contains(id))
 }
 
+/// Shared by the gateway's concurrent requests and the lander: the cache is
+/// locked only to read and fill it, never across the vault query.
 pub struct Governance {
     pool: PgPool,
     ttl: Duration,
     analytics_default: bool,
-    cache: HashMap<Uuid, (Standing, Instant)>,
+    cache: std::sync::Mutex<HashMap<Uuid, (Standing, Instant)>>,
 }
 
 impl Governance {
     pub fn new(pool: PgPool, ttl: Duration, analytics_default: bool) -> Self {
-        Governance { pool, ttl, analytics_default, cache: HashMap::new() }
+        Governance { pool, ttl, analytics_default, cache: std::sync::Mutex::new(HashMap::new()) }
     }
 
     /// Standing of every pseudonym in `ids`, with one query for the cache misses.
-    pub async fn standings(&mut self, ids: impl IntoIterator<Item = Uuid>) -> Result<HashMap<Uuid, Standing>, sqlx::Error> {
+    pub async fn standings(&self, ids: impl IntoIterator<Item = Uuid>) -> Result<HashMap<Uuid, Standing>, sqlx::Error> {
         let (mut out, misses) = self.cached(ids);
         if !misses.is_empty() {
             let fetched = fetch(&self.pool, &misses, self.analytics_default).await?;
@@ -67,8 +69,9 @@ impl Governance {
     }
 
     /// The cached standings of `ids`, and the ids to fetch.
-    pub fn cached(&self, ids: impl IntoIterator<Item = Uuid>) -> (HashMap<Uuid, Standing>, Vec<Uuid>) {
+    fn cached(&self, ids: impl IntoIterator<Item = Uuid>) -> (HashMap<Uuid, Standing>, Vec<Uuid>) {
         let now = Instant::now();
+        let cache = self.cache.lock().expect("governance cache");
         let mut out = HashMap::new();
         let mut misses = Vec::new();
         for id in ids {
@@ -76,7 +79,7 @@ impl Governance {
                 out.insert(id, Standing::Erased);
                 continue;
             }
-            match self.cache.get(&id) {
+            match cache.get(&id) {
                 Some((s, at)) if now.duration_since(*at) < self.ttl => {
                     out.insert(id, s.clone());
                 }
@@ -89,28 +92,21 @@ impl Governance {
     }
 
     /// Cache fetched standings.
-    pub fn remember(&mut self, fetched: &[(Uuid, Standing)]) {
+    fn remember(&self, fetched: &[(Uuid, Standing)]) {
         let now = Instant::now();
+        let mut cache = self.cache.lock().expect("governance cache");
         for (id, s) in fetched {
-            self.cache.insert(*id, (s.clone(), now));
+            cache.insert(*id, (s.clone(), now));
         }
-        if self.cache.len() > 1_000_000 {
+        if cache.len() > 1_000_000 {
             let ttl = self.ttl;
-            self.cache.retain(|_, (_, at)| now.duration_since(*at) < ttl);
+            cache.retain(|_, (_, at)| now.duration_since(*at) < ttl);
         }
-    }
-
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    pub fn analytics_default(&self) -> bool {
-        self.analytics_default
     }
 }
 
 /// Standings of `ids` from the vault: one query.
-pub async fn fetch(pool: &PgPool, ids: &[Uuid], analytics_default: bool) -> Result<Vec<(Uuid, Standing)>, sqlx::Error> {
+async fn fetch(pool: &PgPool, ids: &[Uuid], analytics_default: bool) -> Result<Vec<(Uuid, Standing)>, sqlx::Error> {
     let rows = sqlx::query!(
                 r#"SELECT q.p AS "pseudonym!", l.institution_id AS "institution?", (t.pseudonym IS NOT NULL) AS "erased!", c.granted AS "analytics?"
                    FROM UNNEST($1::uuid[]) AS q(p)
