@@ -87,7 +87,7 @@ pub async fn run(mut settings: Settings, args: GatewayArgs) -> anyhow::Result<Ex
         let r = async {
             migrate::run(&wh, &e2e.clickhouse_migrations_dir).await?;
             let lander = super::land::build(&e2e, wh.clone()).await?;
-            let stats = lander.stats.clone();
+            let stats = lander.stats();
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             let handle = tokio::spawn(lander.run(async move {
                 let _ = rx.await;

@@ -197,7 +197,7 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
     settle(wh, 60).await?;
 
     let lander = super::land::build(settings, wh.clone()).await?;
-    let stats = lander.stats.clone();
+    let stats = lander.stats();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(lander.run(async move {
         let _ = stopped.await;

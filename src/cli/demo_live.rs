@@ -43,7 +43,7 @@ async fn live(settings: &Settings, state: crate::api::AppState, wh: &Warehouse, 
     };
     let server = tokio::spawn(crate::app::serve(state.clone(), listener, stopped(stop_rx.clone())));
     let lander = super::land::build(settings, wh.clone()).await?;
-    let lstats = lander.stats.clone();
+    let lstats = lander.stats();
     let lander = tokio::spawn(lander.run(stopped(stop_rx.clone())));
 
     // 90% of the traffic through /v1/events, 10% as xAPI statements.

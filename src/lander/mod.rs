@@ -164,8 +164,9 @@ impl Decoder {
     /// (a JSON array of events, see [`crate::envelope`]).
     fn decode(&self, m: Raw, out: &mut Vec<Item>) {
         let raw: Arc<[u8]> = m.raw.into();
+        let key: Option<Arc<[u8]>> = m.key.map(Into::into);
         let whole = 0..raw.len();
-        let item = |index: Option<u32>, span: std::ops::Range<usize>, outcome| Item { offset: m.offset, index, key: m.key.clone(), raw: raw.clone(), span, outcome };
+        let item = |index: Option<u32>, span: std::ops::Range<usize>, outcome| Item { offset: m.offset, index, key: key.clone(), raw: raw.clone(), span, outcome };
         if raw.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
             match serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(&raw) {
                 Ok(events) if !events.is_empty() => {
@@ -251,7 +252,8 @@ struct Item {
     offset: i64,
     /// The event's position in its envelope; `None` for a single-event record.
     index: Option<u32>,
-    key: Option<Vec<u8>>,
+    /// The record's key (shared by an envelope's events).
+    key: Option<Arc<[u8]>>,
     /// The whole record; `span` is this event's bytes in it.
     raw: Arc<[u8]>,
     span: std::ops::Range<usize>,
@@ -277,16 +279,14 @@ struct PartitionState {
 
 pub struct Lander {
     cfg: LanderConfig,
-    consumer: Arc<StreamConsumer<Ctx>>,
+    /// The consumer, producer, warehouse, decoder and figures, shared with the landing tasks.
     sink: Sink,
     /// Batches being landed by their tasks, oldest first (at most one per partition).
     inflight: std::collections::VecDeque<(i32, tokio::task::JoinHandle<Result<(), LanderError>>)>,
     pool: PgPool,
-    decoder: Arc<Decoder>,
     governance: Governance,
     parts: HashMap<i32, PartitionState>,
     revoked: Arc<Mutex<Vec<i32>>>,
-    pub stats: Arc<LanderStats>,
 }
 
 /// A batch ready to insert: governed, refusals dead-lettered, intent recorded.
@@ -350,6 +350,27 @@ struct Row<'a> {
     props: &'a BTreeMap<String, String>,
 }
 
+/// Append `ev` as one JSONEachRow line of the base table, stamped `server`.
+fn write_row(rows: &mut Vec<u8>, ev: &ValidEvent, server: &DateTime<Utc>) {
+    let row = Row {
+        server_ts: ch_ts(server),
+        client_ts: ch_ts(&ev.client_ts),
+        event_id: ev.event_id,
+        event_version: &ev.event_version,
+        event_type: &ev.event_type,
+        learner_id: ev.learner_id,
+        session_id: &ev.session_id,
+        course_id: &ev.course_id,
+        content_id: &ev.content_id,
+        cohort_id: &ev.cohort_id,
+        institution_id: &ev.institution_id,
+        position_sec: ev.position_sec,
+        props: &ev.props,
+    };
+    serde_json::to_writer(&mut *rows, &row).expect("a row serialises");
+    rows.push(b'\n');
+}
+
 /// `YYYY-MM-DD hh:mm:ss.mmm`, as ClickHouse's DateTime64(3) reads it (without strftime's parser: this runs twice per row).
 fn ch_ts(t: &DateTime<Utc>) -> String {
     use chrono::{Datelike, Timelike};
@@ -367,6 +388,11 @@ fn ch_ts(t: &DateTime<Utc>) -> String {
         t.timestamp_subsec_millis().min(999)
     );
     s
+}
+
+/// A landing task's outcome (a panicked task is an error, not a hang).
+async fn joined(h: tokio::task::JoinHandle<Result<(), LanderError>>) -> Result<(), LanderError> {
+    h.await.map_err(|e| LanderError::Config(format!("landing task failed: {e}")))?
 }
 
 /// What landing a prepared batch needs, shared by the lander and its landing tasks.
@@ -424,7 +450,7 @@ impl Sink {
                 .ok()
                 .and_then(|v| v.get("learner_id").and_then(Value::as_str).and_then(|l| uuid::Uuid::parse_str(l).ok()))
                 .map(|l| l.to_string().into_bytes()),
-            (Err(_), None) => item.key.clone(),
+            (Err(_), None) => item.key.as_deref().map(<[u8]>::to_vec),
         };
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -445,7 +471,6 @@ impl Sink {
         self.stats.rejected.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
-
 
     /// Insert a prepared batch with its token, record its figures, and commit
     /// its partition's offset (when `commit`).
@@ -533,25 +558,19 @@ impl Lander {
         let decoder = Arc::new(Decoder { taxonomy, protected, max_event_bytes: cfg.max_event_bytes, clock_skew: cfg.clock_skew });
         let consumer = Arc::new(consumer);
         let stats = Arc::new(LanderStats::default());
-        let sink = Sink { cfg: Arc::new(cfg.clone()), consumer: consumer.clone(), producer, warehouse, decoder: decoder.clone(), stats: stats.clone() };
-        Ok(Lander {
-            cfg,
-            consumer,
-            sink,
-            inflight: std::collections::VecDeque::new(),
-            pool,
-            decoder,
-            governance,
-            parts: HashMap::new(),
-            revoked,
-            stats,
-        })
+        let sink = Sink { cfg: Arc::new(cfg.clone()), consumer, producer, warehouse, decoder, stats };
+        Ok(Lander { cfg, sink, inflight: std::collections::VecDeque::new(), pool, governance, parts: HashMap::new(), revoked })
+    }
+
+    /// The lander's figures (rows landed, refusals, batches, freshness).
+    pub fn stats(&self) -> Arc<LanderStats> {
+        self.sink.stats.clone()
     }
 
     /// Consume until `shutdown` resolves, then flush what is pending and commit.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), LanderError> {
         tokio::pin!(shutdown);
-        let consumer = self.consumer.clone();
+        let consumer = self.sink.consumer.clone();
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         // A slow flush must not be followed by a burst of ticks that starves the consumer.
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -668,7 +687,7 @@ impl Lander {
     /// (no consume, no offset commit): the lander's own pipeline, for the
     /// benchmark that separates it from the broker. Returns the rows landed.
     pub async fn land_direct(&mut self, p: i32, messages: Vec<(i64, Option<Vec<u8>>, Vec<u8>)>) -> Result<u64, LanderError> {
-        let before = self.stats.landed.load(Ordering::Relaxed);
+        let before = self.sink.stats.landed.load(Ordering::Relaxed);
         let now = Some(Utc::now());
         let items: Vec<Raw> = messages.into_iter().map(|(offset, key, raw)| Raw { offset, key, raw, broker_ts: now }).collect();
         let state = self.parts.entry(p).or_default();
@@ -676,7 +695,7 @@ impl Lander {
         state.items = items;
         self.flush_many(&[p], false).await?;
         self.settle(None).await?;
-        Ok(self.stats.landed.load(Ordering::Relaxed) - before)
+        Ok(self.sink.stats.landed.load(Ordering::Relaxed) - before)
     }
 
     async fn flush(&mut self, p: i32) -> Result<(), LanderError> {
@@ -704,7 +723,7 @@ impl Lander {
     async fn reap(&mut self) -> Result<(), LanderError> {
         while self.inflight.front().is_some_and(|(_, h)| h.is_finished()) {
             let (_, h) = self.inflight.pop_front().expect("front");
-            h.await.map_err(|e| LanderError::Config(format!("landing task failed: {e}")))??;
+            joined(h).await?;
         }
         Ok(())
     }
@@ -719,7 +738,7 @@ impl Lander {
             return Ok(());
         };
         for (_, h) in self.inflight.drain(..=upto).collect::<Vec<_>>() {
-            h.await.map_err(|e| LanderError::Config(format!("landing task failed: {e}")))??;
+            joined(h).await?;
         }
         Ok(())
     }
@@ -734,7 +753,7 @@ impl Lander {
         state.bytes = 0;
         let replay = state.replay.take();
         state.started = None;
-        let items = self.decoder.decode_all(raws).await;
+        let items = self.sink.decoder.decode_all(raws).await;
         let first = items.first().expect("non-empty").offset;
         let last = items.last().expect("non-empty").offset;
 
@@ -761,26 +780,7 @@ impl Lander {
                     None => {
                         let server = ev.server_ts.expect("set at decode");
                         oldest = Some(oldest.map_or(server, |o| o.min(server)));
-                        serde_json::to_writer(
-                            &mut rows,
-                            &Row {
-                                server_ts: ch_ts(&server),
-                                client_ts: ch_ts(&ev.client_ts),
-                                event_id: ev.event_id,
-                                event_version: &ev.event_version,
-                                event_type: &ev.event_type,
-                                learner_id: ev.learner_id,
-                                session_id: &ev.session_id,
-                                course_id: &ev.course_id,
-                                content_id: &ev.content_id,
-                                cohort_id: &ev.cohort_id,
-                                institution_id: &ev.institution_id,
-                                position_sec: ev.position_sec,
-                                props: &ev.props,
-                            },
-                        )
-                        .expect("json");
-                        rows.push(b'\n');
+                        write_row(&mut rows, ev, &server);
                         landed += 1;
                     }
                 },
@@ -820,7 +820,7 @@ impl Lander {
     }
 
     async fn report_lag(&self) {
-        let consumer = self.consumer.clone();
+        let consumer = self.sink.consumer.clone();
         let topic = self.cfg.topic.clone();
         let parts: Vec<i32> = self.parts.keys().copied().collect();
         let lags = tokio::task::spawn_blocking(move || {
@@ -892,27 +892,7 @@ mod cost {
         let t = Instant::now();
         let mut rows = Vec::with_capacity(events.len() * 300);
         for ev in &valid {
-            let server = ev.server_ts.unwrap();
-            serde_json::to_writer(
-                &mut rows,
-                &Row {
-                    server_ts: ch_ts(&server),
-                    client_ts: ch_ts(&ev.client_ts),
-                    event_id: ev.event_id,
-                    event_version: &ev.event_version,
-                    event_type: &ev.event_type,
-                    learner_id: ev.learner_id,
-                    session_id: &ev.session_id,
-                    course_id: &ev.course_id,
-                    content_id: &ev.content_id,
-                    cohort_id: &ev.cohort_id,
-                    institution_id: &ev.institution_id,
-                    position_sec: ev.position_sec,
-                    props: &ev.props,
-                },
-            )
-            .unwrap();
-            rows.push(b'\n');
+            write_row(&mut rows, ev, &ev.server_ts.unwrap());
         }
         let serialise = t.elapsed();
         let t = Instant::now();

@@ -85,7 +85,7 @@ impl Spine {
 
     pub async fn start_lander(&self) -> Running {
         let lander = learnvault::cli::land::build(&self.settings, self.wh.clone()).await.unwrap();
-        let stats = lander.stats.clone();
+        let stats = lander.stats();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(lander.run(async move {
             let _ = stopped.await;
