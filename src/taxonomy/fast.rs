@@ -41,31 +41,19 @@ pub fn eligible(schema: &Schema) -> bool {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Wire<'a> {
-    #[serde(default)]
     event_id: Option<&'a str>,
-    #[serde(default)]
     event_version: Option<&'a str>,
-    #[serde(default)]
     event_type: Option<&'a str>,
-    #[serde(default)]
     learner_id: Option<&'a str>,
-    #[serde(default)]
     session_id: Option<&'a str>,
-    #[serde(default)]
     course_id: Option<&'a str>,
-    #[serde(default)]
     content_id: Option<&'a str>,
-    #[serde(default)]
     cohort_id: Option<&'a str>,
-    #[serde(default)]
     institution_id: Option<&'a str>,
-    #[serde(default)]
     position_sec: Option<u64>,
-    #[serde(default)]
     client_ts: Option<Ts>,
-    #[serde(default)]
     server_ts: Option<Ts>,
-    #[serde(default, borrow)]
+    #[serde(borrow)]
     props: Option<BTreeMap<&'a str, &'a str>>,
 }
 
