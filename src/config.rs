@@ -85,7 +85,7 @@ pub struct Settings {
     pub lander_enabled: bool,
     /// The gateway gives up on a broker acknowledgement after this (503, retry).
     pub produce_timeout_ms: u64,
-    /// Compression of the gateway's produce requests: `none` for tansu on
+    /// Compression of event produce requests (gateway, loadgen, benches): `none` for tansu on
     /// loopback (it re-handles compressed batches: 45k vs 29k events/s
     /// measured), `lz4` for Apache Kafka over a network (no zstd in this librdkafka build).
     pub produce_compression: String,
