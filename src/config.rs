@@ -89,6 +89,9 @@ pub struct Settings {
     /// loopback (it re-handles compressed batches: 45k vs 29k events/s
     /// measured), `lz4` for Apache Kafka over a network (no zstd in this librdkafka build).
     pub produce_compression: String,
+    /// Compression of each record's value by learnvault's producers (gateway, loadgen,
+    /// benches): `zstd` (default) or `none`; see `envelope`. The lander reads both.
+    pub envelope_compression: crate::envelope::Compression,
     /// Events in one `POST /v1/events` or xAPI request.
     pub ingest_max_events: usize,
     /// Run subject-request jobs and the retention purge inside `serve`.
@@ -133,6 +136,7 @@ impl Default for Settings {
             lander_enabled: false,
             produce_timeout_ms: 5_000,
             produce_compression: "none".into(),
+            envelope_compression: crate::envelope::Compression::Zstd,
             ingest_max_events: 5_000,
             jobs_enabled: true,
             archive_dir: None,

@@ -13,6 +13,16 @@
 //! broker sees tens of records per request instead of hundreds. The lander
 //! reads both forms; a refused event of an envelope is dead-lettered alone,
 //! with its index in the record.
+//!
+//! Either form may be sent as one **zstd frame** (recognised by its magic
+//! number, `28 b5 2f fd`; JSON never starts with that byte): the gateway and
+//! learnvault's producers compress each envelope (`LEARNVAULT_ENVELOPE_COMPRESSION`,
+//! `zstd` by default), so the broker stores, copies and serves a sixth of the
+//! bytes. This is compression of the record's value, not Kafka's batch
+//! compression: a broker that unpacks batches to store records one by one (tansu
+//! does) keeps the saving, and nothing is compressed twice. A frame that does
+//! not decompress, or that holds more than [`MAX_DECODED_RECORD_BYTES`], is
+//! dead-lettered whole (`invalid_encoding`, `oversized`).
 
 /// The configuration every learnvault producer starts from: `acks=all`, the
 /// given compression, and Java-compatible murmur2 partitioning, so keyed single
@@ -67,6 +77,92 @@ pub fn partition_for(key: &[u8], partitions: i32) -> i32 {
     (murmur2(key) & 0x7fff_ffff) % partitions.max(1)
 }
 
+/// How learnvault's producers encode a record's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Plain JSON.
+    None,
+    /// One zstd frame (level 1) holding the JSON, its size in the frame header.
+    Zstd,
+}
+
+/// zstd's frame magic number as it starts a record's value.
+pub const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// Largest value a compressed record may decompress to.
+pub const MAX_DECODED_RECORD_BYTES: usize = 16 * 1024 * 1024;
+
+/// Why a compressed record's value cannot be read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The frame does not decompress.
+    Corrupt,
+    /// It decompresses to more than [`MAX_DECODED_RECORD_BYTES`].
+    Oversized,
+}
+
+/// A record's value as JSON bytes: `Some` with the decompressed bytes of a zstd
+/// frame, `None` when the value is not compressed (use it as it is).
+pub fn decode_value(raw: &[u8]) -> Result<Option<Vec<u8>>, DecodeError> {
+    if !raw.starts_with(&ZSTD_MAGIC) {
+        return Ok(None);
+    }
+    if let Ok(Some(n)) = zstd::zstd_safe::get_frame_content_size(raw) {
+        if n > MAX_DECODED_RECORD_BYTES as u64 {
+            return Err(DecodeError::Oversized);
+        }
+    }
+    thread_local! {
+        static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
+    }
+    DCTX.with(|d| {
+        let mut d = d.borrow_mut();
+        let d = match &mut *d {
+            Some(d) => d,
+            slot => slot.insert(zstd::bulk::Decompressor::new().map_err(|_| DecodeError::Corrupt)?),
+        };
+        d.decompress(raw, MAX_DECODED_RECORD_BYTES).map(Some).map_err(|e| {
+            // A frame without a size header that outgrows the buffer reads as "destination too small".
+            if e.to_string().contains("Destination buffer is too small") {
+                DecodeError::Oversized
+            } else {
+                DecodeError::Corrupt
+            }
+        })
+    })
+}
+
+/// The size a record's value takes once decoded (from the zstd frame header; a frame
+/// without one counts as the largest it may decode to), for bounding batches in memory.
+pub fn decoded_len(raw: &[u8]) -> usize {
+    if !raw.starts_with(&ZSTD_MAGIC) {
+        return raw.len();
+    }
+    match zstd::zstd_safe::get_frame_content_size(raw) {
+        Ok(Some(n)) => (n as usize).min(MAX_DECODED_RECORD_BYTES),
+        _ => MAX_DECODED_RECORD_BYTES,
+    }
+}
+
+/// `value` encoded as `compression` says.
+pub fn encode_value(value: Vec<u8>, compression: Compression) -> Vec<u8> {
+    if compression == Compression::None {
+        return value;
+    }
+    thread_local! {
+        static CCTX: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> = const { std::cell::RefCell::new(None) };
+    }
+    CCTX.with(|c| {
+        let mut c = c.borrow_mut();
+        let c = match &mut *c {
+            Some(c) => c,
+            slot => slot.insert(zstd::bulk::Compressor::new(1).expect("a zstd context")),
+        };
+        c.compress(&value).expect("zstd compresses any input")
+    })
+}
+
 /// One record to produce: an envelope of events for `partition`.
 #[derive(Debug)]
 pub struct Envelope {
@@ -81,10 +177,12 @@ pub struct Envelope {
 
 /// Pack serialised events `(caller index, pseudonym, json object)` into
 /// envelopes: one or more per partition, each at most [`MAX_ENVELOPE_BYTES`]
-/// (a single larger event gets an envelope of its own), events in input order.
+/// of JSON (a single larger event gets an envelope of its own), events in
+/// input order, each value encoded as `compression` says.
 pub fn pack<'a>(
     events: impl IntoIterator<Item = (usize, &'a str, &'a [u8])>,
     partitions: i32,
+    compression: Compression,
 ) -> Vec<Envelope> {
     let mut open: std::collections::BTreeMap<i32, Envelope> = std::collections::BTreeMap::new();
     let mut done = Vec::new();
@@ -92,7 +190,7 @@ pub fn pack<'a>(
         let p = partition_for(key.as_bytes(), partitions);
         if let Some(env) = open.get(&p) {
             if env.value.len() + body.len() + 2 > MAX_ENVELOPE_BYTES {
-                done.push(close(open.remove(&p).expect("present")));
+                done.push(close(open.remove(&p).expect("present"), compression));
             }
         }
         let env = open.entry(p).or_insert_with(|| Envelope {
@@ -107,12 +205,13 @@ pub fn pack<'a>(
         env.value.extend_from_slice(body);
         env.members.push(ix);
     }
-    done.extend(open.into_values().map(close));
+    done.extend(open.into_values().map(|e| close(e, compression)));
     done
 }
 
-fn close(mut env: Envelope) -> Envelope {
+fn close(mut env: Envelope, compression: Compression) -> Envelope {
     env.value.push(b']');
+    env.value = encode_value(env.value, compression);
     env
 }
 
@@ -145,7 +244,7 @@ mod tests {
                 if i % 50 == 0 { &big[..] } else { &b"{}"[..] },
             )
         });
-        let envs = pack(evs, 6);
+        let envs = pack(evs, 6, Compression::None);
         let mut seen = vec![false; keys.len()];
         for e in &envs {
             assert!(e.value.len() <= MAX_ENVELOPE_BYTES + 2, "bounded");
@@ -167,5 +266,45 @@ mod tests {
             "{} envelopes",
             envs.len()
         );
+    }
+
+    #[test]
+    fn zstd_envelopes_round_trip_and_shrink() {
+        let keys: Vec<String> = (0..500).map(|i| format!("{:08x}-0000-4000-8000-{:012x}", i, i * 7919)).collect();
+        let bodies: Vec<Vec<u8>> = keys
+            .iter()
+            .map(|k| format!(r#"{{"event_version":"2.3","event_type":"session.heartbeat","learner_id":"{k}","course_id":"cs101","props":{{}}}}"#).into_bytes())
+            .collect();
+        let plain = pack(keys.iter().zip(&bodies).enumerate().map(|(i, (k, b))| (i, k.as_str(), b.as_slice())), 6, Compression::None);
+        let packed = pack(keys.iter().zip(&bodies).enumerate().map(|(i, (k, b))| (i, k.as_str(), b.as_slice())), 6, Compression::Zstd);
+        assert_eq!(plain.len(), packed.len());
+        for (p, z) in plain.iter().zip(&packed) {
+            assert!(z.value.starts_with(&ZSTD_MAGIC));
+            assert!(z.value.len() * 3 < p.value.len(), "{} vs {} bytes", z.value.len(), p.value.len());
+            assert_eq!(decoded_len(&z.value), p.value.len());
+            assert_eq!(decode_value(&z.value).unwrap().as_deref(), Some(&p.value[..]));
+            assert_eq!(decode_value(&p.value).unwrap(), None, "plain JSON passes through");
+        }
+    }
+
+    #[test]
+    fn hostile_frames_are_refused() {
+        // Truncated frame.
+        let z = encode_value(br#"[{"a":1},{"b":2}]"#.repeat(100), Compression::Zstd);
+        assert_eq!(decode_value(&z[..z.len() / 2]), Err(DecodeError::Corrupt));
+        // Magic number followed by garbage.
+        let mut junk = ZSTD_MAGIC.to_vec();
+        junk.extend_from_slice(b"not a frame at all");
+        assert_eq!(decode_value(&junk), Err(DecodeError::Corrupt));
+        // A bomb: 64 MiB of zeros is a few KiB compressed, and is refused by its header.
+        let bomb = encode_value(vec![0u8; 64 * 1024 * 1024], Compression::Zstd);
+        assert!(bomb.len() < 64 * 1024);
+        assert_eq!(decode_value(&bomb), Err(DecodeError::Oversized));
+        // The same bomb without a size in its header is refused while decompressing.
+        let mut c = zstd::bulk::Compressor::new(1).unwrap();
+        c.include_contentsize(false).unwrap();
+        let bomb = c.compress(&vec![0u8; 64 * 1024 * 1024]).unwrap();
+        assert_eq!(decoded_len(&bomb), MAX_DECODED_RECORD_BYTES);
+        assert_eq!(decode_value(&bomb), Err(DecodeError::Oversized));
     }
 }

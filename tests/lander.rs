@@ -2,6 +2,7 @@
 mod common;
 
 use common::spine::{event, num, Spine};
+use learnvault::envelope;
 use serde_json::json;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -204,21 +205,41 @@ async fn envelopes_land_their_events_and_dead_letter_bad_members_alone() {
     s.produce_raw(&ls[0], b"[{\"event_type\": \"content.view\"},").await;
     let single = event(&ls[1], "content.view", "cs101", "c1", "uni-a");
     s.produce(std::slice::from_ref(&single)).await;
+    // The same forms compressed as learnvault's producers send them (zstd frames).
+    let zipped: Vec<serde_json::Value> = (0..2).map(|i| event(&ls[i % 2], "content.view", "cs101", "c1", "uni-a")).collect();
+    let mut zipped_bad = event(&ls[0], "content.view", "cs101", "c1", "uni-a");
+    zipped_bad.as_object_mut().unwrap().remove("cohort_id");
+    let zstd = |v: Vec<u8>| envelope::encode_value(v, envelope::Compression::Zstd);
+    s.produce_raw(&ls[0], &zstd(serde_json::to_vec(&json!([zipped[0], zipped_bad, zipped[1]])).unwrap())).await;
+    let mut corrupt = envelope::ZSTD_MAGIC.to_vec();
+    corrupt.extend_from_slice(b"\x00 not a frame");
+    s.produce_raw(&ls[0], &corrupt).await;
+    // A decompression bomb: 20 MiB of spaces in a few hundred bytes.
+    s.produce_raw(&ls[0], &zstd(vec![b' '; 20 * 1024 * 1024])).await;
 
-    assert_eq!(s.wait_rows(4, Duration::from_secs(60)).await, 4);
-    let dl = s.dead_letters(4, Duration::from_secs(30)).await;
+    assert_eq!(s.wait_rows(6, Duration::from_secs(60)).await, 6);
+    let dl = s.dead_letters(7, Duration::from_secs(30)).await;
     lander.stop().await;
     let mut got: Vec<(String, Option<u64>)> = dl.iter().map(|d| (d["reason"].as_str().unwrap().to_owned(), d["index"].as_u64())).collect();
     got.sort();
     assert_eq!(
         got,
         vec![
+            ("invalid_encoding".to_owned(), None),
             ("invalid_json".to_owned(), None),
+            ("oversized".to_owned(), None),
             ("protected_attribute".to_owned(), Some(3)),
             ("schema_violation".to_owned(), None),
             ("schema_violation".to_owned(), Some(1)),
+            ("schema_violation".to_owned(), Some(1)),
         ]
     );
+    // A refused member of a compressed envelope is dead-lettered as JSON, decompressed.
+    let zmember = dl.iter().find(|d| d["index"] == 1 && d["payload"].as_str().is_some_and(|p| p.contains(zipped_bad["event_id"].as_str().unwrap()))).unwrap();
+    assert!(!zmember["payload"].as_str().unwrap().contains("cohort_id"), "{zmember}");
+    // A frame that does not decompress keeps its original bytes.
+    let bad_frame = dl.iter().find(|d| d["reason"] == "invalid_encoding").unwrap();
+    assert!(bad_frame["payload_base64"].is_string(), "{bad_frame}");
     // A refused member is dead-lettered alone: its own payload, not the envelope.
     let member = dl.iter().find(|d| d["index"] == 1).unwrap();
     let payload: serde_json::Value = serde_json::from_str(member["payload"].as_str().unwrap()).unwrap();
@@ -227,7 +248,7 @@ async fn envelopes_land_their_events_and_dead_letter_bad_members_alone() {
     assert!(!prot["payload"].as_str().unwrap().contains("\"x\""), "{prot}");
     // Keyed by its own learner, not by the envelope's first one.
     assert_eq!(prot["_key"], json!(ls[1]), "{prot}");
-    for ev in good.iter().chain([&single]) {
+    for ev in good.iter().chain([&single]).chain(&zipped) {
         let id = ev["event_id"].as_str().unwrap().to_owned();
         let n = s.wh.query("SELECT count() AS n FROM events.learning_events WHERE event_id = {e:UUID}", &[("e", id)]).await.unwrap();
         assert_eq!(num(&n[0]["n"]), 1, "{ev}");

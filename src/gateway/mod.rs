@@ -72,6 +72,7 @@ pub struct Gateway {
     vault: Vault,
     clock_skew: Duration,
     produce_timeout_ms: u64,
+    compression: crate::envelope::Compression,
     /// The events topic's partition count and when it was read.
     partitions: std::sync::Mutex<Option<(i32, std::time::Instant)>>,
 }
@@ -95,6 +96,7 @@ impl Gateway {
             vault,
             clock_skew: Duration::from_secs(300),
             produce_timeout_ms: settings.produce_timeout_ms,
+            compression: settings.envelope_compression,
             partitions: std::sync::Mutex::new(None),
         })
     }
@@ -241,7 +243,7 @@ impl Gateway {
         let mut unavailable: Vec<usize> = Vec::new();
         match partitions {
             Some(n) => {
-                for env in crate::envelope::pack(bodies.iter().map(|(i, k, b)| (*i, k.as_str(), b.as_slice())), n) {
+                for env in crate::envelope::pack(bodies.iter().map(|(i, k, b)| (*i, k.as_str(), b.as_slice())), n, self.compression) {
                     let producer = &self.producer;
                     let topic = &self.topic;
                     sends.push(async move {

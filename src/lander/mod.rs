@@ -163,10 +163,23 @@ impl Decoder {
     /// One record -> its events: a record is one event object or an envelope
     /// (a JSON array of events, see [`crate::envelope`]).
     fn decode(&self, m: Raw, out: &mut Vec<Item>) {
-        let raw: Arc<[u8]> = m.raw.into();
         let key: Option<Arc<[u8]>> = m.key.map(Into::into);
+        let decoded = crate::envelope::decode_value(&m.raw);
+        let (raw, refused): (Arc<[u8]>, _) = match decoded {
+            Ok(Some(json)) => (json.into(), None),
+            Ok(None) => (m.raw.into(), None),
+            Err(crate::envelope::DecodeError::Corrupt) => (m.raw.into(), Some((Reason::InvalidEncoding, "payload is a zstd frame that does not decompress".to_string()))),
+            Err(crate::envelope::DecodeError::Oversized) => (
+                m.raw.into(),
+                Some((Reason::Oversized, format!("compressed payload decodes to more than {} bytes", crate::envelope::MAX_DECODED_RECORD_BYTES))),
+            ),
+        };
         let whole = 0..raw.len();
         let item = |index: Option<u32>, span: std::ops::Range<usize>, outcome| Item { offset: m.offset, index, key: key.clone(), raw: raw.clone(), span, outcome };
+        if let Some(refusal) = refused {
+            out.push(item(None, whole, Err(refusal)));
+            return;
+        }
         if raw.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
             match serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(&raw) {
                 Ok(events) if !events.is_empty() => {
@@ -658,7 +671,7 @@ impl Lander {
             }
         }
         state.started.get_or_insert_with(Instant::now);
-        state.bytes += item.raw.len();
+        state.bytes += crate::envelope::decoded_len(&item.raw);
         state.items.push(item);
         let full = match &state.replay {
             Some((_, last, _)) => offset >= *last,

@@ -68,6 +68,8 @@ pub struct Taxonomy {
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     InvalidJson,
+    /// A compressed record that does not decompress (see `envelope`).
+    InvalidEncoding,
     SchemaViolation,
     UnknownVersion,
     UnknownEventType,
@@ -83,6 +85,7 @@ impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::InvalidJson => "invalid_json",
+            Reason::InvalidEncoding => "invalid_encoding",
             Reason::SchemaViolation => "schema_violation",
             Reason::UnknownVersion => "unknown_version",
             Reason::UnknownEventType => "unknown_event_type",

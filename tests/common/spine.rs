@@ -127,8 +127,8 @@ impl Spine {
         }
     }
 
-    /// Every message of `topic` (key and payload as text), reading until `idle` passes without one.
-    pub async fn scan(&self, topic: &str, idle: Duration) -> Vec<String> {
+    /// Every message of `topic` as (key, value) bytes, reading until `idle` passes without one.
+    pub async fn records(&self, topic: &str, idle: Duration) -> Vec<(Vec<u8>, Vec<u8>)> {
         let c: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.settings.kafka_brokers)
             .set("group.id", format!("scanner-{}", uuid::Uuid::new_v4()))
@@ -139,11 +139,22 @@ impl Spine {
         c.subscribe(&[topic]).unwrap();
         let mut out = Vec::new();
         while let Ok(Ok(m)) = tokio::time::timeout(idle, c.recv()).await {
-            let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
-            let payload = m.payload().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
-            out.push(format!("{key}\t{payload}"));
+            out.push((m.key().unwrap_or_default().to_vec(), m.payload().unwrap_or_default().to_vec()));
         }
         out
+    }
+
+    /// Every message of `topic` as `key<TAB>value` text, a zstd-compressed value
+    /// decompressed (as the lander reads it), reading until `idle` passes without one.
+    pub async fn scan(&self, topic: &str, idle: Duration) -> Vec<String> {
+        self.records(topic, idle)
+            .await
+            .into_iter()
+            .map(|(k, v)| {
+                let json = learnvault::envelope::decode_value(&v).expect("a record value decodes");
+                format!("{}\t{}", String::from_utf8_lossy(&k), String::from_utf8_lossy(json.as_deref().unwrap_or(&v)))
+            })
+            .collect()
     }
 
     /// Messages in `topic` (sum of high watermarks).
