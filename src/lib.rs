@@ -29,6 +29,10 @@
 // The gateway and the lander allocate per event (JSON values, maps): glibc's
 // malloc was a third of the gateway's profile; mimalloc is the allocator of
 // every binary built on this crate (the service, its tests and benchmarks).
+// Built without transparent huge pages (`no_thp`): on our VMs a fault zeroes a
+// whole 2 MiB page, and the lander's decode threads spent more time in the
+// kernel zeroing pages than decoding (sys 6.9 s against 2.2 s for one
+// `bench lander` run; 0.50 against 0.61-0.67 of the raw insert rate).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

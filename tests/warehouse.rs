@@ -40,14 +40,14 @@ async fn migrations_apply_once_and_views_backfill_history() {
     std::fs::create_dir_all(&base_only).unwrap();
     std::fs::write(base_only.join("0001_learning_events.sql"), &all[0].sql).unwrap();
     migrate::run(&wh, &base_only).await.unwrap();
-    wh.insert("events.learning_events", "JSONEachRow", events(700, "cs101", "2026-11-20"), &[]).await.unwrap();
+    wh.insert("events.learning_events", "JSONEachRow", events(700, "cs101", "2026-11-20").into(), &[]).await.unwrap();
 
     let applied = migrate::run(&wh, &migrations).await.unwrap();
     assert_eq!(applied, all.iter().skip(1).map(|m| m.version).collect::<Vec<_>>());
     assert!(migrate::run(&wh, &migrations).await.unwrap().is_empty(), "idempotent");
 
     // New rows reach the views through the materialized views.
-    wh.insert("events.learning_events", "JSONEachRow", events(70, "cs101", "2026-11-21"), &[]).await.unwrap();
+    wh.insert("events.learning_events", "JSONEachRow", events(70, "cs101", "2026-11-21").into(), &[]).await.unwrap();
     let funnel = wh
         .query(
             "SELECT event_date, uniqMerge(learners) AS enrolled, uniqMerge(started) AS started, uniqMerge(assessed) AS assessed

@@ -40,6 +40,13 @@ pub struct LanderArgs {
     /// to 500 events (what the gateway produces; see `envelope`).
     #[arg(long)]
     singles: bool,
+    /// Let the engine's background merges run during the timed raw-insert and
+    /// lander phases. By default they are paused (`SYSTEM STOP MERGES`) while each
+    /// phase runs and caught up between phases, so neither side is charged merges
+    /// of rows the other inserted (a short raw phase otherwise leaves its merges to
+    /// the longer lander phase that follows).
+    #[arg(long)]
+    merges_running: bool,
 }
 
 /// Records for `events` (pseudonym, event JSON), as a producer sends them:
@@ -105,7 +112,12 @@ pub async fn run(mut settings: Settings, args: LanderArgs) -> anyhow::Result<Exi
 
 async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyhow::Result<ExitCode> {
     migrate::run(wh, &settings.clickhouse_migrations_dir).await?;
-    println!("learnvault bench lander  engine={}  partitions={}", wh.version().await?, settings.topic_partitions);
+    println!(
+        "learnvault bench lander  engine={}  partitions={}  background merges during timed phases: {}",
+        wh.version().await?,
+        settings.topic_partitions,
+        if args.merges_running { "running" } else { "paused" }
+    );
 
     // Learners in the vault (the lander refuses unknown pseudonyms).
     let pool = crate::db::connect(settings)?;
@@ -195,13 +207,15 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
                 buf.extend_from_slice(l);
                 buf.push(b'\n');
             }
-            wh.insert("events.learning_events", "JSONEachRow", buf, &[]).await?;
+            wh.insert("events.learning_events", "JSONEachRow", buf.into(), &[]).await?;
         }
         anyhow::Ok(args.events as f64 / t0.elapsed().as_secs_f64())
     };
-    settle(wh, 60).await?;
+    let pause = !args.merges_running;
+    phase(wh, pause).await?;
     let raw_before = raw_insert().await?;
-    settle(wh, 60).await?;
+    phase(wh, false).await?;
+    phase(wh, pause).await?;
 
     let lander = super::land::build(settings, wh.clone()).await?;
     let stats = lander.stats();
@@ -228,9 +242,11 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
     let join_secs = t_first.duration_since(t0).as_secs_f64();
     let lander_secs = t_first.elapsed().as_secs_f64();
     let lander_rate = (args.events as u64 - n_first) as f64 / lander_secs;
-    settle(wh, 60).await?;
+    phase(wh, false).await?;
+    phase(wh, pause).await?;
     let raw_after = raw_insert().await?;
-    settle(wh, 60).await?;
+    phase(wh, false).await?;
+    phase(wh, pause).await?;
     let raw_rate = raw_before.max(raw_after);
     let raw_secs = args.events as f64 / raw_rate;
     // The lander's own pipeline (decode, validate, govern, intent, insert with token), no broker.
@@ -255,6 +271,7 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
         core_rows += core.land_direct(1000 + (n % settings.topic_partitions as usize) as i32, msgs).await?;
     }
     let core_secs = t0.elapsed().as_secs_f64();
+    phase(wh, false).await?;
     anyhow::ensure!(core_rows == args.events as u64, "lander core landed {core_rows}");
     let core_rate = args.events as f64 / core_secs;
     println!(
@@ -408,6 +425,17 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
     }
     pool.close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Between timed phases: merges on again and caught up; then, when `pause`,
+/// paused for the phase about to start.
+async fn phase(wh: &Warehouse, pause: bool) -> anyhow::Result<()> {
+    wh.execute("SYSTEM START MERGES", &[]).await?;
+    settle(wh, 120).await?;
+    if pause {
+        wh.execute("SYSTEM STOP MERGES", &[]).await?;
+    }
+    Ok(())
 }
 
 /// Wait until the engine's background merges are done (at most `max_secs`), so each

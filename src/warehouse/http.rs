@@ -26,7 +26,7 @@ impl Server {
         Ok(Server { client, base, user })
     }
 
-    async fn send(&self, url: Url, body: Vec<u8>) -> Result<Vec<u8>, WarehouseError> {
+    async fn send(&self, url: Url, body: impl Into<reqwest::Body>) -> Result<Vec<u8>, WarehouseError> {
         let mut req = self.client.post(url).body(body);
         if let Some((u, p)) = &self.user {
             req = req.basic_auth(u, Some(p));
@@ -58,7 +58,7 @@ impl Server {
         self.send(url, sql.as_bytes().to_vec()).await
     }
 
-    pub async fn insert(&self, table: &str, format: &str, data: Vec<u8>, settings: &[(&str, String)]) -> Result<(), WarehouseError> {
+    pub async fn insert(&self, table: &str, format: &str, data: std::sync::Arc<Vec<u8>>, settings: &[(&str, String)]) -> Result<(), WarehouseError> {
         let mut url = self.base.clone();
         {
             let mut q = url.query_pairs_mut();
@@ -67,6 +67,15 @@ impl Server {
                 q.append_pair(k, v);
             }
         }
-        self.send(url, data).await.map(|_| ())
+        self.send(url, bytes::Bytes::from_owner(Shared(data))).await.map(|_| ())
+    }
+}
+
+/// Rows shared with the caller, sent as the request body without a copy.
+struct Shared(std::sync::Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for Shared {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
     }
 }

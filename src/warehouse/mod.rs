@@ -141,7 +141,9 @@ impl Warehouse {
     /// Insert `data` (in `format`, e.g. `JSONEachRow`) into `table` with
     /// `settings` (names and values must be `[A-Za-z0-9_:.-]`: they are ours,
     /// e.g. a deduplication token, never user data).
-    pub async fn insert(&self, table: &str, format: &str, data: Vec<u8>, settings: &[(&str, String)]) -> Result<(), WarehouseError> {
+    /// Insert `data` (rows in `format`) into `table`. The data is shared, not copied:
+    /// a caller that retries or reuses its buffer keeps its `Arc`.
+    pub async fn insert(&self, table: &str, format: &str, data: Arc<Vec<u8>>, settings: &[(&str, String)]) -> Result<(), WarehouseError> {
         let safe = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_:.-".contains(&b));
         if !safe(table) || !safe(format) || settings.iter().any(|(k, v)| !safe(k) || !safe(v)) {
             return Err(WarehouseError::Config("insert target and settings must be plain identifiers".into()));
