@@ -89,8 +89,8 @@ pub struct Settings {
     /// loopback (it re-handles compressed batches: 45k vs 29k events/s
     /// measured), `lz4` for Apache Kafka over a network (no zstd in this librdkafka build).
     pub produce_compression: String,
-    /// Compression of each record's value by learnvault's producers (gateway, loadgen,
-    /// benches): `zstd` (default) or `none`; see `envelope`. The lander reads both.
+    /// Compression of each envelope's value by the gateway and `bench lander`: `zstd`
+    /// (default) or `none`; see `envelope`. The lander reads both.
     pub envelope_compression: crate::envelope::Compression,
     /// Events in one `POST /v1/events` or xAPI request.
     pub ingest_max_events: usize,

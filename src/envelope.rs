@@ -108,11 +108,22 @@ pub fn decode_value(raw: &[u8]) -> Result<Option<Vec<u8>>, DecodeError> {
     if !raw.starts_with(&ZSTD_MAGIC) {
         return Ok(None);
     }
-    if let Ok(Some(n)) = zstd::zstd_safe::get_frame_content_size(raw) {
-        if n > MAX_DECODED_RECORD_BYTES as u64 {
-            return Err(DecodeError::Oversized);
+    let declared = match zstd::zstd_safe::get_frame_content_size(raw) {
+        Ok(Some(n)) if n > MAX_DECODED_RECORD_BYTES as u64 => return Err(DecodeError::Oversized),
+        Ok(Some(n)) => n as usize,
+        // No size in the header (learnvault's producers always write it): read at most one byte past the bound.
+        Ok(None) => {
+            use std::io::Read;
+            let mut out = Vec::new();
+            zstd::stream::read::Decoder::with_buffer(raw)
+                .map_err(|_| DecodeError::Corrupt)?
+                .take(MAX_DECODED_RECORD_BYTES as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|_| DecodeError::Corrupt)?;
+            return if out.len() > MAX_DECODED_RECORD_BYTES { Err(DecodeError::Oversized) } else { Ok(Some(out)) };
         }
-    }
+        Err(_) => return Err(DecodeError::Corrupt),
+    };
     thread_local! {
         static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
     }
@@ -122,14 +133,8 @@ pub fn decode_value(raw: &[u8]) -> Result<Option<Vec<u8>>, DecodeError> {
             Some(d) => d,
             slot => slot.insert(zstd::bulk::Decompressor::new().map_err(|_| DecodeError::Corrupt)?),
         };
-        d.decompress(raw, MAX_DECODED_RECORD_BYTES).map(Some).map_err(|e| {
-            // A frame without a size header that outgrows the buffer reads as "destination too small".
-            if e.to_string().contains("Destination buffer is too small") {
-                DecodeError::Oversized
-            } else {
-                DecodeError::Corrupt
-            }
-        })
+        // A frame holding more than its header declares does not fit: corrupt.
+        d.decompress(raw, declared).map(Some).map_err(|_| DecodeError::Corrupt)
     })
 }
 

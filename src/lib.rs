@@ -32,7 +32,7 @@
 // Built without transparent huge pages (`no_thp`): on our VMs a fault zeroes a
 // whole 2 MiB page, and the lander's decode threads spent more time in the
 // kernel zeroing pages than decoding (sys 6.9 s against 2.2 s for one
-// `bench lander` run; 0.50 against 0.61-0.67 of the raw insert rate).
+// `bench lander` run; 0.43-0.50 against 0.61-0.67 of the raw insert rate).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -214,7 +214,6 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
     let pause = !args.merges_running;
     phase(wh, pause).await?;
     let raw_before = raw_insert().await?;
-    phase(wh, false).await?;
     phase(wh, pause).await?;
 
     let lander = super::land::build(settings, wh.clone()).await?;
@@ -242,10 +241,8 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
     let join_secs = t_first.duration_since(t0).as_secs_f64();
     let lander_secs = t_first.elapsed().as_secs_f64();
     let lander_rate = (args.events as u64 - n_first) as f64 / lander_secs;
-    phase(wh, false).await?;
     phase(wh, pause).await?;
     let raw_after = raw_insert().await?;
-    phase(wh, false).await?;
     phase(wh, pause).await?;
     let raw_rate = raw_before.max(raw_after);
     let raw_secs = args.events as f64 / raw_rate;

@@ -191,16 +191,19 @@ impl Decoder {
     /// (a JSON array of events, see [`crate::envelope`]).
     fn decode(&self, m: Raw, out: &mut Vec<Item>) {
         let key: Option<Arc<[u8]>> = m.key.map(Into::into);
-        let decoded = crate::envelope::decode_value(&m.raw);
-        let (raw, refused) = match decoded {
-            Ok(Some(json)) => (Arc::new(json), None),
-            Ok(None) => (Arc::new(m.raw), None),
-            Err(crate::envelope::DecodeError::Corrupt) => (Arc::new(m.raw), Some((Reason::InvalidEncoding, "payload is a zstd frame that does not decompress".to_string()))),
-            Err(crate::envelope::DecodeError::Oversized) => (
-                Arc::new(m.raw),
-                Some((Reason::Oversized, format!("compressed payload decodes to more than {} bytes", crate::envelope::MAX_DECODED_RECORD_BYTES))),
+        use crate::envelope::{decode_value, DecodeError, MAX_DECODED_RECORD_BYTES};
+        let (raw, refused) = match decode_value(&m.raw) {
+            Ok(Some(json)) => (json, None),
+            Ok(None) => (m.raw, None),
+            Err(e) => (
+                m.raw,
+                Some(match e {
+                    DecodeError::Corrupt => (Reason::InvalidEncoding, "payload is a zstd frame that does not decompress".to_string()),
+                    DecodeError::Oversized => (Reason::Oversized, format!("compressed payload decodes to more than {MAX_DECODED_RECORD_BYTES} bytes")),
+                }),
             ),
         };
+        let raw = Arc::new(raw);
         let whole = 0..raw.len();
         let item = |index: Option<u32>, span: std::ops::Range<usize>, outcome| Item { offset: m.offset, index, key: key.clone(), raw: raw.clone(), span, outcome };
         if let Some(refusal) = refused {

@@ -147,14 +147,7 @@ impl Spine {
     /// Every message of `topic` as `key<TAB>value` text, a zstd-compressed value
     /// decompressed (as the lander reads it), reading until `idle` passes without one.
     pub async fn scan(&self, topic: &str, idle: Duration) -> Vec<String> {
-        self.records(topic, idle)
-            .await
-            .into_iter()
-            .map(|(k, v)| {
-                let json = learnvault::envelope::decode_value(&v).expect("a record value decodes");
-                format!("{}\t{}", String::from_utf8_lossy(&k), String::from_utf8_lossy(json.as_deref().unwrap_or(&v)))
-            })
-            .collect()
+        as_text(&self.records(topic, idle).await)
     }
 
     /// Messages in `topic` (sum of high watermarks).
@@ -331,4 +324,15 @@ impl Drop for Broker {
 
 fn rand_port() -> u16 {
     (uuid::Uuid::new_v4().as_u128() % 65_000) as u16
+}
+
+/// Records as `key<TAB>value` text, a zstd-compressed value decompressed (as the lander reads it).
+pub fn as_text(records: &[(Vec<u8>, Vec<u8>)]) -> Vec<String> {
+    records
+        .iter()
+        .map(|(k, v)| {
+            let json = learnvault::envelope::decode_value(v).expect("a record value decodes");
+            format!("{}\t{}", String::from_utf8_lossy(k), String::from_utf8_lossy(json.as_deref().unwrap_or(v)))
+        })
+        .collect()
 }
