@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's first command: set up what is needed (PostgreSQL, the embedded
-# ClickHouse engine, the tansu broker), then walk through learnvault end to end
+# ClickHouse engine, Apache Kafka), then walk through learnvault end to end
 # on fresh state: the vault and its audit log, a cohort's events through Kafka
 # and the governed lander into ClickHouse; then the whole system live (API,
 # gateway, lander, engine) fed by a simulated cohort in real time, with a
@@ -11,8 +11,8 @@ cd "$(dirname "$0")/.."
 ops/deps.sh
 ops/postgres.sh
 ops/install-chdb.sh >/dev/null
-tansu_pid=$(ops/tansu.sh)
-trap '[ -n "${tansu_pid:-}" ] && kill "$tansu_pid" 2>/dev/null || true' EXIT
+kafka_pid=$(ops/kafka.sh)
+trap '[ -n "${kafka_pid:-}" ] && kill "$kafka_pid" 2>/dev/null || true' EXIT
 cargo build --quiet
 dropdb -h 127.0.0.1 -U postgres --if-exists learnvault_demo
 run=$(date +%s)

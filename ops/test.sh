@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # The whole test suite on the real services. README's second command; .ci/run calls it.
 # Sets up what is missing (system packages, PostgreSQL, the embedded ClickHouse
-# engine, the tansu broker), runs the policy checks, then every test.
+# engine, Apache Kafka from Maven Central), runs the policy checks, then every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ops/deps.sh
 ops/postgres.sh
 ops/install-chdb.sh >/dev/null
-tansu_pid=$(LEARNVAULT_TANSU_FRESH=1 ops/tansu.sh)
-trap '[ -n "${tansu_pid:-}" ] && kill "$tansu_pid" 2>/dev/null || true' EXIT
+# Tests make topics by the hundred: the broker starts from empty storage (a broker already
+# listening on 9092 is used as it is).
+kafka_pid=$(LEARNVAULT_KAFKA_FRESH=1 ops/kafka.sh)
+trap '[ -n "${kafka_pid:-}" ] && kill "$kafka_pid" 2>/dev/null || true' EXIT
 
 # Each test makes its own database lv_test_<uuid>; drop those of earlier runs.
 psql -h 127.0.0.1 -U postgres -d postgres -Atqc \
   "SELECT datname FROM pg_database WHERE datname LIKE 'lv\_test\_%' OR datname LIKE 'lv\_prod\_refusal\_%'" |
   while read -r db; do dropdb -h 127.0.0.1 -U postgres --if-exists "$db" >/dev/null 2>&1 || true; done
-rm -rf "${TMPDIR:-/tmp}"/lv-spine-* "${TMPDIR:-/tmp}"/lv-ch-* 2>/dev/null || true
+rm -rf "${TMPDIR:-/tmp}"/lv-spine-* "${TMPDIR:-/tmp}"/lv-ch-* "${TMPDIR:-/tmp}"/lv-kafka-* "${TMPDIR:-/tmp}"/lv-pg-* 2>/dev/null || true
 
 command -v cargo-nextest >/dev/null 2>&1 || cargo install cargo-nextest --locked
 cargo build --quiet

@@ -63,8 +63,8 @@ pub async fn build_state(settings: &Settings) -> anyhow::Result<AppState> {
 /// Give the API the ingest gateway (a Kafka producer; the topics are created
 /// if the broker is reachable, otherwise ingest answers 503 until it is).
 pub async fn with_gateway(mut state: AppState, settings: &Settings) -> anyhow::Result<AppState> {
-    let topics = [(settings.events_topic.as_str(), settings.topic_partitions), (settings.dlq_topic.as_str(), settings.topic_partitions)];
-    if let Err(e) = crate::lander::ensure_topics(&settings.kafka_brokers, &topics).await {
+    let topics = crate::topics::specs(settings)?;
+    if let Err(e) = crate::topics::ensure(&settings.kafka_brokers, &topics).await {
         tracing::warn!(error = %e, "cannot create the topics now; ingest answers 503 until the broker is reachable");
     }
     let analytics = state.policies.consent_default("analytics");
@@ -77,12 +77,15 @@ pub async fn with_gateway(mut state: AppState, settings: &Settings) -> anyhow::R
 pub fn with_warehouse(mut state: AppState, settings: &Settings, warehouse: Warehouse) -> anyhow::Result<AppState> {
     let master = MasterKey::load(settings).context("loading the master key")?;
     let dir = &settings.policy_dir;
+    let retention = crate::retention::Policy::load(&dir.join("retention.yaml")).context("loading the retention policy")?;
     let dsr = Dsr {
         pool: state.pool.clone(),
         warehouse: warehouse.clone(),
         vault: state.vault.clone(),
         map: DataMap::load(&dir.join("data-map.yaml")).context("loading the data map")?,
-        retention: crate::retention::Policy::load(&dir.join("retention.yaml")).context("loading the retention policy")?,
+        kafka_brokers: settings.kafka_brokers.clone(),
+        topics: crate::topics::specs_with(settings, &retention)?,
+        retention,
         archive_dir: settings.archive_path(),
         signer: crate::dsr::certificate::Signer::derive(&master),
         settle: std::time::Duration::from_millis(settings.governance_cache_ms + settings.lander_batch_ms),

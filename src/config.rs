@@ -89,6 +89,9 @@ pub struct Settings {
     /// loopback (it re-handles compressed batches: 45k vs 29k events/s
     /// measured), `lz4` for Apache Kafka over a network (no zstd in this librdkafka build).
     pub produce_compression: String,
+    /// What a record of the events topic holds when the gateway (and `bench lander`) produce:
+    /// `single` (one JSON event keyed by pseudonym) or `envelope`; see `envelope`.
+    pub record_format: crate::envelope::RecordFormat,
     /// Compression of each envelope's value by the gateway and `bench lander`: `zstd`
     /// (default) or `none`; see `envelope`. The lander reads both.
     pub envelope_compression: crate::envelope::Compression,
@@ -137,6 +140,7 @@ impl Default for Settings {
             produce_timeout_ms: 5_000,
             produce_compression: "none".into(),
             envelope_compression: crate::envelope::Compression::Zstd,
+            record_format: crate::envelope::RecordFormat::Envelope,
             ingest_max_events: 5_000,
             jobs_enabled: true,
             archive_dir: None,

@@ -31,6 +31,8 @@ pub fn producer_config(brokers: &str, compression: &str) -> rdkafka::config::Cli
     let mut c = rdkafka::config::ClientConfig::new();
     c.set("bootstrap.servers", brokers)
         .set("acks", "all")
+        // A retried produce (a broker restarted, a lost acknowledgement) is written once.
+        .set("enable.idempotence", "true")
         .set("compression.type", compression)
         .set("partitioner", "murmur2_random");
     c
@@ -75,6 +77,27 @@ pub fn murmur2(data: &[u8]) -> i32 {
 /// The partition Kafka's default (Java) partitioner gives `key` among `partitions`.
 pub fn partition_for(key: &[u8], partitions: i32) -> i32 {
     (murmur2(key) & 0x7fff_ffff) % partitions.max(1)
+}
+
+/// What one record of `learning-events` holds, as the gateway and `bench lander` produce it.
+/// The lander reads both forms (and either compression) whatever this says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordFormat {
+    /// One JSON event per record, keyed by its pseudonym: what kcat, ClickHouse's Kafka
+    /// engine, Kafka Connect and any third-party producer or consumer expect.
+    Single,
+    /// One record per partition per request holding a JSON array of events (see the module doc).
+    Envelope,
+}
+
+impl std::fmt::Display for RecordFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RecordFormat::Single => "single",
+            RecordFormat::Envelope => "envelope",
+        })
+    }
 }
 
 /// How learnvault's producers encode a record's value.

@@ -54,5 +54,6 @@ pub mod retention;
 pub mod sim;
 pub mod taxonomy;
 pub mod telemetry;
+pub mod topics;
 pub mod vault;
 pub mod warehouse;

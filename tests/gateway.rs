@@ -1,4 +1,4 @@
-//! The ingest gateway on real tansu, PostgreSQL and the embedded engine:
+//! The ingest gateway on real Apache Kafka, PostgreSQL and the embedded engine:
 //! `/v1/events` and `/xapi/statements` pseudonymise at the gate, and no actor
 //! identifier ever reaches Kafka or ClickHouse.
 mod common;

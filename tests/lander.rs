@@ -1,4 +1,4 @@
-//! The governed lander on real tansu, chDB and PostgreSQL.
+//! The governed lander on real Apache Kafka, chDB and PostgreSQL.
 mod common;
 
 use common::spine::{event, num, Spine};

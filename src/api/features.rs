@@ -80,8 +80,8 @@ async fn features(State(s): State<AppState>, p: Principal, Path(raw): Path<Strin
     Ok(Json(Features { pseudonym: pseudonym.as_uuid(), feature_set: "features.learner_engagement", features }))
 }
 
-/// The retention proof (same as `learnvault retention verify`): live TTLs equal
-/// `policies/retention.yaml`, no row or archive older than policy plus grace.
+/// The retention proof (same as `learnvault retention verify`): live TTLs and topic
+/// configurations equal `policies/retention.yaml`, no row or archive older than policy plus grace.
 #[utoipa::path(get, path = "/v1/retention/report", tag = "retention",
     responses((status = 200, description = "the report; `ok` false on any violation", body = Object),
         (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
@@ -94,5 +94,6 @@ async fn retention_report(State(s): State<AppState>, p: Principal) -> Result<Jso
     let unavailable = |e: crate::retention::RetentionError| Error::Unavailable { code: "retention_check_failed", message: e.to_string() };
     let mut report = crate::retention::verify(&d.warehouse, &d.retention).await.map_err(unavailable)?;
     crate::retention::verify_postgres(&mut report, &d.pool, &d.retention, &d.archive_dir).await.map_err(unavailable)?;
+    crate::retention::verify_topics(&mut report, &d.kafka_brokers, &d.topics).await;
     Ok(Json(report))
 }

@@ -37,7 +37,7 @@ pub struct LanderArgs {
     #[arg(long, default_value_t = 5_000)]
     learners: usize,
     /// Produce one record per event instead of per-partition envelopes of up
-    /// to 500 events (what the gateway produces; see `envelope`).
+    /// to 500 events (as `LEARNVAULT_RECORD_FORMAT=single` does; see `envelope`).
     #[arg(long)]
     singles: bool,
     /// Let the engine's background merges run during the timed raw-insert and
@@ -149,7 +149,7 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "1000000")
         .create()?;
-    crate::lander::ensure_topics(&settings.kafka_brokers, &[(&settings.events_topic, settings.topic_partitions), (&settings.dlq_topic, settings.topic_partitions)]).await?;
+    crate::topics::ensure(&settings.kafka_brokers, &crate::topics::specs(&settings)?).await?;
 
     // Phase 1: backlog of N events, then the lander drains it.
     let now_ms = chrono::Utc::now().timestamp_millis();
@@ -161,7 +161,8 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
         .collect();
     let t0 = Instant::now();
     let compression = settings.envelope_compression;
-    let recs = records(&payloads, args.singles, settings.topic_partitions, compression);
+    let singles = args.singles || settings.record_format == crate::envelope::RecordFormat::Single;
+    let recs = records(&payloads, singles, settings.topic_partitions, compression);
     let rec_bytes: usize = recs.iter().map(|r| r.2.len()).sum();
     let json_bytes: usize = payloads.iter().map(|p| p.1.len()).sum();
     for chunk in recs.chunks(20_000) {
@@ -174,7 +175,7 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
         "produced {} events in {} records ({}, {:?}; {:.1} MB of record values for {:.1} MB of event JSON) in {:.1}s",
         args.events,
         recs.len(),
-        if args.singles { "one event per record" } else { "envelopes of up to 500 events per partition" },
+        if singles { "one event per record" } else { "envelopes of up to 500 events per partition" },
         compression,
         rec_bytes as f64 / 1e6,
         json_bytes as f64 / 1e6,
@@ -258,7 +259,7 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
     // The records a producer sends (envelopes, compressed as configured), `per_insert` events a batch.
     let mut offset = 0i64;
     for (n, chunk) in payloads.chunks(per_insert).enumerate() {
-        let msgs = records(chunk, args.singles, settings.topic_partitions, compression)
+        let msgs = records(chunk, singles, settings.topic_partitions, compression)
             .into_iter()
             .map(|(_, k, v)| {
                 offset += 1;
@@ -305,7 +306,7 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
             tick_events.push((l.clone(), payload(l, sent % learners.len(), sent, chrono::Utc::now().timestamp_millis())));
             sent += 1;
         }
-        for r in records(&tick_events, args.singles, settings.topic_partitions, compression) {
+        for r in records(&tick_events, singles, settings.topic_partitions, compression) {
             let producer = producer.clone();
             let topic = settings.events_topic.clone();
             inflight.push(tokio::spawn(async move {

@@ -41,8 +41,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
         let api = crate::app::serve(state, listener, stopped(stop_rx.clone()));
         let land = async {
             if settings.lander_enabled {
-                let lander = super::land::build(&settings, warehouse.clone()).await?;
-                lander.run(stopped(stop_rx.clone())).await?;
+                super::land::supervise(&settings, warehouse.clone(), stop_rx.clone()).await?;
             }
             anyhow::Ok(())
         };

@@ -145,6 +145,9 @@ pub struct Dsr {
     pub vault: Vault,
     pub map: DataMap,
     pub retention: retention::Policy,
+    /// The broker and the topics whose retention the retention report reads back.
+    pub kafka_brokers: String,
+    pub topics: Vec<crate::topics::TopicSpec>,
     pub archive_dir: PathBuf,
     pub signer: certificate::Signer,
     /// How long the lander may still land events of a just-tombstoned subject

@@ -73,6 +73,7 @@ pub struct Gateway {
     clock_skew: Duration,
     produce_timeout_ms: u64,
     compression: crate::envelope::Compression,
+    format: crate::envelope::RecordFormat,
     /// The events topic's partition count and when it was read.
     partitions: std::sync::Mutex<Option<(i32, std::time::Instant)>>,
 }
@@ -97,6 +98,7 @@ impl Gateway {
             clock_skew: Duration::from_secs(300),
             produce_timeout_ms: settings.produce_timeout_ms,
             compression: settings.envelope_compression,
+            format: settings.record_format,
             partitions: std::sync::Mutex::new(None),
         })
     }
@@ -231,8 +233,8 @@ impl Gateway {
             }
         }
 
-        // 4. Produce the accepted as envelopes (one record per partition, see
-        // `envelope`), dead-letter the refused; then wait for every acknowledgement.
+        // 4. Produce the accepted, one event per record or as envelopes (one record per
+        // partition, see `envelope`), dead-letter the refused; then wait for every acknowledgement.
         let partitions = self.partitions().await;
         let bodies: Vec<(usize, String, Vec<u8>)> = valid
             .iter()
@@ -243,7 +245,23 @@ impl Gateway {
         let mut unavailable: Vec<usize> = Vec::new();
         match partitions {
             Some(n) => {
-                for env in crate::envelope::pack(bodies.iter().map(|(i, k, b)| (*i, k.as_str(), b.as_slice())), n, self.compression) {
+                let records = match self.format {
+                    // One event per record: the record is the event's own JSON (the same
+                    // bytes an envelope holds), partitioned by its pseudonym.
+                    crate::envelope::RecordFormat::Single => bodies
+                        .iter()
+                        .map(|(i, k, b)| crate::envelope::Envelope {
+                            partition: crate::envelope::partition_for(k.as_bytes(), n),
+                            key: k.clone(),
+                            value: b.clone(),
+                            members: vec![*i],
+                        })
+                        .collect(),
+                    crate::envelope::RecordFormat::Envelope => {
+                        crate::envelope::pack(bodies.iter().map(|(i, k, b)| (*i, k.as_str(), b.as_slice())), n, self.compression)
+                    }
+                };
+                for env in records {
                     let producer = &self.producer;
                     let topic = &self.topic;
                     sends.push(async move {

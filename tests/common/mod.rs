@@ -26,9 +26,14 @@ pub struct TestApp {
 }
 
 pub fn settings_for(db_name: &str, master: &MasterKey) -> Settings {
+    settings_on(5432, db_name, master)
+}
+
+/// Settings for a database on the PostgreSQL server at 127.0.0.1:`port`.
+pub fn settings_on(port: u16, db_name: &str, master: &MasterKey) -> Settings {
     Settings {
-        database_url: format!("postgres://learnvault_app@127.0.0.1:5432/{db_name}").into(),
-        admin_database_url: format!("{PG}/{db_name}").into(),
+        database_url: format!("postgres://learnvault_app@127.0.0.1:{port}/{db_name}").into(),
+        admin_database_url: format!("postgres://postgres@127.0.0.1:{port}/{db_name}").into(),
         master_key: Some(master.to_base64().expose_secret().to_owned().into()),
         policy_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/policies").into(),
         listen: "127.0.0.1:0".into(),
@@ -43,9 +48,14 @@ impl TestApp {
     }
 
     pub async fn spawn_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+        Self::spawn_on(5432, tweak).await
+    }
+
+    /// An app whose database lives on the PostgreSQL server at 127.0.0.1:`port`.
+    pub async fn spawn_on(port: u16, tweak: impl FnOnce(&mut Settings)) -> TestApp {
         let db_name = format!("lv_test_{}", uuid::Uuid::new_v4().simple());
         let master = MasterKey::generate();
-        let mut settings = settings_for(&db_name, &master);
+        let mut settings = settings_on(port, &db_name, &master);
         tweak(&mut settings);
         learnvault::db::migrate(&settings).await.expect("migrate");
         let app = Self::start(settings, master).await;
@@ -198,4 +208,78 @@ impl TestApp {
         assert_eq!(s, StatusCode::OK, "{v}");
         v
     }
+}
+
+/// A private PostgreSQL server (Debian's binaries, its own data directory and port), for tests
+/// that stop or restart the database without disturbing the shared one. Run as the `postgres`
+/// system user when the tests run as root (PostgreSQL refuses root).
+pub struct PrivatePostgres {
+    pub port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl PrivatePostgres {
+    pub fn start_new() -> PrivatePostgres {
+        let port = spine::free_port();
+        let dir = std::env::temp_dir().join(format!("lv-pg-{port}-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pg = PrivatePostgres { port, dir };
+        if is_root() {
+            assert!(std::process::Command::new("chown").arg("postgres:postgres").arg(&pg.dir).status().unwrap().success());
+        }
+        let data = pg.dir.join("data");
+        pg.run("initdb", &["-D", data.to_str().unwrap(), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"]);
+        pg.start();
+        pg
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let bin = pg_bin(tool);
+        let mut cmd = if is_root() {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&bin);
+            c
+        } else {
+            std::process::Command::new(&bin)
+        };
+        let out = cmd.args(args).output().unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+        assert!(out.status.success(), "{tool} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Start the server; returns once it accepts connections.
+    pub fn start(&self) {
+        let data = self.dir.join("data");
+        let opts = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100", self.port, self.dir.display());
+        let log = self.dir.join("postgres.log");
+        self.run("pg_ctl", &["-D", data.to_str().unwrap(), "-o", &opts, "-l", log.to_str().unwrap(), "-w", "-t", "60", "start"]);
+    }
+
+    /// Stop the server as a crash would (`immediate`: no checkpoint, clients cut off).
+    pub fn crash(&self) {
+        let data = self.dir.join("data");
+        self.run("pg_ctl", &["-D", data.to_str().unwrap(), "-m", "immediate", "-w", "stop"]);
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run("pg_ctl", &["-D", data.to_str().unwrap(), "-m", "immediate", "stop"])));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+}
+
+/// A PostgreSQL server binary of the newest installed version (Debian's layout).
+fn pg_bin(tool: &str) -> std::path::PathBuf {
+    let mut versions: Vec<u32> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("Debian's PostgreSQL packages (ops/postgres.sh)")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    versions.sort_unstable();
+    std::path::PathBuf::from(format!("/usr/lib/postgresql/{}/bin/{tool}", versions.last().expect("a PostgreSQL version")))
 }

@@ -1,10 +1,10 @@
-//! Event-spine harness: real tansu (127.0.0.1:9092, started by ops/test.sh),
+//! Event-spine harness: real Apache Kafka (127.0.0.1:9092, started by ops/test.sh),
 //! real chDB (a data path per test process), real PostgreSQL (a database per
 //! test), and topics and a consumer group per test.
 #![allow(dead_code)]
 
 use learnvault::config::Settings;
-use learnvault::lander::{ensure_topics, LanderStats};
+use learnvault::lander::LanderStats;
 use learnvault::warehouse::{migrate, Warehouse};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -56,7 +56,12 @@ impl Spine {
     }
 
     pub async fn with_brokers(open_engine: bool, brokers: String) -> Spine {
-        let app = TestApp::spawn().await;
+        Self::with(open_engine, brokers, 5432).await
+    }
+
+    /// A spine whose database lives on the PostgreSQL server at 127.0.0.1:`pg_port`.
+    pub async fn with(open_engine: bool, brokers: String, pg_port: u16) -> Spine {
+        let app = TestApp::spawn_on(pg_port, |_| {}).await;
         let id = uuid::Uuid::new_v4().simple().to_string();
         let data_path = std::env::temp_dir().join(format!("lv-spine-{id}"));
         let mut settings = app.settings.clone();
@@ -68,7 +73,7 @@ impl Spine {
         settings.lander_batch_ms = 100;
         settings.clickhouse_url = format!("chdb://{}", data_path.display());
         settings.clickhouse_migrations_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/clickhouse").into();
-        ensure_topics(&settings.kafka_brokers, &[(&settings.events_topic, 3), (&settings.dlq_topic, 3)]).await.expect("topics (is tansu running? ops/tansu.sh)");
+        learnvault::topics::ensure(&settings.kafka_brokers, &learnvault::topics::specs(&settings).unwrap()).await.expect("topics (is Kafka running? ops/kafka.sh)");
         let wh = if open_engine {
             let wh = Warehouse::open(&settings).expect("embedded engine (ops/install-chdb.sh)");
             migrate::run(&wh, &settings.clickhouse_migrations_dir).await.unwrap();
@@ -255,33 +260,22 @@ impl Spine {
     }
 }
 
-/// The tansu binary installed by ops/install-tansu.sh.
-pub fn tansu_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("LEARNVAULT_TANSU_BIN") {
-        return p.into();
-    }
-    let cache = std::env::var_os("LEARNVAULT_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache"))
-            .join("learnvault")
-    });
-    cache.join("tansu-0.6.0/bin/tansu")
-}
-
-/// A private tansu broker on its own port and storage (for restart tests).
+/// A private Apache Kafka broker (ops/kafka.sh) on its own ports and storage, for tests that
+/// stop, restart or kill the broker without disturbing the shared one.
 pub struct Broker {
     pub port: u16,
+    controller_port: u16,
     dir: PathBuf,
-    child: Option<std::process::Child>,
+    pid: Option<u32>,
 }
 
 impl Broker {
     pub fn start_new() -> Broker {
-        let port = 20_000 + (rand_port() % 20_000);
-        let dir = std::env::temp_dir().join(format!("lv-tansu-{port}-{}", uuid::Uuid::new_v4().simple()));
+        let port = free_port();
+        let controller_port = free_port();
+        let dir = std::env::temp_dir().join(format!("lv-kafka-{port}-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut b = Broker { port, dir, child: None };
+        let mut b = Broker { port, controller_port, dir, pid: None };
         b.start();
         b
     }
@@ -290,27 +284,38 @@ impl Broker {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Start (or restart, on the same storage) the broker; returns once it answers metadata.
     pub fn start(&mut self) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let child = std::process::Command::new(tansu_bin())
-            .args(["broker", "--storage-engine", "sqlite://tansu.db", "--listener-url", &url, "--advertised-listener-url", &url])
-            .current_dir(&self.dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("tansu (ops/install-tansu.sh)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let out = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/ops/kafka.sh"))
+            .env("LEARNVAULT_KAFKA_PORT", self.port.to_string())
+            .env("LEARNVAULT_KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
+            .env("LEARNVAULT_KAFKA_DATA", &self.dir)
+            .env("LEARNVAULT_KAFKA_HEAP", "384m")
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("ops/kafka.sh");
+        assert!(out.status.success(), "ops/kafka.sh failed; see {}/kafka.log", self.dir.display());
+        let pid = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        self.pid = Some(pid.parse().unwrap_or_else(|_| panic!("ops/kafka.sh printed no pid ({pid:?}): port {} taken?", self.port)));
     }
 
+    /// SIGKILL the broker (a crash: no controlled shutdown) and wait until it is gone.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        self.signal("-KILL");
+    }
+
+    /// SIGTERM the broker (controlled shutdown) and wait until it is gone.
+    pub fn stop(&mut self) {
+        self.signal("-TERM");
+    }
+
+    fn signal(&mut self, sig: &str) {
+        if let Some(pid) = self.pid.take() {
+            let _ = std::process::Command::new("kill").arg(sig).arg(pid.to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while std::path::Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
     }
 }
@@ -322,8 +327,9 @@ impl Drop for Broker {
     }
 }
 
-fn rand_port() -> u16 {
-    (uuid::Uuid::new_v4().as_u128() % 65_000) as u16
+/// A port nobody listens on now (bound and released by the kernel's choice).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Records as `key<TAB>value` text, a zstd-compressed value decompressed (as the lander reads it).

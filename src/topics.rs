@@ -1,0 +1,151 @@
+//! Kafka topics as learnvault provisions them, and their live configuration.
+//!
+//! # Invariants
+//! * Every topic learnvault creates (the events topic and its dead-letter topic) carries
+//!   `cleanup.policy=delete` and the `retention.ms` that `policies/retention.yaml` states for
+//!   it (`kafka: {learning-events: {days: 7}, learning-events.dlq: {days: 14}}`), so the data
+//!   map's retention of the stream and of dead letters is a broker property, not a promise.
+//! * An existing topic is never altered here: a drift between its live configuration and the
+//!   policy is reported by [`live_configs`] through `learnvault retention verify` (exit 1),
+//!   for an operator to decide, as a drifted ClickHouse TTL is.
+//!
+//! # Public API
+//! [`TopicSpec`], [`specs`] (the topics of a [`Settings`] with their policy), [`ensure`]
+//! (create what is missing), [`live_configs`] (read configurations through the admin API).
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::config::Settings;
+use crate::retention::Policy;
+
+/// The policy name of the events topic in `retention.yaml` (whatever it is called in a deployment).
+pub const EVENTS: &str = "learning-events";
+/// The policy name of the dead-letter topic in `retention.yaml`.
+pub const DEAD_LETTERS: &str = "learning-events.dlq";
+
+/// The longest a segment stays open before it rolls (and can be deleted as a whole).
+pub const SEGMENT_MS: i64 = 86_400_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("cannot create topic {topic}: {code}")]
+    Create { topic: String, code: String },
+    #[error("retention policy: {0}")]
+    Policy(String),
+}
+
+/// A topic and the configuration it is created with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    /// The topic's name in this deployment (`LEARNVAULT_EVENTS_TOPIC`, ...).
+    pub name: String,
+    /// Its name in `retention.yaml`.
+    pub policy_name: &'static str,
+    pub partitions: i32,
+    /// `retention.ms` from the policy (`None`: the policy names no retention for it).
+    pub retention_ms: Option<i64>,
+}
+
+impl TopicSpec {
+    /// The topic-level configuration learnvault sets, as (key, value).
+    pub fn config(&self) -> Vec<(&'static str, String)> {
+        let mut c = vec![("cleanup.policy", "delete".to_owned())];
+        if let Some(ms) = self.retention_ms {
+            c.push(("retention.ms", ms.to_string()));
+            // Kafka deletes whole segments: a segment rolls at least daily, so no record
+            // outlives its retention by more than a day (within the policy's grace).
+            c.push(("segment.ms", ms.min(SEGMENT_MS).to_string()));
+        }
+        c
+    }
+}
+
+/// The events and dead-letter topics of `settings`, with the retention of `policy`.
+pub fn specs_with(settings: &Settings, policy: &Policy) -> Result<Vec<TopicSpec>, TopicError> {
+    let retention = |name: &str| -> Result<Option<i64>, TopicError> {
+        match policy.kafka.get(name) {
+            None => Ok(None),
+            Some(d) if d.days == 0 => Err(TopicError::Policy(format!("kafka {name}: days must be > 0"))),
+            Some(d) => Ok(Some(i64::from(d.days) * 86_400_000)),
+        }
+    };
+    Ok(vec![
+        TopicSpec { name: settings.events_topic.clone(), policy_name: EVENTS, partitions: settings.topic_partitions, retention_ms: retention(EVENTS)? },
+        TopicSpec { name: settings.dlq_topic.clone(), policy_name: DEAD_LETTERS, partitions: settings.topic_partitions, retention_ms: retention(DEAD_LETTERS)? },
+    ])
+}
+
+/// The events and dead-letter topics of `settings`, with the retention of the policy directory's
+/// `retention.yaml`.
+pub fn specs(settings: &Settings) -> Result<Vec<TopicSpec>, TopicError> {
+    let policy = Policy::load(&settings.policy_dir.join("retention.yaml")).map_err(|e| TopicError::Policy(e.to_string()))?;
+    specs_with(settings, &policy)
+}
+
+fn admin(brokers: &str) -> Result<AdminClient<DefaultClientContext>, TopicError> {
+    Ok(ClientConfig::new().set("bootstrap.servers", brokers).create()?)
+}
+
+/// Create every topic of `specs` that does not exist yet, with its configuration. Existing
+/// topics are left as they are (see the module invariants).
+pub async fn ensure(brokers: &str, specs: &[TopicSpec]) -> Result<(), TopicError> {
+    let admin = admin(brokers)?;
+    let configs: Vec<Vec<(&'static str, String)>> = specs.iter().map(TopicSpec::config).collect();
+    let new: Vec<NewTopic> = specs
+        .iter()
+        .zip(&configs)
+        .map(|(s, c)| c.iter().fold(NewTopic::new(&s.name, s.partitions, TopicReplication::Fixed(1)), |t, (k, v)| t.set(k, v)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for r in admin.create_topics(new.iter(), &opts).await? {
+        match r {
+            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(TopicError::Create { topic, code: code.to_string() }),
+        }
+    }
+    Ok(())
+}
+
+/// The live configuration of each topic (`None` when the topic does not exist), read through
+/// the admin API.
+pub async fn live_configs(brokers: &str, names: &[&str]) -> Result<BTreeMap<String, Option<BTreeMap<String, String>>>, TopicError> {
+    let admin = admin(brokers)?;
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let resources: Vec<ResourceSpecifier> = names.iter().map(|n| ResourceSpecifier::Topic(n)).collect();
+    let results = admin.describe_configs(resources.iter(), &opts).await?;
+    let mut out = BTreeMap::new();
+    for (name, r) in names.iter().zip(results) {
+        let entries = match r {
+            Ok(res) => Some(res.entries.into_iter().filter_map(|e| Some((e.name, e.value?))).collect()),
+            Err(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition) => None,
+            Err(code) => return Err(TopicError::Create { topic: (*name).to_owned(), code: format!("describe configs: {code}") }),
+        };
+        out.insert((*name).to_owned(), entries);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_policy_gives_both_topics_a_retention() {
+        let settings = Settings { policy_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/policies").into(), ..Settings::default() };
+        let s = specs(&settings).unwrap();
+        assert_eq!(s[0].name, "learning-events");
+        assert_eq!(s[0].retention_ms, Some(7 * 86_400_000));
+        assert_eq!(s[1].retention_ms, Some(14 * 86_400_000));
+        assert_eq!(s[1].config(), vec![
+                ("cleanup.policy", "delete".to_owned()),
+                ("retention.ms", "1209600000".to_owned()),
+                ("segment.ms", "86400000".to_owned())
+            ]);
+    }
+}
