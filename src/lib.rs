@@ -20,6 +20,7 @@
 //! - [`warehouse`]: the ClickHouse port (embedded chDB or server over HTTP), its migrations.
 //! - [`dsr`]: subject access and erasure jobs (map-driven), archives, signed erasure certificates.
 //! - [`gateway`]: event and xAPI ingest, pseudonymisation at the gate.
+//! - [`governance`]: may an event land (vault standing, consent, protected attributes); shared by the gateway and the lander.
 //! - [`envelope`]: the `learning-events` record contract (single events or per-partition envelopes, murmur2 partitions).
 //! - [`datamap`]: the map of every store holding learner data, checked against the live schemas.
 //! - [`sim`]: the simulated cohort of the load generator and the live demo.
@@ -48,6 +49,7 @@ pub mod domain;
 pub mod dsr;
 pub mod envelope;
 pub mod gateway;
+pub mod governance;
 pub mod lander;
 pub mod policy;
 pub mod retention;

@@ -19,8 +19,6 @@
 //! * retryable warehouse errors back off while the consumer stops reading
 //!   (memory stays bounded by one batch per partition).
 
-pub mod govern;
-
 use chrono::{DateTime, Utc};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -37,10 +35,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::Settings;
+use crate::governance::{check_props_and_clock, Governance};
 use crate::policy::ProtectedAttributes;
 use crate::taxonomy::{Reason, Taxonomy, ValidEvent};
 use crate::warehouse::{Warehouse, WarehouseError};
-use govern::Governance;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LanderError {
@@ -264,23 +262,6 @@ impl Decoder {
         out.extend(second.expect("decode thread"));
         out
     }
-}
-
-/// The checks every event passes at both gates (gateway and lander), after
-/// taxonomy validation and once `server_ts` is set: no protected attribute in
-/// `props`; a client clock further than `clock_skew` from server time is kept
-/// but flagged in `props.clock_skew_ms`.
-pub fn check_props_and_clock(ev: &mut ValidEvent, protected: &ProtectedAttributes, clock_skew: Duration) -> Result<(), (Reason, String)> {
-    if let Some(attr) = ev.props.keys().find_map(|k| protected.matches(k)) {
-        return Err((Reason::ProtectedAttribute, format!("props carry protected attribute `{attr}`")));
-    }
-    if let Some(server) = ev.server_ts {
-        let skew = ev.client_ts.signed_duration_since(server).num_milliseconds();
-        if skew.unsigned_abs() > clock_skew.as_millis() as u64 {
-            ev.props.insert("clock_skew_ms".into(), skew.to_string());
-        }
-    }
-    Ok(())
 }
 
 /// One event of a record (a record holds one, or many when it is an envelope).
