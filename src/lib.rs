@@ -14,7 +14,8 @@
 //! - [`auth`]: JWT verification and development token minting.
 //! - [`policy`]: roles -> permissions and declared purposes from `policies/*.yaml`.
 //! - [`api`]: axum routes, extractors, the one error type, OpenAPI. Only `api` knows HTTP.
-//! - [`lander`]: the governed Kafka -> ClickHouse lander (batches, intents, dead letters).
+//! - [`lander`]: the governed Kafka -> ClickHouse lander: config, run loop, decode threads,
+//!   rows, the intents ledger (exactly-once), the insert/commit service (dead letters, retries).
 //! - [`retention`]: retention as a table property, verified against the live engine.
 //! - [`taxonomy`]: versioned event schemas, validation at the gate, the compatibility check.
 //! - [`warehouse`]: the ClickHouse port (embedded chDB or server over HTTP), its migrations.
