@@ -14,12 +14,14 @@
 //! - [`auth`]: JWT verification and development token minting.
 //! - [`policy`]: roles -> permissions and declared purposes from `policies/*.yaml`.
 //! - [`api`]: axum routes, extractors, the one error type, OpenAPI. Only `api` knows HTTP.
-//! - [`lander`]: the governed Kafka -> ClickHouse lander (batches, intents, dead letters).
+//! - [`lander`]: the governed Kafka -> ClickHouse lander: config, run loop, decode threads,
+//!   rows, the intents ledger (exactly-once), the insert/commit service (dead letters, retries).
 //! - [`retention`]: retention as a table property, verified against the live engine.
 //! - [`taxonomy`]: versioned event schemas, validation at the gate, the compatibility check.
 //! - [`warehouse`]: the ClickHouse port (embedded chDB or server over HTTP), its migrations.
 //! - [`dsr`]: subject access and erasure jobs (map-driven), archives, signed erasure certificates.
 //! - [`gateway`]: event and xAPI ingest, pseudonymisation at the gate.
+//! - [`governance`]: may an event land (vault standing, consent, protected attributes); shared by the gateway and the lander.
 //! - [`envelope`]: the `learning-events` record contract (single events or per-partition envelopes, murmur2 partitions).
 //! - [`datamap`]: the map of every store holding learner data, checked against the live schemas.
 //! - [`sim`]: the simulated cohort of the load generator and the live demo.
@@ -48,6 +50,7 @@ pub mod domain;
 pub mod dsr;
 pub mod envelope;
 pub mod gateway;
+pub mod governance;
 pub mod lander;
 pub mod policy;
 pub mod retention;

@@ -45,7 +45,7 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
                 .bind(job.id)
                 .execute(&d.pool)
                 .await?;
-                crate::lander::govern::note_erased(p);
+                crate::governance::note_erased(p);
                 if job.progress.get("before").is_none() {
                     job.progress["tombstoned_at"] = json!(Utc::now());
                     job.progress["before"] = Value::Object(d.counts(p).await?);

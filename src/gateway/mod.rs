@@ -27,7 +27,7 @@ use uuid::Uuid;
 use crate::audit::NewEntry;
 use crate::config::Settings;
 use crate::domain::{ExternalId, InstitutionId};
-use crate::lander::govern::{Governance, Standing};
+use crate::governance::{Governance, Standing};
 use crate::policy::ProtectedAttributes;
 use crate::taxonomy::Taxonomy;
 use crate::vault::{Identity, NewLearner, Vault, VaultError};
@@ -201,7 +201,7 @@ impl Gateway {
             };
             match self.taxonomy.validate(ev) {
                 Ok(mut v) => {
-                    if let Err((reason, detail)) = crate::lander::check_props_and_clock(&mut v, &self.protected, self.clock_skew) {
+                    if let Err((reason, detail)) = crate::governance::check_props_and_clock(&mut v, &self.protected, self.clock_skew) {
                         out[i] = Some(rejected(reason.as_str(), &detail));
                         valid.push(None);
                         continue;

@@ -1,13 +1,19 @@
-//! Governance at the gate: is the pseudonym known, not erased, of the event's
-//! institution, and has its learner not withdrawn analytics consent?
-//! Answers are cached for `ttl` (an erasure takes effect within that time).
+//! Governance: may an event land? Both gates ask, the gateway before it
+//! produces and the lander before it inserts, so it is a module of its own.
+//!
+//! Invariant: an event lands only if its pseudonym is known, not erased, of
+//! the event's institution, its learner has not withdrawn analytics consent,
+//! and its `props` carry no protected attribute ([`check_props_and_clock`]).
+//! The vault's answers are cached for `ttl` (an erasure takes effect within
+//! that time; at once for the erasures of this process, [`note_erased`]).
 
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-use crate::taxonomy::Reason;
+use crate::policy::ProtectedAttributes;
+use crate::taxonomy::{Reason, ValidEvent};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Standing {
@@ -132,4 +138,88 @@ async fn fetch(pool: &PgPool, ids: &[Uuid], analytics_default: bool) -> Result<V
             (r.pseudonym, s)
         })
         .collect())
+}
+
+/// The checks every event passes at both gates (gateway and lander), after
+/// taxonomy validation and once `server_ts` is set: no protected attribute in
+/// `props`; a client clock further than `clock_skew` from server time is kept
+/// but flagged in `props.clock_skew_ms`.
+pub fn check_props_and_clock(ev: &mut ValidEvent, protected: &ProtectedAttributes, clock_skew: Duration) -> Result<(), (Reason, String)> {
+    if let Some(attr) = ev.props.keys().find_map(|k| protected.matches(k)) {
+        return Err((Reason::ProtectedAttribute, format!("props carry protected attribute `{attr}`")));
+    }
+    if let Some(server) = ev.server_ts {
+        let skew = ev.client_ts.signed_duration_since(server).num_milliseconds();
+        if skew.unsigned_abs() > clock_skew.as_millis() as u64 {
+            ev.props.insert("clock_skew_ms".into(), skew.to_string());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::DateTime;
+
+    #[test]
+    fn a_standing_refuses_with_its_reason() {
+        let active = |institution: &str, analytics| Standing::Active { institution: institution.into(), analytics };
+        for (standing, institution, want) in [
+            (active("uni", true), "uni", None),
+            (active("uni", true), "other", Some(Reason::UnknownPseudonym)),
+            (active("uni", false), "uni", Some(Reason::NoConsent)),
+            (Standing::Erased, "uni", Some(Reason::ErasedSubject)),
+            (Standing::Unknown, "uni", Some(Reason::UnknownPseudonym)),
+        ] {
+            assert_eq!(standing.refusal(institution), want, "{standing:?} for {institution}");
+        }
+    }
+
+    #[test]
+    fn protected_attributes_are_refused_and_a_skewed_clock_is_flagged() {
+        let protected = ProtectedAttributes::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap();
+        let t = |ms| DateTime::from_timestamp_millis(ms).unwrap();
+        let event = |prop: &str, client_ms| ValidEvent {
+            event_id: Uuid::new_v4(),
+            event_version: "2.3".into(),
+            event_type: "interact.pause".into(),
+            learner_id: Uuid::new_v4(),
+            session_id: "s".into(),
+            course_id: "c".into(),
+            content_id: "v".into(),
+            cohort_id: "k".into(),
+            institution_id: "uni".into(),
+            position_sec: None,
+            client_ts: t(client_ms),
+            server_ts: Some(t(1_764_072_000_000)),
+            props: [(prop.to_string(), "x".to_string())].into(),
+        };
+        let skew = Duration::from_secs(300);
+
+        let (reason, detail) = check_props_and_clock(&mut event("Date-Of-Birth", 1_764_072_000_000), &protected, skew).unwrap_err();
+        assert_eq!(reason, Reason::ProtectedAttribute);
+        assert!(detail.contains("date_of_birth"), "{detail}");
+
+        let mut near = event("player", 1_764_072_000_000 - 300_000);
+        check_props_and_clock(&mut near, &protected, skew).unwrap();
+        assert_eq!(near.props.get("clock_skew_ms"), None);
+
+        let mut far = event("player", 1_764_072_000_000 - 300_001);
+        check_props_and_clock(&mut far, &protected, skew).unwrap();
+        assert_eq!(far.props.get("clock_skew_ms").map(String::as_str), Some("-300001"));
+    }
+
+    #[tokio::test]
+    async fn an_erasure_here_is_refused_at_once_and_other_answers_come_from_the_cache() {
+        let pool = PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap();
+        let g = Governance::new(pool, Duration::from_secs(60), true);
+        let (known, erased, missing) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        g.remember(&[(known, Standing::Active { institution: "uni".into(), analytics: true }), (erased, Standing::Active { institution: "uni".into(), analytics: true })]);
+        note_erased(erased);
+        let (cached, misses) = g.cached([known, erased, missing, missing]);
+        assert_eq!(cached.get(&known), Some(&Standing::Active { institution: "uni".into(), analytics: true }));
+        assert_eq!(cached.get(&erased), Some(&Standing::Erased));
+        assert_eq!(misses, vec![missing]);
+    }
 }

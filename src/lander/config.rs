@@ -1,0 +1,105 @@
+//! The lander's configuration.
+//!
+//! Invariant: the lander runs only with a configuration that passed
+//! [`LanderConfig::validate`] (names set, every batch bound at least one).
+
+use std::time::Duration;
+
+use super::LanderError;
+use crate::config::Settings;
+
+#[derive(Debug, Clone)]
+pub struct LanderConfig {
+    pub brokers: String,
+    pub topic: String,
+    pub dlq_topic: String,
+    pub group: String,
+    pub partitions: i32,
+    pub batch_rows: usize,
+    pub batch_wait: Duration,
+    /// A partition's batch is flushed at `batch_rows` records or this many bytes.
+    pub batch_bytes: usize,
+    pub max_event_bytes: usize,
+    pub governance_ttl: Duration,
+    /// Events whose client clock is further than this from server time are flagged.
+    pub clock_skew: Duration,
+}
+
+impl LanderConfig {
+    pub fn from_settings(s: &Settings) -> Self {
+        LanderConfig {
+            brokers: s.kafka_brokers.clone(),
+            topic: s.events_topic.clone(),
+            dlq_topic: s.dlq_topic.clone(),
+            group: s.consumer_group.clone(),
+            partitions: s.topic_partitions,
+            batch_rows: s.lander_batch_rows,
+            batch_wait: Duration::from_millis(s.lander_batch_ms),
+            batch_bytes: s.lander_batch_bytes,
+            max_event_bytes: s.max_event_bytes,
+            governance_ttl: Duration::from_millis(s.governance_cache_ms),
+            clock_skew: Duration::from_secs(300),
+        }
+    }
+
+    /// Refuse a configuration the lander cannot run with: an empty broker list,
+    /// topic or group, one topic for events and dead letters, no partitions, or
+    /// a zero batch or event size. (A zero `batch_wait` or `governance_ttl` is
+    /// allowed: flush at every tick, ask the vault every time.)
+    pub fn validate(&self) -> Result<(), LanderError> {
+        let problem = if self.brokers.trim().is_empty() {
+            "no Kafka brokers (LEARNVAULT_KAFKA_BROKERS)"
+        } else if self.topic.is_empty() || self.dlq_topic.is_empty() {
+            "an empty topic name (LEARNVAULT_EVENTS_TOPIC, LEARNVAULT_DLQ_TOPIC)"
+        } else if self.topic == self.dlq_topic {
+            "the dead-letter topic is the events topic (LEARNVAULT_DLQ_TOPIC)"
+        } else if self.group.is_empty() {
+            "an empty consumer group (LEARNVAULT_CONSUMER_GROUP)"
+        } else if self.partitions < 1 {
+            "fewer than one partition (LEARNVAULT_TOPIC_PARTITIONS)"
+        } else if self.batch_rows == 0 {
+            "a batch of zero records (LEARNVAULT_LANDER_BATCH_ROWS)"
+        } else if self.batch_bytes == 0 {
+            "a batch of zero bytes (LEARNVAULT_LANDER_BATCH_BYTES)"
+        } else if self.max_event_bytes == 0 {
+            "events of at most zero bytes (LEARNVAULT_MAX_EVENT_BYTES)"
+        } else {
+            return Ok(());
+        };
+        Err(LanderError::Config(format!("lander: {problem}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_settings_validate_and_each_broken_field_is_named() {
+        let ok = LanderConfig::from_settings(&Settings::default());
+        ok.validate().expect("the defaults are a valid lander configuration");
+        type Breaks = fn(&mut LanderConfig);
+        let broken: [(&str, Breaks); 8] = [
+            ("LEARNVAULT_KAFKA_BROKERS", |c| c.brokers = " ".into()),
+            ("LEARNVAULT_EVENTS_TOPIC", |c| c.topic.clear()),
+            ("LEARNVAULT_DLQ_TOPIC", |c| c.dlq_topic = c.topic.clone()),
+            ("LEARNVAULT_CONSUMER_GROUP", |c| c.group.clear()),
+            ("LEARNVAULT_TOPIC_PARTITIONS", |c| c.partitions = 0),
+            ("LEARNVAULT_LANDER_BATCH_ROWS", |c| c.batch_rows = 0),
+            ("LEARNVAULT_LANDER_BATCH_BYTES", |c| c.batch_bytes = 0),
+            ("LEARNVAULT_MAX_EVENT_BYTES", |c| c.max_event_bytes = 0),
+        ];
+        for (setting, breaks) in broken {
+            let mut c = ok.clone();
+            breaks(&mut c);
+            match c.validate() {
+                Err(LanderError::Config(m)) => assert!(m.contains(setting), "{setting}: {m}"),
+                other => panic!("{setting}: expected a configuration error, got {other:?}"),
+            }
+        }
+        let mut c = ok.clone();
+        c.batch_wait = Duration::ZERO;
+        c.governance_ttl = Duration::ZERO;
+        c.validate().expect("zero waits are allowed");
+    }
+}

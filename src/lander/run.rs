@@ -1,0 +1,295 @@
+//! The run loop: consume, batch each partition by size and time, follow
+//! rebalances, report lag. Batches go to the service (`service.rs`).
+//!
+//! Invariant: a partition has at most one batch in flight: its next batch is
+//! prepared (and its intent written) only after the previous one landed and
+//! committed, so every pending intent stays replayable. A revoked partition's
+//! unlanded records are dropped, to be re-read by its next owner.
+
+use chrono::{DateTime, Utc};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::ClientContext;
+use sqlx::PgPool;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::decode::Raw;
+use super::intents::Intent;
+use super::service::{LanderStats, Sink};
+use super::{ensure_topics, LanderConfig, LanderError};
+use crate::policy::ProtectedAttributes;
+use crate::taxonomy::Taxonomy;
+use crate::warehouse::Warehouse;
+
+/// The consumer's context: notes the partitions a rebalance revokes.
+pub(super) struct Ctx {
+    revoked: Arc<Mutex<Vec<i32>>>,
+}
+impl ClientContext for Ctx {}
+impl ConsumerContext for Ctx {
+    fn pre_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut r = self.revoked.lock().expect("revoked lock");
+            r.extend(tpl.elements().iter().map(|e| e.partition()));
+        }
+    }
+}
+
+#[derive(Default)]
+struct PartitionState {
+    loaded: bool,
+    /// A pending intent: the next batch must cover exactly its range.
+    replay: Option<Intent>,
+    items: Vec<Raw>,
+    /// Bytes held in `items` (envelopes make record counts a poor measure).
+    bytes: usize,
+    started: Option<Instant>,
+}
+
+impl PartitionState {
+    /// Take the batch: its records and the intent it must replay. `None` when
+    /// nothing is pending (a pending intent stays).
+    fn take_batch(&mut self) -> Option<(Vec<Raw>, Option<Intent>)> {
+        if self.items.is_empty() {
+            return None;
+        }
+        self.bytes = 0;
+        self.started = None;
+        Some((std::mem::take(&mut self.items), self.replay.take()))
+    }
+}
+
+pub struct Lander {
+    cfg: LanderConfig,
+    /// The consumer, producer, warehouse, decoder, governance, intents and
+    /// figures, shared with the landing tasks.
+    sink: Sink,
+    /// Batches being landed by their tasks, oldest first (at most one per partition).
+    inflight: VecDeque<(i32, tokio::task::JoinHandle<Result<(), LanderError>>)>,
+    parts: HashMap<i32, PartitionState>,
+    revoked: Arc<Mutex<Vec<i32>>>,
+}
+
+impl Lander {
+    pub async fn new(
+        cfg: LanderConfig,
+        warehouse: Warehouse,
+        pool: PgPool,
+        taxonomy: Taxonomy,
+        protected: ProtectedAttributes,
+        analytics_default: bool,
+    ) -> Result<Lander, LanderError> {
+        cfg.validate()?;
+        ensure_topics(&cfg.brokers, &[(&cfg.topic, cfg.partitions), (&cfg.dlq_topic, cfg.partitions)]).await?;
+        let revoked = Arc::new(Mutex::new(Vec::new()));
+        let consumer: StreamConsumer<Ctx> = ClientConfig::new()
+            .set("bootstrap.servers", &cfg.brokers)
+            .set("group.id", &cfg.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            // A lander that dies is replaced quickly: its session expires in 6 s and a
+            // rebalance waits at most 30 s for members that will not come back.
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "1000")
+            .set("max.poll.interval.ms", "30000")
+            .set("fetch.wait.max.ms", "50")
+            .create_with_context(Ctx { revoked: revoked.clone() })?;
+        consumer.subscribe(&[&cfg.topic])?;
+        let sink = Sink::new(&cfg, Arc::new(consumer), warehouse, pool, taxonomy, protected, analytics_default)?;
+        Ok(Lander { cfg, sink, inflight: VecDeque::new(), parts: HashMap::new(), revoked })
+    }
+
+    /// The lander's figures (rows landed, refusals, batches, freshness).
+    pub fn stats(&self) -> Arc<LanderStats> {
+        self.sink.stats.clone()
+    }
+
+    /// Consume until `shutdown` resolves, then flush what is pending and commit.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), LanderError> {
+        tokio::pin!(shutdown);
+        let consumer = self.sink.consumer.clone();
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        // A slow flush must not be followed by a burst of ticks that starves the consumer.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut lag_every = Instant::now();
+        loop {
+            // Unbiased: under load both the consumer and the flush timer get their turn.
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tick.tick() => {
+                    self.reap().await?;
+                    self.apply_revocations();
+                    self.flush_due(false).await?;
+                    if lag_every.elapsed() > Duration::from_secs(5) {
+                        lag_every = Instant::now();
+                        self.report_lag().await;
+                    }
+                }
+                m = consumer.recv() => match m {
+                    Ok(m) => self.handle(&m).await?,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "kafka consumer error; retrying");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                },
+            }
+        }
+        tracing::info!("lander draining");
+        self.flush_due(true).await?;
+        self.settle(None).await?;
+        Ok(())
+    }
+
+    fn apply_revocations(&mut self) {
+        let revoked: Vec<i32> = std::mem::take(&mut *self.revoked.lock().expect("revoked lock"));
+        for p in revoked {
+            // Uncommitted work is re-read by the partition's next owner.
+            self.parts.remove(&p);
+        }
+    }
+
+    async fn handle(&mut self, m: &BorrowedMessage<'_>) -> Result<(), LanderError> {
+        let p = m.partition();
+        let offset = m.offset();
+        if !self.parts.get(&p).is_some_and(|s| s.loaded) {
+            // A batch of this partition still landing (it was revoked and came back) settles first.
+            self.settle(Some(p)).await?;
+            let replay = self.sink.intents.pending(p, offset).await;
+            let state = self.parts.entry(p).or_default();
+            state.loaded = true;
+            state.replay = replay;
+        }
+        let broker_ts = m.timestamp().to_millis().and_then(DateTime::from_timestamp_millis);
+        let item = Raw { offset, key: m.key().map(<[u8]>::to_vec), raw: m.payload().unwrap_or_default().to_vec(), broker_ts };
+        let state = self.parts.get_mut(&p).expect("state loaded");
+        if let Some(intent) = &state.replay {
+            if offset > intent.last {
+                // The replayed range ended without its last offset (compaction/retention): flush what we have.
+                tracing::warn!(partition = p, "pending batch range no longer complete; flushing what was re-read");
+            }
+        }
+        state.started.get_or_insert_with(Instant::now);
+        state.bytes += crate::envelope::decoded_len(&item.raw);
+        state.items.push(item);
+        let full = match &state.replay {
+            Some(intent) => offset >= intent.last,
+            None => state.items.len() >= self.cfg.batch_rows || state.bytes >= self.cfg.batch_bytes,
+        };
+        if full {
+            self.flush(p).await?;
+        }
+        Ok(())
+    }
+
+    /// Flush partitions whose batch is old enough (or all, when draining).
+    async fn flush_due(&mut self, drain: bool) -> Result<(), LanderError> {
+        let wait = self.cfg.batch_wait;
+        let due: Vec<i32> = self
+            .parts
+            .iter()
+            .filter(|(_, s)| !s.items.is_empty())
+            .filter(|(_, s)| s.replay.is_none() && (drain || s.started.is_some_and(|t| t.elapsed() >= wait)))
+            .map(|(p, _)| *p)
+            .collect();
+        self.flush_many(&due, true).await
+    }
+
+    /// Land already-read messages of partition `p` as one batch, without Kafka
+    /// (no consume, no offset commit): the lander's own pipeline through the
+    /// same [`Lander::dispatch`] as consumed batches, for the benchmark that
+    /// separates it from the broker. Returns the rows landed.
+    pub async fn land_direct(&mut self, p: i32, messages: Vec<(i64, Option<Vec<u8>>, Vec<u8>)>) -> Result<u64, LanderError> {
+        let before = self.sink.stats.landed.load(Ordering::Relaxed);
+        let now = Some(Utc::now());
+        let raws: Vec<Raw> = messages.into_iter().map(|(offset, key, raw)| Raw { offset, key, raw, broker_ts: now }).collect();
+        self.dispatch(p, raws, None, false).await?;
+        self.settle(None).await?;
+        Ok(self.sink.stats.landed.load(Ordering::Relaxed) - before)
+    }
+
+    async fn flush(&mut self, p: i32) -> Result<(), LanderError> {
+        self.flush_many(&[p], true).await
+    }
+
+    /// Flush the pending batches of `partitions`.
+    async fn flush_many(&mut self, partitions: &[i32], commit: bool) -> Result<(), LanderError> {
+        for &p in partitions {
+            if let Some((raws, replay)) = self.parts.get_mut(&p).and_then(PartitionState::take_batch) {
+                self.dispatch(p, raws, replay, commit).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Send partition `p`'s batch to the warehouse: the one way a batch goes,
+    /// consumed or direct. It is prepared here (decode, governance, dead
+    /// letters, intent) and landed by a task of its own (insert with its token,
+    /// then the partition's offset commit, when `commit`), so the next batch
+    /// decodes while earlier ones insert. One batch per partition is in flight
+    /// at a time: a partition's next intent is written only after its previous
+    /// batch committed, which keeps every pending range replayable.
+    async fn dispatch(&mut self, p: i32, raws: Vec<Raw>, replay: Option<Intent>, commit: bool) -> Result<(), LanderError> {
+        self.settle(Some(p)).await?;
+        if let Some(b) = self.sink.prepare(p, raws, replay).await? {
+            let sink = self.sink.clone();
+            self.inflight.push_back((p, tokio::spawn(sink.land(b, commit))));
+        }
+        Ok(())
+    }
+
+    /// Collect finished landing tasks (an error ends the lander, as before).
+    async fn reap(&mut self) -> Result<(), LanderError> {
+        while self.inflight.front().is_some_and(|(_, h)| h.is_finished()) {
+            let (_, h) = self.inflight.pop_front().expect("front");
+            joined(h).await?;
+        }
+        Ok(())
+    }
+
+    /// Wait for the in-flight batches up to and including partition `p`'s
+    /// (all of them when `None`), oldest first.
+    async fn settle(&mut self, p: Option<i32>) -> Result<(), LanderError> {
+        let Some(upto) = (match p {
+            Some(p) => self.inflight.iter().rposition(|(q, _)| *q == p),
+            None => self.inflight.len().checked_sub(1),
+        }) else {
+            return Ok(());
+        };
+        for (_, h) in self.inflight.drain(..=upto).collect::<Vec<_>>() {
+            joined(h).await?;
+        }
+        Ok(())
+    }
+
+    async fn report_lag(&self) {
+        let consumer = self.sink.consumer.clone();
+        let topic = self.cfg.topic.clone();
+        let parts: Vec<i32> = self.parts.keys().copied().collect();
+        let lags = tokio::task::spawn_blocking(move || {
+            let positions = consumer.position().ok();
+            parts
+                .into_iter()
+                .filter_map(|p| {
+                    let (_, high) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(1)).ok()?;
+                    let pos = positions.as_ref()?.find_partition(&topic, p)?.offset().to_raw()?;
+                    Some((p, (high - pos).max(0)))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        for (p, lag) in lags {
+            metrics::gauge!("learnvault_lander_consumer_lag", "partition" => p.to_string()).set(lag as f64);
+        }
+    }
+}
+
+/// A landing task's outcome (a panicked task is an error, not a hang).
+async fn joined(h: tokio::task::JoinHandle<Result<(), LanderError>>) -> Result<(), LanderError> {
+    h.await.map_err(|e| LanderError::Config(format!("landing task failed: {e}")))?
+}

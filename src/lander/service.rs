@@ -1,0 +1,333 @@
+//! The insert/commit service: a batch of read records, from prepare to land.
+//!
+//! Invariant: a batch goes to the warehouse in this order and no other:
+//! decoded and governed, its refusals in the dead-letter topic and its intent
+//! recorded ([`Sink::prepare`]); then inserted with its intent's token, then
+//! its partition's offset committed ([`Sink::land`]). Every call a batch makes
+//! out of the process (vault, PostgreSQL, dead letters, insert, commit) retries
+//! on one policy, [`Backoff`]; data the warehouse refuses is dead-lettered,
+//! never retried forever.
+
+use chrono::{DateTime, Utc};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::Value;
+use sqlx::PgPool;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::decode::{Decoder, Item, Raw};
+use super::intents::{Intent, Intents};
+use super::row::{write_row, RowBuffers};
+use super::run::Ctx;
+use super::{LanderConfig, LanderError};
+use crate::governance::Governance;
+use crate::policy::ProtectedAttributes;
+use crate::taxonomy::{Reason, Taxonomy};
+use crate::warehouse::{Warehouse, WarehouseError};
+
+/// Counters shared with the demo and the benchmarks.
+#[derive(Debug)]
+pub struct LanderStats {
+    pub landed: AtomicU64,
+    pub rejected: AtomicU64,
+    pub batches: AtomicU64,
+    /// Milliseconds between `server_ts` and the insert, of the last batch's oldest row.
+    pub last_freshness_ms: AtomicU64,
+    /// Per batch: milliseconds from the oldest row's `server_ts` to the end of
+    /// its insert (when the rollups show it): an upper bound of every row's freshness.
+    pub freshness_ms: Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+impl Default for LanderStats {
+    fn default() -> Self {
+        LanderStats {
+            landed: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            last_freshness_ms: AtomicU64::new(0),
+            freshness_ms: Mutex::new(hdrhistogram::Histogram::new_with_bounds(1, 3_600_000, 3).expect("bounds")),
+        }
+    }
+}
+
+/// The lander's one retry policy: wait, then double the wait, up to a ceiling.
+/// Each call out of the process that a batch cannot do without retries on one
+/// of these schedules until it succeeds (offset commits give up after 10
+/// attempts: the batches stay replayable by their intents).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Backoff {
+    wait: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// Warehouse inserts, while the error is retryable: 100 ms doubling to 10 s.
+    const INSERT: Backoff = Backoff::new(100, 10_000);
+    /// Dead-letter produces: 100 ms doubling to 5 s.
+    const DEAD_LETTER: Backoff = Backoff::new(100, 5_000);
+    /// Offset commits: 250 ms doubling to 5 s.
+    const COMMIT: Backoff = Backoff::new(250, 5_000);
+    /// PostgreSQL (intents, governance): every 500 ms.
+    pub(super) const POSTGRES: Backoff = Backoff::new(500, 500);
+
+    const fn new(first_ms: u64, max_ms: u64) -> Backoff {
+        Backoff { wait: Duration::from_millis(first_ms), max: Duration::from_millis(max_ms) }
+    }
+
+    /// Sleep the current wait, then double it (up to the ceiling).
+    pub(super) async fn wait(&mut self) {
+        tokio::time::sleep(self.wait).await;
+        self.wait = (self.wait * 2).min(self.max);
+    }
+}
+
+/// A batch ready to insert: governed, refusals dead-lettered, intent recorded.
+pub(super) struct Prepared {
+    partition: i32,
+    first: i64,
+    last: i64,
+    token: String,
+    /// JSONEachRow rows, shared with the insert (retries re-send them without a copy).
+    rows: Arc<Vec<u8>>,
+    landed: u64,
+    oldest: Option<DateTime<Utc>>,
+    items: Vec<Item>,
+}
+
+/// What preparing and landing a batch needs, shared by the lander and its landing tasks.
+#[derive(Clone)]
+pub(super) struct Sink {
+    cfg: Arc<LanderConfig>,
+    /// The lander's consumer: landing commits its partitions' offsets.
+    pub(super) consumer: Arc<StreamConsumer<Ctx>>,
+    /// Dead letters.
+    producer: FutureProducer,
+    warehouse: Warehouse,
+    decoder: Arc<Decoder>,
+    governance: Arc<Governance>,
+    pub(super) intents: Arc<Intents>,
+    pub(super) stats: Arc<LanderStats>,
+    buffers: RowBuffers,
+}
+
+impl Sink {
+    /// The service of the lander reading with `consumer`.
+    pub(super) fn new(
+        cfg: &LanderConfig,
+        consumer: Arc<StreamConsumer<Ctx>>,
+        warehouse: Warehouse,
+        pool: PgPool,
+        taxonomy: Taxonomy,
+        protected: ProtectedAttributes,
+        analytics_default: bool,
+    ) -> Result<Sink, LanderError> {
+        // Dead letters: few, so compressed whatever the broker.
+        let producer: FutureProducer = crate::envelope::producer_config(&cfg.brokers, "lz4")
+            .set("message.timeout.ms", "30000")
+            .create()?;
+        let governance = Arc::new(Governance::new(pool.clone(), cfg.governance_ttl, analytics_default));
+        let decoder = Decoder::new(taxonomy, protected, cfg.max_event_bytes, cfg.clock_skew);
+        let intents = Arc::new(Intents::new(pool, cfg.group.clone(), cfg.topic.clone()));
+        let stats = Arc::new(LanderStats::default());
+        Ok(Sink { cfg: Arc::new(cfg.clone()), consumer, producer, warehouse, decoder, governance, intents, stats, buffers: RowBuffers::default() })
+    }
+
+    /// Partition `p`'s batch of `raws`: decoded, governed, its refusals
+    /// dead-lettered, its intent recorded (`replay`'s, when the batch is
+    /// exactly that range). `None` for no records.
+    pub(super) async fn prepare(&self, p: i32, raws: Vec<Raw>, replay: Option<Intent>) -> Result<Option<Prepared>, LanderError> {
+        if raws.is_empty() {
+            return Ok(None);
+        }
+        let items = self.decoder.decode_all(raws).await;
+        let first = items.first().expect("non-empty").offset;
+        let last = items.last().expect("non-empty").offset;
+
+        // Governance, one query for the batch's cache misses.
+        let ids: Vec<uuid::Uuid> = items.iter().filter_map(|i| i.outcome.as_ref().ok().map(|e| e.learner_id)).collect();
+        let mut backoff = Backoff::POSTGRES;
+        let standings = loop {
+            match self.governance.standings(ids.iter().copied()).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "vault unavailable for governance; retrying");
+                    backoff.wait().await;
+                }
+            }
+        };
+        let mut rows = self.buffers.take();
+        rows.reserve(items.len() * 400);
+        let mut landed = 0u64;
+        let mut oldest: Option<DateTime<Utc>> = None;
+        let mut refused: Vec<(usize, Reason, String)> = Vec::new();
+        for (ix, item) in items.iter().enumerate() {
+            match &item.outcome {
+                Err((reason, detail)) => refused.push((ix, *reason, detail.clone())),
+                Ok(ev) => match standings.get(&ev.learner_id).and_then(|s| s.refusal(&ev.institution_id)) {
+                    Some(reason) => refused.push((ix, reason, "refused by the vault's governance".into())),
+                    None => {
+                        let server = ev.server_ts.expect("set at decode");
+                        oldest = Some(oldest.map_or(server, |o| o.min(server)));
+                        write_row(&mut rows, ev, &server);
+                        landed += 1;
+                    }
+                },
+            }
+        }
+        for (ix, reason, detail) in &refused {
+            self.dead_letter(p, &items[*ix], *reason, detail).await?;
+        }
+        let token = self.intents.record(p, first, last, replay).await;
+        Ok(Some(Prepared { partition: p, first, last, token, rows: Arc::new(rows), landed, oldest, items }))
+    }
+
+    /// Insert a prepared batch with its token, record its figures, and commit
+    /// its partition's offset (when `commit`).
+    pub(super) async fn land(self, b: Prepared, commit: bool) -> Result<(), LanderError> {
+        let started = Instant::now();
+        let mut landed = b.landed;
+        if let Err(e) = insert_with_retry(&self.warehouse, &b).await {
+            // Bad data the gate did not catch: dead-letter the batch, never retry forever.
+            tracing::error!(error = %e, partition = b.partition, rows = b.landed, "warehouse refused a batch; dead-lettering it");
+            for item in b.items.iter().filter(|i| i.outcome.is_ok()) {
+                self.dead_letter(b.partition, item, Reason::WarehouseRejected, "the warehouse refused the batch").await?;
+            }
+            landed = 0;
+        }
+        let now = Utc::now();
+        self.stats.landed.fetch_add(landed, Ordering::Relaxed);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("learnvault_lander_rows_total").increment(landed);
+        if let Some(o) = b.oldest {
+            let fresh = now.signed_duration_since(o).num_milliseconds().max(0) as u64;
+            self.stats.last_freshness_ms.store(fresh, Ordering::Relaxed);
+            let _ = self.stats.freshness_ms.lock().expect("stats lock").record(fresh.max(1));
+            metrics::histogram!("learnvault_lander_freshness_seconds").record(fresh as f64 / 1000.0);
+        }
+        tracing::debug!(partition = b.partition, first = b.first, last = b.last, landed, "batch landed");
+        if commit {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&self.cfg.topic, b.partition, Offset::Offset(b.last + 1))?;
+            self.commit(tpl).await;
+        }
+        metrics::histogram!("learnvault_lander_batch_seconds").record(started.elapsed().as_secs_f64());
+        self.buffers.recycle(b.rows);
+        Ok(())
+    }
+
+    /// Commit offsets, retrying while the broker is away. Gives up after ~30 s (the
+    /// partitions may have moved to another member): the batches stay replayable
+    /// by their intents and tokens, and a later commit covers them.
+    async fn commit(&self, tpl: TopicPartitionList) {
+        let mut backoff = Backoff::COMMIT;
+        for attempt in 1..=10 {
+            let consumer = self.consumer.clone();
+            let tpl = tpl.clone();
+            match tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync)).await {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => tracing::warn!(error = %e, attempt, "offset commit failed; retrying"),
+                Err(e) => tracing::warn!(error = %e, attempt, "offset commit task failed; retrying"),
+            }
+            backoff.wait().await;
+        }
+        tracing::error!("offset commit abandoned after 10 attempts; the batches will be replayed with their tokens");
+    }
+
+    fn redact(&self, raw: &[u8]) -> Vec<u8> {
+        match serde_json::from_slice::<Value>(raw) {
+            Ok(mut v) => {
+                if let Some(props) = v.get_mut("props").and_then(Value::as_object_mut) {
+                    for (k, val) in props.iter_mut() {
+                        if self.decoder.protected().matches(k).is_some() {
+                            *val = Value::String("<redacted>".into());
+                        }
+                    }
+                }
+                serde_json::to_vec(&v).unwrap_or_default()
+            }
+            Err(_) => raw.to_vec(),
+        }
+    }
+
+    async fn dead_letter(&self, p: i32, item: &Item, reason: Reason, detail: &str) -> Result<(), LanderError> {
+        let payload = if reason == Reason::ProtectedAttribute { self.redact(item.bytes()) } else { item.bytes().to_vec() };
+        let mut rec = serde_json::json!({
+            "reason": reason.as_str(),
+            "detail": detail,
+            "topic": self.cfg.topic,
+            "partition": p,
+            "offset": item.offset,
+            "index": item.index,
+            "failed_at": Utc::now().to_rfc3339(),
+        });
+        match String::from_utf8(payload) {
+            Ok(s) => rec["payload"] = Value::String(s),
+            Err(e) => {
+                use base64::Engine;
+                rec["payload_base64"] = Value::String(base64::engine::general_purpose::STANDARD.encode(e.as_bytes()));
+            }
+        }
+        let body = serde_json::to_vec(&rec).expect("json");
+        // A member of an envelope is keyed by its own learner (the record's key names the
+        // envelope's first learner), when it names one.
+        let key: Option<Vec<u8>> = match (&item.outcome, item.index) {
+            (Ok(ev), _) => Some(ev.learner_id.to_string().into_bytes()),
+            (Err(_), Some(_)) => serde_json::from_slice::<Value>(item.bytes())
+                .ok()
+                .and_then(|v| v.get("learner_id").and_then(Value::as_str).and_then(|l| uuid::Uuid::parse_str(l).ok()))
+                .map(|l| l.to_string().into_bytes()),
+            (Err(_), None) => item.key.as_deref().map(<[u8]>::to_vec),
+        };
+        let mut backoff = Backoff::DEAD_LETTER;
+        loop {
+            let mut record = FutureRecord::to(&self.cfg.dlq_topic).payload(&body);
+            if let Some(k) = &key {
+                record = record.key(k);
+            }
+            match self.producer.send(record, Duration::from_secs(10)).await {
+                Ok(_) => break,
+                Err((e, _)) => {
+                    tracing::warn!(error = %e, "dead-letter produce failed; retrying");
+                    backoff.wait().await;
+                }
+            }
+        }
+        metrics::counter!("learnvault_lander_rejects_total", "reason" => reason.as_str()).increment(1);
+        self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Insert a prepared batch with its deduplication token, backing off on
+/// retryable errors; `Err` only when the warehouse refuses the data itself.
+async fn insert_with_retry(warehouse: &Warehouse, b: &Prepared) -> Result<(), WarehouseError> {
+    if b.landed == 0 {
+        return Ok(());
+    }
+    let settings = [
+        ("insert_deduplicate", "1".to_string()),
+        ("insert_deduplication_token", b.token.clone()),
+        ("deduplicate_blocks_in_dependent_materialized_views", "1".to_string()),
+        ("max_insert_block_size", "10000000".to_string()),
+        ("min_insert_block_size_rows", "0".to_string()),
+        ("min_insert_block_size_bytes", "0".to_string()),
+    ];
+    let mut backoff = Backoff::INSERT;
+    loop {
+        let inserted = {
+            let _rebuild = crate::warehouse::AGGREGATE_REBUILD.read().await;
+            warehouse.insert("events.learning_events", "JSONEachRow", b.rows.clone(), &settings).await
+        };
+        match inserted {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, partition = b.partition, "warehouse busy or down; backing off");
+                backoff.wait().await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
