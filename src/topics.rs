@@ -122,6 +122,8 @@ pub async fn live_configs(brokers: &str, names: &[&str]) -> Result<BTreeMap<Stri
     let mut out = BTreeMap::new();
     for (name, r) in names.iter().zip(results) {
         let entries = match r {
+            // A topic always lists its configuration (defaults included); none means no topic.
+            Ok(res) if res.entries.is_empty() => None,
             Ok(res) => Some(res.entries.into_iter().filter_map(|e| Some((e.name, e.value?))).collect()),
             Err(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition) => None,
             Err(code) => return Err(TopicError::Create { topic: (*name).to_owned(), code: format!("describe configs: {code}") }),

@@ -44,10 +44,6 @@ pub use config::LanderConfig;
 pub use run::Lander;
 pub use service::LanderStats;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-use std::time::Duration;
 
 use crate::warehouse::WarehouseError;
 
@@ -61,19 +57,4 @@ pub enum LanderError {
     Warehouse(#[from] WarehouseError),
     #[error("configuration: {0}")]
     Config(String),
-}
-
-/// Create the events and dead-letter topics if missing (tansu does not auto-create).
-pub async fn ensure_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<(), LanderError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
-    let new: Vec<NewTopic> = topics.iter().map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1))).collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for r in admin.create_topics(new.iter(), &opts).await? {
-        match r {
-            Ok(_) => {}
-            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((t, code)) => return Err(LanderError::Config(format!("cannot create topic {t}: {code}"))),
-        }
-    }
-    Ok(())
 }

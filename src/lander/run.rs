@@ -20,21 +20,35 @@ use std::time::{Duration, Instant};
 use super::decode::Raw;
 use super::intents::Intent;
 use super::service::{LanderStats, Sink};
-use super::{ensure_topics, LanderConfig, LanderError};
+use super::{LanderConfig, LanderError};
 use crate::policy::ProtectedAttributes;
 use crate::taxonomy::Taxonomy;
 use crate::warehouse::Warehouse;
 
-/// The consumer's context: notes the partitions a rebalance revokes.
+/// The consumer's context: notes the partitions a rebalance revokes, and keeps the set this
+/// member owns, which offset commits consult under the same lock.
 pub(super) struct Ctx {
     revoked: Arc<Mutex<Vec<i32>>>,
+    /// The partitions assigned to this member. A landing task commits only while its partition
+    /// is in here, holding the lock through the commit; a revocation takes the lock first. So a
+    /// batch that finishes after its partition moved never commits: a late commit would move
+    /// the new owner's committed offset backwards, past intents it already forgot.
+    pub(super) owned: Mutex<std::collections::HashSet<i32>>,
 }
 impl ClientContext for Ctx {}
 impl ConsumerContext for Ctx {
     fn pre_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            let mut r = self.revoked.lock().expect("revoked lock");
-            r.extend(tpl.elements().iter().map(|e| e.partition()));
+        let mut owned = self.owned.lock().expect("owned lock");
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                for p in &parts {
+                    owned.remove(p);
+                }
+                self.revoked.lock().expect("revoked lock").extend(parts);
+            }
+            Rebalance::Assign(tpl) => owned.extend(tpl.elements().iter().map(|e| e.partition())),
+            Rebalance::Error(_) => {}
         }
     }
 }
@@ -42,8 +56,8 @@ impl ConsumerContext for Ctx {
 #[derive(Default)]
 struct PartitionState {
     loaded: bool,
-    /// A pending intent: the next batch must cover exactly its range.
-    replay: Option<Intent>,
+    /// Pending intents, in offset order: the next batches must cover exactly their ranges.
+    replay: std::collections::VecDeque<Intent>,
     items: Vec<Raw>,
     /// Bytes held in `items` (envelopes make record counts a poor measure).
     bytes: usize,
@@ -59,7 +73,7 @@ impl PartitionState {
         }
         self.bytes = 0;
         self.started = None;
-        Some((std::mem::take(&mut self.items), self.replay.take()))
+        Some((std::mem::take(&mut self.items), self.replay.pop_front()))
     }
 }
 
@@ -84,7 +98,7 @@ impl Lander {
         analytics_default: bool,
     ) -> Result<Lander, LanderError> {
         cfg.validate()?;
-        ensure_topics(&cfg.brokers, &[(&cfg.topic, cfg.partitions), (&cfg.dlq_topic, cfg.partitions)]).await?;
+        // The topics exist already: `cli::land::build` creates them with their policy (`topics`).
         let revoked = Arc::new(Mutex::new(Vec::new()));
         let consumer: StreamConsumer<Ctx> = ClientConfig::new()
             .set("bootstrap.servers", &cfg.brokers)
@@ -98,7 +112,7 @@ impl Lander {
             .set("heartbeat.interval.ms", "1000")
             .set("max.poll.interval.ms", "30000")
             .set("fetch.wait.max.ms", "50")
-            .create_with_context(Ctx { revoked: revoked.clone() })?;
+            .create_with_context(Ctx { revoked: revoked.clone(), owned: Mutex::default() })?;
         consumer.subscribe(&[&cfg.topic])?;
         let sink = Sink::new(&cfg, Arc::new(consumer), warehouse, pool, taxonomy, protected, analytics_default)?;
         Ok(Lander { cfg, sink, inflight: VecDeque::new(), parts: HashMap::new(), revoked })
@@ -154,6 +168,9 @@ impl Lander {
     }
 
     async fn handle(&mut self, m: &BorrowedMessage<'_>) -> Result<(), LanderError> {
+        // A rebalance that revoked partitions ran inside the last poll: drop their state before
+        // this message, which may already be the partition's first of a new assignment.
+        self.apply_revocations();
         let p = m.partition();
         let offset = m.offset();
         if !self.parts.get(&p).is_some_and(|s| s.loaded) {
@@ -167,7 +184,7 @@ impl Lander {
         let broker_ts = m.timestamp().to_millis().and_then(DateTime::from_timestamp_millis);
         let item = Raw { offset, key: m.key().map(<[u8]>::to_vec), raw: m.payload().unwrap_or_default().to_vec(), broker_ts };
         let state = self.parts.get_mut(&p).expect("state loaded");
-        if let Some(intent) = &state.replay {
+        if let Some(intent) = state.replay.front() {
             if offset > intent.last {
                 // The replayed range ended without its last offset (compaction/retention): flush what we have.
                 tracing::warn!(partition = p, "pending batch range no longer complete; flushing what was re-read");
@@ -176,7 +193,7 @@ impl Lander {
         state.started.get_or_insert_with(Instant::now);
         state.bytes += crate::envelope::decoded_len(&item.raw);
         state.items.push(item);
-        let full = match &state.replay {
+        let full = match state.replay.front() {
             Some(intent) => offset >= intent.last,
             None => state.items.len() >= self.cfg.batch_rows || state.bytes >= self.cfg.batch_bytes,
         };
@@ -193,7 +210,7 @@ impl Lander {
             .parts
             .iter()
             .filter(|(_, s)| !s.items.is_empty())
-            .filter(|(_, s)| s.replay.is_none() && (drain || s.started.is_some_and(|t| t.elapsed() >= wait)))
+            .filter(|(_, s)| s.replay.is_empty() && (drain || s.started.is_some_and(|t| t.elapsed() >= wait)))
             .map(|(p, _)| *p)
             .collect();
         self.flush_many(&due, true).await

@@ -211,7 +211,12 @@ impl Sink {
         if commit {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(&self.cfg.topic, b.partition, Offset::Offset(b.last + 1))?;
-            self.commit(tpl).await;
+            if self.commit(b.partition, tpl).await {
+                // Earlier batches' intents are covered now. This batch's stays until the next
+                // commit: a consumer that fetched its position before this commit resumes at
+                // `b.first` and must find this batch's intent to replay it under its token.
+                self.intents.forget_through(b.partition, b.first - 1).await;
+            }
         }
         metrics::histogram!("learnvault_lander_batch_seconds").record(started.elapsed().as_secs_f64());
         self.buffers.recycle(b.rows);
@@ -221,19 +226,31 @@ impl Sink {
     /// Commit offsets, retrying while the broker is away. Gives up after ~30 s (the
     /// partitions may have moved to another member): the batches stay replayable
     /// by their intents and tokens, and a later commit covers them.
-    async fn commit(&self, tpl: TopicPartitionList) {
+    async fn commit(&self, p: i32, tpl: TopicPartitionList) -> bool {
         let mut backoff = Backoff::COMMIT;
         for attempt in 1..=10 {
             let consumer = self.consumer.clone();
             let tpl = tpl.clone();
-            match tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync)).await {
-                Ok(Ok(())) => return,
+            let commit = move || {
+                let owned = consumer.context().owned.lock().expect("owned lock");
+                if !owned.contains(&p) {
+                    return Ok(false);
+                }
+                consumer.commit(&tpl, CommitMode::Sync).map(|()| true)
+            };
+            match tokio::task::spawn_blocking(commit).await {
+                Ok(Ok(true)) => return true,
+                Ok(Ok(false)) => {
+                    tracing::info!(partition = p, "partition moved before its batch committed; its owner replays the batch by its intent");
+                    return false;
+                }
                 Ok(Err(e)) => tracing::warn!(error = %e, attempt, "offset commit failed; retrying"),
                 Err(e) => tracing::warn!(error = %e, attempt, "offset commit task failed; retrying"),
             }
             backoff.wait().await;
         }
         tracing::error!("offset commit abandoned after 10 attempts; the batches will be replayed with their tokens");
+        false
     }
 
     fn redact(&self, raw: &[u8]) -> Vec<u8> {
