@@ -188,7 +188,9 @@ async fn the_lander_rides_out_a_broker_crash_mid_stream() {
     let total = producer.await.unwrap() as u64;
     let landed = s.wait_rows(total, Duration::from_secs(120)).await;
     if landed != total {
-        panic!("landed {landed} of {total}; the lander ended with {}", lander.outcome().await);
+        let in_topic = s.messages_in(&s.settings.events_topic);
+        let distinct = s.count("SELECT uniqExact(event_id) AS n FROM events.learning_events").await;
+        panic!("landed {landed} ({distinct} distinct) of {total} ({in_topic} records in the topic); the lander ended with {}", lander.outcome().await);
     }
     wait_caught_up(&s, Duration::from_secs(60)).await;
     lander.stop().await;
@@ -269,4 +271,38 @@ async fn serve_runs_the_api_and_the_lander_in_one_process_and_drains_on_sigterm(
     let rows = wh.query("SELECT count() AS n FROM events.learning_events WHERE learner_id = {p:UUID}", &[("p", p)]).await.unwrap();
     assert_eq!(num(&rows[0]["n"]), 50);
     wh.close();
+}
+
+#[tokio::test]
+async fn a_group_whose_offsets_go_back_to_the_start_lands_nothing_twice() {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+    let s = Spine::new(true).await;
+    let ls = learners(&s, 6, "B").await;
+    s.produce(&stream(&ls, 0, 600)).await;
+    let lander = s.start_lander().await;
+    wait_caught_up(&s, Duration::from_secs(60)).await;
+    lander.stop().await;
+
+    // The group's committed offsets are back at the start (what a consumer sees when the
+    // committed offset cannot be read after a broker crash and it resets to the earliest).
+    let c: BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", &s.settings.kafka_brokers)
+        .set("group.id", &s.settings.consumer_group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..s.settings.topic_partitions {
+        tpl.add_partition_offset(&s.settings.events_topic, p, Offset::Offset(0)).unwrap();
+    }
+    c.commit(&tpl, CommitMode::Sync).unwrap();
+    drop(c);
+    assert!(!s.caught_up(), "the group now starts from the beginning");
+
+    s.produce(&stream(&ls, 600, 300)).await;
+    let lander = s.start_lander().await;
+    wait_caught_up(&s, Duration::from_secs(60)).await;
+    lander.stop().await;
+    assert_exactly_once(&s, 900).await;
 }

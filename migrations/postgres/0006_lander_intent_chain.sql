@@ -9,3 +9,17 @@
 ALTER TABLE lander_intents DROP CONSTRAINT lander_intents_pkey;
 ALTER TABLE lander_intents ADD PRIMARY KEY (consumer_group, topic, partition, first_offset);
 GRANT DELETE ON lander_intents TO learnvault_app;
+
+-- How far each partition is landed and committed (the last offset of the newest batch whose
+-- offset commit succeeded). A consumer that resumes below it (its position fetched before that
+-- commit, or reset to the earliest offset because the committed one could not be read after a
+-- broker crash) skips those records instead of landing them again under new tokens.
+CREATE TABLE lander_landed (
+    consumer_group text NOT NULL,
+    topic          text NOT NULL,
+    partition      integer NOT NULL,
+    through        bigint NOT NULL,
+    updated_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (consumer_group, topic, partition)
+);
+GRANT SELECT, INSERT, UPDATE, DELETE ON lander_landed TO learnvault_app;

@@ -40,13 +40,11 @@ pub struct LanderArgs {
     /// to 500 events (as `LEARNVAULT_RECORD_FORMAT=single` does; see `envelope`).
     #[arg(long)]
     singles: bool,
-    /// Let the engine's background merges run during the timed raw-insert and
-    /// lander phases. By default they are paused (`SYSTEM STOP MERGES`) while each
-    /// phase runs and caught up between phases, so neither side is charged merges
-    /// of rows the other inserted (a short raw phase otherwise leaves its merges to
-    /// the longer lander phase that follows).
+    /// Pause the engine's background merges during the timed raw-insert and lander phases
+    /// (`SYSTEM STOP MERGES`), catching them up between phases, so neither side is charged
+    /// merges of rows the other inserted. By default merges run, as in production.
     #[arg(long)]
-    merges_running: bool,
+    pause_merges: bool,
 }
 
 /// Records for `events` (pseudonym, event JSON), as a producer sends them:
@@ -116,7 +114,7 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
         "learnvault bench lander  engine={}  partitions={}  background merges during timed phases: {}",
         wh.version().await?,
         settings.topic_partitions,
-        if args.merges_running { "running" } else { "paused" }
+        if args.pause_merges { "paused" } else { "running" }
     );
 
     // Learners in the vault (the lander refuses unknown pseudonyms).
@@ -212,7 +210,7 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
         }
         anyhow::Ok(args.events as f64 / t0.elapsed().as_secs_f64())
     };
-    let pause = !args.merges_running;
+    let pause = args.pause_merges;
     phase(wh, pause).await?;
     let raw_before = raw_insert().await?;
     phase(wh, pause).await?;

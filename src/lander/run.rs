@@ -25,6 +25,10 @@ use crate::policy::ProtectedAttributes;
 use crate::taxonomy::Taxonomy;
 use crate::warehouse::Warehouse;
 
+/// Records skipped because the ledger shows them landed and committed (the consumer resumed
+/// below its group's mark: a stale position or an offset reset).
+pub const SKIPPED_LANDED: &str = "learnvault_lander_skipped_landed_total";
+
 /// The consumer's context: notes the partitions a rebalance revokes, and keeps the set this
 /// member owns, which offset commits consult under the same lock.
 pub(super) struct Ctx {
@@ -56,6 +60,8 @@ impl ConsumerContext for Ctx {
 #[derive(Default)]
 struct PartitionState {
     loaded: bool,
+    /// Records up to here are landed and committed already (the consumer resumed below them).
+    landed_through: Option<i64>,
     /// Pending intents, in offset order: the next batches must cover exactly their ranges.
     replay: std::collections::VecDeque<Intent>,
     items: Vec<Raw>,
@@ -176,10 +182,23 @@ impl Lander {
         if !self.parts.get(&p).is_some_and(|s| s.loaded) {
             // A batch of this partition still landing (it was revoked and came back) settles first.
             self.settle(Some(p)).await?;
-            let replay = self.sink.intents.pending(p, offset).await;
+            let high = {
+                let consumer = self.sink.consumer.clone();
+                let topic = self.cfg.topic.clone();
+                tokio::task::spawn_blocking(move || consumer.fetch_watermarks(&topic, p, Duration::from_secs(5)).ok().map(|w| w.1))
+                    .await
+                    .ok()
+                    .flatten()
+            };
+            let resume = self.sink.intents.pending(p, offset, high).await;
             let state = self.parts.entry(p).or_default();
             state.loaded = true;
-            state.replay = replay;
+            state.replay = resume.chain;
+            state.landed_through = resume.landed_through;
+        }
+        if self.parts.get(&p).and_then(|s| s.landed_through).is_some_and(|t| offset <= t) {
+            metrics::counter!(SKIPPED_LANDED).increment(1);
+            return Ok(());
         }
         let broker_ts = m.timestamp().to_millis().and_then(DateTime::from_timestamp_millis);
         let item = Raw { offset, key: m.key().map(<[u8]>::to_vec), raw: m.payload().unwrap_or_default().to_vec(), broker_ts };

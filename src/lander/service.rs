@@ -212,10 +212,7 @@ impl Sink {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(&self.cfg.topic, b.partition, Offset::Offset(b.last + 1))?;
             if self.commit(b.partition, tpl).await {
-                // Earlier batches' intents are covered now. This batch's stays until the next
-                // commit: a consumer that fetched its position before this commit resumes at
-                // `b.first` and must find this batch's intent to replay it under its token.
-                self.intents.forget_through(b.partition, b.first - 1).await;
+                self.intents.committed_through(b.partition, b.last).await;
             }
         }
         metrics::histogram!("learnvault_lander_batch_seconds").record(started.elapsed().as_secs_f64());

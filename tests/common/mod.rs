@@ -78,6 +78,14 @@ impl TestApp {
         settings.clickhouse_migrations_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/clickhouse").into();
         settings.archive_dir = Some(dir.join("archives"));
         settings.governance_cache_ms = 200;
+        // Its own topics, created as `serve` creates them (the retention report reads them back).
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        settings.kafka_brokers = spine::brokers();
+        settings.events_topic = format!("le-{id}");
+        settings.dlq_topic = format!("le-{id}.dlq");
+        settings.topic_partitions = 2;
+        let topics = learnvault::topics::specs(&settings).expect("topic specs");
+        learnvault::topics::ensure(&settings.kafka_brokers, &topics).await.expect("topics (is Kafka running? ops/kafka.sh)");
         learnvault::db::migrate(&settings).await.expect("migrate");
         Self::start(settings, master).await
     }
