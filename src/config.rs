@@ -85,9 +85,8 @@ pub struct Settings {
     pub lander_enabled: bool,
     /// The gateway gives up on a broker acknowledgement after this (503, retry).
     pub produce_timeout_ms: u64,
-    /// Compression of event produce requests (gateway, loadgen, benches): `none` for tansu on
-    /// loopback (it re-handles compressed batches: 45k vs 29k events/s
-    /// measured), `lz4` for Apache Kafka over a network (no zstd in this librdkafka build).
+    /// Kafka batch compression of event produce requests (gateway, loadgen, benches): `none`
+    /// when envelopes are zstd frames already, `lz4` or `zstd` for single-event records.
     pub produce_compression: String,
     /// What a record of the events topic holds when the gateway (and `bench lander`) produce:
     /// `single` (one JSON event keyed by pseudonym) or `envelope`; see `envelope`.

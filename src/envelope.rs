@@ -7,20 +7,26 @@
 //! client (and librdkafka's `murmur2_random`) picks for the pseudonym, so
 //! per-learner order holds whichever form a producer uses.
 //!
-//! Envelopes exist because a Kafka broker's cost is per record far more than
-//! per byte: the gateway packs each request's events into one record per
-//! partition (what Snowplow's collector does with its payloads), so the
-//! broker sees tens of records per request instead of hundreds. The lander
-//! reads both forms; a refused event of an envelope is dead-lettered alone,
-//! with its index in the record.
+//! What a third-party producer sends is the first form: one JSON event per
+//! record, keyed by pseudonym, with Kafka's own batch compression if it wants
+//! (lz4 or zstd). The gateway produces envelopes by default
+//! (`LEARNVAULT_RECORD_FORMAT=envelope`; `single` produces the first form):
+//! it packs each request's events into one record per partition (what
+//! Snowplow's collector does with its payloads), so the broker and the lander
+//! handle tens of records per request instead of hundreds. Measured again on
+//! Apache Kafka 4.1.1 (BENCHMARKS.md, session 5), envelopes still land 23-35%
+//! more events per second than single records with lz4 or zstd batch
+//! compression, with lower freshness. The lander reads both forms, whatever
+//! the setting; a refused event of an envelope is dead-lettered alone, with its
+//! index in the record.
 //!
 //! Either form may be sent as one **zstd frame** (recognised by its magic
 //! number, `28 b5 2f fd`; JSON never starts with that byte): the gateway and
 //! learnvault's producers compress each envelope (`LEARNVAULT_ENVELOPE_COMPRESSION`,
 //! `zstd` by default), so the broker stores, copies and serves a sixth of the
 //! bytes. This is compression of the record's value, not Kafka's batch
-//! compression: a broker that unpacks batches to store records one by one (tansu
-//! does) keeps the saving, and nothing is compressed twice. A frame that does
+//! compression (set `LEARNVAULT_PRODUCE_COMPRESSION=none` with it: nothing is
+//! compressed twice). A frame that does
 //! not decompress, or that holds more than [`MAX_DECODED_RECORD_BYTES`], is
 //! dead-lettered whole (`invalid_encoding`, `oversized`).
 

@@ -170,11 +170,12 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
         }
     }
     println!(
-        "produced {} events in {} records ({}, {:?}; {:.1} MB of record values for {:.1} MB of event JSON) in {:.1}s",
+        "produced {} events in {} records ({}, value compression {:?}, Kafka batch compression {}; {:.1} MB of record values for {:.1} MB of event JSON) in {:.1}s",
         args.events,
         recs.len(),
         if singles { "one event per record" } else { "envelopes of up to 500 events per partition" },
-        compression,
+        if singles { crate::envelope::Compression::None } else { compression },
+        settings.produce_compression,
         rec_bytes as f64 / 1e6,
         json_bytes as f64 / 1e6,
         t0.elapsed().as_secs_f64()

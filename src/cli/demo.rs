@@ -19,7 +19,7 @@ pub struct DemoArgs {
     tamper: bool,
     /// Also run the event spine: produce a cohort's events to Kafka, land them
     /// with the lander into the embedded ClickHouse engine, show the rollups and
-    /// the dead letters (needs the broker of ops/tansu.sh and ops/install-chdb.sh).
+    /// the dead letters (needs the broker of ops/kafka.sh and ops/install-chdb.sh).
     #[arg(long)]
     spine: bool,
     /// Instead: the live demo. API, gateway, lander and engine in this process, a simulated
@@ -207,7 +207,7 @@ fn redact_url(settings: &Settings) -> String {
     }
 }
 
-/// The event spine on real tansu and chDB: a cohort's events through the lander.
+/// The event spine on real Apache Kafka and chDB: a cohort's events through the lander.
 async fn spine(settings: &Settings, cohort: &[String], withdrawn: &str) -> anyhow::Result<()> {
     use rdkafka::producer::{FutureProducer, FutureRecord};
     step("Events through Kafka, governed by the lander, into ClickHouse");
