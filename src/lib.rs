@@ -22,6 +22,7 @@
 //! - [`dsr`]: subject access and erasure jobs (map-driven), archives, signed erasure certificates.
 //! - [`gateway`]: event and xAPI ingest, pseudonymisation at the gate.
 //! - [`governance`]: may an event land (vault standing, consent, protected attributes); shared by the gateway and the lander.
+//! - [`topics`]: the events and dead-letter topics, created with their retention from policy; live configs for `retention verify`.
 //! - [`envelope`]: the `learning-events` record contract (single events or per-partition envelopes, murmur2 partitions).
 //! - [`datamap`]: the map of every store holding learner data, checked against the live schemas.
 //! - [`sim`]: the simulated cohort of the load generator and the live demo.
