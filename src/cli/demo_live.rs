@@ -238,6 +238,7 @@ fn summary(settings: &Settings, hs: &LoadStats, xs: &LoadStats, ls: &crate::land
     );
     println!("\n\x1b[1mexplore further\x1b[0m (everything started by the demo is stopped; its data stays):");
     println!("  export {env}");
+    println!("  ops/kafka.sh                             # the broker again (its topics and their retention stay)");
     println!("  cargo run -- serve &                     # API, gateway, jobs on http://{}", settings.listen);
     println!("  AUD=$(cargo run -q -- token mint --sub me --role auditor --institution '*')");
     let at = &settings.listen;
