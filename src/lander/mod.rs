@@ -8,11 +8,16 @@
 //!
 //! Invariants:
 //! * an offset is committed only after ClickHouse accepted its batch and the
-//!   batch's refused events are in the dead-letter topic;
-//! * a batch is identified by `topic:partition:first-last`; after a crash the
-//!   pending intent is rebuilt over exactly that range and re-sent with the same
-//!   token, so ClickHouse (deduplication on the base table and its views)
-//!   lands it at most once: exactly-once without Kafka transactions;
+//!   batch's refused events are in the dead-letter topic, and only while this
+//!   lander still owns the partition (a late commit would move the new owner's
+//!   offset back);
+//! * a batch is identified by `topic:partition:first-last`; every batch not yet
+//!   covered by a commit keeps its intent, and a partition that resumes (after
+//!   a crash, a rebalance or a failed commit) replays that chain of intents,
+//!   each range rebuilt exactly and re-sent with its token, so ClickHouse
+//!   (deduplication on the base table and its views) lands it at most once:
+//!   exactly-once without Kafka transactions; records below the partition's
+//!   landed mark (`lander_landed`) are skipped when a consumer resumes under it;
 //! * every refused event goes to the dead-letter topic with a typed reason and
 //!   its original payload (protected attribute values redacted); nothing is
 //!   dropped silently and nothing is retried forever;
