@@ -84,7 +84,7 @@ pub fn with_warehouse(mut state: AppState, settings: &Settings, warehouse: Wareh
         vault: state.vault.clone(),
         map: DataMap::load(&dir.join("data-map.yaml")).context("loading the data map")?,
         kafka_brokers: settings.kafka_brokers.clone(),
-        topics: crate::topics::specs_with(settings, &retention)?,
+        topics: crate::topics::specs_with(settings, &retention),
         retention,
         archive_dir: settings.archive_path(),
         signer: crate::dsr::certificate::Signer::derive(&master),

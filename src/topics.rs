@@ -45,8 +45,6 @@ pub enum TopicError {
 pub struct TopicSpec {
     /// The topic's name in this deployment (`LEARNVAULT_EVENTS_TOPIC`, ...).
     pub name: String,
-    /// Its name in `retention.yaml`.
-    pub policy_name: &'static str,
     pub partitions: i32,
     /// `retention.ms` from the policy (`None`: the policy names no retention for it).
     pub retention_ms: Option<i64>,
@@ -66,26 +64,22 @@ impl TopicSpec {
     }
 }
 
-/// The events and dead-letter topics of `settings`, with the retention of `policy`.
-pub fn specs_with(settings: &Settings, policy: &Policy) -> Result<Vec<TopicSpec>, TopicError> {
-    let retention = |name: &str| -> Result<Option<i64>, TopicError> {
-        match policy.kafka.get(name) {
-            None => Ok(None),
-            Some(d) if d.days == 0 => Err(TopicError::Policy(format!("kafka {name}: days must be > 0"))),
-            Some(d) => Ok(Some(i64::from(d.days) * 86_400_000)),
-        }
+/// The events and dead-letter topics of `settings`, with the retention of `policy` (validated
+/// by `Policy::load`).
+pub fn specs_with(settings: &Settings, policy: &Policy) -> Vec<TopicSpec> {
+    let spec = |name: &String, policy_name: &str| TopicSpec {
+        name: name.clone(),
+        partitions: settings.topic_partitions,
+        retention_ms: policy.kafka.get(policy_name).map(|d| i64::from(d.days) * 86_400_000),
     };
-    Ok(vec![
-        TopicSpec { name: settings.events_topic.clone(), policy_name: EVENTS, partitions: settings.topic_partitions, retention_ms: retention(EVENTS)? },
-        TopicSpec { name: settings.dlq_topic.clone(), policy_name: DEAD_LETTERS, partitions: settings.topic_partitions, retention_ms: retention(DEAD_LETTERS)? },
-    ])
+    vec![spec(&settings.events_topic, EVENTS), spec(&settings.dlq_topic, DEAD_LETTERS)]
 }
 
 /// The events and dead-letter topics of `settings`, with the retention of the policy directory's
 /// `retention.yaml`.
 pub fn specs(settings: &Settings) -> Result<Vec<TopicSpec>, TopicError> {
     let policy = Policy::load(&settings.policy_dir.join("retention.yaml")).map_err(|e| TopicError::Policy(e.to_string()))?;
-    specs_with(settings, &policy)
+    Ok(specs_with(settings, &policy))
 }
 
 fn admin(brokers: &str) -> Result<AdminClient<DefaultClientContext>, TopicError> {

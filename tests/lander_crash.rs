@@ -93,6 +93,16 @@ async fn wait_caught_up(s: &Spine, within: Duration) {
     }
 }
 
+/// Once the child lander caught up, SIGTERM drains it; then this process opens the engine
+/// the child owned and checks exactly-once.
+async fn drain_child_and_check(s: &mut Spine, mut child: Lander, total: u64, within: Duration) {
+    wait_caught_up(s, within).await;
+    assert!(child.sigterm(), "SIGTERM drains and exits cleanly");
+    s.wh = learnvault::warehouse::Warehouse::open(&s.settings).unwrap();
+    assert_exactly_once(s, total).await;
+    s.wh.close();
+}
+
 /// Exactly `total` rows, no event id twice, every rollup equal to a recomputation.
 async fn assert_exactly_once(s: &Spine, total: u64) {
     assert_eq!(s.count("SELECT count() AS n FROM events.learning_events").await, total, "exactly the produced count");
@@ -134,12 +144,7 @@ async fn sigkill_20_times_at_random_intervals_loses_nothing_and_duplicates_nothi
     stop_tx.send(true).unwrap();
     let total = producer.await.unwrap() as u64;
     assert!(total >= 5_000, "produced {total}");
-    wait_caught_up(&s, Duration::from_secs(180)).await;
-    assert!(child.sigterm(), "SIGTERM drains and exits cleanly");
-
-    s.wh = learnvault::warehouse::Warehouse::open(&s.settings).unwrap();
-    assert_exactly_once(&s, total).await;
-    s.wh.close();
+    drain_child_and_check(&mut s, child, total, Duration::from_secs(180)).await;
 }
 
 #[tokio::test]
@@ -205,7 +210,7 @@ async fn the_lander_rides_out_a_postgresql_restart_mid_stream() {
     let pg = common::PrivatePostgres::start_new();
     let mut s = Spine::with(false, common::spine::brokers(), pg.port).await;
     let ls = learners(&s, 12, "P").await;
-    let mut child = Lander::spawn(&s);
+    let child = Lander::spawn(&s);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let producer = producing(&s, ls, 100, Duration::from_millis(100), stop_rx);
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -216,11 +221,7 @@ async fn the_lander_rides_out_a_postgresql_restart_mid_stream() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     stop_tx.send(true).unwrap();
     let total = producer.await.unwrap() as u64;
-    wait_caught_up(&s, Duration::from_secs(120)).await;
-    assert!(child.sigterm(), "SIGTERM drains and exits cleanly");
-    s.wh = learnvault::warehouse::Warehouse::open(&s.settings).unwrap();
-    assert_exactly_once(&s, total).await;
-    s.wh.close();
+    drain_child_and_check(&mut s, child, total, Duration::from_secs(120)).await;
 }
 
 #[tokio::test]

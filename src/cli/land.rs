@@ -9,16 +9,45 @@ use crate::policy::{Policies, ProtectedAttributes};
 use crate::taxonomy::Taxonomy;
 use crate::warehouse::{migrate, Warehouse};
 
+/// What a lander is made from that comes from the policy files, read once (a supervised
+/// lander is rebuilt from it after each failure).
+pub struct LanderPolicy {
+    taxonomy: Taxonomy,
+    protected: ProtectedAttributes,
+    analytics_default: bool,
+    topics: Vec<crate::topics::TopicSpec>,
+}
+
+impl LanderPolicy {
+    pub fn load(settings: &Settings) -> anyhow::Result<LanderPolicy> {
+        Ok(LanderPolicy {
+            taxonomy: Taxonomy::load(&settings.policy_dir.join("taxonomy"))?,
+            protected: ProtectedAttributes::load(&settings.policy_dir)?,
+            analytics_default: Policies::load(&settings.policy_dir)?.consent_default("analytics"),
+            topics: crate::topics::specs(settings)?,
+        })
+    }
+}
+
 /// Build a lander from settings (opens nothing but Kafka clients; the caller owns the warehouse).
 pub async fn build(settings: &Settings, warehouse: Warehouse) -> anyhow::Result<Lander> {
-    let taxonomy = Taxonomy::load(&settings.policy_dir.join("taxonomy"))?;
-    let protected = ProtectedAttributes::load(&settings.policy_dir)?;
-    let policies = Policies::load(&settings.policy_dir)?;
+    build_with(settings, &LanderPolicy::load(settings)?, warehouse).await
+}
+
+/// Build a lander from settings and policy read before: create the topics if missing, join the group.
+pub async fn build_with(settings: &Settings, policy: &LanderPolicy, warehouse: Warehouse) -> anyhow::Result<Lander> {
     let pool = crate::db::connect(settings)?;
-    crate::topics::ensure(&settings.kafka_brokers, &crate::topics::specs(settings)?).await.context("creating the topics")?;
-    Lander::new(LanderConfig::from_settings(settings), warehouse, pool, taxonomy, protected, policies.consent_default("analytics"))
-        .await
-        .context("starting the lander")
+    crate::topics::ensure(&settings.kafka_brokers, &policy.topics).await.context("creating the topics")?;
+    Lander::new(
+        LanderConfig::from_settings(settings),
+        warehouse,
+        pool,
+        policy.taxonomy.clone(),
+        policy.protected.clone(),
+        policy.analytics_default,
+    )
+    .await
+    .context("starting the lander")
 }
 
 /// Run the lander until `stop` turns true, starting a new one after a failure (PostgreSQL or
@@ -27,9 +56,7 @@ pub async fn build(settings: &Settings, warehouse: Warehouse) -> anyhow::Result<
 /// new lander resumes from the committed offsets and replays a pending intent with its
 /// deduplication token. Policy files are read once, before the first start: an invalid one fails.
 pub async fn supervise(settings: &Settings, warehouse: Warehouse, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
-    Taxonomy::load(&settings.policy_dir.join("taxonomy"))?;
-    ProtectedAttributes::load(&settings.policy_dir)?;
-    Policies::load(&settings.policy_dir)?;
+    let policy = LanderPolicy::load(settings)?;
     let mut backoff = Duration::from_secs(1);
     loop {
         let started = Instant::now();
@@ -39,7 +66,7 @@ pub async fn supervise(settings: &Settings, warehouse: Warehouse, mut stop: watc
                 let _ = rx.wait_for(|s| *s).await;
             }
         };
-        let outcome = match build(settings, warehouse.clone()).await {
+        let outcome = match build_with(settings, &policy, warehouse.clone()).await {
             Ok(lander) => {
                 tracing::info!(topic = %settings.events_topic, group = %settings.consumer_group, "lander running");
                 lander.run(stopped).await.map_err(anyhow::Error::from)

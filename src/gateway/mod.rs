@@ -249,12 +249,12 @@ impl Gateway {
                     // One event per record: the record is the event's own JSON (the same
                     // bytes an envelope holds), partitioned by its pseudonym.
                     crate::envelope::RecordFormat::Single => bodies
-                        .iter()
-                        .map(|(i, k, b)| crate::envelope::Envelope {
-                            partition: crate::envelope::partition_for(k.as_bytes(), n),
-                            key: k.clone(),
-                            value: b.clone(),
-                            members: vec![*i],
+                        .into_iter()
+                        .map(|(i, key, value)| crate::envelope::Envelope {
+                            partition: crate::envelope::partition_for(key.as_bytes(), n),
+                            key,
+                            value,
+                            members: vec![i],
                         })
                         .collect(),
                     crate::envelope::RecordFormat::Envelope => {
