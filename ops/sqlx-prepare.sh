@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ops/postgres.sh
-db=learnvault_sqlx
+db=${LEARNVAULT_SQLX_DB:-learnvault_sqlx}  # set it when two worktrees prepare at once
 dropdb -h 127.0.0.1 -U postgres --if-exists "$db"
 createdb -h 127.0.0.1 -U postgres "$db"
 for f in migrations/postgres/*.sql; do
