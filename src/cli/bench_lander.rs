@@ -45,6 +45,13 @@ pub struct LanderArgs {
     /// merges of rows the other inserted. By default merges run, as in production.
     #[arg(long)]
     pause_merges: bool,
+    /// Only measure single inserts of a few batch sizes, with and without the lander's
+    /// deduplication token, one at a time (what one batch's insert costs), then stop.
+    #[arg(long)]
+    insert_probe: bool,
+    /// An engine setting for the probe's inserts, `name=value` (repeatable).
+    #[arg(long, requires = "insert_probe")]
+    probe_setting: Vec<String>,
 }
 
 /// Records for `events` (pseudonym, event JSON), as a producer sends them:
@@ -73,8 +80,16 @@ fn record<'a>(topic: &'a str, r: &'a (Option<i32>, String, Vec<u8>)) -> FutureRe
 }
 
 const TYPES: [&str; 10] = [
-    "session.heartbeat", "session.heartbeat", "session.heartbeat", "session.heartbeat", "session.heartbeat", "session.heartbeat",
-    "content.start", "interact.pause", "content.complete", "assess.submit",
+    "session.heartbeat",
+    "session.heartbeat",
+    "session.heartbeat",
+    "session.heartbeat",
+    "session.heartbeat",
+    "session.heartbeat",
+    "content.start",
+    "interact.pause",
+    "content.complete",
+    "assess.submit",
 ];
 
 /// Event `i` of learner number `learner_ix` (a learner belongs to one cohort).
@@ -125,7 +140,9 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
     for chunk in (0..args.learners).collect::<Vec<_>>().chunks(10_000) {
         let items: Vec<(InstitutionId, NewLearner)> = chunk
             .iter()
-            .map(|i| (inst.clone(), NewLearner { external_id: ExternalId::parse(&format!("bench-{i}")).unwrap(), identity: Identity::empty() }))
+            .map(|i| {
+                (inst.clone(), NewLearner { external_id: ExternalId::parse(&format!("bench-{i}")).unwrap(), identity: Identity::empty() })
+            })
             .collect();
         let entry = crate::audit::NewEntry {
             request_id: uuid::Uuid::new_v4(),
@@ -211,6 +228,9 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
         }
         anyhow::Ok(args.events as f64 / t0.elapsed().as_secs_f64())
     };
+    if args.insert_probe {
+        return insert_probe(wh, &lines, &args.probe_setting).await;
+    }
     let pause = args.pause_merges;
     phase(wh, pause).await?;
     let raw_before = raw_insert().await?;
@@ -290,7 +310,7 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
     );
 
     // Phase 2: freshness at a fixed rate, lander live.
-    stats.freshness_ms.lock().expect("stats").reset();
+    stats.reset_histograms();
     let total = args.rate * args.seconds as usize;
     let landed_before = stats.landed.load(Ordering::Relaxed);
     let t0 = Instant::now();
@@ -340,6 +360,14 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
         h.max(),
         h.len()
     );
+    let (q, ins) = (stats.queued_ms.lock().expect("stats").clone(), stats.insert_ms.lock().expect("stats").clone());
+    println!(
+        "  of which         oldest row's age when its insert started p50={:.0}ms p99={:.0}ms; insert p50={:.0}ms p99={:.0}ms",
+        pct(&q, 0.5),
+        pct(&q, 0.99),
+        pct(&ins, 0.5),
+        pct(&ins, 0.99)
+    );
     let _ = stop.send(());
     handle.await.context("lander task")??;
 
@@ -370,7 +398,11 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
             done += n;
         }
         if need > 0 {
-            println!("loaded {need} base rows in {:.1}s ({:.0} rows/s, every view updating)", t0.elapsed().as_secs_f64(), need as f64 / t0.elapsed().as_secs_f64());
+            println!(
+                "loaded {need} base rows in {:.1}s ({:.0} rows/s, every view updating)",
+                t0.elapsed().as_secs_f64(),
+                need as f64 / t0.elapsed().as_secs_f64()
+            );
         }
         let total = count(wh, "SELECT count() AS n FROM events.learning_events").await?;
         let mut rt = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
@@ -391,7 +423,8 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
                 settle(wh, 600).await?;
                 println!("background merges settled in {:.1}s", t.elapsed().as_secs_f64());
             }
-            let parts = count(wh, "SELECT count() AS n FROM system.parts WHERE database = 'agg' AND table = 'funnel_by_cohort' AND active").await?;
+            let parts =
+                count(wh, "SELECT count() AS n FROM system.parts WHERE database = 'agg' AND table = 'funnel_by_cohort' AND active").await?;
             if step == 2 {
                 let t = Instant::now();
                 wh.execute("OPTIMIZE TABLE agg.funnel_by_cohort FINAL", &[]).await?;
@@ -421,6 +454,49 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
         }
     }
     pool.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One insert at a time, of 600, 2,500 and 20,000 rows, with and without the lander's
+/// deduplication settings: the cost of one batch's insert beside its size.
+async fn insert_probe(wh: &Warehouse, lines: &[&[u8]], extra: &[String]) -> anyhow::Result<ExitCode> {
+    let mut at = 0usize;
+    wh.execute("CREATE TABLE IF NOT EXISTS events.probe_no_views AS events.learning_events", &[]).await?;
+    for rows in [600usize, 2_500, 20_000] {
+        for (dedup, table) in [(false, "events.probe_no_views"), (false, "events.learning_events"), (true, "events.learning_events")] {
+            phase(wh, false).await?;
+            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            let reps = (120_000 / rows).clamp(6, 100);
+            let t0 = Instant::now();
+            for _ in 0..reps {
+                let mut buf = Vec::new();
+                for l in lines.iter().cycle().skip(at).take(rows) {
+                    buf.extend_from_slice(l);
+                    buf.push(b'\n');
+                }
+                at = (at + rows) % lines.len();
+                let mut settings: Vec<(&str, String)> =
+                    extra.iter().filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k, v.to_string())).collect();
+                if dedup {
+                    settings.extend([
+                        ("insert_deduplicate", "1".to_string()),
+                        ("insert_deduplication_token", uuid::Uuid::new_v4().to_string()),
+                        ("deduplicate_blocks_in_dependent_materialized_views", "1".to_string()),
+                    ]);
+                }
+                let t = Instant::now();
+                wh.insert(table, "JSONEachRow", buf.into(), &settings).await?;
+                h.record(t.elapsed().as_micros().max(1) as u64)?;
+            }
+            println!(
+                "insert of {rows:>6} rows into {table:<22}, dedup token {:<5}: p50={:>7.1}ms p99={:>7.1}ms  {:>8.0} rows/s over {reps} inserts",
+                dedup,
+                pct(&h, 0.5) / 1000.0,
+                pct(&h, 0.99) / 1000.0,
+                (rows * reps) as f64 / t0.elapsed().as_secs_f64()
+            );
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

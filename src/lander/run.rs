@@ -1,10 +1,14 @@
 //! The run loop: consume, batch each partition by size and time, follow
 //! rebalances, report lag. Batches go to the service (`service.rs`).
 //!
-//! Invariant: a partition has at most one batch in flight: its next batch is
-//! prepared (and its intent written) only after the previous one landed and
-//! committed, so every pending intent stays replayable. A revoked partition's
-//! unlanded records are dropped, to be re-read by its next owner.
+//! Invariant: a partition has at most one batch in flight: its next batch's
+//! intent is written only after the previous batch landed and committed, so
+//! every pending intent stays replayable. Intents are written by this loop,
+//! between two polls, so always while the partition is owned (a rebalance runs
+//! inside a poll); the batch's work (decode, governance, dead letters, insert,
+//! commit) runs in a task of its own, so the loop keeps reading and other
+//! partitions keep landing meanwhile. A revoked partition's unlanded records
+//! are dropped, to be re-read by its next owner.
 
 use chrono::{DateTime, Utc};
 use rdkafka::config::ClientConfig;
@@ -12,7 +16,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, Stre
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::ClientContext;
 use sqlx::PgPool;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -88,8 +92,8 @@ pub struct Lander {
     /// The consumer, producer, warehouse, decoder, governance, intents and
     /// figures, shared with the landing tasks.
     sink: Sink,
-    /// Batches being landed by their tasks, oldest first (at most one per partition).
-    inflight: VecDeque<(i32, tokio::task::JoinHandle<Result<(), LanderError>>)>,
+    /// Batches being landed by their tasks (at most one per partition).
+    inflight: HashMap<i32, tokio::task::JoinHandle<Result<(), LanderError>>>,
     parts: HashMap<i32, PartitionState>,
     revoked: Arc<Mutex<Vec<i32>>>,
 }
@@ -121,7 +125,7 @@ impl Lander {
             .create_with_context(Ctx { revoked: revoked.clone(), owned: Mutex::default() })?;
         consumer.subscribe(&[&cfg.topic])?;
         let sink = Sink::new(&cfg, Arc::new(consumer), warehouse, pool, taxonomy, protected, analytics_default)?;
-        Ok(Lander { cfg, sink, inflight: VecDeque::new(), parts: HashMap::new(), revoked })
+        Ok(Lander { cfg, sink, inflight: HashMap::new(), parts: HashMap::new(), revoked })
     }
 
     /// The lander's figures (rows landed, refusals, batches, freshness).
@@ -133,7 +137,7 @@ impl Lander {
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), LanderError> {
         tokio::pin!(shutdown);
         let consumer = self.sink.consumer.clone();
-        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
         // A slow flush must not be followed by a burst of ticks that starves the consumer.
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut lag_every = Instant::now();
@@ -222,13 +226,15 @@ impl Lander {
         Ok(())
     }
 
-    /// Flush partitions whose batch is old enough (or all, when draining).
+    /// Flush partitions whose batch is old enough (or all, when draining). A partition
+    /// whose previous batch is still landing keeps gathering until that one is done
+    /// (the loop does not wait for it).
     async fn flush_due(&mut self, drain: bool) -> Result<(), LanderError> {
         let wait = self.cfg.batch_wait;
         let due: Vec<i32> = self
             .parts
             .iter()
-            .filter(|(_, s)| !s.items.is_empty())
+            .filter(|(p, s)| !s.items.is_empty() && (drain || !self.inflight.contains_key(p)))
             .filter(|(_, s)| s.replay.is_empty() && (drain || s.started.is_some_and(|t| t.elapsed() >= wait)))
             .map(|(p, _)| *p)
             .collect();
@@ -263,41 +269,42 @@ impl Lander {
     }
 
     /// Send partition `p`'s batch to the warehouse: the one way a batch goes,
-    /// consumed or direct. It is prepared here (decode, governance, dead
-    /// letters, intent) and landed by a task of its own (insert with its token,
-    /// then the partition's offset commit, when `commit`), so the next batch
-    /// decodes while earlier ones insert. One batch per partition is in flight
-    /// at a time: a partition's next intent is written only after its previous
-    /// batch committed, which keeps every pending range replayable.
+    /// consumed or direct. Its intent is recorded here, by the loop (see the
+    /// module's invariant); a task of its own prepares it (decode, governance,
+    /// dead letters) and lands it (insert with its token, then the partition's
+    /// offset commit, when `commit`). One batch per partition is in flight at a
+    /// time: a partition's next intent is written only after its previous batch
+    /// committed, which keeps every pending range replayable.
     async fn dispatch(&mut self, p: i32, raws: Vec<Raw>, replay: Option<Intent>, commit: bool) -> Result<(), LanderError> {
         self.settle(Some(p)).await?;
-        if let Some(b) = self.sink.prepare(p, raws, replay).await? {
+        if let Some(intended) = self.sink.intend(p, &raws, replay).await {
             let sink = self.sink.clone();
-            self.inflight.push_back((p, tokio::spawn(sink.land(b, commit))));
+            self.inflight.insert(p, tokio::spawn(sink.prepare_and_land(intended, raws, commit)));
         }
         Ok(())
     }
 
     /// Collect finished landing tasks (an error ends the lander, as before).
     async fn reap(&mut self) -> Result<(), LanderError> {
-        while self.inflight.front().is_some_and(|(_, h)| h.is_finished()) {
-            let (_, h) = self.inflight.pop_front().expect("front");
-            joined(h).await?;
+        let done: Vec<i32> = self.inflight.iter().filter(|(_, h)| h.is_finished()).map(|(p, _)| *p).collect();
+        for p in done {
+            if let Some(h) = self.inflight.remove(&p) {
+                joined(h).await?;
+            }
         }
         Ok(())
     }
 
-    /// Wait for the in-flight batches up to and including partition `p`'s
-    /// (all of them when `None`), oldest first.
+    /// Wait for partition `p`'s batch in flight (every partition's when `None`).
     async fn settle(&mut self, p: Option<i32>) -> Result<(), LanderError> {
-        let Some(upto) = (match p {
-            Some(p) => self.inflight.iter().rposition(|(q, _)| *q == p),
-            None => self.inflight.len().checked_sub(1),
-        }) else {
-            return Ok(());
+        let parts: Vec<i32> = match p {
+            Some(p) => vec![p],
+            None => self.inflight.keys().copied().collect(),
         };
-        for (_, h) in self.inflight.drain(..=upto).collect::<Vec<_>>() {
-            joined(h).await?;
+        for p in parts {
+            if let Some(h) = self.inflight.remove(&p) {
+                joined(h).await?;
+            }
         }
         Ok(())
     }

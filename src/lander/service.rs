@@ -1,9 +1,10 @@
 //! The insert/commit service: a batch of read records, from prepare to land.
 //!
-//! Invariant: a batch goes to the warehouse in this order and no other:
-//! decoded and governed, its refusals in the dead-letter topic and its intent
-//! recorded ([`Sink::prepare`]); then inserted with its intent's token, then
-//! its partition's offset committed ([`Sink::land`]). Every call a batch makes
+//! Invariant: a batch goes to the warehouse in this order and no other: its
+//! intent recorded ([`Sink::intend`], by the run loop while it owns the
+//! partition); decoded and governed, its refusals in the dead-letter topic
+//! ([`Sink::prepare`]); then inserted with its intent's token, then its
+//! partition's offset committed ([`Sink::land`]). Every call a batch makes
 //! out of the process (vault, PostgreSQL, dead letters, insert, commit) retries
 //! on one policy, [`Backoff`]; data the warehouse refuses is dead-lettered,
 //! never retried forever.
@@ -39,6 +40,24 @@ pub struct LanderStats {
     /// Per batch: milliseconds from the oldest row's `server_ts` to the end of
     /// its insert (when the rollups show it): an upper bound of every row's freshness.
     pub freshness_ms: Mutex<hdrhistogram::Histogram<u64>>,
+    /// Per batch: the oldest row's age when its insert started (waiting to be batched,
+    /// decoded, governed and queued behind earlier inserts): freshness minus the insert.
+    pub queued_ms: Mutex<hdrhistogram::Histogram<u64>>,
+    /// Per batch: milliseconds the insert took (with every view), retries included.
+    pub insert_ms: Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+impl LanderStats {
+    /// Forget the per-batch histograms (a benchmark's phase starts).
+    pub fn reset_histograms(&self) {
+        for h in [&self.freshness_ms, &self.queued_ms, &self.insert_ms] {
+            h.lock().expect("stats lock").reset();
+        }
+    }
+}
+
+fn ms_histogram() -> Mutex<hdrhistogram::Histogram<u64>> {
+    Mutex::new(hdrhistogram::Histogram::new_with_bounds(1, 3_600_000, 3).expect("bounds"))
 }
 
 impl Default for LanderStats {
@@ -48,7 +67,9 @@ impl Default for LanderStats {
             rejected: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             last_freshness_ms: AtomicU64::new(0),
-            freshness_ms: Mutex::new(hdrhistogram::Histogram::new_with_bounds(1, 3_600_000, 3).expect("bounds")),
+            freshness_ms: ms_histogram(),
+            queued_ms: ms_histogram(),
+            insert_ms: ms_histogram(),
         }
     }
 }
@@ -82,6 +103,14 @@ impl Backoff {
         tokio::time::sleep(self.wait).await;
         self.wait = (self.wait * 2).min(self.max);
     }
+}
+
+/// A batch whose intent is recorded: its range and token.
+pub(super) struct Intended {
+    partition: i32,
+    first: i64,
+    last: i64,
+    token: String,
 }
 
 /// A batch ready to insert: governed, refusals dead-lettered, intent recorded.
@@ -125,26 +154,38 @@ impl Sink {
         analytics_default: bool,
     ) -> Result<Sink, LanderError> {
         // Dead letters: few, so compressed whatever the broker.
-        let producer: FutureProducer = crate::envelope::producer_config(&cfg.brokers, "lz4")
-            .set("message.timeout.ms", "30000")
-            .create()?;
+        let producer: FutureProducer = crate::envelope::producer_config(&cfg.brokers, "lz4").set("message.timeout.ms", "30000").create()?;
         let governance = Arc::new(Governance::new(pool.clone(), cfg.governance_ttl, analytics_default));
         let decoder = Decoder::new(taxonomy, protected, cfg.max_event_bytes, cfg.clock_skew);
         let intents = Arc::new(Intents::new(pool, cfg.group.clone(), cfg.topic.clone()));
         let stats = Arc::new(LanderStats::default());
-        Ok(Sink { cfg: Arc::new(cfg.clone()), consumer, producer, warehouse, decoder, governance, intents, stats, buffers: RowBuffers::default() })
+        Ok(Sink {
+            cfg: Arc::new(cfg.clone()),
+            consumer,
+            producer,
+            warehouse,
+            decoder,
+            governance,
+            intents,
+            stats,
+            buffers: RowBuffers::default(),
+        })
     }
 
-    /// Partition `p`'s batch of `raws`: decoded, governed, its refusals
-    /// dead-lettered, its intent recorded (`replay`'s, when the batch is
-    /// exactly that range). `None` for no records.
-    pub(super) async fn prepare(&self, p: i32, raws: Vec<Raw>, replay: Option<Intent>) -> Result<Option<Prepared>, LanderError> {
-        if raws.is_empty() {
-            return Ok(None);
-        }
+    /// Record the intent of partition `p`'s next batch, the records `raws` (`replay`'s token
+    /// when the batch is exactly that range). Called by the run loop while it owns the
+    /// partition (no rebalance runs between its polls), before any of the batch's work.
+    pub(super) async fn intend(&self, p: i32, raws: &[Raw], replay: Option<Intent>) -> Option<Intended> {
+        let (first, last) = (raws.first()?.offset, raws.last()?.offset);
+        let token = self.intents.record(p, first, last, replay).await;
+        Some(Intended { partition: p, first, last, token })
+    }
+
+    /// The batch of `raws` whose intent is recorded: decoded, governed, its refusals
+    /// dead-lettered, its rows encoded.
+    pub(super) async fn prepare(&self, intended: Intended, raws: Vec<Raw>) -> Result<Prepared, LanderError> {
+        let Intended { partition: p, first, last, token } = intended;
         let items = self.decoder.decode_all(raws).await;
-        let first = items.first().expect("non-empty").offset;
-        let last = items.last().expect("non-empty").offset;
 
         // Governance, one query for the batch's cache misses.
         let ids: Vec<uuid::Uuid> = items.iter().filter_map(|i| i.outcome.as_ref().ok().map(|e| e.learner_id)).collect();
@@ -180,16 +221,29 @@ impl Sink {
         for (ix, reason, detail) in &refused {
             self.dead_letter(p, &items[*ix], *reason, detail).await?;
         }
-        let token = self.intents.record(p, first, last, replay).await;
-        Ok(Some(Prepared { partition: p, first, last, token, rows: Arc::new(rows), landed, oldest, items }))
+        Ok(Prepared { partition: p, first, last, token, rows: Arc::new(rows), landed, oldest, items })
+    }
+
+    /// A landing task: prepare the batch whose intent is recorded, then land it.
+    pub(super) async fn prepare_and_land(self, intended: Intended, raws: Vec<Raw>, commit: bool) -> Result<(), LanderError> {
+        let b = self.prepare(intended, raws).await?;
+        self.land(b, commit).await
     }
 
     /// Insert a prepared batch with its token, record its figures, and commit
     /// its partition's offset (when `commit`).
     pub(super) async fn land(self, b: Prepared, commit: bool) -> Result<(), LanderError> {
         let started = Instant::now();
+        if let Some(o) = b.oldest {
+            let queued = Utc::now().signed_duration_since(o).num_milliseconds().max(1) as u64;
+            let _ = self.stats.queued_ms.lock().expect("stats lock").record(queued);
+        }
         let mut landed = b.landed;
-        if let Err(e) = insert_with_retry(&self.warehouse, &b).await {
+        let inserted = insert_with_retry(&self.warehouse, &b).await;
+        if b.landed > 0 {
+            let _ = self.stats.insert_ms.lock().expect("stats lock").record(started.elapsed().as_millis().max(1) as u64);
+        }
+        if let Err(e) = inserted {
             // Bad data the gate did not catch: dead-letter the batch, never retry forever.
             tracing::error!(error = %e, partition = b.partition, rows = b.landed, "warehouse refused a batch; dead-lettering it");
             for item in b.items.iter().filter(|i| i.outcome.is_ok()) {
@@ -242,7 +296,9 @@ impl Sink {
                     return false;
                 }
                 Ok(Err(e)) => tracing::warn!(error = %e, attempt, "offset commit failed; retrying"),
-                Err(e) => tracing::warn!(error = %e, attempt, "offset commit task failed; retrying"),
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "offset commit task failed; retrying")
+                }
             }
             backoff.wait().await;
         }
