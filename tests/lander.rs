@@ -255,3 +255,51 @@ async fn envelopes_land_their_events_and_dead_letter_bad_members_alone() {
     }
     s.wh.close();
 }
+
+/// Issue 13, point 4: a warehouse failure that is not the data's fault (here a missing table, as
+/// during a migration's rename) stalls the lander, visibly, instead of dead-lettering good rows;
+/// once the table is back every row lands exactly once and the dead-letter topic stays empty.
+#[tokio::test]
+async fn a_missing_table_stalls_the_lander_visibly_and_dead_letters_nothing() {
+    let s = Spine::new(true).await;
+    let ls = learners(&s, 4, "uni-a").await;
+    let batch = |from: usize| -> Vec<serde_json::Value> {
+        (from..from + 200).map(|i| event(&ls[i % ls.len()], "session.heartbeat", "cs101", "c1", "uni-a")).collect()
+    };
+    let lander = s.start_lander().await;
+    s.produce(&batch(0)).await;
+    assert_eq!(s.wait_rows(200, Duration::from_secs(60)).await, 200);
+    let (status, ready) = s.app.get("/readyz", "").await;
+    assert_eq!(status, 200);
+    assert_eq!(ready["status"], "ready", "{ready}");
+
+    s.wh.execute("RENAME TABLE events.learning_events TO events.learning_events_away", &[]).await.unwrap();
+    s.produce(&batch(200)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let stall = loop {
+        let stalls = learnvault::lander::health::current();
+        if let Some(st) = stalls.into_iter().find(|st| st.cause == learnvault::lander::health::Cause::Warehouse) {
+            break st;
+        }
+        assert!(std::time::Instant::now() < deadline, "the lander never reported the missing table");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(stall.error.contains("Code: 60"), "{}", stall.error);
+    let (status, ready) = s.app.get("/readyz", "").await;
+    assert_eq!(status, 200, "a stalled lander does not take the API out of rotation");
+    assert_eq!(ready["status"], "degraded", "{ready}");
+    assert_eq!(ready["lander_stalls"][0]["cause"], "warehouse", "{ready}");
+    let metrics = s.app.client.get(format!("{}/metrics", s.app.base)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("learnvault_lander_stalled{cause=\"warehouse\"} 1"), "gauge set while stalled");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(s.records(&s.settings.dlq_topic, Duration::from_secs(2)).await.is_empty(), "good rows were dead-lettered");
+
+    s.wh.execute("RENAME TABLE events.learning_events_away TO events.learning_events", &[]).await.unwrap();
+    assert_eq!(s.wait_rows(400, Duration::from_secs(60)).await, 400);
+    lander.stop().await;
+    assert_eq!(s.count("SELECT uniqExact(event_id) AS n FROM events.learning_events").await, 400, "no duplicates");
+    assert_eq!(s.count("SELECT count() AS n FROM events.learning_events").await, 400);
+    assert!(learnvault::lander::health::current().is_empty(), "recovered");
+    assert!(s.records(&s.settings.dlq_topic, Duration::from_secs(2)).await.is_empty());
+    s.wh.close();
+}

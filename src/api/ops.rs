@@ -24,21 +24,33 @@ pub struct Health {
     status: &'static str,
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready`: PostgreSQL answers (the API can serve); `degraded`: it does, but this
+    /// process's lander is stalled (events are accepted and wait in Kafka).
+    status: &'static str,
+    /// What this process's lander waits for, oldest first; empty when it lands (or runs elsewhere).
+    lander_stalls: Vec<crate::lander::health::Stall>,
+}
+
 /// Liveness: the process is up.
 #[utoipa::path(get, path = "/healthz", tag = "ops", security(), responses((status = 200, body = Health)))]
 async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// Readiness: PostgreSQL answers.
+/// Readiness: PostgreSQL answers (else 503). The body also says whether this
+/// process's lander is stalled and on what (a stalled lander does not take the API
+/// out of rotation: accepted events wait in Kafka).
 #[utoipa::path(get, path = "/readyz", tag = "ops", security(),
-    responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
-async fn readyz(State(s): State<AppState>) -> Result<Json<Health>, Error> {
+    responses((status = 200, body = Readiness), (status = 503, body = ErrorBody)))]
+async fn readyz(State(s): State<AppState>) -> Result<Json<Readiness>, Error> {
     sqlx::query("SELECT 1").execute(&s.pool).await.map_err(|e| {
         tracing::warn!(error = %e, "readiness check failed");
         Error::Unavailable { code: "database_unavailable", message: "PostgreSQL is not reachable".into() }
     })?;
-    Ok(Json(Health { status: "ready" }))
+    let lander_stalls = crate::lander::health::current();
+    Ok(Json(Readiness { status: if lander_stalls.is_empty() { "ready" } else { "degraded" }, lander_stalls }))
 }
 
 /// Prometheus text exposition.

@@ -157,8 +157,10 @@ impl Intents {
         .await
         {
             tracing::warn!(error = %e, "cannot record a batch intent in PostgreSQL; retrying");
+            super::health::stalled(super::health::Cause::Vault, &e);
             backoff.wait().await;
         }
+        super::health::recovered(super::health::Cause::Vault);
         token
     }
 

@@ -21,8 +21,12 @@
 //! * every refused event goes to the dead-letter topic with a typed reason and
 //!   its original payload (protected attribute values redacted); nothing is
 //!   dropped silently and nothing is retried forever;
-//! * retryable warehouse errors back off while the consumer stops reading
-//!   (memory stays bounded by one batch per partition).
+//! * only data the warehouse refuses as data (it does not parse as the table's
+//!   columns) is dead-lettered; every other failure of the warehouse, the vault
+//!   or the broker is retried with back-off while the partition stops landing
+//!   (memory stays bounded by one batch in flight per partition), offsets never
+//!   move past an unlanded row, and the stall is visible ([`health`]: `/readyz`,
+//!   `learnvault_lander_stalled`).
 //!
 //! # Layout
 //! - `config`: [`LanderConfig`], from the settings, validated.
@@ -32,6 +36,7 @@
 //!   envelopes, plain or zstd), validated.
 //! - `row`: the hand-written JSONEachRow rows and their reused buffers.
 //! - `intents`: the exactly-once record (`lander_intents`, deduplication tokens).
+//! - `health`: landing or stalled, and why ([`health::current`]).
 //! - `service`: a batch from prepare (governance, dead letters, intent) to land
 //!   (insert with its token, figures, offset commit), with one retry policy;
 //!   [`LanderStats`].
@@ -40,6 +45,7 @@
 
 mod config;
 mod decode;
+pub mod health;
 mod intents;
 mod row;
 mod run;

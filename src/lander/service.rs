@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::decode::{Decoder, Item, Raw};
+use super::health::{self, Cause};
 use super::intents::{Intent, Intents};
 use super::row::{write_row, RowBuffers};
 use super::run::Ctx;
@@ -192,9 +193,13 @@ impl Sink {
         let mut backoff = Backoff::POSTGRES;
         let standings = loop {
             match self.governance.standings(ids.iter().copied()).await {
-                Ok(s) => break s,
+                Ok(s) => {
+                    health::recovered(Cause::Vault);
+                    break s;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "vault unavailable for governance; retrying");
+                    health::stalled(Cause::Vault, &e);
                     backoff.wait().await;
                 }
             }
@@ -290,12 +295,18 @@ impl Sink {
                 consumer.commit(&tpl, CommitMode::Sync).map(|()| true)
             };
             match tokio::task::spawn_blocking(commit).await {
-                Ok(Ok(true)) => return true,
+                Ok(Ok(true)) => {
+                    health::recovered(Cause::Broker);
+                    return true;
+                }
                 Ok(Ok(false)) => {
                     tracing::info!(partition = p, "partition moved before its batch committed; its owner replays the batch by its intent");
                     return false;
                 }
-                Ok(Err(e)) => tracing::warn!(error = %e, attempt, "offset commit failed; retrying"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, attempt, "offset commit failed; retrying");
+                    health::stalled(Cause::Broker, &e);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, attempt, "offset commit task failed; retrying")
                 }
@@ -358,9 +369,13 @@ impl Sink {
                 record = record.key(k);
             }
             match self.producer.send(record, Duration::from_secs(10)).await {
-                Ok(_) => break,
+                Ok(_) => {
+                    health::recovered(Cause::Broker);
+                    break;
+                }
                 Err((e, _)) => {
                     tracing::warn!(error = %e, "dead-letter produce failed; retrying");
+                    health::stalled(Cause::Broker, &e);
                     backoff.wait().await;
                 }
             }
@@ -392,9 +407,13 @@ async fn insert_with_retry(warehouse: &Warehouse, b: &Prepared) -> Result<(), Wa
             warehouse.insert("events.learning_events", "JSONEachRow", b.rows.clone(), &settings).await
         };
         match inserted {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                health::recovered(Cause::Warehouse);
+                return Ok(());
+            }
             Err(e) if e.is_retryable() => {
-                tracing::warn!(error = %e, partition = b.partition, "warehouse busy or down; backing off");
+                tracing::warn!(error = %e, partition = b.partition, "warehouse unavailable; backing off (the batch waits, nothing is dead-lettered)");
+                health::stalled(Cause::Warehouse, &e);
                 backoff.wait().await;
             }
             Err(e) => return Err(e),

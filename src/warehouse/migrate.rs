@@ -116,6 +116,7 @@ pub async fn run(wh: &Warehouse, dir: &Path) -> Result<Vec<u32>, WarehouseError>
         for stmt in statements(&m.sql) {
             wh.execute(&stmt, &[]).await.map_err(|e| match e {
                 WarehouseError::Rejected(msg) => WarehouseError::Rejected(format!("migration {:04}_{}: {msg}", m.version, m.name)),
+                WarehouseError::Unavailable(msg) => WarehouseError::Unavailable(format!("migration {:04}_{}: {msg}", m.version, m.name)),
                 other => other,
             })?;
         }

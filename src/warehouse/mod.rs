@@ -25,42 +25,88 @@ pub static AGGREGATE_REBUILD: tokio::sync::RwLock<()> = tokio::sync::RwLock::con
 
 #[derive(Debug, thiserror::Error)]
 pub enum WarehouseError {
-    /// The engine is down, overloaded or unreachable: retry with back-off.
+    /// Anything but the data: the engine down, overloaded, out of disk, read-only,
+    /// refusing our credentials, missing a table (mid-migration), a timeout, an unknown
+    /// status, a statement it does not understand. Retried with back-off: the
+    /// data is good and waits, visibly, until the warehouse is fixed.
     #[error("warehouse unavailable: {0}")]
     Unavailable(String),
-    /// The statement or the data was refused: retrying will not help.
-    #[error("warehouse refused the statement: {0}")]
+    /// The data itself was refused (it does not parse as the table's columns):
+    /// retrying will not help, the rows go to the dead-letter topic.
+    #[error("warehouse refused the data: {0}")]
     Rejected(String),
     #[error("invalid warehouse configuration: {0}")]
     Config(String),
 }
 
+/// ClickHouse error codes that mean "this data does not fit the table": the only
+/// errors the lander treats as bad data. Everything else is the warehouse's state
+/// and is retried (an allowlist of retryable codes would dead-letter good rows on
+/// the first disk-full or permission error; see issue 13).
+const DATA_ERRORS: [u32; 20] = [
+    6,   // CANNOT_PARSE_TEXT
+    25,  // CANNOT_PARSE_ESCAPE_SEQUENCE
+    26,  // CANNOT_PARSE_QUOTED_STRING
+    27,  // CANNOT_PARSE_INPUT_ASSERTION_FAILED
+    32,  // ATTEMPT_TO_READ_AFTER_EOF
+    33,  // CANNOT_READ_ALL_DATA
+    38,  // CANNOT_PARSE_DATE
+    41,  // CANNOT_PARSE_DATETIME
+    53,  // TYPE_MISMATCH
+    69,  // ARGUMENT_OUT_OF_BOUND
+    70,  // CANNOT_CONVERT_TYPE
+    72,  // CANNOT_PARSE_NUMBER
+    117, // INCORRECT_DATA
+    131, // TOO_LARGE_STRING_SIZE
+    190, // SIZES_OF_ARRAYS_DONT_MATCH
+    321, // VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
+    349, // CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN
+    376, // CANNOT_PARSE_UUID
+    377, // CANNOT_PARSE_DOMAIN_VALUE_FROM_STRING
+    691, // UNKNOWN_ELEMENT_OF_ENUM
+];
+
 impl WarehouseError {
-    /// Classify an engine error message by its ClickHouse error code. The
-    /// message is cut at the engine's row excerpt (`: while ...`/`Row ...`) and
-    /// to 400 characters: parse errors quote the data, which must not reach a log.
+    /// Classify an engine error message by its ClickHouse error code: a code of
+    /// [`DATA_ERRORS`] is the data's fault ([`WarehouseError::Rejected`]), anything
+    /// else, a message without a code included, is the warehouse's
+    /// ([`WarehouseError::Unavailable`]). The message is cut at the engine's row
+    /// excerpt (`: while ...`/`Row ...`/` before: ...`) and to 400 characters: parse errors quote
+    /// the data, which must not reach a log.
     pub fn classify(msg: String) -> WarehouseError {
+        if let Some(code) = error_code(&msg).filter(|c| DATA_ERRORS.contains(c)) {
+            // The data's fault: its text quotes the data, so only the code and its name are kept.
+            let name = error_name(&msg).unwrap_or("data error");
+            return WarehouseError::Rejected(format!("Code: {code}. the rows do not fit the table ({name})"));
+        }
         let mut msg: String = msg.lines().next().unwrap_or_default().to_owned();
-        for cut in [": while ", "Row 1:", "(at row "] {
+        for cut in [": while ", "Row 1:", "(at row ", " before: "] {
             if let Some(i) = msg.find(cut) {
                 msg.truncate(i);
             }
         }
-        let msg: String = msg.chars().take(400).collect();
-        // Codes that clear by themselves: memory limit, too many parts,
-        // timeouts, network, shutting down, table being dropped/locked.
-        const RETRYABLE: [&str; 9] = [
-            "Code: 241.", "Code: 252.", "Code: 159.", "Code: 209.", "Code: 210.", "Code: 202.", "Code: 473.", "Code: 394.", "Code: 999.",
-        ];
-        if RETRYABLE.iter().any(|c| msg.contains(c)) {
-            WarehouseError::Unavailable(msg)
-        } else {
-            WarehouseError::Rejected(msg)
-        }
+        WarehouseError::Unavailable(msg.chars().take(400).collect())
     }
+
     pub fn is_retryable(&self) -> bool {
         matches!(self, WarehouseError::Unavailable(_))
     }
+}
+
+/// The error's name, `(CANNOT_PARSE_UUID)`, as ClickHouse ends its messages with it.
+fn error_name(msg: &str) -> Option<&str> {
+    msg.match_indices('(').rev().find_map(|(i, _)| {
+        let rest = &msg[i + 1..];
+        let name = &rest[..rest.find(')')?];
+        (!name.is_empty() && name.chars().all(|c| c.is_ascii_uppercase() || c == '_')).then_some(name)
+    })
+}
+
+/// The `Code: N.` of a ClickHouse error message.
+fn error_code(msg: &str) -> Option<u32> {
+    let rest = &msg[msg.find("Code: ")? + 6..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
 }
 
 /// Where the warehouse lives, parsed from `LEARNVAULT_CLICKHOUSE_URL`.
@@ -179,6 +225,43 @@ impl Warehouse {
     pub fn close(&self) {
         if let Warehouse::Embedded(e) = self {
             e.close();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_data_errors_are_the_datas_fault() {
+        let retried = [
+            "Code: 243. DB::Exception: Cannot reserve 1.00 MiB, not enough space. (NOT_ENOUGH_SPACE)",
+            "Code: 242. DB::Exception: Table is in readonly mode. (TABLE_IS_READ_ONLY)",
+            "Code: 516. DB::Exception: default: Authentication failed. (AUTHENTICATION_FAILED)",
+            "Code: 60. DB::Exception: Table events.learning_events does not exist. (UNKNOWN_TABLE)",
+            "Code: 252. DB::Exception: Too many parts (300). (TOO_MANY_PARTS)",
+            "Code: 497. DB::Exception: Not enough privileges. (ACCESS_DENIED)",
+            "Code: 1001. DB::Exception: std::exception. (STD_EXCEPTION)",
+            "connection reset by peer",
+        ];
+        for m in retried {
+            assert!(WarehouseError::classify(m.into()).is_retryable(), "{m}");
+        }
+        let refused = [
+            "Code: 27. DB::Exception: Cannot parse input: expected '\"' before: 'x': (at row 1)",
+            "Code: 117. DB::Exception: Incorrect data: ... (INCORRECT_DATA)",
+            "Code: 376. DB::Exception: Cannot parse uuid ada@example.org: while executing ... (CANNOT_PARSE_UUID) (version 26.7.2.1)",
+        ];
+        for m in refused {
+            let e = WarehouseError::classify(m.into());
+            assert!(matches!(e, WarehouseError::Rejected(_)), "{m}");
+            // The row excerpt (which may hold the data) is cut from the message.
+            assert!(!e.to_string().contains("ada@example.org") && !e.to_string().contains("before: 'x'"), "{e}");
+        }
+        match WarehouseError::classify("Code: 376. DB::Exception: Cannot parse uuid x (CANNOT_PARSE_UUID) (version 26.7)".into()) {
+            WarehouseError::Rejected(m) => assert_eq!(m, "Code: 376. the rows do not fit the table (CANNOT_PARSE_UUID)"),
+            e => panic!("{e}"),
         }
     }
 }
