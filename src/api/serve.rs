@@ -264,7 +264,7 @@ async fn drilldown(
         return refuse("institution_not_allowed", Some(&institution), Error::forbidden("you cannot act for this learner's institution")).await;
     }
     if !sv.is_learner_of(&course, pseudonym.as_uuid()).await? {
-        return refuse("learner_not_in_course", Some(&institution), Error::forbidden("this learner has no activity in this course")).await;
+        return refuse("learner_not_in_course", Some(&institution), Error::Forbidden { code: "learner_not_in_course", message: "this learner has no activity in this course".into() }).await;
     }
     // Fail closed: the timeline leaves only once this entry is committed.
     let mut entry = p.entry(perm.as_str(), Some(&institution), target, Outcome::Success);

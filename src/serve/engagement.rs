@@ -71,7 +71,7 @@ pub fn release(course: &str, minutes: u32, from: &str, rows: &[Value], t: &Thres
     let mut grid: BTreeMap<String, BTreeMap<String, (f64, f64)>> = BTreeMap::new();
     let mut cohorts: Vec<String> = Vec::new();
     for r in rows {
-        let minute = r["minute"].as_str().ok_or_else(|| ServeError::Row("engagement: minute".into()))?.to_owned();
+        let minute = r["at"].as_str().ok_or_else(|| ServeError::Row("engagement: minute".into()))?.to_owned();
         let cohort = r["cohort_id"].as_str().ok_or_else(|| ServeError::Row("engagement: cohort_id".into()))?.to_owned();
         if !cohorts.contains(&cohort) {
             cohorts.push(cohort.clone());

@@ -27,7 +27,7 @@ pub const FUNNEL: Shape = Shape {
 /// Active learners and heartbeat seconds per minute and cohort since `from` (unix seconds).
 pub const ENGAGEMENT: Shape = Shape {
     name: "engagement",
-    sql: "SELECT toString(minute) AS minute, cohort_id, uniqMerge(active_learners) AS active,
+    sql: "SELECT toString(minute) AS at, cohort_id, uniqMerge(active_learners) AS active,
                  sum(heartbeat_seconds) AS seconds
           FROM agg.engagement_per_minute
           WHERE course_id = {course:String} AND minute >= toDateTime({from:UInt32}, 'UTC')
