@@ -435,3 +435,39 @@ fn cohort_views_never_read_the_base_table() {
     }
     assert_eq!(individual, 1);
 }
+
+/// `learnvault disclosure audit` over the rollups of an engine holding the
+/// fixture: every release audited, none fails, the information loss printed.
+#[tokio::test]
+async fn disclosure_audit_cli_audits_every_release_of_the_live_rollups() {
+    let dir = std::env::temp_dir().join(format!("lv-disc-{}", uuid::Uuid::new_v4().simple()));
+    let url = format!("chdb://{}", dir.display());
+    let settings = learnvault::config::Settings { clickhouse_url: url.clone(), ..Default::default() };
+    let wh = learnvault::warehouse::Warehouse::open(&settings).expect("embedded engine");
+    let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/clickhouse");
+    learnvault::warehouse::migrate::run(&wh, &migrations).await.unwrap();
+    let mut data = Vec::new();
+    for (cohort, n) in COHORTS {
+        for i in 0..n {
+            for r in learner_events(&uuid::Uuid::new_v4().to_string(), COURSE, cohort, i, n) {
+                serde_json::to_writer(&mut data, &r).unwrap();
+                data.push(b'\n');
+            }
+        }
+    }
+    wh.insert("events.learning_events", "JSONEachRow", data.into(), &[]).await.unwrap();
+    wh.close();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_learnvault"))
+        .args(["disclosure", "audit"])
+        .env("LEARNVAULT_CLICKHOUSE_URL", &url)
+        .env("LEARNVAULT_POLICY_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/policies"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("ok   cs101 funnel [funnel]: 13 withheld"), "{text}");
+    assert!(text.contains("4 releases"), "funnel, engagement, time on task, replays of video-1: {text}");
+    assert!(text.contains(", 0 violations"), "{text}");
+    assert!(!text.contains("FAIL"), "{text}");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -8,6 +8,7 @@ mod bench_lander;
 mod datamap;
 mod demo;
 mod demo_live;
+mod disclosure;
 mod dsr;
 pub mod land;
 pub mod loadgen;
@@ -57,6 +58,11 @@ pub enum Command {
         #[command(subcommand)]
         command: dsr::DsrCommand,
     },
+    /// Disclosure control: audit every cohort view released from the live rollups.
+    Disclosure {
+        #[command(subcommand)]
+        command: disclosure::DisclosureCommand,
+    },
     /// Policy checks for CI.
     Policy {
         #[command(subcommand)]
@@ -100,6 +106,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Taxonomy { command } => taxonomy::run(settings, command),
         Command::Policy { command } => policy::run(settings, command),
+        Command::Disclosure { command } => disclosure::run(settings, command).await,
         Command::Retention { command } => retention::run(settings, command).await,
         Command::Datamap { command } => datamap::run(settings, command).await,
         Command::Dsr { command } => dsr::run(settings, command).await,

@@ -23,6 +23,7 @@
 //! - [`disclosure`]: the rules, [`disclosure::Cell`], [`Released`], `seal`.
 //! - [`audit::audit`]: the attacker's audit of any released table; each view's
 //!   `attacker_view(json)` rebuilds the model an attacker holding a response has.
+//! - [`audit_response`]: that audit on a response as sent (`learnvault disclosure audit`).
 //! - [`lp`]: the small simplex behind the audit.
 
 pub mod audit;
@@ -51,6 +52,37 @@ use serde_json::Value;
 use crate::warehouse::Warehouse;
 use drilldown::{RateLimiter, Timeline};
 use queries::Shape;
+
+/// The views whose responses [`audit_response`] knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    Funnel,
+    Engagement,
+    TimeOnTask,
+    Replays,
+}
+
+/// The attacker's audit of a response as sent (its JSON): every additive
+/// layer rebuilt from what the response shows, audited at the response's own
+/// protection width (time on task in heartbeats).
+pub fn audit_response(view: View, response: &Value) -> Result<Vec<(&'static str, audit::AuditReport)>, ServeError> {
+    let width = response["disclosure"]["thresholds"]["protection_width"]
+        .as_f64()
+        .ok_or_else(|| ServeError::Row("the response has no disclosure summary".into()))?;
+    let one = |name, (t, p): (table::Table, Vec<Option<f64>>), w| (name, audit::audit(&t, &p, w));
+    Ok(match view {
+        View::Funnel => vec![one("funnel", funnel::attacker_view(response)?, width)],
+        View::TimeOnTask => vec![one("time_on_task.learners", time_on_task::attacker_view(response)?, width)],
+        View::Engagement => {
+            let [a, t] = engagement::attacker_view(response)?;
+            vec![one("engagement.active_learners", a, width), one("engagement.time_on_task_seconds", t, width * engagement::HEARTBEAT_SECONDS)]
+        }
+        View::Replays => {
+            let [r, p] = replays::attacker_view(response)?;
+            vec![one("replays.replays", r, width), one("replays.pauses", p, width)]
+        }
+    })
+}
 
 /// The read path over one warehouse.
 pub struct Serve {
@@ -129,6 +161,25 @@ impl Serve {
         let params = [("course", course.as_str().to_owned()), ("content", content.as_str().to_owned()), f, to];
         let rows = self.run(&queries::REPLAYS, &params).await?;
         replays::release(course.as_str(), content.as_str(), range, &rows, t)
+    }
+
+    /// Every course with activity and its institutions.
+    pub async fn courses(&self) -> Result<Vec<(String, Vec<String>)>, ServeError> {
+        let rows = self.run(&queries::COURSES, &[]).await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let c = r["course_id"].as_str()?.to_owned();
+                let i = r["institutions"].as_array()?.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect();
+                Some((c, i))
+            })
+            .collect())
+    }
+
+    /// The content items of a course with replay activity.
+    pub async fn contents(&self, course: &Ident) -> Result<Vec<String>, ServeError> {
+        let rows = self.run(&queries::CONTENTS, &[("course", course.as_str().to_owned())]).await?;
+        Ok(rows.iter().filter_map(|r| r["content_id"].as_str().map(str::to_owned)).collect())
     }
 
     /// Admit one drill-down of `principal` (the policy's hourly limit).

@@ -88,5 +88,20 @@ pub const LEARNER_TIMELINE: Shape = Shape {
     individual: true,
 };
 
+/// Every course with activity, and its institutions (`learnvault disclosure audit`).
+pub const COURSES: Shape = Shape {
+    name: "courses",
+    sql: "SELECT course_id, groupUniqArray(institution_id) AS institutions FROM agg.learner_day_by_cohort GROUP BY course_id ORDER BY course_id",
+    individual: false,
+};
+
+/// The content items of a course with replay activity.
+pub const CONTENTS: Shape = Shape {
+    name: "contents",
+    sql: "SELECT DISTINCT content_id FROM agg.content_replays_daily WHERE course_id = {course:String} ORDER BY content_id",
+    individual: false,
+};
+
 /// Every shape, for the test that reads the serving SQL.
-pub const SHAPES: [Shape; 7] = [FUNNEL, ENGAGEMENT, TIME_ON_TASK, REPLAYS, COURSE_INSTITUTIONS, LEARNER_IN_COURSE, LEARNER_TIMELINE];
+pub const SHAPES: [Shape; 9] =
+    [FUNNEL, ENGAGEMENT, TIME_ON_TASK, REPLAYS, COURSE_INSTITUTIONS, LEARNER_IN_COURSE, LEARNER_TIMELINE, COURSES, CONTENTS];
