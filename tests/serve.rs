@@ -471,3 +471,108 @@ async fn disclosure_audit_cli_audits_every_release_of_the_live_rollups() {
     assert!(!text.contains("FAIL"), "{text}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Reads Server-Sent Events from a streaming response.
+struct Sse {
+    resp: reqwest::Response,
+    buf: String,
+}
+
+impl Sse {
+    async fn next(&mut self) -> (String, Value) {
+        loop {
+            if let Some(i) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..i + 2).collect();
+                let mut event = String::from("message");
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(e) = line.strip_prefix("event:") {
+                        event = e.trim().to_owned();
+                    } else if let Some(d) = line.strip_prefix("data:") {
+                        data.push_str(d.trim_start());
+                    }
+                }
+                if data.is_empty() {
+                    continue; // keep-alive comment
+                }
+                return (event, serde_json::from_str(&data).unwrap_or(Value::String(data)));
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(30), self.resp.chunk()).await.expect("a live message in time").unwrap().expect("stream open");
+            self.buf.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    async fn next_of(&mut self, kind: &str) -> Value {
+        loop {
+            let (e, v) = self.next().await;
+            assert_ne!(e, "error", "{v}");
+            if e == kind {
+                return v;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn live_view_keeps_withheld_cells_withheld_bands_counts_and_audits_each_difference() {
+    use learnvault::serve::live::{diff_audit, message_audit};
+    use learnvault::serve::View;
+    let f = fixture().await;
+    let app = &f.app;
+    let t = instructor(app);
+    let outsider = token(app, "i-9", &["instructor"], &["uni-a"], &[OTHER]);
+    assert_eq!(app.get(&format!("/v1/courses/{COURSE}/live"), &outsider).await.0, StatusCode::FORBIDDEN);
+    let resp = app.client.get(format!("{}/v1/courses/{COURSE}/live?minutes=60&interval_ms=200&{}", app.base, range())).bearer_auth(&t).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut sse = Sse { resp, buf: String::new() };
+    let band = 20;
+    let first = sse.next_of("funnel").await;
+    let w = width(&first);
+    assert!(message_audit(View::Funnel, &first, band, w).unwrap().iter().all(|(_, r)| r.ok()));
+    assert_eq!(first["cohorts"][1]["cohort_id"], "c09");
+    assert_eq!(first["cohorts"][1]["enrolled"]["value"], Value::Null);
+    assert_eq!(first["cohorts"][3]["enrolled"], json!({"value": 40, "band": 20}), "40 learners: the band 40-59");
+    assert_eq!(first["total"]["enrolled"], json!({"value": 60, "band": 20}), "62 learners: the band 60-79");
+    let engagement = sse.next_of("engagement").await;
+    assert!(message_audit(View::Engagement, &engagement, band, w).unwrap().iter().all(|(_, r)| r.ok()));
+
+    // The cohort of 9 grows to 11, the cohort of 40 by twenty.
+    let mut data = Vec::new();
+    let mut rows = learner_events(&uuid::Uuid::new_v4().to_string(), COURSE, "c09", 9, 11);
+    rows.extend(learner_events(&uuid::Uuid::new_v4().to_string(), COURSE, "c09", 10, 11));
+    for i in 40..60 {
+        rows.extend(learner_events(&uuid::Uuid::new_v4().to_string(), COURSE, "c40", i, 60));
+    }
+    for r in rows {
+        serde_json::to_writer(&mut data, &r).unwrap();
+        data.push(b'\n');
+    }
+    app.warehouse().insert("events.learning_events", "JSONEachRow", data.into(), &[]).await.unwrap();
+    let second = loop {
+        let v = sse.next_of("funnel").await;
+        if v["total"]["enrolled"]["value"] != first["total"]["enrolled"]["value"] {
+            break v;
+        }
+    };
+    assert_eq!(second["total"]["enrolled"], json!({"value": 80, "band": 20}), "84 learners");
+    // A fresh funnel shows the cohort of 11 (no longer small; the cohort of 10 protects the 3) ...
+    let (_, fresh) = app.get(&format!("/v1/courses/{COURSE}/funnel?{}", range()), &t).await;
+    assert_eq!(fresh["cohorts"][1]["enrolled"]["value"], 11, "{}", fresh["cohorts"][1]);
+    // ... the stream never does: withheld once, withheld for the stream.
+    assert_eq!(second["cohorts"][1]["enrolled"]["value"], Value::Null);
+    assert_eq!(second["cohorts"][1]["enrolled"]["suppressed"], "sticky", "{}", second["cohorts"][1]);
+    for k in 0..4 {
+        for m in funnel::MEASURES {
+            if first["cohorts"][k][m]["value"].is_null() {
+                assert!(second["cohorts"][k][m]["value"].is_null(), "cohort {k} {m} reappeared: {}", second["cohorts"][k]);
+            }
+        }
+    }
+    // Each message and the difference of the two pass the attacker's audit.
+    assert!(message_audit(View::Funnel, &second, band, w).unwrap().iter().all(|(_, r)| r.ok()));
+    for (layer, report, _) in diff_audit(View::Funnel, &first, &second, band, w).unwrap() {
+        assert!(report.ok(), "{layer}: the difference narrows a withheld cell: {:?}", report.violations);
+        assert!(!report.intervals.is_empty());
+    }
+}

@@ -4,6 +4,8 @@
 //! The work is in [`crate::serve`]; this module authorises and maps statuses.
 
 use axum::extract::{Path, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use std::convert::Infallible;
 use axum::Json;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -30,6 +32,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(time_on_task))
         .routes(routes!(replays))
         .routes(routes!(drilldown))
+        .routes(routes!(live))
 }
 
 impl From<ServeError> for Error {
@@ -182,6 +185,98 @@ async fn replays(
     let sv = serve(&s)?;
     let range = sv.range(q.from.as_deref(), q.to.as_deref())?;
     Ok(Json(sv.replays(&course, &content, &range, &t).await?))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct LiveQuery {
+    /// Engagement window in minutes (default 60).
+    minutes: Option<u32>,
+    /// Funnel range, fixed for the stream's life (defaults as for the funnel).
+    from: Option<String>,
+    to: Option<String>,
+    /// Refresh interval, 100-60000 ms (default: `policies/disclosure.yaml` `live.interval_ms`).
+    interval_ms: Option<u64>,
+}
+
+struct LiveState {
+    serve: Arc<Serve>,
+    course: Ident,
+    stream: crate::serve::live::Stream,
+    interval: std::time::Duration,
+    pending: Vec<crate::serve::live::Message>,
+    started: bool,
+    done: bool,
+}
+
+/// Server-Sent Events: `funnel` and `engagement` messages, each a released
+/// view, pushed when it changes as rows land. The live rule
+/// (`policies/disclosure.yaml`, `live`): a cell withheld once stays withheld
+/// for the stream; counts are floored to bands (`band` on each cell); the
+/// difference between consecutive messages is audited like a release. An
+/// `error` event (its data a code) ends the stream.
+#[utoipa::path(get, path = "/v1/courses/{course_id}/live", tag = "analytics",
+    params(("course_id" = String, Path, description = "Course"), LiveQuery),
+    responses((status = 200, content_type = "text/event-stream", description = "`event: funnel|engagement|error`, `data:` a released view (JSON)"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn live(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(course): Path<String>,
+    AppQuery(q): AppQuery<LiveQuery>,
+) -> Result<Sse<impl futures::Stream<Item = Result<Event, Infallible>>>, Error> {
+    let course = Ident::parse("course_id", &course)?;
+    let t = course_read(&s, &p, Permission::CohortRead, &course).await?;
+    let sv = serve(&s)?.clone();
+    let range = sv.range(q.from.as_deref(), q.to.as_deref())?;
+    let minutes = q.minutes.unwrap_or(60);
+    if minutes == 0 || minutes > sv.config().max_engagement_minutes {
+        return Err(Error::bad_request("invalid_query", format!("`minutes` must be 1-{}", sv.config().max_engagement_minutes)));
+    }
+    let interval = q.interval_ms.unwrap_or(sv.config().policy.live.interval_ms);
+    if !(100..=60_000).contains(&interval) {
+        return Err(Error::bad_request("invalid_query", "`interval_ms` must be 100-60000"));
+    }
+    let stream = sv.live_stream(range, minutes, t);
+    let state = LiveState {
+        serve: sv,
+        course,
+        stream,
+        interval: std::time::Duration::from_millis(interval),
+        pending: Vec::new(),
+        started: false,
+        done: false,
+    };
+    let events = futures::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(m) = st.pending.pop() {
+                let ev = Event::default().event(m.event).json_data(&m.data).unwrap_or_else(|_| Event::default().event("error").data("internal"));
+                return Some((Ok(ev), st));
+            }
+            if st.done {
+                return None;
+            }
+            if st.started {
+                tokio::time::sleep(st.interval).await;
+            }
+            st.started = true;
+            match st.serve.live_step(&st.course, &mut st.stream).await {
+                Ok(messages) => st.pending = messages.into_iter().rev().collect(),
+                Err(e) => {
+                    tracing::error!(error = %e, "live stream ended");
+                    st.done = true;
+                    let code = match e {
+                        ServeError::Warehouse(_) => "warehouse_unavailable",
+                        _ => "internal",
+                    };
+                    return Some((Ok(Event::default().event("error").data(code)), st));
+                }
+            }
+        }
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
 #[derive(Deserialize, ToSchema)]

@@ -29,6 +29,26 @@ pub struct DisclosurePolicy {
     #[serde(default)]
     pub institutions: BTreeMap<String, ThresholdDef>,
     pub drilldown: DrilldownDef,
+    #[serde(default)]
+    pub live: LiveDef,
+}
+
+/// The live view (`GET /v1/courses/{course}/live`).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiveDef {
+    /// Live counts are released as the floor of bands this wide; wider than
+    /// every `protection_width`, so the difference of two messages never
+    /// narrows a withheld cell below it.
+    pub band: u64,
+    /// Refresh interval of a stream, milliseconds.
+    pub interval_ms: u64,
+}
+
+impl Default for LiveDef {
+    fn default() -> Self {
+        LiveDef { band: 20, interval_ms: 2000 }
+    }
 }
 
 impl DisclosurePolicy {
@@ -55,6 +75,10 @@ impl DisclosurePolicy {
         check("defaults", &self.defaults)?;
         for (i, t) in &self.institutions {
             check(&format!("institution {i}"), t)?;
+        }
+        let widest = self.institutions.values().chain([&self.defaults]).map(|t| t.protection_width).fold(0.0, f64::max);
+        if (self.live.band as f64) <= widest || !(100..=60_000).contains(&self.live.interval_ms) {
+            return Err(format!("live: band must be wider than every protection_width ({widest}) and interval_ms 100-60000"));
         }
         if self.drilldown.max_per_hour == 0 || self.drilldown.timeline_limit == 0 || self.drilldown.timeline_limit > 10_000 {
             return Err("drilldown: max_per_hour must be positive and timeline_limit 1-10000".into());
@@ -86,6 +110,7 @@ mod tests {
             defaults: ThresholdDef { min_cell: 10, extreme_share_min: 20, protection_width: 10.0 },
             institutions: BTreeMap::new(),
             drilldown: DrilldownDef { max_per_hour: 10, timeline_limit: 100 },
+            live: LiveDef::default(),
         };
         assert!(p.validate().is_ok());
         p.institutions.insert("x".into(), ThresholdDef { min_cell: 1, extreme_share_min: 20, protection_width: 10.0 });

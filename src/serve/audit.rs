@@ -82,17 +82,32 @@ impl Uf {
 /// Audit a release: `published[c]` is what the response shows for cell `c`
 /// (`None`: withheld). Only published values enter the computation.
 pub fn audit(table: &Table, published: &[Option<f64>], width: f64) -> AuditReport {
+    let ranges: Vec<Option<(f64, f64)>> = published.iter().map(|p| p.map(|v| (v, v))).collect();
+    audit_ranges(table, &ranges, width)
+}
+
+/// The audit of a release whose published cells are known only within a
+/// range `(lo, hi)` (banded live counts, differences of two releases).
+pub fn audit_ranges(table: &Table, published: &[Option<(f64, f64)>], width: f64) -> AuditReport {
     assert_eq!(published.len(), table.cells.len());
     let n = table.n_inner;
-    // Inner cells whose value is known: published directly.
-    let known: Vec<Option<f64>> = (0..n).map(|i| published[i]).collect();
+    // Inner cells whose value is known exactly.
+    let known: Vec<Option<f64>> = (0..n).map(|i| published[i].filter(|(lo, hi)| lo == hi).map(|(lo, _)| lo)).collect();
     // Constraints over unknown inner cells: (coefficients by inner index, cmp, rhs).
     let mut cons: Vec<(Vec<(usize, f64)>, Cmp, f64)> = Vec::new();
-    for (c, cell) in table.cells.iter().enumerate().skip(n) {
-        let Some(v) = published[c] else { continue };
+    for (c, cell) in table.cells.iter().enumerate() {
+        let Some((lo, hi)) = published[c] else { continue };
+        if c < n && known[c].is_some() {
+            continue;
+        }
         let fixed: f64 = cell.members.iter().filter_map(|&i| known[i]).sum();
         let unknown: Vec<(usize, f64)> = cell.members.iter().filter(|&&i| known[i].is_none()).map(|&i| (i, 1.0)).collect();
-        cons.push((unknown, Cmp::Eq, v - fixed));
+        if lo == hi {
+            cons.push((unknown, Cmp::Eq, lo - fixed));
+        } else {
+            cons.push((unknown.clone(), Cmp::Ge, lo - fixed));
+            cons.push((unknown, Cmp::Le, hi - fixed));
+        }
     }
     for &(a, b) in &table.order {
         match (known[a], known[b]) {
@@ -210,6 +225,17 @@ mod tests {
         assert!(r.ok());
         let r = audit(&t, &[Some(5.0), None], 10.0);
         assert!(!r.ok(), "started <= 5 is too narrow");
+    }
+
+    #[test]
+    fn bands_widen_what_an_attacker_can_deduce() {
+        // 3 withheld beside a 40 released as the band 40-59 and a total 43 as 40-59.
+        let t = two_by_one(3.0, 40.0);
+        let r = audit_ranges(&t, &[None, Some((40.0, 59.0)), Some((40.0, 59.0))], 10.0);
+        assert_eq!((r.intervals[0].lo, r.intervals[0].hi), (0.0, Some(19.0)));
+        assert!(r.ok());
+        // The same cell exactly: disclosed.
+        assert!(!audit_ranges(&t, &[None, Some((40.0, 40.0)), Some((43.0, 43.0))], 10.0).ok());
     }
 
     #[test]

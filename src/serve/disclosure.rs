@@ -28,6 +28,8 @@ pub enum Reason {
     SmallGroup,
     DerivedFromWithheld,
     Complementary,
+    /// Live view: withheld earlier in this stream, so withheld for its whole life.
+    Sticky,
 }
 
 /// The thresholds in force for one institution (policies/disclosure.yaml).
@@ -63,6 +65,9 @@ pub struct Cell<T> {
     value: Option<T>,
     #[serde(skip_serializing_if = "Option::is_none")]
     suppressed: Option<Reason>,
+    /// Live view: the value is the floor of a band this wide (`value..value+band-1`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    band: Option<u64>,
 }
 
 impl<T: Copy> Cell<T> {
@@ -73,7 +78,10 @@ impl<T: Copy> Cell<T> {
         self.suppressed
     }
     fn withheld(reason: Reason) -> Cell<T> {
-        Cell { value: None, suppressed: Some(reason) }
+        Cell { value: None, suppressed: Some(reason), band: None }
+    }
+    fn shown(value: T) -> Cell<T> {
+        Cell { value: Some(value), suppressed: None, band: None }
     }
 }
 
@@ -81,7 +89,7 @@ impl<T: Copy> Cell<T> {
 pub fn statistic(value: f64, group: u64, t: &Thresholds) -> Cell<f64> {
     match group_rule(group, t) {
         Some(r) => Cell::withheld(r),
-        None => Cell { value: Some(round3(value)), suppressed: None },
+        None => Cell::shown(round3(value)),
     }
 }
 
@@ -92,7 +100,7 @@ pub fn ratio(num: &Cell<u64>, den: &Cell<u64>, t: &Thresholds) -> Cell<f64> {
             if (n == 0 || n == d) && d < t.extreme_share_min {
                 Cell::withheld(Reason::ExtremeShare)
             } else {
-                Cell { value: Some(round3(n as f64 / d as f64)), suppressed: None }
+                Cell::shown(round3(n as f64 / d as f64))
             }
         }
         (Some(_), Some(_)) => Cell::withheld(Reason::SmallGroup),
@@ -111,6 +119,8 @@ pub struct Layer {
     table: Table,
     reasons: Vec<Option<Reason>>,
     audit: AuditReport,
+    /// Live view: counts released as the floor of bands this wide.
+    band: Option<u64>,
 }
 
 impl Layer {
@@ -124,14 +134,41 @@ impl Layer {
             .zip(&p.complementary)
             .map(|(r, c)| r.or(c.then_some(Reason::Complementary)))
             .collect();
-        Layer { table, reasons, audit: p.audit }
+        Layer { table, reasons, audit: p.audit, band: None }
+    }
+
+    /// The live rule: withhold every cell withheld earlier in the stream
+    /// (`sticky`, keys `prefix:label`), remember this release's withheld
+    /// cells, release counts as the floor of bands `band` wide, and audit the
+    /// banded release again (an attacker knows each band, not the value).
+    pub fn live(&mut self, prefix: &str, sticky: &mut std::collections::HashSet<String>, band: u64, width: f64) {
+        for (i, cell) in self.table.cells.iter().enumerate() {
+            let key = format!("{prefix}:{}", cell.label);
+            if self.reasons[i].is_none() && sticky.contains(&key) {
+                self.reasons[i] = Some(Reason::Sticky);
+            }
+            if self.reasons[i].is_some() {
+                sticky.insert(key);
+            }
+        }
+        self.band = Some(band.max(1));
+        let ranges: Vec<Option<(f64, f64)>> = (0..self.table.cells.len()).map(|i| self.range(i)).collect();
+        self.audit = super::audit::audit_ranges(&self.table, &ranges, width);
+    }
+
+    /// What an attacker knows of cell `i` from the release: its range, or nothing.
+    fn range(&self, i: usize) -> Option<(f64, f64)> {
+        let v = self.count(i).value? as f64;
+        Some((v, v + self.band.unwrap_or(1) as f64 - 1.0))
     }
 
     /// The released count of cell `i`.
     pub fn count(&self, i: usize) -> Cell<u64> {
-        match self.reasons[i] {
-            Some(r) => Cell::withheld(r),
-            None => Cell { value: Some(self.table.cells[i].value.round() as u64), suppressed: None },
+        let v = self.table.cells[i].value.round() as u64;
+        match (self.reasons[i], self.band) {
+            (Some(r), _) => Cell::withheld(r),
+            (None, Some(b)) => Cell { value: Some(v / b * b), suppressed: None, band: Some(b) },
+            (None, None) => Cell::shown(v),
         }
     }
 
@@ -256,7 +293,7 @@ mod tests {
     fn statistics_and_ratios() {
         assert_eq!(statistic(4.5, 3, &T).suppressed(), Some(Reason::SmallGroup));
         assert_eq!(statistic(4.5, 10, &T).value(), Some(4.5));
-        let c = |v: u64| Cell { value: Some(v), suppressed: None };
+        let c = |v: u64| Cell::shown(v);
         let w = Cell::<u64>::withheld(Reason::SmallCell);
         assert_eq!(ratio(&c(10), &c(40), &T).value(), Some(0.25));
         assert_eq!(ratio(&w, &c(40), &T).suppressed(), Some(Reason::DerivedFromWithheld));

@@ -14,6 +14,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
+use super::live::Rule;
 use super::disclosure::{count_rule, group_rule, seal, Cell, Layer, Released, Thresholds};
 use super::table::Table;
 use super::{num, ServeError};
@@ -67,7 +68,7 @@ pub fn model(minutes: &[String], cohorts: &[String], values: &[Vec<f64>]) -> Tab
     t
 }
 
-pub fn release(course: &str, minutes: u32, from: &str, rows: &[Value], t: &Thresholds) -> Result<Released<Engagement>, ServeError> {
+pub fn release(course: &str, minutes: u32, from: &str, rows: &[Value], t: &Thresholds, live: Option<&mut Rule>) -> Result<Released<Engagement>, ServeError> {
     let mut grid: BTreeMap<String, BTreeMap<String, (f64, f64)>> = BTreeMap::new();
     let mut cohorts: Vec<String> = Vec::new();
     for r in rows {
@@ -87,8 +88,13 @@ pub fn release(course: &str, minutes: u32, from: &str, rows: &[Value], t: &Thres
     let time = model(&minute_list, &cohorts, &seconds);
     let count_primary = counts.cells.iter().map(|c| count_rule(c.value as u64, None, t)).collect();
     let time_primary = counts.cells.iter().map(|c| group_rule(c.value as u64, t)).collect();
-    let counts = Layer::protect(counts, count_primary, t.protection_width);
-    let time = Layer::protect(time, time_primary, t.protection_width * HEARTBEAT_SECONDS);
+    let mut counts = Layer::protect(counts, count_primary, t.protection_width);
+    let mut time = Layer::protect(time, time_primary, t.protection_width * HEARTBEAT_SECONDS);
+    if let Some(rule) = live {
+        counts.live("engagement.active_learners", &mut rule.sticky, rule.band, t.protection_width);
+        let seconds_band = rule.band * HEARTBEAT_SECONDS as u64;
+        time.live("engagement.time_on_task_seconds", &mut rule.sticky, seconds_band, t.protection_width * HEARTBEAT_SECONDS);
+    }
     let k = cohorts.len();
     let n_inner = minute_list.len() * k;
     let both = |i: usize| EngagementCounts { active_learners: counts.count(i), time_on_task_seconds: time.count(i) };

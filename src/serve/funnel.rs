@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use super::live::Rule;
 use super::disclosure::{count_rule, ratio, seal, Cell, Layer, Released, Thresholds};
 use super::params::DateRange;
 use super::table::Table;
@@ -73,7 +74,7 @@ pub fn model(cohorts: &[String], values: &[[f64; 4]]) -> Table {
 }
 
 /// Build, protect and seal the funnel from the rows of [`super::queries::FUNNEL`].
-pub fn release(course: &str, range: &DateRange, rows: &[Value], t: &Thresholds) -> Result<Released<Funnel>, ServeError> {
+pub fn release(course: &str, range: &DateRange, rows: &[Value], t: &Thresholds, live: Option<&mut Rule>) -> Result<Released<Funnel>, ServeError> {
     let mut cohorts = Vec::new();
     let mut values = Vec::new();
     for r in rows {
@@ -95,7 +96,10 @@ pub fn release(course: &str, range: &DateRange, rows: &[Value], t: &Thresholds) 
             count_rule(c.value as u64, group, t)
         })
         .collect();
-    let layer = Layer::protect(table, primary, t.protection_width);
+    let mut layer = Layer::protect(table, primary, t.protection_width);
+    if let Some(rule) = live {
+        layer.live("funnel", &mut rule.sticky, rule.band, t.protection_width);
+    }
     let counts = |base: usize| {
         let [e, s, c, a] = [0, 1, 2, 3].map(|m| layer.count(base + m));
         FunnelCounts {

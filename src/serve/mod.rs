@@ -24,6 +24,8 @@
 //! - [`audit::audit`]: the attacker's audit of any released table; each view's
 //!   `attacker_view(json)` rebuilds the model an attacker holding a response has.
 //! - [`audit_response`]: that audit on a response as sent (`learnvault disclosure audit`).
+//! - [`live`]: the live view's rule (sticky withholding, bands, the difference
+//!   of consecutive messages audited as a release): `Serve::live_stream`, `Serve::live_step`.
 //! - [`lp`]: the small simplex behind the audit.
 
 pub mod audit;
@@ -33,6 +35,7 @@ pub mod drilldown;
 pub mod engagement;
 mod error;
 pub mod funnel;
+pub mod live;
 pub mod lp;
 pub mod params;
 pub mod queries;
@@ -134,12 +137,20 @@ impl Serve {
     }
 
     pub async fn funnel(&self, course: &Ident, range: &DateRange, t: &Thresholds) -> Result<Released<funnel::Funnel>, ServeError> {
-        let [f, to] = range.params();
-        let rows = self.run(&queries::FUNNEL, &[("course", course.as_str().to_owned()), f, to]).await?;
-        funnel::release(course.as_str(), range, &rows, t)
+        self.funnel_with(course, range, t, None).await
     }
 
     pub async fn engagement(&self, course: &Ident, minutes: u32, t: &Thresholds) -> Result<Released<engagement::Engagement>, ServeError> {
+        self.engagement_with(course, minutes, t, None).await
+    }
+
+    async fn funnel_with(&self, course: &Ident, range: &DateRange, t: &Thresholds, live: Option<&mut live::Rule>) -> Result<Released<funnel::Funnel>, ServeError> {
+        let [f, to] = range.params();
+        let rows = self.run(&queries::FUNNEL, &[("course", course.as_str().to_owned()), f, to]).await?;
+        funnel::release(course.as_str(), range, &rows, t, live)
+    }
+
+    async fn engagement_with(&self, course: &Ident, minutes: u32, t: &Thresholds, live: Option<&mut live::Rule>) -> Result<Released<engagement::Engagement>, ServeError> {
         if minutes == 0 || minutes > self.config.max_engagement_minutes {
             return Err(ServeError::invalid("invalid_query", format!("`minutes` must be 1-{}", self.config.max_engagement_minutes)));
         }
@@ -147,7 +158,7 @@ impl Serve {
         let from = (now - now % 60) - (minutes as i64 - 1) * 60;
         let rows = self.run(&queries::ENGAGEMENT, &[("course", course.as_str().to_owned()), ("from", from.to_string())]).await?;
         let from_text = chrono::DateTime::from_timestamp(from, 0).map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default();
-        engagement::release(course.as_str(), minutes, &from_text, &rows, t)
+        engagement::release(course.as_str(), minutes, &from_text, &rows, t, live)
     }
 
     pub async fn time_on_task(&self, course: &Ident, range: &DateRange, t: &Thresholds) -> Result<Released<time_on_task::TimeOnTask>, ServeError> {

@@ -122,8 +122,9 @@ pub fn protect(table: &Table, primary: &[bool], width: f64) -> Protection {
     }
 }
 
-/// The next cell to withhold to widen the interval of withheld cell `cell`.
-fn widen(table: &Table, withheld: &[bool], cell: usize, need: f64) -> Option<usize> {
+/// The next cell to withhold to widen the interval of withheld cell `cell`
+/// (also used by the live view on the difference of two releases).
+pub fn widen(table: &Table, withheld: &[bool], cell: usize, need: f64) -> Option<usize> {
     let targets = &table.cells[cell].members;
     // Published relations (sums, and the order relations) touching the cell's members.
     let touching: Vec<usize> = (table.n_inner..table.cells.len())
