@@ -576,3 +576,25 @@ async fn live_view_keeps_withheld_cells_withheld_bands_counts_and_audits_each_di
         assert!(!report.intervals.is_empty());
     }
 }
+
+/// Every read-path route is in the OpenAPI document with every status it can answer.
+#[test]
+fn the_openapi_document_lists_the_read_path_and_its_statuses() {
+    let doc = serde_json::to_value(learnvault::api::openapi()).unwrap();
+    let cohort = ["200", "400", "401", "403", "404", "500", "503"];
+    let routes: [(&str, &str, &[&str]); 6] = [
+        ("/v1/courses/{course_id}/funnel", "get", &cohort),
+        ("/v1/courses/{course_id}/engagement", "get", &cohort),
+        ("/v1/courses/{course_id}/time-on-task", "get", &cohort),
+        ("/v1/content/{content_id}/replays", "get", &cohort),
+        ("/v1/courses/{course_id}/live", "get", &["200", "400", "401", "403", "404", "503"]),
+        ("/v1/learners/{pseudonym}/activity", "post", &["200", "400", "401", "403", "404", "410", "413", "415", "429", "503"]),
+    ];
+    for (path, method, statuses) in routes {
+        let op = &doc["paths"][path][method];
+        assert!(op.is_object(), "{method} {path} missing from the OpenAPI document");
+        for s in statuses {
+            assert!(op["responses"][s].is_object(), "{method} {path}: status {s} not documented");
+        }
+    }
+}

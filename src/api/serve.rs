@@ -298,7 +298,7 @@ pub struct DrilldownRequest {
     params(("pseudonym" = Uuid, Path, description = "Learner pseudonym")),
     responses((status = 200, body = Timeline), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 410, body = ErrorBody),
-        (status = 415, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn drilldown(
     State(s): State<AppState>,
     p: Principal,
