@@ -5,6 +5,7 @@ pub mod bench;
 mod bench_dsr;
 mod bench_gateway;
 mod bench_lander;
+mod bench_serve;
 mod datamap;
 mod demo;
 mod demo_live;

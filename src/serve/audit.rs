@@ -130,8 +130,22 @@ pub fn audit_ranges(table: &Table, published: &[Option<(f64, f64)>], width: f64)
         Cmp::Le => *rhs >= -1e-6,
         Cmp::Ge => *rhs <= 1e-6,
     });
+    // Variables and constraints of each component, computed once.
+    let mut comp_vars: std::collections::HashMap<usize, Vec<usize>> = std::collections::HashMap::new();
+    for i in (0..n).filter(|&i| known[i].is_none()) {
+        let r = uf.find(i);
+        comp_vars.entry(r).or_default().push(i);
+    }
+    let mut comp_cons: std::collections::HashMap<usize, Vec<usize>> = std::collections::HashMap::new();
+    for (k, (terms, _, _)) in cons.iter().enumerate() {
+        if let Some(&(i, _)) = terms.first() {
+            let r = uf.find(i);
+            comp_cons.entry(r).or_default().push(k);
+        }
+    }
     for (c, cell) in table.cells.iter().enumerate() {
-        if published[c].is_some() {
+        // A sum of no cells is 0 by construction: it discloses nothing.
+        if published[c].is_some() || cell.members.is_empty() {
             continue;
         }
         let fixed: f64 = cell.members.iter().filter_map(|&i| known[i]).sum();
@@ -140,13 +154,12 @@ pub fn audit_ranges(table: &Table, published: &[Option<(f64, f64)>], width: f64)
         roots.sort_unstable();
         roots.dedup();
         // The variables of the components the cell touches, and their constraints.
-        let comp: Vec<usize> = (0..n).filter(|&i| known[i].is_none() && roots.contains(&uf.find(i))).collect();
+        let mut comp: Vec<usize> = roots.iter().flat_map(|r| comp_vars[r].iter().copied()).collect();
+        comp.sort_unstable();
         let index = |i: usize| comp.binary_search(&i).ok();
         let mut lp = Lp::new(comp.len());
-        for (terms, cmp, rhs) in &cons {
-            if terms.is_empty() || !roots.contains(&uf.find(terms[0].0)) {
-                continue;
-            }
+        for k in roots.iter().flat_map(|r| comp_cons.get(r).into_iter().flatten().copied()) {
+            let (terms, cmp, rhs) = &cons[k];
             let mut row = vec![0.0; comp.len()];
             for &(i, a) in terms {
                 row[index(i).expect("in component")] += a;

@@ -256,6 +256,7 @@ pub fn seal<T>(body: T, layers: &[&Layer], thresholds: Thresholds) -> Option<Rel
     };
     for l in layers {
         if !l.audit.ok() {
+            tracing::error!(violations = ?l.audit.violations, "a release failed its audit");
             return None;
         }
         l.tally(&mut s);

@@ -68,14 +68,15 @@ impl Tableau {
         for v in self.t[r].iter_mut() {
             *v /= p;
         }
-        let row = self.t[r].clone();
-        for (i, other) in self.t.iter_mut().enumerate() {
-            if i != r {
-                let f = other[c];
-                if f.abs() > EPS {
-                    for (o, v) in other.iter_mut().zip(&row) {
-                        *o -= f * v;
-                    }
+        let row = std::mem::take(&mut self.t[r]);
+        for other in self.t.iter_mut() {
+            if other.is_empty() {
+                continue; // the pivot row, taken out
+            }
+            let f = other[c];
+            if f.abs() > EPS {
+                for (o, v) in other.iter_mut().zip(&row) {
+                    *o -= f * v;
                 }
             }
         }
@@ -85,6 +86,7 @@ impl Tableau {
                 *o -= f * v;
             }
         }
+        self.t[r] = row;
         self.basis[r] = c;
     }
 

@@ -136,7 +136,11 @@ fn protect_part(table: &Table, primary: &[bool], width: f64) -> Vec<bool> {
         }
         if !widened {
             // Nothing left to withhold around it (cannot happen with a consistent table):
-            // withhold every cell rather than release a narrow one.
+            // withhold every cell rather than release a narrow one; if every cell already is,
+            // the audit's verdict stands and the release will be refused (fail closed).
+            if (0..table.cells.len()).all(|c| withheld[c]) {
+                return secondary;
+            }
             for c in 0..table.cells.len() {
                 secondary[c] = secondary[c] || !primary[c];
             }
@@ -155,7 +159,7 @@ fn components(table: &Table) -> Vec<Vec<usize>> {
         }
         x
     }
-    let mut union = |a: usize, b: usize, p: &mut Vec<usize>| {
+    let union = |a: usize, b: usize, p: &mut Vec<usize>| {
         let (ra, rb) = (find(p, a), find(p, b));
         p[ra] = rb;
     };
@@ -307,6 +311,14 @@ mod tests {
         assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
         // Each minute is protected on its own: a minute's suppression never reaches another's cells.
         assert_eq!(components(&t).len(), 60);
+    }
+
+    #[test]
+    fn an_empty_table_releases_its_zero_total() {
+        let mut t = Table::default();
+        t.sum("total", &[]);
+        let s = protect(&t, &[true], 10.0);
+        assert!(s.audit.ok(), "a sum of nothing discloses nothing: {:?}", s.audit);
     }
 
     #[test]
