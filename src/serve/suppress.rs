@@ -126,11 +126,12 @@ fn protect_part(table: &Table, primary: &[bool], width: f64) -> Vec<bool> {
         if report.ok() {
             return secondary;
         }
+        // One cell at a time (the part is small): each addition may fix several violations.
         let mut widened = false;
-        for v in &report.violations {
+        if let Some(v) = report.violations.first() {
             let need = width - v.hi.map(|h| h - v.lo).unwrap_or(0.0);
             if let Some(c) = widen(table, &withheld, v.cell, need) {
-                widened |= !secondary[c];
+                widened = !secondary[c];
                 secondary[c] = true;
             }
         }
