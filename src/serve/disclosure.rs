@@ -245,7 +245,7 @@ impl<T> Released<T> {
 
 /// Seal `body` (built only from cells of `layers` and rule functions above).
 /// Refuses (`None`) if a layer's audit did not pass: nothing leaves unaudited.
-pub fn seal<T>(body: T, layers: &[&Layer], thresholds: Thresholds) -> Option<Released<T>> {
+pub(in crate::serve) fn seal<T>(body: T, layers: &[&Layer], thresholds: Thresholds) -> Option<Released<T>> {
     let mut s = Summary {
         thresholds,
         cells: 0,
