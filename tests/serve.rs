@@ -602,3 +602,40 @@ fn the_openapi_document_lists_the_read_path_and_its_statuses() {
         }
     }
 }
+
+/// The released tables for BI tools: every view as the API releases it; no
+/// released count of learners below `min_cell`.
+#[tokio::test]
+async fn released_tables_hold_no_cell_below_min_cell() {
+    let f = fixture().await;
+    let app = &f.app;
+    let serve = app.state.serve.clone().expect("the read path");
+    let p = serve.publish(60).await.unwrap();
+    assert_eq!(p.courses, 2, "cs101 and cs999");
+    let rows = base(app, "SELECT view, course_id, row_key, metric, value, suppressed FROM released.cells", &[]).await;
+    assert_eq!(rows.len(), p.cells);
+    let counts = ["enrolled", "started", "completed", "assessed", "learners", "active_learners"];
+    let mut withheld = 0;
+    for r in &rows {
+        let metric = r["metric"].as_str().unwrap();
+        match r["value"].as_f64() {
+            Some(v) if counts.contains(&metric) => assert!(v >= 10.0, "a released count below min_cell: {r}"),
+            Some(_) => assert_eq!(r["suppressed"], "", "{r}"),
+            None => {
+                withheld += 1;
+                assert_ne!(r["suppressed"], "", "withheld without a reason: {r}");
+            }
+        }
+    }
+    assert_eq!(withheld, p.withheld);
+    let cell = |view: &str, row: &str, metric: &str| {
+        rows.iter().find(|r| r["view"] == view && r["course_id"] == COURSE && r["row_key"] == row && r["metric"] == metric).cloned().unwrap_or_else(|| panic!("{view} {row} {metric}"))
+    };
+    assert_eq!(cell("funnel", "c03", "enrolled")["suppressed"], "small_cell");
+    assert_eq!(cell("funnel", "c40", "enrolled")["value"], 40.0);
+    assert_eq!(cell("funnel", "total", "enrolled")["value"], 62.0);
+    assert_eq!(cell("time_on_task", "c03", "active_minutes_per_learner_day.median")["suppressed"], "small_group");
+    // A second refresh replaces the first (swapped in whole).
+    let again = serve.publish(60).await.unwrap();
+    assert_eq!(num(&base(app, "SELECT count() AS n FROM released.cells", &[]).await[0]["n"]) as usize, again.cells);
+}

@@ -18,6 +18,7 @@ mod retention;
 mod serve;
 mod taxonomy;
 mod token;
+mod warehouse;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -64,6 +65,11 @@ pub enum Command {
         #[command(subcommand)]
         command: disclosure::DisclosureCommand,
     },
+    /// Warehouse tools: the BI user's grants.
+    Warehouse {
+        #[command(subcommand)]
+        command: warehouse::WarehouseCommand,
+    },
     /// Policy checks for CI.
     Policy {
         #[command(subcommand)]
@@ -108,6 +114,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Taxonomy { command } => taxonomy::run(settings, command),
         Command::Policy { command } => policy::run(settings, command),
         Command::Disclosure { command } => disclosure::run(settings, command).await,
+        Command::Warehouse { command } => warehouse::run(command),
         Command::Retention { command } => retention::run(settings, command).await,
         Command::Datamap { command } => datamap::run(settings, command).await,
         Command::Dsr { command } => dsr::run(settings, command).await,

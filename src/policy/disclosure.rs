@@ -31,6 +31,24 @@ pub struct DisclosurePolicy {
     pub drilldown: DrilldownDef,
     #[serde(default)]
     pub live: LiveDef,
+    #[serde(default)]
+    pub released: ReleasedDef,
+}
+
+/// The released tables for BI tools (`released.cells`), refreshed by `serve`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleasedDef {
+    /// Seconds between refreshes (0: never published).
+    pub refresh_secs: u64,
+    /// The engagement window published, minutes.
+    pub engagement_minutes: u32,
+}
+
+impl Default for ReleasedDef {
+    fn default() -> Self {
+        ReleasedDef { refresh_secs: 60, engagement_minutes: 60 }
+    }
 }
 
 /// The live view (`GET /v1/courses/{course}/live`).
@@ -80,6 +98,9 @@ impl DisclosurePolicy {
         if (self.live.band as f64) <= widest || !(100..=60_000).contains(&self.live.interval_ms) {
             return Err(format!("live: band must be wider than every protection_width ({widest}) and interval_ms 100-60000"));
         }
+        if self.released.engagement_minutes == 0 || self.released.engagement_minutes > 24 * 60 {
+            return Err("released: engagement_minutes must be 1-1440".into());
+        }
         if self.drilldown.max_per_hour == 0 || self.drilldown.timeline_limit == 0 || self.drilldown.timeline_limit > 10_000 {
             return Err("drilldown: max_per_hour must be positive and timeline_limit 1-10000".into());
         }
@@ -111,6 +132,7 @@ mod tests {
             institutions: BTreeMap::new(),
             drilldown: DrilldownDef { max_per_hour: 10, timeline_limit: 100 },
             live: LiveDef::default(),
+            released: ReleasedDef::default(),
         };
         assert!(p.validate().is_ok());
         p.institutions.insert("x".into(), ThresholdDef { min_cell: 1, extreme_share_min: 20, protection_width: 10.0 });

@@ -26,6 +26,7 @@
 //! - [`audit_response`]: that audit on a response as sent (`learnvault disclosure audit`).
 //! - [`live`]: the live view's rule (sticky withholding, bands, the difference
 //!   of consecutive messages audited as a release): `Serve::live_stream`, `Serve::live_step`.
+//! - [`publish`]: `Serve::publish`, the released tables for BI tools (`released.cells`).
 //! - [`lp`]: the small simplex behind the audit.
 
 pub mod audit;
@@ -38,6 +39,7 @@ pub mod funnel;
 pub mod live;
 pub mod lp;
 pub mod params;
+pub mod publish;
 pub mod queries;
 pub mod replays;
 pub mod suppress;
@@ -108,6 +110,10 @@ impl Serve {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    fn warehouse(&self) -> &Warehouse {
+        &self.warehouse
     }
 
     async fn run(&self, shape: &Shape, params: &[(&str, String)]) -> Result<Vec<Value>, ServeError> {
