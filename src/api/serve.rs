@@ -48,6 +48,7 @@ impl From<ServeError> for Error {
                 tracing::error!(error = %w, "warehouse query failed");
                 Error::Unavailable { code: "warehouse_unavailable", message: "the warehouse did not answer; retry later".into() }
             }
+            ServeError::Vault(v) => v.into(),
             other => Error::Internal(other.to_string()),
         }
     }

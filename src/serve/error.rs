@@ -16,6 +16,9 @@ pub enum ServeError {
     /// The warehouse did not answer: retry.
     #[error("the warehouse did not answer: {0}")]
     Warehouse(#[from] WarehouseError),
+    /// The vault (consent) failed.
+    #[error("vault: {0}")]
+    Vault(#[from] crate::vault::VaultError),
     /// The warehouse answered rows of an unexpected shape.
     #[error("unexpected warehouse row: {0}")]
     Row(String),

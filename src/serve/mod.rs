@@ -9,8 +9,9 @@
 //!   from everything the response releases is at least `protection_width`).
 //!   A release whose audit fails is refused, never sent.
 //! - Cohort views read `agg.*` rollups only; SQL lives in [`queries`] as named
-//!   shapes with `{name:Type}` parameters. The drill-down timeline is the one
-//!   shape reading the base table.
+//!   shapes with `{name:Type}` parameters. The individual views are the
+//!   exceptions: the drill-down timeline (the one shape reading the base
+//!   table) and a learner's recommendation features (`features.*`, behind consent).
 //! - The individual view returns pseudonyms, never an identity; who may call
 //!   it, for which purpose, the audit entry before data leaves and the rate
 //!   limit are enforced by its handler (`api/serve.rs`) with [`Serve::admit`].
@@ -26,6 +27,7 @@
 //! - [`audit_response`]: that audit on a response as sent (`learnvault disclosure audit`).
 //! - [`live`]: the live view's rule (sticky withholding, bands, the difference
 //!   of consecutive messages audited as a release): `Serve::live_stream`, `Serve::live_step`.
+//! - [`features`]: `Serve::features`, a learner's recommendation features behind consent.
 //! - [`publish`]: `Serve::publish`, the released tables for BI tools (`released.cells`).
 //! - [`lp`]: the small simplex behind the audit.
 
@@ -34,6 +36,7 @@ pub mod config;
 pub mod disclosure;
 pub mod drilldown;
 pub mod engagement;
+pub mod features;
 mod error;
 pub mod funnel;
 pub mod live;

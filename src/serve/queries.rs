@@ -1,8 +1,9 @@
 //! Named query shapes: the only ClickHouse SQL of the read path. Values travel
 //! as `{name:Type}` parameters, never in the SQL text; callers pick a shape,
 //! they never pass SQL. Cohort views read `agg.*` rollups only; the
-//! drill-down timeline is the one shape that reads the base table
-//! (`tests/serve.rs` parses every shape and checks it).
+//! individual views are the exceptions: the drill-down timeline (the one shape
+//! that reads the base table) and a learner's features (`features.*`).
+//! `tests/serve.rs` parses every shape and checks it.
 
 /// One named shape.
 #[derive(Debug, Clone, Copy)]
@@ -88,6 +89,14 @@ pub const LEARNER_TIMELINE: Shape = Shape {
     individual: true,
 };
 
+/// One learner's recommendation features (an individual view, behind
+/// `recommendations` consent; reads the `features.*` view, not the base table).
+pub const LEARNER_FEATURES: Shape = Shape {
+    name: "learner_features",
+    sql: "SELECT * EXCEPT learner_id FROM features.learner_engagement WHERE learner_id = {p:UUID}",
+    individual: true,
+};
+
 /// Every course with activity, and its institutions (`learnvault disclosure audit`).
 pub const COURSES: Shape = Shape {
     name: "courses",
@@ -103,5 +112,5 @@ pub const CONTENTS: Shape = Shape {
 };
 
 /// Every shape, for the test that reads the serving SQL.
-pub const SHAPES: [Shape; 9] =
-    [FUNNEL, ENGAGEMENT, TIME_ON_TASK, REPLAYS, COURSE_INSTITUTIONS, LEARNER_IN_COURSE, LEARNER_TIMELINE, COURSES, CONTENTS];
+pub const SHAPES: [Shape; 10] =
+    [FUNNEL, ENGAGEMENT, TIME_ON_TASK, REPLAYS, COURSE_INSTITUTIONS, LEARNER_IN_COURSE, LEARNER_TIMELINE, LEARNER_FEATURES, COURSES, CONTENTS];
