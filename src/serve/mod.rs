@@ -17,6 +17,18 @@
 //!   limit are enforced by its handler (`api/serve.rs`) with [`Serve::admit`].
 //! - No HTTP here: errors are [`ServeError`], mapped to statuses in `api`.
 //!
+//! # What the audit does not cover (stated, not solved)
+//! - Differencing across separate requests with different parameters (two
+//!   funnel ranges one day apart, two engagement windows): each response is
+//!   protected and audited on its own; only consecutive messages of one live
+//!   stream are audited as a difference.
+//! - Non-linear statistics: quartiles of a cohort and of the course are each
+//!   withheld below `min_cell`, but their combination is not modelled.
+//! - An insider who knows their own contribution (a member of a withheld
+//!   cohort): intervals assume the attacker knows only what was released.
+//! - Distinct counts are modelled as additive across cohorts (a learner
+//!   belongs to one cohort of a course), which is how the totals are computed.
+//!
 //! # Public API
 //! - [`Serve`]: `course_institutions`, `thresholds`, `funnel`, `engagement`,
 //!   `time_on_task`, `replays`, `admit`, `is_learner_of`, `timeline`.
