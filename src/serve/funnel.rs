@@ -137,3 +137,28 @@ pub fn attacker_view(response: &Value) -> Result<(Table, Vec<Option<f64>>), Serv
     }
     Ok((table, published))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_course_of_forty_cohorts_is_released_and_audited_quickly() {
+        let t = Thresholds { min_cell: 10, extreme_share_min: 20, protection_width: 10.0 };
+        let rows: Vec<Value> = (0..40u64)
+            .map(|k| {
+                let n = [3, 8, 12, 25, 40, 9, 15][k as usize % 7] + k % 5;
+                json!({"cohort_id": format!("c{k:02}"), "enrolled": n, "started": n * 9 / 10, "completed": n / 2, "assessed": n / 4})
+            })
+            .collect();
+        let range = DateRange::parse(Some("2026-11-01"), Some("2026-11-28"), 400).unwrap();
+        let started = std::time::Instant::now();
+        let released = release("cs101", &range, &rows, &t, None).expect("audited");
+        let elapsed = started.elapsed();
+        let s = released.summary();
+        assert!(s.audit.passed && s.primary > 0, "{s:?}");
+        assert!(s.information_loss.complementary_share < 0.2, "{s:?}");
+        assert!(elapsed < std::time::Duration::from_secs(20), "{elapsed:?}");
+    }
+}
