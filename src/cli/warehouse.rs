@@ -22,8 +22,9 @@ pub fn grants(user: &str) -> Option<String> {
             "-- A read-only role limited to the released tables (disclosure control applied).\n\
              CREATE ROLE IF NOT EXISTS learnvault_bi;\n\
              GRANT SELECT ON released.* TO learnvault_bi;\n\
-             -- The BI user: set its password, nothing else is granted (no agg.*, no events.*).\n\
-             CREATE USER IF NOT EXISTS {user} IDENTIFIED WITH sha256_password BY 'CHANGE-ME' DEFAULT ROLE learnvault_bi SETTINGS readonly = 1;\n\
+             -- The BI user: set its password; nothing else is granted (no agg.*, no events.*).\n\
+             -- readonly = 2: no writes, but the driver (clickhouse-connect) may still set its session settings.\n\
+             CREATE USER IF NOT EXISTS {user} IDENTIFIED WITH sha256_password BY 'CHANGE-ME' SETTINGS readonly = 2;\n\
              GRANT learnvault_bi TO {user};\n\
              SET DEFAULT ROLE learnvault_bi TO {user};\n"
         )
@@ -47,7 +48,7 @@ mod tests {
     fn grants_name_the_released_database_only() {
         let sql = super::grants("superset").unwrap();
         assert!(sql.contains("GRANT SELECT ON released.* TO learnvault_bi"));
-        assert!(sql.contains("readonly = 1"));
+        assert!(sql.contains("readonly = 2"));
         for line in sql.lines().filter(|l| l.starts_with("GRANT SELECT")) {
             assert_eq!(line, "GRANT SELECT ON released.* TO learnvault_bi;", "nothing but released.* is readable");
         }
