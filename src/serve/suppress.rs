@@ -10,7 +10,11 @@
 //!    otherwise it is withheld as complementary. A complementary cell is never
 //!    in the final span either (if it were, the primary cell it protects would
 //!    be too, which the check excludes), so **no withheld cell is a linear
-//!    combination of released cells**.
+//!    combination of released cells**. (Reference: `R/GaussSuppression.R` in
+//!    statisticsnorway/ssb-ssbtools, MIT: "candidates who completely eliminate
+//!    one or more primary suppressed cells are omitted and made secondary
+//!    suppressed"; its singleton methods are not reproduced here, step 2 covers
+//!    the interval side, see `serve` docs for the insider case.)
 //! 2. **Interval protection**: exact non-disclosure is not enough once
 //!    non-negativity and order relations are used (a withheld 3 hidden beside
 //!    a withheld 0 under a published 3). The attacker's audit
