@@ -57,6 +57,7 @@ pub async fn build_state(settings: &Settings) -> anyhow::Result<AppState> {
         warehouse: None,
         dsr: None,
         gateway: None,
+        serve: None,
     })
 }
 
@@ -73,7 +74,7 @@ pub async fn with_gateway(mut state: AppState, settings: &Settings) -> anyhow::R
 }
 
 /// Give the API the warehouse (the process owns it): subject requests,
-/// features and the retention report need it.
+/// features, the retention report and the read path (`serve`) need it.
 pub fn with_warehouse(mut state: AppState, settings: &Settings, warehouse: Warehouse) -> anyhow::Result<AppState> {
     let master = MasterKey::load(settings).context("loading the master key")?;
     let dir = &settings.policy_dir;
@@ -91,6 +92,8 @@ pub fn with_warehouse(mut state: AppState, settings: &Settings, warehouse: Wareh
         settle: std::time::Duration::from_millis(settings.governance_cache_ms + settings.lander_batch_ms),
     };
     std::fs::create_dir_all(&dsr.archive_dir).with_context(|| format!("creating {}", dsr.archive_dir.display()))?;
+    let serve_config = crate::serve::Config::load(dir).context("loading the disclosure policy")?;
+    state.serve = Some(Arc::new(crate::serve::Serve::new(warehouse.clone(), serve_config)?));
     state.warehouse = Some(warehouse);
     state.dsr = Some(Arc::new(dsr));
     Ok(state)

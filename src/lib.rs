@@ -19,6 +19,9 @@
 //! - [`retention`]: retention as a table property, verified against the live engine.
 //! - [`taxonomy`]: versioned event schemas, validation at the gate, the compatibility check.
 //! - [`warehouse`]: the ClickHouse port (embedded chDB or server over HTTP), its migrations.
+//! - [`serve`]: the governed read path: cohort views from `agg.*` rollups released only through
+//!   disclosure control (primary, complementary suppression, the attacker's LP audit; `Released<T>`),
+//!   and the role-gated, audited, rate-limited drill-down.
 //! - [`dsr`]: subject access and erasure jobs (map-driven), archives, signed erasure certificates.
 //! - [`gateway`]: event and xAPI ingest, pseudonymisation at the gate.
 //! - [`governance`]: may an event land (vault standing, consent, protected attributes); shared by the gateway and the lander.
@@ -55,6 +58,7 @@ pub mod governance;
 pub mod lander;
 pub mod policy;
 pub mod retention;
+pub mod serve;
 pub mod sim;
 pub mod taxonomy;
 pub mod telemetry;

@@ -29,6 +29,8 @@ pub enum Error {
     PayloadTooLarge { code: &'static str, message: String },
     #[error("{message}")]
     UnsupportedMediaType { message: String },
+    #[error("{message}")]
+    TooManyRequests { code: &'static str, message: String },
     /// A dependency (database, audit log) is down: retry later. Fail closed.
     #[error("{message}")]
     Unavailable { code: &'static str, message: String },
@@ -73,6 +75,7 @@ impl Error {
             Error::Conflict { code, message } => (StatusCode::CONFLICT, code, message.clone()),
             Error::PayloadTooLarge { code, message } => (StatusCode::PAYLOAD_TOO_LARGE, code, message.clone()),
             Error::UnsupportedMediaType { message } => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", message.clone()),
+            Error::TooManyRequests { code, message } => (StatusCode::TOO_MANY_REQUESTS, code, message.clone()),
             Error::Unavailable { code, message } => (StatusCode::SERVICE_UNAVAILABLE, code, message.clone()),
             Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log".into()),
         }
@@ -88,6 +91,9 @@ impl IntoResponse for Error {
         let mut resp = (status, axum::Json(ErrorBody { error: ErrorDetail { code: code.into(), message } })).into_response();
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -46,6 +46,8 @@ pub struct Principal {
     pub roles: Vec<String>,
     /// `None`: every institution (the token's `institutions` claim holds `"*"`).
     pub institutions: Option<Vec<String>>,
+    /// The token's `courses` claim (what course-scoped roles may read).
+    pub courses: Vec<String>,
     pub request_id: Uuid,
 }
 
@@ -102,6 +104,7 @@ impl FromRequestParts<AppState> for Principal {
                         sub: c.sub,
                         roles: c.roles,
                         institutions: if all { None } else { Some(c.institutions) },
+                        courses: c.courses,
                         request_id: rid,
                     });
                 }

@@ -1,6 +1,7 @@
 //! `/v1/features/{pseudonym}`: behaviour-only recommendation features (the
 //! `features.*` views, whose lineage CI checks against protected attributes),
-//! served only for learners who granted `recommendations` consent.
+//! served only for learners who granted `recommendations` consent (the check
+//! and the query are `serve::Serve::features`).
 //! `/v1/retention/report`: the retention proof, for auditors.
 
 use axum::extract::{Path, State};
@@ -31,13 +32,6 @@ pub struct Features {
     features: serde_json::Map<String, serde_json::Value>,
 }
 
-fn warehouse(s: &AppState) -> Result<&crate::warehouse::Warehouse, Error> {
-    s.warehouse.as_ref().ok_or_else(|| Error::Unavailable {
-        code: "warehouse_unavailable",
-        message: "this process runs without the warehouse".into(),
-    })
-}
-
 /// A learner's engagement features (activity cadence, completion, replay and
 /// pause rates, assessment timing). 403 `consent_required` without
 /// `recommendations` consent (denied by default; the refusal is audited).
@@ -54,30 +48,23 @@ async fn features(State(s): State<AppState>, p: Principal, Path(raw): Path<Strin
         Subject::Unknown => return Err(Error::not_found("unknown_pseudonym", "no such pseudonym")),
     };
     s.authorize(&p, Permission::FeaturesRead, Some(&institution), Some(pseudonym.as_uuid())).await?;
-    let (current, _) = s.vault.consent(pseudonym).await?;
-    let granted = current
-        .iter()
-        .find(|c| c.purpose == "recommendations")
-        .map(|c| c.granted)
-        .unwrap_or_else(|| s.policies.consent_default("recommendations"));
-    if !granted {
-        let mut entry = p.entry(Permission::FeaturesRead.as_str(), Some(&institution), Some(pseudonym.as_uuid()), Outcome::Denied);
-        entry.detail = serde_json::json!({"reason": "no_recommendations_consent"});
-        s.audit.record(entry).await?;
-        return Err(Error::Forbidden {
-            code: "consent_required",
-            message: "this learner has not granted `recommendations` consent".into(),
-        });
-    }
-    let rows = warehouse(&s)?
-        .query(
-            "SELECT * EXCEPT learner_id FROM features.learner_engagement WHERE learner_id = {p:UUID}",
-            &[("p", pseudonym.as_uuid().to_string())],
-        )
-        .await
-        .map_err(|e| Error::Unavailable { code: "warehouse_unavailable", message: format!("the warehouse did not answer: {e}") })?;
-    let features = rows.into_iter().next().and_then(|r| r.as_object().cloned()).unwrap_or_default();
-    Ok(Json(Features { pseudonym: pseudonym.as_uuid(), feature_set: "features.learner_engagement", features }))
+    let serve = s.serve.as_ref().ok_or_else(|| Error::Unavailable {
+        code: "warehouse_unavailable",
+        message: "this process runs without the warehouse".into(),
+    })?;
+    let features = match serve.features(&s.vault, s.policies.consent_default("recommendations"), pseudonym).await? {
+        crate::serve::features::Features::Granted(f) => f,
+        crate::serve::features::Features::ConsentRequired => {
+            let mut entry = p.entry(Permission::FeaturesRead.as_str(), Some(&institution), Some(pseudonym.as_uuid()), Outcome::Denied);
+            entry.detail = serde_json::json!({"reason": "no_recommendations_consent"});
+            s.audit.record(entry).await?;
+            return Err(Error::Forbidden {
+                code: "consent_required",
+                message: "this learner has not granted `recommendations` consent".into(),
+            });
+        }
+    };
+    Ok(Json(Features { pseudonym: pseudonym.as_uuid(), feature_set: crate::serve::features::FEATURE_SET, features }))
 }
 
 /// The retention proof (same as `learnvault retention verify`): live TTLs and topic

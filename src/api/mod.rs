@@ -11,6 +11,7 @@ mod features;
 mod ingest;
 mod ops;
 mod pseudonyms;
+mod serve;
 
 pub use error::{Error, ErrorBody};
 pub use extract::{AppJson, AppQuery, Principal};
@@ -60,6 +61,8 @@ pub struct AppState {
     pub dsr: Option<Arc<Dsr>>,
     /// The ingest gateway (needs Kafka): `None` in processes that do not ingest.
     pub gateway: Option<Arc<crate::gateway::Gateway>>,
+    /// The governed read path (needs the warehouse).
+    pub serve: Option<Arc<crate::serve::Serve>>,
 }
 
 impl AppState {
@@ -110,6 +113,7 @@ impl AppState {
         (name = "ingest", description = "Learning events and xAPI statements, pseudonymised at the gate"),
         (name = "dsr", description = "Subject access and erasure requests, archives, erasure certificates"),
         (name = "features", description = "Behaviour-only recommendation features (recommendations consent)"),
+        (name = "analytics", description = "Cohort analytics released through disclosure control, and the audited drill-down"),
         (name = "retention", description = "Retention proof"),
         (name = "ops", description = "Health, readiness, metrics, this document")
     )
@@ -140,6 +144,7 @@ fn routes(limits: Limits) -> OpenApiRouter<AppState> {
         .merge(ingest::router(limits))
         .merge(dsr::router())
         .merge(features::router())
+        .merge(serve::router())
         .merge(ops::router())
 }
 

@@ -59,6 +59,9 @@ pub struct Claims {
     pub roles: Vec<String>,
     #[serde(default)]
     pub institutions: Vec<String>,
+    /// Courses a course-scoped role (instructor, content author, advisor) acts on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub courses: Vec<String>,
     pub exp: i64,
     pub nbf: i64,
     #[serde(default)]
@@ -149,7 +152,7 @@ impl Authenticator {
         if c.sub.trim().is_empty() || c.sub.len() > 128 {
             return Err(AuthError::Claims("sub must be 1-128 characters"));
         }
-        if c.roles.len() > 16 || c.institutions.len() > 1024 {
+        if c.roles.len() > 16 || c.institutions.len() > 1024 || c.courses.len() > 1024 {
             return Err(AuthError::Claims("too many roles or institutions"));
         }
         Ok(c)
@@ -157,6 +160,11 @@ impl Authenticator {
 
     /// Mint a development token. Refused when a production key set is configured.
     pub fn mint(&self, sub: &str, roles: &[String], institutions: &[String], ttl: Duration) -> Result<String, AuthError> {
+        self.mint_scoped(sub, roles, institutions, &[], ttl)
+    }
+
+    /// Mint a development token with a `courses` claim (course-scoped roles).
+    pub fn mint_scoped(&self, sub: &str, roles: &[String], institutions: &[String], courses: &[String], ttl: Duration) -> Result<String, AuthError> {
         let Mode::Development { encoding, .. } = &self.mode else {
             return Err(AuthError::MintRefused);
         };
@@ -165,6 +173,7 @@ impl Authenticator {
             sub: sub.to_owned(),
             roles: roles.to_vec(),
             institutions: institutions.to_vec(),
+            courses: courses.to_vec(),
             exp: now + ttl.as_secs() as i64,
             nbf: now,
             iat: now,
@@ -210,6 +219,9 @@ mod tests {
         let c = a.verify(&t).unwrap();
         assert_eq!(c.sub, "lms-1");
         assert_eq!(c.roles, vec!["lms"]);
+        assert!(c.courses.is_empty());
+        let t = a.mint_scoped("i-1", &["instructor".into()], &["uni".into()], &["cs101".into()], Duration::from_secs(60)).unwrap();
+        assert_eq!(a.verify(&t).unwrap().courses, vec!["cs101"]);
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub enum BenchCommand {
     Dsr(super::bench_dsr::DsrArgs),
     /// The ingest gateway: accepted events/s over loopback HTTP, latency at a fixed rate, end-to-end freshness.
     Gateway(super::bench_gateway::GatewayArgs),
+    /// The governed read path: cohort views (with suppression and audit) and drill-down latency, information loss.
+    Serve(super::bench_serve::ServeArgs),
 }
 
 #[derive(clap::Args)]
@@ -77,7 +79,7 @@ fn new_hist() -> Histogram<u64> {
 }
 
 /// Run `concurrency` clients for `duration`, each calling `call(client, task, i)`.
-async fn closed_loop<F, Fut>(name: &str, concurrency: usize, duration: Duration, call: F) -> Phase
+pub(super) async fn closed_loop<F, Fut>(name: &str, concurrency: usize, duration: Duration, call: F) -> Phase
 where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = bool> + Send,
@@ -116,6 +118,7 @@ pub async fn run(settings: Settings, cmd: BenchCommand) -> anyhow::Result<ExitCo
         BenchCommand::Lander(a) => return super::bench_lander::run(settings, a).await,
         BenchCommand::Dsr(a) => return super::bench_dsr::run(settings, a).await,
         BenchCommand::Gateway(a) => return super::bench_gateway::run(settings, a).await,
+        BenchCommand::Serve(a) => return super::bench_serve::run(settings, a).await,
     };
     let duration = parse_ttl(&args.duration).context("--duration like 10s")?;
     let master = MasterKey::load(&settings)?;

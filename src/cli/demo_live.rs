@@ -41,6 +41,7 @@ async fn live(settings: &Settings, state: crate::api::AppState, wh: &Warehouse, 
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    let serve = state.serve.clone().context("the read path (set by with_warehouse)")?;
     let server = tokio::spawn(crate::app::serve(state.clone(), listener, stopped(stop_rx.clone())));
     let lander = super::land::build(settings, wh.clone()).await?;
     let lstats = lander.stats();
@@ -87,7 +88,7 @@ async fn live(settings: &Settings, state: crate::api::AppState, wh: &Warehouse, 
         let accepted = hs.accepted.load(Ordering::Relaxed) + xs.accepted.load(Ordering::Relaxed);
         let landed = lstats.landed.load(Ordering::Relaxed);
         let dt = last_t.elapsed().as_secs_f64().max(0.001);
-        let screen = render(wh, &hs, &xs, &lstats, started.elapsed(), (accepted - last_acc) as f64 / dt, (landed - last_landed) as f64 / dt, &base).await;
+        let screen = render(wh, &serve, &hs, &xs, &lstats, started.elapsed(), (accepted - last_acc) as f64 / dt, (landed - last_landed) as f64 / dt, &base).await;
         print!("\x1b[H\x1b[2J{screen}");
         (last_acc, last_landed, last_t) = (accepted, landed, Instant::now());
     }
@@ -99,7 +100,7 @@ async fn live(settings: &Settings, state: crate::api::AppState, wh: &Warehouse, 
     while lstats.landed.load(Ordering::Relaxed) + lstats.rejected.load(Ordering::Relaxed) < accepted() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let screen = render(wh, &hs, &xs, &lstats, started.elapsed(), 0.0, 0.0, &base).await;
+    let screen = render(wh, &serve, &hs, &xs, &lstats, started.elapsed(), 0.0, 0.0, &base).await;
     print!("\x1b[H\x1b[2J{screen}");
     let _ = stop_tx.send(true);
     let _ = server.await;
@@ -114,6 +115,7 @@ async fn live(settings: &Settings, state: crate::api::AppState, wh: &Warehouse, 
 #[allow(clippy::too_many_arguments)]
 async fn render(
     wh: &Warehouse,
+    serve: &crate::serve::Serve,
     hs: &LoadStats,
     xs: &LoadStats,
     ls: &crate::lander::LanderStats,
@@ -153,28 +155,23 @@ async fn render(
         "freshness last batch {} ms   p50 {p50} ms   p99 {p99} ms   (broker timestamp -> visible in the rollups)\n",
         ls.last_freshness_ms.load(Ordering::Relaxed)
     );
-    let funnel = wh
-        .query(
-            "SELECT cohort_id, uniqMerge(learners) AS enrolled, uniqMerge(started) AS started, uniqMerge(completed) AS completed,
-                    uniqMerge(assessed) AS assessed
-             FROM agg.funnel_by_cohort WHERE event_date >= today() - 1 GROUP BY cohort_id ORDER BY cohort_id",
-            &[],
-        )
-        .await
-        .unwrap_or_default();
-    let _ = writeln!(s, "\x1b[1mlive funnel per cohort\x1b[0m (agg.funnel_by_cohort, today)");
-    let _ = writeln!(s, "  {:<32} {:>9} {:>9} {:>10} {:>9}", "cohort", "active", "started", "completed", "assessed");
-    for r in &funnel {
-        let n = |k: &str| crate::dsr::num(&r[k]);
-        let _ = writeln!(
-            s,
-            "  {:<32} {:>9} {:>9} {:>10} {:>9}",
-            r["cohort_id"].as_str().unwrap_or("?"),
-            n("enrolled"),
-            n("started"),
-            n("completed"),
-            n("assessed")
-        );
+    // The funnel as an instructor sees it: released through disclosure control.
+    let _ = writeln!(s, "\x1b[1mlive funnel per cohort\x1b[0m (GET /v1/courses/{{course}}/funnel, today; <10 small cell, (c) complementary)");
+    let _ = writeln!(s, "  {:<32} {:>9} {:>9} {:>10} {:>9}", "cohort", "enrolled", "started", "completed", "assessed");
+    let today = chrono::Utc::now().date_naive();
+    let range = crate::serve::DateRange { from: today - chrono::Duration::days(1), to: today };
+    let show = |c: &crate::serve::disclosure::Cell<u64>| match (c.value(), c.suppressed()) {
+        (Some(v), _) => v.to_string(),
+        (None, Some(crate::serve::disclosure::Reason::Complementary)) => "(c)".into(),
+        (None, _) => "<10".into(),
+    };
+    for (course, institutions) in serve.courses().await.unwrap_or_default() {
+        let Ok(c) = crate::serve::Ident::parse("course_id", &course) else { continue };
+        let Ok(f) = serve.funnel(&c, &range, &serve.thresholds(&institutions)).await else { continue };
+        let rows = f.body().cohorts.iter().map(|r| (r.cohort_id.clone(), &r.counts)).chain([(format!("{course} total"), &f.body().total)]);
+        for (name, k) in rows {
+            let _ = writeln!(s, "  {:<32} {:>9} {:>9} {:>10} {:>9}", name, show(&k.enrolled), show(&k.started), show(&k.completed), show(&k.assessed));
+        }
     }
     let replays = wh
         .query(

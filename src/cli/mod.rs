@@ -5,9 +5,11 @@ pub mod bench;
 mod bench_dsr;
 mod bench_gateway;
 mod bench_lander;
+mod bench_serve;
 mod datamap;
 mod demo;
 mod demo_live;
+mod disclosure;
 mod dsr;
 pub mod land;
 pub mod loadgen;
@@ -16,6 +18,7 @@ mod retention;
 mod serve;
 mod taxonomy;
 mod token;
+mod warehouse;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -56,6 +59,16 @@ pub enum Command {
     Dsr {
         #[command(subcommand)]
         command: dsr::DsrCommand,
+    },
+    /// Disclosure control: audit every cohort view released from the live rollups.
+    Disclosure {
+        #[command(subcommand)]
+        command: disclosure::DisclosureCommand,
+    },
+    /// Warehouse tools: the BI user's grants.
+    Warehouse {
+        #[command(subcommand)]
+        command: warehouse::WarehouseCommand,
     },
     /// Policy checks for CI.
     Policy {
@@ -100,6 +113,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Taxonomy { command } => taxonomy::run(settings, command),
         Command::Policy { command } => policy::run(settings, command),
+        Command::Disclosure { command } => disclosure::run(settings, command).await,
+        Command::Warehouse { command } => warehouse::run(command),
         Command::Retention { command } => retention::run(settings, command).await,
         Command::Datamap { command } => datamap::run(settings, command).await,
         Command::Dsr { command } => dsr::run(settings, command).await,

@@ -29,6 +29,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
         tracing::info!(addr = %listener.local_addr()?, env = ?settings.env, lander = settings.lander_enabled,
             jobs = settings.jobs_enabled, "learnvault serving");
         let dsr = state.dsr.clone().expect("set by with_warehouse");
+        let publish = publish_loop(state.serve.clone().expect("set by with_warehouse"), stop_rx.clone());
         let jobs = {
             let rx = stop_rx.clone();
             let enabled = settings.jobs_enabled;
@@ -45,7 +46,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
             }
             anyhow::Ok(())
         };
-        let (a, l, ()) = tokio::join!(api, land, jobs);
+        let (a, l, (), ()) = tokio::join!(api, land, jobs, publish);
         a?;
         l?;
         anyhow::Ok(())
@@ -53,6 +54,24 @@ pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
     .await;
     warehouse.close();
     result.map(|_| ExitCode::SUCCESS)
+}
+
+/// Every `released.refresh_secs`: the released tables for BI tools.
+async fn publish_loop(serve: std::sync::Arc<crate::serve::Serve>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let cfg = serve.config().policy.released;
+    if cfg.refresh_secs == 0 {
+        return;
+    }
+    loop {
+        match serve.publish(cfg.engagement_minutes).await {
+            Ok(p) => tracing::debug!(courses = p.courses, cells = p.cells, withheld = p.withheld, "released tables refreshed"),
+            Err(e) => tracing::warn!(error = %e, "released tables not refreshed; retrying at the next interval"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(cfg.refresh_secs)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 /// Hourly: delete finished request records and archives past their retention.

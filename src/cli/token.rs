@@ -20,6 +20,9 @@ pub enum TokenCommand {
         /// Institution the principal may act in (repeatable; `*` for all).
         #[arg(long = "institution", required = true)]
         institutions: Vec<String>,
+        /// Course a course-scoped role (instructor, content_author, advisor) may read (repeatable).
+        #[arg(long = "course")]
+        courses: Vec<String>,
         /// Lifetime: 90s, 15m, 1h, 7d.
         #[arg(long, default_value = "1h")]
         ttl: String,
@@ -27,7 +30,7 @@ pub enum TokenCommand {
 }
 
 pub fn run(settings: Settings, cmd: TokenCommand) -> anyhow::Result<ExitCode> {
-    let TokenCommand::Mint { sub, roles, institutions, ttl } = cmd;
+    let TokenCommand::Mint { sub, roles, institutions, courses, ttl } = cmd;
     if settings.is_production() || settings.jwks_file.is_some() {
         anyhow::bail!("refusing to mint: a production key set is configured (tokens come from your identity provider)");
     }
@@ -38,6 +41,6 @@ pub fn run(settings: Settings, cmd: TokenCommand) -> anyhow::Result<ExitCode> {
     }
     let master = MasterKey::load(&settings)?;
     let auth = Authenticator::from_settings(&settings, &master)?;
-    println!("{}", auth.mint(&sub, &roles, &institutions, ttl)?);
+    println!("{}", auth.mint_scoped(&sub, &roles, &institutions, &courses, ttl)?);
     Ok(ExitCode::SUCCESS)
 }

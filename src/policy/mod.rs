@@ -9,6 +9,7 @@ use std::path::Path;
 
 use crate::domain::Purpose;
 
+pub mod disclosure;
 pub mod lineage;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,10 +36,13 @@ pub enum Permission {
     FeaturesRead,
     RetentionRead,
     EventsIngest,
+    CohortRead,
+    ContentRead,
+    LearnerDrilldown,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 13] = [
+    pub const ALL: [Permission; 16] = [
         Permission::PseudonymIssue,
         Permission::PseudonymLookup,
         Permission::PseudonymResolve,
@@ -52,6 +56,9 @@ impl Permission {
         Permission::FeaturesRead,
         Permission::RetentionRead,
         Permission::EventsIngest,
+        Permission::CohortRead,
+        Permission::ContentRead,
+        Permission::LearnerDrilldown,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -68,6 +75,9 @@ impl Permission {
             Permission::FeaturesRead => "features.read",
             Permission::RetentionRead => "retention.read",
             Permission::EventsIngest => "events.ingest",
+            Permission::CohortRead => "cohort.read",
+            Permission::ContentRead => "content.read",
+            Permission::LearnerDrilldown => "learner.drilldown",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -84,12 +94,19 @@ struct RoleDef {
     #[allow(dead_code)]
     description: Option<String>,
     permissions: Vec<String>,
+    /// `course`: the role acts only on the courses of its token's `courses` claim
+    /// (within its institutions); `institution` (default): on every course of its institutions.
+    #[serde(default)]
+    scope: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct PurposesFile {
     reidentification: Vec<PurposeDef>,
     consent: Vec<PurposeDef>,
+    /// Purposes for which a learner's pseudonymous activity may be drilled into.
+    #[serde(default)]
+    drilldown: Vec<PurposeDef>,
 }
 #[derive(Deserialize, Clone)]
 struct PurposeDef {
@@ -104,7 +121,9 @@ struct PurposeDef {
 #[derive(Debug, Clone)]
 pub struct Policies {
     roles: BTreeMap<String, BTreeSet<Permission>>,
+    course_scoped: BTreeSet<String>,
     reidentification: BTreeSet<String>,
+    drilldown: BTreeSet<String>,
     consent: BTreeSet<String>,
     consent_granted_by_default: BTreeSet<String>,
 }
@@ -120,7 +139,15 @@ impl Policies {
         let roles_file: RolesFile = read(&roles_path)?;
         let invalid = |path: &Path, message: String| PolicyError::Invalid { path: path.display().to_string(), message };
         let mut roles = BTreeMap::new();
+        let mut course_scoped = BTreeSet::new();
         for (name, def) in roles_file.roles {
+            match def.scope.as_deref() {
+                None | Some("institution") => {}
+                Some("course") => {
+                    course_scoped.insert(name.clone());
+                }
+                Some(other) => return Err(invalid(&roles_path, format!("role {name}: scope must be institution or course, not {other:?}"))),
+            }
             let mut perms = BTreeSet::new();
             for p in &def.permissions {
                 let perm = Permission::parse(p).ok_or_else(|| invalid(&roles_path, format!("role {name}: unknown permission {p:?}")))?;
@@ -157,17 +184,31 @@ impl Policies {
         }
         let reidentification = collect(pf.reidentification, "reidentification")?;
         let consent = collect(pf.consent, "consent")?;
+        let drilldown = collect(pf.drilldown, "drilldown")?;
         for required in ["analytics", "research", "recommendations"] {
             if !consent.contains(required) {
                 return Err(invalid(&purposes_path, format!("consent purpose {required:?} must be defined")));
             }
         }
-        Ok(Policies { roles, reidentification, consent, consent_granted_by_default })
+        Ok(Policies { roles, course_scoped, reidentification, drilldown, consent, consent_granted_by_default })
     }
 
     /// Whether any of `roles` grants `perm`. Unknown roles grant nothing.
     pub fn allows(&self, roles: &[String], perm: Permission) -> bool {
         roles.iter().any(|r| self.roles.get(r).is_some_and(|ps| ps.contains(&perm)))
+    }
+
+    /// Whether any of `roles` grants `perm` for `course`: a course-scoped role
+    /// only for the courses of the token's `courses` claim.
+    pub fn allows_course(&self, roles: &[String], perm: Permission, course: &str, courses: &[String]) -> bool {
+        roles.iter().any(|r| {
+            self.roles.get(r).is_some_and(|ps| ps.contains(&perm)) && (!self.course_scoped.contains(r) || courses.iter().any(|c| c == course))
+        })
+    }
+
+    /// A declared drill-down purpose.
+    pub fn drilldown_purpose(&self, p: &str) -> Option<Purpose> {
+        self.drilldown.contains(p).then(|| Purpose::parse(p).ok()).flatten()
     }
 
     pub fn is_role(&self, role: &str) -> bool {
@@ -218,6 +259,15 @@ mod tests {
         assert!(p.reidentification_purpose("safeguarding").is_some());
         assert!(p.reidentification_purpose("marketing").is_none());
         assert!(p.consent_purpose("recommendations").is_some());
+        let courses = vec!["cs101".to_string()];
+        assert!(p.allows_course(&r("instructor"), Permission::CohortRead, "cs101", &courses));
+        assert!(!p.allows_course(&r("instructor"), Permission::CohortRead, "cs999", &courses));
+        assert!(!p.allows_course(&r("instructor"), Permission::LearnerDrilldown, "cs101", &courses));
+        assert!(p.allows_course(&r("advisor"), Permission::LearnerDrilldown, "cs101", &courses));
+        assert!(!p.allows_course(&r("content_author"), Permission::CohortRead, "cs101", &courses));
+        assert!(p.allows_course(&r("content_author"), Permission::ContentRead, "cs101", &courses));
+        assert!(p.drilldown_purpose("learner_support").is_some());
+        assert!(p.drilldown_purpose("marketing").is_none());
     }
 
     #[test]

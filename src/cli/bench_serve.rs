@@ -1,0 +1,137 @@
+//! `learnvault bench serve`: the governed read path over a large base table.
+//! A temporary embedded warehouse is loaded with `--base-rows` events (20
+//! courses, 8 cohorts each plus a tiny one, 28 days, some in the last hour);
+//! then `--viewers` concurrent viewers call each cohort view in a closed loop
+//! (query, primary and complementary suppression and the attacker's audit
+//! included; no HTTP), then the drill-down timeline. Prints latency
+//! percentiles and the information loss of complementary suppression.
+
+use clap::Args;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::bench::closed_loop;
+use crate::auth::parse_ttl;
+use crate::config::Settings;
+use crate::serve::{Config, Ident, Serve, Thresholds};
+use crate::warehouse::{migrate, Warehouse};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Base rows to load (the rollups fill as they land).
+    #[arg(long, default_value_t = 5_000_000)]
+    base_rows: u64,
+    /// Distinct learners.
+    #[arg(long, default_value_t = 20_000)]
+    learners: u64,
+    /// Concurrent viewers per phase.
+    #[arg(long, default_value_t = 50)]
+    viewers: usize,
+    /// Duration of each phase.
+    #[arg(long, default_value = "10s")]
+    duration: String,
+}
+
+pub async fn run(mut settings: Settings, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let data = std::env::temp_dir().join(format!("lv-bench-serve-{id}"));
+    settings.clickhouse_url = format!("chdb://{}", data.display());
+    let wh = Warehouse::open(&settings)?;
+    let result = phases(&settings, &wh, &args).await;
+    wh.close();
+    let _ = std::fs::remove_dir_all(&data);
+    result
+}
+
+async fn phases(settings: &Settings, wh: &Warehouse, args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    migrate::run(wh, &settings.clickhouse_migrations_dir).await?;
+    let duration = parse_ttl(&args.duration).ok_or_else(|| anyhow::anyhow!("--duration like 10s"))?;
+    let t0 = Instant::now();
+    let step = 5_000_000u64;
+    let mut done = 0;
+    while done < args.base_rows {
+        let n = step.min(args.base_rows - done);
+        // Learner k: course k % 20, cohort (k / 20) % 8, or the tiny cohort for one learner in 400.
+        wh.execute(
+            "INSERT INTO events.learning_events (server_ts, client_ts, event_id, event_version, event_type, learner_id, session_id,
+                 course_id, content_id, cohort_id, institution_id, position_sec, props)
+             SELECT if(number % 50 = 0, now64(3) - toIntervalSecond(number % 3600), now64(3) - toIntervalSecond(number % 2419200)) AS ts,
+                    ts, generateUUIDv4(), '2.3',
+                    ['session.heartbeat','session.heartbeat','session.heartbeat','session.heartbeat','session.heartbeat','session.heartbeat',
+                     'content.start','interact.pause','content.complete','assess.submit','interact.replay'][(number % 11) + 1],
+                    toUUID(concat(substring(h, 1, 8), '-', substring(h, 9, 4), '-', substring(h, 13, 4), '-', substring(h, 17, 4), '-', substring(h, 21, 12))), 's',
+                    concat('course-', toString(k % 20)), concat('video-', toString(number % 5)),
+                    if(k % 400 = 7, 'cohort-tiny', concat('cohort-', toString(intDiv(k, 20) % 8))), 'bench-uni', toUInt32(number % 600), map()
+             FROM (SELECT number, number % {learners:UInt64} AS k,
+                          concat(leftPad(hex(cityHash64(k)), 16, '0'), leftPad(hex(cityHash64(k, 1)), 16, '0')) AS h
+                   FROM numbers({offset:UInt64}, {n:UInt64}))",
+            &[("learners", args.learners.to_string()), ("offset", done.to_string()), ("n", n.to_string())],
+        )
+        .await?;
+        done += n;
+    }
+    println!("loaded {} base rows ({} learners, 20 courses x 9 cohorts) in {:.1}s", args.base_rows, args.learners, t0.elapsed().as_secs_f64());
+    wh.execute("OPTIMIZE TABLE agg.learner_day_by_cohort FINAL", &[]).await?;
+    wh.execute("OPTIMIZE TABLE agg.funnel_by_cohort FINAL", &[]).await?;
+
+    let sv = Arc::new(Serve::new(wh.clone(), Config::load(&settings.policy_dir)?)?);
+    let t = sv.thresholds(&["bench-uni".to_string()]);
+    let range = sv.range(None, None)?;
+    let course = |i: u64| Ident::parse("course_id", &format!("course-{}", i % 20)).expect("valid");
+
+    // Information loss over every course's funnel, engagement, time on task and replays.
+    let (mut cells, mut primary, mut complementary) = (0usize, 0usize, 0usize);
+    for c in 0..20 {
+        let c = course(c);
+        let summaries = [
+            sv.funnel(&c, &range, &t).await?.summary().clone(),
+            sv.engagement(&c, 60, &t).await?.summary().clone(),
+            sv.time_on_task(&c, &range, &t).await?.summary().clone(),
+            sv.replays(&c, &Ident::parse("content_id", "video-1")?, &range, &t).await?.summary().clone(),
+        ];
+        for s in summaries {
+            cells += s.cells;
+            primary += s.primary;
+            complementary += s.complementary;
+        }
+    }
+    println!(
+        "information loss: {cells} cells, {primary} withheld by primary suppression, {complementary} complementary ({:.1}% of cells beyond primary)",
+        100.0 * complementary as f64 / cells.max(1) as f64
+    );
+
+    type View = fn(Arc<Serve>, Ident, crate::serve::DateRange, Thresholds) -> futures::future::BoxFuture<'static, bool>;
+    let views: [(&str, View); 4] = [
+        ("funnel", |s, c, r, t| Box::pin(async move { s.funnel(&c, &r, &t).await.is_ok() })),
+        ("engagement", |s, c, _, t| Box::pin(async move { s.engagement(&c, 60, &t).await.is_ok() })),
+        ("time-on-task", |s, c, r, t| Box::pin(async move { s.time_on_task(&c, &r, &t).await.is_ok() })),
+        ("replays", |s, c, r, t| {
+            Box::pin(async move { s.replays(&c, &Ident::parse("content_id", "video-1").expect("valid"), &r, &t).await.is_ok() })
+        }),
+    ];
+    for (name, view) in views {
+        let sv = sv.clone();
+        let phase = closed_loop(name, args.viewers, duration, move |task, i| view(sv.clone(), course(task as u64 * 7 + i), range, t)).await;
+        phase.print("views", 1);
+    }
+    // The drill-down read (authorisation and audit are the API's; this is the timeline query).
+    let learners: Vec<uuid::Uuid> = wh
+        .query("SELECT DISTINCT learner_id FROM agg.learner_day_by_cohort WHERE course_id = 'course-3' LIMIT 1000", &[])
+        .await?
+        .iter()
+        .filter_map(|r| r["learner_id"].as_str().and_then(|s| s.parse().ok()))
+        .collect();
+    let learners = Arc::new(learners);
+    let sv2 = sv.clone();
+    let phase = closed_loop("drill-down", args.viewers, duration, move |task, i| {
+        let (sv, learners) = (sv2.clone(), learners.clone());
+        async move {
+            let l = learners[(task * 31 + i as usize) % learners.len().max(1)];
+            sv.timeline(&Ident::parse("course_id", "course-3").expect("valid"), l).await.is_ok()
+        }
+    })
+    .await;
+    phase.print("timelines", 1);
+    Ok(ExitCode::SUCCESS)
+}

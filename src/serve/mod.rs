@@ -1,0 +1,236 @@
+//! The governed read path: cohort analytics from the rollups, released only
+//! through disclosure control, and the role-gated individual view.
+//!
+//! # Invariants
+//! - **Nothing leaves below `min_cell`.** Every cohort view is a
+//!   [`Released<T>`], which only [`disclosure`] constructs, after primary
+//!   suppression, complementary suppression ([`suppress`]) and the attacker's
+//!   audit ([`audit`]: the tightest interval deducible for each withheld cell
+//!   from everything the response releases is at least `protection_width`).
+//!   A release whose audit fails is refused, never sent.
+//! - Cohort views read `agg.*` rollups only; SQL lives in [`queries`] as named
+//!   shapes with `{name:Type}` parameters. The individual views are the
+//!   exceptions: the drill-down timeline (the one shape reading the base
+//!   table) and a learner's recommendation features (`features.*`, behind consent).
+//! - The individual view returns pseudonyms, never an identity; who may call
+//!   it, for which purpose, the audit entry before data leaves and the rate
+//!   limit are enforced by its handler (`api/serve.rs`) with [`Serve::admit`].
+//! - No HTTP here: errors are [`ServeError`], mapped to statuses in `api`.
+//!
+//! # What the audit does not cover (stated, not solved)
+//! - Differencing across separate requests with different parameters (two
+//!   funnel ranges one day apart, two engagement windows): each response is
+//!   protected and audited on its own; only consecutive messages of one live
+//!   stream are audited as a difference.
+//! - Non-linear statistics: quartiles of a cohort and of the course are each
+//!   withheld below `min_cell`, but their combination is not modelled.
+//! - An insider who knows their own contribution (a member of a withheld
+//!   cohort): intervals assume the attacker knows only what was released.
+//! - Distinct counts are modelled as additive across cohorts (a learner
+//!   belongs to one cohort of a course), which is how the totals are computed.
+//!
+//! # Public API
+//! - [`Serve`]: `course_institutions`, `thresholds`, `funnel`, `engagement`,
+//!   `time_on_task`, `replays`, `admit`, `is_learner_of`, `timeline`.
+//! - [`Config`] (from `policies/disclosure.yaml`) with `validate()`.
+//! - [`disclosure`]: the rules, [`disclosure::Cell`], [`Released`], `seal`.
+//! - [`audit::audit`]: the attacker's audit of any released table; each view's
+//!   `attacker_view(json)` rebuilds the model an attacker holding a response has.
+//! - [`audit_response`]: that audit on a response as sent (`learnvault disclosure audit`).
+//! - [`live`]: the live view's rule (sticky withholding, bands, the difference
+//!   of consecutive messages audited as a release): `Serve::live_stream`, `Serve::live_step`.
+//! - [`features`]: `Serve::features`, a learner's recommendation features behind consent.
+//! - [`publish`]: `Serve::publish`, the released tables for BI tools (`released.cells`).
+//! - [`lp`]: the small simplex behind the audit.
+
+pub mod audit;
+pub mod config;
+pub mod disclosure;
+pub mod drilldown;
+pub mod engagement;
+pub mod features;
+mod error;
+pub mod funnel;
+pub mod live;
+pub mod lp;
+pub mod params;
+pub mod publish;
+pub mod queries;
+pub mod replays;
+pub mod suppress;
+pub mod table;
+pub mod time_on_task;
+
+pub use config::Config;
+pub use disclosure::{Released, Thresholds};
+pub use error::ServeError;
+pub use params::{DateRange, Ident};
+
+use chrono::Utc;
+use serde_json::Value;
+
+use crate::warehouse::Warehouse;
+use drilldown::{RateLimiter, Timeline};
+use queries::Shape;
+
+/// The views whose responses [`audit_response`] knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    Funnel,
+    Engagement,
+    TimeOnTask,
+    Replays,
+}
+
+/// The attacker's audit of a response as sent (its JSON): every additive
+/// layer rebuilt from what the response shows, audited at the response's own
+/// protection width (time on task in heartbeats).
+pub fn audit_response(view: View, response: &Value) -> Result<Vec<(&'static str, audit::AuditReport)>, ServeError> {
+    let width = response["disclosure"]["thresholds"]["protection_width"]
+        .as_f64()
+        .ok_or_else(|| ServeError::Row("the response has no disclosure summary".into()))?;
+    let one = |name, (t, p): (table::Table, Vec<Option<f64>>), w| (name, audit::audit(&t, &p, w));
+    Ok(match view {
+        View::Funnel => vec![one("funnel", funnel::attacker_view(response)?, width)],
+        View::TimeOnTask => vec![one("time_on_task.learners", time_on_task::attacker_view(response)?, width)],
+        View::Engagement => {
+            let [a, t] = engagement::attacker_view(response)?;
+            vec![one("engagement.active_learners", a, width), one("engagement.time_on_task_seconds", t, width * engagement::HEARTBEAT_SECONDS)]
+        }
+        View::Replays => {
+            let [r, p] = replays::attacker_view(response)?;
+            vec![one("replays.replays", r, width), one("replays.pauses", p, width)]
+        }
+    })
+}
+
+/// The read path over one warehouse.
+pub struct Serve {
+    warehouse: Warehouse,
+    config: Config,
+    limiter: RateLimiter,
+}
+
+/// A 64-bit count as ClickHouse prints it (number or quoted string).
+pub(crate) fn num(v: &Value) -> Result<f64, ServeError> {
+    v.as_f64().or_else(|| v.as_str().and_then(|s| s.parse().ok())).ok_or_else(|| ServeError::Row(format!("not a number: {v}")))
+}
+
+impl Serve {
+    pub fn new(warehouse: Warehouse, config: Config) -> Result<Serve, ServeError> {
+        config.validate()?;
+        let limiter = RateLimiter::new(config.policy.drilldown.max_per_hour);
+        Ok(Serve { warehouse, config, limiter })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn warehouse(&self) -> &Warehouse {
+        &self.warehouse
+    }
+
+    async fn run(&self, shape: &Shape, params: &[(&str, String)]) -> Result<Vec<Value>, ServeError> {
+        let started = std::time::Instant::now();
+        let rows = self.warehouse.query(shape.sql, params).await?;
+        metrics::histogram!("learnvault_serve_query_seconds", "shape" => shape.name).record(started.elapsed().as_secs_f64());
+        Ok(rows)
+    }
+
+    /// The institutions of a course's learners; [`ServeError::UnknownCourse`] when none.
+    pub async fn course_institutions(&self, course: &Ident) -> Result<Vec<String>, ServeError> {
+        let rows = self.run(&queries::COURSE_INSTITUTIONS, &[("course", course.as_str().to_owned())]).await?;
+        let out: Vec<String> = rows.iter().filter_map(|r| r["institution_id"].as_str().map(str::to_owned)).collect();
+        if out.is_empty() {
+            return Err(ServeError::UnknownCourse);
+        }
+        Ok(out)
+    }
+
+    /// The thresholds in force for a course of these institutions.
+    pub fn thresholds(&self, institutions: &[String]) -> Thresholds {
+        self.config.thresholds(institutions)
+    }
+
+    pub fn range(&self, from: Option<&str>, to: Option<&str>) -> Result<DateRange, ServeError> {
+        DateRange::parse(from, to, self.config.max_window_days)
+    }
+
+    pub async fn funnel(&self, course: &Ident, range: &DateRange, t: &Thresholds) -> Result<Released<funnel::Funnel>, ServeError> {
+        self.funnel_with(course, range, t, None).await
+    }
+
+    pub async fn engagement(&self, course: &Ident, minutes: u32, t: &Thresholds) -> Result<Released<engagement::Engagement>, ServeError> {
+        self.engagement_with(course, minutes, t, None).await
+    }
+
+    async fn funnel_with(&self, course: &Ident, range: &DateRange, t: &Thresholds, live: Option<&mut live::Rule>) -> Result<Released<funnel::Funnel>, ServeError> {
+        let [f, to] = range.params();
+        let rows = self.run(&queries::FUNNEL, &[("course", course.as_str().to_owned()), f, to]).await?;
+        funnel::release(course.as_str(), range, &rows, t, live)
+    }
+
+    async fn engagement_with(&self, course: &Ident, minutes: u32, t: &Thresholds, live: Option<&mut live::Rule>) -> Result<Released<engagement::Engagement>, ServeError> {
+        if minutes == 0 || minutes > self.config.max_engagement_minutes {
+            return Err(ServeError::invalid("invalid_query", format!("`minutes` must be 1-{}", self.config.max_engagement_minutes)));
+        }
+        let now = Utc::now().timestamp();
+        let from = (now - now % 60) - (minutes as i64 - 1) * 60;
+        let rows = self.run(&queries::ENGAGEMENT, &[("course", course.as_str().to_owned()), ("from", from.to_string())]).await?;
+        let from_text = chrono::DateTime::from_timestamp(from, 0).map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default();
+        engagement::release(course.as_str(), minutes, &from_text, &rows, t, live)
+    }
+
+    pub async fn time_on_task(&self, course: &Ident, range: &DateRange, t: &Thresholds) -> Result<Released<time_on_task::TimeOnTask>, ServeError> {
+        let [f, to] = range.params();
+        let rows = self.run(&queries::TIME_ON_TASK, &[("course", course.as_str().to_owned()), f, to]).await?;
+        time_on_task::release(course.as_str(), range, &rows, t)
+    }
+
+    pub async fn replays(&self, course: &Ident, content: &Ident, range: &DateRange, t: &Thresholds) -> Result<Released<replays::Replays>, ServeError> {
+        let [f, to] = range.params();
+        let params = [("course", course.as_str().to_owned()), ("content", content.as_str().to_owned()), f, to];
+        let rows = self.run(&queries::REPLAYS, &params).await?;
+        replays::release(course.as_str(), content.as_str(), range, &rows, t)
+    }
+
+    /// Every course with activity and its institutions.
+    pub async fn courses(&self) -> Result<Vec<(String, Vec<String>)>, ServeError> {
+        let rows = self.run(&queries::COURSES, &[]).await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let c = r["course_id"].as_str()?.to_owned();
+                let i = r["institutions"].as_array()?.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect();
+                Some((c, i))
+            })
+            .collect())
+    }
+
+    /// The content items of a course with replay activity.
+    pub async fn contents(&self, course: &Ident) -> Result<Vec<String>, ServeError> {
+        let rows = self.run(&queries::CONTENTS, &[("course", course.as_str().to_owned())]).await?;
+        Ok(rows.iter().filter_map(|r| r["content_id"].as_str().map(str::to_owned)).collect())
+    }
+
+    /// Admit one drill-down of `principal` (the policy's hourly limit).
+    pub fn admit(&self, principal: &str) -> Result<(), ServeError> {
+        self.limiter.admit(principal)
+    }
+
+    /// Whether the learner has activity in the course.
+    pub async fn is_learner_of(&self, course: &Ident, learner: uuid::Uuid) -> Result<bool, ServeError> {
+        let rows = self.run(&queries::LEARNER_IN_COURSE, &[("course", course.as_str().to_owned()), ("learner", learner.to_string())]).await?;
+        Ok(rows.first().map(|r| num(&r["n"])).transpose()?.unwrap_or(0.0) > 0.0)
+    }
+
+    /// The learner's pseudonymous timeline in the course (call only after the
+    /// drill-down was authorised and audited).
+    pub async fn timeline(&self, course: &Ident, learner: uuid::Uuid) -> Result<Timeline, ServeError> {
+        let limit = self.config.policy.drilldown.timeline_limit;
+        let params = [("course", course.as_str().to_owned()), ("learner", learner.to_string()), ("limit", (limit + 1).to_string())];
+        let rows = self.run(&queries::LEARNER_TIMELINE, &params).await?;
+        Ok(drilldown::timeline(learner, course.as_str(), &rows, limit))
+    }
+}
