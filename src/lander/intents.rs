@@ -2,12 +2,14 @@
 //!
 //! Invariant: no batch is inserted without its intent, and no intent is
 //! forgotten before an offset commit covers it. Before a batch goes to
-//! ClickHouse, `lander_intents` holds its offset range and deduplication token,
-//! `topic:partition:first-last` (one row per batch, keyed by its first offset).
-//! A partition that resumes at its committed offset replays the contiguous
-//! chain of intents starting there, each batch re-formed over exactly its
-//! range and re-sent with its token, so ClickHouse drops what had landed,
-//! however many batches landed before their commits failed. Once a batch's
+//! ClickHouse, `lander_intents` holds its offset ranges and deduplication token,
+//! `topic:partition:first-last[_partition:first-last...]` (a batch may span the
+//! partitions a lander holds: one row per member partition, keyed by its first
+//! offset there, each naming every member). A partition that resumes at its
+//! committed offset replays the contiguous chain of intents starting there, each
+//! batch re-read from Kafka over exactly its members' ranges (`replay`) and
+//! re-sent with its token, so ClickHouse drops what had landed, however many
+//! batches landed before their commits failed, and whichever member resumes. Once a batch's
 //! offset commit succeeds, `lander_landed` records the partition as landed
 //! through its last offset and the intents it covers are deleted; a consumer
 //! that resumes below that mark (a position fetched before the commit, or reset
@@ -19,12 +21,22 @@ use std::collections::VecDeque;
 
 use super::service::Backoff;
 
-/// A pending batch: its partition's next batch must cover exactly
-/// `first..=last`, and carries `token`.
+/// One partition's part of a batch: the records `first..=last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(super) struct Range {
+    pub(super) partition: i32,
+    pub(super) first: i64,
+    pub(super) last: i64,
+}
+
+/// A pending batch of the resuming partition: its range there is `first..=last`;
+/// the whole batch is `members` (every partition's range, this one included),
+/// landed with `token`.
 pub(super) struct Intent {
     first: i64,
     pub(super) last: i64,
-    token: String,
+    pub(super) members: Vec<Range>,
+    pub(super) token: String,
 }
 
 /// The intents of one consumer group on one topic.
@@ -90,7 +102,7 @@ impl Intents {
                 .execute(&self.pool)
                 .await?;
                 let rows = sqlx::query!(
-                    "SELECT first_offset, last_offset, token FROM lander_intents
+                    "SELECT first_offset, last_offset, token, members FROM lander_intents
                       WHERE consumer_group = $1 AND topic = $2 AND partition = $3 ORDER BY first_offset",
                     self.group,
                     self.topic,
@@ -123,7 +135,16 @@ impl Intents {
                 break;
             }
             next = i.last_offset + 1;
-            chain.push_back(Intent { first: i.first_offset, last: i.last_offset, token: i.token });
+            let own = Range { partition: p, first: i.first_offset, last: i.last_offset };
+            let members = match i.members.map(serde_json::from_value::<Vec<Range>>) {
+                Some(Ok(m)) if m.contains(&own) => m,
+                None => vec![own],
+                Some(_) => {
+                    tracing::error!(partition = p, first = i.first_offset, "a batch intent's members are unreadable; replaying this partition's range alone");
+                    vec![own]
+                }
+            };
+            chain.push_back(Intent { first: i.first_offset, last: i.last_offset, members, token: i.token });
         }
         if let (Some(f), Some(l)) = (chain.front(), chain.back()) {
             tracing::info!(partition = p, batches = chain.len(), first = f.first, last = l.last, "replaying pending batches with their tokens");
@@ -131,27 +152,30 @@ impl Intents {
         Resume { landed_through, chain }
     }
 
-    /// The token of partition `p`'s batch `first..=last`: the replayed intent's
-    /// when the batch is exactly its range, else a new intent's, recorded
-    /// before this returns.
-    pub(super) async fn record(&self, p: i32, first: i64, last: i64, replay: Option<Intent>) -> String {
-        if let Some(intent) = replay.filter(|i| i.first == first && i.last == last) {
-            return intent.token;
-        }
-        let token = token(&self.topic, p, first, last);
+    /// Record the intent of a batch of `ranges` (one per partition, at least one) and
+    /// return its token: one row per member partition, each naming every member, in one
+    /// transaction, before this returns (waiting for PostgreSQL rather than landing a
+    /// batch that could not be replayed).
+    pub(super) async fn record(&self, ranges: &[Range]) -> String {
+        let token = token(&self.topic, ranges);
+        let members = (ranges.len() > 1).then(|| serde_json::to_value(ranges).expect("ranges serialise"));
+        let partitions: Vec<i32> = ranges.iter().map(|r| r.partition).collect();
+        let firsts: Vec<i64> = ranges.iter().map(|r| r.first).collect();
+        let lasts: Vec<i64> = ranges.iter().map(|r| r.last).collect();
         let mut backoff = Backoff::POSTGRES;
-        // No insert without its intent: wait for PostgreSQL rather than land unreplayably.
         while let Err(e) = sqlx::query!(
-            r#"INSERT INTO lander_intents (consumer_group, topic, partition, first_offset, last_offset, token)
-                       VALUES ($1, $2, $3, $4, $5, $6)
-                       ON CONFLICT (consumer_group, topic, partition, first_offset)
-                       DO UPDATE SET last_offset = EXCLUDED.last_offset, token = EXCLUDED.token, recorded_at = now()"#,
+            r#"INSERT INTO lander_intents (consumer_group, topic, partition, first_offset, last_offset, token, members)
+               SELECT $1, $2, p, f, l, $6, $7 FROM UNNEST($3::int4[], $4::int8[], $5::int8[]) AS m(p, f, l)
+               ON CONFLICT (consumer_group, topic, partition, first_offset)
+               DO UPDATE SET last_offset = EXCLUDED.last_offset, token = EXCLUDED.token, members = EXCLUDED.members,
+                             recorded_at = now()"#,
             self.group,
             self.topic,
-            p,
-            first,
-            last,
-            token
+            &partitions,
+            &firsts,
+            &lasts,
+            token,
+            members
         )
         .execute(&self.pool)
         .await
@@ -207,15 +231,22 @@ pub(super) struct Resume {
     pub(super) chain: VecDeque<Intent>,
 }
 
-/// A batch's deduplication token: `topic:partition:first-last`.
-fn token(topic: &str, p: i32, first: i64, last: i64) -> String {
-    format!("{topic}:{p}:{first}-{last}")
+/// A batch's deduplication token: `topic:partition:first-last`, one per member
+/// partition joined by `_` (a batch of one partition keeps the token it always had; the
+/// warehouse takes `[A-Za-z0-9_:.-]` in a setting).
+fn token(topic: &str, ranges: &[Range]) -> String {
+    let parts: Vec<String> = ranges.iter().map(|r| format!("{}:{}-{}", r.partition, r.first, r.last)).collect();
+    format!("{topic}:{}", parts.join("_"))
 }
 
 #[cfg(test)]
 mod tests {
+    use super::Range;
+
     #[test]
-    fn a_token_names_the_topic_partition_and_offset_range() {
-        assert_eq!(super::token("learning-events", 4, 1200, 1299), "learning-events:4:1200-1299");
+    fn a_token_names_the_topic_partitions_and_offset_ranges() {
+        let r = |partition, first, last| Range { partition, first, last };
+        assert_eq!(super::token("learning-events", &[r(4, 1200, 1299)]), "learning-events:4:1200-1299");
+        assert_eq!(super::token("learning-events", &[r(0, 10, 19), r(3, 7, 7)]), "learning-events:0:10-19_3:7-7");
     }
 }

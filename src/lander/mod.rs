@@ -47,6 +47,7 @@ mod config;
 mod decode;
 pub mod health;
 mod intents;
+mod replay;
 mod row;
 mod run;
 mod service;

@@ -1,14 +1,18 @@
-//! The run loop: consume, batch each partition by size and time, follow
-//! rebalances, report lag. Batches go to the service (`service.rs`).
+//! The run loop: consume, gather every partition's records, send them as one
+//! batch by size and time, follow rebalances, replay pending batches when a
+//! partition resumes, report lag. Batches go to the service (`service.rs`).
 //!
-//! Invariant: a partition has at most one batch in flight: its next batch's
-//! intent is written only after the previous batch landed and committed, so
-//! every pending intent stays replayable. Intents are written by this loop,
-//! between two polls, so always while the partition is owned (a rebalance runs
-//! inside a poll); the batch's work (decode, governance, dead letters, insert,
-//! commit) runs in a task of its own, so the loop keeps reading and other
-//! partitions keep landing meanwhile. A revoked partition's unlanded records
-//! are dropped, to be re-read by its next owner.
+//! Invariant: one batch is in flight at a time, spanning the partitions that
+//! had records (one insert per flush, whatever the partition count: each
+//! insert pays a fixed cost per materialized view); the next batch's intent
+//! is written only after the previous batch landed and committed, so every
+//! pending intent stays replayable. Intents are written by this loop, between
+//! two polls, so always while every member partition is owned (a rebalance
+//! runs inside a poll); the batch's work (decode, governance, dead letters,
+//! insert, commit) runs in a task of its own, so the loop keeps reading
+//! meanwhile. A partition that resumes replays its pending batches (re-read
+//! from Kafka whole, `replay.rs`) before anything else of it lands. A revoked
+//! partition's unlanded records are dropped, to be re-read by its next owner.
 
 use chrono::{DateTime, Utc};
 use rdkafka::config::ClientConfig;
@@ -22,8 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::decode::Raw;
-use super::intents::Intent;
-use super::service::{LanderStats, Sink};
+use super::service::{Commit, LanderStats, Sink};
 use super::{LanderConfig, LanderError};
 use crate::policy::ProtectedAttributes;
 use crate::taxonomy::Taxonomy;
@@ -64,10 +67,9 @@ impl ConsumerContext for Ctx {
 #[derive(Default)]
 struct PartitionState {
     loaded: bool,
-    /// Records up to here are landed and committed already (the consumer resumed below them).
+    /// Records up to here are landed already (committed, or replayed when the partition
+    /// resumed): the consumer delivers them again, and they are skipped.
     landed_through: Option<i64>,
-    /// Pending intents, in offset order: the next batches must cover exactly their ranges.
-    replay: std::collections::VecDeque<Intent>,
     items: Vec<Raw>,
     /// Bytes held in `items` (envelopes make record counts a poor measure).
     bytes: usize,
@@ -75,15 +77,11 @@ struct PartitionState {
 }
 
 impl PartitionState {
-    /// Take the batch: its records and the intent it must replay. `None` when
-    /// nothing is pending (a pending intent stays).
-    fn take_batch(&mut self) -> Option<(Vec<Raw>, Option<Intent>)> {
-        if self.items.is_empty() {
-            return None;
-        }
+    /// Take the records gathered (empty when none).
+    fn take_batch(&mut self) -> Vec<Raw> {
         self.bytes = 0;
         self.started = None;
-        Some((std::mem::take(&mut self.items), self.replay.pop_front()))
+        std::mem::take(&mut self.items)
     }
 }
 
@@ -92,8 +90,9 @@ pub struct Lander {
     /// The consumer, producer, warehouse, decoder, governance, intents and
     /// figures, shared with the landing tasks.
     sink: Sink,
-    /// Batches being landed by their tasks (at most one per partition).
-    inflight: HashMap<i32, tokio::task::JoinHandle<Result<(), LanderError>>>,
+    /// The batch being landed by its task, and its member partitions (one at a time:
+    /// the next batch gathers meanwhile, for every partition).
+    inflight: Option<(Vec<i32>, tokio::task::JoinHandle<Result<(), LanderError>>)>,
     parts: HashMap<i32, PartitionState>,
     revoked: Arc<Mutex<Vec<i32>>>,
 }
@@ -125,7 +124,7 @@ impl Lander {
             .create_with_context(Ctx { revoked: revoked.clone(), owned: Mutex::default() })?;
         consumer.subscribe(&[&cfg.topic])?;
         let sink = Sink::new(&cfg, Arc::new(consumer), warehouse, pool, taxonomy, protected, analytics_default)?;
-        Ok(Lander { cfg, sink, inflight: HashMap::new(), parts: HashMap::new(), revoked })
+        Ok(Lander { cfg, sink, inflight: None, parts: HashMap::new(), revoked })
     }
 
     /// The lander's figures (rows landed, refusals, batches, freshness).
@@ -165,7 +164,7 @@ impl Lander {
         }
         tracing::info!("lander draining");
         self.flush_due(true).await?;
-        self.settle(None).await?;
+        self.settle().await?;
         Ok(())
     }
 
@@ -184,21 +183,7 @@ impl Lander {
         let p = m.partition();
         let offset = m.offset();
         if !self.parts.get(&p).is_some_and(|s| s.loaded) {
-            // A batch of this partition still landing (it was revoked and came back) settles first.
-            self.settle(Some(p)).await?;
-            let high = {
-                let consumer = self.sink.consumer.clone();
-                let topic = self.cfg.topic.clone();
-                tokio::task::spawn_blocking(move || consumer.fetch_watermarks(&topic, p, Duration::from_secs(5)).ok().map(|w| w.1))
-                    .await
-                    .ok()
-                    .flatten()
-            };
-            let resume = self.sink.intents.pending(p, offset, high).await;
-            let state = self.parts.entry(p).or_default();
-            state.loaded = true;
-            state.replay = resume.chain;
-            state.landed_through = resume.landed_through;
+            self.resume(p, offset).await?;
         }
         if self.parts.get(&p).and_then(|s| s.landed_through).is_some_and(|t| offset <= t) {
             metrics::counter!(SKIPPED_LANDED).increment(1);
@@ -207,104 +192,107 @@ impl Lander {
         let broker_ts = m.timestamp().to_millis().and_then(DateTime::from_timestamp_millis);
         let item = Raw { offset, key: m.key().map(<[u8]>::to_vec), raw: m.payload().unwrap_or_default().to_vec(), broker_ts };
         let state = self.parts.get_mut(&p).expect("state loaded");
-        if let Some(intent) = state.replay.front() {
-            if offset > intent.last {
-                // The replayed range ended without its last offset (compaction/retention): flush what we have.
-                tracing::warn!(partition = p, "pending batch range no longer complete; flushing what was re-read");
-            }
-        }
         state.started.get_or_insert_with(Instant::now);
         state.bytes += crate::envelope::decoded_len(&item.raw);
         state.items.push(item);
-        let full = match state.replay.front() {
-            Some(intent) => offset >= intent.last,
-            None => state.items.len() >= self.cfg.batch_rows || state.bytes >= self.cfg.batch_bytes,
-        };
-        if full {
-            self.flush(p).await?;
+        if state.items.len() >= self.cfg.batch_rows || state.bytes >= self.cfg.batch_bytes {
+            // Full: wait for the batch in flight (backpressure), then send what is gathered.
+            self.settle().await?;
+            self.dispatch(true).await?;
         }
         Ok(())
     }
 
-    /// Flush partitions whose batch is old enough (or all, when draining). A partition
-    /// whose previous batch is still landing keeps gathering until that one is done
-    /// (the loop does not wait for it).
+    /// Partition `p` is read again (first message after an assignment), from `offset`:
+    /// replay its chain of pending batches, each re-read from Kafka over all its members'
+    /// ranges and landed with its token, then skip what they covered.
+    async fn resume(&mut self, p: i32, offset: i64) -> Result<(), LanderError> {
+        // The batch in flight may hold records of this partition (revoked and back): it settles first.
+        self.settle().await?;
+        let high = {
+            let consumer = self.sink.consumer.clone();
+            let topic = self.cfg.topic.clone();
+            tokio::task::spawn_blocking(move || consumer.fetch_watermarks(&topic, p, Duration::from_secs(5)).ok().map(|w| w.1))
+                .await
+                .ok()
+                .flatten()
+        };
+        let resume = self.sink.intents.pending(p, offset, high).await;
+        let mut landed_through = resume.landed_through;
+        for intent in &resume.chain {
+            self.sink.replay(p, intent).await?;
+            landed_through = Some(landed_through.map_or(intent.last, |t| t.max(intent.last)));
+        }
+        let state = self.parts.entry(p).or_default();
+        state.loaded = true;
+        state.landed_through = landed_through;
+        Ok(())
+    }
+
+    /// When the oldest record gathered has waited `batch_wait` (or when draining), and
+    /// no batch is in flight, send everything gathered as one batch.
     async fn flush_due(&mut self, drain: bool) -> Result<(), LanderError> {
+        if drain {
+            self.settle().await?;
+        }
+        if self.inflight.is_some() {
+            return Ok(());
+        }
         let wait = self.cfg.batch_wait;
-        let due: Vec<i32> = self
-            .parts
-            .iter()
-            .filter(|(p, s)| !s.items.is_empty() && (drain || !self.inflight.contains_key(p)))
-            .filter(|(_, s)| s.replay.is_empty() && (drain || s.started.is_some_and(|t| t.elapsed() >= wait)))
-            .map(|(p, _)| *p)
-            .collect();
-        self.flush_many(&due, true).await
+        let due = self.parts.values().any(|s| !s.items.is_empty() && (drain || s.started.is_some_and(|t| t.elapsed() >= wait)));
+        if due {
+            self.dispatch(true).await?;
+        }
+        Ok(())
     }
 
     /// Land already-read messages of partition `p` as one batch, without Kafka
     /// (no consume, no offset commit): the lander's own pipeline through the
-    /// same [`Lander::dispatch`] as consumed batches, for the benchmark that
+    /// same [`Sink`] calls as consumed batches, for the benchmark that
     /// separates it from the broker. Returns the rows landed.
     pub async fn land_direct(&mut self, p: i32, messages: Vec<(i64, Option<Vec<u8>>, Vec<u8>)>) -> Result<u64, LanderError> {
         let before = self.sink.stats.landed.load(Ordering::Relaxed);
         let now = Some(Utc::now());
         let raws: Vec<Raw> = messages.into_iter().map(|(offset, key, raw)| Raw { offset, key, raw, broker_ts: now }).collect();
-        self.dispatch(p, raws, None, false).await?;
-        self.settle(None).await?;
+        let batches = vec![(p, raws)];
+        if let Some(intended) = self.sink.intend(&batches).await {
+            self.sink.clone().prepare_and_land(intended, batches, Commit::Nothing).await?;
+        }
         Ok(self.sink.stats.landed.load(Ordering::Relaxed) - before)
     }
 
-    async fn flush(&mut self, p: i32) -> Result<(), LanderError> {
-        self.flush_many(&[p], true).await
-    }
-
-    /// Flush the pending batches of `partitions`.
-    async fn flush_many(&mut self, partitions: &[i32], commit: bool) -> Result<(), LanderError> {
-        for &p in partitions {
-            if let Some((raws, replay)) = self.parts.get_mut(&p).and_then(PartitionState::take_batch) {
-                self.dispatch(p, raws, replay, commit).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Send partition `p`'s batch to the warehouse: the one way a batch goes,
-    /// consumed or direct. Its intent is recorded here, by the loop (see the
-    /// module's invariant); a task of its own prepares it (decode, governance,
-    /// dead letters) and lands it (insert with its token, then the partition's
-    /// offset commit, when `commit`). One batch per partition is in flight at a
-    /// time: a partition's next intent is written only after its previous batch
-    /// committed, which keeps every pending range replayable.
-    async fn dispatch(&mut self, p: i32, raws: Vec<Raw>, replay: Option<Intent>, commit: bool) -> Result<(), LanderError> {
-        self.settle(Some(p)).await?;
-        if let Some(intended) = self.sink.intend(p, &raws, replay).await {
+    /// Send everything gathered, every partition's records, as one batch: the one way a
+    /// consumed batch goes. Its intent is recorded here, by the loop (see the module's
+    /// invariant); a task of its own prepares it (decode, governance, dead letters) and
+    /// lands it (one insert with its token, then one offset commit for its members).
+    /// Called with no batch in flight: the next batch's intent is written only after
+    /// the previous batch committed, which keeps every pending range replayable.
+    async fn dispatch(&mut self, commit: bool) -> Result<(), LanderError> {
+        debug_assert!(self.inflight.is_none());
+        let mut batches: Vec<(i32, Vec<Raw>)> =
+            self.parts.iter_mut().filter(|(_, s)| !s.items.is_empty()).map(|(p, s)| (*p, s.take_batch())).collect();
+        batches.sort_by_key(|(p, _)| *p);
+        if let Some(intended) = self.sink.intend(&batches).await {
+            let members = batches.iter().map(|(p, _)| *p).collect();
             let sink = self.sink.clone();
-            self.inflight.insert(p, tokio::spawn(sink.prepare_and_land(intended, raws, commit)));
+            let commit = if commit { Commit::Members } else { Commit::Nothing };
+            self.inflight = Some((members, tokio::spawn(sink.prepare_and_land(intended, batches, commit))));
         }
         Ok(())
     }
 
-    /// Collect finished landing tasks (an error ends the lander, as before).
+    /// Collect the landing task if it finished (an error ends the lander, as before).
     async fn reap(&mut self) -> Result<(), LanderError> {
-        let done: Vec<i32> = self.inflight.iter().filter(|(_, h)| h.is_finished()).map(|(p, _)| *p).collect();
-        for p in done {
-            if let Some(h) = self.inflight.remove(&p) {
-                joined(h).await?;
-            }
+        if self.inflight.as_ref().is_some_and(|(_, h)| h.is_finished()) {
+            self.settle().await?;
         }
         Ok(())
     }
 
-    /// Wait for partition `p`'s batch in flight (every partition's when `None`).
-    async fn settle(&mut self, p: Option<i32>) -> Result<(), LanderError> {
-        let parts: Vec<i32> = match p {
-            Some(p) => vec![p],
-            None => self.inflight.keys().copied().collect(),
-        };
-        for p in parts {
-            if let Some(h) = self.inflight.remove(&p) {
-                joined(h).await?;
-            }
+    /// Wait for the batch in flight, if any.
+    async fn settle(&mut self) -> Result<(), LanderError> {
+        if let Some((_, h)) = self.inflight.take() {
+            joined(h).await?;
         }
         Ok(())
     }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use super::decode::{Decoder, Item, Raw};
 use super::health::{self, Cause};
-use super::intents::{Intent, Intents};
+use super::intents::{Intent, Intents, Range};
 use super::row::{write_row, RowBuffers};
 use super::run::Ctx;
 use super::{LanderConfig, LanderError};
@@ -106,25 +106,36 @@ impl Backoff {
     }
 }
 
-/// A batch whose intent is recorded: its range and token.
+/// A batch whose intent is recorded: its members' ranges and its token.
 pub(super) struct Intended {
-    partition: i32,
-    first: i64,
-    last: i64,
+    ranges: Vec<Range>,
     token: String,
+}
+
+/// A batch's records, per member partition.
+pub(super) type Records = Vec<(i32, Vec<Raw>)>;
+
+/// Which partitions' offsets a landed batch commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Commit {
+    /// None (the benchmark's direct path).
+    Nothing,
+    /// Every member this lander still owns.
+    Members,
+    /// Only this one (a replay by the member that resumed).
+    Only(i32),
 }
 
 /// A batch ready to insert: governed, refusals dead-lettered, intent recorded.
 pub(super) struct Prepared {
-    partition: i32,
-    first: i64,
-    last: i64,
+    ranges: Vec<Range>,
     token: String,
     /// JSONEachRow rows, shared with the insert (retries re-send them without a copy).
     rows: Arc<Vec<u8>>,
     landed: u64,
     oldest: Option<DateTime<Utc>>,
-    items: Vec<Item>,
+    /// The decoded events, per member partition.
+    items: Vec<(i32, Vec<Item>)>,
 }
 
 /// What preparing and landing a batch needs, shared by the lander and its landing tasks.
@@ -173,23 +184,31 @@ impl Sink {
         })
     }
 
-    /// Record the intent of partition `p`'s next batch, the records `raws` (`replay`'s token
-    /// when the batch is exactly that range). Called by the run loop while it owns the
-    /// partition (no rebalance runs between its polls), before any of the batch's work.
-    pub(super) async fn intend(&self, p: i32, raws: &[Raw], replay: Option<Intent>) -> Option<Intended> {
-        let (first, last) = (raws.first()?.offset, raws.last()?.offset);
-        let token = self.intents.record(p, first, last, replay).await;
-        Some(Intended { partition: p, first, last, token })
+    /// Record the intent of the batch `batches` (the records of each member partition, in
+    /// offset order). Called by the run loop between two polls, so while it owns every
+    /// member (a rebalance runs inside a poll), before any of the batch's work. `None`
+    /// for no records.
+    pub(super) async fn intend(&self, batches: &Records) -> Option<Intended> {
+        let ranges: Vec<Range> = batches
+            .iter()
+            .filter_map(|(p, raws)| Some(Range { partition: *p, first: raws.first()?.offset, last: raws.last()?.offset }))
+            .collect();
+        if ranges.is_empty() {
+            return None;
+        }
+        let token = self.intents.record(&ranges).await;
+        Some(Intended { ranges, token })
     }
 
-    /// The batch of `raws` whose intent is recorded: decoded, governed, its refusals
-    /// dead-lettered, its rows encoded.
-    pub(super) async fn prepare(&self, intended: Intended, raws: Vec<Raw>) -> Result<Prepared, LanderError> {
-        let Intended { partition: p, first, last, token } = intended;
-        let items = self.decoder.decode_all(raws).await;
+    /// The batch whose intent is recorded, from its records: decoded, governed, its
+    /// refusals dead-lettered, its rows encoded.
+    pub(super) async fn prepare(&self, intended: Intended, batches: Records) -> Result<Prepared, LanderError> {
+        let Intended { ranges, token } = intended;
+        let decoded = futures::future::join_all(batches.into_iter().map(|(p, raws)| async move { (p, self.decoder.decode_all(raws).await) })).await;
 
         // Governance, one query for the batch's cache misses.
-        let ids: Vec<uuid::Uuid> = items.iter().filter_map(|i| i.outcome.as_ref().ok().map(|e| e.learner_id)).collect();
+        let ids: Vec<uuid::Uuid> =
+            decoded.iter().flat_map(|(_, items)| items.iter().filter_map(|i| i.outcome.as_ref().ok().map(|e| e.learner_id))).collect();
         let mut backoff = Backoff::POSTGRES;
         let standings = loop {
             match self.governance.standings(ids.iter().copied()).await {
@@ -205,39 +224,52 @@ impl Sink {
             }
         };
         let mut rows = self.buffers.take();
-        rows.reserve(items.len() * 400);
+        rows.reserve(decoded.iter().map(|(_, i)| i.len()).sum::<usize>() * 400);
         let mut landed = 0u64;
         let mut oldest: Option<DateTime<Utc>> = None;
-        let mut refused: Vec<(usize, Reason, String)> = Vec::new();
-        for (ix, item) in items.iter().enumerate() {
-            match &item.outcome {
-                Err((reason, detail)) => refused.push((ix, *reason, detail.clone())),
-                Ok(ev) => match standings.get(&ev.learner_id).and_then(|s| s.refusal(&ev.institution_id)) {
-                    Some(reason) => refused.push((ix, reason, "refused by the vault's governance".into())),
-                    None => {
-                        let server = ev.server_ts.expect("set at decode");
-                        oldest = Some(oldest.map_or(server, |o| o.min(server)));
-                        write_row(&mut rows, ev, &server);
-                        landed += 1;
-                    }
-                },
+        for (p, items) in &decoded {
+            let mut refused: Vec<(usize, Reason, String)> = Vec::new();
+            for (ix, item) in items.iter().enumerate() {
+                match &item.outcome {
+                    Err((reason, detail)) => refused.push((ix, *reason, detail.clone())),
+                    Ok(ev) => match standings.get(&ev.learner_id).and_then(|s| s.refusal(&ev.institution_id)) {
+                        Some(reason) => refused.push((ix, reason, "refused by the vault's governance".into())),
+                        None => {
+                            let server = ev.server_ts.expect("set at decode");
+                            oldest = Some(oldest.map_or(server, |o| o.min(server)));
+                            write_row(&mut rows, ev, &server);
+                            landed += 1;
+                        }
+                    },
+                }
+            }
+            for (ix, reason, detail) in &refused {
+                self.dead_letter(*p, &items[*ix], *reason, detail).await?;
             }
         }
-        for (ix, reason, detail) in &refused {
-            self.dead_letter(p, &items[*ix], *reason, detail).await?;
-        }
-        Ok(Prepared { partition: p, first, last, token, rows: Arc::new(rows), landed, oldest, items })
+        Ok(Prepared { ranges, token, rows: Arc::new(rows), landed, oldest, items: decoded })
+    }
+
+    /// Replay partition `p`'s pending batch `intent`: re-read every member's range
+    /// from Kafka, prepare it and land it with the intent's token, committing `p` alone
+    /// (another member's owner replays it too when that member resumes: a duplicate
+    /// under the same token, dropped by the warehouse).
+    pub(super) async fn replay(&self, p: i32, intent: &Intent) -> Result<(), LanderError> {
+        let batches = super::replay::read(&self.cfg.brokers, &self.cfg.topic, &intent.members).await?;
+        let intended = Intended { ranges: intent.members.clone(), token: intent.token.clone() };
+        let b = self.prepare(intended, batches).await?;
+        self.clone().land(b, Commit::Only(p)).await
     }
 
     /// A landing task: prepare the batch whose intent is recorded, then land it.
-    pub(super) async fn prepare_and_land(self, intended: Intended, raws: Vec<Raw>, commit: bool) -> Result<(), LanderError> {
-        let b = self.prepare(intended, raws).await?;
+    pub(super) async fn prepare_and_land(self, intended: Intended, batches: Records, commit: Commit) -> Result<(), LanderError> {
+        let b = self.prepare(intended, batches).await?;
         self.land(b, commit).await
     }
 
     /// Insert a prepared batch with its token, record its figures, and commit
     /// its partition's offset (when `commit`).
-    pub(super) async fn land(self, b: Prepared, commit: bool) -> Result<(), LanderError> {
+    pub(super) async fn land(self, b: Prepared, commit: Commit) -> Result<(), LanderError> {
         let started = Instant::now();
         if let Some(o) = b.oldest {
             let queued = Utc::now().signed_duration_since(o).num_milliseconds().max(1) as u64;
@@ -250,9 +282,11 @@ impl Sink {
         }
         if let Err(e) = inserted {
             // Bad data the gate did not catch: dead-letter the batch, never retry forever.
-            tracing::error!(error = %e, partition = b.partition, rows = b.landed, "warehouse refused a batch; dead-lettering it");
-            for item in b.items.iter().filter(|i| i.outcome.is_ok()) {
-                self.dead_letter(b.partition, item, Reason::WarehouseRejected, "the warehouse refused the batch").await?;
+            tracing::error!(error = %e, token = %b.token, rows = b.landed, "warehouse refused a batch; dead-lettering it");
+            for (p, items) in &b.items {
+                for item in items.iter().filter(|i| i.outcome.is_ok()) {
+                    self.dead_letter(*p, item, Reason::WarehouseRejected, "the warehouse refused the batch").await?;
+                }
             }
             landed = 0;
         }
@@ -266,12 +300,15 @@ impl Sink {
             let _ = self.stats.freshness_ms.lock().expect("stats lock").record(fresh.max(1));
             metrics::histogram!("learnvault_lander_freshness_seconds").record(fresh as f64 / 1000.0);
         }
-        tracing::debug!(partition = b.partition, first = b.first, last = b.last, landed, "batch landed");
-        if commit {
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(&self.cfg.topic, b.partition, Offset::Offset(b.last + 1))?;
-            if self.commit(b.partition, tpl).await {
-                self.intents.committed_through(b.partition, b.last).await;
+        tracing::debug!(token = %b.token, landed, "batch landed");
+        let members: Vec<Range> = match commit {
+            Commit::Nothing => Vec::new(),
+            Commit::Members => b.ranges.clone(),
+            Commit::Only(p) => b.ranges.iter().filter(|r| r.partition == p).copied().collect(),
+        };
+        if !members.is_empty() {
+            for r in self.commit(&members).await {
+                self.intents.committed_through(r.partition, r.last).await;
             }
         }
         metrics::histogram!("learnvault_lander_batch_seconds").record(started.elapsed().as_secs_f64());
@@ -279,29 +316,36 @@ impl Sink {
         Ok(())
     }
 
-    /// Commit offsets, retrying while the broker is away. Gives up after ~30 s (the
-    /// partitions may have moved to another member): the batches stay replayable
-    /// by their intents and tokens, and a later commit covers them.
-    async fn commit(&self, p: i32, tpl: TopicPartitionList) -> bool {
+    /// Commit the offsets after `members`' ranges, of those partitions this lander still
+    /// owns (checked and committed under the ownership lock), retrying while the broker
+    /// is away; returns the ranges committed. Gives up after ~30 s (the partitions may
+    /// have moved to another member): the batches stay replayable by their intents and
+    /// tokens, and a later commit covers them.
+    async fn commit(&self, members: &[Range]) -> Vec<Range> {
         let mut backoff = Backoff::COMMIT;
         for attempt in 1..=10 {
             let consumer = self.consumer.clone();
-            let tpl = tpl.clone();
+            let topic = self.cfg.topic.clone();
+            let wanted = members.to_vec();
             let commit = move || {
                 let owned = consumer.context().owned.lock().expect("owned lock");
-                if !owned.contains(&p) {
-                    return Ok(false);
+                let mine: Vec<Range> = wanted.into_iter().filter(|r| owned.contains(&r.partition)).collect();
+                let mut tpl = TopicPartitionList::new();
+                for r in &mine {
+                    tpl.add_partition_offset(&topic, r.partition, Offset::Offset(r.last + 1))?;
                 }
-                consumer.commit(&tpl, CommitMode::Sync).map(|()| true)
+                if !mine.is_empty() {
+                    consumer.commit(&tpl, CommitMode::Sync)?;
+                }
+                Ok::<_, rdkafka::error::KafkaError>(mine)
             };
             match tokio::task::spawn_blocking(commit).await {
-                Ok(Ok(true)) => {
+                Ok(Ok(mine)) => {
                     health::recovered(Cause::Broker);
-                    return true;
-                }
-                Ok(Ok(false)) => {
-                    tracing::info!(partition = p, "partition moved before its batch committed; its owner replays the batch by its intent");
-                    return false;
+                    if mine.len() < members.len() {
+                        tracing::info!(moved = members.len() - mine.len(), "partitions moved before their batch committed; their owners replay it by its intent");
+                    }
+                    return mine;
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, attempt, "offset commit failed; retrying");
@@ -314,7 +358,7 @@ impl Sink {
             backoff.wait().await;
         }
         tracing::error!("offset commit abandoned after 10 attempts; the batches will be replayed with their tokens");
-        false
+        Vec::new()
     }
 
     fn redact(&self, raw: &[u8]) -> Vec<u8> {
@@ -412,7 +456,7 @@ async fn insert_with_retry(warehouse: &Warehouse, b: &Prepared) -> Result<(), Wa
                 return Ok(());
             }
             Err(e) if e.is_retryable() => {
-                tracing::warn!(error = %e, partition = b.partition, "warehouse unavailable; backing off (the batch waits, nothing is dead-lettered)");
+                tracing::warn!(error = %e, token = %b.token, "warehouse unavailable; backing off (the batch waits, nothing is dead-lettered)");
                 health::stalled(Cause::Warehouse, &e);
                 backoff.wait().await;
             }

@@ -53,6 +53,9 @@ impl TestApp {
 
     /// An app whose database lives on the PostgreSQL server at 127.0.0.1:`port`.
     pub async fn spawn_on(port: u16, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+        if std::env::var_os("LV_DEBUG").is_some() {
+            learnvault::telemetry::init(learnvault::config::LogFormat::Pretty);
+        }
         let db_name = format!("lv_test_{}", uuid::Uuid::new_v4().simple());
         let master = MasterKey::generate();
         let mut settings = settings_on(port, &db_name, &master);
