@@ -87,10 +87,11 @@ pub fn with_warehouse(mut state: AppState, settings: &Settings, warehouse: Wareh
         topics: crate::topics::specs_with(settings, &retention),
         retention,
         archive_dir: settings.archive_path(),
+        archive_keys: crate::dsr::seal::ArchiveKeys::new(master.clone()),
         signer: crate::dsr::certificate::Signer::derive(&master),
         settle: std::time::Duration::from_millis(settings.governance_cache_ms + settings.lander_batch_ms),
     };
-    std::fs::create_dir_all(&dsr.archive_dir).with_context(|| format!("creating {}", dsr.archive_dir.display()))?;
+    crate::dsr::seal::create_private_dir(&dsr.archive_dir).with_context(|| format!("creating {}", dsr.archive_dir.display()))?;
     state.warehouse = Some(warehouse);
     state.dsr = Some(Arc::new(dsr));
     Ok(state)

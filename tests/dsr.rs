@@ -385,3 +385,56 @@ async fn subject_access_exports_more_than_one_page_completely_across_tied_sortin
     assert_eq!(events.lines().count(), 60_000);
     assert_eq!(ids.len(), 60_000, "every event exactly once");
 }
+
+#[tokio::test]
+async fn an_access_archive_is_sealed_at_rest_and_does_not_outlive_the_erasure() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = TestApp::spawn_with_warehouse().await;
+    let a = app.issue("uni-a", "S-A", json!({"name": "Ada Lovelace", "email": "ada@example.edu"})).await;
+    land(&app, &a, "c1", 5, &["content.start"]).await;
+    let (s, job) = app.post("/v1/dsr/access", &app.dpo("uni-a"), json!({"pseudonym": a})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{job}");
+    let access = job["id"].as_str().unwrap().to_owned();
+    let job = wait_job(&app, &access).await;
+    assert_eq!(job["state"], "done", "{job}");
+
+    // At rest: 0600, sealed (the identity is not in the file), the directory 0700.
+    let path = std::path::PathBuf::from(job["result"]["archive"].as_str().unwrap());
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
+    let at_rest = std::fs::read(&path).unwrap();
+    for needle in ["ada@example.edu", "Ada Lovelace", "manifest.json", a.as_str()] {
+        assert!(!at_rest.windows(needle.len()).any(|w| w == needle.as_bytes()), "{needle} readable at rest");
+    }
+    // Nothing else is left in the archive directory (no plaintext staging).
+    let names: Vec<String> = std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, vec![path.file_name().unwrap().to_string_lossy().into_owned()]);
+
+    // Streamed decrypted to the DPO: a tar with the identity, matching the recorded hash.
+    let resp = app.client.get(format!("{}/v1/dsr/jobs/{access}/archive", app.base)).bearer_auth(app.dpo("uni-a")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let bytes = resp.bytes().await.unwrap();
+    assert_eq!(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)), job["result"]["sha256"].as_str().unwrap());
+    let mut identity = String::new();
+    for entry in tar::Archive::new(&bytes[..]).entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.path().unwrap().display().to_string() == "identity.json" {
+            entry.read_to_string(&mut identity).unwrap();
+        }
+    }
+    assert!(identity.contains("ada@example.edu"), "{identity}");
+
+    // Erasure deletes the archive and says so; the download answers 410 `erased`.
+    let (s, er) = app.post("/v1/dsr/erasure", &app.dpo("uni-a"), json!({"pseudonym": a})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{er}");
+    let er = wait_job(&app, er["id"].as_str().unwrap()).await;
+    assert_eq!(er["state"], "done", "{er}");
+    assert!(!path.exists(), "the access archive outlived the erasure");
+    let (s, v) = app.get(&format!("/v1/dsr/jobs/{access}/archive"), &app.dpo("uni-a")).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::GONE, Some("erased")), "{v}");
+    let cert = &er["result"]["certificate"]["certificate"];
+    assert_eq!(cert["access_archives"]["jobs"], json!([access]), "{cert}");
+    assert_eq!(cert["access_archives"]["remaining"], json!(0), "{cert}");
+    assert!(cert["access_archives"]["files_deleted"].as_u64().unwrap() >= 1, "{cert}");
+}

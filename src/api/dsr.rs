@@ -8,7 +8,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-use tokio::io::AsyncReadExt;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -152,7 +151,9 @@ async fn job(State(s): State<AppState>, p: Principal, Path(id): Path<String>) ->
     Ok(Json(visible_job(&s, &p, Permission::DsrRead, &id).await?))
 }
 
-/// The subject-access archive (tar: manifest.json, identity.json, JSONL and CSV per store). Audited.
+/// The subject-access archive (tar: manifest.json, identity.json, JSONL and CSV per store), decrypted
+/// as it streams (sealed at rest). Audited. 410 `erased` once its subject was erased (erasure deletes
+/// it), 410 `archive_expired` after `retention.yaml` `archives`.
 #[utoipa::path(get, path = "/v1/dsr/jobs/{id}/archive", tag = "dsr", params(("id" = Uuid, Path, description = "Job id")),
     responses((status = 200, description = "tar archive", content_type = "application/x-tar"), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 410, body = ErrorBody)))]
@@ -163,23 +164,39 @@ async fn archive(State(s): State<AppState>, p: Principal, Path(id): Path<String>
         ("access", _, _) => return Err(Error::Conflict { code: "job_not_done", message: format!("the job is {}", job.state) }),
         _ => return Err(Error::not_found("no_archive", "only subject-access jobs have an archive")),
     };
-    let file = tokio::fs::File::open(&path)
-        .await
+    if let Subject::Erased { .. } = s.vault.subject(Pseudonym::from_uuid(job.pseudonym)).await? {
+        return Err(Error::Gone { code: "erased", message: "the subject was erased; its access archives were deleted with it".into() });
+    }
+    let d = dsr(&s)?;
+    let reader = crate::dsr::access::open_archive(&path, &d.archive_keys, job.id)
         .map_err(|_| Error::Gone { code: "archive_expired", message: "the archive has expired (retention.yaml `archives`); open a new request".into() })?;
     let mut entry = p.entry("dsr.archive.download", Some(&job.institution), Some(job.pseudonym), Outcome::Success);
     entry.detail = serde_json::json!({"job": job.id, "sha256": job.result.as_ref().map(|r| r["sha256"].clone())});
     s.audit.record(entry).await?;
-    let stream = futures::stream::unfold(file, |mut f| async move {
-        let mut buf = vec![0u8; 256 * 1024];
-        match f.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok::<_, std::io::Error>(bytes_of(buf)), f))
+    // Decrypted on a blocking thread, a chunk at a time, as the client reads.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut reader = reader;
+        loop {
+            let mut buf = vec![0u8; 256 * 1024];
+            let n = match read_full(&mut reader, &mut buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!(error = %e, "sealed archive does not open");
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            };
+            if n == 0 {
+                return;
             }
-            Err(e) => Some((Err(e), f)),
+            buf.truncate(n);
+            if tx.blocking_send(Ok(bytes_of(buf))).is_err() {
+                return;
+            }
         }
     });
+    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     let mut resp = Body::from_stream(stream).into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-tar"));
@@ -188,6 +205,17 @@ async fn archive(State(s): State<AppState>, p: Principal, Path(id): Path<String>
         HeaderValue::from_str(&format!("attachment; filename=\"subject-access-{}.tar\"", job.id)).expect("ascii"),
     );
     Ok(resp)
+}
+
+fn read_full(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
 }
 
 fn bytes_of(v: Vec<u8>) -> axum::body::Bytes {

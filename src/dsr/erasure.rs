@@ -16,8 +16,9 @@
 //! 4. `verify`: 0 rows for the subject in every mapped store; events that the
 //!    lander landed after the tombstone (its governance cache) send the job back
 //!    to step 2, a bounded number of times;
-//! 5. `shred`: the vault row (wrapped key, ciphertext, blind index) and consent
-//!    history are deleted; the tombstone stays;
+//! 5. `shred`: the subject's access archives (and any staging files) are
+//!    deleted, then the vault row (wrapped key, ciphertext, blind index) and
+//!    consent history; the tombstone stays;
 //! 6. `certify`: a signed certificate (see [`super::certificate`]) with the
 //!    counts before and after and the residual copies stated honestly.
 
@@ -133,6 +134,15 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
             }
             "shred" => {
                 progress("crypto-shred");
+                // The subject's access archives hold the decrypted identity: they go first.
+                let access: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM dsr_jobs WHERE kind = 'access' AND pseudonym = $1 ORDER BY requested_at")
+                    .bind(p)
+                    .fetch_all(&d.pool)
+                    .await?;
+                let deleted = super::access::delete_archives(&d.archive_dir, &access)?;
+                let prev = job.progress["access_archives"]["files_deleted"].as_u64().unwrap_or(0);
+                let remaining = access.iter().filter(|j| super::access::archive_path(&d.archive_dir, **j).exists()).count();
+                job.progress["access_archives"] = json!({"jobs": access, "files_deleted": prev + deleted, "remaining": remaining});
                 // Consent history goes with the learner row (ON DELETE CASCADE).
                 sqlx::query("DELETE FROM learners WHERE pseudonym = $1").bind(p).execute(&d.pool).await?;
                 job.progress["after"] = Value::Object(d.counts(p).await?);
@@ -431,6 +441,7 @@ async fn certificate_body(d: &Dsr, job: &Job) -> Result<Value, DsrError> {
         "stores": stores,
         "vault": {"identity_crypto_shredded": after.get("postgres:learners").is_some_and(|n| num(n) == 0), "tombstone_kept": true},
         "residual_copies": residual,
+        "access_archives": job.progress["access_archives"],
         "engines": {"warehouse": d.warehouse.version().await?, "learnvault": env!("CARGO_PKG_VERSION")},
     }))
 }

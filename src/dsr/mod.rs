@@ -15,6 +15,7 @@
 pub mod access;
 pub mod certificate;
 pub mod erasure;
+pub mod seal;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -149,6 +150,8 @@ pub struct Dsr {
     pub kafka_brokers: String,
     pub topics: Vec<crate::topics::TopicSpec>,
     pub archive_dir: PathBuf,
+    /// Per-job keys sealing the access archives at rest.
+    pub archive_keys: seal::ArchiveKeys,
     pub signer: certificate::Signer,
     /// How long the lander may still land events of a just-tombstoned subject
     /// (its governance cache); erasure re-deletes what lands meanwhile.
