@@ -41,7 +41,10 @@ pub async fn build_state(settings: &Settings) -> anyhow::Result<AppState> {
         anyhow::bail!("production mode requires LEARNVAULT_JWKS_FILE (RS256/EdDSA keys); HS256 development tokens are refused");
     }
     let pool = crate::db::connect(settings).context("connecting to PostgreSQL as the runtime role")?;
+    let anchor = crate::audit::checkpoint::Anchor::derive(&master, settings.audit_checkpoint_path());
+    std::fs::create_dir_all(anchor.dir()).with_context(|| format!("creating the audit checkpoint store {}", anchor.dir().display()))?;
     Ok(AppState {
+        anchor: Arc::new(anchor),
         vault: Vault::new(pool.clone(), master, settings.issue_writers),
         audit: Recorder::spawn(pool.clone()),
         pool,
@@ -88,6 +91,7 @@ pub fn with_warehouse(mut state: AppState, settings: &Settings, warehouse: Wareh
         retention,
         archive_dir: settings.archive_path(),
         archive_keys: crate::dsr::seal::ArchiveKeys::new(master.clone()),
+        erasure_policy: crate::dsr::policy::ErasurePolicy::load(dir).context("loading the erasure policy")?,
         signer: crate::dsr::certificate::Signer::derive(&master),
         settle: std::time::Duration::from_millis(settings.governance_cache_ms + settings.lander_batch_ms),
     };

@@ -28,6 +28,58 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(archive))
         .routes(routes!(certificate))
         .routes(routes!(certificate_key))
+        .routes(routes!(lift_suppression))
+}
+
+/// Lift the suppression of an erased learner.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LiftRequest {
+    institution: String,
+    /// The LMS's learner id (matched through the tombstone's blind index, never stored).
+    external_id: String,
+    /// One of `suppression.lift_purposes` in `policies/erasure.yaml`.
+    purpose: String,
+    /// Why (1-2000 characters, recorded in the audit log; a case number, never an identity).
+    justification: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LiftResponse {
+    /// The erased pseudonyms whose suppression was lifted (the learner gets a new one when next seen).
+    lifted: Vec<Uuid>,
+}
+
+/// Lift the suppression after erasure of one learner (DPO, `dsr.erasure`): from
+/// now on the learner may be collected again under a new pseudonym. Purpose and
+/// justification required; audited. 404 `not_suppressed` when there is none.
+#[utoipa::path(post, path = "/v1/dsr/suppressions/lift", tag = "dsr", request_body = LiftRequest,
+    responses((status = 200, body = LiftResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn lift_suppression(State(s): State<AppState>, p: Principal, AppJson(req): AppJson<LiftRequest>) -> Result<Json<LiftResponse>, Error> {
+    s.authorize(&p, Permission::DsrErasure, None, None).await?;
+    let inst = InstitutionId::parse(&req.institution)?;
+    s.authorize(&p, Permission::DsrErasure, Some(inst.as_str()), None).await?;
+    let ext = ExternalId::parse(&req.external_id)?;
+    let d = dsr(&s)?;
+    if !d.erasure_policy.may_lift_for(&req.purpose) {
+        return Err(Error::bad_request("unknown_purpose", "purpose must be one of suppression.lift_purposes in policies/erasure.yaml"));
+    }
+    let j = req.justification.trim();
+    if j.is_empty() || j.chars().count() > 2000 {
+        return Err(Error::bad_request("justification_required", "a justification of 1-2000 characters is required"));
+    }
+    let mut entry = p.entry("suppression.lift", Some(inst.as_str()), None, Outcome::Success);
+    entry.purpose = Some(req.purpose.clone());
+    entry.justification = Some(j.to_owned());
+    let lifted = s.vault.lift_suppression(&inst, &ext, entry).await?;
+    if lifted.is_empty() {
+        let mut miss = p.entry("suppression.lift", Some(inst.as_str()), None, Outcome::NotFound);
+        miss.purpose = Some(req.purpose);
+        s.audit.record(miss).await?;
+        return Err(Error::not_found("not_suppressed", "no suppressed erased learner with this external id in this institution"));
+    }
+    Ok(Json(LiftResponse { lifted: lifted.into_iter().map(|p| p.as_uuid()).collect() }))
 }
 
 /// The subject, by pseudonym or by the LMS's `{institution, external_id}`.

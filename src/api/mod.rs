@@ -60,6 +60,8 @@ pub struct AppState {
     pub dsr: Option<Arc<Dsr>>,
     /// The ingest gateway (needs Kafka): `None` in processes that do not ingest.
     pub gateway: Option<Arc<crate::gateway::Gateway>>,
+    /// Signs and keeps the audit chain's checkpoints.
+    pub anchor: Arc<crate::audit::checkpoint::Anchor>,
 }
 
 impl AppState {

@@ -29,12 +29,19 @@ pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
         tracing::info!(addr = %listener.local_addr()?, env = ?settings.env, lander = settings.lander_enabled,
             jobs = settings.jobs_enabled, "learnvault serving");
         let dsr = state.dsr.clone().expect("set by with_warehouse");
+        let anchor = state.anchor.clone();
+        let anchoring = crate::audit::anchor_loop(
+            state.pool.clone(),
+            state.anchor.clone(),
+            Duration::from_secs(settings.audit_checkpoint_interval_secs.max(1)),
+            stop_rx.clone(),
+        );
         let jobs = {
             let rx = stop_rx.clone();
             let enabled = settings.jobs_enabled;
             async move {
                 if enabled {
-                    tokio::join!(dsr.clone().work(rx.clone()), purge_loop(dsr, rx));
+                    tokio::join!(dsr.clone().work(rx.clone()), purge_loop(dsr, anchor, rx));
                 }
             }
         };
@@ -45,7 +52,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
             }
             anyhow::Ok(())
         };
-        let (a, l, ()) = tokio::join!(api, land, jobs);
+        let (a, l, (), ()) = tokio::join!(api, land, jobs, anchoring);
         a?;
         l?;
         anyhow::Ok(())
@@ -55,9 +62,17 @@ pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
     result.map(|_| ExitCode::SUCCESS)
 }
 
-/// Hourly: delete finished request records and archives past their retention.
-async fn purge_loop(dsr: std::sync::Arc<crate::dsr::Dsr>, mut stop: tokio::sync::watch::Receiver<bool>) {
+/// Hourly: delete finished request records and archives past their retention,
+/// and audit rows past retention below a signed checkpoint.
+async fn purge_loop(
+    dsr: std::sync::Arc<crate::dsr::Dsr>,
+    anchor: std::sync::Arc<crate::audit::checkpoint::Anchor>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
+        if let Err(e) = crate::audit::prune(&dsr.pool, &anchor).await {
+            tracing::warn!(error = %e, "audit retention prune failed; retrying next hour");
+        }
         match crate::retention::purge(&dsr.pool, &dsr.retention, &dsr.archive_dir).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "retention purge"),

@@ -1,8 +1,9 @@
 //! Erasure (GDPR Art. 17), step by step, each idempotent:
 //!
 //! 1. `tombstone`: the pseudonym is tombstoned (the gateway and the lander
-//!    refuse its events from now on), per-store counts and the subject's
-//!    partitions are recorded;
+//!    refuse its events from now on) with, when `policies/erasure.yaml` says so,
+//!    the learner's blind index (the vault then refuses to issue for them
+//!    again: suppression); per-store counts and the subject's partitions are recorded;
 //! 2. `delete`: rows of every mapped `delete_rows` ClickHouse table are deleted
 //!    physically (`ALTER TABLE ... DELETE`, `mutations_sync = 2`);
 //! 3. `recompute`: ClickHouse views never see deletes (a `uniqState` still
@@ -38,12 +39,20 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
         match job.step.as_str() {
             "start" | "tombstone" => {
                 progress("tombstone");
+                // With suppression (policies/erasure.yaml), the tombstone keeps the learner's
+                // blind index (never the external id), so the vault refuses them from now on.
+                let suppress = d.erasure_policy.suppression.enabled;
                 sqlx::query(
-                    "INSERT INTO tombstones (pseudonym, institution_id, request_id) VALUES ($1, $2, $3) ON CONFLICT (pseudonym) DO NOTHING",
+                    "INSERT INTO tombstones (pseudonym, institution_id, request_id, blind_index, index_key_version, suppressed)
+                     SELECT $1, $2, $3, CASE WHEN $4 THEN l.blind_index END, CASE WHEN $4 THEN l.index_key_version END,
+                            $4 AND l.blind_index IS NOT NULL
+                     FROM (SELECT 1) one LEFT JOIN learners l ON l.pseudonym = $1
+                     ON CONFLICT (pseudonym) DO NOTHING",
                 )
                 .bind(p)
                 .bind(&job.institution)
                 .bind(job.id)
+                .bind(suppress)
                 .execute(&d.pool)
                 .await?;
                 crate::governance::note_erased(p);
@@ -439,7 +448,8 @@ async fn certificate_body(d: &Dsr, job: &Job) -> Result<Value, DsrError> {
         "shredded_at": job.progress["shredded_at"],
         "issued_at": Utc::now(),
         "stores": stores,
-        "vault": {"identity_crypto_shredded": after.get("postgres:learners").is_some_and(|n| num(n) == 0), "tombstone_kept": true},
+        "vault": {"identity_crypto_shredded": after.get("postgres:learners").is_some_and(|n| num(n) == 0), "tombstone_kept": true,
+                  "collection_suppressed": d.erasure_policy.suppression.enabled},
         "residual_copies": residual,
         "access_archives": job.progress["access_archives"],
         "engines": {"warehouse": d.warehouse.version().await?, "learnvault": env!("CARGO_PKG_VERSION")},

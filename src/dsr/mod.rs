@@ -15,6 +15,7 @@
 pub mod access;
 pub mod certificate;
 pub mod erasure;
+pub mod policy;
 pub mod seal;
 
 use chrono::{DateTime, Utc};
@@ -150,6 +151,8 @@ pub struct Dsr {
     pub kafka_brokers: String,
     pub topics: Vec<crate::topics::TopicSpec>,
     pub archive_dir: PathBuf,
+    /// `policies/erasure.yaml`: suppression after erasure.
+    pub erasure_policy: policy::ErasurePolicy,
     /// Per-job keys sealing the access archives at rest.
     pub archive_keys: seal::ArchiveKeys,
     pub signer: certificate::Signer,

@@ -12,7 +12,9 @@
 //!   when the broker cannot be reached the request fails with 503 and
 //!   `Retry-After` (what was not written is not acknowledged);
 //! * a refused event is in the dead-letter topic with the same reason code the
-//!   caller sees.
+//!   caller sees;
+//! * a learner erased with collection suppressed gets no pseudonym again: their
+//!   events are refused `erased` (see `Vault::suppressed`).
 
 pub mod xapi;
 
@@ -187,7 +189,13 @@ impl Gateway {
             }
             let mut ev = it.event;
             if let (Some(n), Some((inst, _))) = (slot[i], &it.identity) {
-                ev.insert("learner_id".into(), json!(issued[n].pseudonym.as_uuid()));
+                let Some(issued) = issued[n] else {
+                    // Erased, collection suppressed: refused, dead-lettered without identity or pseudonym.
+                    out[i] = Some(rejected("erased", "this learner was erased; collection is suppressed until a DPO lifts it"));
+                    events.push(Some(Value::Object(ev)));
+                    continue;
+                };
+                ev.insert("learner_id".into(), json!(issued.pseudonym.as_uuid()));
                 ev.entry("institution_id").or_insert_with(|| json!(inst));
             }
             ev.insert("server_ts".into(), json!(now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)));
@@ -195,7 +203,7 @@ impl Gateway {
         }
         let mut valid = Vec::with_capacity(events.len());
         for (i, ev) in events.iter().enumerate() {
-            let Some(ev) = ev else {
+            let (Some(ev), None) = (ev, &out[i]) else {
                 valid.push(None);
                 continue;
             };

@@ -231,7 +231,8 @@ fn tables_push(report: &mut Report, table: String, expected: String, oldest: Opt
 
 /// Delete what the policy says has expired outside ClickHouse (which expires
 /// its own rows by TTL): finished subject-request records and old archives.
-/// The audit log is append-only and hash-chained: it is checked, not purged.
+/// The audit log is append-only and hash-chained: `serve` prunes it only below a
+/// signed checkpoint (`audit::prune`), which keeps the chain verifiable.
 pub async fn purge(pool: &PgPool, policy: &Policy, archive_dir: &Path) -> Result<u64, RetentionError> {
     let mut removed = 0;
     if let Some(tp) = policy.postgres.get("dsr_jobs") {

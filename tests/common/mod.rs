@@ -38,6 +38,8 @@ pub fn settings_on(port: u16, db_name: &str, master: &MasterKey) -> Settings {
         policy_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/policies").into(),
         listen: "127.0.0.1:0".into(),
         db_max_connections: 8,
+        // Each test its own checkpoint store (beside its own database).
+        audit_checkpoint_dir: Some(std::env::temp_dir().join(format!("lv-audit-cp-{db_name}"))),
         ..Settings::default()
     }
 }
