@@ -72,6 +72,11 @@ impl TestApp {
     /// An app that owns an embedded warehouse (its own data path: nextest runs
     /// each test in its own process) and runs the subject-request worker.
     pub async fn spawn_with_warehouse() -> TestApp {
+        Self::spawn_with_warehouse_tweaked(|_| {}).await
+    }
+
+    /// [`TestApp::spawn_with_warehouse`] with settings changed by `tweak`.
+    pub async fn spawn_with_warehouse_tweaked(tweak: impl FnOnce(&mut Settings)) -> TestApp {
         let db_name = format!("lv_test_{}", uuid::Uuid::new_v4().simple());
         let master = MasterKey::generate();
         let mut settings = settings_for(&db_name, &master);
@@ -88,6 +93,7 @@ impl TestApp {
         settings.topic_partitions = 2;
         let topics = learnvault::topics::specs(&settings).expect("topic specs");
         learnvault::topics::ensure(&settings.kafka_brokers, &topics).await.expect("topics (is Kafka running? ops/kafka.sh)");
+        tweak(&mut settings);
         learnvault::db::migrate(&settings).await.expect("migrate");
         Self::start(settings, master).await
     }
