@@ -22,6 +22,7 @@
 //! - [`dsr`]: subject access and erasure jobs (map-driven), archives, signed erasure certificates.
 //! - [`gateway`]: event and xAPI ingest, pseudonymisation at the gate.
 //! - [`governance`]: may an event land (vault standing, consent, protected attributes); shared by the gateway and the lander.
+//! - [`redact`]: identifiers out of dead letters (emails, phones, the request's external ids, xAPI actors), path and reason kept; shared by the gateway and the lander.
 //! - [`topics`]: the events and dead-letter topics, created with their retention from policy; live configs for `retention verify`.
 //! - [`envelope`]: the `learning-events` record contract (single events or per-partition envelopes, murmur2 partitions).
 //! - [`datamap`]: the map of every store holding learner data, checked against the live schemas.
@@ -54,6 +55,7 @@ pub mod gateway;
 pub mod governance;
 pub mod lander;
 pub mod policy;
+pub mod redact;
 pub mod retention;
 pub mod sim;
 pub mod taxonomy;

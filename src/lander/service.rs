@@ -250,25 +250,22 @@ impl Sink {
         false
     }
 
-    fn redact(&self, raw: &[u8]) -> Vec<u8> {
-        match serde_json::from_slice::<Value>(raw) {
-            Ok(mut v) => {
-                if let Some(props) = v.get_mut("props").and_then(Value::as_object_mut) {
-                    for (k, val) in props.iter_mut() {
-                        if self.decoder.protected().matches(k).is_some() {
-                            *val = Value::String("<redacted>".into());
-                        }
-                    }
-                }
-                serde_json::to_vec(&v).unwrap_or_default()
-            }
-            Err(_) => raw.to_vec(),
-        }
-    }
-
     async fn dead_letter(&self, p: i32, item: &Item, reason: Reason, detail: &str) -> Result<(), LanderError> {
-        let payload = if reason == Reason::ProtectedAttribute { self.redact(item.bytes()) } else { item.bytes().to_vec() };
+        // Identifiers out (emails, phones, identifier fields, protected attributes; path and reason kept):
+        // a JSON payload is redacted as JSON and kept as its text, a UTF-8 one as text.
+        let cx = crate::redact::Context { external_ids: &[], protected: Some(self.decoder.protected()) };
+        let (payload, redacted) = match std::str::from_utf8(item.bytes()) {
+            Ok(_) => {
+                let (v, r) = crate::redact::redact_bytes(item.bytes(), &cx);
+                (match v {
+                    Value::String(text) if serde_json::from_slice::<Value>(item.bytes()).is_err() => text.into_bytes(),
+                    v => serde_json::to_vec(&v).expect("json"),
+                }, r)
+            }
+            Err(_) => (item.bytes().to_vec(), Vec::new()),
+        };
         let mut rec = serde_json::json!({
+            "redacted": redacted,
             "reason": reason.as_str(),
             "detail": detail,
             "topic": self.cfg.topic,
@@ -293,7 +290,13 @@ impl Sink {
                 .ok()
                 .and_then(|v| v.get("learner_id").and_then(Value::as_str).and_then(|l| uuid::Uuid::parse_str(l).ok()))
                 .map(|l| l.to_string().into_bytes()),
-            (Err(_), None) => item.key.as_deref().map(<[u8]>::to_vec),
+            // The record's own key only when it is a pseudonym: a third-party producer's key may be anything.
+            (Err(_), None) => item
+                .key
+                .as_deref()
+                .and_then(|k| std::str::from_utf8(k).ok())
+                .and_then(|k| uuid::Uuid::parse_str(k).ok())
+                .map(|l| l.to_string().into_bytes()),
         };
         let mut backoff = Backoff::DEAD_LETTER;
         loop {
