@@ -91,6 +91,7 @@ pub fn with_warehouse(mut state: AppState, settings: &Settings, warehouse: Wareh
         retention,
         archive_dir: settings.archive_path(),
         archive_keys: crate::dsr::seal::ArchiveKeys::new(master.clone()),
+        export_page_rows: settings.dsr_export_page_rows.max(1),
         erasure_policy: crate::dsr::policy::ErasurePolicy::load(dir).context("loading the erasure policy")?,
         signer: crate::dsr::certificate::Signer::derive(&master),
         settle: std::time::Duration::from_millis(settings.governance_cache_ms + settings.lander_batch_ms),

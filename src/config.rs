@@ -105,6 +105,8 @@ pub struct Settings {
     pub audit_checkpoint_dir: Option<PathBuf>,
     /// `serve` signs a checkpoint of the audit chain's head this often.
     pub audit_checkpoint_interval_secs: u64,
+    /// Rows per ClickHouse page when subject access exports a table (memory bound).
+    pub dsr_export_page_rows: u64,
 }
 
 impl Default for Settings {
@@ -150,6 +152,7 @@ impl Default for Settings {
             archive_dir: None,
             audit_checkpoint_dir: None,
             audit_checkpoint_interval_secs: 300,
+            dsr_export_page_rows: 50_000,
         }
     }
 }

@@ -438,3 +438,89 @@ async fn an_access_archive_is_sealed_at_rest_and_does_not_outlive_the_erasure() 
     assert_eq!(cert["access_archives"]["remaining"], json!(0), "{cert}");
     assert!(cert["access_archives"]["files_deleted"].as_u64().unwrap() >= 1, "{cert}");
 }
+
+#[tokio::test]
+async fn subject_access_is_a_snapshot_at_the_job_start_under_concurrent_inserts() {
+    let app = std::sync::Arc::new(TestApp::spawn_with_warehouse_tweaked(|s| s.dsr_export_page_rows = 500).await);
+    let a = app.issue("uni-a", "S-SNAP", json!({})).await;
+    // 3,000 rows before the job (many pages), plus rows stored three times over, identical in every column.
+    land(&app, &a, "c1", 1_500, &["session.heartbeat", "content.view"]).await;
+    // (One block: identical blocks are deduplicated on insert.)
+    app.warehouse()
+        .execute(
+            "INSERT INTO events.learning_events (server_ts, client_ts, event_id, event_version, event_type, learner_id, session_id,
+                 course_id, content_id, cohort_id, institution_id, position_sec, props)
+             SELECT toDateTime64('2026-01-05 10:00:00.000', 3, 'UTC'), toDateTime64('2026-01-05 10:00:00.000', 3, 'UTC'),
+                    toUUID('00000000-0000-4000-8000-000000000001'), '2.3', 'content.view',
+                    {l:UUID}, 's-1', 'cs101', 'video-7', 'c1', 'uni-a', 1, map() FROM numbers(3)",
+            &[("l", a.clone())],
+        )
+        .await
+        .unwrap();
+    let mut expected: Vec<(String, String)> = app
+        .warehouse()
+        .query("SELECT toString(event_id) AS id, event_type AS t FROM events.learning_events WHERE learner_id = {p:UUID}", &[("p", a.clone())])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r["id"].as_str().unwrap().to_owned(), r["t"].as_str().unwrap().to_owned()))
+        .collect();
+    expected.sort();
+    assert_eq!(expected.len(), 3_003);
+
+    // While the job runs, the learner's events keep landing: some sort before every existing row
+    // (cohort c0), some after (c9); all stamped after the job started.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (s, job) = app.post("/v1/dsr/access", &app.dpo("uni-a"), json!({"pseudonym": a})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{job}");
+    let inserter = {
+        let (app, a, stop) = (app.clone(), a.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for cohort in ["c0", "c9"] {
+                    app.warehouse()
+                        .execute(
+                            "INSERT INTO events.learning_events (server_ts, client_ts, event_id, event_version, event_type, learner_id, session_id,
+                                 course_id, content_id, cohort_id, institution_id, position_sec, props)
+                             SELECT now64(3), now64(3), generateUUIDv4(), '2.3', 'session.heartbeat', {l:UUID}, 's-2', 'cs101', 'video-7', {c:String},
+                                    'uni-a', 1, map() FROM numbers(50)",
+                            &[("l", a.clone()), ("c", cohort.to_owned())],
+                        )
+                        .await
+                        .unwrap();
+                    n += 50;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            n
+        })
+    };
+    let id = job["id"].as_str().unwrap().to_owned();
+    let job = wait_job(&app, &id).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let inserted = inserter.await.unwrap();
+    assert_eq!(job["state"], "done", "{job}");
+    assert!(inserted > 0);
+
+    let resp = app.client.get(format!("{}/v1/dsr/jobs/{id}/archive", app.base)).bearer_auth(app.dpo("uni-a")).send().await.unwrap();
+    let bytes = resp.bytes().await.unwrap();
+    let mut events = String::new();
+    for entry in tar::Archive::new(&bytes[..]).entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.path().unwrap().display().to_string() == "clickhouse/events.learning_events.jsonl" {
+            entry.read_to_string(&mut events).unwrap();
+        }
+    }
+    let mut got: Vec<(String, String)> = events
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|v| (v["event_id"].as_str().unwrap().to_owned(), v["event_type"].as_str().unwrap().to_owned()))
+        .collect();
+    got.sort();
+    let missing: Vec<_> = expected.iter().filter(|e| !got.contains(e)).take(5).collect();
+    let extra: Vec<_> = got.iter().filter(|e| !expected.contains(e)).take(5).collect();
+    assert_eq!(got.len(), expected.len(), "{inserted} rows inserted during the export; missing {missing:?}, extra {extra:?}");
+    assert_eq!(got, expected, "exactly the rows stored when the job started, duplicates included");
+    assert!(!events.contains("__lv_row_hash"));
+}

@@ -7,8 +7,9 @@
 //! (consent history, every event row, every learner-level rollup and feature
 //! row, the audit entries about the subject, their requests).
 //!
-//! Memory stays bounded: ClickHouse rows are read a page at a time and
-//! PostgreSQL rows as a stream, each written out before the next is read.
+//! Memory stays bounded: ClickHouse rows are read a page at a time (keyset
+//! pages of a snapshot at the job's start, [`super::snapshot`]) and PostgreSQL
+//! rows as a stream, each written out before the next is read.
 //! The step is idempotent: a resumed job starts the export over.
 //!
 //! At rest everything is sealed ([`super::seal`]: AES-256-GCM chunks under a key
@@ -26,13 +27,11 @@ use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
 use super::seal::{create_private, create_private_dir, SealReader, SealWriter};
+use super::snapshot::{self, Plan};
 use super::{ident, Dsr, DsrError, Job, Progress};
 use crate::datamap::StoreKind;
 use crate::domain::Pseudonym;
 use crate::vault::Subject;
-
-/// Rows per ClickHouse page.
-const PAGE: u64 = 50_000;
 
 pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), DsrError> {
     let p = job.pseudonym;
@@ -65,7 +64,7 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
 
     for (s, key) in d.subject_stores(StoreKind::Clickhouse) {
         let name = format!("clickhouse/{}", s.name);
-        let rows = export_clickhouse(d, &dir, seal, &name, &s.name, key, p, &mut files, progress).await?;
+        let rows = export_clickhouse(d, &dir, seal, &name, &s.name, key, &*job, &mut files, progress).await?;
         stores.push(json!({"store": format!("clickhouse:{}", s.name), "category": s.category, "retention": s.retention, "rows": rows}));
         d.save(job, "export").await?;
     }
@@ -192,6 +191,8 @@ struct Sealing<'a> {
     job: Uuid,
 }
 
+/// The subject's rows of one ClickHouse table, as a snapshot at the job's start
+/// (see [`super::snapshot`]): keyset pages of `d.export_page_rows`.
 #[allow(clippy::too_many_arguments)]
 async fn export_clickhouse(
     d: &Dsr,
@@ -200,46 +201,33 @@ async fn export_clickhouse(
     name: &str,
     table: &str,
     key: &str,
-    p: Uuid,
+    job: &Job,
     files: &mut Vec<Value>,
     progress: Progress<'_>,
 ) -> Result<u64, DsrError> {
-    let (db, t) = table.split_once('.').unwrap_or(("default", table));
-    let order = d
-        .warehouse
-        .query(
-            "SELECT sorting_key FROM system.tables WHERE database = {db:String} AND name = {name:String}",
-            &[("db", db.to_owned()), ("name", t.to_owned())],
-        )
-        .await?
-        .first()
-        .and_then(|r| r["sorting_key"].as_str().map(str::to_owned))
-        .filter(|k| !k.is_empty());
+    let plan = Plan::new(&d.warehouse, table, key).await?;
     let mut out = StoreFiles::create(dir, name, seal)?;
     let mut rows = 0u64;
+    let mut cursor = None;
     loop {
-        // Pages must partition the rows: sorting-key order alone leaves ties (a
-        // learner's events of one gateway request share `server_ts`) in an order
-        // that may differ between queries, so the row's own hash breaks them
-        // (rows equal in every column are interchangeable).
-        let sql = match &order {
-            Some(o) => format!(
-                "SELECT * FROM {} WHERE {} = {{p:UUID}} ORDER BY {o}, cityHash64(*) LIMIT {PAGE} OFFSET {rows}",
-                ident(table)?,
-                ident(key)?
-            ),
-            None => format!("SELECT * FROM {} WHERE {} = {{p:UUID}}", ident(table)?, ident(key)?),
-        };
-        let page = d.warehouse.raw(&sql, "JSONEachRow", &[("p", p.to_string())]).await?;
-        let mut n = 0u64;
+        let (sql, params) = plan.query(job.pseudonym, job.requested_at, d.export_page_rows, cursor.as_ref());
+        let params: Vec<(&str, String)> = params.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        let page = d.warehouse.raw(&sql, "JSONEachRow", &params).await?;
+        // Rows equal to the last boundary come first again: skip those already written.
+        let skip0 = cursor.as_ref().map_or(0, snapshot::Cursor::seen_rows);
+        let mut skip = skip0;
+        let (mut received, mut n) = (0u64, 0u64);
         for line in page.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let v: Map<String, Value> = serde_json::from_slice(line).map_err(|e| DsrError::Verification(format!("unreadable row: {e}")))?;
-            out.row(line, &v)?;
-            n += 1;
+            received += 1;
+            if let Some((line, v)) = plan.step(line, &mut cursor, &mut skip)? {
+                out.row(&line, &v)?;
+                n += 1;
+            }
         }
         rows += n;
         progress(&format!("{table}: {rows} rows"));
-        if order.is_none() || n < PAGE {
+        // A page shorter than asked is the last one.
+        if received < d.export_page_rows + skip0 {
             break;
         }
     }

@@ -17,6 +17,7 @@ pub mod certificate;
 pub mod erasure;
 pub mod policy;
 pub mod seal;
+pub mod snapshot;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -153,6 +154,8 @@ pub struct Dsr {
     pub archive_dir: PathBuf,
     /// `policies/erasure.yaml`: suppression after erasure.
     pub erasure_policy: policy::ErasurePolicy,
+    /// Rows per ClickHouse page of a subject-access export.
+    pub export_page_rows: u64,
     /// Per-job keys sealing the access archives at rest.
     pub archive_keys: seal::ArchiveKeys,
     pub signer: certificate::Signer,
