@@ -86,3 +86,18 @@ END
 $$;
 REVOKE ALL ON FUNCTION audit_log_prune(bigint) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION audit_log_prune(bigint) TO learnvault_app;
+
+-- 3. Erasure fences the landers. Erasure advances `erasure_epoch` after its
+--    tombstone is committed; every lander (in any process) reports, at least
+--    every heartbeat, the epoch it has seen (its governance cache dropped when
+--    the epoch moved) with no batch in flight that was governed before it.
+--    Erasure deletes only once every live lander (recent heartbeat) acknowledged
+--    its epoch, so no batch governed before the tombstone lands after the count.
+CREATE SEQUENCE erasure_epoch;
+CREATE TABLE lander_fences (
+    lander_id    uuid PRIMARY KEY,
+    acked_epoch  bigint NOT NULL,
+    heartbeat_at timestamptz NOT NULL DEFAULT now()
+);
+GRANT SELECT, INSERT, UPDATE, DELETE ON lander_fences TO learnvault_app;
+GRANT USAGE, SELECT, UPDATE ON SEQUENCE erasure_epoch TO learnvault_app;

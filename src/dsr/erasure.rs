@@ -4,9 +4,12 @@
 //!    refuse its events from now on) with, when `policies/erasure.yaml` says so,
 //!    the learner's blind index (the vault then refuses to issue for them
 //!    again: suppression); per-store counts and the subject's partitions are recorded;
-//! 2. `delete`: rows of every mapped `delete_rows` ClickHouse table are deleted
+//! 2. `fence`: erasure waits until every live lander, in this process or
+//!    another, has seen the tombstone and has no batch in flight governed
+//!    before it ([`crate::fence`]);
+//! 3. `delete`: rows of every mapped `delete_rows` ClickHouse table are deleted
 //!    physically (`ALTER TABLE ... DELETE`, `mutations_sync = 2`);
-//! 3. `recompute`: ClickHouse views never see deletes (a `uniqState` still
+//! 4. `recompute`: ClickHouse views never see deletes (a `uniqState` still
 //!    counts the learner), so in each affected partition of every
 //!    `recompute_aggregate` table the groups the learner fed are rebuilt from
 //!    the base table with the table's own materialized-view SELECT: the
@@ -14,13 +17,13 @@
 //!    there by a mutation (physically) and computed afresh, and the staging
 //!    partition is swapped in atomically (`REPLACE PARTITION`), then compared
 //!    with a fresh computation;
-//! 4. `verify`: 0 rows for the subject in every mapped store; events that the
+//! 5. `verify`: 0 rows for the subject in every mapped store; events that the
 //!    lander landed after the tombstone (its governance cache) send the job back
 //!    to step 2, a bounded number of times;
-//! 5. `shred`: the subject's access archives (and any staging files) are
+//! 6. `shred`: the subject's access archives (and any staging files) are
 //!    deleted, then the vault row (wrapped key, ciphertext, blind index) and
 //!    consent history; the tombstone stays;
-//! 6. `certify`: a signed certificate (see [`super::certificate`]) with the
+//! 7. `certify`: a signed certificate (see [`super::certificate`]) with the
 //!    counts before and after and the residual copies stated honestly.
 
 use chrono::Utc;
@@ -32,6 +35,8 @@ use crate::datamap::{Erasure, Store, StoreKind};
 use crate::warehouse::{Warehouse, AGGREGATE_REBUILD};
 
 const MAX_ROUNDS: u64 = 3;
+/// How long erasure waits for the landers' acknowledgement before the attempt fails (and is retried).
+const FENCE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), DsrError> {
     let p = job.pseudonym;
@@ -56,11 +61,26 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
                 .execute(&d.pool)
                 .await?;
                 crate::governance::note_erased(p);
+                // The erasure fence: a new epoch, after the tombstone committed.
+                if job.progress.get("fence_epoch").is_none() {
+                    job.progress["fence_epoch"] = json!(crate::fence::advance(&d.pool).await?);
+                }
                 if job.progress.get("before").is_none() {
                     job.progress["tombstoned_at"] = json!(Utc::now());
                     job.progress["before"] = Value::Object(d.counts(p).await?);
                 }
                 job.progress["partitions"] = json!(partitions(d, p).await?);
+                d.save(job, "fence").await?;
+            }
+            "fence" => {
+                // Every live lander (any process) has seen the tombstone and has no batch in
+                // flight governed before it: nothing of the subject lands after the delete.
+                progress("fence");
+                let epoch = job.progress["fence_epoch"].as_i64().unwrap_or(0);
+                if let Err(late) = crate::fence::wait_for_landers(&d.pool, epoch, FENCE_TIMEOUT).await? {
+                    return Err(DsrError::Fence(format!("{} lander(s) did not acknowledge erasure epoch {epoch}: {late:?}", late.len())));
+                }
+                job.progress["fenced_at"] = json!(Utc::now());
                 d.save(job, "delete").await?;
             }
             "delete" => {

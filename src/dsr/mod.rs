@@ -59,6 +59,8 @@ pub enum DsrError {
     Verification(String),
     #[error("no such job")]
     NotFound,
+    #[error("erasure fence: {0}")]
+    Fence(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

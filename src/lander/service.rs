@@ -95,6 +95,8 @@ pub(super) struct Prepared {
     landed: u64,
     oldest: Option<DateTime<Utc>>,
     items: Vec<Item>,
+    /// In flight for the erasure fence until the batch is dropped (landed or abandoned).
+    _fence: crate::fence::Ticket,
 }
 
 /// What preparing and landing a batch needs, shared by the lander and its landing tasks.
@@ -111,6 +113,8 @@ pub(super) struct Sink {
     pub(super) intents: Arc<Intents>,
     pub(super) stats: Arc<LanderStats>,
     buffers: RowBuffers,
+    /// This lander's side of the erasure fence.
+    fence: crate::fence::Fence,
 }
 
 impl Sink {
@@ -129,10 +133,11 @@ impl Sink {
             .set("message.timeout.ms", "30000")
             .create()?;
         let governance = Arc::new(Governance::new(pool.clone(), cfg.governance_ttl, analytics_default));
+        let fence = crate::fence::Fence::start(pool.clone(), governance.clone());
         let decoder = Decoder::new(taxonomy, protected, cfg.max_event_bytes, cfg.clock_skew);
         let intents = Arc::new(Intents::new(pool, cfg.group.clone(), cfg.topic.clone()));
         let stats = Arc::new(LanderStats::default());
-        Ok(Sink { cfg: Arc::new(cfg.clone()), consumer, producer, warehouse, decoder, governance, intents, stats, buffers: RowBuffers::default() })
+        Ok(Sink { cfg: Arc::new(cfg.clone()), consumer, producer, warehouse, decoder, governance, intents, stats, buffers: RowBuffers::default(), fence })
     }
 
     /// Partition `p`'s batch of `raws`: decoded, governed, its refusals
@@ -146,6 +151,14 @@ impl Sink {
         let first = items.first().expect("non-empty").offset;
         let last = items.last().expect("non-empty").offset;
 
+        // The erasure fence: the batch is in flight from before it is governed until it is dropped,
+        // and is governed with a cache emptied after any erasure epoch the lander has read.
+        let ticket = self.fence.enter();
+        let mut backoff = Backoff::POSTGRES;
+        while let Err(e) = self.fence.refresh().await {
+            tracing::warn!(error = %e, "vault unavailable for the erasure fence; retrying");
+            backoff.wait().await;
+        }
         // Governance, one query for the batch's cache misses.
         let ids: Vec<uuid::Uuid> = items.iter().filter_map(|i| i.outcome.as_ref().ok().map(|e| e.learner_id)).collect();
         let mut backoff = Backoff::POSTGRES;
@@ -181,7 +194,7 @@ impl Sink {
             self.dead_letter(p, &items[*ix], *reason, detail).await?;
         }
         let token = self.intents.record(p, first, last, replay).await;
-        Ok(Some(Prepared { partition: p, first, last, token, rows: Arc::new(rows), landed, oldest, items }))
+        Ok(Some(Prepared { partition: p, first, last, token, rows: Arc::new(rows), landed, oldest, items, _fence: ticket }))
     }
 
     /// Insert a prepared batch with its token, record its figures, and commit
