@@ -524,3 +524,53 @@ async fn subject_access_is_a_snapshot_at_the_job_start_under_concurrent_inserts(
     assert_eq!(got, expected, "exactly the rows stored when the job started, duplicates included");
     assert!(!events.contains("__lv_row_hash"));
 }
+
+#[tokio::test]
+async fn the_subjects_dead_letters_are_in_its_access_archive_and_the_certificate_says_until_when_they_remain() {
+    let app = TestApp::spawn_with_warehouse().await;
+    let gw = app.gateway(app.settings.clone()).await;
+    let a = app.issue("uni-a", "S-DL", json!({})).await;
+    // Refused at the gate (a protected attribute): dead-lettered, keyed by the pseudonym.
+    let ev = json!({
+        "event_id": uuid::Uuid::new_v4(), "event_version": "2.3", "event_type": "content.view", "learner_id": a,
+        "session_id": "s-1", "course_id": "cs101", "content_id": "video-1", "cohort_id": "c1",
+        "institution_id": "uni-a", "position_sec": 12, "client_ts": chrono::Utc::now().timestamp_millis(), "props": {"gender": "f"}
+    });
+    let (s, v) = gw.post("/v1/events", &gw.lms("uni-a"), json!([ev])).await;
+    assert_eq!((s, v["rejected"].as_u64()), (StatusCode::OK, Some(1)), "{v}");
+
+    let (_, job) = app.post("/v1/dsr/access", &app.dpo("uni-a"), json!({"pseudonym": a})).await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    let job = wait_job(&app, &id).await;
+    assert_eq!(job["state"], "done", "{job}");
+    let resp = app.client.get(format!("{}/v1/dsr/jobs/{id}/archive", app.base)).bearer_auth(app.dpo("uni-a")).send().await.unwrap();
+    let bytes = resp.bytes().await.unwrap();
+    let mut files = BTreeMap::new();
+    for entry in tar::Archive::new(&bytes[..]).entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().display().to_string();
+        let mut data = String::new();
+        entry.read_to_string(&mut data).unwrap();
+        files.insert(name, data);
+    }
+    let dl = &files["kafka/learning-events.dlq.jsonl"];
+    assert_eq!(dl.lines().count(), 1, "{dl}");
+    let rec: Value = serde_json::from_str(dl.lines().next().unwrap()).unwrap();
+    assert_eq!(rec["reason"], "protected_attribute");
+    assert_eq!(rec["payload"]["learner_id"], json!(a));
+    let manifest: Value = serde_json::from_str(&files["manifest.json"]).unwrap();
+    let store = manifest["stores"].as_array().unwrap().iter().find(|s| s["store"] == "kafka:learning-events.dlq").unwrap();
+    assert_eq!(store["rows"], json!(1), "{store}");
+
+    let (_, er) = app.post("/v1/dsr/erasure", &app.dpo("uni-a"), json!({"pseudonym": a})).await;
+    let er = wait_job(&app, er["id"].as_str().unwrap()).await;
+    assert_eq!(er["state"], "done", "{er}");
+    let cert = &er["result"]["certificate"]["certificate"];
+    let dlq = cert["residual_copies"].as_array().unwrap().iter().find(|r| r["store"] == "kafka:learning-events.dlq").unwrap();
+    assert_eq!(dlq["records_keyed_by_subject"], json!(1), "{dlq}");
+    assert_eq!(dlq["topic"], json!(app.settings.dlq_topic));
+    // 14 days of retention plus at most a day until the segment rolls.
+    let until = chrono::DateTime::parse_from_rfc3339(dlq["until"].as_str().unwrap()).unwrap();
+    let days = (until.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_hours() as f64 / 24.0;
+    assert!((14.5..=15.1).contains(&days), "{dlq}");
+}

@@ -79,14 +79,43 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
         let rows = export_postgres(d, &dir, seal, &name, &s.name, key, p, &mut files, progress).await?;
         stores.push(json!({"store": format!("postgres:{}", s.name), "category": s.category, "retention": s.retention, "rows": rows}));
     }
-    let not_included: Vec<Value> = d
-        .map
-        .stores
-        .iter()
-        .filter(|s| s.store == StoreKind::Kafka)
-        .map(|s| json!({"store": format!("kafka:{}", s.name), "category": s.category, "retention": s.retention,
-                         "reason": "a transport buffer: its events are in the tables above once landed, and age out with the topic's retention"}))
-        .collect();
+    // Dead letters keyed by the subject's pseudonym (within the topic's retention).
+    let mut not_included: Vec<Value> = Vec::new();
+    for s in d.map.stores.iter().filter(|s| s.store == StoreKind::Kafka) {
+        let topic = d.topic_of(s).map(|t| t.name.clone());
+        match (s.category.as_str(), topic) {
+            ("dead_letters", Some(topic)) => {
+                progress("dead letters");
+                let brokers = d.kafka_brokers.clone();
+                let key = p.to_string();
+                let t = topic.clone();
+                let records = tokio::task::spawn_blocking(move || {
+                    let mut out: Vec<Vec<u8>> = Vec::new();
+                    super::kafka::scan_keyed(&brokers, &t, &key, |v| {
+                        out.push(v.to_vec());
+                        Ok(())
+                    })
+                    .map(|_| out)
+                })
+                .await
+                .map_err(|e| DsrError::Verification(format!("dead-letter scan: {e}")))??;
+                let mut out = StoreFiles::create(&dir, &format!("kafka/{}", s.name), seal)?;
+                for r in &records {
+                    let v: Value = serde_json::from_slice(r).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(r).into_owned()));
+                    let m = match &v {
+                        Value::Object(m) => m.clone(),
+                        other => [("record".to_owned(), other.clone())].into_iter().collect(),
+                    };
+                    out.row(&serde_json::to_vec(&v).expect("JSON"), &m)?;
+                }
+                out.finish(&mut files)?;
+                stores.push(json!({"store": format!("kafka:{}", s.name), "topic": topic, "category": s.category, "retention": s.retention,
+                                   "rows": records.len(), "selection": "records keyed by the subject's pseudonym, from the start of the topic's retention"}));
+            }
+            _ => not_included.push(json!({"store": format!("kafka:{}", s.name), "category": s.category, "retention": s.retention,
+                         "reason": "a transport buffer: its events are in the tables above once landed, and age out with the topic's retention"})),
+        }
+    }
 
     let manifest = json!({
         "type": "learnvault.subject-access/v1",

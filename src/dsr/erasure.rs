@@ -449,14 +449,32 @@ async fn certificate_body(d: &Dsr, job: &Job) -> Result<Value, DsrError> {
         }
     }
     let tombstoned_at = job.progress["tombstoned_at"].as_str().unwrap_or_default().to_owned();
-    let residual: Vec<Value> = d
-        .map
-        .stores
-        .iter()
-        .filter(|s| matches!(s.erasure, Erasure::Keep | Erasure::Expire) && s.subject_key.is_some())
-        .filter(|s| !after.get(&format!("{}:{}", store_kind(s), s.name)).is_some_and(|n| num(n) == 0))
-        .map(|s| json!({"store": format!("{}:{}", store_kind(s), s.name), "method": s.erasure, "retention": s.retention, "reason": s.reason}))
-        .collect();
+    let tombstoned: Option<chrono::DateTime<Utc>> = chrono::DateTime::parse_from_rfc3339(&tombstoned_at).ok().map(|t| t.with_timezone(&Utc));
+    let mut residual = Vec::new();
+    for s in d.map.stores.iter().filter(|s| matches!(s.erasure, Erasure::Keep | Erasure::Expire) && s.subject_key.is_some()) {
+        if after.get(&format!("{}:{}", store_kind(s), s.name)).is_some_and(|n| num(n) == 0) {
+            continue;
+        }
+        let mut r = json!({"store": format!("{}:{}", store_kind(s), s.name), "method": s.erasure, "retention": s.retention, "reason": s.reason});
+        if let Some(t) = d.topic_of(s) {
+            // Kafka cannot delete a record: what was produced before the tombstone ages out with
+            // the topic's retention (whole segments, rolled at least daily). Since the tombstone the
+            // gateway and the lander refuse the subject, and refused events are dead-lettered unkeyed.
+            r["topic"] = json!(t.name);
+            if let (Some(ms), Some(at)) = (t.retention_ms, tombstoned) {
+                let segment = ms.min(86_400_000);
+                r["until"] = json!((at + chrono::Duration::milliseconds(ms + segment)).to_rfc3339());
+            }
+            if s.category == "dead_letters" {
+                let (brokers, topic, key) = (d.kafka_brokers.clone(), t.name.clone(), job.pseudonym.to_string());
+                let n = tokio::task::spawn_blocking(move || super::kafka::scan_keyed(&brokers, &topic, &key, |_| Ok(())))
+                    .await
+                    .map_err(|e| DsrError::Verification(format!("dead-letter scan: {e}")))??;
+                r["records_keyed_by_subject"] = json!(n);
+            }
+        }
+        residual.push(r);
+    }
     Ok(json!({
         "type": "learnvault.erasure-certificate/v1",
         "job_id": job.id,

@@ -15,6 +15,7 @@
 pub mod access;
 pub mod certificate;
 pub mod erasure;
+pub mod kafka;
 pub mod policy;
 pub mod seal;
 pub mod snapshot;
@@ -417,6 +418,15 @@ impl Dsr {
                 metrics::gauge!("learnvault_dsr_jobs_overdue", "kind" => kind).set(overdue as f64);
             }
         }
+    }
+
+    /// The deployment's topic of a mapped Kafka store: the dead-letter topic for
+    /// `dead_letters`, else the events topic (`topics::specs_with` order).
+    pub fn topic_of(&self, store: &Store) -> Option<&crate::topics::TopicSpec> {
+        if store.store != StoreKind::Kafka {
+            return None;
+        }
+        self.topics.get(if store.category == "dead_letters" { 1 } else { 0 })
     }
 
     /// Mapped stores that hold rows keyed by the subject, by engine.
