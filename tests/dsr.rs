@@ -574,3 +574,53 @@ async fn the_subjects_dead_letters_are_in_its_access_archive_and_the_certificate
     let days = (until.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_hours() as f64 / 24.0;
     assert!((14.5..=15.1).contains(&days), "{dlq}");
 }
+
+#[tokio::test]
+async fn a_batch_erasure_erases_many_subjects_in_one_pass_with_a_certificate_each() {
+    let app = TestApp::spawn_with_warehouse().await;
+    let a = app.issue("uni-a", "S-A", json!({"name": "Ada"})).await;
+    let b = app.issue("uni-a", "S-B", json!({"name": "Bob"})).await;
+    let c = app.issue("uni-a", "S-C", json!({"name": "Cy"})).await;
+    let types = ["content.start", "content.complete", "session.heartbeat"];
+    land(&app, &a, "c1", 10, &types).await;
+    land(&app, &b, "c1", 10, &types).await;
+    land(&app, &c, "c1", 10, &types).await;
+    assert_eq!(num(&dashboards(&app).await["funnel"][0]["enrolled"]), 3);
+
+    let dpo = app.dpo("uni-a");
+    let (s, v) = app.post("/v1/dsr/erasure/batch", &app.dpo("uni-b"), json!({"institution": "uni-a", "subjects": [{"pseudonym": a}]})).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    let (s, v) = app.post("/v1/dsr/erasure/batch", &dpo, json!({"institution": "uni-a", "subjects": [{"pseudonym": a}, {"external_id": "S-NOPE"}]})).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("unknown_learner")), "{v}");
+    let (s, job) = app
+        .post("/v1/dsr/erasure/batch", &dpo, json!({"institution": "uni-a", "subjects": [{"pseudonym": a}, {"external_id": "S-B"}], "reference": "COHORT-2026"}))
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{job}");
+    assert_eq!(job["kind"], "erasure_batch");
+    assert_eq!(job["progress"]["subjects"].as_array().unwrap().len(), 2, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    let job = wait_job(&app, &id).await;
+    assert_eq!(job["state"], "done", "{job}");
+
+    for p in [&a, &b] {
+        assert_eq!(ch(&app, "SELECT count() AS n FROM events.learning_events WHERE learner_id = {p:UUID}", p).await, 0);
+        assert_eq!(app.count(&format!("SELECT count(*) FROM learners WHERE pseudonym = '{p}'")).await, 0);
+        assert_eq!(app.count(&format!("SELECT count(*) FROM tombstones WHERE pseudonym = '{p}'")).await, 1);
+    }
+    assert_eq!(ch(&app, "SELECT count() AS n FROM events.learning_events WHERE learner_id = {p:UUID}", &c).await, 30);
+    assert_eq!(num(&dashboards(&app).await["funnel"][0]["enrolled"]), 1, "rollups recomputed once for both");
+
+    // One certificate per subject, each signed and naming its own subject and counts.
+    let (s, certs) = app.get(&format!("/v1/dsr/jobs/{id}/certificate"), &app.auditor()).await;
+    assert_eq!(s, StatusCode::OK, "{certs}");
+    let (_, key) = app.send("GET", "/v1/dsr/certificate-key", None, None).await;
+    let key = key["public_key"].as_str().unwrap();
+    for p in [&a, &b] {
+        let body = learnvault::dsr::certificate::verify(&certs[p.as_str()], key).expect("valid signature");
+        assert_eq!(body["subject"]["pseudonym"], json!(p));
+        let events = body["stores"].as_array().unwrap().iter().find(|s| s["store"] == "clickhouse:events.learning_events").unwrap().clone();
+        assert_eq!((events["rows_before"].clone(), events["rows_after"].clone()), (json!(30), json!(0)), "{body}");
+    }
+    assert_eq!(app.count("SELECT count(*) FROM audit_log WHERE action = 'dsr.erasure_batch.complete'").await, 1);
+    assert_eq!(app.verify().await["intact"], json!(true));
+}

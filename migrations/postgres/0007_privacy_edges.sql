@@ -101,3 +101,9 @@ CREATE TABLE lander_fences (
 );
 GRANT SELECT, INSERT, UPDATE, DELETE ON lander_fences TO learnvault_app;
 GRANT USAGE, SELECT, UPDATE ON SEQUENCE erasure_epoch TO learnvault_app;
+
+-- 4. Batch erasure: one job, one pass of deletes and recomputes for many
+--    subjects (its subjects in `progress.subjects`, one certificate each in
+--    `result.certificates`); `pseudonym` holds the nil UUID.
+ALTER TABLE dsr_jobs DROP CONSTRAINT dsr_jobs_kind_check;
+ALTER TABLE dsr_jobs ADD CONSTRAINT dsr_jobs_kind_check CHECK (kind IN ('access', 'erasure', 'erasure_batch'));

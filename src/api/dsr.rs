@@ -29,6 +29,85 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(certificate))
         .routes(routes!(certificate_key))
         .routes(routes!(lift_suppression))
+        .routes(routes!(erasure_batch))
+}
+
+/// One subject of a batch erasure: by pseudonym or by the LMS's external id.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSubject {
+    pseudonym: Option<Uuid>,
+    external_id: Option<String>,
+}
+
+/// Many subjects of one institution (a graduating cohort, a school leaving).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchErasureRequest {
+    institution: String,
+    subjects: Vec<BatchSubject>,
+    /// The DPO's case number (letters, digits, `._:/#-`; never an identity).
+    reference: Option<String>,
+}
+
+/// Erase many subjects of one institution in one job (DPO): one pass of
+/// deletes and aggregate recomputes for all of them, one signed certificate per
+/// subject (`result.certificates`, by pseudonym), progress in the job. 202 with
+/// the job; 404 `unknown_learner` naming the first subject not found.
+#[utoipa::path(post, path = "/v1/dsr/erasure/batch", tag = "dsr", request_body = BatchErasureRequest,
+    responses((status = 202, body = Job), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)))]
+async fn erasure_batch(State(s): State<AppState>, p: Principal, AppJson(req): AppJson<BatchErasureRequest>) -> Result<Response, Error> {
+    s.authorize(&p, Permission::DsrErasure, None, None).await?;
+    let inst = InstitutionId::parse(&req.institution)?;
+    s.authorize(&p, Permission::DsrErasure, Some(inst.as_str()), None).await?;
+    let d = dsr(&s)?;
+    if req.subjects.is_empty() {
+        return Err(Error::bad_request("empty_batch", "subjects must not be empty"));
+    }
+    if req.subjects.len() > s.limits.batch_items {
+        return Err(Error::too_large("batch_too_large", format!("a batch erasure holds at most {} subjects", s.limits.batch_items)));
+    }
+    if let Some(r) = &req.reference {
+        let ok = !r.is_empty() && r.len() <= 128 && r.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:/#-".contains(&b));
+        if !ok {
+            return Err(Error::bad_request("invalid_reference", "reference: 1-128 letters, digits or ._:/#- (a case number, never an identity)"));
+        }
+    }
+    let mut subjects = Vec::with_capacity(req.subjects.len());
+    for (i, subj) in req.subjects.iter().enumerate() {
+        let pseudonym = match (subj.pseudonym, &subj.external_id) {
+            (Some(ps), None) => Pseudonym::from_uuid(ps),
+            (None, Some(e)) => s
+                .vault
+                .lookup(&inst, &ExternalId::parse(e)?)
+                .await?
+                .ok_or_else(|| Error::not_found("unknown_learner", format!("subjects[{i}]: no learner with this external id in this institution")))?,
+            _ => return Err(Error::bad_request("invalid_subject", format!("subjects[{i}]: name it by `pseudonym` or by `external_id`"))),
+        };
+        match s.vault.subject(pseudonym).await? {
+            Subject::Active { institution } | Subject::Erased { institution, .. } if institution == inst.as_str() => {}
+            _ => return Err(Error::not_found("unknown_pseudonym", format!("subjects[{i}]: no such pseudonym in this institution"))),
+        }
+        subjects.push(pseudonym.as_uuid());
+    }
+    subjects.sort();
+    subjects.dedup();
+    let (job, _) = d
+        .submit(&Request {
+            kind: Kind::ErasureBatch,
+            pseudonym: Uuid::nil(),
+            institution: inst.as_str().to_owned(),
+            requested_by: p.sub.clone(),
+            roles: p.roles.clone(),
+            request_id: p.request_id,
+            reference: req.reference,
+            subjects,
+        })
+        .await?;
+    let mut resp = (StatusCode::ACCEPTED, Json(job.clone())).into_response();
+    resp.headers_mut().insert(header::LOCATION, HeaderValue::from_str(&format!("/v1/dsr/jobs/{}", job.id)).expect("ascii"));
+    Ok(resp)
 }
 
 /// Lift the suppression of an erased learner.
@@ -161,6 +240,7 @@ async fn submit(s: &AppState, p: &Principal, kind: Kind, req: DsrRequest) -> Res
             roles: p.roles.clone(),
             request_id: p.request_id,
             reference: req.reference,
+            subjects: Vec::new(),
         })
         .await?;
     let status = if created { StatusCode::ACCEPTED } else { StatusCode::OK };
@@ -282,7 +362,9 @@ async fn certificate(State(s): State<AppState>, p: Principal, Path(id): Path<Str
     let job = visible_job(&s, &p, Permission::DsrRead, &id).await?;
     match (&job.kind[..], job.result.as_ref().map(|r| r["certificate"].clone())) {
         ("erasure", Some(c)) if !c.is_null() => Ok(Json(c)),
-        ("erasure", _) => Err(Error::Conflict { code: "job_not_done", message: format!("the job is {}", job.state) }),
+        // A batch: `{pseudonym: signed certificate}`.
+        ("erasure_batch", _) if job.state == "done" => Ok(Json(job.result.as_ref().map(|r| r["certificates"].clone()).unwrap_or_default())),
+        ("erasure" | "erasure_batch", _) => Err(Error::Conflict { code: "job_not_done", message: format!("the job is {}", job.state) }),
         _ => Err(Error::not_found("no_certificate", "only erasure jobs have a certificate")),
     }
 }

@@ -118,6 +118,7 @@ pub async fn run(settings: Settings, cmd: DsrCommand) -> anyhow::Result<ExitCode
                 roles: vec!["cli".into()],
                 request_id: Uuid::new_v4(),
                 reference: subject.reference,
+                subjects: Vec::new(),
             })
             .await?;
         eprintln!("job {} ({}){}", job.id, job.kind, if created { "" } else { ": an existing request for this subject" });
@@ -142,13 +143,20 @@ pub async fn run(settings: Settings, cmd: DsrCommand) -> anyhow::Result<ExitCode
         Kind::Access => {
             let archive = result["archive"].as_str().unwrap_or_default();
             if let Some(out) = out {
-                std::fs::copy(archive, &out).with_context(|| format!("copying the archive to {}", out.display()))?;
+                // The archive is sealed at rest: decrypted into `out` (0600) for the operator who ran the request.
+                let master = crate::vault::keys::MasterKey::load(&settings)?;
+                let keys = crate::dsr::seal::ArchiveKeys::new(master);
+                let mut reader = crate::dsr::access::open_archive(std::path::Path::new(archive), &keys, job.id)
+                    .with_context(|| format!("opening the sealed archive {archive}"))?;
+                let mut file = crate::dsr::seal::create_private(&out).with_context(|| format!("creating {}", out.display()))?;
+                std::io::copy(&mut reader, &mut file).with_context(|| format!("decrypting the archive to {}", out.display()))?;
                 println!("{}", out.display());
             } else {
-                println!("{archive}");
+                println!("{archive} (sealed; pass --out to write the decrypted tar)");
             }
             eprintln!("sha256 {}", result["sha256"].as_str().unwrap_or_default());
         }
+        Kind::ErasureBatch => println!("{}", serde_json::to_string_pretty(&result["certificates"])?),
         Kind::Erasure => {
             let text = serde_json::to_string_pretty(&result["certificate"])?;
             match out {
