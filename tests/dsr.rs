@@ -624,3 +624,35 @@ async fn a_batch_erasure_erases_many_subjects_in_one_pass_with_a_certificate_eac
     assert_eq!(app.count("SELECT count(*) FROM audit_log WHERE action = 'dsr.erasure_batch.complete'").await, 1);
     assert_eq!(app.verify().await["intact"], json!(true));
 }
+
+#[tokio::test]
+async fn the_cli_erases_a_file_of_subjects_as_one_batch() {
+    let spine = common::spine::Spine::new(false).await;
+    let app = &spine.app;
+    let a = app.issue("uni-a", "S-CSV-1", json!({"name": "One"})).await;
+    let b = app.issue("uni-a", "S-CSV-2", json!({"name": "Two"})).await;
+    let keep = app.issue("uni-a", "S-CSV-3", json!({"name": "Three"})).await;
+    let dir = std::env::temp_dir().join(format!("lv-cli-batch-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let csv = dir.join("subjects.csv");
+    std::fs::write(&csv, format!("external_id\nS-CSV-1\n{b}\n")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_learnvault"))
+        .args(["dsr", "erase", "--institution", "uni-a", "--reference", "COHORT-7", "--file", csv.to_str().unwrap()])
+        .envs(spine.child_env())
+        .env("LEARNVAULT_MASTER_KEY", secrecy::ExposeSecret::expose_secret(&app.master.to_base64()))
+        .env("LEARNVAULT_ARCHIVE_DIR", dir.join("archives"))
+        .env("LEARNVAULT_AUDIT_CHECKPOINT_DIR", dir.join("checkpoints"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let certs: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let key = learnvault::dsr::certificate::Signer::derive(&app.master).public_key();
+    for p in [&a, &b] {
+        let body = learnvault::dsr::certificate::verify(&certs[p.as_str()], &key).expect("signed");
+        assert_eq!(body["reference"], "COHORT-7");
+        assert_eq!(app.count(&format!("SELECT count(*) FROM learners WHERE pseudonym = '{p}'")).await, 0);
+    }
+    assert_eq!(certs.as_object().unwrap().len(), 2);
+    assert_eq!(app.count(&format!("SELECT count(*) FROM learners WHERE pseudonym = '{keep}'")).await, 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
