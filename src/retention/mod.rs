@@ -164,6 +164,20 @@ pub async fn verify_postgres(report: &mut Report, pool: &PgPool, policy: &Policy
             sqlx::query_scalar(&format!("SELECT min({column}) FROM {table}")).fetch_one(pool).await?;
         tables_push(report, format!("postgres:{table}"), format!("purge {column} older than {} days", tp.days), oldest, limit);
     }
+    if let Some(tp) = policy.postgres.get("audit_log") {
+        // The audit log is pruned (below a signed checkpoint) with the period the owner set in
+        // `audit_retention`, which must equal the policy.
+        let live: Option<i32> = sqlx::query_scalar("SELECT days FROM audit_retention").fetch_optional(pool).await?;
+        report.tables.push(TableReport {
+            table: "postgres:audit_retention".into(),
+            expected_ttl: format!("{} days", tp.days),
+            live_ttl: Some(live.map_or("unset".into(), |d| format!("{d} days"))),
+            ttl_ok: live.is_some_and(|d| d as u32 == tp.days),
+            oldest: None,
+            limit: format!("{} days", tp.days),
+            rows_ok: true,
+        });
+    }
     if let Some(a) = &policy.archives {
         let limit = now - Duration::days(i64::from(a.days) + i64::from(policy.grace_days));
         let mut oldest: Option<chrono::DateTime<Utc>> = None;
