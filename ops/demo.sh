@@ -17,7 +17,10 @@ cargo build --quiet
 dropdb -h 127.0.0.1 -U postgres --if-exists learnvault_demo
 run=$(date +%s)
 chdb_dir="${TMPDIR:-/tmp}/learnvault-demo-chdb"
-rm -rf "$chdb_dir"
+rm -rf "$chdb_dir" "$chdb_dir.audit-checkpoints"
+# A fresh database is a new audit chain: it gets a fresh checkpoint store (an old
+# store's checkpoints would rightly report the previous chain as truncated).
+export LEARNVAULT_AUDIT_CHECKPOINT_DIR="$chdb_dir.audit-checkpoints"
 export LEARNVAULT_DATABASE_URL="postgres://learnvault_app@127.0.0.1:5432/learnvault_demo"
 export LEARNVAULT_ADMIN_DATABASE_URL="postgres://postgres@127.0.0.1:5432/learnvault_demo"
 export LEARNVAULT_LISTEN="${LEARNVAULT_LISTEN:-127.0.0.1:8080}"
@@ -32,7 +35,8 @@ target/debug/learnvault demo --spine --tamper "$@"
 # The live part: its own database, engine directory and topics (the walkthrough left a tampered chain).
 dropdb -h 127.0.0.1 -U postgres --if-exists learnvault_demo_live
 live_dir="${TMPDIR:-/tmp}/learnvault-demo-live-chdb"
-rm -rf "$live_dir"
+rm -rf "$live_dir" "$live_dir.audit-checkpoints"
+export LEARNVAULT_AUDIT_CHECKPOINT_DIR="$live_dir.audit-checkpoints"
 export LEARNVAULT_DATABASE_URL="postgres://learnvault_app@127.0.0.1:5432/learnvault_demo_live"
 export LEARNVAULT_ADMIN_DATABASE_URL="postgres://postgres@127.0.0.1:5432/learnvault_demo_live"
 export LEARNVAULT_CLICKHOUSE_URL="chdb://$live_dir"

@@ -41,7 +41,10 @@ pub async fn build_state(settings: &Settings) -> anyhow::Result<AppState> {
         anyhow::bail!("production mode requires LEARNVAULT_JWKS_FILE (RS256/EdDSA keys); HS256 development tokens are refused");
     }
     let pool = crate::db::connect(settings).context("connecting to PostgreSQL as the runtime role")?;
+    let anchor = crate::audit::checkpoint::Anchor::derive(&master, settings.audit_checkpoint_path());
+    std::fs::create_dir_all(anchor.dir()).with_context(|| format!("creating the audit checkpoint store {}", anchor.dir().display()))?;
     Ok(AppState {
+        anchor: Arc::new(anchor),
         vault: Vault::new(pool.clone(), master, settings.issue_writers),
         audit: Recorder::spawn(pool.clone()),
         pool,
@@ -88,10 +91,13 @@ pub fn with_warehouse(mut state: AppState, settings: &Settings, warehouse: Wareh
         topics: crate::topics::specs_with(settings, &retention),
         retention,
         archive_dir: settings.archive_path(),
+        archive_keys: crate::dsr::seal::ArchiveKeys::new(master.clone()),
+        export_page_rows: settings.dsr_export_page_rows.max(1),
+        erasure_policy: crate::dsr::policy::ErasurePolicy::load(dir).context("loading the erasure policy")?,
         signer: crate::dsr::certificate::Signer::derive(&master),
         settle: std::time::Duration::from_millis(settings.governance_cache_ms + settings.lander_batch_ms),
     };
-    std::fs::create_dir_all(&dsr.archive_dir).with_context(|| format!("creating {}", dsr.archive_dir.display()))?;
+    crate::dsr::seal::create_private_dir(&dsr.archive_dir).with_context(|| format!("creating {}", dsr.archive_dir.display()))?;
     let serve_config = crate::serve::Config::load(dir).context("loading the disclosure policy")?;
     state.serve = Some(Arc::new(crate::serve::Serve::new(warehouse.clone(), serve_config)?));
     state.warehouse = Some(warehouse);

@@ -100,6 +100,13 @@ pub struct Settings {
     pub jobs_enabled: bool,
     /// Where subject-access archives are written (default: beside the data directory).
     pub archive_dir: Option<PathBuf>,
+    /// The audit checkpoint store: signed heads of the audit chain, outside PostgreSQL
+    /// (default: `audit-checkpoints` under the data directory).
+    pub audit_checkpoint_dir: Option<PathBuf>,
+    /// `serve` signs a checkpoint of the audit chain's head this often.
+    pub audit_checkpoint_interval_secs: u64,
+    /// Rows per ClickHouse page when subject access exports a table (memory bound).
+    pub dsr_export_page_rows: u64,
 }
 
 impl Default for Settings {
@@ -143,6 +150,9 @@ impl Default for Settings {
             ingest_max_events: 5_000,
             jobs_enabled: true,
             archive_dir: None,
+            audit_checkpoint_dir: None,
+            audit_checkpoint_interval_secs: 300,
+            dsr_export_page_rows: 50_000,
         }
     }
 }
@@ -190,6 +200,11 @@ impl Settings {
     /// Subject-access archives: configured, or under the data home.
     pub fn archive_path(&self) -> PathBuf {
         self.archive_dir.clone().unwrap_or_else(|| Self::data_home().join("learnvault").join("dsr-archives"))
+    }
+
+    /// The audit checkpoint store: configured, or under the data home.
+    pub fn audit_checkpoint_path(&self) -> PathBuf {
+        self.audit_checkpoint_dir.clone().unwrap_or_else(|| Self::data_home().join("learnvault").join("audit-checkpoints"))
     }
 
     /// Where the development master key lives when none is configured.

@@ -56,19 +56,29 @@ pub struct Governance {
     ttl: Duration,
     analytics_default: bool,
     cache: std::sync::Mutex<HashMap<Uuid, (Standing, Instant)>>,
+    /// Bumped by [`Governance::clear`]: an answer fetched before a clear is not cached after it.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Governance {
     pub fn new(pool: PgPool, ttl: Duration, analytics_default: bool) -> Self {
-        Governance { pool, ttl, analytics_default, cache: std::sync::Mutex::new(HashMap::new()) }
+        Governance { pool, ttl, analytics_default, cache: std::sync::Mutex::new(HashMap::new()), generation: Default::default() }
+    }
+
+    /// Forget every cached answer (an erasure happened: see [`crate::fence`]).
+    pub fn clear(&self) {
+        let mut cache = self.cache.lock().expect("governance cache");
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        cache.clear();
     }
 
     /// Standing of every pseudonym in `ids`, with one query for the cache misses.
     pub async fn standings(&self, ids: impl IntoIterator<Item = Uuid>) -> Result<HashMap<Uuid, Standing>, sqlx::Error> {
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
         let (mut out, misses) = self.cached(ids);
         if !misses.is_empty() {
             let fetched = fetch(&self.pool, &misses, self.analytics_default).await?;
-            self.remember(&fetched);
+            self.remember_if(&fetched, generation);
             out.extend(fetched);
         }
         Ok(out)
@@ -98,9 +108,18 @@ impl Governance {
     }
 
     /// Cache fetched standings.
+    #[cfg(test)]
     fn remember(&self, fetched: &[(Uuid, Standing)]) {
+        self.remember_if(fetched, self.generation.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    /// Cache fetched standings, unless the cache was cleared since `generation` (the fetch may predate an erasure).
+    fn remember_if(&self, fetched: &[(Uuid, Standing)], generation: u64) {
         let now = Instant::now();
         let mut cache = self.cache.lock().expect("governance cache");
+        if self.generation.load(std::sync::atomic::Ordering::SeqCst) != generation {
+            return;
+        }
         for (id, s) in fetched {
             cache.insert(*id, (s.clone(), now));
         }

@@ -25,6 +25,8 @@
 //! - [`dsr`]: subject access and erasure jobs (map-driven), archives, signed erasure certificates.
 //! - [`gateway`]: event and xAPI ingest, pseudonymisation at the gate.
 //! - [`governance`]: may an event land (vault standing, consent, protected attributes); shared by the gateway and the lander.
+//! - [`fence`]: erasure fences the landers (epoch in PostgreSQL, acknowledged by every live lander); shared by the lander and erasure.
+//! - [`redact`]: identifiers out of dead letters (emails, phones, the request's external ids, xAPI actors), path and reason kept; shared by the gateway and the lander.
 //! - [`topics`]: the events and dead-letter topics, created with their retention from policy; live configs for `retention verify`.
 //! - [`envelope`]: the `learning-events` record contract (single events or per-partition envelopes, murmur2 partitions).
 //! - [`datamap`]: the map of every store holding learner data, checked against the live schemas.
@@ -53,10 +55,12 @@ pub mod db;
 pub mod domain;
 pub mod dsr;
 pub mod envelope;
+pub mod fence;
 pub mod gateway;
 pub mod governance;
 pub mod lander;
 pub mod policy;
+pub mod redact;
 pub mod retention;
 pub mod serve;
 pub mod sim;

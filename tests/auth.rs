@@ -149,3 +149,37 @@ async fn production_mode_refuses_to_start_without_a_configured_key() {
     assert!(!dir.join("learnvault/dev-master.key").exists(), "no key generated in production");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test]
+async fn production_never_loads_a_development_key_file_lying_around() {
+    let dir = std::env::temp_dir().join(format!("lv-home-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(dir.join("learnvault")).unwrap();
+    // A development key file at the default path (a developer's leftover, or planted).
+    let dev = learnvault::vault::keys::MasterKey::generate();
+    std::fs::write(dir.join("learnvault/dev-master.key"), secrecy::ExposeSecret::expose_secret(&dev.to_base64())).unwrap();
+    let run = |env: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_learnvault"))
+            .args(["serve"])
+            .env("LEARNVAULT_ENV", env)
+            .env("XDG_DATA_HOME", &dir)
+            .env("LEARNVAULT_LISTEN", "127.0.0.1:0")
+            .env("LEARNVAULT_DATABASE_URL", "postgres://learnvault_app@127.0.0.1:5432/lv_never")
+            .env("LEARNVAULT_ADMIN_DATABASE_URL", format!("{}/lv_prod_refusal_{}", common::PG, uuid::Uuid::new_v4().simple()))
+            .env("LEARNVAULT_POLICY_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/policies"))
+            .env("LEARNVAULT_JWKS_FILE", "/nonexistent/jwks.json")
+            .env_remove("LEARNVAULT_MASTER_KEY")
+            .env_remove("LEARNVAULT_MASTER_KEY_FILE")
+            .output()
+            .unwrap()
+    };
+    let out = run("production");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("production mode requires LEARNVAULT_MASTER_KEY"), "the development key file was loaded: {err}");
+    // The same file is what development uses (so the refusal above is production's, not a missing file):
+    // development gets past the key and fails later, on the JWKS file.
+    let out = run("development");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("requires LEARNVAULT_MASTER_KEY") && !err.contains("master key"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}

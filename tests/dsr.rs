@@ -385,3 +385,274 @@ async fn subject_access_exports_more_than_one_page_completely_across_tied_sortin
     assert_eq!(events.lines().count(), 60_000);
     assert_eq!(ids.len(), 60_000, "every event exactly once");
 }
+
+#[tokio::test]
+async fn an_access_archive_is_sealed_at_rest_and_does_not_outlive_the_erasure() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = TestApp::spawn_with_warehouse().await;
+    let a = app.issue("uni-a", "S-A", json!({"name": "Ada Lovelace", "email": "ada@example.edu"})).await;
+    land(&app, &a, "c1", 5, &["content.start"]).await;
+    let (s, job) = app.post("/v1/dsr/access", &app.dpo("uni-a"), json!({"pseudonym": a})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{job}");
+    let access = job["id"].as_str().unwrap().to_owned();
+    let job = wait_job(&app, &access).await;
+    assert_eq!(job["state"], "done", "{job}");
+
+    // At rest: 0600, sealed (the identity is not in the file), the directory 0700.
+    let path = std::path::PathBuf::from(job["result"]["archive"].as_str().unwrap());
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
+    let at_rest = std::fs::read(&path).unwrap();
+    for needle in ["ada@example.edu", "Ada Lovelace", "manifest.json", a.as_str()] {
+        assert!(!at_rest.windows(needle.len()).any(|w| w == needle.as_bytes()), "{needle} readable at rest");
+    }
+    // Nothing else is left in the archive directory (no plaintext staging).
+    let names: Vec<String> = std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, vec![path.file_name().unwrap().to_string_lossy().into_owned()]);
+
+    // Streamed decrypted to the DPO: a tar with the identity, matching the recorded hash.
+    let resp = app.client.get(format!("{}/v1/dsr/jobs/{access}/archive", app.base)).bearer_auth(app.dpo("uni-a")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let bytes = resp.bytes().await.unwrap();
+    assert_eq!(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)), job["result"]["sha256"].as_str().unwrap());
+    let mut identity = String::new();
+    for entry in tar::Archive::new(&bytes[..]).entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.path().unwrap().display().to_string() == "identity.json" {
+            entry.read_to_string(&mut identity).unwrap();
+        }
+    }
+    assert!(identity.contains("ada@example.edu"), "{identity}");
+
+    // Erasure deletes the archive and says so; the download answers 410 `erased`.
+    let (s, er) = app.post("/v1/dsr/erasure", &app.dpo("uni-a"), json!({"pseudonym": a})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{er}");
+    let er = wait_job(&app, er["id"].as_str().unwrap()).await;
+    assert_eq!(er["state"], "done", "{er}");
+    assert!(!path.exists(), "the access archive outlived the erasure");
+    let (s, v) = app.get(&format!("/v1/dsr/jobs/{access}/archive"), &app.dpo("uni-a")).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::GONE, Some("erased")), "{v}");
+    let cert = &er["result"]["certificate"]["certificate"];
+    assert_eq!(cert["access_archives"]["jobs"], json!([access]), "{cert}");
+    assert_eq!(cert["access_archives"]["remaining"], json!(0), "{cert}");
+    assert!(cert["access_archives"]["files_deleted"].as_u64().unwrap() >= 1, "{cert}");
+}
+
+#[tokio::test]
+async fn subject_access_is_a_snapshot_at_the_job_start_under_concurrent_inserts() {
+    let app = std::sync::Arc::new(TestApp::spawn_with_warehouse_tweaked(|s| s.dsr_export_page_rows = 500).await);
+    let a = app.issue("uni-a", "S-SNAP", json!({})).await;
+    // 3,000 rows before the job (many pages), plus rows stored three times over, identical in every column.
+    land(&app, &a, "c1", 1_500, &["session.heartbeat", "content.view"]).await;
+    // (One block: identical blocks are deduplicated on insert.)
+    app.warehouse()
+        .execute(
+            "INSERT INTO events.learning_events (server_ts, client_ts, event_id, event_version, event_type, learner_id, session_id,
+                 course_id, content_id, cohort_id, institution_id, position_sec, props)
+             SELECT toDateTime64('2026-01-05 10:00:00.000', 3, 'UTC'), toDateTime64('2026-01-05 10:00:00.000', 3, 'UTC'),
+                    toUUID('00000000-0000-4000-8000-000000000001'), '2.3', 'content.view',
+                    {l:UUID}, 's-1', 'cs101', 'video-7', 'c1', 'uni-a', 1, map() FROM numbers(3)",
+            &[("l", a.clone())],
+        )
+        .await
+        .unwrap();
+    let mut expected: Vec<(String, String)> = app
+        .warehouse()
+        .query("SELECT toString(event_id) AS id, event_type AS t FROM events.learning_events WHERE learner_id = {p:UUID}", &[("p", a.clone())])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r["id"].as_str().unwrap().to_owned(), r["t"].as_str().unwrap().to_owned()))
+        .collect();
+    expected.sort();
+    assert_eq!(expected.len(), 3_003);
+
+    // While the job runs, the learner's events keep landing: some sort before every existing row
+    // (cohort c0), some after (c9); all stamped after the job started.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (s, job) = app.post("/v1/dsr/access", &app.dpo("uni-a"), json!({"pseudonym": a})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{job}");
+    let inserter = {
+        let (app, a, stop) = (app.clone(), a.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for cohort in ["c0", "c9"] {
+                    app.warehouse()
+                        .execute(
+                            "INSERT INTO events.learning_events (server_ts, client_ts, event_id, event_version, event_type, learner_id, session_id,
+                                 course_id, content_id, cohort_id, institution_id, position_sec, props)
+                             SELECT now64(3), now64(3), generateUUIDv4(), '2.3', 'session.heartbeat', {l:UUID}, 's-2', 'cs101', 'video-7', {c:String},
+                                    'uni-a', 1, map() FROM numbers(50)",
+                            &[("l", a.clone()), ("c", cohort.to_owned())],
+                        )
+                        .await
+                        .unwrap();
+                    n += 50;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            n
+        })
+    };
+    let id = job["id"].as_str().unwrap().to_owned();
+    let job = wait_job(&app, &id).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let inserted = inserter.await.unwrap();
+    assert_eq!(job["state"], "done", "{job}");
+    assert!(inserted > 0);
+
+    let resp = app.client.get(format!("{}/v1/dsr/jobs/{id}/archive", app.base)).bearer_auth(app.dpo("uni-a")).send().await.unwrap();
+    let bytes = resp.bytes().await.unwrap();
+    let mut events = String::new();
+    for entry in tar::Archive::new(&bytes[..]).entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.path().unwrap().display().to_string() == "clickhouse/events.learning_events.jsonl" {
+            entry.read_to_string(&mut events).unwrap();
+        }
+    }
+    let mut got: Vec<(String, String)> = events
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|v| (v["event_id"].as_str().unwrap().to_owned(), v["event_type"].as_str().unwrap().to_owned()))
+        .collect();
+    got.sort();
+    let missing: Vec<_> = expected.iter().filter(|e| !got.contains(e)).take(5).collect();
+    let extra: Vec<_> = got.iter().filter(|e| !expected.contains(e)).take(5).collect();
+    assert_eq!(got.len(), expected.len(), "{inserted} rows inserted during the export; missing {missing:?}, extra {extra:?}");
+    assert_eq!(got, expected, "exactly the rows stored when the job started, duplicates included");
+    assert!(!events.contains("__lv_row_hash"));
+}
+
+#[tokio::test]
+async fn the_subjects_dead_letters_are_in_its_access_archive_and_the_certificate_says_until_when_they_remain() {
+    let app = TestApp::spawn_with_warehouse().await;
+    let gw = app.gateway(app.settings.clone()).await;
+    let a = app.issue("uni-a", "S-DL", json!({})).await;
+    // Refused at the gate (a protected attribute): dead-lettered, keyed by the pseudonym.
+    let ev = json!({
+        "event_id": uuid::Uuid::new_v4(), "event_version": "2.3", "event_type": "content.view", "learner_id": a,
+        "session_id": "s-1", "course_id": "cs101", "content_id": "video-1", "cohort_id": "c1",
+        "institution_id": "uni-a", "position_sec": 12, "client_ts": chrono::Utc::now().timestamp_millis(), "props": {"gender": "f"}
+    });
+    let (s, v) = gw.post("/v1/events", &gw.lms("uni-a"), json!([ev])).await;
+    assert_eq!((s, v["rejected"].as_u64()), (StatusCode::OK, Some(1)), "{v}");
+
+    let (_, job) = app.post("/v1/dsr/access", &app.dpo("uni-a"), json!({"pseudonym": a})).await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    let job = wait_job(&app, &id).await;
+    assert_eq!(job["state"], "done", "{job}");
+    let resp = app.client.get(format!("{}/v1/dsr/jobs/{id}/archive", app.base)).bearer_auth(app.dpo("uni-a")).send().await.unwrap();
+    let bytes = resp.bytes().await.unwrap();
+    let mut files = BTreeMap::new();
+    for entry in tar::Archive::new(&bytes[..]).entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().display().to_string();
+        let mut data = String::new();
+        entry.read_to_string(&mut data).unwrap();
+        files.insert(name, data);
+    }
+    let dl = &files["kafka/learning-events.dlq.jsonl"];
+    assert_eq!(dl.lines().count(), 1, "{dl}");
+    let rec: Value = serde_json::from_str(dl.lines().next().unwrap()).unwrap();
+    assert_eq!(rec["reason"], "protected_attribute");
+    assert_eq!(rec["payload"]["learner_id"], json!(a));
+    let manifest: Value = serde_json::from_str(&files["manifest.json"]).unwrap();
+    let store = manifest["stores"].as_array().unwrap().iter().find(|s| s["store"] == "kafka:learning-events.dlq").unwrap();
+    assert_eq!(store["rows"], json!(1), "{store}");
+
+    let (_, er) = app.post("/v1/dsr/erasure", &app.dpo("uni-a"), json!({"pseudonym": a})).await;
+    let er = wait_job(&app, er["id"].as_str().unwrap()).await;
+    assert_eq!(er["state"], "done", "{er}");
+    let cert = &er["result"]["certificate"]["certificate"];
+    let dlq = cert["residual_copies"].as_array().unwrap().iter().find(|r| r["store"] == "kafka:learning-events.dlq").unwrap();
+    assert_eq!(dlq["records_keyed_by_subject"], json!(1), "{dlq}");
+    assert_eq!(dlq["topic"], json!(app.settings.dlq_topic));
+    // 14 days of retention plus at most a day until the segment rolls.
+    let until = chrono::DateTime::parse_from_rfc3339(dlq["until"].as_str().unwrap()).unwrap();
+    let days = (until.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_hours() as f64 / 24.0;
+    assert!((14.5..=15.1).contains(&days), "{dlq}");
+}
+
+#[tokio::test]
+async fn a_batch_erasure_erases_many_subjects_in_one_pass_with_a_certificate_each() {
+    let app = TestApp::spawn_with_warehouse().await;
+    let a = app.issue("uni-a", "S-A", json!({"name": "Ada"})).await;
+    let b = app.issue("uni-a", "S-B", json!({"name": "Bob"})).await;
+    let c = app.issue("uni-a", "S-C", json!({"name": "Cy"})).await;
+    let types = ["content.start", "content.complete", "session.heartbeat"];
+    land(&app, &a, "c1", 10, &types).await;
+    land(&app, &b, "c1", 10, &types).await;
+    land(&app, &c, "c1", 10, &types).await;
+    assert_eq!(num(&dashboards(&app).await["funnel"][0]["enrolled"]), 3);
+
+    let dpo = app.dpo("uni-a");
+    let (s, v) = app.post("/v1/dsr/erasure/batch", &app.dpo("uni-b"), json!({"institution": "uni-a", "subjects": [{"pseudonym": a}]})).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    let (s, v) = app.post("/v1/dsr/erasure/batch", &dpo, json!({"institution": "uni-a", "subjects": [{"pseudonym": a}, {"external_id": "S-NOPE"}]})).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("unknown_learner")), "{v}");
+    let (s, job) = app
+        .post("/v1/dsr/erasure/batch", &dpo, json!({"institution": "uni-a", "subjects": [{"pseudonym": a}, {"external_id": "S-B"}], "reference": "COHORT-2026"}))
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{job}");
+    assert_eq!(job["kind"], "erasure_batch");
+    assert_eq!(job["progress"]["subjects"].as_array().unwrap().len(), 2, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    let job = wait_job(&app, &id).await;
+    assert_eq!(job["state"], "done", "{job}");
+
+    for p in [&a, &b] {
+        assert_eq!(ch(&app, "SELECT count() AS n FROM events.learning_events WHERE learner_id = {p:UUID}", p).await, 0);
+        assert_eq!(app.count(&format!("SELECT count(*) FROM learners WHERE pseudonym = '{p}'")).await, 0);
+        assert_eq!(app.count(&format!("SELECT count(*) FROM tombstones WHERE pseudonym = '{p}'")).await, 1);
+    }
+    assert_eq!(ch(&app, "SELECT count() AS n FROM events.learning_events WHERE learner_id = {p:UUID}", &c).await, 30);
+    assert_eq!(num(&dashboards(&app).await["funnel"][0]["enrolled"]), 1, "rollups recomputed once for both");
+
+    // One certificate per subject, each signed and naming its own subject and counts.
+    let (s, certs) = app.get(&format!("/v1/dsr/jobs/{id}/certificate"), &app.auditor()).await;
+    assert_eq!(s, StatusCode::OK, "{certs}");
+    let (_, key) = app.send("GET", "/v1/dsr/certificate-key", None, None).await;
+    let key = key["public_key"].as_str().unwrap();
+    for p in [&a, &b] {
+        let body = learnvault::dsr::certificate::verify(&certs[p.as_str()], key).expect("valid signature");
+        assert_eq!(body["subject"]["pseudonym"], json!(p));
+        let events = body["stores"].as_array().unwrap().iter().find(|s| s["store"] == "clickhouse:events.learning_events").unwrap().clone();
+        assert_eq!((events["rows_before"].clone(), events["rows_after"].clone()), (json!(30), json!(0)), "{body}");
+    }
+    assert_eq!(app.count("SELECT count(*) FROM audit_log WHERE action = 'dsr.erasure_batch.complete'").await, 1);
+    assert_eq!(app.verify().await["intact"], json!(true));
+}
+
+#[tokio::test]
+async fn the_cli_erases_a_file_of_subjects_as_one_batch() {
+    let spine = common::spine::Spine::new(false).await;
+    let app = &spine.app;
+    let a = app.issue("uni-a", "S-CSV-1", json!({"name": "One"})).await;
+    let b = app.issue("uni-a", "S-CSV-2", json!({"name": "Two"})).await;
+    let keep = app.issue("uni-a", "S-CSV-3", json!({"name": "Three"})).await;
+    let dir = std::env::temp_dir().join(format!("lv-cli-batch-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let csv = dir.join("subjects.csv");
+    std::fs::write(&csv, format!("external_id\nS-CSV-1\n{b}\n")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_learnvault"))
+        .args(["dsr", "erase", "--institution", "uni-a", "--reference", "COHORT-7", "--file", csv.to_str().unwrap()])
+        .envs(spine.child_env())
+        .env("LEARNVAULT_MASTER_KEY", secrecy::ExposeSecret::expose_secret(&app.master.to_base64()))
+        .env("LEARNVAULT_ARCHIVE_DIR", dir.join("archives"))
+        .env("LEARNVAULT_AUDIT_CHECKPOINT_DIR", dir.join("checkpoints"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let certs: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let key = learnvault::dsr::certificate::Signer::derive(&app.master).public_key();
+    for p in [&a, &b] {
+        let body = learnvault::dsr::certificate::verify(&certs[p.as_str()], &key).expect("signed");
+        assert_eq!(body["reference"], "COHORT-7");
+        assert_eq!(app.count(&format!("SELECT count(*) FROM learners WHERE pseudonym = '{p}'")).await, 0);
+    }
+    assert_eq!(certs.as_object().unwrap().len(), 2);
+    assert_eq!(app.count(&format!("SELECT count(*) FROM learners WHERE pseudonym = '{keep}'")).await, 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -271,3 +271,58 @@ async fn broker_outage_answers_503_with_retry_and_recovers() {
     }
     assert!(ok, "the gateway did not recover after the broker came back");
 }
+
+#[tokio::test]
+async fn identifiers_in_refused_events_never_reach_the_dead_letter_topic() {
+    let spine = Spine::new(true).await;
+    let gw = spine.app.gateway(spine.settings.clone()).await;
+    let lander = spine.start_lander().await;
+    let lms = gw.lms("uni-a");
+    let known = gw.issue("uni-a", "S-KNOWN-001", json!({})).await;
+
+    // At the gateway: a learner_id that is an email; an extra `email` field; a phone number and
+    // the request's own external id tucked into props of a refused (unknown field) event.
+    let mut email_as_id = event(json!("ada@example.org"), "content.view");
+    email_as_id["learner_id"] = json!("ada@example.org");
+    let mut extra_field = event(json!(known), "content.view");
+    extra_field["email"] = json!("grace@example.org");
+    let mut props = event(json!({"institution": "uni-a", "external_id": "S-SECRET-9981"}), "content.view");
+    props["props"] = json!({"note": "call +44 20 7946 0958", "student": "S-SECRET-9981"});
+    props["nickname_field"] = json!("x");
+    let (s, v) = gw.post("/v1/events", &lms, json!([email_as_id, extra_field, props])).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["rejected"], json!(3), "{v}");
+
+    // At the lander: a third-party producer sends a record keyed by an email, with an email learner_id.
+    let mut raw = common::spine::event("hedy@example.org", "content.view", "cs101", "c1", "uni-a");
+    raw["props"] = json!({"contact": "hedy@example.org"});
+    spine.produce_raw("hedy@example.org", &serde_json::to_vec(&raw).unwrap()).await;
+
+    // Read back every dead letter with a Kafka consumer: no address, phone or external id anywhere
+    // (payload, detail or key); the paths and reasons of what was redacted are kept.
+    let dl = spine.dead_letters(4, Duration::from_secs(20)).await;
+    assert_eq!(dl.len(), 4, "{dl:?}");
+    let records = spine.records(&spine.settings.dlq_topic, Duration::from_secs(2)).await;
+    assert_eq!(records.len(), 4);
+    for (k, v) in &records {
+        let text = format!("{}\t{}", String::from_utf8_lossy(k), String::from_utf8_lossy(v));
+        for secret in ["ada@example.org", "grace@example.org", "hedy@example.org", "7946 0958", "S-SECRET-9981"] {
+            assert!(!text.contains(secret), "{secret} in a dead letter: {text}");
+        }
+    }
+    let paths: Vec<(String, String)> = dl
+        .iter()
+        .flat_map(|d| d["redacted"].as_array().cloned().unwrap_or_default())
+        .map(|r| (r["path"].as_str().unwrap().to_owned(), r["reason"].as_str().unwrap().to_owned()))
+        .collect();
+    for want in [("$.learner_id", "not_a_pseudonym"), ("$.email", "identifier_field"), ("$.props.note", "phone"), ("$.props.student", "external_id"), ("$.props.contact", "email")] {
+        assert!(paths.iter().any(|(p, r)| p == want.0 && r == want.1), "{want:?} not in {paths:?}");
+    }
+    // Keyed by the pseudonym when one is known, else no key.
+    let keys: Vec<&Value> = dl.iter().map(|d| &d["_key"]).collect();
+    let secret = gw.issue("uni-a", "S-SECRET-9981", json!({})).await;
+    assert_eq!(keys.iter().filter(|k| **k == &json!(known)).count(), 1, "{keys:?}");
+    assert_eq!(keys.iter().filter(|k| **k == &json!(secret)).count(), 1, "{keys:?}");
+    assert_eq!(keys.iter().filter(|k| k.is_null()).count(), 2, "{keys:?}");
+    lander.stop().await;
+}

@@ -14,7 +14,7 @@ use crate::domain::Pseudonym;
 use crate::policy::Permission;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list)).routes(routes!(verify))
+    OpenApiRouter::new().routes(routes!(list)).routes(routes!(verify)).routes(routes!(checkpoint))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -90,14 +90,49 @@ async fn list(State(s): State<AppState>, p: Principal, AppQuery(q): AppQuery<Lis
     Ok(Json(ListResponse { entries, next_after }))
 }
 
-/// Recompute the whole hash chain and report the first broken sequence number.
+/// Recompute the whole hash chain, check it against the signed checkpoints
+/// (a truncated tail or a rewritten-and-rehashed chain fails, naming what is
+/// missing) and report the first broken sequence number; when intact, the head
+/// is signed into a new checkpoint.
 #[utoipa::path(get, path = "/v1/audit/verify", tag = "audit",
     responses((status = 200, body = Verification), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn verify(State(s): State<AppState>, p: Principal) -> Result<Json<Verification>, Error> {
     s.authorize(&p, Permission::AuditVerify, None, None).await?;
-    let v = audit::verify(&s.pool).await.map_err(Error::from)?;
+    let v = audit::verify_anchored(&s.pool, &s.anchor).await.map_err(Error::from)?;
     if !v.intact {
-        tracing::error!(first_broken_seq = ?v.first_broken_seq, reason = ?v.reason, "AUDIT CHAIN BROKEN");
+        tracing::error!(first_broken_seq = ?v.first_broken_seq, reason = ?v.reason, detail = ?v.detail, "AUDIT CHAIN BROKEN");
     }
     Ok(Json(v))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CheckpointResponse {
+    /// `{"checkpoint": {type, seq, hash, at, signed_at}, "signature": {algorithm, public_key, value}}`;
+    /// null while the log is empty.
+    #[schema(value_type = Object)]
+    checkpoint: Option<serde_json::Value>,
+    algorithm: &'static str,
+    /// Base64 of the raw Ed25519 public key that signs checkpoints (keep it with them).
+    public_key: String,
+}
+
+/// The latest signed checkpoint of the audit chain's head (signed now if the
+/// chain grew since, after checking the new rows chain onto the previous one).
+/// Keep them: `learnvault audit verify` checks the chain against them.
+#[utoipa::path(get, path = "/v1/audit/checkpoint", tag = "audit",
+    responses((status = 200, body = CheckpointResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn checkpoint(State(s): State<AppState>, p: Principal) -> Result<Json<CheckpointResponse>, Error> {
+    s.authorize(&p, Permission::AuditVerify, None, None).await?;
+    match audit::checkpoint_now(&s.pool, &s.anchor).await.map_err(Error::from)? {
+        Ok(doc) => Ok(Json(CheckpointResponse { checkpoint: doc, algorithm: "Ed25519", public_key: s.anchor.public_key() })),
+        Err(v) => Err(Error::Conflict {
+            code: "audit_chain_broken",
+            message: format!(
+                "the chain does not extend the latest checkpoint ({} at seq {}); not signing",
+                v.reason.as_deref().unwrap_or("broken"),
+                v.first_broken_seq.unwrap_or_default()
+            ),
+        }),
+    }
 }

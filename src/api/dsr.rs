@@ -8,7 +8,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-use tokio::io::AsyncReadExt;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -29,6 +28,137 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(archive))
         .routes(routes!(certificate))
         .routes(routes!(certificate_key))
+        .routes(routes!(lift_suppression))
+        .routes(routes!(erasure_batch))
+}
+
+/// One subject of a batch erasure: by pseudonym or by the LMS's external id.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSubject {
+    pseudonym: Option<Uuid>,
+    external_id: Option<String>,
+}
+
+/// Many subjects of one institution (a graduating cohort, a school leaving).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchErasureRequest {
+    institution: String,
+    subjects: Vec<BatchSubject>,
+    /// The DPO's case number (letters, digits, `._:/#-`; never an identity).
+    reference: Option<String>,
+}
+
+/// Erase many subjects of one institution in one job (DPO): one pass of
+/// deletes and aggregate recomputes for all of them, one signed certificate per
+/// subject (`result.certificates`, by pseudonym), progress in the job. 202 with
+/// the job; 404 `unknown_learner` naming the first subject not found.
+#[utoipa::path(post, path = "/v1/dsr/erasure/batch", tag = "dsr", request_body = BatchErasureRequest,
+    responses((status = 202, body = Job), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)))]
+async fn erasure_batch(State(s): State<AppState>, p: Principal, AppJson(req): AppJson<BatchErasureRequest>) -> Result<Response, Error> {
+    s.authorize(&p, Permission::DsrErasure, None, None).await?;
+    let inst = InstitutionId::parse(&req.institution)?;
+    s.authorize(&p, Permission::DsrErasure, Some(inst.as_str()), None).await?;
+    let d = dsr(&s)?;
+    if req.subjects.is_empty() {
+        return Err(Error::bad_request("empty_batch", "subjects must not be empty"));
+    }
+    if req.subjects.len() > s.limits.batch_items {
+        return Err(Error::too_large("batch_too_large", format!("a batch erasure holds at most {} subjects", s.limits.batch_items)));
+    }
+    if let Some(r) = &req.reference {
+        let ok = !r.is_empty() && r.len() <= 128 && r.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:/#-".contains(&b));
+        if !ok {
+            return Err(Error::bad_request("invalid_reference", "reference: 1-128 letters, digits or ._:/#- (a case number, never an identity)"));
+        }
+    }
+    let mut subjects = Vec::with_capacity(req.subjects.len());
+    for (i, subj) in req.subjects.iter().enumerate() {
+        let pseudonym = match (subj.pseudonym, &subj.external_id) {
+            (Some(ps), None) => Pseudonym::from_uuid(ps),
+            (None, Some(e)) => s
+                .vault
+                .lookup(&inst, &ExternalId::parse(e)?)
+                .await?
+                .ok_or_else(|| Error::not_found("unknown_learner", format!("subjects[{i}]: no learner with this external id in this institution")))?,
+            _ => return Err(Error::bad_request("invalid_subject", format!("subjects[{i}]: name it by `pseudonym` or by `external_id`"))),
+        };
+        match s.vault.subject(pseudonym).await? {
+            Subject::Active { institution } | Subject::Erased { institution, .. } if institution == inst.as_str() => {}
+            _ => return Err(Error::not_found("unknown_pseudonym", format!("subjects[{i}]: no such pseudonym in this institution"))),
+        }
+        subjects.push(pseudonym.as_uuid());
+    }
+    subjects.sort();
+    subjects.dedup();
+    let (job, _) = d
+        .submit(&Request {
+            kind: Kind::ErasureBatch,
+            pseudonym: Uuid::nil(),
+            institution: inst.as_str().to_owned(),
+            requested_by: p.sub.clone(),
+            roles: p.roles.clone(),
+            request_id: p.request_id,
+            reference: req.reference,
+            subjects,
+        })
+        .await?;
+    let mut resp = (StatusCode::ACCEPTED, Json(job.clone())).into_response();
+    resp.headers_mut().insert(header::LOCATION, HeaderValue::from_str(&format!("/v1/dsr/jobs/{}", job.id)).expect("ascii"));
+    Ok(resp)
+}
+
+/// Lift the suppression of an erased learner.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LiftRequest {
+    institution: String,
+    /// The LMS's learner id (matched through the tombstone's blind index, never stored).
+    external_id: String,
+    /// One of `suppression.lift_purposes` in `policies/erasure.yaml`.
+    purpose: String,
+    /// Why (1-2000 characters, recorded in the audit log; a case number, never an identity).
+    justification: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LiftResponse {
+    /// The erased pseudonyms whose suppression was lifted (the learner gets a new one when next seen).
+    lifted: Vec<Uuid>,
+}
+
+/// Lift the suppression after erasure of one learner (DPO, `dsr.erasure`): from
+/// now on the learner may be collected again under a new pseudonym. Purpose and
+/// justification required; audited. 404 `not_suppressed` when there is none.
+#[utoipa::path(post, path = "/v1/dsr/suppressions/lift", tag = "dsr", request_body = LiftRequest,
+    responses((status = 200, body = LiftResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn lift_suppression(State(s): State<AppState>, p: Principal, AppJson(req): AppJson<LiftRequest>) -> Result<Json<LiftResponse>, Error> {
+    s.authorize(&p, Permission::DsrErasure, None, None).await?;
+    let inst = InstitutionId::parse(&req.institution)?;
+    s.authorize(&p, Permission::DsrErasure, Some(inst.as_str()), None).await?;
+    let ext = ExternalId::parse(&req.external_id)?;
+    let d = dsr(&s)?;
+    if !d.erasure_policy.may_lift_for(&req.purpose) {
+        return Err(Error::bad_request("unknown_purpose", "purpose must be one of suppression.lift_purposes in policies/erasure.yaml"));
+    }
+    let j = req.justification.trim();
+    if j.is_empty() || j.chars().count() > 2000 {
+        return Err(Error::bad_request("justification_required", "a justification of 1-2000 characters is required"));
+    }
+    let mut entry = p.entry("suppression.lift", Some(inst.as_str()), None, Outcome::Success);
+    entry.purpose = Some(req.purpose.clone());
+    entry.justification = Some(j.to_owned());
+    let lifted = s.vault.lift_suppression(&inst, &ext, entry).await?;
+    if lifted.is_empty() {
+        let mut miss = p.entry("suppression.lift", Some(inst.as_str()), None, Outcome::NotFound);
+        miss.purpose = Some(req.purpose);
+        s.audit.record(miss).await?;
+        return Err(Error::not_found("not_suppressed", "no suppressed erased learner with this external id in this institution"));
+    }
+    Ok(Json(LiftResponse { lifted: lifted.into_iter().map(|p| p.as_uuid()).collect() }))
 }
 
 /// The subject, by pseudonym or by the LMS's `{institution, external_id}`.
@@ -110,6 +240,7 @@ async fn submit(s: &AppState, p: &Principal, kind: Kind, req: DsrRequest) -> Res
             roles: p.roles.clone(),
             request_id: p.request_id,
             reference: req.reference,
+            subjects: Vec::new(),
         })
         .await?;
     let status = if created { StatusCode::ACCEPTED } else { StatusCode::OK };
@@ -152,7 +283,9 @@ async fn job(State(s): State<AppState>, p: Principal, Path(id): Path<String>) ->
     Ok(Json(visible_job(&s, &p, Permission::DsrRead, &id).await?))
 }
 
-/// The subject-access archive (tar: manifest.json, identity.json, JSONL and CSV per store). Audited.
+/// The subject-access archive (tar: manifest.json, identity.json, JSONL and CSV per store), decrypted
+/// as it streams (sealed at rest). Audited. 410 `erased` once its subject was erased (erasure deletes
+/// it), 410 `archive_expired` after `retention.yaml` `archives`.
 #[utoipa::path(get, path = "/v1/dsr/jobs/{id}/archive", tag = "dsr", params(("id" = Uuid, Path, description = "Job id")),
     responses((status = 200, description = "tar archive", content_type = "application/x-tar"), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 410, body = ErrorBody)))]
@@ -163,23 +296,39 @@ async fn archive(State(s): State<AppState>, p: Principal, Path(id): Path<String>
         ("access", _, _) => return Err(Error::Conflict { code: "job_not_done", message: format!("the job is {}", job.state) }),
         _ => return Err(Error::not_found("no_archive", "only subject-access jobs have an archive")),
     };
-    let file = tokio::fs::File::open(&path)
-        .await
+    if let Subject::Erased { .. } = s.vault.subject(Pseudonym::from_uuid(job.pseudonym)).await? {
+        return Err(Error::Gone { code: "erased", message: "the subject was erased; its access archives were deleted with it".into() });
+    }
+    let d = dsr(&s)?;
+    let reader = crate::dsr::access::open_archive(&path, &d.archive_keys, job.id)
         .map_err(|_| Error::Gone { code: "archive_expired", message: "the archive has expired (retention.yaml `archives`); open a new request".into() })?;
     let mut entry = p.entry("dsr.archive.download", Some(&job.institution), Some(job.pseudonym), Outcome::Success);
     entry.detail = serde_json::json!({"job": job.id, "sha256": job.result.as_ref().map(|r| r["sha256"].clone())});
     s.audit.record(entry).await?;
-    let stream = futures::stream::unfold(file, |mut f| async move {
-        let mut buf = vec![0u8; 256 * 1024];
-        match f.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok::<_, std::io::Error>(bytes_of(buf)), f))
+    // Decrypted on a blocking thread, a chunk at a time, as the client reads.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut reader = reader;
+        loop {
+            let mut buf = vec![0u8; 256 * 1024];
+            let n = match read_full(&mut reader, &mut buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!(error = %e, "sealed archive does not open");
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            };
+            if n == 0 {
+                return;
             }
-            Err(e) => Some((Err(e), f)),
+            buf.truncate(n);
+            if tx.blocking_send(Ok(bytes_of(buf))).is_err() {
+                return;
+            }
         }
     });
+    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     let mut resp = Body::from_stream(stream).into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-tar"));
@@ -188,6 +337,17 @@ async fn archive(State(s): State<AppState>, p: Principal, Path(id): Path<String>
         HeaderValue::from_str(&format!("attachment; filename=\"subject-access-{}.tar\"", job.id)).expect("ascii"),
     );
     Ok(resp)
+}
+
+fn read_full(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
 }
 
 fn bytes_of(v: Vec<u8>) -> axum::body::Bytes {
@@ -202,7 +362,9 @@ async fn certificate(State(s): State<AppState>, p: Principal, Path(id): Path<Str
     let job = visible_job(&s, &p, Permission::DsrRead, &id).await?;
     match (&job.kind[..], job.result.as_ref().map(|r| r["certificate"].clone())) {
         ("erasure", Some(c)) if !c.is_null() => Ok(Json(c)),
-        ("erasure", _) => Err(Error::Conflict { code: "job_not_done", message: format!("the job is {}", job.state) }),
+        // A batch: `{pseudonym: signed certificate}`.
+        ("erasure_batch", _) if job.state == "done" => Ok(Json(job.result.as_ref().map(|r| r["certificates"].clone()).unwrap_or_default())),
+        ("erasure" | "erasure_batch", _) => Err(Error::Conflict { code: "job_not_done", message: format!("the job is {}", job.state) }),
         _ => Err(Error::not_found("no_certificate", "only erasure jobs have a certificate")),
     }
 }

@@ -133,6 +133,10 @@ impl From<VaultError> for Error {
             VaultError::Invalid(i) => i.into(),
             VaultError::Audit(a) => a.into(),
             VaultError::Db(d) => d.into(),
+            VaultError::Suppressed => Error::Gone {
+                code: "erased",
+                message: "this learner was erased; collection is suppressed until a DPO lifts it".into(),
+            },
             other => Error::Internal(other.to_string()),
         }
     }

@@ -63,6 +63,8 @@ pub struct AppState {
     pub gateway: Option<Arc<crate::gateway::Gateway>>,
     /// The governed read path (needs the warehouse).
     pub serve: Option<Arc<crate::serve::Serve>>,
+    /// Signs and keeps the audit chain's checkpoints.
+    pub anchor: Arc<crate::audit::checkpoint::Anchor>,
 }
 
 impl AppState {

@@ -67,7 +67,15 @@ async fn issue(
     s.authorize(&p, Permission::PseudonymIssue, Some(inst.as_str()), None).await?;
     let l = learner(&req.external_id, req.identity)?;
     let entry = p.entry(Permission::PseudonymIssue.as_str(), Some(inst.as_str()), None, Outcome::Success);
-    let r = s.vault.issue_one(&inst, l, entry).await?;
+    let r = match s.vault.issue_one(&inst, l, entry).await {
+        Err(crate::vault::VaultError::Suppressed) => {
+            let mut denied = p.entry(Permission::PseudonymIssue.as_str(), Some(inst.as_str()), None, Outcome::Denied);
+            denied.detail = serde_json::json!({"reason": "erased_suppressed"});
+            s.audit.record(denied).await?;
+            return Err(crate::vault::VaultError::Suppressed.into());
+        }
+        other => other?,
+    };
     let status = if r.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(IssueResponse { pseudonym: r.pseudonym.as_uuid(), created: r.created })))
 }
@@ -141,6 +149,28 @@ async fn issue_batch(
     if let Some(inst) = denied_inst {
         // The whole call is refused if any item is outside the caller's institutions.
         s.authorize(&p, Permission::PseudonymIssue, Some(inst.as_str()), None).await?;
+    }
+    // Erased learners whose collection is suppressed get no pseudonym again.
+    let suppressed = {
+        let asked: Vec<(&InstitutionId, &ExternalId)> = valid.iter().map(|(i, l)| (i, &l.external_id)).collect();
+        s.vault.suppressed(&asked).await?
+    };
+    if suppressed.iter().any(|x| *x) {
+        let mut keep = suppressed.iter().map(|x| !x);
+        let mut keep_idx = suppressed.iter().map(|x| !x);
+        for (&i, &refused) in valid_idx.iter().zip(&suppressed) {
+            if refused {
+                results[i].error = Some(super::error::ErrorDetail {
+                    code: "erased".into(),
+                    message: "this learner was erased; collection is suppressed until a DPO lifts it".into(),
+                });
+            }
+        }
+        valid.retain(|_| keep.next().unwrap_or(true));
+        valid_idx.retain(|_| keep_idx.next().unwrap_or(true));
+        let mut entry = p.entry(Permission::PseudonymIssue.as_str(), None, None, Outcome::Denied);
+        entry.detail = serde_json::json!({"reason": "erased_suppressed", "items": suppressed.iter().filter(|x| **x).count()});
+        s.audit.record(entry).await?;
     }
     let rejected = results.len() - valid.len();
     let (mut created, mut existing) = (0, 0);

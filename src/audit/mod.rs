@@ -7,6 +7,7 @@
 //! operation's own transaction, or before releasing its result (fail closed).
 
 pub mod chain;
+pub mod checkpoint;
 mod recorder;
 
 pub use recorder::Recorder;
@@ -28,6 +29,8 @@ pub enum AuditError {
     Db(#[from] sqlx::Error),
     #[error("audit writer has stopped")]
     WriterGone,
+    #[error("audit checkpoints: {0}")]
+    Checkpoint(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
@@ -267,34 +270,78 @@ pub struct Verification {
     pub head_seq: i64,
     /// First sequence number at which the chain breaks.
     pub first_broken_seq: Option<i64>,
-    /// `missing_row`, `prev_hash_mismatch` or `hash_mismatch`.
+    /// `missing_row`, `prev_hash_mismatch`, `hash_mismatch`; against the signed
+    /// checkpoints: `truncated` (rows a checkpoint covers are gone),
+    /// `checkpoint_mismatch` (rows rewritten and rehashed), `checkpoint_untrusted`
+    /// (a checkpoint not signed by this deployment's key).
     pub reason: Option<String>,
+    /// What is missing or differs, in words (sequence numbers and times, never data).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The latest signed checkpoint the chain was checked against (or, when
+    /// intact, the one signed for its head).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<checkpoint::Head>,
+    /// Rows up to this sequence number were pruned (retention) below a signed checkpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pruned_below: Option<i64>,
 }
 
-/// Recompute the whole chain, streaming (bounded memory).
+impl Verification {
+    fn broken(seq: i64, reason: &str, count: i64) -> Verification {
+        Verification {
+            intact: false,
+            entries: count,
+            head_seq: seq - 1,
+            first_broken_seq: Some(seq),
+            reason: Some(reason.to_owned()),
+            detail: None,
+            checkpoint: None,
+            pruned_below: None,
+        }
+    }
+}
+
+/// Recompute the whole chain, streaming (bounded memory). The chain alone:
+/// see [`verify_anchored`] for the check against the signed checkpoints.
 pub async fn verify(pool: &PgPool) -> Result<Verification, AuditError> {
+    Ok(walk(pool, 0, chain::GENESIS.to_vec(), &std::collections::BTreeMap::new()).await?.0)
+}
+
+/// Walk the rows after `after_seq` (whose hash is `prev`), checking each
+/// link and, where a checkpoint exists (`anchors`: seq -> hash), that the row
+/// still has the hash that was signed. Returns the verification and the head.
+async fn walk(
+    pool: &PgPool,
+    after_seq: i64,
+    mut prev: Vec<u8>,
+    anchors: &std::collections::BTreeMap<i64, Vec<u8>>,
+) -> Result<(Verification, Option<checkpoint::Head>), AuditError> {
     let mut rows = sqlx::query!(
         r#"SELECT seq, at, request_id, actor, roles, institution_id, action, target_pseudonym, purpose,
                   justification, outcome, detail, prev_hash, hash
-           FROM audit_log ORDER BY seq"#
+           FROM audit_log WHERE seq > $1 ORDER BY seq"#,
+        after_seq
     )
     .fetch(pool);
-    let mut expected_seq = 1i64;
-    let mut prev = chain::GENESIS.to_vec();
+    let mut expected_seq = after_seq + 1;
     let mut count = 0i64;
-    let broken = |seq: i64, reason: &str, count: i64| Verification {
-        intact: false,
-        entries: count,
-        head_seq: seq - 1,
-        first_broken_seq: Some(seq),
-        reason: Some(reason.to_owned()),
-    };
+    let mut head = None;
+    let mut pruned_below = None;
     while let Some(r) = rows.try_next().await? {
         if r.seq != expected_seq {
-            return Ok(broken(expected_seq, "missing_row", count));
+            // The first rows may have been pruned (retention) below a signed checkpoint
+            // whose hash is this row's `prev_hash`.
+            let anchored = count == 0 && after_seq == 0 && anchors.get(&(r.seq - 1)) == Some(&r.prev_hash);
+            if !anchored {
+                return Ok((Verification::broken(expected_seq, "missing_row", count), head));
+            }
+            pruned_below = Some(r.seq - 1);
+            prev = r.prev_hash.clone();
+            expected_seq = r.seq;
         }
         if r.prev_hash != prev {
-            return Ok(broken(r.seq, "prev_hash_mismatch", count));
+            return Ok((Verification::broken(r.seq, "prev_hash_mismatch", count), head));
         }
         let h = chain::hash(
             &prev,
@@ -314,11 +361,161 @@ pub async fn verify(pool: &PgPool) -> Result<Verification, AuditError> {
             },
         );
         if h.as_slice() != r.hash.as_slice() {
-            return Ok(broken(r.seq, "hash_mismatch", count));
+            return Ok((Verification::broken(r.seq, "hash_mismatch", count), head));
         }
+        if let Some(signed) = anchors.get(&r.seq) {
+            if signed != &r.hash {
+                // Self-consistent, but not the chain that was signed: rows up to here were rewritten and rehashed.
+                let since = anchors.range(..r.seq).next_back().map(|(s, _)| *s).unwrap_or(0);
+                let mut v = Verification::broken(since + 1, "checkpoint_mismatch", count);
+                v.detail = Some(format!(
+                    "the row at seq {} no longer has the hash signed in its checkpoint: rows {}..={} were rewritten and rehashed",
+                    r.seq,
+                    since + 1,
+                    r.seq
+                ));
+                return Ok((v, head));
+            }
+        }
+        head = Some(checkpoint::Head { seq: r.seq, hash: hex::encode(&r.hash), at: r.at });
         prev = r.hash;
         expected_seq += 1;
         count += 1;
     }
-    Ok(Verification { intact: true, entries: count, head_seq: expected_seq - 1, first_broken_seq: None, reason: None })
+    let v = Verification {
+        intact: true,
+        entries: count,
+        head_seq: expected_seq - 1,
+        first_broken_seq: None,
+        reason: None,
+        detail: None,
+        checkpoint: None,
+        pruned_below,
+    };
+    Ok((v, head))
+}
+
+/// Verify the chain against the signed checkpoints of `anchor`'s store: every
+/// link, every row a checkpoint covers still present (a truncated tail fails,
+/// naming the missing sequence numbers) and still hashing to what was signed
+/// (a rewritten-and-rehashed chain fails). When intact, the head is signed
+/// into a new checkpoint.
+pub async fn verify_anchored(pool: &PgPool, anchor: &checkpoint::Anchor) -> Result<Verification, AuditError> {
+    let checkpoints = match anchor.load_all() {
+        Ok(c) => c,
+        Err(checkpoint::CheckpointError::Untrusted { file, why }) => {
+            let mut v = Verification::broken(0, "checkpoint_untrusted", 0);
+            v.first_broken_seq = None;
+            v.head_seq = 0;
+            v.detail = Some(format!("{file}: {why}"));
+            return Ok(v);
+        }
+        Err(e) => return Err(AuditError::Checkpoint(e.to_string())),
+    };
+    let anchors: std::collections::BTreeMap<i64, Vec<u8>> =
+        checkpoints.iter().filter_map(|c| Some((c.head.seq, hex::decode(&c.head.hash).ok()?))).collect();
+    let latest = checkpoints.last().map(|c| c.head.clone());
+    let (mut v, head) = walk(pool, 0, chain::GENESIS.to_vec(), &anchors).await?;
+    if v.intact {
+        if let Some(cp) = checkpoints.last().filter(|c| c.head.seq > v.head_seq) {
+            let mut t = Verification::broken(v.head_seq + 1, "truncated", v.entries);
+            t.detail = Some(format!(
+                "rows {}..={} are missing: the checkpoint signed at {} covers the chain up to seq {}",
+                v.head_seq + 1,
+                cp.head.seq,
+                cp.signed_at,
+                cp.head.seq
+            ));
+            t.checkpoint = latest;
+            return Ok(t);
+        }
+        if let Some(h) = head {
+            v.checkpoint = Some(anchor.store(&h).map_err(|e| AuditError::Checkpoint(e.to_string()))?.head);
+        }
+    } else {
+        v.checkpoint = latest;
+    }
+    Ok(v)
+}
+
+/// Sign the current head if the rows since the latest checkpoint chain onto
+/// it (an incremental check, run at an interval by `serve` and by
+/// `GET /v1/audit/checkpoint`). Returns the latest checkpoint document, or the
+/// verification that refused to sign.
+pub async fn checkpoint_now(pool: &PgPool, anchor: &checkpoint::Anchor) -> Result<Result<Option<Value>, Verification>, AuditError> {
+    let latest = anchor.load_all().map_err(|e| AuditError::Checkpoint(e.to_string()))?.pop();
+    let (after, prev) = match &latest {
+        Some(c) => (c.head.seq, hex::decode(&c.head.hash).map_err(|_| AuditError::Checkpoint("unreadable hash".into()))?),
+        None => (0, chain::GENESIS.to_vec()),
+    };
+    let (mut v, head) = walk(pool, after, prev.clone(), &std::collections::BTreeMap::new()).await?;
+    if v.intact && after > 0 {
+        // The row the latest checkpoint signed must still be there, with the signed hash.
+        let at_cp: Option<Vec<u8>> = sqlx::query_scalar!("SELECT hash FROM audit_log WHERE seq = $1", after).fetch_optional(pool).await?;
+        match at_cp {
+            None => {
+                let last: Option<i64> = sqlx::query_scalar!("SELECT max(seq) FROM audit_log").fetch_one(pool).await?;
+                v = Verification::broken(last.unwrap_or(0) + 1, "truncated", 0);
+                v.detail = Some(format!("rows {}..={after} are missing: the latest checkpoint covers them", last.unwrap_or(0) + 1));
+            }
+            Some(h) if h != prev => {
+                v = Verification::broken(after, "checkpoint_mismatch", 0);
+                v.detail = Some(format!("the row at seq {after} no longer has the hash signed in the latest checkpoint"));
+            }
+            Some(_) => {}
+        }
+    }
+    if !v.intact {
+        tracing::error!(first_broken_seq = ?v.first_broken_seq, reason = ?v.reason, "AUDIT CHAIN BROKEN since the latest checkpoint; not signing");
+        return Ok(Err(v));
+    }
+    match head {
+        Some(h) => Ok(Ok(Some(anchor.store(&h).map_err(|e| AuditError::Checkpoint(e.to_string()))?.doc))),
+        None => Ok(Ok(latest.map(|c| c.doc))),
+    }
+}
+
+/// `serve`'s anchoring loop: a checkpoint every `every` until `stop`.
+pub async fn anchor_loop(pool: PgPool, anchor: std::sync::Arc<checkpoint::Anchor>, every: std::time::Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if let Err(e) = checkpoint_now(&pool, &anchor).await {
+            tracing::warn!(error = %e, "cannot write an audit checkpoint now; retrying at the next interval");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Audit retention (`policies/retention.yaml` `postgres.audit_log`): delete the
+/// rows past retention up to the newest signed checkpoint they reach, so the
+/// chain stays verifiable from that checkpoint (`pruned_below`). Only through
+/// `audit_log_prune` (the table stays append-only for everyone else), whose
+/// retention period the owner sets. Returns `(up_to_seq, rows)` when it pruned.
+pub async fn prune(pool: &PgPool, anchor: &checkpoint::Anchor) -> Result<Option<(i64, i64)>, AuditError> {
+    let days: i32 = sqlx::query_scalar!("SELECT days FROM audit_retention").fetch_one(pool).await?;
+    let cutoff = Utc::now() - chrono::Duration::days(i64::from(days));
+    let checkpoints = anchor.load_all().map_err(|e| AuditError::Checkpoint(e.to_string()))?;
+    let Some(cp) = checkpoints.iter().rev().find(|c| c.head.at < cutoff) else {
+        return Ok(None);
+    };
+    // Prune only onto the chain that was signed: the next row links to the checkpoint's hash.
+    let next = sqlx::query!("SELECT seq, prev_hash FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT 1", cp.head.seq)
+        .fetch_optional(pool)
+        .await?;
+    match next {
+        Some(n) if n.seq == cp.head.seq + 1 && hex::encode(&n.prev_hash) == cp.head.hash => {}
+        _ => {
+            tracing::error!(seq = cp.head.seq, "the chain does not continue from the checkpoint; not pruning");
+            return Ok(None);
+        }
+    }
+    let first: Option<i64> = sqlx::query_scalar!("SELECT min(seq) FROM audit_log").fetch_one(pool).await?;
+    if first.is_some_and(|f| f > cp.head.seq) {
+        return Ok(None);
+    }
+    let n: Option<i64> = sqlx::query_scalar!("SELECT audit_log_prune($1)", cp.head.seq).fetch_one(pool).await?;
+    tracing::info!(up_to_seq = cp.head.seq, rows = n.unwrap_or(0), "audit log pruned below a signed checkpoint");
+    Ok(Some((cp.head.seq, n.unwrap_or(0))))
 }

@@ -126,6 +126,7 @@ async fn measure(state: &crate::api::AppState, wh: &Warehouse, args: &DsrArgs) -
         roles: vec![],
         request_id: uuid::Uuid::new_v4(),
         reference: Some("BENCH".into()),
+        subjects: Vec::new(),
     };
     let steps: Mutex<Vec<(f64, String)>> = Mutex::new(Vec::new());
     for run in 1..=args.runs {

@@ -26,9 +26,14 @@ pub enum DsrCommand {
         out: Option<PathBuf>,
     },
     /// Erasure (Art. 17): tombstone, delete, recompute aggregates, verify, crypto-shred, certify.
+    /// With `--file`, a batch erasure of every subject listed (one job, one pass, a certificate each).
     Erase {
         #[command(flatten)]
         subject: SubjectArgs,
+        /// A CSV of subjects of `--institution`: one per line, a pseudonym or an external id
+        /// (a first line `pseudonym` or `external_id` is a header and skipped).
+        #[arg(long, requires = "institution", conflicts_with_all = ["pseudonym", "external_id"])]
+        file: Option<PathBuf>,
         /// Write the signed certificate here.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -50,7 +55,7 @@ pub enum DsrCommand {
 pub struct SubjectArgs {
     #[arg(long, conflicts_with_all = ["institution", "external_id"])]
     pseudonym: Option<Uuid>,
-    #[arg(long, requires = "external_id")]
+    #[arg(long)]
     institution: Option<String>,
     #[arg(long, requires = "institution")]
     external_id: Option<String>,
@@ -90,7 +95,8 @@ pub async fn run(settings: Settings, cmd: DsrCommand) -> anyhow::Result<ExitCode
             return Ok(ExitCode::SUCCESS);
         }
         DsrCommand::Access { subject, out } => (Kind::Access, subject, out),
-        DsrCommand::Erase { subject, out } => (Kind::Erasure, subject, out),
+        DsrCommand::Erase { subject, out, file: Some(file) } => return erase_batch(settings, subject, file, out).await,
+        DsrCommand::Erase { subject, out, file: None } => (Kind::Erasure, subject, out),
     };
     let (wh, state) = open(&settings).await?;
     let result = async {
@@ -118,6 +124,7 @@ pub async fn run(settings: Settings, cmd: DsrCommand) -> anyhow::Result<ExitCode
                 roles: vec!["cli".into()],
                 request_id: Uuid::new_v4(),
                 reference: subject.reference,
+                subjects: Vec::new(),
             })
             .await?;
         eprintln!("job {} ({}){}", job.id, job.kind, if created { "" } else { ": an existing request for this subject" });
@@ -142,13 +149,20 @@ pub async fn run(settings: Settings, cmd: DsrCommand) -> anyhow::Result<ExitCode
         Kind::Access => {
             let archive = result["archive"].as_str().unwrap_or_default();
             if let Some(out) = out {
-                std::fs::copy(archive, &out).with_context(|| format!("copying the archive to {}", out.display()))?;
+                // The archive is sealed at rest: decrypted into `out` (0600) for the operator who ran the request.
+                let master = crate::vault::keys::MasterKey::load(&settings)?;
+                let keys = crate::dsr::seal::ArchiveKeys::new(master);
+                let mut reader = crate::dsr::access::open_archive(std::path::Path::new(archive), &keys, job.id)
+                    .with_context(|| format!("opening the sealed archive {archive}"))?;
+                let mut file = crate::dsr::seal::create_private(&out).with_context(|| format!("creating {}", out.display()))?;
+                std::io::copy(&mut reader, &mut file).with_context(|| format!("decrypting the archive to {}", out.display()))?;
                 println!("{}", out.display());
             } else {
-                println!("{archive}");
+                println!("{archive} (sealed; pass --out to write the decrypted tar)");
             }
             eprintln!("sha256 {}", result["sha256"].as_str().unwrap_or_default());
         }
+        Kind::ErasureBatch => println!("{}", serde_json::to_string_pretty(&result["certificates"])?),
         Kind::Erasure => {
             let text = serde_json::to_string_pretty(&result["certificate"])?;
             match out {
@@ -181,4 +195,79 @@ async fn open(settings: &Settings) -> anyhow::Result<(Warehouse, crate::api::App
             Err(e)
         }
     }
+}
+
+/// `dsr erase --file subjects.csv --institution X`: one batch erasure job.
+async fn erase_batch(settings: Settings, subject: SubjectArgs, file: PathBuf, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    let inst = InstitutionId::parse(subject.institution.as_deref().context("--institution is required with --file")?)?;
+    let lines: Vec<&str> = text
+        .lines()
+        .map(|l| l.trim().trim_matches('"'))
+        .filter(|l| !l.is_empty())
+        .enumerate()
+        .filter(|(i, l)| !(*i == 0 && matches!(*l, "pseudonym" | "external_id")))
+        .map(|(_, l)| l)
+        .collect();
+    anyhow::ensure!(!lines.is_empty(), "{}: no subjects", file.display());
+    let (wh, state) = open(&settings).await?;
+    let result = async {
+        let mut subjects = Vec::with_capacity(lines.len());
+        for (i, l) in lines.iter().enumerate() {
+            let p = match Uuid::parse_str(l) {
+                Ok(u) => Pseudonym::from_uuid(u),
+                Err(_) => state
+                    .vault
+                    .lookup(&inst, &ExternalId::parse(l)?)
+                    .await?
+                    .with_context(|| format!("line {}: no learner with this external id in this institution", i + 1))?,
+            };
+            match state.vault.subject(p).await? {
+                Subject::Active { institution } | Subject::Erased { institution, .. } if institution == inst.as_str() => {}
+                _ => anyhow::bail!("line {}: no such pseudonym in this institution", i + 1),
+            }
+            subjects.push(p.as_uuid());
+        }
+        subjects.sort();
+        subjects.dedup();
+        let d = state.dsr.as_ref().expect("with warehouse");
+        let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+        let (job, _) = d
+            .submit(&Request {
+                kind: Kind::ErasureBatch,
+                pseudonym: Uuid::nil(),
+                institution: inst.as_str().to_owned(),
+                requested_by: format!("cli:{user}"),
+                roles: vec!["cli".into()],
+                request_id: Uuid::new_v4(),
+                reference: subject.reference,
+                subjects,
+            })
+            .await?;
+        eprintln!("job {} (erasure_batch, {} subjects)", job.id, job.progress["subjects"].as_array().map_or(0, Vec::len));
+        let started = std::time::Instant::now();
+        let show = |msg: &str| {
+            eprint!("\r\x1b[2K[{:>6.1}s] {msg}", started.elapsed().as_secs_f64());
+            let _ = std::io::stderr().flush();
+        };
+        let job = d.run_job(job.id, &show).await?;
+        eprintln!();
+        anyhow::Ok(job)
+    }
+    .await;
+    wh.close();
+    let job = result?;
+    if job.state != "done" {
+        eprintln!("job {} {}: {}", job.id, job.state, job.error.as_deref().unwrap_or(""));
+        return Ok(ExitCode::from(1));
+    }
+    let text = serde_json::to_string_pretty(&job.result.unwrap_or_default()["certificates"])?;
+    match out {
+        Some(out) => {
+            std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
+            println!("{}", out.display());
+        }
+        None => println!("{text}"),
+    }
+    Ok(ExitCode::SUCCESS)
 }

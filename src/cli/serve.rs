@@ -30,12 +30,19 @@ pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
             jobs = settings.jobs_enabled, "learnvault serving");
         let dsr = state.dsr.clone().expect("set by with_warehouse");
         let publish = publish_loop(state.serve.clone().expect("set by with_warehouse"), stop_rx.clone());
+        let anchor = state.anchor.clone();
+        let anchoring = crate::audit::anchor_loop(
+            state.pool.clone(),
+            state.anchor.clone(),
+            Duration::from_secs(settings.audit_checkpoint_interval_secs.max(1)),
+            stop_rx.clone(),
+        );
         let jobs = {
             let rx = stop_rx.clone();
             let enabled = settings.jobs_enabled;
             async move {
                 if enabled {
-                    tokio::join!(dsr.clone().work(rx.clone()), purge_loop(dsr, rx));
+                    tokio::join!(dsr.clone().work(rx.clone()), purge_loop(dsr, anchor, rx));
                 }
             }
         };
@@ -46,7 +53,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
             }
             anyhow::Ok(())
         };
-        let (a, l, (), ()) = tokio::join!(api, land, jobs, publish);
+        let (a, l, (), (), ()) = tokio::join!(api, land, jobs, publish, anchoring);
         a?;
         l?;
         anyhow::Ok(())
@@ -74,9 +81,17 @@ async fn publish_loop(serve: std::sync::Arc<crate::serve::Serve>, mut stop: toki
     }
 }
 
-/// Hourly: delete finished request records and archives past their retention.
-async fn purge_loop(dsr: std::sync::Arc<crate::dsr::Dsr>, mut stop: tokio::sync::watch::Receiver<bool>) {
+/// Hourly: delete finished request records and archives past their retention,
+/// and audit rows past retention below a signed checkpoint.
+async fn purge_loop(
+    dsr: std::sync::Arc<crate::dsr::Dsr>,
+    anchor: std::sync::Arc<crate::audit::checkpoint::Anchor>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
+        if let Err(e) = crate::audit::prune(&dsr.pool, &anchor).await {
+            tracing::warn!(error = %e, "audit retention prune failed; retrying next hour");
+        }
         match crate::retention::purge(&dsr.pool, &dsr.retention, &dsr.archive_dir).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "retention purge"),

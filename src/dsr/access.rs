@@ -7,9 +7,15 @@
 //! (consent history, every event row, every learner-level rollup and feature
 //! row, the audit entries about the subject, their requests).
 //!
-//! Memory stays bounded: ClickHouse rows are read a page at a time and
-//! PostgreSQL rows as a stream, each written out before the next is read.
+//! Memory stays bounded: ClickHouse rows are read a page at a time (keyset
+//! pages of a snapshot at the job's start, [`super::snapshot`]) and PostgreSQL
+//! rows as a stream, each written out before the next is read.
 //! The step is idempotent: a resumed job starts the export over.
+//!
+//! At rest everything is sealed ([`super::seal`]: AES-256-GCM chunks under a key
+//! derived for this job's archive): the staging files (directory 0700, files
+//! 0600) and the archive itself (`{job}.tar.sealed`, 0600). The SHA-256 in the
+//! result and the manifest are of the plaintext, as the DPO downloads it.
 
 use chrono::Utc;
 use futures::TryStreamExt;
@@ -20,13 +26,12 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
+use super::seal::{create_private, create_private_dir, SealReader, SealWriter};
+use super::snapshot::{self, Plan};
 use super::{ident, Dsr, DsrError, Job, Progress};
 use crate::datamap::StoreKind;
 use crate::domain::Pseudonym;
 use crate::vault::Subject;
-
-/// Rows per ClickHouse page.
-const PAGE: u64 = 50_000;
 
 pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), DsrError> {
     let p = job.pseudonym;
@@ -34,7 +39,9 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
     }
-    std::fs::create_dir_all(&dir)?;
+    create_private_dir(&dir)?;
+    let key = d.archive_keys.for_job(job.id);
+    let seal = Sealing { key: &key, job: job.id };
     let mut stores = Vec::new();
     let mut files = Vec::new();
 
@@ -51,13 +58,13 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
         }
         Subject::Unknown => json!({"pseudonym": p, "status": "unknown", "identity": null}),
     };
-    let mut out = Out::create(&dir, "identity.json")?;
+    let mut out = Out::create(&dir, "identity.json", seal)?;
     out.write_all(&serde_json::to_vec_pretty(&identity).expect("JSON"))?;
     files.push(out.finish()?);
 
     for (s, key) in d.subject_stores(StoreKind::Clickhouse) {
         let name = format!("clickhouse/{}", s.name);
-        let rows = export_clickhouse(d, &dir, &name, &s.name, key, p, &mut files, progress).await?;
+        let rows = export_clickhouse(d, &dir, seal, &name, &s.name, key, &*job, &mut files, progress).await?;
         stores.push(json!({"store": format!("clickhouse:{}", s.name), "category": s.category, "retention": s.retention, "rows": rows}));
         d.save(job, "export").await?;
     }
@@ -69,17 +76,46 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
             continue;
         }
         let name = format!("postgres/{}", s.name);
-        let rows = export_postgres(d, &dir, &name, &s.name, key, p, &mut files, progress).await?;
+        let rows = export_postgres(d, &dir, seal, &name, &s.name, key, p, &mut files, progress).await?;
         stores.push(json!({"store": format!("postgres:{}", s.name), "category": s.category, "retention": s.retention, "rows": rows}));
     }
-    let not_included: Vec<Value> = d
-        .map
-        .stores
-        .iter()
-        .filter(|s| s.store == StoreKind::Kafka)
-        .map(|s| json!({"store": format!("kafka:{}", s.name), "category": s.category, "retention": s.retention,
-                         "reason": "a transport buffer: its events are in the tables above once landed, and age out with the topic's retention"}))
-        .collect();
+    // Dead letters keyed by the subject's pseudonym (within the topic's retention).
+    let mut not_included: Vec<Value> = Vec::new();
+    for s in d.map.stores.iter().filter(|s| s.store == StoreKind::Kafka) {
+        let topic = d.topic_of(s).map(|t| t.name.clone());
+        match (s.category.as_str(), topic) {
+            ("dead_letters", Some(topic)) => {
+                progress("dead letters");
+                let brokers = d.kafka_brokers.clone();
+                let key = p.to_string();
+                let t = topic.clone();
+                let records = tokio::task::spawn_blocking(move || {
+                    let mut out: Vec<Vec<u8>> = Vec::new();
+                    super::kafka::scan_keyed(&brokers, &t, &key, |v| {
+                        out.push(v.to_vec());
+                        Ok(())
+                    })
+                    .map(|_| out)
+                })
+                .await
+                .map_err(|e| DsrError::Verification(format!("dead-letter scan: {e}")))??;
+                let mut out = StoreFiles::create(&dir, &format!("kafka/{}", s.name), seal)?;
+                for r in &records {
+                    let v: Value = serde_json::from_slice(r).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(r).into_owned()));
+                    let m = match &v {
+                        Value::Object(m) => m.clone(),
+                        other => [("record".to_owned(), other.clone())].into_iter().collect(),
+                    };
+                    out.row(&serde_json::to_vec(&v).expect("JSON"), &m)?;
+                }
+                out.finish(&mut files)?;
+                stores.push(json!({"store": format!("kafka:{}", s.name), "topic": topic, "category": s.category, "retention": s.retention,
+                                   "rows": records.len(), "selection": "records keyed by the subject's pseudonym, from the start of the topic's retention"}));
+            }
+            _ => not_included.push(json!({"store": format!("kafka:{}", s.name), "category": s.category, "retention": s.retention,
+                         "reason": "a transport buffer: its events are in the tables above once landed, and age out with the topic's retention"})),
+        }
+    }
 
     let manifest = json!({
         "type": "learnvault.subject-access/v1",
@@ -98,81 +134,129 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
         "not_included": not_included,
         "files": files,
     });
-    let mut out = Out::create(&dir, "manifest.json")?;
+    let mut out = Out::create(&dir, "manifest.json", seal)?;
     out.write_all(&serde_json::to_vec_pretty(&manifest).expect("JSON"))?;
-    out.finish()?;
+    let manifest_file = out.finish()?;
 
     progress("archive");
-    let tar_path = d.archive_dir.join(format!("{}.tar", job.id));
+    let tar_path = archive_path(&d.archive_dir, job.id);
     let tmp = d.archive_dir.join(format!("{}.tar.partial", job.id));
-    {
-        let mut b = tar::Builder::new(BufWriter::new(File::create(&tmp)?));
-        b.mode(tar::HeaderMode::Deterministic);
-        b.append_path_with_name(dir.join("manifest.json"), "manifest.json")?;
-        for f in &files {
+    let (bytes, sha) = {
+        // The staging files are opened one at a time and streamed, plaintext only in memory.
+        let sink = Hashing { inner: SealWriter::new(BufWriter::new(create_private(&tmp)?), &key, job.id)?, sha: Sha256::new(), bytes: 0 };
+        let mut b = tar::Builder::new(sink);
+        for f in std::iter::once(&manifest_file).chain(&files) {
             let rel = f["path"].as_str().expect("path");
-            b.append_path_with_name(dir.join(rel), rel)?;
+            let mut h = tar::Header::new_gnu();
+            h.set_size(f["bytes"].as_u64().expect("bytes"));
+            h.set_mode(0o600);
+            h.set_mtime(0);
+            b.append_data(&mut h, rel, SealReader::new(File::open(dir.join(rel))?, &key, job.id)?)?;
         }
-        b.into_inner()?.flush()?;
-    }
+        let sink = b.into_inner()?;
+        sink.inner.finish()?;
+        (sink.bytes, hex::encode(sink.sha.finalize()))
+    };
     std::fs::rename(&tmp, &tar_path)?;
     std::fs::remove_dir_all(&dir)?;
-    let bytes = std::fs::metadata(&tar_path)?.len();
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut File::open(&tar_path)?, &mut hasher)?;
-    let sha = hex::encode(hasher.finalize());
-    let result = json!({"archive": tar_path, "bytes": bytes, "sha256": sha, "stores": manifest["stores"]});
+    let result = json!({"archive": tar_path, "sealed": true, "bytes": bytes, "sha256": sha, "stores": manifest["stores"]});
     let detail = json!({"job": job.id, "archive_sha256": sha, "stores": manifest["stores"].as_array().map(Vec::len)});
     d.finish(job, result, detail).await
 }
 
+/// Where a job's sealed archive lives.
+pub fn archive_path(archive_dir: &Path, job: Uuid) -> PathBuf {
+    archive_dir.join(format!("{job}.tar.sealed"))
+}
+
+/// Open a job's sealed archive for reading its plaintext (the download).
+pub fn open_archive(path: &Path, keys: &super::seal::ArchiveKeys, job: Uuid) -> std::io::Result<SealReader<std::io::BufReader<File>>> {
+    SealReader::new(std::io::BufReader::new(File::open(path)?), &keys.for_job(job), job)
+}
+
+/// Every file (staging or archive) of the access jobs `jobs`: deleted by erasure. Returns how many existed.
+pub fn delete_archives(archive_dir: &Path, jobs: &[Uuid]) -> std::io::Result<u64> {
+    let mut n = 0;
+    for job in jobs {
+        for f in [archive_path(archive_dir, *job), archive_dir.join(format!("{job}.tar.partial")), archive_dir.join(format!("{job}.tar"))] {
+            match std::fs::remove_file(&f) {
+                Ok(()) => n += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let staging = archive_dir.join(job.to_string());
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// The tar stream on its way into the sealed file, hashed (plaintext) as it goes.
+struct Hashing<W: Write> {
+    inner: W,
+    sha: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sha.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The job's archive key, for its staging files.
+#[derive(Clone, Copy)]
+struct Sealing<'a> {
+    key: &'a [u8; 32],
+    job: Uuid,
+}
+
+/// The subject's rows of one ClickHouse table, as a snapshot at the job's start
+/// (see [`super::snapshot`]): keyset pages of `d.export_page_rows`.
 #[allow(clippy::too_many_arguments)]
 async fn export_clickhouse(
     d: &Dsr,
     dir: &Path,
+    seal: Sealing<'_>,
     name: &str,
     table: &str,
     key: &str,
-    p: Uuid,
+    job: &Job,
     files: &mut Vec<Value>,
     progress: Progress<'_>,
 ) -> Result<u64, DsrError> {
-    let (db, t) = table.split_once('.').unwrap_or(("default", table));
-    let order = d
-        .warehouse
-        .query(
-            "SELECT sorting_key FROM system.tables WHERE database = {db:String} AND name = {name:String}",
-            &[("db", db.to_owned()), ("name", t.to_owned())],
-        )
-        .await?
-        .first()
-        .and_then(|r| r["sorting_key"].as_str().map(str::to_owned))
-        .filter(|k| !k.is_empty());
-    let mut out = StoreFiles::create(dir, name)?;
+    let plan = Plan::new(&d.warehouse, table, key).await?;
+    let mut out = StoreFiles::create(dir, name, seal)?;
     let mut rows = 0u64;
+    let mut cursor = None;
     loop {
-        // Pages must partition the rows: sorting-key order alone leaves ties (a
-        // learner's events of one gateway request share `server_ts`) in an order
-        // that may differ between queries, so the row's own hash breaks them
-        // (rows equal in every column are interchangeable).
-        let sql = match &order {
-            Some(o) => format!(
-                "SELECT * FROM {} WHERE {} = {{p:UUID}} ORDER BY {o}, cityHash64(*) LIMIT {PAGE} OFFSET {rows}",
-                ident(table)?,
-                ident(key)?
-            ),
-            None => format!("SELECT * FROM {} WHERE {} = {{p:UUID}}", ident(table)?, ident(key)?),
-        };
-        let page = d.warehouse.raw(&sql, "JSONEachRow", &[("p", p.to_string())]).await?;
-        let mut n = 0u64;
+        let (sql, params) = plan.query(job.pseudonym, job.requested_at, d.export_page_rows, cursor.as_ref());
+        let params: Vec<(&str, String)> = params.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        let page = d.warehouse.raw(&sql, "JSONEachRow", &params).await?;
+        // Rows equal to the last boundary come first again: skip those already written.
+        let skip0 = cursor.as_ref().map_or(0, snapshot::Cursor::seen_rows);
+        let mut skip = skip0;
+        let (mut received, mut n) = (0u64, 0u64);
         for line in page.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let v: Map<String, Value> = serde_json::from_slice(line).map_err(|e| DsrError::Verification(format!("unreadable row: {e}")))?;
-            out.row(line, &v)?;
-            n += 1;
+            received += 1;
+            if let Some((line, v)) = plan.step(line, &mut cursor, &mut skip)? {
+                out.row(&line, &v)?;
+                n += 1;
+            }
         }
         rows += n;
         progress(&format!("{table}: {rows} rows"));
-        if order.is_none() || n < PAGE {
+        // A page shorter than asked is the last one.
+        if received < d.export_page_rows + skip0 {
             break;
         }
     }
@@ -184,6 +268,7 @@ async fn export_clickhouse(
 async fn export_postgres(
     d: &Dsr,
     dir: &Path,
+    seal: Sealing<'_>,
     name: &str,
     table: &str,
     key: &str,
@@ -191,7 +276,7 @@ async fn export_postgres(
     files: &mut Vec<Value>,
     progress: Progress<'_>,
 ) -> Result<u64, DsrError> {
-    let mut out = StoreFiles::create(dir, name)?;
+    let mut out = StoreFiles::create(dir, name, seal)?;
     let sql = format!("SELECT to_jsonb(t) FROM {} t WHERE {} = $1", ident(table)?, ident(key)?);
     let mut stream = sqlx::query_scalar::<_, Value>(&sql).bind(p).fetch(&d.pool);
     let mut rows = 0u64;
@@ -213,8 +298,11 @@ struct StoreFiles {
 }
 
 impl StoreFiles {
-    fn create(dir: &Path, name: &str) -> Result<StoreFiles, DsrError> {
-        Ok(StoreFiles { jsonl: Out::create(dir, &format!("{name}.jsonl"))?, csv: CsvOut::new(Out::create(dir, &format!("{name}.csv"))?) })
+    fn create(dir: &Path, name: &str, seal: Sealing<'_>) -> Result<StoreFiles, DsrError> {
+        Ok(StoreFiles {
+            jsonl: Out::create(dir, &format!("{name}.jsonl"), seal)?,
+            csv: CsvOut::new(Out::create(dir, &format!("{name}.csv"), seal)?),
+        })
     }
 
     fn row(&mut self, line: &[u8], v: &Map<String, Value>) -> Result<(), DsrError> {
@@ -230,25 +318,26 @@ impl StoreFiles {
     }
 }
 
-/// A file being written, hashed as it goes.
+/// A staging file being written (sealed), its plaintext hashed as it goes.
 struct Out {
     rel: String,
-    file: BufWriter<File>,
+    file: SealWriter<BufWriter<File>>,
     sha: Sha256,
     bytes: u64,
 }
 
 impl Out {
-    fn create(dir: &Path, rel: &str) -> Result<Out, DsrError> {
+    fn create(dir: &Path, rel: &str, seal: Sealing<'_>) -> Result<Out, DsrError> {
         let path: PathBuf = dir.join(rel);
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
+            create_private_dir(parent)?;
         }
-        Ok(Out { rel: rel.to_owned(), file: BufWriter::new(File::create(path)?), sha: Sha256::new(), bytes: 0 })
+        let file = SealWriter::new(BufWriter::new(create_private(&path)?), seal.key, seal.job)?;
+        Ok(Out { rel: rel.to_owned(), file, sha: Sha256::new(), bytes: 0 })
     }
 
-    fn finish(mut self) -> Result<Value, DsrError> {
-        self.file.flush()?;
+    fn finish(self) -> Result<Value, DsrError> {
+        self.file.finish()?;
         Ok(json!({"path": self.rel, "sha256": hex::encode(self.sha.finalize()), "bytes": self.bytes}))
     }
 }

@@ -1,11 +1,15 @@
 //! Erasure (GDPR Art. 17), step by step, each idempotent:
 //!
 //! 1. `tombstone`: the pseudonym is tombstoned (the gateway and the lander
-//!    refuse its events from now on), per-store counts and the subject's
-//!    partitions are recorded;
-//! 2. `delete`: rows of every mapped `delete_rows` ClickHouse table are deleted
+//!    refuse its events from now on) with, when `policies/erasure.yaml` says so,
+//!    the learner's blind index (the vault then refuses to issue for them
+//!    again: suppression); per-store counts and the subject's partitions are recorded;
+//! 2. `fence`: erasure waits until every live lander, in this process or
+//!    another, has seen the tombstone and has no batch in flight governed
+//!    before it ([`crate::fence`]);
+//! 3. `delete`: rows of every mapped `delete_rows` ClickHouse table are deleted
 //!    physically (`ALTER TABLE ... DELETE`, `mutations_sync = 2`);
-//! 3. `recompute`: ClickHouse views never see deletes (a `uniqState` still
+//! 4. `recompute`: ClickHouse views never see deletes (a `uniqState` still
 //!    counts the learner), so in each affected partition of every
 //!    `recompute_aggregate` table the groups the learner fed are rebuilt from
 //!    the base table with the table's own materialized-view SELECT: the
@@ -13,44 +17,116 @@
 //!    there by a mutation (physically) and computed afresh, and the staging
 //!    partition is swapped in atomically (`REPLACE PARTITION`), then compared
 //!    with a fresh computation;
-//! 4. `verify`: 0 rows for the subject in every mapped store; events that the
+//! 5. `verify`: 0 rows for the subject in every mapped store; events that the
 //!    lander landed after the tombstone (its governance cache) send the job back
 //!    to step 2, a bounded number of times;
-//! 5. `shred`: the vault row (wrapped key, ciphertext, blind index) and consent
-//!    history are deleted; the tombstone stays;
-//! 6. `certify`: a signed certificate (see [`super::certificate`]) with the
+//! 6. `shred`: the subject's access archives (and any staging files) are
+//!    deleted, then the vault row (wrapped key, ciphertext, blind index) and
+//!    consent history; the tombstone stays;
+//! 7. `certify`: a signed certificate (see [`super::certificate`]) with the
 //!    counts before and after and the residual copies stated honestly.
 
 use chrono::Utc;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{ch_count, ident, num, Dsr, DsrError, Job, Progress};
+use super::{ident, num, Dsr, DsrError, Job, Progress};
 use crate::datamap::{Erasure, Store, StoreKind};
 use crate::warehouse::{Warehouse, AGGREGATE_REBUILD};
 
 const MAX_ROUNDS: u64 = 3;
+/// How long erasure waits for the landers' acknowledgement before the attempt fails (and is retried).
+const FENCE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The subjects of an erasure job: its pseudonym, or (batch erasure) the
+/// list in `progress.subjects`, erased together in one pass.
+pub fn subjects(job: &Job) -> Vec<Uuid> {
+    if job.kind == "erasure_batch" {
+        serde_json::from_value(job.progress["subjects"].clone()).unwrap_or_default()
+    } else {
+        vec![job.pseudonym]
+    }
+}
+
+/// Where a subject's own progress (counts, times, archives) is kept: the
+/// job's progress for a single erasure, `progress.by_subject.{p}` for a batch.
+fn slot(job: &mut Job, p: Uuid) -> &mut Value {
+    if job.kind == "erasure_batch" {
+        &mut job.progress["by_subject"][p.to_string()]
+    } else {
+        &mut job.progress
+    }
+}
+
+fn slot_of(job: &Job, p: Uuid) -> &Value {
+    if job.kind == "erasure_batch" {
+        &job.progress["by_subject"][p.to_string()]
+    } else {
+        &job.progress
+    }
+}
+
+/// `['uuid', ...]`: the `{ps:Array(UUID)}` parameter.
+fn uuids_param(ps: &[Uuid]) -> String {
+    format!("[{}]", ps.iter().map(|p| format!("'{p}'")).collect::<Vec<_>>().join(","))
+}
 
 pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), DsrError> {
-    let p = job.pseudonym;
+    let ps = subjects(job);
+    if ps.is_empty() {
+        return Err(DsrError::Verification("an erasure job without subjects".into()));
+    }
+    let ps = &ps[..];
     loop {
         match job.step.as_str() {
             "start" | "tombstone" => {
                 progress("tombstone");
+                // With suppression (policies/erasure.yaml), the tombstone keeps the learner's
+                // blind index (never the external id), so the vault refuses them from now on.
+                let suppress = d.erasure_policy.suppression.enabled;
                 sqlx::query(
-                    "INSERT INTO tombstones (pseudonym, institution_id, request_id) VALUES ($1, $2, $3) ON CONFLICT (pseudonym) DO NOTHING",
+                    "INSERT INTO tombstones (pseudonym, institution_id, request_id, blind_index, index_key_version, suppressed)
+                     SELECT q.p, $2, $3, CASE WHEN $4 THEN l.blind_index END, CASE WHEN $4 THEN l.index_key_version END,
+                            $4 AND l.blind_index IS NOT NULL
+                     FROM UNNEST($1::uuid[]) AS q(p) LEFT JOIN learners l ON l.pseudonym = q.p
+                     ON CONFLICT (pseudonym) DO NOTHING",
                 )
-                .bind(p)
+                .bind(ps)
                 .bind(&job.institution)
                 .bind(job.id)
+                .bind(suppress)
                 .execute(&d.pool)
                 .await?;
-                crate::governance::note_erased(p);
-                if job.progress.get("before").is_none() {
-                    job.progress["tombstoned_at"] = json!(Utc::now());
-                    job.progress["before"] = Value::Object(d.counts(p).await?);
+                for p in ps {
+                    crate::governance::note_erased(*p);
                 }
-                job.progress["partitions"] = json!(partitions(d, p).await?);
+                // The erasure fence: a new epoch, after the tombstone committed.
+                if job.progress.get("fence_epoch").is_none() {
+                    job.progress["fence_epoch"] = json!(crate::fence::advance(&d.pool).await?);
+                }
+                for (i, p) in ps.iter().enumerate() {
+                    if slot_of(job, *p).get("before").is_none() {
+                        let before = d.counts(*p).await?;
+                        let sl = slot(job, *p);
+                        sl["tombstoned_at"] = json!(Utc::now());
+                        sl["before"] = Value::Object(before);
+                    }
+                    if ps.len() > 1 {
+                        progress(&format!("tombstone {}/{}", i + 1, ps.len()));
+                    }
+                }
+                job.progress["partitions"] = json!(partitions(d, ps).await?);
+                d.save(job, "fence").await?;
+            }
+            "fence" => {
+                // Every live lander (any process) has seen the tombstone and has no batch in
+                // flight governed before it: nothing of the subject lands after the delete.
+                progress("fence");
+                let epoch = job.progress["fence_epoch"].as_i64().unwrap_or(0);
+                if let Err(late) = crate::fence::wait_for_landers(&d.pool, epoch, FENCE_TIMEOUT).await? {
+                    return Err(DsrError::Fence(format!("{} lander(s) did not acknowledge erasure epoch {epoch}: {late:?}", late.len())));
+                }
+                job.progress["fenced_at"] = json!(Utc::now());
                 d.save(job, "delete").await?;
             }
             "delete" => {
@@ -58,7 +134,7 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
                 for s in d.map.stores.iter().filter(|s| s.store == StoreKind::Clickhouse && s.erasure == Erasure::RecomputeAggregate) {
                     let view = view_of(d, s)?;
                     let prev = job.progress["affected"].get(&s.name).cloned();
-                    let found = affected_keys(d, s, view, p).await?;
+                    let found = affected_keys(d, s, view, ps).await?;
                     job.progress["affected"][&s.name] = merge_affected(prev, found);
                 }
                 let targets: Vec<(&Store, &str)> =
@@ -66,7 +142,7 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
                 // Partitions the subject has now (late events included) join the recompute set.
                 let mut parts: Vec<String> = serde_json::from_value(job.progress["partitions"].clone()).unwrap_or_default();
                 for (s, key) in &targets {
-                    parts.extend(subject_partitions(&d.warehouse, &s.name, key, p).await?);
+                    parts.extend(subject_partitions(&d.warehouse, &s.name, key, ps).await?);
                 }
                 parts.sort();
                 parts.dedup();
@@ -76,8 +152,8 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
                 futures::future::try_join_all(targets.iter().map(|(s, key)| async move {
                     d.warehouse
                         .execute(
-                            &format!("ALTER TABLE {} DELETE WHERE {} = {{p:UUID}} SETTINGS mutations_sync = 2", ident(&s.name)?, ident(key)?),
-                            &[("p", p.to_string())],
+                            &format!("ALTER TABLE {} DELETE WHERE {} IN {{ps:Array(UUID)}} SETTINGS mutations_sync = 2", ident(&s.name)?, ident(key)?),
+                            &[("ps", uuids_param(ps))],
                         )
                         .await
                         .map_err(DsrError::from)
@@ -113,7 +189,7 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
                 progress("verify");
                 let mut left = Vec::new();
                 for (s, key) in d.subject_stores(StoreKind::Clickhouse) {
-                    let n = ch_count(&d.warehouse, &s.name, key, p).await?;
+                    let n = ch_count_all(&d.warehouse, &s.name, key, ps).await?;
                     if n > 0 {
                         left.push(format!("{} ({n} rows)", s.name));
                     }
@@ -133,18 +209,46 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
             }
             "shred" => {
                 progress("crypto-shred");
-                // Consent history goes with the learner row (ON DELETE CASCADE).
-                sqlx::query("DELETE FROM learners WHERE pseudonym = $1").bind(p).execute(&d.pool).await?;
-                job.progress["after"] = Value::Object(d.counts(p).await?);
-                job.progress["shredded_at"] = json!(Utc::now());
+                for p in ps {
+                    // The subject's access archives hold the decrypted identity: they go first.
+                    let access: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM dsr_jobs WHERE kind = 'access' AND pseudonym = $1 ORDER BY requested_at")
+                        .bind(p)
+                        .fetch_all(&d.pool)
+                        .await?;
+                    let deleted = super::access::delete_archives(&d.archive_dir, &access)?;
+                    let prev = slot_of(job, *p)["access_archives"]["files_deleted"].as_u64().unwrap_or(0);
+                    let remaining = access.iter().filter(|j| super::access::archive_path(&d.archive_dir, **j).exists()).count();
+                    slot(job, *p)["access_archives"] = json!({"jobs": access, "files_deleted": prev + deleted, "remaining": remaining});
+                }
+                // Consent history goes with the learner rows (ON DELETE CASCADE).
+                sqlx::query("DELETE FROM learners WHERE pseudonym = ANY($1)").bind(ps).execute(&d.pool).await?;
+                for p in ps {
+                    let after = d.counts(*p).await?;
+                    let sl = slot(job, *p);
+                    sl["after"] = Value::Object(after);
+                    sl["shredded_at"] = json!(Utc::now());
+                }
                 d.save(job, "certify").await?;
             }
             "certify" => {
                 progress("certificate");
-                let body = certificate_body(d, job).await?;
-                let signed = d.signer.sign(&body);
-                let detail = json!({"job": job.id, "stores": body["stores"].as_array().map(Vec::len), "certificate_sha256": super::certificate::digest(&signed)});
-                d.finish(job, json!({"certificate": signed}), detail).await?;
+                if job.kind != "erasure_batch" {
+                    let body = certificate_body(d, job, job.pseudonym).await?;
+                    let signed = d.signer.sign(&body);
+                    let detail = json!({"job": job.id, "stores": body["stores"].as_array().map(Vec::len), "certificate_sha256": super::certificate::digest(&signed)});
+                    d.finish(job, json!({"certificate": signed}), detail).await?;
+                    return Ok(());
+                }
+                // A batch: one certificate per subject.
+                let mut certificates = serde_json::Map::new();
+                let mut digests = serde_json::Map::new();
+                for p in ps {
+                    let signed = d.signer.sign(&certificate_body(d, job, *p).await?);
+                    digests.insert(p.to_string(), json!(super::certificate::digest(&signed)));
+                    certificates.insert(p.to_string(), signed);
+                }
+                let detail = json!({"job": job.id, "subjects": ps.len(), "certificate_sha256": digests});
+                d.finish(job, json!({"certificates": certificates}), detail).await?;
                 return Ok(());
             }
             other => return Err(DsrError::Verification(format!("unknown step {other}"))),
@@ -152,22 +256,30 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
     }
 }
 
-/// Partition ids of the subject's rows in every `delete_rows` table.
-async fn partitions(d: &Dsr, p: Uuid) -> Result<Vec<String>, DsrError> {
+/// Rows of any of `ps` in `table`.
+async fn ch_count_all(wh: &Warehouse, table: &str, key: &str, ps: &[Uuid]) -> Result<u64, DsrError> {
+    let rows = wh
+        .query(&format!("SELECT count() AS n FROM {} WHERE {} IN {{ps:Array(UUID)}}", ident(table)?, ident(key)?), &[("ps", uuids_param(ps))])
+        .await?;
+    Ok(rows.first().map(|r| num(&r["n"])).unwrap_or(0))
+}
+
+/// Partition ids of the subjects' rows in every `delete_rows` table.
+async fn partitions(d: &Dsr, ps: &[Uuid]) -> Result<Vec<String>, DsrError> {
     let mut out = Vec::new();
     for (s, key) in d.subject_stores(StoreKind::Clickhouse).filter(|(s, _)| s.erasure == Erasure::DeleteRows) {
-        out.extend(subject_partitions(&d.warehouse, &s.name, key, p).await?);
+        out.extend(subject_partitions(&d.warehouse, &s.name, key, ps).await?);
     }
     out.sort();
     out.dedup();
     Ok(out)
 }
 
-async fn subject_partitions(wh: &Warehouse, table: &str, key: &str, p: Uuid) -> Result<Vec<String>, DsrError> {
+async fn subject_partitions(wh: &Warehouse, table: &str, key: &str, ps: &[Uuid]) -> Result<Vec<String>, DsrError> {
     let rows = wh
         .query(
-            &format!("SELECT DISTINCT _partition_id AS id FROM {} WHERE {} = {{p:UUID}}", ident(table)?, ident(key)?),
-            &[("p", p.to_string())],
+            &format!("SELECT DISTINCT _partition_id AS id FROM {} WHERE {} IN {{ps:Array(UUID)}}", ident(table)?, ident(key)?),
+            &[("ps", uuids_param(ps))],
         )
         .await?;
     Ok(rows.iter().filter_map(|r| r["id"].as_str().map(str::to_owned)).collect())
@@ -229,7 +341,7 @@ fn view_of<'a>(d: &'a Dsr, table: &Store) -> Result<&'a Store, DsrError> {
 /// or date columns), with the values the subject's rows hold in them:
 /// `{"cols": [[name, type]], "values": [[...], ...]}`. Only groups matching
 /// these values can contain the subject, so only they are recomputed.
-async fn affected_keys(d: &Dsr, table: &Store, view: &Store, p: Uuid) -> Result<Value, DsrError> {
+async fn affected_keys(d: &Dsr, table: &Store, view: &Store, ps: &[Uuid]) -> Result<Value, DsrError> {
     let wh = &d.warehouse;
     let sh = shape(wh, ident(&table.name)?, ident(&view.name)?).await?;
     let Some((source, key)) = d
@@ -264,7 +376,7 @@ async fn affected_keys(d: &Dsr, table: &Store, view: &Store, p: Uuid) -> Result<
     }
     let select = cols.iter().map(|(c, _)| format!("groupUniqArray(toString(`{c}`)) AS `{c}`")).collect::<Vec<_>>().join(", ");
     let row = wh
-        .query(&format!("SELECT {select} FROM {} WHERE {} = {{p:UUID}}", ident(&source.name)?, ident(key)?), &[("p", p.to_string())])
+        .query(&format!("SELECT {select} FROM {} WHERE {} IN {{ps:Array(UUID)}}", ident(&source.name)?, ident(key)?), &[("ps", uuids_param(ps))])
         .await?;
     let row = row.first().cloned().unwrap_or_default();
     Ok(json!({
@@ -393,9 +505,10 @@ fn merge_expr(col: &str, ty: &str) -> String {
     format!("any(`{col}`) AS `{col}`")
 }
 
-async fn certificate_body(d: &Dsr, job: &Job) -> Result<Value, DsrError> {
-    let before = job.progress["before"].as_object().cloned().unwrap_or_default();
-    let after = job.progress["after"].as_object().cloned().unwrap_or_default();
+async fn certificate_body(d: &Dsr, job: &Job, subject: Uuid) -> Result<Value, DsrError> {
+    let sl = slot_of(job, subject);
+    let before = sl["before"].as_object().cloned().unwrap_or_default();
+    let after = sl["after"].as_object().cloned().unwrap_or_default();
     let mut stores = Vec::new();
     for s in &d.map.stores {
         let key = format!("{}:{}", store_kind(s), s.name);
@@ -409,28 +522,48 @@ async fn certificate_body(d: &Dsr, job: &Job) -> Result<Value, DsrError> {
             _ => {}
         }
     }
-    let tombstoned_at = job.progress["tombstoned_at"].as_str().unwrap_or_default().to_owned();
-    let residual: Vec<Value> = d
-        .map
-        .stores
-        .iter()
-        .filter(|s| matches!(s.erasure, Erasure::Keep | Erasure::Expire) && s.subject_key.is_some())
-        .filter(|s| !after.get(&format!("{}:{}", store_kind(s), s.name)).is_some_and(|n| num(n) == 0))
-        .map(|s| json!({"store": format!("{}:{}", store_kind(s), s.name), "method": s.erasure, "retention": s.retention, "reason": s.reason}))
-        .collect();
+    let tombstoned_at = sl["tombstoned_at"].as_str().unwrap_or_default().to_owned();
+    let tombstoned: Option<chrono::DateTime<Utc>> = chrono::DateTime::parse_from_rfc3339(&tombstoned_at).ok().map(|t| t.with_timezone(&Utc));
+    let mut residual = Vec::new();
+    for s in d.map.stores.iter().filter(|s| matches!(s.erasure, Erasure::Keep | Erasure::Expire) && s.subject_key.is_some()) {
+        if after.get(&format!("{}:{}", store_kind(s), s.name)).is_some_and(|n| num(n) == 0) {
+            continue;
+        }
+        let mut r = json!({"store": format!("{}:{}", store_kind(s), s.name), "method": s.erasure, "retention": s.retention, "reason": s.reason});
+        if let Some(t) = d.topic_of(s) {
+            // Kafka cannot delete a record: what was produced before the tombstone ages out with
+            // the topic's retention (whole segments, rolled at least daily). Since the tombstone the
+            // gateway and the lander refuse the subject, and refused events are dead-lettered unkeyed.
+            r["topic"] = json!(t.name);
+            if let (Some(ms), Some(at)) = (t.retention_ms, tombstoned) {
+                let segment = ms.min(86_400_000);
+                r["until"] = json!((at + chrono::Duration::milliseconds(ms + segment)).to_rfc3339());
+            }
+            if s.category == "dead_letters" {
+                let (brokers, topic, key) = (d.kafka_brokers.clone(), t.name.clone(), subject.to_string());
+                let n = tokio::task::spawn_blocking(move || super::kafka::scan_keyed(&brokers, &topic, &key, |_| Ok(())))
+                    .await
+                    .map_err(|e| DsrError::Verification(format!("dead-letter scan: {e}")))??;
+                r["records_keyed_by_subject"] = json!(n);
+            }
+        }
+        residual.push(r);
+    }
     Ok(json!({
         "type": "learnvault.erasure-certificate/v1",
         "job_id": job.id,
-        "subject": {"pseudonym": job.pseudonym, "institution": job.institution},
+        "subject": {"pseudonym": subject, "institution": job.institution},
         "requested_by": job.requested_by,
         "reference": job.reference,
         "requested_at": job.requested_at,
         "tombstoned_at": tombstoned_at,
-        "shredded_at": job.progress["shredded_at"],
+        "shredded_at": sl["shredded_at"],
         "issued_at": Utc::now(),
         "stores": stores,
-        "vault": {"identity_crypto_shredded": after.get("postgres:learners").is_some_and(|n| num(n) == 0), "tombstone_kept": true},
+        "vault": {"identity_crypto_shredded": after.get("postgres:learners").is_some_and(|n| num(n) == 0), "tombstone_kept": true,
+                  "collection_suppressed": d.erasure_policy.suppression.enabled},
         "residual_copies": residual,
+        "access_archives": sl["access_archives"],
         "engines": {"warehouse": d.warehouse.version().await?, "learnvault": env!("CARGO_PKG_VERSION")},
     }))
 }

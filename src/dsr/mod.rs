@@ -15,6 +15,10 @@
 pub mod access;
 pub mod certificate;
 pub mod erasure;
+pub mod kafka;
+pub mod policy;
+pub mod seal;
+pub mod snapshot;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -56,6 +60,8 @@ pub enum DsrError {
     Verification(String),
     #[error("no such job")]
     NotFound,
+    #[error("erasure fence: {0}")]
+    Fence(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -63,6 +69,8 @@ pub enum DsrError {
 pub enum Kind {
     Access,
     Erasure,
+    /// Many subjects of one institution erased in one pass.
+    ErasureBatch,
 }
 
 impl Kind {
@@ -70,6 +78,7 @@ impl Kind {
         match self {
             Kind::Access => "access",
             Kind::Erasure => "erasure",
+            Kind::ErasureBatch => "erasure_batch",
         }
     }
 }
@@ -136,6 +145,8 @@ pub struct Request {
     pub roles: Vec<String>,
     pub request_id: Uuid,
     pub reference: Option<String>,
+    /// The subjects of a batch erasure (`pseudonym` is then nil).
+    pub subjects: Vec<Uuid>,
 }
 
 /// Everything a job needs: the stores (from the data map) and the engines.
@@ -149,6 +160,12 @@ pub struct Dsr {
     pub kafka_brokers: String,
     pub topics: Vec<crate::topics::TopicSpec>,
     pub archive_dir: PathBuf,
+    /// `policies/erasure.yaml`: suppression after erasure.
+    pub erasure_policy: policy::ErasurePolicy,
+    /// Rows per ClickHouse page of a subject-access export.
+    pub export_page_rows: u64,
+    /// Per-job keys sealing the access archives at rest.
+    pub archive_keys: seal::ArchiveKeys,
     pub signer: certificate::Signer,
     /// How long the lander may still land events of a just-tombstoned subject
     /// (its governance cache); erasure re-deletes what lands meanwhile.
@@ -176,9 +193,10 @@ impl Dsr {
         }
         let id = Uuid::new_v4();
         let mut tx = self.pool.begin().await?;
+        let initial = if req.kind == Kind::ErasureBatch { json!({"subjects": req.subjects}) } else { json!({}) };
         let inserted = sqlx::query(&format!(
-            "INSERT INTO dsr_jobs (id, kind, pseudonym, institution_id, requested_by, request_id, reference, deadline)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(days => $8))
+            "INSERT INTO dsr_jobs (id, kind, pseudonym, institution_id, requested_by, request_id, reference, deadline, progress)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(days => $8), $9)
              ON CONFLICT DO NOTHING RETURNING {JOB_COLUMNS}"
         ))
         .bind(id)
@@ -189,6 +207,7 @@ impl Dsr {
         .bind(req.request_id)
         .bind(&req.reference)
         .bind(DEADLINE_DAYS as i32)
+        .bind(&initial)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = inserted else {
@@ -208,14 +227,14 @@ impl Dsr {
             roles: req.roles.clone(),
             institution: Some(req.institution.clone()),
             action: format!("dsr.{}.request", req.kind.as_str()),
-            target: Some(req.pseudonym),
+            target: (req.kind != Kind::ErasureBatch).then_some(req.pseudonym),
             purpose: Some(match req.kind {
                 Kind::Access => "subject_access".into(),
-                Kind::Erasure => "erasure".into(),
+                Kind::Erasure | Kind::ErasureBatch => "erasure".into(),
             }),
             justification: req.reference.clone(),
             outcome: Outcome::Success,
-            detail: json!({"job": id}),
+            detail: if req.kind == Kind::ErasureBatch { json!({"job": id, "subjects": req.subjects}) } else { json!({"job": id}) },
         };
         audit::append(&mut tx, &[entry]).await?;
         tx.commit().await?;
@@ -293,7 +312,7 @@ impl Dsr {
             roles: vec![],
             institution: Some(job.institution.clone()),
             action: format!("dsr.{}.{}", job.kind, if outcome == Outcome::Success { "complete" } else { "fail" }),
-            target: Some(job.pseudonym),
+            target: (job.kind != "erasure_batch").then_some(job.pseudonym),
             purpose: Some(if job.kind == "access" { "subject_access".into() } else { "erasure".into() }),
             justification: None,
             outcome,
@@ -406,6 +425,15 @@ impl Dsr {
                 metrics::gauge!("learnvault_dsr_jobs_overdue", "kind" => kind).set(overdue as f64);
             }
         }
+    }
+
+    /// The deployment's topic of a mapped Kafka store: the dead-letter topic for
+    /// `dead_letters`, else the events topic (`topics::specs_with` order).
+    pub fn topic_of(&self, store: &Store) -> Option<&crate::topics::TopicSpec> {
+        if store.store != StoreKind::Kafka {
+            return None;
+        }
+        self.topics.get(if store.category == "dead_letters" { 1 } else { 0 })
     }
 
     /// Mapped stores that hold rows keyed by the subject, by engine.

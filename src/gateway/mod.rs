@@ -7,12 +7,16 @@
 //! Invariants:
 //! * nothing with a raw identifier reaches a topic: the `learner` object
 //!   (`{institution, external_id}`) and the xAPI actor are removed before
-//!   anything is produced, dead letters included;
+//!   anything is produced; dead letters are redacted by [`crate::redact`]
+//!   (emails, phones, the request's external ids, identifier fields, path and
+//!   reason kept) and keyed by the pseudonym when one is known, else unkeyed;
 //! * an event is reported `accepted` only after the broker acknowledged it;
 //!   when the broker cannot be reached the request fails with 503 and
 //!   `Retry-After` (what was not written is not acknowledged);
 //! * a refused event is in the dead-letter topic with the same reason code the
-//!   caller sees.
+//!   caller sees;
+//! * a learner erased with collection suppressed gets no pseudonym again: their
+//!   events are refused `erased` (see `Vault::suppressed`).
 
 pub mod xapi;
 
@@ -154,6 +158,8 @@ impl Gateway {
         let mut out: Vec<Option<Status>> = vec![None; items.len()];
         let mut events: Vec<Option<Value>> = Vec::with_capacity(items.len());
 
+        // The request's own external ids: redacted from anything dead-lettered.
+        let external_ids: Vec<String> = items.iter().filter_map(|it| it.identity.as_ref().map(|(_, e)| e.clone())).collect();
         // 1. Identities -> pseudonyms, one vault batch for the request.
         let mut wanted: Vec<(InstitutionId, NewLearner)> = Vec::new();
         let mut slot: Vec<Option<usize>> = vec![None; items.len()];
@@ -187,7 +193,13 @@ impl Gateway {
             }
             let mut ev = it.event;
             if let (Some(n), Some((inst, _))) = (slot[i], &it.identity) {
-                ev.insert("learner_id".into(), json!(issued[n].pseudonym.as_uuid()));
+                let Some(issued) = issued[n] else {
+                    // Erased, collection suppressed: refused, dead-lettered without identity or pseudonym.
+                    out[i] = Some(rejected("erased", "this learner was erased; collection is suppressed until a DPO lifts it"));
+                    events.push(Some(Value::Object(ev)));
+                    continue;
+                };
+                ev.insert("learner_id".into(), json!(issued.pseudonym.as_uuid()));
                 ev.entry("institution_id").or_insert_with(|| json!(inst));
             }
             ev.insert("server_ts".into(), json!(now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)));
@@ -195,7 +207,7 @@ impl Gateway {
         }
         let mut valid = Vec::with_capacity(events.len());
         for (i, ev) in events.iter().enumerate() {
-            let Some(ev) = ev else {
+            let (Some(ev), None) = (ev, &out[i]) else {
                 valid.push(None);
                 continue;
             };
@@ -275,11 +287,15 @@ impl Gateway {
             None => unavailable.extend(bodies.iter().map(|b| b.0)),
         }
         let mut dead = Vec::new();
+        let cx = crate::redact::Context { external_ids: &external_ids, protected: Some(&self.protected) };
         for (i, st) in out.iter().enumerate() {
             if let Some(Status::Rejected { code, detail }) = st {
-                let payload = events.get(i).cloned().flatten().unwrap_or(Value::Null);
-                let key = payload.get("learner_id").and_then(Value::as_str).map(str::to_owned);
-                let rec = json!({"reason": code, "detail": detail, "stage": "gateway", "failed_at": now.to_rfc3339(), "payload": redact(payload, &self.protected)});
+                let mut payload = events.get(i).cloned().flatten().unwrap_or(Value::Null);
+                let redacted = crate::redact::redact_value(&mut payload, &cx);
+                // Keyed by the pseudonym when one is known, else no key.
+                let key = crate::redact::dead_letter_key(&payload);
+                let (detail, _) = crate::redact::redact_text(detail, &cx);
+                let rec = json!({"reason": code, "detail": detail, "stage": "gateway", "failed_at": now.to_rfc3339(), "payload": payload, "redacted": redacted});
                 let body = serde_json::to_vec(&rec).expect("json");
                 let producer = &self.producer;
                 let topic = &self.dlq_topic;
@@ -323,8 +339,10 @@ impl Gateway {
 
     /// Dead-letter something that never became an event (an unmapped xAPI
     /// verb, an unparseable line), with identity fields already removed.
-    pub async fn dead_letter(&self, code: &str, detail: &str, payload: Value) -> bool {
-        let rec = json!({"reason": code, "detail": detail, "stage": "gateway", "failed_at": Utc::now().to_rfc3339(), "payload": redact(payload, &self.protected)});
+    pub async fn dead_letter(&self, code: &str, detail: &str, mut payload: Value) -> bool {
+        let cx = crate::redact::Context { external_ids: &[], protected: Some(&self.protected) };
+        let redacted = crate::redact::redact_value(&mut payload, &cx);
+        let rec = json!({"reason": code, "detail": detail, "stage": "gateway", "failed_at": Utc::now().to_rfc3339(), "payload": payload, "redacted": redacted});
         let body = serde_json::to_vec(&rec).expect("json");
         let ok = self.producer.send(FutureRecord::<(), _>::to(&self.dlq_topic).payload(&body), Duration::from_secs(0)).await.is_ok();
         metrics::counter!("learnvault_gateway_rejects_total", "reason" => code.to_owned()).increment(1);
@@ -334,22 +352,6 @@ impl Gateway {
 
 fn rejected(code: &str, detail: &str) -> Status {
     Status::Rejected { code: code.to_owned(), detail: detail.to_owned() }
-}
-
-/// Remove identity fields and protected-attribute values from a dead letter's payload.
-fn redact(mut payload: Value, protected: &ProtectedAttributes) -> Value {
-    if let Some(obj) = payload.as_object_mut() {
-        obj.remove("learner");
-        obj.remove("actor");
-        if let Some(Value::Object(props)) = obj.get_mut("props") {
-            for (k, v) in props.iter_mut() {
-                if protected.matches(k).is_some() {
-                    *v = Value::String("<redacted>".into());
-                }
-            }
-        }
-    }
-    payload
 }
 
 /// Split an event object into the event and its identity: a `learner`

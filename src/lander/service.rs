@@ -136,6 +136,8 @@ pub(super) struct Prepared {
     oldest: Option<DateTime<Utc>>,
     /// The decoded events, per member partition.
     items: Vec<(i32, Vec<Item>)>,
+    /// In flight for the erasure fence until the batch is dropped (landed or abandoned).
+    _fence: crate::fence::Ticket,
 }
 
 /// What preparing and landing a batch needs, shared by the lander and its landing tasks.
@@ -152,6 +154,8 @@ pub(super) struct Sink {
     pub(super) intents: Arc<Intents>,
     pub(super) stats: Arc<LanderStats>,
     buffers: RowBuffers,
+    /// This lander's side of the erasure fence.
+    fence: crate::fence::Fence,
 }
 
 impl Sink {
@@ -168,20 +172,11 @@ impl Sink {
         // Dead letters: few, so compressed whatever the broker.
         let producer: FutureProducer = crate::envelope::producer_config(&cfg.brokers, "lz4").set("message.timeout.ms", "30000").create()?;
         let governance = Arc::new(Governance::new(pool.clone(), cfg.governance_ttl, analytics_default));
+        let fence = crate::fence::Fence::start(pool.clone(), governance.clone());
         let decoder = Decoder::new(taxonomy, protected, cfg.max_event_bytes, cfg.clock_skew);
         let intents = Arc::new(Intents::new(pool, cfg.group.clone(), cfg.topic.clone()));
         let stats = Arc::new(LanderStats::default());
-        Ok(Sink {
-            cfg: Arc::new(cfg.clone()),
-            consumer,
-            producer,
-            warehouse,
-            decoder,
-            governance,
-            intents,
-            stats,
-            buffers: RowBuffers::default(),
-        })
+        Ok(Sink { cfg: Arc::new(cfg.clone()), consumer, producer, warehouse, decoder, governance, intents, stats, buffers: RowBuffers::default(), fence })
     }
 
     /// Record the intent of the batch `batches` (the records of each member partition, in
@@ -206,6 +201,15 @@ impl Sink {
         let Intended { ranges, token } = intended;
         let decoded = futures::future::join_all(batches.into_iter().map(|(p, raws)| async move { (p, self.decoder.decode_all(raws).await) })).await;
 
+        // The erasure fence: the batch is in flight from before it is governed until it is dropped,
+        // and is governed with a cache emptied after any erasure epoch the lander has read.
+        let ticket = self.fence.enter();
+        let mut backoff = Backoff::POSTGRES;
+        while let Err(e) = self.fence.refresh().await {
+            tracing::warn!(error = %e, "vault unavailable for the erasure fence; retrying");
+            health::stalled(Cause::Vault, &e);
+            backoff.wait().await;
+        }
         // Governance, one query for the batch's cache misses.
         let ids: Vec<uuid::Uuid> =
             decoded.iter().flat_map(|(_, items)| items.iter().filter_map(|i| i.outcome.as_ref().ok().map(|e| e.learner_id))).collect();
@@ -247,7 +251,7 @@ impl Sink {
                 self.dead_letter(*p, &items[*ix], *reason, detail).await?;
             }
         }
-        Ok(Prepared { ranges, token, rows: Arc::new(rows), landed, oldest, items: decoded })
+        Ok(Prepared { ranges, token, rows: Arc::new(rows), landed, oldest, items: decoded, _fence: ticket })
     }
 
     /// Replay partition `p`'s pending batch `intent`: re-read every member's range
@@ -361,25 +365,22 @@ impl Sink {
         Vec::new()
     }
 
-    fn redact(&self, raw: &[u8]) -> Vec<u8> {
-        match serde_json::from_slice::<Value>(raw) {
-            Ok(mut v) => {
-                if let Some(props) = v.get_mut("props").and_then(Value::as_object_mut) {
-                    for (k, val) in props.iter_mut() {
-                        if self.decoder.protected().matches(k).is_some() {
-                            *val = Value::String("<redacted>".into());
-                        }
-                    }
-                }
-                serde_json::to_vec(&v).unwrap_or_default()
-            }
-            Err(_) => raw.to_vec(),
-        }
-    }
-
     async fn dead_letter(&self, p: i32, item: &Item, reason: Reason, detail: &str) -> Result<(), LanderError> {
-        let payload = if reason == Reason::ProtectedAttribute { self.redact(item.bytes()) } else { item.bytes().to_vec() };
+        // Identifiers out (emails, phones, identifier fields, protected attributes; path and reason kept):
+        // a JSON payload is redacted as JSON and kept as its text, a UTF-8 one as text.
+        let cx = crate::redact::Context { external_ids: &[], protected: Some(self.decoder.protected()) };
+        let (payload, redacted) = match std::str::from_utf8(item.bytes()) {
+            Ok(_) => {
+                let (v, r) = crate::redact::redact_bytes(item.bytes(), &cx);
+                (match v {
+                    Value::String(text) if serde_json::from_slice::<Value>(item.bytes()).is_err() => text.into_bytes(),
+                    v => serde_json::to_vec(&v).expect("json"),
+                }, r)
+            }
+            Err(_) => (item.bytes().to_vec(), Vec::new()),
+        };
         let mut rec = serde_json::json!({
+            "redacted": redacted,
             "reason": reason.as_str(),
             "detail": detail,
             "topic": self.cfg.topic,
@@ -404,7 +405,13 @@ impl Sink {
                 .ok()
                 .and_then(|v| v.get("learner_id").and_then(Value::as_str).and_then(|l| uuid::Uuid::parse_str(l).ok()))
                 .map(|l| l.to_string().into_bytes()),
-            (Err(_), None) => item.key.as_deref().map(<[u8]>::to_vec),
+            // The record's own key only when it is a pseudonym: a third-party producer's key may be anything.
+            (Err(_), None) => item
+                .key
+                .as_deref()
+                .and_then(|k| std::str::from_utf8(k).ok())
+                .and_then(|k| uuid::Uuid::parse_str(k).ok())
+                .map(|l| l.to_string().into_bytes()),
         };
         let mut backoff = Backoff::DEAD_LETTER;
         loop {

@@ -164,6 +164,20 @@ pub async fn verify_postgres(report: &mut Report, pool: &PgPool, policy: &Policy
             sqlx::query_scalar(&format!("SELECT min({column}) FROM {table}")).fetch_one(pool).await?;
         tables_push(report, format!("postgres:{table}"), format!("purge {column} older than {} days", tp.days), oldest, limit);
     }
+    if let Some(tp) = policy.postgres.get("audit_log") {
+        // The audit log is pruned (below a signed checkpoint) with the period the owner set in
+        // `audit_retention`, which must equal the policy.
+        let live: Option<i32> = sqlx::query_scalar("SELECT days FROM audit_retention").fetch_optional(pool).await?;
+        report.tables.push(TableReport {
+            table: "postgres:audit_retention".into(),
+            expected_ttl: format!("{} days", tp.days),
+            live_ttl: Some(live.map_or("unset".into(), |d| format!("{d} days"))),
+            ttl_ok: live.is_some_and(|d| d as u32 == tp.days),
+            oldest: None,
+            limit: format!("{} days", tp.days),
+            rows_ok: true,
+        });
+    }
     if let Some(a) = &policy.archives {
         let limit = now - Duration::days(i64::from(a.days) + i64::from(policy.grace_days));
         let mut oldest: Option<chrono::DateTime<Utc>> = None;
@@ -231,7 +245,8 @@ fn tables_push(report: &mut Report, table: String, expected: String, oldest: Opt
 
 /// Delete what the policy says has expired outside ClickHouse (which expires
 /// its own rows by TTL): finished subject-request records and old archives.
-/// The audit log is append-only and hash-chained: it is checked, not purged.
+/// The audit log is append-only and hash-chained: `serve` prunes it only below a
+/// signed checkpoint (`audit::prune`), which keeps the chain verifiable.
 pub async fn purge(pool: &PgPool, policy: &Policy, archive_dir: &Path) -> Result<u64, RetentionError> {
     let mut removed = 0;
     if let Some(tp) = policy.postgres.get("dsr_jobs") {

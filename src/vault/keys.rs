@@ -79,10 +79,22 @@ impl MasterKey {
     /// Load per settings: explicit key, then key file; in development only,
     /// generate a key file (0600) with a loud warning.
     pub fn load(settings: &Settings) -> Result<Self, KeyError> {
+        Self::load_at(settings, settings.dev_key_path())
+    }
+
+    /// [`MasterKey::load`] with the key file at `path` (`settings.dev_key_path()`).
+    fn load_at(settings: &Settings, path: std::path::PathBuf) -> Result<Self, KeyError> {
         if let Some(k) = &settings.master_key {
             return Self::from_base64(k.expose_secret());
         }
-        let path = settings.dev_key_path();
+        if settings.is_production() && settings.master_key_file.is_none() {
+            // Production never reads the development key file, even if one is lying around:
+            // the key must be configured on purpose.
+            if path.exists() {
+                tracing::warn!(path = %path.display(), "a development master key file exists; production mode ignores it");
+            }
+            return Err(KeyError::MissingInProduction);
+        }
         if settings.master_key_file.is_some() || path.exists() {
             let text = std::fs::read_to_string(&path).map_err(|source| KeyError::Io {
                 path: path.display().to_string(),
@@ -147,6 +159,24 @@ mod tests {
         assert_ne!(*a, *m.institution_key(KeyUse::BlindIndex, "uni-b", 1));
         assert_ne!(*a, *m.institution_key(KeyUse::BlindIndex, "uni-a", 2));
         assert_eq!(*a, *m.institution_key(KeyUse::BlindIndex, "uni-a", 1));
+    }
+
+    #[test]
+    fn production_never_loads_the_development_key_file() {
+        let dir = std::env::temp_dir().join(format!("lv-devkey-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dev = dir.join("dev-master.key");
+        std::fs::write(&dev, MasterKey::generate().to_base64().expose_secret()).unwrap();
+        // Development with no key configured reads the file at the development path...
+        let mut s = Settings::default();
+        assert!(MasterKey::load_at(&s, dev.clone()).is_ok());
+        // ...production refuses to, however the file got there.
+        s.env = crate::config::Environment::Production;
+        assert!(matches!(MasterKey::load_at(&s, dev.clone()), Err(KeyError::MissingInProduction)));
+        // A key file named on purpose is the production way.
+        s.master_key_file = Some(dev.clone());
+        assert!(MasterKey::load_at(&s, s.dev_key_path()).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

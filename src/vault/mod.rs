@@ -41,6 +41,9 @@ pub enum VaultError {
     Corrupt(Pseudonym),
     #[error("vault writer has stopped")]
     WriterGone,
+    /// The learner was erased and collection is suppressed until a DPO lifts it.
+    #[error("this learner was erased; collection is suppressed")]
+    Suppressed,
 }
 
 /// A validated identity: a flat JSON object of scalar fields (name, email, ...).
@@ -133,13 +136,99 @@ impl Vault {
 
     /// Issue-or-get one learner's pseudonym; group-committed with other
     /// concurrent calls, each keeping its own audit row.
+    ///
+    /// An erased learner whose suppression has not been lifted is refused
+    /// ([`VaultError::Suppressed`]): no pseudonym is issued for them again.
     pub async fn issue_one(
         &self,
         institution: &InstitutionId,
         learner: NewLearner,
         audit: NewEntry,
     ) -> Result<Issued, VaultError> {
+        if self.suppressed(&[(institution, &learner.external_id)]).await?[0] {
+            return Err(VaultError::Suppressed);
+        }
         self.issuer.submit(institution.clone(), learner, audit).await
+    }
+
+    /// Which of `learners` were erased with their collection suppressed (the
+    /// tombstone's blind index, see `migrations/postgres/0007_privacy_edges.sql`):
+    /// one query; the external ids never leave this process.
+    pub async fn suppressed(&self, learners: &[(&InstitutionId, &ExternalId)]) -> Result<Vec<bool>, VaultError> {
+        let mut out = vec![false; learners.len()];
+        if learners.is_empty() {
+            return Ok(out);
+        }
+        let mut versions: HashMap<&str, Option<i32>> = HashMap::new();
+        let (mut insts, mut blinds, mut idx) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, (inst, ext)) in learners.iter().enumerate() {
+            let version = match versions.get(inst.as_str()) {
+                Some(v) => *v,
+                None => {
+                    let v = sqlx::query_scalar!("SELECT key_version FROM institutions WHERE id = $1", inst.as_str()).fetch_optional(&self.pool).await?;
+                    versions.insert(inst.as_str(), v);
+                    v
+                }
+            };
+            let Some(version) = version else { continue };
+            let key = self.master.institution_key(KeyUse::BlindIndex, inst.as_str(), version);
+            insts.push(inst.as_str().to_owned());
+            blinds.push(crypto::blind_index(&key, ext).to_vec());
+            idx.push(i as i32);
+        }
+        if idx.is_empty() {
+            return Ok(out);
+        }
+        let hits = sqlx::query_scalar!(
+            r#"SELECT w.i AS "i!" FROM UNNEST($1::text[], $2::bytea[], $3::int4[]) AS w(inst, bi, i)
+               JOIN tombstones t ON t.suppressed AND t.institution_id = w.inst AND t.blind_index = w.bi"#,
+            &insts,
+            &blinds,
+            &idx
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for i in hits {
+            out[i as usize] = true;
+        }
+        Ok(out)
+    }
+
+    /// Lift the suppression of an erased learner (a DPO's decision, e.g. the
+    /// person re-enrolled and consented), audited in the same transaction.
+    /// Returns the erased pseudonyms whose suppression was lifted (empty: none was suppressed).
+    pub async fn lift_suppression(
+        &self,
+        institution: &InstitutionId,
+        external_id: &ExternalId,
+        mut audit: NewEntry,
+    ) -> Result<Vec<Pseudonym>, VaultError> {
+        let Some(version) = sqlx::query_scalar!("SELECT key_version FROM institutions WHERE id = $1", institution.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(Vec::new());
+        };
+        let key = self.master.institution_key(KeyUse::BlindIndex, institution.as_str(), version);
+        let bi = crypto::blind_index(&key, external_id);
+        let mut tx = self.pool.begin().await?;
+        let lifted = sqlx::query_scalar!(
+            "UPDATE tombstones SET suppressed = false, lifted_at = now(), lifted_by = $3
+             WHERE institution_id = $1 AND blind_index = $2 AND suppressed RETURNING pseudonym",
+            institution.as_str(),
+            &bi[..],
+            audit.actor
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        if lifted.is_empty() {
+            return Ok(Vec::new());
+        }
+        audit.target = lifted.first().copied();
+        audit.detail = serde_json::json!({"erased_pseudonyms": lifted});
+        audit::append(&mut tx, std::slice::from_ref(&audit)).await?;
+        tx.commit().await?;
+        Ok(lifted.into_iter().map(Pseudonym::from_uuid).collect())
     }
 
     /// Issue-or-get for the ingest gateway, where nearly every learner is
@@ -147,7 +236,8 @@ impl Vault {
     /// the current key version), and only the rest go through [`Vault::issue_batch`]
     /// (audited with its counts). Nothing is audited when nothing was issued: a
     /// lookup from identity to pseudonym releases nothing the caller lacks.
-    pub async fn get_or_issue(&self, items: Vec<(InstitutionId, NewLearner)>, audit: NewEntry) -> Result<Vec<Issued>, VaultError> {
+    /// `None` for a learner who was erased with collection suppressed: nothing is issued for them.
+    pub async fn get_or_issue(&self, items: Vec<(InstitutionId, NewLearner)>, audit: NewEntry) -> Result<Vec<Option<Issued>>, VaultError> {
         let mut out: Vec<Option<Issued>> = vec![None; items.len()];
         let mut by_inst: HashMap<&str, Vec<usize>> = HashMap::new();
         for (i, (inst, _)) in items.iter().enumerate() {
@@ -169,14 +259,23 @@ impl Vault {
                 }
             }
         }
-        let missing: Vec<usize> = (0..items.len()).filter(|&i| out[i].is_none()).collect();
+        let mut missing: Vec<usize> = (0..items.len()).filter(|&i| out[i].is_none()).collect();
+        // Only learners not in the vault can be suppressed (an erased learner's row is gone).
+        let mut refused = vec![false; items.len()];
+        if !missing.is_empty() {
+            let asked: Vec<(&InstitutionId, &ExternalId)> = missing.iter().map(|&i| (&items[i].0, &items[i].1.external_id)).collect();
+            for (&i, s) in missing.iter().zip(self.suppressed(&asked).await?) {
+                refused[i] = s;
+            }
+            missing.retain(|&i| !refused[i]);
+        }
         if !missing.is_empty() {
             let todo: Vec<(InstitutionId, NewLearner)> = missing.iter().map(|&i| items[i].clone()).collect();
             for (i, r) in missing.into_iter().zip(self.issue_batch(todo, audit).await?) {
                 out[i] = Some(r);
             }
         }
-        Ok(out.into_iter().map(|r| r.expect("found or issued")).collect())
+        Ok(out.into_iter().zip(refused).map(|(r, refused)| if refused { None } else { Some(r.expect("found or issued")) }).collect())
     }
 
     /// Issue-or-get many learners of several institutions in one transaction,

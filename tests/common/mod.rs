@@ -38,6 +38,8 @@ pub fn settings_on(port: u16, db_name: &str, master: &MasterKey) -> Settings {
         policy_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/policies").into(),
         listen: "127.0.0.1:0".into(),
         db_max_connections: 8,
+        // Each test its own checkpoint store (beside its own database).
+        audit_checkpoint_dir: Some(std::env::temp_dir().join(format!("lv-audit-cp-{db_name}"))),
         ..Settings::default()
     }
 }
@@ -73,6 +75,11 @@ impl TestApp {
     /// An app that owns an embedded warehouse (its own data path: nextest runs
     /// each test in its own process) and runs the subject-request worker.
     pub async fn spawn_with_warehouse() -> TestApp {
+        Self::spawn_with_warehouse_tweaked(|_| {}).await
+    }
+
+    /// [`TestApp::spawn_with_warehouse`] with settings changed by `tweak`.
+    pub async fn spawn_with_warehouse_tweaked(tweak: impl FnOnce(&mut Settings)) -> TestApp {
         let db_name = format!("lv_test_{}", uuid::Uuid::new_v4().simple());
         let master = MasterKey::generate();
         let mut settings = settings_for(&db_name, &master);
@@ -89,6 +96,7 @@ impl TestApp {
         settings.topic_partitions = 2;
         let topics = learnvault::topics::specs(&settings).expect("topic specs");
         learnvault::topics::ensure(&settings.kafka_brokers, &topics).await.expect("topics (is Kafka running? ops/kafka.sh)");
+        tweak(&mut settings);
         learnvault::db::migrate(&settings).await.expect("migrate");
         Self::start(settings, master).await
     }

@@ -134,19 +134,7 @@ impl Spine {
 
     /// Every message of `topic` as (key, value) bytes, reading until `idle` passes without one.
     pub async fn records(&self, topic: &str, idle: Duration) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let c: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.settings.kafka_brokers)
-            .set("group.id", format!("scanner-{}", uuid::Uuid::new_v4()))
-            .set("auto.offset.reset", "earliest")
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
-        c.subscribe(&[topic]).unwrap();
-        let mut out = Vec::new();
-        while let Ok(Ok(m)) = tokio::time::timeout(idle, c.recv()).await {
-            out.push((m.key().unwrap_or_default().to_vec(), m.payload().unwrap_or_default().to_vec()));
-        }
-        out
+        records_of(&self.settings.kafka_brokers, topic, idle).await
     }
 
     /// Every message of `topic` as `key<TAB>value` text, a zstd-compressed value
@@ -341,4 +329,22 @@ pub fn as_text(records: &[(Vec<u8>, Vec<u8>)]) -> Vec<String> {
             format!("{}\t{}", String::from_utf8_lossy(k), String::from_utf8_lossy(json.as_deref().unwrap_or(v)))
         })
         .collect()
+}
+
+/// Every message of `topic` on `brokers` as (key, value) bytes, read with an rdkafka
+/// consumer until `idle` passes without one.
+pub async fn records_of(brokers: &str, topic: &str, idle: Duration) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let c: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("scanner-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    while let Ok(Ok(m)) = tokio::time::timeout(idle, c.recv()).await {
+        out.push((m.key().unwrap_or_default().to_vec(), m.payload().unwrap_or_default().to_vec()));
+    }
+    out
 }

@@ -1,0 +1,62 @@
+//! The subject's records in a Kafka topic (the dead letters, keyed by the
+//! pseudonym since `redact::dead_letter_key`): read for subject access and
+//! counted for the erasure certificate. Kafka cannot delete single records:
+//! they age out with the topic's retention, which the certificate states.
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use std::time::Duration;
+
+use super::DsrError;
+
+fn err(e: impl std::fmt::Display) -> DsrError {
+    DsrError::Verification(format!("kafka: {e}"))
+}
+
+/// Call `each` with the value of every record of `topic` keyed by `key`, from
+/// the start of every partition to its high watermark at the time of the call.
+/// Blocking (run it on a blocking thread); memory bounded by one record.
+pub fn scan_keyed(brokers: &str, topic: &str, key: &str, mut each: impl FnMut(&[u8]) -> Result<(), DsrError>) -> Result<u64, DsrError> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("learnvault-dsr-scan-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .map_err(err)?;
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).map_err(err)?;
+    let Some(t) = md.topics().iter().find(|t| t.name() == topic) else { return Ok(0) };
+    let mut ends = Vec::new();
+    let mut tpl = TopicPartitionList::new();
+    for p in t.partitions() {
+        let (low, high) = c.fetch_watermarks(topic, p.id(), Duration::from_secs(10)).map_err(err)?;
+        if high > low {
+            tpl.add_partition_offset(topic, p.id(), Offset::Offset(low)).map_err(err)?;
+            ends.push((p.id(), high));
+        }
+    }
+    if ends.is_empty() {
+        return Ok(0);
+    }
+    c.assign(&tpl).map_err(err)?;
+    let mut remaining: std::collections::HashMap<i32, i64> = ends.into_iter().collect();
+    let mut found = 0u64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    while !remaining.is_empty() {
+        if std::time::Instant::now() > deadline {
+            return Err(err(format!("{topic}: not read to its end within 5 minutes")));
+        }
+        let Some(m) = c.poll(Duration::from_millis(500)) else { continue };
+        let m = m.map_err(err)?;
+        if m.key() == Some(key.as_bytes()) {
+            each(m.payload().unwrap_or_default())?;
+            found += 1;
+        }
+        if let Some(end) = remaining.get(&m.partition()) {
+            if m.offset() + 1 >= *end {
+                remaining.remove(&m.partition());
+            }
+        }
+    }
+    Ok(found)
+}

@@ -1,0 +1,249 @@
+//! Redaction of dead letters: what a refused event may carry that identifies a
+//! person is replaced before the dead letter is produced, keeping its JSON path
+//! and the reason, so an operator still sees what was wrong and where.
+//! Shared by the gateway and the lander (both dead-letter), so a module of its own.
+//!
+//! Invariant: nothing this module returns holds an email address, a phone
+//! number, one of the request's own external ids, an xAPI actor or a
+//! `learner` identity object, a value under an identifier-named key (`email`,
+//! `phone`, `name`, ...), a `learner_id` that is not a pseudonym, or the
+//! value of a protected attribute. What was replaced is listed as
+//! `{"path": "$.props.email", "reason": "email"}`.
+
+use regex::Regex;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::sync::OnceLock;
+
+use crate::policy::ProtectedAttributes;
+
+/// What a redaction replaced, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Redacted {
+    /// JSONPath-like location (`$.props.email`, `$[3].actor`).
+    pub path: String,
+    /// `identity` | `xapi_actor` | `identifier_field` | `email` | `phone` | `external_id` | `not_a_pseudonym` | `protected_attribute`
+    pub reason: &'static str,
+}
+
+/// What a redaction knows beyond the patterns: the request's own external ids
+/// and the protected attributes.
+#[derive(Default)]
+pub struct Context<'a> {
+    pub external_ids: &'a [String],
+    pub protected: Option<&'a ProtectedAttributes>,
+}
+
+/// Keys whose values identify a person, whatever they hold.
+const IDENTIFIER_KEYS: &[&str] = &[
+    "email", "e_mail", "mail", "mbox", "mbox_sha1sum", "openid", "phone", "phone_number", "mobile", "telephone", "name",
+    "first_name", "last_name", "full_name", "given_name", "family_name", "username", "user_name", "login", "address",
+    "external_id", "student_id", "lms_id", "ssn", "account",
+];
+
+fn email() -> &'static Regex {
+    static R: OnceLock<Regex> = OnceLock::new();
+    R.get_or_init(|| Regex::new(r"(?i)[a-z0-9._%+\-]+@[a-z0-9\-]+(\.[a-z0-9\-]+)+").expect("valid regex"))
+}
+
+fn phone() -> &'static Regex {
+    static R: OnceLock<Regex> = OnceLock::new();
+    // 9 or more digits, possibly separated by spaces, dots, dashes or parentheses, optional +.
+    R.get_or_init(|| Regex::new(r"\+?\(?\d(?:[\s.\-()]*\d){8,}").expect("valid regex"))
+}
+
+fn normalise_key(k: &str) -> String {
+    k.trim().to_ascii_lowercase().replace(['-', ' '], "_")
+}
+
+/// Replace identifying values in `v` (in place); returns what was replaced.
+pub fn redact_value(v: &mut Value, cx: &Context<'_>) -> Vec<Redacted> {
+    let mut out = Vec::new();
+    walk(v, "$", None, cx, &mut out);
+    out
+}
+
+fn marker(reason: &str) -> Value {
+    Value::String(format!("<redacted:{reason}>"))
+}
+
+fn walk(v: &mut Value, path: &str, key: Option<&str>, cx: &Context<'_>, out: &mut Vec<Redacted>) {
+    let mut replace = |v: &mut Value, reason: &'static str| {
+        *v = marker(reason);
+        out.push(Redacted { path: path.to_owned(), reason });
+    };
+    if let Some(k) = key {
+        let nk = normalise_key(k);
+        match nk.as_str() {
+            "learner" if !v.is_null() => return replace(v, "identity"),
+            "actor" | "authority" | "instructor" if v.is_object() => return replace(v, "xapi_actor"),
+            "learner_id" => {
+                if let Value::String(s) = v {
+                    if uuid::Uuid::parse_str(s).is_err() {
+                        return replace(v, "not_a_pseudonym");
+                    }
+                } else if !v.is_null() {
+                    return replace(v, "not_a_pseudonym");
+                }
+                return;
+            }
+            _ if IDENTIFIER_KEYS.contains(&nk.as_str()) && !v.is_null() => return replace(v, "identifier_field"),
+            _ => {}
+        }
+    }
+    match v {
+        Value::Object(m) => walk_object(m, path, cx, out),
+        Value::Array(a) => {
+            for (i, item) in a.iter_mut().enumerate() {
+                walk(item, &format!("{path}[{i}]"), None, cx, out);
+            }
+        }
+        Value::String(s) => {
+            if let Some(reason) = identifying(s, cx) {
+                replace(v, reason);
+            }
+        }
+        Value::Number(n) => {
+            // (Numbers are not checked against the phone pattern: millisecond timestamps are long digit runs.)
+            if cx.external_ids.iter().any(|e| *e == n.to_string()) {
+                replace(v, "external_id");
+            }
+        }
+        _ => {}
+    }
+}
+
+fn walk_object(m: &mut Map<String, Value>, path: &str, cx: &Context<'_>, out: &mut Vec<Redacted>) {
+    let is_props = path.ends_with(".props");
+    // Keys are data too: an identifier used as a key is renamed.
+    let bad_keys: Vec<String> = m.keys().filter(|k| identifying(k, cx).is_some()).cloned().collect();
+    for (n, k) in bad_keys.into_iter().enumerate() {
+        let reason = identifying(&k, cx).expect("filtered above");
+        let v = m.remove(&k).expect("present");
+        let new = format!("<redacted-key-{n}:{reason}>");
+        out.push(Redacted { path: format!("{path}.{new}"), reason });
+        m.insert(new, v);
+    }
+    for (k, v) in m.iter_mut() {
+        let p = format!("{path}.{k}");
+        if is_props && cx.protected.is_some_and(|pa| pa.matches(k).is_some()) {
+            *v = marker("protected_attribute");
+            out.push(Redacted { path: p, reason: "protected_attribute" });
+            continue;
+        }
+        walk(v, &p, Some(k), cx, out);
+    }
+}
+
+fn identifying(s: &str, cx: &Context<'_>) -> Option<&'static str> {
+    if cx.external_ids.iter().any(|e| matches_external_id(s, e)) {
+        Some("external_id")
+    } else if email().is_match(s) {
+        Some("email")
+    } else if phone().is_match(s) && uuid::Uuid::parse_str(s).is_err() && !looks_like_a_time(s) {
+        Some("phone")
+    } else {
+        None
+    }
+}
+
+/// `s` is, or (for ids long enough not to occur by chance) contains, the external id `e`.
+fn matches_external_id(s: &str, e: &str) -> bool {
+    !e.is_empty() && (s == e || (e.len() >= 6 && s.contains(e)))
+}
+
+/// Timestamps and dates are long digit runs too, and are not identifiers.
+fn looks_like_a_time(s: &str) -> bool {
+    chrono::DateTime::parse_from_rfc3339(s).is_ok() || chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok()
+}
+
+/// Text that is not JSON (an unparseable record, a message): identifying
+/// substrings replaced by their marker.
+pub fn redact_text(s: &str, cx: &Context<'_>) -> (String, Vec<Redacted>) {
+    let mut out = Vec::new();
+    let mut text = s.to_owned();
+    for e in cx.external_ids.iter().filter(|e| e.len() >= 4) {
+        if text.contains(e.as_str()) {
+            text = text.replace(e.as_str(), "<redacted:external_id>");
+            out.push(Redacted { path: "$".into(), reason: "external_id" });
+        }
+    }
+    if email().is_match(&text) {
+        text = email().replace_all(&text, "<redacted:email>").into_owned();
+        out.push(Redacted { path: "$".into(), reason: "email" });
+    }
+    if phone().is_match(&text) {
+        text = phone().replace_all(&text, "<redacted:phone>").into_owned();
+        out.push(Redacted { path: "$".into(), reason: "phone" });
+    }
+    (text, out)
+}
+
+/// A dead letter's payload from raw bytes: JSON redacted in place (as a JSON
+/// value), anything else as redacted text.
+pub fn redact_bytes(raw: &[u8], cx: &Context<'_>) -> (Value, Vec<Redacted>) {
+    match serde_json::from_slice::<Value>(raw) {
+        Ok(mut v) => {
+            let r = redact_value(&mut v, cx);
+            (v, r)
+        }
+        Err(_) => {
+            let (t, r) = redact_text(&String::from_utf8_lossy(raw), cx);
+            (Value::String(t), r)
+        }
+    }
+}
+
+/// The Kafka key of a dead letter: the pseudonym when the payload names one, else none.
+pub fn dead_letter_key(payload: &Value) -> Option<String> {
+    payload.get("learner_id").and_then(Value::as_str).and_then(|s| uuid::Uuid::parse_str(s).ok()).map(|u| u.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn run(mut v: Value, ext: &[&str]) -> (Value, Vec<Redacted>) {
+        let ext: Vec<String> = ext.iter().map(|s| s.to_string()).collect();
+        let protected = ProtectedAttributes::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap();
+        let r = redact_value(&mut v, &Context { external_ids: &ext, protected: Some(&protected) });
+        (v, r)
+    }
+
+    #[test]
+    fn identifiers_are_replaced_keeping_path_and_reason() {
+        let p = uuid::Uuid::new_v4().to_string();
+        for (input, ext, want, reasons) in [
+            (json!({"learner_id": "ada@example.org"}), vec![], json!({"learner_id": "<redacted:not_a_pseudonym>"}), vec![("$.learner_id", "not_a_pseudonym")]),
+            (json!({"learner_id": p}), vec![], json!({"learner_id": p}), vec![]),
+            (json!({"email": "ada@example.org", "x": 1}), vec![], json!({"email": "<redacted:identifier_field>", "x": 1}), vec![("$.email", "identifier_field")]),
+            (json!({"props": {"note": "call +44 20 7946 0958", "player": "web"}}), vec![], json!({"props": {"note": "<redacted:phone>", "player": "web"}}), vec![("$.props.note", "phone")]),
+            (json!({"props": {"ref": "S-1001"}}), vec!["S-1001"], json!({"props": {"ref": "<redacted:external_id>"}}), vec![("$.props.ref", "external_id")]),
+            (json!({"props": {"gender": "f"}}), vec![], json!({"props": {"gender": "<redacted:protected_attribute>"}}), vec![("$.props.gender", "protected_attribute")]),
+            (json!({"actor": {"mbox": "mailto:ada@example.org"}, "verb": {"id": "x"}}), vec![], json!({"actor": "<redacted:xapi_actor>", "verb": {"id": "x"}}), vec![("$.actor", "xapi_actor")]),
+            (json!({"learner": {"institution": "u", "external_id": "S-1"}}), vec![], json!({"learner": "<redacted:identity>"}), vec![("$.learner", "identity")]),
+            (json!([{"c": "bob@x.io"}]), vec![], json!([{"c": "<redacted:email>"}]), vec![("$[0].c", "email")]),
+            (json!({"client_ts": "2026-11-25T10:00:00Z", "event_date": "2026-11-25", "position_sec": 131, "event_id": p}), vec![],
+             json!({"client_ts": "2026-11-25T10:00:00Z", "event_date": "2026-11-25", "position_sec": 131, "event_id": p}), vec![]),
+        ] {
+            let (got, r) = run(input.clone(), &ext);
+            assert_eq!(got, want, "{input}");
+            let r: Vec<(&str, &str)> = r.iter().map(|x| (x.path.as_str(), x.reason)).collect();
+            assert_eq!(r, reasons, "{input}");
+        }
+    }
+
+    #[test]
+    fn identifying_keys_and_text_are_redacted_too() {
+        let (got, r) = run(json!({"props": {"ada@example.org": "1"}}), &[]);
+        assert!(!got.to_string().contains("ada@example.org"), "{got}");
+        assert_eq!(r[0].reason, "email");
+        let (t, r) = redact_text("not json: ada@example.org S-77 0612345678", &Context { external_ids: &["S-77".into()], protected: None });
+        assert_eq!(t, "not json: <redacted:email> <redacted:external_id> <redacted:phone>");
+        assert_eq!(r.len(), 3);
+        assert_eq!(dead_letter_key(&json!({"learner_id": "ada@example.org"})), None);
+        let p = uuid::Uuid::new_v4();
+        assert_eq!(dead_letter_key(&json!({"learner_id": p.to_string()})), Some(p.to_string()));
+    }
+}
