@@ -142,7 +142,7 @@ impl Default for Settings {
             lander_batch_ms: 250,
             max_event_bytes: 64 * 1024,
             governance_cache_ms: 2_000,
-            lander_enabled: false,
+            lander_enabled: true,
             produce_timeout_ms: 5_000,
             produce_compression: "none".into(),
             envelope_compression: crate::envelope::Compression::Zstd,

@@ -232,7 +232,8 @@ async fn serve_runs_the_api_and_the_lander_in_one_process_and_drains_on_sigterm(
     let mut child = Command::new(env!("CARGO_BIN_EXE_learnvault"))
         .arg("serve")
         .envs(s.child_env())
-        .env("LEARNVAULT_LANDER_ENABLED", "true")
+        // No LEARNVAULT_LANDER_ENABLED: on the embedded engine serve lands by default.
+        .env_remove("LEARNVAULT_LANDER_ENABLED")
         .env("LEARNVAULT_LISTEN", format!("127.0.0.1:{port}"))
         .env("LEARNVAULT_MASTER_KEY", secrecy::ExposeSecret::expose_secret(&key))
         .stdout(std::process::Stdio::null())

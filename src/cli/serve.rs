@@ -5,8 +5,8 @@ use std::time::Duration;
 use crate::config::Settings;
 use crate::warehouse::{migrate, Warehouse};
 
-/// The API, the subject-request worker and the retention purge, and with
-/// `LEARNVAULT_LANDER_ENABLED=true` the lander, in one process (the embedded
+/// The API, the subject-request worker, the retention purge and, unless
+/// `LEARNVAULT_LANDER_ENABLED=false`, the lander, in one process (the embedded
 /// engine allows one process per data path).
 pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
     // Configuration (keys, policies, token verification) fails fast, before any database work.
