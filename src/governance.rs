@@ -3,7 +3,9 @@
 //!
 //! Invariant: an event lands only if its pseudonym is known, not erased, of
 //! the event's institution, its learner has not withdrawn analytics consent,
-//! and its `props` carry no protected attribute ([`check_props_and_clock`]).
+//! and neither its `props` carry a protected attribute nor its free strings an
+//! identity (email, phone, the request's own external ids: [`identity_in_event`])
+//! ([`check_props_and_clock`]).
 //! The vault's answers are cached for `ttl` (an erasure takes effect within
 //! that time; at once for the erasures of this process, [`note_erased`]).
 
@@ -163,9 +165,34 @@ async fn fetch(pool: &PgPool, ids: &[Uuid], analytics_default: bool) -> Result<V
 /// taxonomy validation and once `server_ts` is set: no protected attribute in
 /// `props`; a client clock further than `clock_skew` from server time is kept
 /// but flagged in `props.clock_skew_ms`.
+/// The first of `ev`'s free strings (session, course, content and cohort ids, `props`
+/// keys and values) that identifies a person, as (field, what): an email address, a
+/// phone number, one of `external_ids` (the request's own), or a `props` key naming an
+/// identifier. Names the field, never the value.
+pub fn identity_in_event(ev: &ValidEvent, external_ids: &[String]) -> Option<(String, &'static str)> {
+    let fields = [("session_id", &ev.session_id), ("course_id", &ev.course_id), ("content_id", &ev.content_id), ("cohort_id", &ev.cohort_id)];
+    for (name, value) in fields {
+        if let Some(what) = crate::redact::identity_in(value, external_ids) {
+            return Some((name.to_owned(), what));
+        }
+    }
+    for (k, v) in &ev.props {
+        if crate::redact::is_identifier_key(k) {
+            return Some((format!("props.{k}"), "an identifier field"));
+        }
+        if let Some(what) = crate::redact::identity_in(k, external_ids).or_else(|| crate::redact::identity_in(v, external_ids)) {
+            return Some((format!("props.{k}"), what));
+        }
+    }
+    None
+}
+
 pub fn check_props_and_clock(ev: &mut ValidEvent, protected: &ProtectedAttributes, clock_skew: Duration) -> Result<(), (Reason, String)> {
     if let Some(attr) = ev.props.keys().find_map(|k| protected.matches(k)) {
         return Err((Reason::ProtectedAttribute, format!("props carry protected attribute `{attr}`")));
+    }
+    if let Some((field, what)) = identity_in_event(ev, &[]) {
+        return Err((Reason::IdentityInEvent, format!("{field} holds {what} (identities go to the vault, never into events)")));
     }
     if let Some(server) = ev.server_ts {
         let skew = ev.client_ts.signed_duration_since(server).num_milliseconds();

@@ -147,6 +147,43 @@ fn identifying(s: &str, cx: &Context<'_>) -> Option<&'static str> {
     }
 }
 
+/// What in one of an event's free strings identifies a person, if anything:
+/// `email`, `phone` or `external_id` (one of `external_ids`, the request's own).
+/// The check every ingest path refuses an event on (`identity_in_event`), stricter
+/// about false alarms than redaction: a phone number counts when written as one
+/// (a leading `+` or separators between its digits) or as the whole value (9 to 15
+/// digits, not an epoch timestamp); a digit run inside an identifier (a block id's
+/// hex, `video-123456789`) does not.
+pub fn identity_in(s: &str, external_ids: &[String]) -> Option<&'static str> {
+    if external_ids.iter().any(|e| matches_external_id(s, e)) {
+        return Some("external_id");
+    }
+    if email().is_match(s) {
+        return Some("email");
+    }
+    if uuid::Uuid::parse_str(s).is_ok() || looks_like_a_time(s) {
+        return None;
+    }
+    let written_as_phone = phone().find_iter(s).any(|m| {
+        let m = m.as_str();
+        let digits = m.chars().filter(char::is_ascii_digit).count();
+        let separated = m.starts_with('+') || m.chars().any(|c| !c.is_ascii_digit());
+        digits <= 15 && (separated || (m.len() == s.trim().len() && !looks_like_an_epoch(m)))
+    });
+    written_as_phone.then_some("phone")
+}
+
+/// Seconds or milliseconds since 1970 (10 or 13 digits, 2001 to 2286).
+fn looks_like_an_epoch(digits: &str) -> bool {
+    matches!(digits.len(), 10 | 13) && digits.starts_with(['1', '2'])
+}
+
+/// A key naming an identifier (`email`, `phone`, `name`, `student_id`, ...): its value
+/// identifies a person whatever it holds.
+pub fn is_identifier_key(k: &str) -> bool {
+    IDENTIFIER_KEYS.contains(&normalise_key(k).as_str())
+}
+
 /// `s` is, or (for ids long enough not to occur by chance) contains, the external id `e`.
 fn matches_external_id(s: &str, e: &str) -> bool {
     !e.is_empty() && (s == e || (e.len() >= 6 && s.contains(e)))
@@ -197,6 +234,31 @@ pub fn redact_bytes(raw: &[u8], cx: &Context<'_>) -> (Value, Vec<Redacted>) {
 /// The Kafka key of a dead letter: the pseudonym when the payload names one, else none.
 pub fn dead_letter_key(payload: &Value) -> Option<String> {
     payload.get("learner_id").and_then(Value::as_str).and_then(|s| uuid::Uuid::parse_str(s).ok()).map(|u| u.to_string())
+}
+
+#[cfg(test)]
+mod screening_tests {
+    use super::identity_in;
+
+    #[test]
+    fn identities_in_free_strings_are_found_and_identifiers_with_digits_are_not() {
+        let ids = vec!["S-100234".to_string()];
+        for (s, want) in [
+            ("call ada@example.org", Some("email")),
+            ("+44 20 7946 0958", Some("phone")),
+            ("ring 555-123-4567 after class", Some("phone")),
+            ("5551234567", Some("phone")),
+            ("ask S-100234 to re-sit", Some("external_id")),
+            ("video-123456789", None),
+            ("block-v1:edX+DemoX+type@problem+block@0b9e3947123456789a7a48f74be381fdd", None),
+            ("1764072000000", None),
+            ("2026-12-03T10:00:00Z", None),
+            ("0.85", None),
+            ("c1", None),
+        ] {
+            assert_eq!(identity_in(s, &ids), want, "{s}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -326,3 +326,51 @@ async fn identifiers_in_refused_events_never_reach_the_dead_letter_topic() {
     assert_eq!(keys.iter().filter(|k| k.is_null()).count(), 2, "{keys:?}");
     lander.stop().await;
 }
+
+/// Issue 13, point 5: free strings and `props` of `/v1/events` that hold an email address, a
+/// phone number or the request's own external id are refused per event (`identity_in_event`),
+/// dead-lettered redacted, never landed; their valid neighbours land.
+#[tokio::test]
+async fn identities_in_free_strings_are_refused_per_event_and_never_land() {
+    let spine = Spine::new(true).await;
+    let gw = spine.app.gateway(spine.settings.clone()).await;
+    let lander = spine.start_lander().await;
+    let lms = gw.lms("uni-a");
+    let who = json!({"institution": "uni-a", "external_id": "S-SCREEN-4410"});
+    let mut note = event(who.clone(), "interact.pause");
+    note["props"] = json!({"note": "call ada@example.org"});
+    let mut phone = event(who.clone(), "interact.pause");
+    phone["session_id"] = json!("+1 (555) 123-4567");
+    let mut own_id = event(who.clone(), "interact.pause");
+    own_id["props"] = json!({"comment": "re-sit for S-SCREEN-4410"});
+    let mut field = event(who.clone(), "interact.pause");
+    field["props"] = json!({"Student-ID": "x"});
+    let mut fine = event(who, "interact.pause");
+    fine["content_id"] = json!("block-v1:edX+DemoX+type@video+block@0b9e3947123456789a7a48f74be381fd");
+    fine["props"] = json!({"duration_ms": "1764072000000", "score": "0.85"});
+    let (s, v) = gw.post("/v1/events", &lms, json!([note, phone, own_id, field, fine])).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["accepted"], json!(1), "{v}");
+    let results = v["results"].as_array().unwrap();
+    for (i, field) in [(0, "props.note"), (1, "session_id"), (2, "props.comment"), (3, "props.Student-ID")] {
+        assert_eq!(results[i]["code"], "identity_in_event", "{v}");
+        let detail = results[i]["detail"].as_str().unwrap();
+        assert!(detail.starts_with(field), "{detail}");
+        for secret in ["ada@example.org", "555", "S-SCREEN-4410"] {
+            assert!(!detail.contains(secret), "the refusal names the field, never the value: {detail}");
+        }
+    }
+    assert_eq!(results[4]["status"], "accepted", "{v}");
+    assert_eq!(spine.wait_rows(1, Duration::from_secs(30)).await, 1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(spine.count("SELECT count() AS n FROM events.learning_events").await, 1, "only the clean event landed");
+    let records = spine.records(&spine.settings.dlq_topic, Duration::from_secs(2)).await;
+    assert_eq!(records.len(), 4, "each refused event is dead-lettered");
+    for (k, v) in &records {
+        let text = format!("{}\t{}", String::from_utf8_lossy(k), String::from_utf8_lossy(v));
+        for secret in ["ada@example.org", "123-4567", "S-SCREEN-4410"] {
+            assert!(!text.contains(secret), "{secret} in a dead letter: {text}");
+        }
+    }
+    lander.stop().await;
+}

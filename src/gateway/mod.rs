@@ -218,6 +218,13 @@ impl Gateway {
                         valid.push(None);
                         continue;
                     }
+                    // Beyond the patterns: none of the request's own external ids in a free string.
+                    if let Some((field, what)) = crate::governance::identity_in_event(&v, &external_ids) {
+                        let reason = crate::taxonomy::Reason::IdentityInEvent;
+                        out[i] = Some(rejected(reason.as_str(), &format!("{field} holds {what} (identities go to the vault, never into events)")));
+                        valid.push(None);
+                        continue;
+                    }
                     if !may_act_in(&v.institution_id) {
                         out[i] = Some(rejected("institution_not_allowed", "the caller cannot send events for this institution"));
                         valid.push(None);

@@ -77,6 +77,9 @@ pub enum Reason {
     ErasedSubject,
     NoConsent,
     ProtectedAttribute,
+    /// A free string or a `props` value holds an email address, a phone number or the
+    /// request's own external id (identities go to the vault, never into events).
+    IdentityInEvent,
     Oversized,
     WarehouseRejected,
 }
@@ -93,6 +96,7 @@ impl Reason {
             Reason::ErasedSubject => "erased_subject",
             Reason::NoConsent => "no_consent",
             Reason::ProtectedAttribute => "protected_attribute",
+            Reason::IdentityInEvent => "identity_in_event",
             Reason::Oversized => "oversized",
             Reason::WarehouseRejected => "warehouse_rejected",
         }
