@@ -2,16 +2,19 @@
 //! batch by size and time, follow rebalances, replay pending batches when a
 //! partition resumes, report lag. Batches go to the service (`service.rs`).
 //!
-//! Invariant: one batch is in flight at a time, spanning the partitions that
-//! had records (one insert per flush, whatever the partition count: each
-//! insert pays a fixed cost per materialized view); the next batch's intent
-//! is written only after the previous batch landed and committed, so every
-//! pending intent stays replayable. Intents are written by this loop, between
-//! two polls, so always while every member partition is owned (a rebalance
-//! runs inside a poll); the batch's work (decode, governance, dead letters,
-//! insert, commit) runs in a task of its own, so the loop keeps reading
-//! meanwhile. A partition that resumes replays its pending batches (re-read
-//! from Kafka whole, `replay.rs`) before anything else of it lands. A revoked
+//! Invariant: a batch spans the partitions that had records (one insert per
+//! flush, whatever the partition count: each insert pays a fixed cost per
+//! materialized view); at most two are in flight, the newer decoding and
+//! inserting while the older finishes, and they commit in the order their
+//! intents were written (a later batch never commits first: its commit would
+//! cover the earlier batch's pending intent), so every pending range stays in
+//! a replayable chain. Intents are written by this loop, between two polls,
+//! so always while every member partition is owned (a rebalance runs inside a
+//! poll); the batch's work (decode, governance, dead letters, insert, commit)
+//! runs in a task of its own, so the loop keeps reading meanwhile. A partition
+//! that resumes waits for the batches in flight, then replays its pending
+//! batches (re-read from Kafka whole, `replay.rs`) before anything else of it
+//! lands. A revoked
 //! partition's unlanded records are dropped, to be re-read by its next owner.
 
 use chrono::{DateTime, Utc};
@@ -20,13 +23,13 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, Stre
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::ClientContext;
 use sqlx::PgPool;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::decode::Raw;
-use super::service::{Commit, LanderStats, Sink};
+use super::service::{Commit, LanderStats, Order, Sink};
 use super::{LanderConfig, LanderError};
 use crate::policy::ProtectedAttributes;
 use crate::taxonomy::Taxonomy;
@@ -85,14 +88,20 @@ impl PartitionState {
     }
 }
 
+/// Batches in flight at most: two, so that a batch's decoding and governance overlap
+/// the insert of the one before (each still commits after it).
+const IN_FLIGHT: usize = 2;
+
 pub struct Lander {
     cfg: LanderConfig,
     /// The consumer, producer, warehouse, decoder, governance, intents and
     /// figures, shared with the landing tasks.
     sink: Sink,
-    /// The batch being landed by its task, and its member partitions (one at a time:
-    /// the next batch gathers meanwhile, for every partition).
-    inflight: Option<(Vec<i32>, tokio::task::JoinHandle<Result<(), LanderError>>)>,
+    /// The batches being landed by their tasks, oldest first (at most [`IN_FLIGHT`]: the
+    /// next one decodes and inserts while the one before finishes; they commit in order).
+    inflight: VecDeque<tokio::task::JoinHandle<Result<(), LanderError>>>,
+    /// Resolves when the newest batch in flight has committed (for the next one to wait on).
+    last_done: Option<tokio::sync::oneshot::Receiver<()>>,
     parts: HashMap<i32, PartitionState>,
     revoked: Arc<Mutex<Vec<i32>>>,
 }
@@ -124,7 +133,7 @@ impl Lander {
             .create_with_context(Ctx { revoked: revoked.clone(), owned: Mutex::default() })?;
         consumer.subscribe(&[&cfg.topic])?;
         let sink = Sink::new(&cfg, Arc::new(consumer), warehouse, pool, taxonomy, protected, analytics_default)?;
-        Ok(Lander { cfg, sink, inflight: None, parts: HashMap::new(), revoked })
+        Ok(Lander { cfg, sink, inflight: VecDeque::new(), last_done: None, parts: HashMap::new(), revoked })
     }
 
     /// The lander's figures (rows landed, refusals, batches, freshness).
@@ -196,8 +205,8 @@ impl Lander {
         state.bytes += crate::envelope::decoded_len(&item.raw);
         state.items.push(item);
         if state.items.len() >= self.cfg.batch_rows || state.bytes >= self.cfg.batch_bytes {
-            // Full: wait for the batch in flight (backpressure), then send what is gathered.
-            self.settle().await?;
+            // Full: wait for room (backpressure), then send what is gathered.
+            self.make_room().await?;
             self.dispatch(true).await?;
         }
         Ok(())
@@ -230,12 +239,13 @@ impl Lander {
     }
 
     /// When the oldest record gathered has waited `batch_wait` (or when draining), and
-    /// no batch is in flight, send everything gathered as one batch.
+    /// there is room in flight, send everything gathered as one batch.
     async fn flush_due(&mut self, drain: bool) -> Result<(), LanderError> {
         if drain {
             self.settle().await?;
         }
-        if self.inflight.is_some() {
+        self.reap().await?;
+        if self.inflight.len() >= IN_FLIGHT {
             return Ok(());
         }
         let wait = self.cfg.batch_wait;
@@ -256,7 +266,7 @@ impl Lander {
         let raws: Vec<Raw> = messages.into_iter().map(|(offset, key, raw)| Raw { offset, key, raw, broker_ts: now }).collect();
         let batches = vec![(p, raws)];
         if let Some(intended) = self.sink.intend(&batches).await {
-            self.sink.clone().prepare_and_land(intended, batches, Commit::Nothing).await?;
+            self.sink.clone().prepare_and_land(intended, batches, Commit::Nothing, Order::default()).await?;
         }
         Ok(self.sink.stats.landed.load(Ordering::Relaxed) - before)
     }
@@ -264,36 +274,45 @@ impl Lander {
     /// Send everything gathered, every partition's records, as one batch: the one way a
     /// consumed batch goes. Its intent is recorded here, by the loop (see the module's
     /// invariant); a task of its own prepares it (decode, governance, dead letters) and
-    /// lands it (one insert with its token, then one offset commit for its members).
-    /// Called with no batch in flight: the next batch's intent is written only after
-    /// the previous batch committed, which keeps every pending range replayable.
+    /// lands it (one insert with its token, then, after the batch before it committed,
+    /// one offset commit for its members). Called with room in flight.
     async fn dispatch(&mut self, commit: bool) -> Result<(), LanderError> {
-        debug_assert!(self.inflight.is_none());
+        debug_assert!(self.inflight.len() < IN_FLIGHT);
         let mut batches: Vec<(i32, Vec<Raw>)> =
             self.parts.iter_mut().filter(|(_, s)| !s.items.is_empty()).map(|(p, s)| (*p, s.take_batch())).collect();
         batches.sort_by_key(|(p, _)| *p);
         if let Some(intended) = self.sink.intend(&batches).await {
-            let members = batches.iter().map(|(p, _)| *p).collect();
             let sink = self.sink.clone();
             let commit = if commit { Commit::Members } else { Commit::Nothing };
-            self.inflight = Some((members, tokio::spawn(sink.prepare_and_land(intended, batches, commit))));
+            let (done, next) = tokio::sync::oneshot::channel();
+            let order = Order { after: self.last_done.replace(next), done: Some(done) };
+            self.inflight.push_back(tokio::spawn(sink.prepare_and_land(intended, batches, commit, order)));
         }
         Ok(())
     }
 
-    /// Collect the landing task if it finished (an error ends the lander, as before).
+    /// Collect the landing tasks that finished, oldest first (an error ends the lander, as before).
     async fn reap(&mut self) -> Result<(), LanderError> {
-        if self.inflight.as_ref().is_some_and(|(_, h)| h.is_finished()) {
-            self.settle().await?;
+        while self.inflight.front().is_some_and(|h| h.is_finished()) {
+            joined(self.inflight.pop_front().expect("front")).await?;
         }
         Ok(())
     }
 
-    /// Wait for the batch in flight, if any.
+    /// Wait until fewer than [`IN_FLIGHT`] batches are in flight.
+    async fn make_room(&mut self) -> Result<(), LanderError> {
+        while self.inflight.len() >= IN_FLIGHT {
+            joined(self.inflight.pop_front().expect("front")).await?;
+        }
+        Ok(())
+    }
+
+    /// Wait for every batch in flight.
     async fn settle(&mut self) -> Result<(), LanderError> {
-        if let Some((_, h)) = self.inflight.take() {
+        while let Some(h) = self.inflight.pop_front() {
             joined(h).await?;
         }
+        self.last_done = None;
         Ok(())
     }
 

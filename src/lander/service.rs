@@ -126,6 +126,15 @@ pub(super) enum Commit {
     Only(i32),
 }
 
+/// Where a batch stands among the batches in flight: it commits only after the batch
+/// before it (`after` resolves when that one committed, and errors when it failed), and
+/// says so to the next (`done`).
+#[derive(Default)]
+pub(super) struct Order {
+    pub(super) after: Option<tokio::sync::oneshot::Receiver<()>>,
+    pub(super) done: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
 /// A batch ready to insert: governed, refusals dead-lettered, intent recorded.
 pub(super) struct Prepared {
     ranges: Vec<Range>,
@@ -262,18 +271,18 @@ impl Sink {
         let batches = super::replay::read(&self.cfg.brokers, &self.cfg.topic, &intent.members).await?;
         let intended = Intended { ranges: intent.members.clone(), token: intent.token.clone() };
         let b = self.prepare(intended, batches).await?;
-        self.clone().land(b, Commit::Only(p)).await
+        self.clone().land(b, Commit::Only(p), Order::default()).await
     }
 
     /// A landing task: prepare the batch whose intent is recorded, then land it.
-    pub(super) async fn prepare_and_land(self, intended: Intended, batches: Records, commit: Commit) -> Result<(), LanderError> {
+    pub(super) async fn prepare_and_land(self, intended: Intended, batches: Records, commit: Commit, order: Order) -> Result<(), LanderError> {
         let b = self.prepare(intended, batches).await?;
-        self.land(b, commit).await
+        self.land(b, commit, order).await
     }
 
     /// Insert a prepared batch with its token, record its figures, and commit
     /// its partition's offset (when `commit`).
-    pub(super) async fn land(self, b: Prepared, commit: Commit) -> Result<(), LanderError> {
+    pub(super) async fn land(self, b: Prepared, commit: Commit, order: Order) -> Result<(), LanderError> {
         let started = Instant::now();
         if let Some(o) = b.oldest {
             let queued = Utc::now().signed_duration_since(o).num_milliseconds().max(1) as u64;
@@ -305,6 +314,11 @@ impl Sink {
             metrics::histogram!("learnvault_lander_freshness_seconds").record(fresh as f64 / 1000.0);
         }
         tracing::debug!(token = %b.token, landed, "batch landed");
+        // Offsets commit in batch order: a later batch may insert first, never commit first
+        // (its commit would cover, and forget, the earlier batch's intent).
+        if let Some(before) = order.after {
+            before.await.map_err(|_| LanderError::Config("the batch before this one failed; this one stays uncommitted, to be replayed".into()))?;
+        }
         let members: Vec<Range> = match commit {
             Commit::Nothing => Vec::new(),
             Commit::Members => b.ranges.clone(),
@@ -317,6 +331,9 @@ impl Sink {
         }
         metrics::histogram!("learnvault_lander_batch_seconds").record(started.elapsed().as_secs_f64());
         self.buffers.recycle(b.rows);
+        if let Some(done) = order.done {
+            let _ = done.send(());
+        }
         Ok(())
     }
 
