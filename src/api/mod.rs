@@ -12,6 +12,7 @@ mod ingest;
 mod ops;
 mod pseudonyms;
 mod serve;
+mod signals;
 
 pub use error::{Error, ErrorBody};
 pub use extract::{AppJson, AppQuery, Principal};
@@ -63,6 +64,8 @@ pub struct AppState {
     pub gateway: Option<Arc<crate::gateway::Gateway>>,
     /// The governed read path (needs the warehouse).
     pub serve: Option<Arc<crate::serve::Serve>>,
+    /// Signals and their review queues (needs the warehouse).
+    pub signals: Option<Arc<crate::signals::Signals>>,
 }
 
 impl AppState {
@@ -114,6 +117,7 @@ impl AppState {
         (name = "dsr", description = "Subject access and erasure requests, archives, erasure certificates"),
         (name = "features", description = "Behaviour-only recommendation features (recommendations consent)"),
         (name = "analytics", description = "Cohort analytics released through disclosure control, and the audited drill-down"),
+        (name = "signals", description = "Review queues of signals that inform humans (disengagement, content defects, integrity); nothing here acts on a learner"),
         (name = "retention", description = "Retention proof"),
         (name = "ops", description = "Health, readiness, metrics, this document")
     )
@@ -145,6 +149,7 @@ fn routes(limits: Limits) -> OpenApiRouter<AppState> {
         .merge(dsr::router())
         .merge(features::router())
         .merge(serve::router())
+        .merge(signals::router())
         .merge(ops::router())
 }
 

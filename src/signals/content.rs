@@ -1,0 +1,122 @@
+//! Content defect: a replay spike at one position bucket of one video on one
+//! day. This one is about content, not people: no learner is named.
+//!
+//! Statistic: the share of the content's learners that day (those replaying
+//! or pausing anywhere in it) who replayed or paused in the bucket (the
+//! rollup's distinct learners per bucket). Baseline: the bucket's
+//! own pooled share over the `baseline_days` before (so a segment that is
+//! always hard, or a video that became popular, is not a spike), and never
+//! below the course's usual share (its 95th percentile over every bucket-day
+//! of the baseline). Band: baseline +/- `z` binomial standard errors at the
+//! day's learners (floored at `sd_floor` learners). Flagged when the share is
+//! above the band, at least `course_ratio` times the course's usual share, and
+//! at least `min_learners` distinct learners replayed. Adjacent flagged
+//! buckets of one content item form one finding (the segment).
+
+use chrono::Duration;
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+
+use super::finding::{ContextCount, Finding, Kind};
+use super::window::Window;
+use crate::policy::signals::ContentDefectDef;
+
+pub fn evaluate(w: &Window, p: &ContentDefectDef, baseline_days: u32) -> Vec<Finding> {
+    let day = w.day;
+    let first = day - Duration::days(baseline_days as i64);
+    let institutions = w.data.course_institutions();
+    // Learners per content-day.
+    let viewers: HashMap<(&str, &str, chrono::NaiveDate), u64> =
+        w.data.viewers.iter().filter(|v| v.date >= first && v.date <= day).map(|v| ((v.course.as_str(), v.content.as_str(), v.date), v.learners)).collect();
+    // Baseline sums per bucket; today's rows; every bucket-day share per course.
+    let mut base: HashMap<(&str, &str, u32), (u64, u64)> = HashMap::new();
+    let mut today: BTreeMap<(&str, &str), Vec<(u32, u64, u64)>> = BTreeMap::new();
+    let mut course_shares: HashMap<&str, Vec<f64>> = HashMap::new();
+    for r in w.data.replays.iter().filter(|r| r.date >= first && r.date <= day) {
+        let v = viewers.get(&(r.course.as_str(), r.content.as_str(), r.date)).copied().unwrap_or(0).max(r.learners);
+        if r.date == day {
+            today.entry((&r.course, &r.content)).or_default().push((r.bucket, r.learners, r.replays));
+        } else {
+            let e = base.entry((&r.course, &r.content, r.bucket)).or_default();
+            e.0 += r.learners;
+            course_shares.entry(&r.course).or_default().push(r.learners as f64 / v.max(1) as f64);
+        }
+    }
+    // Learners of each content item over the baseline (the denominator of each bucket's pooled share).
+    let mut base_viewers: HashMap<(&str, &str), u64> = HashMap::new();
+    for ((c, k, d), n) in &viewers {
+        if *d < day {
+            *base_viewers.entry((c, k)).or_default() += n;
+        }
+    }
+    let p95: HashMap<&str, f64> = course_shares
+        .into_iter()
+        .map(|(c, mut s)| {
+            // Over the bucket-days with any interaction (the rollup has no row for the others).
+            s.sort_by(|a, b| a.total_cmp(b));
+            let q = if s.is_empty() { 0.0 } else { s[((s.len() as f64 - 1.0) * 0.95).round() as usize] };
+            (c, q)
+        })
+        .collect();
+    let mut out = Vec::new();
+    for ((course, content), mut buckets) in today {
+        let v = viewers.get(&(course, content, day)).copied().unwrap_or(0);
+        if v < p.min_learners {
+            continue;
+        }
+        buckets.sort_unstable();
+        let usual = p95.get(course).copied().unwrap_or(0.0);
+        let bv = base_viewers.get(&(course, content)).copied().unwrap_or(0);
+        let mut flagged: Vec<(u32, u64, u64, f64, f64, (f64, f64))> = Vec::new();
+        for &(bucket, learners, replays) in &buckets {
+            let own = base.get(&(course, content, bucket)).map(|b| b.0 as f64 / bv.max(1) as f64).unwrap_or(0.0);
+            let p0 = own.max(usual);
+            let se = (p0 * (1.0 - p0) / v as f64).sqrt().max(p.sd_floor / v as f64);
+            let band = ((p0 - p.z * se).max(0.0), p0 + p.z * se);
+            let share = learners as f64 / v as f64;
+            if learners >= p.min_learners && share > band.1 && share >= p.course_ratio * usual {
+                flagged.push((bucket, learners, replays, share, p0, band));
+            }
+        }
+        // Adjacent flagged buckets are one segment.
+        let mut segments: Vec<Vec<(u32, u64, u64, f64, f64, (f64, f64))>> = Vec::new();
+        for f in flagged {
+            match segments.last_mut() {
+                Some(s) if s.last().is_some_and(|l| f.0 <= l.0 + crate::serve::replays::BUCKET_SECONDS) => s.push(f),
+                _ => segments.push(vec![f]),
+            }
+        }
+        for seg in segments {
+            let peak = seg.iter().max_by(|a, b| a.3.total_cmp(&b.3)).copied().expect("non-empty");
+            let (start, end) = (seg[0].0, seg.last().expect("non-empty").0 + crate::serve::replays::BUCKET_SECONDS);
+            let institution = institutions.get(course).and_then(|i| i.first().cloned()).unwrap_or_default();
+            out.push(Finding {
+                kind: Kind::ContentDefect,
+                day,
+                institution,
+                course: course.to_owned(),
+                content: Some(content.to_owned()),
+                cohort: None,
+                subjects: vec![],
+                statistic: peak.3,
+                baseline: peak.4,
+                band: peak.5,
+                key: format!("content_defect:{course}:{content}:{start}"),
+                evidence: json!({
+                    "statistic": "share of the content's learners that day who replayed or paused in the segment (peak bucket)",
+                    "segment": {"from_sec": start, "to_sec": end},
+                    "peak_bucket_sec": peak.0,
+                    "course_usual_share_p95": usual,
+                    "baseline_days": baseline_days,
+                    "buckets": seg.iter().map(|b| json!({"position_sec": b.0, "share": b.3, "replays": b.2, "baseline_share": b.4})).collect::<Vec<_>>(),
+                    "institutions": institutions.get(course).cloned().unwrap_or_default(),
+                }),
+                context: vec![
+                    ContextCount { label: "learners_replaying_peak_bucket".into(), learners: peak.1 },
+                    ContextCount { label: "learners_of_content_that_day".into(), learners: v },
+                ],
+            });
+        }
+    }
+    out
+}
