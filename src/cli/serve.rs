@@ -30,6 +30,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
             jobs = settings.jobs_enabled, "learnvault serving");
         let dsr = state.dsr.clone().expect("set by with_warehouse");
         let publish = publish_loop(state.serve.clone().expect("set by with_warehouse"), stop_rx.clone());
+        let signals = super::signals::serve_loop(state.signals.clone().expect("set by with_warehouse"), stop_rx.clone());
         let jobs = {
             let rx = stop_rx.clone();
             let enabled = settings.jobs_enabled;
@@ -46,7 +47,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
             }
             anyhow::Ok(())
         };
-        let (a, l, (), ()) = tokio::join!(api, land, jobs, publish);
+        let (a, l, (), (), ()) = tokio::join!(api, land, jobs, publish, signals);
         a?;
         l?;
         anyhow::Ok(())

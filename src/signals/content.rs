@@ -6,8 +6,8 @@
 //! rollup's distinct learners per bucket). Baseline: the bucket's
 //! own pooled share over the `baseline_days` before (so a segment that is
 //! always hard, or a video that became popular, is not a spike), and never
-//! below the course's usual share (its 95th percentile over every bucket-day
-//! of the baseline). Band: baseline +/- `z` binomial standard errors at the
+//! below the course's usual share (the 95th percentile of its buckets'
+//! pooled shares over the baseline). Band: baseline +/- `z` binomial standard errors at the
 //! day's learners (floored at `sd_floor` learners). Flagged when the share is
 //! above the band, at least `course_ratio` times the course's usual share, and
 //! at least `min_learners` distinct learners replayed. Adjacent flagged
@@ -28,18 +28,14 @@ pub fn evaluate(w: &Window, p: &ContentDefectDef, baseline_days: u32) -> Vec<Fin
     // Learners per content-day.
     let viewers: HashMap<(&str, &str, chrono::NaiveDate), u64> =
         w.data.viewers.iter().filter(|v| v.date >= first && v.date <= day).map(|v| ((v.course.as_str(), v.content.as_str(), v.date), v.learners)).collect();
-    // Baseline sums per bucket; today's rows; every bucket-day share per course.
-    let mut base: HashMap<(&str, &str, u32), (u64, u64)> = HashMap::new();
+    // Baseline sums per bucket; today's rows.
+    let mut base: HashMap<(&str, &str, u32), u64> = HashMap::new();
     let mut today: BTreeMap<(&str, &str), Vec<(u32, u64, u64)>> = BTreeMap::new();
-    let mut course_shares: HashMap<&str, Vec<f64>> = HashMap::new();
     for r in w.data.replays.iter().filter(|r| r.date >= first && r.date <= day) {
-        let v = viewers.get(&(r.course.as_str(), r.content.as_str(), r.date)).copied().unwrap_or(0).max(r.learners);
         if r.date == day {
             today.entry((&r.course, &r.content)).or_default().push((r.bucket, r.learners, r.replays));
         } else {
-            let e = base.entry((&r.course, &r.content, r.bucket)).or_default();
-            e.0 += r.learners;
-            course_shares.entry(&r.course).or_default().push(r.learners as f64 / v.max(1) as f64);
+            *base.entry((&r.course, &r.content, r.bucket)).or_default() += r.learners;
         }
     }
     // Learners of each content item over the baseline (the denominator of each bucket's pooled share).
@@ -49,10 +45,15 @@ pub fn evaluate(w: &Window, p: &ContentDefectDef, baseline_days: u32) -> Vec<Fin
             *base_viewers.entry((c, k)).or_default() += n;
         }
     }
+    // The course's usual share: the 95th percentile of its buckets' pooled shares over the baseline.
+    let mut course_shares: HashMap<&str, Vec<f64>> = HashMap::new();
+    for ((c, k, _), n) in &base {
+        course_shares.entry(c).or_default().push(*n as f64 / base_viewers.get(&(*c, *k)).copied().unwrap_or(0).max(1) as f64);
+    }
     let p95: HashMap<&str, f64> = course_shares
         .into_iter()
         .map(|(c, mut s)| {
-            // Over the bucket-days with any interaction (the rollup has no row for the others).
+            // Over the buckets with any interaction (the rollup has no row for the others).
             s.sort_by(|a, b| a.total_cmp(b));
             let q = if s.is_empty() { 0.0 } else { s[((s.len() as f64 - 1.0) * 0.95).round() as usize] };
             (c, q)
@@ -69,7 +70,7 @@ pub fn evaluate(w: &Window, p: &ContentDefectDef, baseline_days: u32) -> Vec<Fin
         let bv = base_viewers.get(&(course, content)).copied().unwrap_or(0);
         let mut flagged: Vec<(u32, u64, u64, f64, f64, (f64, f64))> = Vec::new();
         for &(bucket, learners, replays) in &buckets {
-            let own = base.get(&(course, content, bucket)).map(|b| b.0 as f64 / bv.max(1) as f64).unwrap_or(0.0);
+            let own = base.get(&(course, content, bucket)).map(|b| *b as f64 / bv.max(1) as f64).unwrap_or(0.0);
             let p0 = own.max(usual);
             let se = (p0 * (1.0 - p0) / v as f64).sqrt().max(p.sd_floor / v as f64);
             let band = ((p0 - p.z * se).max(0.0), p0 + p.z * se);

@@ -56,7 +56,7 @@ impl Plan {
             collude_share: 0.01,
             partner_share: 0.02,
             holiday: Some((days.saturating_sub(21), days.saturating_sub(14))),
-            defect_days: [days.saturating_sub(16), days.saturating_sub(9)],
+            defect_days: [days.saturating_sub(12), days.saturating_sub(5)],
         }
     }
 
@@ -243,7 +243,8 @@ impl Sim {
                 let defect = self.truth.defects.iter().find(|d| d.course == course && d.content == content && d.day <= date);
                 if let Some(d) = defect {
                     if rng.gen_bool(0.5) {
-                        push("interact.replay", at + 3_000, &content, Some(rng.gen_range(d.from_sec..d.to_sec)));
+                        // Confused learners seek back to where the segment starts.
+                        push("interact.replay", at + 3_000, &content, Some(rng.gen_range(d.from_sec..d.from_sec + 10)));
                     }
                 }
             }
