@@ -248,6 +248,13 @@ async fn review_queues_are_scoped_audited_and_withhold_small_counts() {
     let (s, _) = app.get(&format!("/v1/signals/items/{integrity}"), &far).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert!(app.verify().await["ok"].as_bool().unwrap_or(true));
+
+    // Erasure shreds the vault row: the learner's place in every item goes with it.
+    assert_eq!(app.count(&format!("SELECT count(*) FROM signal_subjects WHERE pseudonym = '{learner}'")).await, 1);
+    sqlx::query("DELETE FROM learners WHERE pseudonym = $1").bind(learner).execute(&app.admin).await.unwrap();
+    assert_eq!(app.count(&format!("SELECT count(*) FROM signal_subjects WHERE pseudonym = '{learner}'")).await, 0);
+    let (_, v) = app.get(&format!("/v1/signals/items/{id}"), &advisor).await;
+    assert_eq!(v["subjects"], json!([]), "{v}");
 }
 
 async fn items_of(app: &TestApp, kind: &str) -> Uuid {

@@ -63,3 +63,15 @@ CREATE INDEX signal_runs_runnable ON signal_runs (requested_at) WHERE state IN (
 
 GRANT SELECT, INSERT, UPDATE, DELETE ON signal_items, signal_subjects, signal_runs TO learnvault_app;
 GRANT USAGE ON SEQUENCE signal_runs_id_seq TO learnvault_app;
+
+-- Erasure deletes the learner's vault row (its consent goes by ON DELETE
+-- CASCADE); their places in review items go with it. No foreign key: an item
+-- may name a pseudonym the vault never issued (fixtures, simulations).
+CREATE FUNCTION signal_subjects_erase() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM signal_subjects WHERE pseudonym = OLD.pseudonym;
+    RETURN OLD;
+END
+$$;
+CREATE TRIGGER learners_erase_signal_subjects AFTER DELETE ON learners
+    FOR EACH ROW EXECUTE FUNCTION signal_subjects_erase();
