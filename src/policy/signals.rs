@@ -25,6 +25,8 @@ pub struct DisengagementDef {
     pub min_active_days: u32,
     pub max_silence_probability: f64,
     pub gap_factor: f64,
+    pub trend_ratio: f64,
+    pub trend_relief: f64,
     pub min_cohort_learners: u64,
 }
 
@@ -85,7 +87,7 @@ impl SignalsPolicy {
         let c = &self.content_defect;
         let d = &self.disengagement;
         let i = &self.integrity;
-        let checks: [(bool, &str); 14] = [
+        let checks: [(bool, &str); 15] = [
             ((1..=120).contains(&self.ttl_months), "ttl_months must be 1-120"),
             ((7..=365).contains(&self.baseline_days), "baseline_days must be 7-365"),
             (c.min_learners >= 1, "content_defect.min_learners must be at least 1"),
@@ -94,6 +96,8 @@ impl SignalsPolicy {
             (d.min_active_days >= 2, "disengagement.min_active_days must be at least 2"),
             (d.max_silence_probability > 0.0 && d.max_silence_probability < 0.5, "disengagement.max_silence_probability must be in (0, 0.5)"),
             (d.gap_factor >= 1.0, "disengagement.gap_factor must be at least 1"),
+            (d.trend_ratio > 0.0 && d.trend_ratio <= 1.0 && d.trend_relief >= 1.0 && d.max_silence_probability * d.trend_relief < 0.5,
+             "disengagement.trend_ratio must be in (0, 1], trend_relief at least 1 and max_silence_probability x trend_relief below 0.5"),
             (d.min_cohort_learners >= 1, "disengagement.min_cohort_learners must be at least 1"),
             ((1..=3600).contains(&i.close_seconds), "integrity.close_seconds must be 1-3600"),
             (i.min_close_assessments >= 2, "integrity.min_close_assessments must be at least 2"),

@@ -11,8 +11,10 @@
 //! `P = prod_d (1 - min(0.99, p * rel(d)))`. A quiet holiday week lowers
 //! `rel` for everyone, so it does not flag everyone. Flagged when `P` is below
 //! `max_silence_probability` and the silence exceeds `gap_factor` times the
-//! longest usual silence. Active minutes per active day, recent against
-//! earlier, are reported as the trend (evidence, not a condition).
+//! longest usual silence. Active minutes trending down (per active day, the
+//! later half of the baseline below `trend_ratio` of the earlier half) relax
+//! that probability threshold by `trend_relief`: fading sessions followed by
+//! silence are flagged sooner.
 
 use chrono::{Duration, NaiveDate};
 use serde_json::json;
@@ -92,14 +94,16 @@ pub fn evaluate(w: &Window, p: &DisengagementDef, baseline_days: u32) -> Vec<Fin
             prob *= 1.0 - q;
             silent_days.push((d, share_on(d)));
         }
-        if prob >= p.max_silence_probability {
-            continue;
-        }
-        // Trend: mean active minutes per active day, the last half of the baseline against the first.
+        // Trend: mean active minutes per active day, the later half of the baseline against the earlier.
         let mid = from + Duration::days(observed / 2);
         let mean = |it: Vec<u64>| if it.is_empty() { 0.0 } else { it.iter().sum::<u64>() as f64 / it.len() as f64 / 60.0 };
         let early = mean(l.days.range(from..mid).map(|(_, s)| *s).collect());
         let late = mean(l.days.range(mid..=last).map(|(_, s)| *s).collect());
+        let fading = early > 0.0 && late < p.trend_ratio * early;
+        let threshold = p.max_silence_probability * if fading { p.trend_relief } else { 1.0 };
+        if prob >= threshold {
+            continue;
+        }
         let cohort_active_today = (share_on(day) * size).round() as u64;
         out.push(Finding {
             kind: Kind::Disengagement,
@@ -121,7 +125,8 @@ pub fn evaluate(w: &Window, p: &DisengagementDef, baseline_days: u32) -> Vec<Fin
                 "usual_longest_silence_days": usual_silence,
                 "last_active_day": last.to_string(),
                 "calibrated_by": if by_cohort { "cohort" } else { "course" },
-                "active_minutes_per_active_day": {"earlier": early, "recent": late},
+                "active_minutes_per_active_day": {"earlier": early, "recent": late, "fading": fading},
+                "silence_probability_threshold": threshold,
                 "active_days": l.days.range(from..=last).map(|(d, s)| json!({"date": d.to_string(), "active_minutes": *s as f64 / 60.0})).collect::<Vec<_>>(),
                 "silent_days_relative_activity": silent_days.iter().map(|(d, s)| json!({"date": d.to_string(), "relative": s / base_mean})).collect::<Vec<_>>(),
             }),
