@@ -10,6 +10,7 @@ mod bench_signals;
 mod datamap;
 mod demo;
 mod demo_live;
+mod demo_signals;
 mod disclosure;
 mod dsr;
 pub mod land;
