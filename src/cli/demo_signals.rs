@@ -16,7 +16,7 @@ pub async fn plant(wh: &Warehouse) -> anyhow::Result<Truth> {
     let days = 56;
     let start = chrono::Utc::now().date_naive() - Duration::days(days as i64);
     let mut plan = Plan::new(400, days, start, 42, true, "demo");
-    plan.disengage_share = 0.01;
+    plan.disengage_share = 0.02;
     plan.collude_share = 2.0 / 400.0;
     plan.partner_share = 2.0 / 400.0;
     // The segment ships yesterday: the detectors' next pass flags it.

@@ -7,7 +7,9 @@
 //! own pooled share over the `baseline_days` before (so a segment that is
 //! always hard, or a video that became popular, is not a spike), and never
 //! below the course's usual share (the 95th percentile of its buckets'
-//! pooled shares over the baseline). Band: baseline +/- `z` binomial standard errors at the
+//! pooled shares over the baseline) nor, when the content has at least 20
+//! buckets with activity that day, the 95th percentile of that day's buckets
+//! (new content, without history, is compared with itself). Band: baseline +/- `z` binomial standard errors at the
 //! day's learners (floored at `sd_floor` learners). Flagged when the share is
 //! above the band, at least `course_ratio` times the course's usual share, and
 //! at least `min_learners` distinct learners replayed. Adjacent flagged
@@ -66,7 +68,11 @@ pub fn evaluate(w: &Window, p: &ContentDefectDef, baseline_days: u32) -> Vec<Fin
             continue;
         }
         buckets.sort_unstable();
-        let usual = p95.get(course).copied().unwrap_or(0.0);
+        // The content's other buckets that day are a baseline too (new content has no history).
+        let mut day_shares: Vec<f64> = buckets.iter().map(|b| b.1 as f64 / v as f64).collect();
+        day_shares.sort_by(|a, b| a.total_cmp(b));
+        let day_p95 = day_shares[((day_shares.len() as f64 - 1.0) * 0.95).round() as usize];
+        let usual = p95.get(course).copied().unwrap_or(0.0).max(if buckets.len() >= 20 { day_p95 } else { 0.0 });
         let bv = base_viewers.get(&(course, content)).copied().unwrap_or(0);
         let mut flagged: Vec<(u32, u64, u64, f64, f64, (f64, f64))> = Vec::new();
         for &(bucket, learners, replays) in &buckets {
@@ -107,7 +113,7 @@ pub fn evaluate(w: &Window, p: &ContentDefectDef, baseline_days: u32) -> Vec<Fin
                     "statistic": "share of the content's learners that day who replayed or paused in the segment (peak bucket)",
                     "segment": {"from_sec": start, "to_sec": end},
                     "peak_bucket_sec": peak.0,
-                    "course_usual_share_p95": usual,
+                    "usual_share": usual,
                     "baseline_days": baseline_days,
                     "buckets": seg.iter().map(|b| json!({"position_sec": b.0, "share": b.3, "replays": b.2, "baseline_share": b.4})).collect::<Vec<_>>(),
                     "institutions": institutions.get(course).cloned().unwrap_or_default(),
@@ -120,4 +126,65 @@ pub fn evaluate(w: &Window, p: &ContentDefectDef, baseline_days: u32) -> Vec<Fin
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signals::window::{Data, ReplayRow, ViewerRow};
+
+    fn policy() -> ContentDefectDef {
+        ContentDefectDef { route: "content_author".into(), min_learners: 12, z: 4.0, sd_floor: 1.0, course_ratio: 3.0 }
+    }
+
+    /// One video, 60 buckets; `learners(day, bucket)` interacting at each bucket, 100 viewers a day.
+    fn data(days: i64, learners: impl Fn(i64, u32) -> u64) -> Data {
+        let d0 = chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap();
+        let mut d = Data::default();
+        for day in 0..days {
+            let date = d0 + Duration::days(day);
+            d.viewers.push(ViewerRow { date, course: "c".into(), content: "v".into(), learners: 100 });
+            for b in 0..60 {
+                let n = learners(day, b * 10);
+                d.replays.push(ReplayRow { date, course: "c".into(), content: "v".into(), bucket: b * 10, replays: n, learners: n });
+            }
+        }
+        d
+    }
+
+    fn flagged(d: &Data, day: i64) -> Vec<(u64, u64)> {
+        let w = Window { day: chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap() + Duration::days(day), data: d };
+        evaluate(&w, &policy(), 28)
+            .iter()
+            .map(|f| (f.evidence["segment"]["from_sec"].as_u64().unwrap(), f.evidence["segment"]["to_sec"].as_u64().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn a_spike_is_flagged_a_segment_that_is_always_hard_is_not() {
+        // Bucket 300 is always hard (20 of 100); from day 20 bucket 240 spikes (45 of 100), 250 too (30).
+        let d = data(30, |day, b| match b {
+            300 => 20,
+            240 if day >= 20 => 45,
+            250 if day >= 20 => 30,
+            _ => 2,
+        });
+        assert_eq!(flagged(&d, 19), Vec::<(u64, u64)>::new());
+        assert_eq!(flagged(&d, 20), vec![(240, 260)], "one segment of two adjacent buckets");
+        // Too few learners: 11 of 100 at one bucket is never a finding, however unusual.
+        let d = data(30, |day, b| if b == 240 && day >= 20 { 11 } else { 1 });
+        assert_eq!(flagged(&d, 20), Vec::<(u64, u64)>::new());
+    }
+
+    #[test]
+    fn new_content_is_compared_with_its_own_buckets_that_day() {
+        // No history at all: only the bucket far above its siblings is flagged.
+        let d = data(1, |_, b| match b {
+            240 => 50,
+            _ => 3,
+        });
+        assert_eq!(flagged(&d, 0), vec![(240, 250)]);
+        let flat = data(1, |_, _| 15);
+        assert_eq!(flagged(&flat, 0), Vec::<(u64, u64)>::new(), "a uniformly busy new video is not a defect");
+    }
 }

@@ -138,3 +138,57 @@ pub fn evaluate(w: &Window, p: &DisengagementDef, baseline_days: u32) -> Vec<Fin
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signals::window::{ActivityRow, Data};
+
+    fn policy() -> DisengagementDef {
+        DisengagementDef {
+            route: "advisor".into(),
+            min_active_days: 5,
+            max_silence_probability: 0.0001,
+            gap_factor: 1.5,
+            trend_ratio: 0.6,
+            trend_relief: 5.0,
+            min_cohort_learners: 20,
+        }
+    }
+
+    /// 40 learners active every day of `days`, except where `active(learner, day)` says not.
+    fn data(days: i64, active: impl Fn(usize, i64) -> bool) -> (Data, Vec<Uuid>) {
+        let d0 = NaiveDate::from_ymd_opt(2026, 1, 1).unwrap();
+        let ids: Vec<Uuid> = (0..40).map(|i| Uuid::from_u128(i as u128 + 1)).collect();
+        let mut d = Data::default();
+        for (i, id) in ids.iter().enumerate() {
+            for day in (0..days).filter(|day| active(i, *day)) {
+                d.activity.push(ActivityRow { date: d0 + Duration::days(day), learner: *id, institution: "u".into(), course: "c".into(), cohort: "k".into(), active_seconds: 600 });
+            }
+        }
+        (d, ids)
+    }
+
+    fn flagged(d: &Data, day: i64) -> Vec<Uuid> {
+        let w = Window { day: NaiveDate::from_ymd_opt(2026, 1, 1).unwrap() + Duration::days(day), data: d };
+        evaluate(&w, &policy(), 28).iter().map(|f| f.subjects[0]).collect()
+    }
+
+    #[test]
+    fn a_daily_learner_who_stops_is_flagged_a_quiet_week_for_everyone_is_not() {
+        // Learner 0 stops after day 29; everyone else continues.
+        let (d, ids) = data(36, |i, day| i != 0 || day < 30);
+        assert_eq!(flagged(&d, 31), Vec::<Uuid>::new(), "two silent days are not yet a collapse");
+        assert_eq!(flagged(&d, 35), vec![ids[0]]);
+        // Days 30-35: the whole cohort is on holiday (2 of 40 active each day): nobody is flagged.
+        let (d, _) = data(36, |i, day| day < 30 || i % 20 == 1 + (day as usize % 2));
+        assert_eq!(flagged(&d, 35), Vec::<Uuid>::new());
+    }
+
+    #[test]
+    fn a_learner_without_a_baseline_is_not_judged() {
+        // Learner 0 was active on 3 days only, then silent for weeks.
+        let (d, _) = data(40, |i, day| i != 0 || day < 3);
+        assert_eq!(flagged(&d, 39), Vec::<Uuid>::new());
+    }
+}
