@@ -117,3 +117,63 @@ pub fn evaluate(w: &Window, p: &IntegrityDef) -> Vec<Finding> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signals::window::{Data, SubmitRow};
+
+    fn policy() -> IntegrityDef {
+        IntegrityDef {
+            route: "integrity_panel".into(),
+            close_seconds: 20,
+            min_close_assessments: 4,
+            min_close_share: 0.5,
+            max_chance_probability: 1e-6,
+            window_days: 56,
+        }
+    }
+
+    #[test]
+    fn close_submitters_are_flagged_study_partners_and_chance_are_not() {
+        let day = chrono::NaiveDate::from_ymd_opt(2026, 3, 1).unwrap();
+        let t0 = day.and_hms_opt(0, 0, 0).unwrap().and_utc().timestamp_millis() - 10 * 86_400_000;
+        let ids: Vec<Uuid> = (0..40).map(|i| Uuid::from_u128(i + 1)).collect();
+        let mut d = Data::default();
+        let row = |l: usize, a: usize, ts: i64| SubmitRow {
+                learner: ids[l],
+                institution: "u".into(),
+                course: "c".into(),
+                cohort: "k".into(),
+                content: format!("quiz-{a}"),
+                ts_ms: ts,
+                answer: None,
+        };
+        for a in 0..8usize {
+            let base = t0 + a as i64 * 86_400_000;
+            // Everyone spread over a day (a pseudo-random order per assessment, 30+ minutes apart).
+            for l in 0..40usize {
+                d.submits.push(row(l, a, base + ((l * 7919 + a * 104_729) % 40) as i64 * 2_000_000));
+            }
+        }
+        // Learner 0 submits 3-9 s after learner 1 on six of eight; learner 2 two to ten minutes after learner 3 on all.
+        d.submits.retain(|s| !(s.learner == ids[0] && s.content != "quiz-6" && s.content != "quiz-7") && s.learner != ids[2]);
+        let find = |d: &Data, l: usize, a: usize| d.submits.iter().find(|s| s.learner == ids[l] && s.content == format!("quiz-{a}")).unwrap().ts_ms;
+        for a in 0..6 {
+            let t = find(&d, 1, a);
+            d.submits.push(row(0, a, t + 3_000 + a as i64 * 1_000));
+        }
+        for a in 0..8 {
+            let t = find(&d, 3, a);
+            d.submits.push(row(2, a, t + 120_000 + a as i64 * 60_000));
+        }
+        let found = evaluate(&Window { day, data: &d }, &policy());
+        let pairs: Vec<(Uuid, Uuid)> = found.iter().map(|f| (f.subjects[0], f.subjects[1])).collect();
+        assert_eq!(pairs, vec![(ids[0], ids[1])], "{found:?}");
+        assert_eq!(found[0].statistic, 6.0);
+        assert_eq!(found[0].evidence["assessments_both_submitted"], 8);
+        // Beyond the window, the same submissions are not examined.
+        let later = Window { day: day + Duration::days(60), data: &d };
+        assert!(evaluate(&later, &policy()).is_empty());
+    }
+}
