@@ -23,6 +23,11 @@ use super::finding::{ContextCount, Finding, Kind};
 use super::window::Window;
 use crate::policy::signals::ContentDefectDef;
 
+/// A flagged bucket: position, learners, replays, share, baseline share, band.
+type Hot = (u32, u64, u64, f64, f64, (f64, f64));
+/// Today's buckets of each (course, content): position, learners, replays.
+type Today<'a> = BTreeMap<(&'a str, &'a str), Vec<(u32, u64, u64)>>;
+
 pub fn evaluate(w: &Window, p: &ContentDefectDef, baseline_days: u32) -> Vec<Finding> {
     let day = w.day;
     let first = day - Duration::days(baseline_days as i64);
@@ -32,7 +37,7 @@ pub fn evaluate(w: &Window, p: &ContentDefectDef, baseline_days: u32) -> Vec<Fin
         w.data.viewers.iter().filter(|v| v.date >= first && v.date <= day).map(|v| ((v.course.as_str(), v.content.as_str(), v.date), v.learners)).collect();
     // Baseline sums per bucket; today's rows.
     let mut base: HashMap<(&str, &str, u32), u64> = HashMap::new();
-    let mut today: BTreeMap<(&str, &str), Vec<(u32, u64, u64)>> = BTreeMap::new();
+    let mut today: Today = BTreeMap::new();
     for r in w.data.replays.iter().filter(|r| r.date >= first && r.date <= day) {
         if r.date == day {
             today.entry((&r.course, &r.content)).or_default().push((r.bucket, r.learners, r.replays));
@@ -74,7 +79,7 @@ pub fn evaluate(w: &Window, p: &ContentDefectDef, baseline_days: u32) -> Vec<Fin
         let day_p95 = day_shares[((day_shares.len() as f64 - 1.0) * 0.95).round() as usize];
         let usual = p95.get(course).copied().unwrap_or(0.0).max(if buckets.len() >= 20 { day_p95 } else { 0.0 });
         let bv = base_viewers.get(&(course, content)).copied().unwrap_or(0);
-        let mut flagged: Vec<(u32, u64, u64, f64, f64, (f64, f64))> = Vec::new();
+        let mut flagged: Vec<Hot> = Vec::new();
         for &(bucket, learners, replays) in &buckets {
             let own = base.get(&(course, content, bucket)).map(|b| *b as f64 / bv.max(1) as f64).unwrap_or(0.0);
             let p0 = own.max(usual);
@@ -86,7 +91,7 @@ pub fn evaluate(w: &Window, p: &ContentDefectDef, baseline_days: u32) -> Vec<Fin
             }
         }
         // Adjacent flagged buckets are one segment.
-        let mut segments: Vec<Vec<(u32, u64, u64, f64, f64, (f64, f64))>> = Vec::new();
+        let mut segments: Vec<Vec<Hot>> = Vec::new();
         for f in flagged {
             match segments.last_mut() {
                 Some(s) if s.last().is_some_and(|l| f.0 <= l.0 + crate::serve::replays::BUCKET_SECONDS) => s.push(f),

@@ -25,6 +25,9 @@ use super::finding::{poisson_tail, ContextCount, Finding, Kind};
 use super::window::{SubmitRow, Window};
 use crate::policy::signals::IntegrityDef;
 
+/// Close submissions of each pair of a course: assessment, the two times (ms).
+type Close<'a> = HashMap<(&'a str, Uuid, Uuid), Vec<(&'a str, i64, i64)>>;
+
 pub fn evaluate(w: &Window, p: &IntegrityDef) -> Vec<Finding> {
     let day = w.day;
     let first = day - Duration::days(p.window_days as i64 - 1);
@@ -42,7 +45,7 @@ pub fn evaluate(w: &Window, p: &IntegrityDef) -> Vec<Finding> {
     }
     let window_ms = p.close_seconds as i64 * 1000;
     // Close pairs per assessment; each assessment's chance of a close pair.
-    let mut pairs: HashMap<(&str, Uuid, Uuid), Vec<(&str, i64, i64)>> = HashMap::new();
+    let mut pairs: Close = HashMap::new();
     let mut chance: HashMap<(&str, &str), f64> = HashMap::new();
     let mut submitted: HashMap<(&str, Uuid), HashMap<&str, &SubmitRow>> = HashMap::new();
     for ((course, content), by_learner) in &firsts {
