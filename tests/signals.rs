@@ -109,6 +109,9 @@ async fn detectors_find_the_planted_cases_and_not_the_traps() {
     assert_eq!(by["content_defect"].1, cd.len() as u64);
     let named = app.warehouse().query("SELECT count() AS n FROM signals.findings WHERE position(evidence, {p:String}) > 0", &[("p", truth.colluders[0].1.to_string())]).await.unwrap();
     assert_eq!(num(&named[0]["n"]), 0, "a finding's evidence names a learner");
+    // A learner's own rows say how far apart the pair submitted, not when the other learner did.
+    let timed = app.warehouse().query("SELECT count() AS n FROM signals.findings WHERE kind = 'integrity' AND position(evidence, 'at_ms') > 0", &[]).await.unwrap();
+    assert_eq!(num(&timed[0]["n"]), 0);
 }
 
 fn finding(kind: Kind, institution: &str, course: &str, subjects: Vec<Uuid>, context: &[(&str, u64)]) -> Finding {

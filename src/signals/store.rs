@@ -158,6 +158,14 @@ impl Signals {
 /// The `signals.findings` rows of a finding: one per subject (the nil learner for content).
 fn rows(f: &Finding, id: Uuid, route: &str) -> Vec<u8> {
     let subjects: Vec<Uuid> = if f.subjects.is_empty() { vec![Uuid::nil()] } else { f.subjects.clone() };
+    // A learner's own rows (their access export) keep how far apart the pair's
+    // submissions were, never when the other learner submitted.
+    let mut evidence = f.evidence.clone();
+    if let Some(list) = evidence.get_mut("submissions").and_then(|v| v.as_array_mut()) {
+        for e in list.iter_mut().filter_map(|e| e.as_object_mut()) {
+            e.retain(|k, _| k == "assessment" || k == "seconds_apart");
+        }
+    }
     let mut out = Vec::new();
     for s in subjects {
         let row = json!({
@@ -167,7 +175,7 @@ fn rows(f: &Finding, id: Uuid, route: &str) -> Vec<u8> {
             "course_id": f.course, "content_id": f.content.clone().unwrap_or_default(), "cohort_id": f.cohort.clone().unwrap_or_default(),
             "statistic": f.statistic, "baseline": f.baseline, "band_lo": f.band.0, "band_hi": f.band.1, "route": route,
             // The row's evidence never names another learner: subject positions only.
-            "evidence": f.evidence.to_string(),
+            "evidence": evidence.to_string(),
         });
         serde_json::to_writer(&mut out, &row).expect("json");
         out.push(b'\n');
