@@ -166,6 +166,18 @@ async fn review_queues_are_scoped_audited_and_withhold_small_counts() {
     let (s, q) = app.get("/v1/signals/queues/content_author/items", &author).await;
     assert_eq!(s, StatusCode::OK, "{q}");
     assert_eq!(q["items"].as_array().unwrap().len(), 2, "{q}");
+    // Two authors taking the next free item get different ones; a third finds none free.
+    let mut taken = BTreeSet::new();
+    for sub in ["author-3", "author-4"] {
+        let t = token(&app, sub, &["content_author"], &["uni-a", "uni-strict"], &["cs101", "cs201"]);
+        let (s, v) = app.post("/v1/signals/queues/content_author/next", &t, json!({})).await;
+        assert_eq!((s, v["lease_by"].as_str()), (StatusCode::OK, Some(sub)), "{v}");
+        taken.insert(v["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(taken.len(), 2);
+    let t = token(&app, "author-5", &["content_author"], &["uni-a", "uni-strict"], &["cs101", "cs201"]);
+    let (s, v) = app.post("/v1/signals/queues/content_author/next", &t, json!({})).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("queue_empty")), "{v}");
     for it in q["items"].as_array().unwrap() {
         assert!(it.get("subjects").is_none() && it.get("evidence").is_none(), "a listing shows no subjects or evidence: {it}");
         let (s, v) = app.get(&format!("/v1/signals/items/{}", it["id"].as_str().unwrap()), &author).await;
@@ -311,6 +323,6 @@ fn no_route_but_the_review_queues_carries_a_signal_derived_field() {
         }
     }
     // TODO(issue 12 merge): the subject's own access export is the one other way out; its archive is not in this document.
-    assert_eq!(queue_routes, 3);
+    assert_eq!(queue_routes, 4);
     assert!(checked > 20, "{checked} routes");
 }

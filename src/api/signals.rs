@@ -1,5 +1,6 @@
 //! The review queues over HTTP: `GET /v1/signals/queues/{queue}/items`,
-//! `GET /v1/signals/items/{id}`, `POST /v1/signals/items/{id}/decision`.
+//! `POST /v1/signals/queues/{queue}/next`, `GET /v1/signals/items/{id}`,
+//! `POST /v1/signals/items/{id}/decision`.
 //! The only routes a signal-derived field leaves by (besides the subject's
 //! own access export); none of them acts on a learner. A caller sees the
 //! queue of each role they hold that has `signals.review` (integrity items
@@ -23,7 +24,7 @@ use crate::signals::queue::{SignalItem, SignalItemSummary, State as ItemState};
 use crate::signals::{Decision, Kind, Scope, Signals, SignalsError};
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list)).routes(routes!(view)).routes(routes!(decide))
+    OpenApiRouter::new().routes(routes!(list)).routes(routes!(next)).routes(routes!(view)).routes(routes!(decide))
 }
 
 impl From<SignalsError> for Error {
@@ -118,6 +119,28 @@ async fn list(State(s): State<AppState>, p: Principal, Path(queue): Path<String>
     e.detail = serde_json::json!({"queue": scope.queue, "items": items.len()});
     s.audit.record(e).await?;
     Ok(Json(SignalQueue { queue: scope.queue.clone(), items }))
+}
+
+/// Take the oldest free item of one of your queues (open, or whose review
+/// lease expired) with its evidence, leased to you; two reviewers asking at
+/// once get different items. Audited like a view. 404 `queue_empty` when none is free.
+#[utoipa::path(post, path = "/v1/signals/queues/{queue}/next", tag = "signals",
+    params(("queue" = String, Path, description = "Queue: a role routed to by policies/signals.yaml")),
+    responses((status = 200, body = SignalItem), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn next(State(s): State<AppState>, p: Principal, Path(queue): Path<String>) -> Result<Json<SignalItem>, Error> {
+    let (sg, sc) = authorised(&s, &p, "signals.view").await?;
+    let Some(scope) = sc.iter().find(|x| x.queue == queue) else {
+        let mut e = p.entry("signals.view", None, None, Outcome::Denied);
+        e.detail = serde_json::json!({"reason": "queue_not_yours", "queue": queue.chars().take(64).collect::<String>()});
+        s.audit.record(e).await?;
+        return Err(Error::forbidden("this is not one of your review queues"));
+    };
+    let entry = p.entry("signals.view", None, None, Outcome::Success);
+    match sg.next(scope, &p.sub, entry).await? {
+        Some(item) => Ok(Json(item)),
+        None => Err(Error::not_found("queue_empty", "no free item in this queue")),
+    }
 }
 
 /// One item with its evidence: the statistic, baseline and band, the

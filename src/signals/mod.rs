@@ -31,7 +31,7 @@
 //!
 //! # Public API
 //! - [`Signals`]: `evaluate_day`, `record`, `enqueue`, `try_run_one` (-> [`Ran`]),
-//!   `run_range`, `purge`, and the review queue: `list`, `view`, `decide`.
+//!   `run_range`, `purge`, and the review queue: `list`, `next`, `view`, `decide`.
 //! - [`evaluate`]: every detector over a [`Window`]; [`content`],
 //!   [`disengagement`], [`integrity`]: each detector's `evaluate`.
 //! - [`Config`] (from `policies/signals.yaml`) with `validate()`.

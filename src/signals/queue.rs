@@ -194,6 +194,44 @@ impl Signals {
         Ok(item)
     }
 
+    /// Take the oldest free item of the caller's queue (open, or held under an
+    /// expired lease) for `reviewer`, skipping items another reviewer is taking
+    /// at the same moment (`FOR UPDATE SKIP LOCKED`); audited like a view.
+    /// `None` when nothing is free.
+    pub async fn next(&self, scope: &Scope, reviewer: &str, entry: NewEntry) -> Result<Option<SignalItem>, SignalsError> {
+        let kinds: Vec<String> = scope.kinds.iter().map(|k| k.as_str().to_owned()).collect();
+        let mut tx = self.pool.begin().await?;
+        let id: Option<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM signal_items
+             WHERE queue = $1 AND kind::text = ANY($2) AND ($3::text[] IS NULL OR institution_id = ANY($3))
+               AND ($4::text[] IS NULL OR course_id = ANY($4))
+               AND (state = 'open' OR (state = 'in_review' AND lease_until < now()))
+             ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(&scope.queue)
+        .bind(&kinds)
+        .bind(&scope.institutions)
+        .bind(&scope.courses)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(id) = id else { return Ok(None) };
+        let row: Row = sqlx::query_as(&format!(
+            "UPDATE signal_items SET state = 'in_review', lease_by = $2, lease_until = now() + make_interval(secs => $3), updated_at = now()
+             WHERE id = $1 RETURNING {COLUMNS}"
+        ))
+        .bind(id)
+        .bind(reviewer)
+        .bind(self.config.lease_secs as f64)
+        .fetch_one(&mut *tx)
+        .await?;
+        let item = self.item(&mut tx, row).await?;
+        let mut entry = entry;
+        complete(&mut entry, &item, serde_json::json!({"item": id, "kind": item.summary.kind, "queue": item.queue, "taken": true}));
+        crate::audit::append(&mut tx, &[entry]).await.map_err(audit_error)?;
+        tx.commit().await?;
+        Ok(Some(item))
+    }
+
     /// Record a decision with a note (final); audited in the same transaction.
     pub async fn decide(&self, id: Uuid, scope: &[Scope], reviewer: &str, decision: Decision, note: &str, entry: NewEntry) -> Result<SignalItem, SignalsError> {
         let note = note.trim();
