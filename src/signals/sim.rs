@@ -204,7 +204,9 @@ impl Sim {
                     minutes = 0.5;
                 }
             }
-            if matches!(chrono::Datelike::weekday(&date), chrono::Weekday::Sat | chrono::Weekday::Sun) {
+            // Weekends are days 5 and 6 of each simulated week (not the calendar's), so a
+            // seed gives the same cohort whatever the day it runs.
+            if day % 7 >= 5 {
                 p *= 0.6;
             }
             if c == 0 && self.plan.holiday.is_some_and(|(a, b)| (a..b).contains(&day)) {
