@@ -61,6 +61,7 @@ pub async fn build_state(settings: &Settings) -> anyhow::Result<AppState> {
         dsr: None,
         gateway: None,
         serve: None,
+        signals: None,
     })
 }
 
@@ -99,6 +100,8 @@ pub fn with_warehouse(mut state: AppState, settings: &Settings, warehouse: Wareh
     };
     crate::dsr::seal::create_private_dir(&dsr.archive_dir).with_context(|| format!("creating {}", dsr.archive_dir.display()))?;
     let serve_config = crate::serve::Config::load(dir).context("loading the disclosure policy")?;
+    let signals_config = crate::signals::Config::load(dir).context("loading the signals policy")?;
+    state.signals = Some(Arc::new(crate::signals::Signals::new(warehouse.clone(), state.pool.clone(), signals_config, serve_config.clone())?));
     state.serve = Some(Arc::new(crate::serve::Serve::new(warehouse.clone(), serve_config)?));
     state.warehouse = Some(warehouse);
     state.dsr = Some(Arc::new(dsr));

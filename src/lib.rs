@@ -22,6 +22,9 @@
 //! - [`serve`]: the governed read path: cohort views from `agg.*` rollups released only through
 //!   disclosure control (primary, complementary suppression, the attacker's LP audit; `Released<T>`),
 //!   and the role-gated, audited, rate-limited drill-down.
+//! - [`signals`]: detectors (disengagement, content defects, close submitters) over the rollups,
+//!   findings in `signals.findings`, review queues per role (leases, audited views and decisions);
+//!   signals inform humans, nothing acts on a learner.
 //! - [`dsr`]: subject access and erasure jobs (map-driven), archives, signed erasure certificates.
 //! - [`gateway`]: event and xAPI ingest, pseudonymisation at the gate.
 //! - [`governance`]: may an event land (vault standing, consent, protected attributes); shared by the gateway and the lander.
@@ -63,6 +66,7 @@ pub mod policy;
 pub mod redact;
 pub mod retention;
 pub mod serve;
+pub mod signals;
 pub mod sim;
 pub mod taxonomy;
 pub mod telemetry;

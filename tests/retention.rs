@@ -20,7 +20,7 @@ async fn ttls_match_the_policy_expired_rows_go_and_a_drifted_ttl_fails() {
 
     let r = verify(&wh, &policy).await.unwrap();
     assert!(r.ok, "{r:?}");
-    assert_eq!(r.tables.len(), 6);
+    assert_eq!(r.tables.len(), 7); // six event-spine tables and signals.findings
 
     // Rows from three years ago arrive with today's: the engine drops the expired ones as it
     // writes them (and at merges): retention needs no script.

@@ -12,6 +12,7 @@ mod ingest;
 mod ops;
 mod pseudonyms;
 mod serve;
+mod signals;
 
 pub use error::{Error, ErrorBody};
 pub use extract::{AppJson, AppQuery, Principal};
@@ -65,6 +66,8 @@ pub struct AppState {
     pub serve: Option<Arc<crate::serve::Serve>>,
     /// Signs and keeps the audit chain's checkpoints.
     pub anchor: Arc<crate::audit::checkpoint::Anchor>,
+    /// Signals and their review queues (needs the warehouse).
+    pub signals: Option<Arc<crate::signals::Signals>>,
 }
 
 impl AppState {
@@ -116,6 +119,7 @@ impl AppState {
         (name = "dsr", description = "Subject access and erasure requests, archives, erasure certificates"),
         (name = "features", description = "Behaviour-only recommendation features (recommendations consent)"),
         (name = "analytics", description = "Cohort analytics released through disclosure control, and the audited drill-down"),
+        (name = "signals", description = "Review queues of signals that inform humans (disengagement, content defects, integrity); nothing here acts on a learner"),
         (name = "retention", description = "Retention proof"),
         (name = "ops", description = "Health, readiness, metrics, this document")
     )
@@ -147,6 +151,7 @@ fn routes(limits: Limits) -> OpenApiRouter<AppState> {
         .merge(dsr::router())
         .merge(features::router())
         .merge(serve::router())
+        .merge(signals::router())
         .merge(ops::router())
 }
 

@@ -25,6 +25,8 @@ pub enum BenchCommand {
     Gateway(super::bench_gateway::GatewayArgs),
     /// The governed read path: cohort views (with suppression and audit) and drill-down latency, information loss.
     Serve(super::bench_serve::ServeArgs),
+    /// The detectors on a simulated cohort with ground truth: precision, recall, false alarms on a clean run.
+    Signals(super::bench_signals::SignalsArgs),
 }
 
 #[derive(clap::Args)]
@@ -119,6 +121,7 @@ pub async fn run(settings: Settings, cmd: BenchCommand) -> anyhow::Result<ExitCo
         BenchCommand::Dsr(a) => return super::bench_dsr::run(settings, a).await,
         BenchCommand::Gateway(a) => return super::bench_gateway::run(settings, a).await,
         BenchCommand::Serve(a) => return super::bench_serve::run(settings, a).await,
+        BenchCommand::Signals(a) => return super::bench_signals::run(settings, a).await,
     };
     let duration = parse_ttl(&args.duration).context("--duration like 10s")?;
     let master = MasterKey::load(&settings)?;

@@ -2,7 +2,8 @@
 //! the API with the ingest gateway, the lander and the embedded engine, fed by
 //! a simulated cohort in real time (mostly through `/v1/events`, some as xAPI),
 //! with a refreshing terminal view: events/s, lander lag, freshness, the live
-//! funnel per cohort and the most-replayed video segment. Ends after
+//! funnel per cohort and the most-replayed video segment, and the signals'
+//! review queues filling (one planted case of each kind, `demo_signals`). Ends after
 //! `--duration` or on Ctrl-C with a summary and commands to explore further.
 
 use anyhow::Context;
@@ -42,6 +43,10 @@ async fn live(settings: &Settings, state: crate::api::AppState, wh: &Warehouse, 
         let _ = rx.wait_for(|s| *s).await;
     };
     let serve = state.serve.clone().context("the read path (set by with_warehouse)")?;
+    // Signals: simulated history with one case of each kind, the detectors' loop as in `serve`.
+    let truth = super::demo_signals::plant(wh).await?;
+    let signals_loop = tokio::spawn(super::signals::serve_loop(state.signals.clone().context("signals (set by with_warehouse)")?, stop_rx.clone()));
+    let pool = state.pool.clone();
     let server = tokio::spawn(crate::app::serve(state.clone(), listener, stopped(stop_rx.clone())));
     let lander = super::land::build(settings, wh.clone()).await?;
     let lstats = lander.stats();
@@ -89,7 +94,8 @@ async fn live(settings: &Settings, state: crate::api::AppState, wh: &Warehouse, 
         let landed = lstats.landed.load(Ordering::Relaxed);
         let dt = last_t.elapsed().as_secs_f64().max(0.001);
         let screen = render(wh, &serve, &hs, &xs, &lstats, started.elapsed(), (accepted - last_acc) as f64 / dt, (landed - last_landed) as f64 / dt, &base).await;
-        print!("\x1b[H\x1b[2J{screen}");
+        let queues = super::demo_signals::screen(&pool, &truth).await;
+        print!("\x1b[H\x1b[2J{screen}{queues}");
         (last_acc, last_landed, last_t) = (accepted, landed, Instant::now());
     }
     let _ = load_stop_tx.send(true);
@@ -101,9 +107,11 @@ async fn live(settings: &Settings, state: crate::api::AppState, wh: &Warehouse, 
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let screen = render(wh, &serve, &hs, &xs, &lstats, started.elapsed(), 0.0, 0.0, &base).await;
-    print!("\x1b[H\x1b[2J{screen}");
+    let queues = super::demo_signals::screen(&pool, &truth).await;
+    print!("\x1b[H\x1b[2J{screen}{queues}");
     let _ = stop_tx.send(true);
     let _ = server.await;
+    let _ = signals_loop.await;
     if let Ok(Err(e)) = lander.await {
         eprintln!("lander: {e}");
     }

@@ -6,9 +6,11 @@ mod bench_dsr;
 mod bench_gateway;
 mod bench_lander;
 mod bench_serve;
+mod bench_signals;
 mod datamap;
 mod demo;
 mod demo_live;
+mod demo_signals;
 mod disclosure;
 mod dsr;
 pub mod land;
@@ -16,6 +18,7 @@ pub mod loadgen;
 mod policy;
 mod retention;
 mod serve;
+pub mod signals;
 mod taxonomy;
 mod token;
 mod warehouse;
@@ -80,6 +83,11 @@ pub enum Command {
         #[command(subcommand)]
         command: retention::RetentionCommand,
     },
+    /// Signals that inform humans: run the detectors over a date range.
+    Signals {
+        #[command(subcommand)]
+        command: signals::SignalsCommand,
+    },
     /// Event taxonomy tools.
     Taxonomy {
         #[command(subcommand)]
@@ -118,6 +126,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Retention { command } => retention::run(settings, command).await,
         Command::Datamap { command } => datamap::run(settings, command).await,
         Command::Dsr { command } => dsr::run(settings, command).await,
+        Command::Signals { command } => signals::run(settings, command).await,
         Command::Token { command } => token::run(settings, command),
         Command::Audit { command } => audit::run(settings, command).await,
         Command::Bench { command } => bench::run(settings, command).await,

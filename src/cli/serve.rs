@@ -37,6 +37,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
             Duration::from_secs(settings.audit_checkpoint_interval_secs.max(1)),
             stop_rx.clone(),
         );
+        let signals = super::signals::serve_loop(state.signals.clone().expect("set by with_warehouse"), stop_rx.clone());
         let jobs = {
             let rx = stop_rx.clone();
             let enabled = settings.jobs_enabled;
@@ -53,7 +54,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
             }
             anyhow::Ok(())
         };
-        let (a, l, (), (), ()) = tokio::join!(api, land, jobs, publish, anchoring);
+        let (a, l, (), (), (), ()) = tokio::join!(api, land, jobs, publish, anchoring, signals);
         a?;
         l?;
         anyhow::Ok(())

@@ -11,6 +11,7 @@ use crate::domain::Purpose;
 
 pub mod disclosure;
 pub mod lineage;
+pub mod signals;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -39,10 +40,12 @@ pub enum Permission {
     CohortRead,
     ContentRead,
     LearnerDrilldown,
+    SignalsReview,
+    IntegrityReview,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 16] = [
+    pub const ALL: [Permission; 18] = [
         Permission::PseudonymIssue,
         Permission::PseudonymLookup,
         Permission::PseudonymResolve,
@@ -59,6 +62,8 @@ impl Permission {
         Permission::CohortRead,
         Permission::ContentRead,
         Permission::LearnerDrilldown,
+        Permission::SignalsReview,
+        Permission::IntegrityReview,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -78,6 +83,8 @@ impl Permission {
             Permission::CohortRead => "cohort.read",
             Permission::ContentRead => "content.read",
             Permission::LearnerDrilldown => "learner.drilldown",
+            Permission::SignalsReview => "signals.review",
+            Permission::IntegrityReview => "integrity.review",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -209,6 +216,11 @@ impl Policies {
     /// A declared drill-down purpose.
     pub fn drilldown_purpose(&self, p: &str) -> Option<Purpose> {
         self.drilldown.contains(p).then(|| Purpose::parse(p).ok()).flatten()
+    }
+
+    /// Whether `role` is course-scoped (acts only on its token's `courses`).
+    pub fn is_course_scoped(&self, role: &str) -> bool {
+        self.course_scoped.contains(role)
     }
 
     pub fn is_role(&self, role: &str) -> bool {

@@ -45,6 +45,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod counts;
 pub mod disclosure;
 pub mod drilldown;
 pub mod engagement;
