@@ -308,9 +308,12 @@ fn no_route_but_the_review_queues_carries_a_signal_derived_field() {
     for (path, ops) in doc["paths"].as_object().unwrap() {
         for (method, op) in ops.as_object().unwrap() {
             assert!(op.get("callbacks").is_none(), "{method} {path}: a callback could act on a learner");
+            // What a route gives out (its responses) must carry no signal field; what it takes in
+            // (a request body: batch erasure's own `subjects`, say) is the caller's, and only
+            // checked for the signal schemas.
             let (mut schemas, mut props) = (BTreeSet::new(), BTreeSet::new());
             reach(&op["responses"], &doc, &mut schemas, &mut props);
-            reach(&op["requestBody"], &doc, &mut schemas, &mut props);
+            reach(&op["requestBody"], &doc, &mut schemas, &mut BTreeSet::new());
             let signal_schemas: Vec<&String> = schemas.iter().filter(|s| s.starts_with("Signal")).collect();
             let signal_props: Vec<&String> = props.iter().filter(|p| SIGNAL_FIELDS.contains(&p.as_str())).collect();
             if path.starts_with("/v1/signals/") {
@@ -322,7 +325,8 @@ fn no_route_but_the_review_queues_carries_a_signal_derived_field() {
             checked += 1;
         }
     }
-    // TODO(issue 12 merge): the subject's own access export is the one other way out; its archive is not in this document.
+    // The subject's own access export is the one other way out (the data map lists
+    // `signals.findings` and `signal_subjects`); its archive is not in this document.
     assert_eq!(queue_routes, 4);
     assert!(checked > 20, "{checked} routes");
 }
