@@ -1512,7 +1512,9 @@ mod tests {
         // unusable alone: its neighbours are answered
         let mut wrong_types = fixture("invalid_wrong_types");
         wrong_types["id"] = json!("6d1c9f0e-2b4a-4c8e-9f1a-0b2c3d4e5f60");
-        let answers = map_body(&json!([good.clone(), wrong_types, fixture("invalid_group_actor"), fixture("openedx_problem_check")]), None, now()).unwrap();
+        let mut group_actor = fixture("invalid_group_actor");
+        group_actor.as_object_mut().unwrap().remove("id");
+        let answers = map_body(&json!([good.clone(), wrong_types, group_actor, fixture("openedx_problem_check")]), None, now()).unwrap();
         assert_eq!(answers.len(), 4);
         assert!(matches!(answers[0], Ok(Outcome::Mapped(_))) && matches!(answers[3], Ok(Outcome::Mapped(_))));
         let r = answers[1].as_ref().unwrap_err();
