@@ -13,10 +13,16 @@
 //! - [`split_body`]`(&Value) -> Result<Vec<&Value>, XapiError>`: one statement object or a non-empty array of them.
 //! - [`map_statement`]`(&Value, put_id, now) -> Result<Outcome, XapiError>`: validates one statement
 //!   (what xAPI 1.0.3 rejects is rejected) and maps it: [`Outcome::Mapped`] or [`Outcome::Unmapped`].
-//! - [`map_body`]`(&Value, put_id, now) -> Result<Vec<Outcome>, XapiError>`: the whole request, all or
-//!   nothing (spec: a batch with one bad statement is rejected), duplicate ids refused, PUT takes one statement.
+//! - [`map_body`]`(&Value, put_id, now) -> Result<Vec<Answer>, XapiError>`: the whole request, one
+//!   [`Answer`] per statement (`Ok(Outcome)` or `Err(`[`Refused`]`)`, refused alone); `Err` for the
+//!   request only when it is structurally unusable (no actor, verb or object; duplicate ids; a PUT
+//!   that is not one statement): a statement unusable alone never refuses its neighbours.
+//! - Tolerated beyond 1.0.3, as Open edX emits them: `GroupActivity` read as an Activity, a bare id
+//!   (no IRI) in context activities (never a course), `score.min = max = 0` for a 0-point problem,
+//!   an object without `id` (no content; `no_course` without a course in the context).
 //! - [`parse_statement_id`]`(&str)`: the `statementId` query parameter of a PUT.
-//! - [`Actor`] (`external_id`, `home_page`; `Debug` never shows the identifier), [`Mapped`], [`Outcome`], [`XapiError`].
+//! - [`Actor`] (`external_id`, `home_page`; `Debug` never shows the identifier), [`Mapped`], [`Outcome`]
+//!   (`actor()` for the handler's `account.homePage` check against `policies/lms.yaml`), [`XapiError`].
 //!
 //! # Privacy
 //! Mapping reads only allow-listed fields (see `docs/xapi-mapping.md`). The actor, `authority`,
@@ -60,7 +66,8 @@ const SESSION_EXTENSIONS: &[&str] = &[
 const MAX_PROP_VALUE: usize = 1024;
 
 /// Why a request or statement was refused (all 400-class). `code` is stable:
-/// `xapi_version`, `xapi_invalid`, `xapi_unsupported`, `xapi_id_conflict`.
+/// `xapi_version`, `xapi_invalid`, `xapi_unsupported`, `xapi_id_conflict` (and `xapi_home_page`, set by
+/// the handler when `account.homePage` is not declared for the institution).
 /// `path` is the JSON path (e.g. `[2].actor.account.homePage`, `$` for the body or statement itself);
 /// neither field holds a value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
