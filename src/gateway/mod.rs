@@ -15,6 +15,9 @@
 //!   `Retry-After` (what was not written is not acknowledged);
 //! * a refused event is in the dead-letter topic with the same reason code the
 //!   caller sees;
+//! * an xAPI `account` actor gets a pseudonym only when its `homePage` is an LMS
+//!   declared for the token's institution (`policies/lms.yaml`, [`Gateway::xapi_external_id`]),
+//!   in that LMS's id space (its `external_id_prefix`);
 //! * a learner erased with collection suppressed gets no pseudonym again: their
 //!   events are refused `erased` (see `Vault::suppressed`).
 
