@@ -950,6 +950,9 @@ fn map_valid(
         (Some(("adl", "progressed")), _) => "session.heartbeat",
         (_, "http://id.tincanapi.com/verb/viewed" | "https://w3id.org/xapi/dod-isd/verbs/navigated") => "content.view",
         (_, "https://w3id.org/xapi/acrossx/verbs/evaluated" | "https://w3id.org/xapi/tla/verbs/scored") => "assess.score",
+        // Open edX `edx.grades.{course,subsection}.grade_calculated`: a grade with its score
+        // (without a score, e.g. a badge, it is not an assessment).
+        (_, "http://id.tincanapi.com/verb/earned") if sub(result, "score").is_some() => "assess.score",
         _ => return unmapped("unmapped_verb"),
     };
     let Some(course) = course_of(candidates, object) else { return unmapped("no_course") };
@@ -1425,7 +1428,9 @@ mod tests {
                 }
             }
         }
-        assert!(mapped_n >= 50 && unmapped_n >= 25, "{mapped_n} mapped, {unmapped_n} unmapped");
+        // 90 statements: 59 events; 30 verbs without a taxonomy event (enrolment, forums, hints,
+        // captions, transcripts), 1 required-data-only statement without a course.
+        assert_eq!((mapped_n, unmapped_n), (59, 31));
     }
 
     #[test]
@@ -1468,6 +1473,15 @@ mod tests {
         st["context"]["contextActivities"] = json!({"parent": [{"id": "http://localhost:18000/course/course-v1:edX+DemoX+Demo_Course"}]});
         let m = mapped(&st);
         assert_eq!((m.event["course_id"].as_str(), m.event.get("content_id")), (Some(DEMO), None));
+        // Calculated grades (tincan `earned` with a score) are scores.
+        for name in ["edx.grades.subsection.grade_calculated", "edx.grades.course.grade_calculated_letter_grade"] {
+            let m = one(name, 0);
+            assert_eq!((m.event["event_type"].as_str(), m.event["course_id"].as_str()), (Some("assess.score"), Some(DEMO)), "{name}");
+            assert!(prop(&m, "score_scaled").is_some(), "{name}");
+        }
+        let mut badge = erb("edx.grades.subsection.grade_calculated");
+        badge.as_object_mut().unwrap().remove("result");
+        assert!(matches!(map_statement(&badge, None, now()).unwrap(), Outcome::Unmapped { reason: "unmapped_verb", .. }));
         // CCX courses by their ccx-v1 key.
         assert_eq!(one("play_video.ccx", 0).event["course_id"], "ccx-v1:edX+DemoX+Demo_Course+ccx@1");
     }
