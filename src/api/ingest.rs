@@ -299,7 +299,9 @@ async fn statements(s: AppState, p: Principal, headers: HeaderMap, body: Bytes, 
 /// duplicate ids, or no statement acknowledged.
 #[utoipa::path(post, path = "/xapi/statements", tag = "ingest",
     request_body(content = Object, description = "an xAPI statement or an array of them"),
-    responses((status = 200, description = "statement ids", body = Vec<uuid::Uuid>), (status = 400, body = ErrorBody),
+    responses((status = 200, description = "the ids of the statements acknowledged", body = Vec<uuid::Uuid>,
+            headers(("X-Learnvault-Refused" = String, description = "statements refused alone, `<index>:<code>,...` (absent when none)"))),
+        (status = 400, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn xapi_post(State(s): State<AppState>, p: Principal, headers: HeaderMap, body: Bytes) -> Result<Response, Error> {
     statements(s, p, headers, body, None).await
