@@ -144,7 +144,7 @@ async fn invalid_xapi_is_refused_with_400_and_nothing_is_produced() {
         assert_eq!(s, StatusCode::BAD_REQUEST, "{name}: {v}");
         assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{name}: {v}");
     }
-    // One bad statement in a batch refuses the batch.
+    // A structurally unusable statement (no verb) in a batch refuses the batch.
     let (s, _) = xapi(&gw, &lms, &json!([good.clone(), fixture("invalid_missing_verb")]), Some("1.0.3")).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     // Not JSON at all.

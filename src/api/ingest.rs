@@ -213,23 +213,63 @@ async fn statements(s: AppState, p: Principal, headers: HeaderMap, body: Bytes, 
             return Err(Error::too_large("batch_too_large", format!("a request holds at most {} statements", s.limits.ingest_events)));
         }
     }
-    let outcomes = match xapi::map_body(&v, put_id, chrono::Utc::now()) {
-        Ok(o) => o,
+    let answers = match xapi::map_body(&v, put_id, chrono::Utc::now()) {
+        Ok(a) => a,
         Err(e) => return Ok(xapi_error(e)),
     };
     let gw = gateway(&s)?;
-    let ids: Vec<uuid::Uuid> = outcomes.iter().map(|o| o.statement_id()).collect();
+    // One answer per statement: acknowledged (mapped, or valid but unmapped), or refused alone.
+    let mut acked: Vec<uuid::Uuid> = Vec::new();
     let mut items = Vec::new();
-    for o in outcomes {
-        match o {
-            xapi::Outcome::Mapped(m) => items.push(Incoming { event: m.event, identity: Some((institution.clone(), m.actor.external_id())) }),
-            xapi::Outcome::Unmapped { statement_id, verb, reason } => {
-                // Valid xAPI with no event: acknowledged, dead-lettered without the actor.
-                if !gw.dead_letter(reason, "statement acknowledged, not landed", json!({"statement_id": statement_id, "verb": verb})).await {
-                    return Err(unavailable());
-                }
+    let mut unmapped: Vec<(uuid::Uuid, String, &'static str)> = Vec::new();
+    let mut refused: Vec<(usize, xapi::Refused)> = Vec::new();
+    for (i, a) in answers.into_iter().enumerate() {
+        let o = match a {
+            Ok(o) => o,
+            Err(r) => {
+                refused.push((i, r));
+                continue;
             }
+        };
+        // `account.homePage` must be an LMS declared for the token's institution (policies/lms.yaml).
+        let Some(external_id) = gw.xapi_external_id(&institution, o.actor()) else {
+            let (statement_id, verb) = match &o {
+                xapi::Outcome::Mapped(m) => (m.statement_id, m.event["props"]["xapi_verb"].as_str().unwrap_or_default().to_owned()),
+                xapi::Outcome::Unmapped { statement_id, verb, .. } => (*statement_id, verb.clone()),
+            };
+            let path = if v.is_array() { format!("[{i}].actor.account.homePage") } else { "actor.account.homePage".into() };
+            let error = xapi::XapiError {
+                code: "xapi_home_page",
+                path,
+                message: "is not an LMS home page declared for this institution (policies/lms.yaml)".into(),
+            };
+            refused.push((i, xapi::Refused { statement_id: Some(statement_id), verb, error }));
+            continue;
+        };
+        acked.push(o.statement_id());
+        match o {
+            xapi::Outcome::Mapped(m) => items.push(Incoming { event: m.event, identity: Some((institution.clone(), external_id)) }),
+            xapi::Outcome::Unmapped { statement_id, verb, reason, .. } => unmapped.push((statement_id, verb, reason)),
         }
+    }
+    // Nothing usable: the request is refused as a whole, nothing produced (the first refusal says why).
+    if acked.is_empty() && !refused.is_empty() {
+        return Ok(xapi_error(refused.swap_remove(0).1.error));
+    }
+    // Valid xAPI with no event: acknowledged, dead-lettered with its id and verb, without the actor.
+    for (statement_id, verb, reason) in unmapped {
+        if !gw.dead_letter(reason, "statement acknowledged, not landed", json!({"statement_id": statement_id, "verb": verb})).await {
+            return Err(unavailable());
+        }
+    }
+    // Refused alone while its neighbours are acknowledged: dead-lettered with its code, id and path.
+    let mut refused_header = Vec::new();
+    for (i, r) in &refused {
+        let payload = json!({"statement_id": r.statement_id, "verb": r.verb, "path": r.error.path});
+        if !gw.dead_letter(r.error.code, &r.error.message, payload).await {
+            return Err(unavailable());
+        }
+        refused_header.push(format!("{i}:{}", r.error.code));
     }
     let statuses = if items.is_empty() { Vec::new() } else { run(&s, &p, items).await? };
     if statuses.contains(&Status::Unavailable) {
@@ -237,19 +277,31 @@ async fn statements(s: AppState, p: Principal, headers: HeaderMap, body: Bytes, 
     }
     // Statements refused by governance or the taxonomy are in the dead-letter topic with their
     // reason; the LRS contract acknowledges every valid statement.
-    Ok(with_version(match put_id {
+    let mut resp = match put_id {
         Some(_) => StatusCode::NO_CONTENT.into_response(),
-        None => (StatusCode::OK, Json(ids)).into_response(),
-    }))
+        None => (StatusCode::OK, Json(acked)).into_response(),
+    };
+    if !refused_header.is_empty() {
+        let value = HeaderValue::from_str(&refused_header.join(",")).expect("indices and codes are ASCII");
+        resp.headers_mut().insert("X-Learnvault-Refused", value);
+    }
+    Ok(with_version(resp))
 }
 
 /// xAPI 1.0.3 statements (a statement or an array), for LMSs that already emit
 /// xAPI (Open edX event-routing-backends, Moodle logstore_xapi). Requires
-/// `X-Experience-API-Version: 1.0.x`; answers with the statement ids. An invalid
-/// statement rejects the whole request (400, nothing produced).
+/// `X-Experience-API-Version: 1.0.x`; answers 200 with the ids of the statements
+/// acknowledged (mapped, or valid but unmapped and dead-lettered). A statement
+/// unusable alone (invalid xAPI, `account.homePage` not declared for the institution)
+/// is left out of the ids, dead-lettered with its code and id, and listed in the
+/// `X-Learnvault-Refused` header (`index:code,...`); its neighbours go through.
+/// 400, nothing produced: not statements, a statement without actor, verb or object,
+/// duplicate ids, or no statement acknowledged.
 #[utoipa::path(post, path = "/xapi/statements", tag = "ingest",
     request_body(content = Object, description = "an xAPI statement or an array of them"),
-    responses((status = 200, description = "statement ids", body = Vec<uuid::Uuid>), (status = 400, body = ErrorBody),
+    responses((status = 200, description = "the ids of the statements acknowledged", body = Vec<uuid::Uuid>,
+            headers(("X-Learnvault-Refused" = String, description = "statements refused alone, `<index>:<code>,...` (absent when none)"))),
+        (status = 400, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn xapi_post(State(s): State<AppState>, p: Principal, headers: HeaderMap, body: Bytes) -> Result<Response, Error> {
     statements(s, p, headers, body, None).await

@@ -288,7 +288,10 @@ async fn spawn_request(
         match resp {
             Ok(r) if r.status().is_success() => {
                 if xapi {
-                    stats.accepted.fetch_add(n as u64, Ordering::Relaxed);
+                    // The ids of the statements acknowledged; the others were refused alone.
+                    let acked = r.json::<Vec<serde_json::Value>>().await.map_or(n, |ids| ids.len());
+                    stats.accepted.fetch_add(acked as u64, Ordering::Relaxed);
+                    stats.rejected.fetch_add(n.saturating_sub(acked) as u64, Ordering::Relaxed);
                 } else if let Ok(v) = r.json::<Summary>().await {
                     // Only the counts: the per-event results are skipped, not built.
                     stats.accepted.fetch_add(v.accepted, Ordering::Relaxed);

@@ -15,6 +15,9 @@
 //!   `Retry-After` (what was not written is not acknowledged);
 //! * a refused event is in the dead-letter topic with the same reason code the
 //!   caller sees;
+//! * an xAPI `account` actor gets a pseudonym only when its `homePage` is an LMS
+//!   declared for the token's institution (`policies/lms.yaml`, [`Gateway::xapi_external_id`]),
+//!   in that LMS's id space (its `external_id_prefix`);
 //! * a learner erased with collection suppressed gets no pseudonym again: their
 //!   events are refused `erased` (see `Vault::suppressed`).
 
@@ -32,6 +35,7 @@ use crate::audit::NewEntry;
 use crate::config::Settings;
 use crate::domain::{ExternalId, InstitutionId};
 use crate::governance::{Governance, Standing};
+use crate::policy::lms::LmsHomePages;
 use crate::policy::ProtectedAttributes;
 use crate::taxonomy::Taxonomy;
 use crate::vault::{Identity, NewLearner, Vault, VaultError};
@@ -72,6 +76,8 @@ pub struct Gateway {
     dlq_topic: String,
     taxonomy: Taxonomy,
     protected: ProtectedAttributes,
+    /// `policies/lms.yaml`: the LMS home pages of each institution (xAPI `account.homePage`).
+    lms: LmsHomePages,
     governance: Governance,
     vault: Vault,
     clock_skew: Duration,
@@ -97,6 +103,7 @@ impl Gateway {
             dlq_topic: settings.dlq_topic.clone(),
             taxonomy: Taxonomy::load(&settings.policy_dir.join("taxonomy"))?,
             protected: ProtectedAttributes::load(&settings.policy_dir)?,
+            lms: LmsHomePages::load(&settings.policy_dir)?,
             governance: Governance::new(pool, Duration::from_millis(settings.governance_cache_ms), analytics_default),
             vault,
             clock_skew: Duration::from_secs(300),
@@ -342,6 +349,16 @@ impl Gateway {
         }
         metrics::counter!("learnvault_gateway_events_total").increment(accepted);
         Ok(out.into_iter().map(|s| s.expect("every event has a status")).collect())
+    }
+
+    /// The vault external id of an xAPI actor sent for `institution`: an `account` only when its
+    /// `homePage` is declared for the institution in `policies/lms.yaml` (namespaced by that LMS's
+    /// prefix), else `None` (refuse the statement); `mbox`/`openid` ids are global.
+    pub fn xapi_external_id(&self, institution: &str, actor: &xapi::Actor) -> Option<String> {
+        match actor {
+            xapi::Actor::Account { home_page, name } => self.lms.external_id(institution, home_page, name),
+            other => Some(other.external_id()),
+        }
     }
 
     /// Dead-letter something that never became an event (an unmapped xAPI

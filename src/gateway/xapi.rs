@@ -13,10 +13,16 @@
 //! - [`split_body`]`(&Value) -> Result<Vec<&Value>, XapiError>`: one statement object or a non-empty array of them.
 //! - [`map_statement`]`(&Value, put_id, now) -> Result<Outcome, XapiError>`: validates one statement
 //!   (what xAPI 1.0.3 rejects is rejected) and maps it: [`Outcome::Mapped`] or [`Outcome::Unmapped`].
-//! - [`map_body`]`(&Value, put_id, now) -> Result<Vec<Outcome>, XapiError>`: the whole request, all or
-//!   nothing (spec: a batch with one bad statement is rejected), duplicate ids refused, PUT takes one statement.
+//! - [`map_body`]`(&Value, put_id, now) -> Result<Vec<Answer>, XapiError>`: the whole request, one
+//!   [`Answer`] per statement (`Ok(Outcome)` or `Err(`[`Refused`]`)`, refused alone); `Err` for the
+//!   request only when it is structurally unusable (no actor, verb or object; duplicate ids; a PUT
+//!   that is not one statement): a statement unusable alone never refuses its neighbours.
+//! - Tolerated beyond 1.0.3, as Open edX emits them: `GroupActivity` read as an Activity, a bare id
+//!   (no IRI) in context activities (never a course), `score.min = max = 0` for a 0-point problem,
+//!   an object without `id` (no content; `no_course` without a course in the context).
 //! - [`parse_statement_id`]`(&str)`: the `statementId` query parameter of a PUT.
-//! - [`Actor`] (`external_id`, `home_page`; `Debug` never shows the identifier), [`Mapped`], [`Outcome`], [`XapiError`].
+//! - [`Actor`] (`external_id`, `home_page`; `Debug` never shows the identifier), [`Mapped`], [`Outcome`]
+//!   (`actor()` for the handler's `account.homePage` check against `policies/lms.yaml`), [`XapiError`].
 //!
 //! # Privacy
 //! Mapping reads only allow-listed fields (see `docs/xapi-mapping.md`). The actor, `authority`,
@@ -60,7 +66,8 @@ const SESSION_EXTENSIONS: &[&str] = &[
 const MAX_PROP_VALUE: usize = 1024;
 
 /// Why a request or statement was refused (all 400-class). `code` is stable:
-/// `xapi_version`, `xapi_invalid`, `xapi_unsupported`, `xapi_id_conflict`.
+/// `xapi_version`, `xapi_invalid`, `xapi_unsupported`, `xapi_id_conflict` (and `xapi_home_page`, set by
+/// the handler when `account.homePage` is not declared for the institution).
 /// `path` is the JSON path (e.g. `[2].actor.account.homePage`, `$` for the body or statement itself);
 /// neither field holds a value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -125,22 +132,69 @@ pub fn parse_statement_id(s: &str) -> Result<Uuid, XapiError> {
     std_uuid(s).ok_or_else(|| invalid("statementId", "must be a UUID in standard form"))
 }
 
-/// Map a whole request body: every statement validates or the request fails (spec 3.2), ids must be
-/// distinct within the batch, and a PUT (`put_id` set) carries exactly one statement object.
-pub fn map_body(body: &Value, put_id: Option<Uuid>, now: DateTime<Utc>) -> Result<Vec<Outcome>, XapiError> {
+/// A statement refused on its own (its neighbours in the batch are not): valid enough to name
+/// (an actor, a verb), not usable. `error.path` starts with the statement's index in a batch.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    /// The statement's `id` when it is a UUID.
+    pub statement_id: Option<Uuid>,
+    pub verb: String,
+    pub error: XapiError,
+}
+
+/// What became of one statement of a request.
+pub type Answer = Result<Outcome, Refused>;
+
+/// Structurally unusable: not an object, no actor / verb / object, an actor that is no Agent or
+/// Group, a verb without an IRI id. Such a statement refuses the whole request.
+fn structural(st: &Value) -> R<()> {
+    let s = obj(st, "")?;
+    for k in ["actor", "verb", "object"] {
+        if !s.contains_key(k) {
+            return Err(invalid(k, "is required"));
+        }
+    }
+    let a = obj(&s["actor"], "actor")?;
+    if str_at(a, "objectType", "actor")? != Some("Group") {
+        agent(&s["actor"], "actor")?;
+    }
+    req_iri(obj(&s["verb"], "verb")?, "id", "verb")?;
+    obj(&s["object"], "object")?;
+    Ok(())
+}
+
+/// Map a whole request body, one answer per statement. The request fails (`Err`) only when it is
+/// structurally unusable: not statements, a statement without actor, verb or object (see
+/// `structural`), two statements with one id, or a PUT (`put_id` set) that is not exactly one
+/// statement object. Any other fault refuses that statement alone (`Answer::Err`).
+pub fn map_body(body: &Value, put_id: Option<Uuid>, now: DateTime<Utc>) -> Result<Vec<Answer>, XapiError> {
     if put_id.is_some() && !body.is_object() {
         return Err(invalid("", "PUT stores exactly one statement object"));
     }
     let batch = body.is_array();
-    let mut out: Vec<Outcome> = Vec::new();
-    for (i, st) in split_body(body)?.into_iter().enumerate() {
-        let o = map_statement(st, put_id, now).map_err(|e| if batch { e.at(&format!("[{i}]")) } else { e })?;
-        if let Some(j) = out.iter().position(|p| p.statement_id() == o.statement_id()) {
-            return Err(invalid(&format!("[{i}].id"), format!("duplicates the id of statement [{j}] in this batch")));
+    let at = |e: XapiError, i: usize| if batch { e.at(&format!("[{i}]")) } else { e };
+    let statements = split_body(body)?;
+    let mut ids: Vec<Uuid> = Vec::new();
+    for (i, st) in statements.iter().enumerate() {
+        structural(st).map_err(|e| at(e, i))?;
+        if let Some(id) = st.get("id").and_then(Value::as_str).and_then(std_uuid) {
+            if let Some(j) = ids.iter().position(|p| *p == id) {
+                return Err(invalid(&format!("[{i}].id"), format!("duplicates the id of statement [{j}] in this batch")));
+            }
+            ids.push(id);
         }
-        out.push(o);
     }
-    Ok(out)
+    Ok(statements
+        .into_iter()
+        .enumerate()
+        .map(|(i, st)| {
+            map_statement(st, put_id, now).map_err(|e| Refused {
+                statement_id: st.get("id").and_then(Value::as_str).and_then(std_uuid),
+                verb: st["verb"]["id"].as_str().unwrap_or_default().to_owned(),
+                error: at(e, i),
+            })
+        })
+        .collect())
 }
 
 /// The learner, by the one inverse functional identifier of an xAPI Agent.
@@ -198,10 +252,17 @@ pub enum Outcome {
     /// Valid xAPI that yields no event: `reason` is `unmapped_verb` (no taxonomy mapping),
     /// `no_course` (no course in context or object) or `identity_in_course` (the course IRI
     /// contains the actor's identifier). Acknowledge it; dead-letter without identity.
-    Unmapped { statement_id: Uuid, verb: String, reason: &'static str },
+    Unmapped { statement_id: Uuid, actor: Actor, verb: String, reason: &'static str },
 }
 
 impl Outcome {
+    /// The learner the statement is about (for the handler's home-page check).
+    pub fn actor(&self) -> &Actor {
+        match self {
+            Outcome::Mapped(m) => &m.actor,
+            Outcome::Unmapped { actor, .. } => actor,
+        }
+    }
     pub fn statement_id(&self) -> Uuid {
         match self {
             Outcome::Mapped(m) => m.statement_id,
@@ -486,17 +547,47 @@ fn agent_or_group(v: &Value, path: &str, group_only: bool) -> R<()> {
     }
 }
 
-fn activity<'a>(v: &'a Value, path: &str) -> R<&'a Map<String, Value>> {
+/// How strictly an activity's `id` is read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum IdRule {
+    /// An IRI when present (xAPI 1.0.3 4.1.4.1 requires it): the statement's object. Open edX's
+    /// "required data only" statements send an object without `id`; such a statement has no
+    /// content, and no course unless its context names one (`no_course`, acknowledged).
+    IriIfPresent,
+    /// An IRI, or a bare identifier (no whitespace or control characters), as lenient LRSs accept
+    /// in context activities: Open edX puts an exam attempt's UUID in `grouping`. Never a course.
+    IriOrBareId,
+}
+
+/// `objectType` of an activity: `Activity`, or `GroupActivity` (Open edX's problems with several
+/// questions; not an xAPI 1.0.3 type, read as an Activity).
+const ACTIVITY_TYPES: &[&str] = &["Activity", "GroupActivity"];
+
+fn activity<'a>(v: &'a Value, path: &str, rule: IdRule) -> R<&'a Map<String, Value>> {
     let m = obj(v, path)?;
     only_keys(m, &["objectType", "id", "definition"], path)?;
-    if str_at(m, "objectType", path)?.is_some_and(|t| t != "Activity") {
-        return Err(invalid(&join(path, "objectType"), "must be \"Activity\""));
+    if str_at(m, "objectType", path)?.is_some_and(|t| !ACTIVITY_TYPES.contains(&t)) {
+        return Err(invalid(&join(path, "objectType"), "must be \"Activity\" (or Open edX's \"GroupActivity\")"));
     }
-    req_iri(m, "id", path)?;
+    match rule {
+        IdRule::IriIfPresent => opt_iri(m, "id", path)?,
+        IdRule::IriOrBareId => {
+            let id = req_str(m, "id", path)?;
+            if !is_iri(id) && !is_bare_id(id) {
+                return Err(invalid(&join(path, "id"), "must be an IRI or an identifier without spaces"));
+            }
+        }
+    }
     if let Some(d) = m.get("definition") {
         definition(d, &join(path, "definition"))?;
     }
     Ok(m)
+}
+
+/// A non-IRI activity id tolerated in context activities: 1 to 256 characters, none of them
+/// whitespace, control or IRI-excluded characters.
+fn is_bare_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 256 && !s.chars().any(|c| c.is_whitespace() || c.is_control() || "<>\"{}|\\^`".contains(c))
 }
 
 const INTERACTION_TYPES: &[&str] =
@@ -564,8 +655,11 @@ fn check_result(v: &Value) -> R<&Map<String, Value>> {
             return Err(invalid("result.score.scaled", "must be between -1 and 1 inclusive"));
         }
         if let (Some(lo), Some(hi)) = (min, max) {
-            if lo >= hi {
-                return Err(invalid("result.score.min", "must be less than max"));
+            // xAPI 1.0.3: min < max. Open edX sends a problem worth 0 points as min = max = 0 with
+            // raw = scaled = 0: accepted (nothing to scale), any other min = max is not.
+            let zero_points = lo == 0.0 && hi == 0.0 && raw.is_none_or(|r| r == 0.0) && scaled.is_none_or(|x| x == 0.0);
+            if lo > hi || (lo == hi && !zero_points) {
+                return Err(invalid("result.score.min", "must be less than max (min = max only for a problem worth 0 points)"));
             }
         }
         if raw.is_some_and(|r| min.is_some_and(|lo| r < lo) || max.is_some_and(|hi| r > hi)) {
@@ -609,11 +703,14 @@ fn check_context(v: &Value) -> R<(&Obj, Vec<&Obj>)> {
             let kp = join(cp, key);
             let acts = match cm.get(key) {
                 None => continue,
-                Some(Value::Array(a)) => a.iter().enumerate().map(|(i, x)| activity(x, &format!("{kp}[{i}]"))).collect::<R<Vec<_>>>()?,
-                Some(single) => vec![activity(single, &kp)?],
+                Some(Value::Array(a)) => {
+                    a.iter().enumerate().map(|(i, x)| activity(x, &format!("{kp}[{i}]"), IdRule::IriOrBareId)).collect::<R<Vec<_>>>()?
+                }
+                Some(single) => vec![activity(single, &kp, IdRule::IriOrBareId)?],
             };
             if key == "parent" || key == "grouping" {
-                course_candidates.extend(acts);
+                // A bare id (an exam attempt's UUID) is never a course.
+                course_candidates.extend(acts.into_iter().filter(|a| is_iri(id_of(a))));
             }
         }
     }
@@ -677,13 +774,13 @@ pub fn map_statement(st: &Value, put_id: Option<Uuid>, now: DateTime<Utc>) -> Re
     }
     let object_m = obj(&s["object"], "object")?;
     match str_at(object_m, "objectType", "object")? {
-        None | Some("Activity") => {}
+        None | Some("Activity" | "GroupActivity") => {}
         Some(t @ ("Agent" | "Group" | "SubStatement" | "StatementRef")) => {
             return Err(unsupported("object.objectType", format!("{t} objects are not supported for telemetry (Activity only)")))
         }
         Some(_) => return Err(invalid("object.objectType", "must be Activity, Agent, Group, SubStatement or StatementRef")),
     }
-    let object = activity(&s["object"], "object")?;
+    let object = activity(&s["object"], "object", IdRule::IriIfPresent)?;
     let result = s.get("result").map(check_result).transpose()?;
     let (context, candidates) = match s.get("context") {
         Some(c) => {
@@ -753,10 +850,10 @@ fn course_of(candidates: &[&Map<String, Value>], object: &Map<String, Value>) ->
     };
     candidates
         .iter()
-        .find_map(|a| key_after(id_of(a), "course-v1:"))
+        .find_map(|a| key_after(id_of(a), "course-v1:").or_else(|| key_after(id_of(a), "ccx-v1:")))
         .map(str::to_owned)
         .or_else(|| candidates.iter().find(|a| is_course_type(activity_type(a))).map(|a| id_of(a).to_owned()))
-        .or_else(|| is_course_type(activity_type(object)).then(|| key_after(oid, "course-v1:").unwrap_or(oid).to_owned()))
+        .or_else(|| (!oid.is_empty() && is_course_type(activity_type(object))).then(|| key_after(oid, "course-v1:").unwrap_or(oid).to_owned()))
         .or_else(from_block)
         .or_else(|| candidates.first().map(|a| id_of(a).to_owned()))
 }
@@ -821,7 +918,7 @@ fn map_valid(
     ids: &[String],
     client_ts: DateTime<Utc>,
 ) -> Outcome {
-    let unmapped = |reason: &'static str| Outcome::Unmapped { statement_id, verb: verb.to_owned(), reason };
+    let unmapped = |reason: &'static str| Outcome::Unmapped { statement_id, actor: actor.clone(), verb: verb.to_owned(), reason };
     let (rext, cext) = (sub(result, "extensions"), sub(context, "extensions"));
     let rx = |k: &str| ext_num(rext.and_then(|m| m.get(k)));
     let obj_type = activity_type(object);
@@ -853,6 +950,9 @@ fn map_valid(
         (Some(("adl", "progressed")), _) => "session.heartbeat",
         (_, "http://id.tincanapi.com/verb/viewed" | "https://w3id.org/xapi/dod-isd/verbs/navigated") => "content.view",
         (_, "https://w3id.org/xapi/acrossx/verbs/evaluated" | "https://w3id.org/xapi/tla/verbs/scored") => "assess.score",
+        // Open edX `edx.grades.{course,subsection}.grade_calculated`: a grade with its score
+        // (without a score, e.g. a badge, it is not an assessment).
+        (_, "http://id.tincanapi.com/verb/earned") if sub(result, "score").is_some() => "assess.score",
         _ => return unmapped("unmapped_verb"),
     };
     let Some(course) = course_of(candidates, object) else { return unmapped("no_course") };
@@ -885,6 +985,14 @@ fn map_valid(
     }
     if let Some(t) = sub(Some(object), "definition").and_then(|d| d.get("interactionType")).and_then(Value::as_str) {
         put("interaction_type", t.to_owned());
+    }
+    // Open edX's problem with several questions: one statement for the problem (a GroupActivity)
+    // and one per question, each pointing at it by `context.statement`.
+    if object.get("objectType").and_then(Value::as_str) == Some("GroupActivity") {
+        put("group_activity", "true".to_owned());
+    }
+    if let Some(id) = sub(context, "statement").and_then(|st| st.get("id")).and_then(Value::as_str) {
+        put("part_of", id.to_owned());
     }
     if let Some(r) = result {
         for (k, p) in [("success", "result_success"), ("completion", "result_completion")] {
@@ -932,7 +1040,7 @@ fn map_valid(
         ev.insert("session_id".into(), fit(s, 128).into());
     }
     ev.insert("course_id".into(), fit(&course, 128).into());
-    if !contains_identity(content, ids, 8) {
+    if !content.is_empty() && !contains_identity(content, ids, 8) {
         ev.insert("content_id".into(), fit(content, 256).into());
     }
     ev.insert("cohort_id".into(), fit(cohort, 128).into());
@@ -1041,7 +1149,7 @@ mod tests {
 
     #[test]
     fn moodle_batch_maps_with_the_course_from_a_later_parent() {
-        let out = map_body(&fixture("moodle_quiz_batch"), None, now()).unwrap();
+        let out: Vec<Outcome> = map_body(&fixture("moodle_quiz_batch"), None, now()).unwrap().into_iter().map(Result::unwrap).collect();
         let [Outcome::Mapped(quiz), Outcome::Mapped(view)] = &out[..] else { panic!("two mapped statements") };
         assert_eq!(quiz.event["event_type"], "assess.submit", "completed on an attempt is a submission");
         assert_eq!(quiz.event["course_id"], "https://moodle.example.edu/course/view.php?id=42");
@@ -1169,7 +1277,7 @@ mod tests {
         none["context"].as_object_mut().unwrap().remove("contextActivities");
         assert!(matches!(map_statement(&none, None, now()).unwrap(), Outcome::Unmapped { reason: "no_course", .. }));
         let o = map_statement(&fixture("openedx_enrollment_registered"), None, now()).unwrap();
-        let Outcome::Unmapped { verb, reason, statement_id } = o else { panic!("registered is not in the taxonomy") };
+        let Outcome::Unmapped { verb, reason, statement_id, .. } = o else { panic!("registered is not in the taxonomy") };
         assert_eq!((verb.as_str(), reason), ("http://adlnet.gov/expapi/verbs/registered", "unmapped_verb"));
         assert_eq!(statement_id.to_string(), "bb946682-b0b9-5dc2-a17c-605ef5833c98");
         // no timestamp: client_ts is now
@@ -1205,10 +1313,8 @@ mod tests {
         assert_eq!(fresh.get_version_num(), 4);
         assert_eq!(parse_statement_id("b2fff5f6-c77d-5aa4-a08b-bb547d6ee5a6").unwrap(), id);
         assert!(parse_statement_id("b2fff5f6c77d5aa4a08bbb547d6ee5a6").is_err(), "standard form only");
-        // PUT carries one statement; a batch fails whole, with the index in the path; duplicate ids refused
+        // PUT carries one statement; duplicate ids refuse the batch
         assert_eq!(map_body(&json!([st.clone()]), Some(id), now()).unwrap_err().code, "xapi_invalid");
-        let e = map_body(&json!([fixture("openedx_video_played"), fixture("invalid_wrong_types")]), None, now()).unwrap_err();
-        assert_eq!(e.path, "[1].result.success");
         let e = map_body(&json!([st.clone(), st.clone()]), None, now()).unwrap_err();
         assert_eq!(e.path, "[1].id");
         assert_eq!(map_body(&json!([anon.clone(), anon]), None, now()).unwrap().len(), 2);
@@ -1284,5 +1390,160 @@ mod tests {
         assert_eq!(ts("2025-02-03T09:14:12.1").as_deref(), Some("2025-02-03T09:14:12.100Z"), "no offset: UTC");
         assert_eq!(ts("2025-02-30T09:14:12Z"), None);
         assert_eq!(key_after("https://x/courses/course-v1:A+B+C/jump_to/block-v1:A+B+C+type@x+block@y", "block-v1:"), Some("block-v1:A+B+C+type@x+block@y"));
+    }
+
+
+    /// Every statement of `tests/fixtures/xapi/openedx-erb/` (event-routing-backends' expected output).
+    fn erb_fixtures() -> Vec<(String, Value)> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/xapi/openedx-erb");
+        let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "json")).collect();
+        files.sort();
+        files
+            .into_iter()
+            .map(|p| (p.file_stem().unwrap().to_string_lossy().into_owned(), serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()))
+            .collect()
+    }
+    fn erb(name: &str) -> Value {
+        erb_fixtures().into_iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("{name}")).1
+    }
+
+    #[test]
+    fn every_open_edx_shape_is_accepted() {
+        let all = erb_fixtures();
+        assert!(all.len() >= 77, "{}", all.len());
+        let (mut mapped_n, mut unmapped_n) = (0, 0);
+        for (name, body) in &all {
+            let answers = map_body(body, None, now()).unwrap_or_else(|e| panic!("{name} refused: {e}"));
+            for a in answers {
+                match a.unwrap_or_else(|r| panic!("{name}: a statement refused: {}", r.error)) {
+                    Outcome::Mapped(m) => {
+                        mapped_n += 1;
+                        assert_valid_taxonomy(&m);
+                        assert!(!serde_json::to_string(&m.event).unwrap().contains("32e08e30"), "{name}: actor in the event");
+                    }
+                    Outcome::Unmapped { reason, .. } => {
+                        unmapped_n += 1;
+                        assert!(matches!(reason, "unmapped_verb" | "no_course"), "{name}: {reason}");
+                    }
+                }
+            }
+        }
+        // 90 statements: 59 events; 30 verbs without a taxonomy event (enrolment, forums, hints,
+        // captions, transcripts), 1 required-data-only statement without a course.
+        assert_eq!((mapped_n, unmapped_n), (59, 31));
+    }
+
+    #[test]
+    fn the_open_edx_shapes_once_refused_map_as_they_should() {
+        const DEMO: &str = "course-v1:edX+DemoX+Demo_Course";
+        let one = |name: &str, i: usize| match map_body(&erb(name), None, now()).unwrap().swap_remove(i).unwrap() {
+            Outcome::Mapped(m) => m,
+            other => panic!("{name}[{i}]: {other:?}"),
+        };
+        // A problem with several questions: the problem is a GroupActivity, each question points at it.
+        for name in ["problem_check(server,multiple_questions,correct)", "problem_check(server).list_answers"] {
+            let body = erb(name);
+            let group = one(name, 0);
+            assert_eq!((group.event["event_type"].as_str(), group.event["course_id"].as_str()), (Some("assess.score"), Some(DEMO)));
+            assert_eq!(prop(&group, "group_activity"), Some("true"));
+            let q = one(name, 1);
+            assert_eq!(q.event["course_id"], DEMO, "the course from grouping, not the GroupActivity parent");
+            assert_eq!(prop(&q, "part_of"), body[0]["id"].as_str());
+            assert!(q.event["content_id"].as_str().unwrap().starts_with("block-v1:edX+DemoX+Demo_Course+type@problem"));
+        }
+        // Timed / practice / proctored exams: a bare UUID in grouping is tolerated, never the course.
+        for kind in ["timed", "practice", "proctored"] {
+            for (step, ty) in [("created", "session.start"), ("submitted", "session.end")] {
+                let m = one(&format!("edx.special_exam.{kind}.attempt.{step}"), 0);
+                assert_eq!((m.event["event_type"].as_str(), m.event["course_id"].as_str()), (Some(ty), Some(DEMO)), "{kind} {step}");
+                assert!(m.event["content_id"].as_str().unwrap().starts_with("block-v1:edX+DemoX+Demo_Course+type@sequential"));
+            }
+        }
+        // Problems worth 0 points: min = max = 0.
+        for name in ["problem_check(server).max_grade_0", "edx.grades.problem.submitted.weighted_possible_0"] {
+            let m = one(name, 0);
+            assert_eq!((prop(&m, "score_min"), prop(&m, "score_max"), prop(&m, "score_raw")), (Some("0"), Some("0"), Some("0")), "{name}");
+        }
+        // "Required data only": no object id, no context activities -> acknowledged, no_course.
+        let o = map_statement(&erb("problem_check(browser).required.only.data"), None, now()).unwrap();
+        assert!(matches!(&o, Outcome::Unmapped { reason: "no_course", .. }), "{o:?}");
+        assert_eq!(o.statement_id().to_string(), "37e0953c-fa85-5435-8c53-723909ab81d9");
+        // ...and with a course in its context, it maps without content.
+        let mut st = erb("problem_check(browser).required.only.data");
+        st["context"]["contextActivities"] = json!({"parent": [{"id": "http://localhost:18000/course/course-v1:edX+DemoX+Demo_Course"}]});
+        let m = mapped(&st);
+        assert_eq!((m.event["course_id"].as_str(), m.event.get("content_id")), (Some(DEMO), None));
+        // Calculated grades (tincan `earned` with a score) are scores.
+        for name in ["edx.grades.subsection.grade_calculated", "edx.grades.course.grade_calculated_letter_grade"] {
+            let m = one(name, 0);
+            assert_eq!((m.event["event_type"].as_str(), m.event["course_id"].as_str()), (Some("assess.score"), Some(DEMO)), "{name}");
+            assert!(prop(&m, "score_scaled").is_some(), "{name}");
+        }
+        let mut badge = erb("edx.grades.subsection.grade_calculated");
+        badge.as_object_mut().unwrap().remove("result");
+        assert!(matches!(map_statement(&badge, None, now()).unwrap(), Outcome::Unmapped { reason: "unmapped_verb", .. }));
+        // CCX courses by their ccx-v1 key.
+        assert_eq!(one("play_video.ccx", 0).event["course_id"], "ccx-v1:edX+DemoX+Demo_Course+ccx@1");
+    }
+
+    #[test]
+    fn the_tolerances_stay_narrow() {
+        let base = fixture("openedx_problem_check");
+        let with = |f: &dyn Fn(&mut Value)| {
+            let mut s = base.clone();
+            f(&mut s);
+            s
+        };
+        let bad = |f: &dyn Fn(&mut Value)| code(&with(f));
+        // min = max only for a 0-point problem
+        assert_eq!(bad(&|s| s["result"]["score"] = json!({"min": 0, "max": 0, "raw": 1})).1, "result.score.min");
+        assert_eq!(bad(&|s| s["result"]["score"] = json!({"min": 0, "max": 0, "scaled": 0.5})).1, "result.score.min");
+        assert_eq!(bad(&|s| s["result"]["score"] = json!({"min": 5, "max": 5, "raw": 5})).1, "result.score.min");
+        assert_eq!(bad(&|s| s["result"]["score"] = json!({"min": 2, "max": 1})).1, "result.score.min");
+        mapped(&with(&|s| s["result"]["score"] = json!({"min": 0, "max": 0})));
+        // the object's id, when present, is an IRI; a context activity's may be a bare id, without spaces
+        assert_eq!(bad(&|s| s["object"]["id"] = json!("438AD672-DE2C-4F0B-8876-35444E7DD746")).1, "object.id");
+        assert_eq!(bad(&|s| s["context"]["contextActivities"]["grouping"] = json!([{"id": "an attempt"}])).1, "context.contextActivities.grouping[0].id");
+        assert_eq!(bad(&|s| s["context"]["contextActivities"]["grouping"] = json!([{"id": ""}])).1, "context.contextActivities.grouping[0].id");
+        // GroupActivity is read as an Activity; other object types keep their rules
+        mapped(&with(&|s| s["object"]["objectType"] = json!("GroupActivity")));
+        assert_eq!(bad(&|s| s["object"]["objectType"] = json!("Group")).0, "xapi_unsupported");
+        assert_eq!(bad(&|s| s["context"]["contextActivities"]["parent"][0]["objectType"] = json!("Agent")).1, "context.contextActivities.parent[0].objectType");
+        // a bare id is never taken as the course
+        let mut st = with(&|s| s["object"]["id"] = json!("https://cdn.example.org/video/42"));
+        st["context"]["contextActivities"] = json!({"grouping": [{"id": "438AD672-DE2C-4F0B-8876-35444E7DD746"}]});
+        assert!(matches!(map_statement(&st, None, now()).unwrap(), Outcome::Unmapped { reason: "no_course", .. }));
+    }
+
+    #[test]
+    fn a_batch_answers_per_statement_unless_structurally_unusable() {
+        let good = fixture("openedx_video_played");
+        let mut no_verb_iri = fixture("openedx_video_paused");
+        no_verb_iri["verb"]["id"] = json!("paused");
+        // structural: no verb, no actor, an actor that is no Agent, a verb without an IRI -> the whole request
+        for (bad, path) in [
+            (fixture("invalid_missing_verb"), "[1].verb"),
+            (fixture("invalid_missing_actor"), "[1].actor"),
+            (fixture("invalid_two_ifis"), "[1].actor"),
+            (no_verb_iri, "[1].verb.id"),
+            (json!("statement"), "[1]"),
+        ] {
+            assert_eq!(map_body(&json!([good.clone(), bad]), None, now()).unwrap_err().path, path);
+        }
+        // unusable alone: its neighbours are answered
+        let mut wrong_types = fixture("invalid_wrong_types");
+        wrong_types["id"] = json!("6d1c9f0e-2b4a-4c8e-9f1a-0b2c3d4e5f60");
+        let mut group_actor = fixture("invalid_group_actor");
+        group_actor.as_object_mut().unwrap().remove("id");
+        let answers = map_body(&json!([good.clone(), wrong_types, group_actor, fixture("openedx_problem_check")]), None, now()).unwrap();
+        assert_eq!(answers.len(), 4);
+        assert!(matches!(answers[0], Ok(Outcome::Mapped(_))) && matches!(answers[3], Ok(Outcome::Mapped(_))));
+        let r = answers[1].as_ref().unwrap_err();
+        assert_eq!((r.error.code, r.error.path.as_str()), ("xapi_invalid", "[1].result.success"));
+        assert_eq!(r.statement_id.map(|u| u.to_string()).as_deref(), Some("6d1c9f0e-2b4a-4c8e-9f1a-0b2c3d4e5f60"));
+        assert!(r.verb.starts_with("http"));
+        let r = answers[2].as_ref().unwrap_err();
+        assert_eq!((r.error.code, r.error.path.as_str()), ("xapi_unsupported", "[2].actor"));
+        assert!(!format!("{answers:?}").contains(LEARNER), "no identity in the answers");
     }
 }

@@ -10,6 +10,7 @@ use std::path::Path;
 use crate::domain::Purpose;
 
 pub mod disclosure;
+pub mod lms;
 pub mod lineage;
 pub mod signals;
 
