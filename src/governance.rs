@@ -169,7 +169,7 @@ async fn fetch(pool: &PgPool, ids: &[Uuid], analytics_default: bool) -> Result<V
 /// keys and values) that identifies a person, as (field, what): an email address, a
 /// phone number, one of `external_ids` (the request's own), or a `props` key naming an
 /// identifier. Names the field, never the value.
-pub fn identity_in_event(ev: &ValidEvent, external_ids: &[String]) -> Option<(String, &'static str)> {
+pub fn identity_in_event(ev: &ValidEvent, external_ids: &crate::redact::ExternalIds) -> Option<(String, &'static str)> {
     let fields = [("session_id", &ev.session_id), ("course_id", &ev.course_id), ("content_id", &ev.content_id), ("cohort_id", &ev.cohort_id)];
     for (name, value) in fields {
         if let Some(what) = crate::redact::identity_in(value, external_ids) {
@@ -191,7 +191,7 @@ pub fn check_props_and_clock(ev: &mut ValidEvent, protected: &ProtectedAttribute
     if let Some(attr) = ev.props.keys().find_map(|k| protected.matches(k)) {
         return Err((Reason::ProtectedAttribute, format!("props carry protected attribute `{attr}`")));
     }
-    if let Some((field, what)) = identity_in_event(ev, &[]) {
+    if let Some((field, what)) = identity_in_event(ev, &crate::redact::ExternalIds::default()) {
         return Err((Reason::IdentityInEvent, format!("{field} holds {what} (identities go to the vault, never into events)")));
     }
     if let Some(server) = ev.server_ts {

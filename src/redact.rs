@@ -154,8 +154,8 @@ fn identifying(s: &str, cx: &Context<'_>) -> Option<&'static str> {
 /// (a leading `+` or separators between its digits) or as the whole value (9 to 15
 /// digits, not an epoch timestamp); a digit run inside an identifier (a block id's
 /// hex, `video-123456789`) does not.
-pub fn identity_in(s: &str, external_ids: &[String]) -> Option<&'static str> {
-    if external_ids.iter().any(|e| matches_external_id(s, e)) {
+pub fn identity_in(s: &str, external_ids: &ExternalIds) -> Option<&'static str> {
+    if external_ids.found_in(s) {
         return Some("external_id");
     }
     if email().is_match(s) {
@@ -171,6 +171,29 @@ pub fn identity_in(s: &str, external_ids: &[String]) -> Option<&'static str> {
         digits <= 15 && (separated || (m.len() == s.trim().len() && !looks_like_an_epoch(m)))
     });
     written_as_phone.then_some("phone")
+}
+
+/// A request's external ids, to find in its events' strings: each string is scanned once,
+/// whatever the number of ids (a 500-event request names up to 500 learners).
+#[derive(Default)]
+pub struct ExternalIds {
+    exact: std::collections::HashSet<String>,
+    /// Ids long enough (6+) not to occur by chance, found anywhere in a string.
+    within: Option<aho_corasick::AhoCorasick>,
+}
+
+impl ExternalIds {
+    pub fn new(ids: &[String]) -> ExternalIds {
+        let exact = ids.iter().filter(|e| !e.is_empty()).cloned().collect();
+        let long: Vec<&String> = ids.iter().filter(|e| e.len() >= 6).collect();
+        let within = (!long.is_empty()).then(|| aho_corasick::AhoCorasick::new(long).expect("external ids build an automaton"));
+        ExternalIds { exact, within }
+    }
+
+    /// `s` is one of the ids, or contains one long enough not to occur by chance.
+    pub fn found_in(&self, s: &str) -> bool {
+        self.exact.contains(s) || self.within.as_ref().is_some_and(|a| a.is_match(s))
+    }
 }
 
 /// Seconds or milliseconds since 1970 (10 or 13 digits, 2001 to 2286).
@@ -242,7 +265,7 @@ mod screening_tests {
 
     #[test]
     fn identities_in_free_strings_are_found_and_identifiers_with_digits_are_not() {
-        let ids = vec!["S-100234".to_string()];
+        let ids = super::ExternalIds::new(&["S-100234".to_string(), "ab".to_string()]);
         for (s, want) in [
             ("call ada@example.org", Some("email")),
             ("+44 20 7946 0958", Some("phone")),
@@ -255,6 +278,8 @@ mod screening_tests {
             ("2026-12-03T10:00:00Z", None),
             ("0.85", None),
             ("c1", None),
+            ("ab", Some("external_id")),
+            ("cabin", None),
         ] {
             assert_eq!(identity_in(s, &ids), want, "{s}");
         }

@@ -212,6 +212,7 @@ impl Gateway {
             ev.insert("server_ts".into(), json!(now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)));
             events.push(Some(Value::Object(ev)));
         }
+        let screen = crate::redact::ExternalIds::new(&external_ids);
         let mut valid = Vec::with_capacity(events.len());
         for (i, ev) in events.iter().enumerate() {
             let (Some(ev), None) = (ev, &out[i]) else {
@@ -226,7 +227,7 @@ impl Gateway {
                         continue;
                     }
                     // Beyond the patterns: none of the request's own external ids in a free string.
-                    if let Some((field, what)) = crate::governance::identity_in_event(&v, &external_ids) {
+                    if let Some((field, what)) = crate::governance::identity_in_event(&v, &screen) {
                         let reason = crate::taxonomy::Reason::IdentityInEvent;
                         out[i] = Some(rejected(reason.as_str(), &format!("{field} holds {what} (identities go to the vault, never into events)")));
                         valid.push(None);
