@@ -253,6 +253,18 @@ async fn subject_access_archive_holds_everything_about_the_subject_and_nothing_e
     let b = app.issue("uni-a", "S-B", json!({"name": "Bob Other"})).await;
     land(&app, &a, "c1", 30, &["content.start", "session.heartbeat", "assess.submit"]).await;
     land(&app, &b, "c1", 30, &["content.start", "session.heartbeat"]).await;
+    // A signal about each learner (issue 15: signals are the subject's data too, in their access export).
+    for (learner, kind) in [(&a, "disengagement"), (&b, "disengagement"), (&a, "integrity")] {
+        app.warehouse()
+            .execute(
+                "INSERT INTO signals.findings (event_date, detected_at, finding_id, kind, learner_id, institution_id, course_id, content_id,
+                        cohort_id, statistic, baseline, band_lo, band_hi, route, evidence)
+                 VALUES (today(), now64(3), generateUUIDv4(), {k:String}, {l:UUID}, 'uni-a', 'course-1', '', 'c1', 0.001, 0.4, 0.2, 0.6, 'advisor', '{}')",
+                &[("k", kind.to_string()), ("l", learner.to_string())],
+            )
+            .await
+            .unwrap();
+    }
     let (s, _) = app.send("PUT", &format!("/v1/pseudonyms/{a}/consent"), Some(&app.lms("uni-a")), Some(json!({"consents": {"research": true}}))).await;
     assert_eq!(s, StatusCode::OK);
     let (s, _) = app.send("PUT", &format!("/v1/pseudonyms/{a}/consent"), Some(&app.lms("uni-a")), Some(json!({"consents": {"research": false}}))).await;
@@ -289,6 +301,7 @@ async fn subject_access_archive_holds_everything_about_the_subject_and_nothing_e
     let rows: BTreeMap<&str, u64> =
         manifest["stores"].as_array().unwrap().iter().map(|s| (s["store"].as_str().unwrap(), s["rows"].as_u64().unwrap())).collect();
     assert_eq!(rows["clickhouse:events.learning_events"], 90);
+    assert_eq!(rows["clickhouse:signals.findings"], 2, "the subject's signals, not the other learner's: {rows:?}");
     assert_eq!(rows["postgres:consent_events"], 2);
     assert!(rows["clickhouse:agg.learner_daily_activity"] >= 2);
     assert!(rows["postgres:audit_log"] >= 3, "{rows:?}");
