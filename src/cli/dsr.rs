@@ -128,14 +128,7 @@ pub async fn run(settings: Settings, cmd: DsrCommand) -> anyhow::Result<ExitCode
             })
             .await?;
         eprintln!("job {} ({}){}", job.id, job.kind, if created { "" } else { ": an existing request for this subject" });
-        let started = std::time::Instant::now();
-        let show = |msg: &str| {
-            eprint!("\r\x1b[2K[{:>6.1}s] {msg}", started.elapsed().as_secs_f64());
-            let _ = std::io::stderr().flush();
-        };
-        let job = d.run_job(job.id, &show).await?;
-        eprintln!();
-        anyhow::Ok(job)
+        run_showing_progress(&d, job.id).await
     }
     .await;
     wh.close();
@@ -175,6 +168,18 @@ pub async fn run(settings: Settings, cmd: DsrCommand) -> anyhow::Result<ExitCode
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Run job `id` here, its progress on one refreshed line of stderr.
+async fn run_showing_progress(d: &crate::dsr::Dsr, id: Uuid) -> anyhow::Result<crate::dsr::Job> {
+    let started = std::time::Instant::now();
+    let show = |msg: &str| {
+        eprint!("\r\x1b[2K[{:>6.1}s] {msg}", started.elapsed().as_secs_f64());
+        let _ = std::io::stderr().flush();
+    };
+    let job = d.run_job(id, &show).await?;
+    eprintln!();
+    Ok(job)
 }
 
 async fn open(settings: &Settings) -> anyhow::Result<(Warehouse, crate::api::AppState)> {
@@ -245,14 +250,7 @@ async fn erase_batch(settings: Settings, subject: SubjectArgs, file: PathBuf, ou
             })
             .await?;
         eprintln!("job {} (erasure_batch, {} subjects)", job.id, job.progress["subjects"].as_array().map_or(0, Vec::len));
-        let started = std::time::Instant::now();
-        let show = |msg: &str| {
-            eprint!("\r\x1b[2K[{:>6.1}s] {msg}", started.elapsed().as_secs_f64());
-            let _ = std::io::stderr().flush();
-        };
-        let job = d.run_job(job.id, &show).await?;
-        eprintln!();
-        anyhow::Ok(job)
+        run_showing_progress(&d, job.id).await
     }
     .await;
     wh.close();
