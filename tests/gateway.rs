@@ -3,7 +3,7 @@
 //! identifier ever reaches Kafka or ClickHouse.
 mod common;
 
-use common::spine::{num, Broker, Spine};
+use common::spine::{events_of, num, Broker, Spine};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -228,17 +228,6 @@ async fn events_are_refused_one_by_one_with_reasons_and_dead_lettered_without_id
     assert_eq!(num(&json!(spine.messages_in(&spine.settings.events_topic))), 2, "no record added by refused requests");
 }
 
-/// The events of `learning-events` records (as `scan` prints them: key, tab,
-/// value): one event or an envelope (array) each.
-fn events_of(records: &[String]) -> Vec<Value> {
-    records
-        .iter()
-        .flat_map(|r| match serde_json::from_str::<Value>(r.split_once('\t').map_or(r.as_str(), |(_, v)| v)).unwrap() {
-            Value::Array(evs) => evs,
-            ev => vec![ev],
-        })
-        .collect()
-}
 
 #[tokio::test]
 async fn broker_outage_answers_503_with_retry_and_recovers() {

@@ -4,7 +4,7 @@
 //! neighbours, and `account.homePage` must be an LMS declared for the token's institution.
 mod common;
 
-use common::spine::Spine;
+use common::spine::{events_of, Spine};
 use learnvault::gateway::xapi::{self, Outcome};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -54,16 +54,6 @@ fn erb_fixtures() -> Vec<(String, Value)> {
         .collect()
 }
 
-/// The events of `learning-events` records as `scan` prints them (key, tab, value): one event or an envelope.
-fn events_of(records: &[String]) -> Vec<Value> {
-    records
-        .iter()
-        .flat_map(|r| match serde_json::from_str::<Value>(r.split_once('\t').map_or(r.as_str(), |(_, v)| v)).unwrap() {
-            Value::Array(evs) => evs,
-            ev => vec![ev],
-        })
-        .collect()
-}
 
 #[tokio::test]
 async fn every_statement_shape_open_edx_emits_is_accepted_one_request_per_fixture() {

@@ -179,6 +179,18 @@ pub fn num(v: &Value) -> u64 {
 }
 
 /// A taxonomy 2.3 event.
+/// The events of `learning-events` records as `scan` prints them (key, tab, value):
+/// one event or an envelope (array) each.
+pub fn events_of(records: &[String]) -> Vec<Value> {
+    records
+        .iter()
+        .flat_map(|r| match serde_json::from_str::<Value>(r.split_once('\t').map_or(r.as_str(), |(_, v)| v)).unwrap() {
+            Value::Array(evs) => evs,
+            ev => vec![ev],
+        })
+        .collect()
+}
+
 pub fn event(learner: &str, event_type: &str, course: &str, cohort: &str, institution: &str) -> Value {
     json!({
         "event_id": uuid::Uuid::new_v4(),
