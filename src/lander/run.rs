@@ -100,6 +100,8 @@ pub struct Lander {
     /// The batches being landed by their tasks, oldest first (at most [`IN_FLIGHT`]: the
     /// next one decodes and inserts while the one before finishes; they commit in order).
     inflight: VecDeque<tokio::task::JoinHandle<Result<(), LanderError>>>,
+    /// Tokens of the pending batches this lander has replayed (each is replayed once).
+    replayed: std::collections::HashSet<String>,
     /// Resolves when the newest batch in flight has committed (for the next one to wait on).
     last_done: Option<tokio::sync::oneshot::Receiver<()>>,
     parts: HashMap<i32, PartitionState>,
@@ -133,7 +135,7 @@ impl Lander {
             .create_with_context(Ctx { revoked: revoked.clone(), owned: Mutex::default() })?;
         consumer.subscribe(&[&cfg.topic])?;
         let sink = Sink::new(&cfg, Arc::new(consumer), warehouse, pool, taxonomy, protected, analytics_default)?;
-        Ok(Lander { cfg, sink, inflight: VecDeque::new(), last_done: None, parts: HashMap::new(), revoked })
+        Ok(Lander { cfg, sink, inflight: VecDeque::new(), replayed: Default::default(), last_done: None, parts: HashMap::new(), revoked })
     }
 
     /// The lander's figures (rows landed, refusals, batches, freshness).
@@ -229,7 +231,12 @@ impl Lander {
         let resume = self.sink.intents.pending(p, offset, high).await;
         let mut landed_through = resume.landed_through;
         for intent in &resume.chain {
-            self.sink.replay(p, intent).await?;
+            // A batch spanning several of the partitions resuming here (after a restart, all
+            // of them) is replayed once; the others skip its ranges, and their next commit
+            // covers its intent.
+            if self.replayed.insert(intent.token.clone()) {
+                self.sink.replay(p, intent).await?;
+            }
             landed_through = Some(landed_through.map_or(intent.last, |t| t.max(intent.last)));
         }
         let state = self.parts.entry(p).or_default();
