@@ -57,7 +57,7 @@ pub struct LanderArgs {
 /// Records for `events` (pseudonym, event JSON), as a producer sends them:
 /// one per event, or envelopes per partition for each group of 500 events
 /// (the gateway's request size), encoded as `compression` says.
-fn records(events: &[(String, Vec<u8>)], singles: bool, partitions: i32, compression: Compression) -> Vec<(Option<i32>, String, Vec<u8>)> {
+pub(super) fn records(events: &[(String, Vec<u8>)], singles: bool, partitions: i32, compression: Compression) -> Vec<(Option<i32>, String, Vec<u8>)> {
     if singles {
         return events.iter().map(|(k, p)| (None, k.clone(), p.clone())).collect();
     }
@@ -71,7 +71,7 @@ fn records(events: &[(String, Vec<u8>)], singles: bool, partitions: i32, compres
         .collect()
 }
 
-fn record<'a>(topic: &'a str, r: &'a (Option<i32>, String, Vec<u8>)) -> FutureRecord<'a, String, Vec<u8>> {
+pub(super) fn record<'a>(topic: &'a str, r: &'a (Option<i32>, String, Vec<u8>)) -> FutureRecord<'a, String, Vec<u8>> {
     let rec = FutureRecord::to(topic).key(&r.1).payload(&r.2);
     match r.0 {
         Some(p) => rec.partition(p),
@@ -93,7 +93,7 @@ const TYPES: [&str; 10] = [
 ];
 
 /// Event `i` of learner number `learner_ix` (a learner belongs to one cohort).
-fn payload(learner: &str, learner_ix: usize, i: usize, server_ms: i64) -> Vec<u8> {
+pub(super) fn payload(learner: &str, learner_ix: usize, i: usize, server_ms: i64) -> Vec<u8> {
     let cohort = learner_ix % 8;
     serde_json::to_vec(&json!({
         "event_id": uuid::Uuid::new_v4(), "event_version": "2.3", "event_type": TYPES[i % TYPES.len()],

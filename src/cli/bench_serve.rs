@@ -3,8 +3,14 @@
 //! courses, 8 cohorts each plus a tiny one, 28 days, some in the last hour);
 //! then `--viewers` concurrent viewers call each cohort view in a closed loop
 //! (query, primary and complementary suppression and the attacker's audit
-//! included; no HTTP), then the drill-down timeline. Prints latency
-//! percentiles and the information loss of complementary suppression.
+//! included; no HTTP), then the drill-down timeline, then `--live-streams`
+//! live streams. With `--land-rate`, the real lander lands events from Kafka
+//! at that rate through every phase (learners in this run's own database,
+//! topics and group), and the live phase measures event-to-screen freshness:
+//! for each landed batch and each stream, from the batch's oldest event to the
+//! end of the stream's first refresh whose query started after the batch
+//! landed. Prints latency percentiles and the information loss of
+//! complementary suppression.
 
 use clap::Args;
 use std::process::ExitCode;
@@ -31,12 +37,30 @@ pub struct ServeArgs {
     /// Duration of each phase.
     #[arg(long, default_value = "10s")]
     duration: String,
+    /// Events per second the lander lands from Kafka during the phases (0: none).
+    #[arg(long, default_value_t = 15_000)]
+    land_rate: u64,
+    /// Concurrent live streams in the live phase (0: skip it).
+    #[arg(long, default_value_t = 200)]
+    live_streams: usize,
+    /// Refresh interval of each live stream (default: the policy's `live.interval_ms`).
+    #[arg(long)]
+    live_interval_ms: Option<u64>,
+    /// Streams share their queries within this window (default: the policy's `live.coalesce_ms`; 0: each queries).
+    #[arg(long)]
+    live_coalesce_ms: Option<u64>,
 }
 
 pub async fn run(mut settings: Settings, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let data = std::env::temp_dir().join(format!("lv-bench-serve-{id}"));
     settings.clickhouse_url = format!("chdb://{}", data.display());
+    settings.events_topic = format!("bench-serve-{id}");
+    settings.dlq_topic = format!("bench-serve-{id}.dlq");
+    settings.consumer_group = format!("bench-serve-{id}");
+    let db = format!("learnvault_bench_serve_{id}");
+    settings.database_url = format!("postgres://learnvault_app@127.0.0.1:5432/{db}").into();
+    settings.admin_database_url = format!("postgres://postgres@127.0.0.1:5432/{db}").into();
     let wh = Warehouse::open(&settings)?;
     let result = phases(&settings, &wh, &args).await;
     wh.close();
@@ -75,7 +99,15 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &ServeArgs) -> anyhow
     wh.execute("OPTIMIZE TABLE agg.learner_day_by_cohort FINAL", &[]).await?;
     wh.execute("OPTIMIZE TABLE agg.funnel_by_cohort FINAL", &[]).await?;
 
-    let sv = Arc::new(Serve::new(wh.clone(), Config::load(&settings.policy_dir)?)?);
+    let mut config = Config::load(&settings.policy_dir)?;
+    if let Some(ms) = args.live_interval_ms {
+        config.policy.live.interval_ms = ms;
+    }
+    if let Some(ms) = args.live_coalesce_ms {
+        config.policy.live.coalesce_ms = ms;
+    }
+    config.policy.live.coalesce_ms = config.policy.live.coalesce_ms.min(config.policy.live.interval_ms);
+    let sv = Arc::new(Serve::new(wh.clone(), config)?);
     let t = sv.thresholds(&["bench-uni".to_string()]);
     let range = sv.range(None, None)?;
     let course = |i: u64| Ident::parse("course_id", &format!("course-{}", i % 20)).expect("valid");
@@ -100,6 +132,14 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &ServeArgs) -> anyhow
         "information loss: {cells} cells, {primary} withheld by primary suppression, {complementary} complementary ({:.1}% of cells beyond primary)",
         100.0 * complementary as f64 / cells.max(1) as f64
     );
+
+    let landing = match args.land_rate {
+        0 => None,
+        rate => Some(super::bench_serve_live::Landing::start(settings, wh, rate).await?),
+    };
+    if let Some(l) = &landing {
+        l.wait_first().await?;
+    }
 
     type View = fn(Arc<Serve>, Ident, crate::serve::DateRange, Thresholds) -> futures::future::BoxFuture<'static, bool>;
     let views: [(&str, View); 4] = [
@@ -133,5 +173,11 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &ServeArgs) -> anyhow
     })
     .await;
     phase.print("timelines", 1);
+    if args.live_streams > 0 {
+        super::bench_serve_live::live_phase(&sv, landing.as_ref(), args.live_streams, duration, range, t).await?;
+    }
+    if let Some(l) = landing {
+        l.stop().await?;
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -6,6 +6,7 @@ mod bench_dsr;
 mod bench_gateway;
 mod bench_lander;
 mod bench_serve;
+mod bench_serve_live;
 mod bench_signals;
 mod datamap;
 mod demo;

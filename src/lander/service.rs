@@ -46,6 +46,10 @@ pub struct LanderStats {
     pub queued_ms: Mutex<hdrhistogram::Histogram<u64>>,
     /// Per batch: milliseconds the insert took (with every view), retries included.
     pub insert_ms: Mutex<hdrhistogram::Histogram<u64>>,
+    /// Per batch, when recording (a benchmark measuring event-to-screen
+    /// freshness turns it on): unix milliseconds when its insert ended and of
+    /// its oldest row's `server_ts`.
+    pub landings: Mutex<Option<Vec<(i64, i64)>>>,
 }
 
 impl LanderStats {
@@ -71,6 +75,7 @@ impl Default for LanderStats {
             freshness_ms: ms_histogram(),
             queued_ms: ms_histogram(),
             insert_ms: ms_histogram(),
+            landings: Mutex::new(None),
         }
     }
 }
@@ -312,6 +317,9 @@ impl Sink {
             self.stats.last_freshness_ms.store(fresh, Ordering::Relaxed);
             let _ = self.stats.freshness_ms.lock().expect("stats lock").record(fresh.max(1));
             metrics::histogram!("learnvault_lander_freshness_seconds").record(fresh as f64 / 1000.0);
+            if let Some(log) = self.stats.landings.lock().expect("stats lock").as_mut() {
+                log.push((now.timestamp_millis(), o.timestamp_millis()));
+            }
         }
         tracing::debug!(token = %b.token, landed, "batch landed");
         // Offsets commit in batch order: a later batch may insert first, never commit first

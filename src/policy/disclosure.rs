@@ -61,11 +61,20 @@ pub struct LiveDef {
     pub band: u64,
     /// Refresh interval of a stream, milliseconds.
     pub interval_ms: u64,
+    /// Streams of one course share their queries: a stream refreshing takes
+    /// the rows of a query that started at most this long before it asked
+    /// (0: every stream queries on its own). At most `interval_ms`.
+    #[serde(default = "default_coalesce_ms")]
+    pub coalesce_ms: u64,
+}
+
+fn default_coalesce_ms() -> u64 {
+    250
 }
 
 impl Default for LiveDef {
     fn default() -> Self {
-        LiveDef { band: 20, interval_ms: 2000 }
+        LiveDef { band: 20, interval_ms: 2000, coalesce_ms: default_coalesce_ms() }
     }
 }
 
@@ -95,8 +104,10 @@ impl DisclosurePolicy {
             check(&format!("institution {i}"), t)?;
         }
         let widest = self.institutions.values().chain([&self.defaults]).map(|t| t.protection_width).fold(0.0, f64::max);
-        if (self.live.band as f64) <= widest || !(100..=60_000).contains(&self.live.interval_ms) {
-            return Err(format!("live: band must be wider than every protection_width ({widest}) and interval_ms 100-60000"));
+        if (self.live.band as f64) <= widest || !(100..=60_000).contains(&self.live.interval_ms) || self.live.coalesce_ms > self.live.interval_ms {
+            return Err(format!(
+                "live: band must be wider than every protection_width ({widest}), interval_ms 100-60000 and coalesce_ms at most interval_ms"
+            ));
         }
         if self.released.engagement_minutes == 0 || self.released.engagement_minutes > 24 * 60 {
             return Err("released: engagement_minutes must be 1-1440".into());

@@ -69,6 +69,8 @@ pub use params::{DateRange, Ident};
 
 use chrono::Utc;
 use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::warehouse::Warehouse;
 use drilldown::{RateLimiter, Timeline};
@@ -110,6 +112,15 @@ pub struct Serve {
     warehouse: Warehouse,
     config: Config,
     limiter: RateLimiter,
+    /// The live streams' shared queries, by shape and course.
+    shared: std::sync::Mutex<HashMap<(&'static str, String), Arc<tokio::sync::Mutex<Option<SharedRows>>>>>,
+}
+
+/// Rows of one query, with when it started and its parameters.
+struct SharedRows {
+    started: std::time::Instant,
+    params: Vec<(&'static str, String)>,
+    rows: Arc<Vec<Value>>,
 }
 
 /// A 64-bit count as ClickHouse prints it (number or quoted string).
@@ -121,7 +132,7 @@ impl Serve {
     pub fn new(warehouse: Warehouse, config: Config) -> Result<Serve, ServeError> {
         config.validate()?;
         let limiter = RateLimiter::new(config.policy.drilldown.max_per_hour);
-        Ok(Serve { warehouse, config, limiter })
+        Ok(Serve { warehouse, config, limiter, shared: Default::default() })
     }
 
     pub fn config(&self) -> &Config {
@@ -136,6 +147,26 @@ impl Serve {
         let started = std::time::Instant::now();
         let rows = self.warehouse.query(shape.sql, params).await?;
         metrics::histogram!("learnvault_serve_query_seconds", "shape" => shape.name).record(started.elapsed().as_secs_f64());
+        Ok(rows)
+    }
+
+    /// [`Serve::run`] shared by the live streams of a course: the rows of a
+    /// query with the same parameters that started at most `live.coalesce_ms`
+    /// before this call, or a new query (callers meanwhile wait for it).
+    async fn run_shared(&self, shape: &Shape, course: &Ident, params: &[(&'static str, String)]) -> Result<Arc<Vec<Value>>, ServeError> {
+        let asked = std::time::Instant::now();
+        let window = std::time::Duration::from_millis(self.config.policy.live.coalesce_ms);
+        let slot = self.shared.lock().expect("not poisoned").entry((shape.name, course.as_str().to_owned())).or_default().clone();
+        let mut slot = slot.lock().await;
+        if let Some(s) = slot.as_ref() {
+            if s.started + window >= asked && s.params == params {
+                metrics::counter!("learnvault_serve_live_shared_total", "shape" => shape.name).increment(1);
+                return Ok(s.rows.clone());
+            }
+        }
+        let started = std::time::Instant::now();
+        let rows = Arc::new(self.run(shape, params).await?);
+        *slot = Some(SharedRows { started, params: params.to_vec(), rows: rows.clone() });
         Ok(rows)
     }
 
@@ -168,7 +199,11 @@ impl Serve {
 
     async fn funnel_with(&self, course: &Ident, range: &DateRange, t: &Thresholds, live: Option<&mut live::Rule>) -> Result<Released<funnel::Funnel>, ServeError> {
         let [f, to] = range.params();
-        let rows = self.run(&queries::FUNNEL, &[("course", course.as_str().to_owned()), f, to]).await?;
+        let params = [("course", course.as_str().to_owned()), f, to];
+        let rows = match live.is_some() && self.config.policy.live.coalesce_ms > 0 {
+            true => self.run_shared(&queries::FUNNEL, course, &params).await?,
+            false => Arc::new(self.run(&queries::FUNNEL, &params).await?),
+        };
         funnel::release(course.as_str(), range, &rows, t, live)
     }
 
@@ -178,7 +213,11 @@ impl Serve {
         }
         let now = Utc::now().timestamp();
         let from = (now - now % 60) - (minutes as i64 - 1) * 60;
-        let rows = self.run(&queries::ENGAGEMENT, &[("course", course.as_str().to_owned()), ("from", from.to_string())]).await?;
+        let params = [("course", course.as_str().to_owned()), ("from", from.to_string())];
+        let rows = match live.is_some() && self.config.policy.live.coalesce_ms > 0 {
+            true => self.run_shared(&queries::ENGAGEMENT, course, &params).await?,
+            false => Arc::new(self.run(&queries::ENGAGEMENT, &params).await?),
+        };
         let from_text = chrono::DateTime::from_timestamp(from, 0).map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default();
         engagement::release(course.as_str(), minutes, &from_text, &rows, t, live)
     }
