@@ -5,15 +5,19 @@
 //! PostgreSQL issues random pseudonyms to the LMS and re-identifies them only
 //! for a declared purpose, every access recorded in a hash-chained audit log.
 //!
+//! `docs/architecture.md` is the map: each module's invariant and API boundary,
+//! and the cross-cutting concerns (retries, metrics, redaction, configuration,
+//! the record contract).
+//!
 //! # Layout
 //! - [`config`]: typed settings (defaults -> TOML file -> `LEARNVAULT_*` env).
 //! - [`domain`]: validated newtypes (`Pseudonym`, `InstitutionId`, `ExternalId`, `Purpose`).
 //! - [`vault`]: keys (HKDF per institution), envelope encryption, blind indexes,
-//!   issuance (group commit), lookup, decrypt, consent. Only `vault` holds plaintext identities.
+//!   issuance (group commit), lookup, decrypt, consent. Only `vault` stores or decrypts identities.
 //! - [`audit`]: append-only hash-chained audit log, group-committed recorder, verification.
 //! - [`auth`]: JWT verification and development token minting.
 //! - [`policy`]: roles -> permissions and declared purposes from `policies/*.yaml`.
-//! - [`api`]: axum routes, extractors, the one error type, OpenAPI. Only `api` knows HTTP.
+//! - [`api`]: axum routes, extractors, the one error type, OpenAPI. Only `api` serves HTTP.
 //! - [`lander`]: the governed Kafka -> ClickHouse lander: config, run loop, decode threads,
 //!   rows, the intents ledger (exactly-once), the insert/commit service (dead letters, retries).
 //! - [`retention`]: retention as a table property, verified against the live engine.

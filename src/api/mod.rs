@@ -1,5 +1,9 @@
-//! HTTP API (axum). Invariant: only `api` knows HTTP; handlers are thin: they
-//! parse, authorise (every denial audited) and call a context.
+//! HTTP API (axum). Invariant: only `api` serves HTTP: routes, status codes,
+//! headers and extractors live here (`app::serve` only binds a listener to
+//! [`router`]); the HTTP clients elsewhere are `warehouse::http` (ClickHouse's
+//! HTTP interface) and the CLI's demo, load generator and benchmarks.
+//! Handlers are thin: they parse, authorise (every denial audited) and call a
+//! context.
 //! The OpenAPI document is generated from the same route definitions.
 
 mod audit;

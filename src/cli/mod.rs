@@ -1,4 +1,6 @@
-//! Command line: one module per subcommand. `anyhow` lives only here.
+//! Command line: one module per subcommand. `anyhow` lives here and in `app`
+//! (the wiring the subcommands share); the contexts return their own error
+//! enums (except `Gateway::new`, which still returns `anyhow::Result`).
 
 mod audit;
 pub mod bench;

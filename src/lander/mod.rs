@@ -2,16 +2,18 @@
 //!
 //! consume `learning-events` (keyed by pseudonym) -> decode and validate
 //! against the taxonomy -> govern (vault standing, analytics consent,
-//! protected attributes) -> batch per partition (size and time) -> record the
-//! batch intent (offset range + deduplication token) in PostgreSQL -> insert
-//! into ClickHouse with that token -> commit the offset.
+//! protected attributes) -> one batch across the partitions this lander holds
+//! (size and time) -> record the batch intent (every member's offset range +
+//! deduplication token) in PostgreSQL -> insert into ClickHouse with that token
+//! -> commit the members' offsets.
 //!
 //! Invariants:
 //! * an offset is committed only after ClickHouse accepted its batch and the
 //!   batch's refused events are in the dead-letter topic, and only while this
 //!   lander still owns the partition (a late commit would move the new owner's
 //!   offset back);
-//! * a batch is identified by `topic:partition:first-last`; every batch not yet
+//! * a batch is identified by `topic:p:first-last[_p:first-last...]` (one range
+//!   per member partition); every batch not yet
 //!   covered by a commit keeps its intent, and a partition that resumes (after
 //!   a crash, a rebalance or a failed commit) replays that chain of intents,
 //!   each range rebuilt exactly and re-sent with its token, so ClickHouse
@@ -19,25 +21,27 @@
 //!   exactly-once without Kafka transactions; records below the partition's
 //!   landed mark (`lander_landed`) are skipped when a consumer resumes under it;
 //! * every refused event goes to the dead-letter topic with a typed reason and
-//!   its original payload (protected attribute values redacted); nothing is
+//!   its original payload (redacted by [`crate::redact`]); nothing is
 //!   dropped silently and nothing is retried forever;
 //! * only data the warehouse refuses as data (it does not parse as the table's
 //!   columns) is dead-lettered; every other failure of the warehouse, the vault
 //!   or the broker is retried with back-off while the partition stops landing
-//!   (memory stays bounded by one batch in flight per partition), offsets never
+//!   (memory stays bounded: at most two batches in flight, `run.rs`), offsets never
 //!   move past an unlanded row, and the stall is visible ([`health`]: `/readyz`,
 //!   `learnvault_lander_stalled`).
 //!
 //! # Layout
 //! - `config`: [`LanderConfig`], from the settings, validated.
-//! - `run`: [`Lander`]: the consumer loop, batches per partition by size and
-//!   time, rebalances, lag.
+//! - `run`: [`Lander`]: the consumer loop, one batch across partitions by size
+//!   and time, intents recorded between polls, rebalances, replays, lag.
+//! - `replay`: a pending batch re-read whole from Kafka for its replay.
 //! - `decode`: records -> events on two decode threads (single events and
 //!   envelopes, plain or zstd), validated.
 //! - `row`: the hand-written JSONEachRow rows and their reused buffers.
 //! - `intents`: the exactly-once record (`lander_intents`, deduplication tokens).
 //! - `health`: landing or stalled, and why ([`health::current`]).
-//! - `service`: a batch from prepare (governance, dead letters, intent) to land
+//! - `service`: a batch from its intent through prepare (decode, fence,
+//!   governance, dead letters) to land
 //!   (insert with its token, figures, offset commit), with one retry policy;
 //!   [`LanderStats`].
 //!

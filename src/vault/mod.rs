@@ -1,10 +1,17 @@
 //! Identity vault: pseudonym issuance, lookup, re-identification, consent.
 //!
-//! Invariant: only `vault` ever holds a plaintext identity or external id, and
-//! only in memory: PostgreSQL sees blind indexes and ciphertext (see
-//! `migrations/postgres/0002_vault.sql`). Every operation that writes the vault
-//! appends its audit rows in the same transaction, so an operation without its
-//! audit row cannot commit.
+//! Invariant: only `vault` stores or decrypts an identity or external id, and
+//! PostgreSQL sees only blind indexes and ciphertext (see
+//! `migrations/postgres/0002_vault.sql`). External ids and identities reach
+//! the vault in memory from the API (`api/pseudonyms.rs`, `api/dsr.rs`), the
+//! gateway (`learner` objects, xAPI actors) and the CLI; a decrypted identity
+//! leaves it only to the resolve handler (after its audit row committed) and
+//! to the subject-access archive (`dsr::access`, sealed at rest). Every
+//! [`Vault`] method that writes the vault appends its audit rows in the same
+//! transaction, so such an operation without its audit row cannot commit.
+//! (Erasure's tombstone and crypto-shred steps, `dsr::erasure`, write
+//! `tombstones` and `learners` themselves; they are audited by the job's
+//! request and completion rows.)
 
 pub mod crypto;
 mod issuer;

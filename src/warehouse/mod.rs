@@ -1,10 +1,19 @@
 //! The warehouse port: the one narrow interface to ClickHouse.
 //!
-//! Invariant: only `warehouse` (and `migrations/clickhouse`) builds ClickHouse
-//! SQL; user values always travel as `{name:Type}` parameters, row data only
-//! through the insert channel (never inline in SQL text). Two adapters run the
-//! same SQL: the embedded engine (chDB, [`chdb::Engine`]) and a ClickHouse
-//! server over HTTP ([`http::Server`]).
+//! Invariant: every statement reaches ClickHouse through [`Warehouse`]
+//! (`query`, `execute`, `raw`, `insert`); nothing else opens a connection. The
+//! SQL text is written where its knowledge lives: here (the migration ledger),
+//! `migrations/clickhouse`, the named shapes of `serve::queries` and
+//! `signals::window`, the fixed statements of `serve::publish`, the map-driven
+//! statements of `dsr` (`mod.rs`, `snapshot.rs`, `erasure.rs`), `datamap` and
+//! `retention` (identifiers only from the validated policy files or the live
+//! schema, checked as plain identifiers), and the CLI's benchmarks and demos.
+//! Everywhere, values always travel as `{name:Type}` parameters and row data
+//! only through the insert channel (never inline in SQL text); the one value
+//! written into SQL text is a partition id in `dsr::erasure`, read from the
+//! live table and checked to be digits. Two adapters run the same SQL: the
+//! embedded engine (chDB, [`chdb::Engine`]) and a ClickHouse server over HTTP
+//! ([`http::Server`]).
 
 pub mod chdb;
 pub mod http;
