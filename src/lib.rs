@@ -28,6 +28,7 @@
 //! - [`dsr`]: subject access and erasure jobs (map-driven), archives, signed erasure certificates.
 //! - [`gateway`]: event and xAPI ingest, pseudonymisation at the gate.
 //! - [`governance`]: may an event land (vault standing, consent, protected attributes); shared by the gateway and the lander.
+//! - [`dedup`]: idempotent ingest: event-id claims the lander makes before inserting, xAPI statement digests (409 on other content); shared by the gateway and the lander.
 //! - [`fence`]: erasure fences the landers (epoch in PostgreSQL, acknowledged by every live lander); shared by the lander and erasure.
 //! - [`redact`]: identifiers out of dead letters (emails, phones, the request's external ids, xAPI actors), path and reason kept; shared by the gateway and the lander.
 //! - [`topics`]: the events and dead-letter topics, created with their retention from policy; live configs for `retention verify`.
@@ -54,6 +55,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod datamap;
+pub mod dedup;
 pub mod db;
 pub mod domain;
 pub mod dsr;

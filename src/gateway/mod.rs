@@ -86,6 +86,9 @@ pub struct Gateway {
     format: crate::envelope::RecordFormat,
     /// The events topic's partition count and when it was read.
     partitions: std::sync::Mutex<Option<(i32, std::time::Instant)>>,
+    /// xAPI statement ids and the digests of their content (409 on other content);
+    /// `None` when `LEARNVAULT_INGEST_DEDUP=false`.
+    statements: Option<crate::dedup::XapiStatements>,
 }
 
 impl Gateway {
@@ -97,6 +100,8 @@ impl Gateway {
             .set("message.timeout.ms", settings.produce_timeout_ms.to_string())
             .create()?;
         let pool = vault.pool().clone();
+        let statements =
+            settings.ingest_dedup.then(|| crate::dedup::XapiStatements::new(pool.clone(), vault.service_key("xapi-statement-digest")));
         Ok(Gateway {
             producer,
             topic: settings.events_topic.clone(),
@@ -111,6 +116,7 @@ impl Gateway {
             compression: settings.envelope_compression,
             format: settings.record_format,
             partitions: std::sync::Mutex::new(None),
+            statements,
         })
     }
 
@@ -360,6 +366,26 @@ impl Gateway {
             xapi::Actor::Account { home_page, name } => self.lms.external_id(institution, home_page, name),
             other => Some(other.external_id()),
         }
+    }
+
+    /// Record the xAPI statements about to be acknowledged for `institution` (id and
+    /// content, each with its id set): all of them, or none when one id is stored already
+    /// with other content; one answer each, in order (see [`crate::dedup::XapiStatements`]).
+    /// A statement stored already with the same content is produced again all the same: the
+    /// lander lands its id once, and a retry after a 503 must not lose it.
+    pub async fn xapi_record(&self, institution: &str, statements: &[(Uuid, &Value)]) -> Result<Vec<crate::dedup::Stored>, GatewayError> {
+        let Some(store) = &self.statements else { return Ok(vec![crate::dedup::Stored::Fresh; statements.len()]) };
+        let digests: Vec<(Uuid, Vec<u8>)> = statements
+            .iter()
+            .map(|(id, st)| {
+                let mut st = (*st).clone();
+                if let Some(m) = st.as_object_mut() {
+                    m.insert("id".into(), json!(id));
+                }
+                (*id, store.digest(&st))
+            })
+            .collect();
+        Ok(store.record(institution, &digests).await?)
     }
 
     /// Dead-letter something that never became an event (an unmapped xAPI

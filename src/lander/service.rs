@@ -35,6 +35,8 @@ use crate::warehouse::{Warehouse, WarehouseError};
 pub struct LanderStats {
     pub landed: AtomicU64,
     pub rejected: AtomicU64,
+    /// Events dropped because their id landed already (idempotent ingest, [`crate::dedup`]).
+    pub duplicates: AtomicU64,
     pub batches: AtomicU64,
     /// Milliseconds between `server_ts` and the insert, of the last batch's oldest row.
     pub last_freshness_ms: AtomicU64,
@@ -66,6 +68,7 @@ impl Default for LanderStats {
         LanderStats {
             landed: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             last_freshness_ms: AtomicU64::new(0),
             freshness_ms: ms_histogram(),
@@ -145,6 +148,8 @@ pub(super) struct Prepared {
     oldest: Option<DateTime<Utc>>,
     /// The decoded events, per member partition.
     items: Vec<(i32, Vec<Item>)>,
+    /// The events in `rows`: (partition, index in its `items`).
+    landable: Vec<(i32, usize)>,
     /// In flight for the erasure fence until the batch is dropped (landed or abandoned).
     _fence: crate::fence::Ticket,
 }
@@ -165,6 +170,8 @@ pub(super) struct Sink {
     buffers: RowBuffers,
     /// This lander's side of the erasure fence.
     fence: crate::fence::Fence,
+    /// Event-id claims (idempotent ingest); `None` when `LEARNVAULT_INGEST_DEDUP=false`.
+    claims: Option<crate::dedup::Claims>,
 }
 
 impl Sink {
@@ -183,9 +190,14 @@ impl Sink {
         let governance = Arc::new(Governance::new(pool.clone(), cfg.governance_ttl, analytics_default));
         let fence = crate::fence::Fence::start(pool.clone(), governance.clone());
         let decoder = Decoder::new(taxonomy, protected, cfg.max_event_bytes, cfg.clock_skew);
+        let claims = cfg.dedup.then(|| crate::dedup::Claims::new(pool.clone(), cfg.dedup_window_days));
+        if let Some(c) = &claims {
+            c.spawn_purge();
+        }
         let intents = Arc::new(Intents::new(pool, cfg.group.clone(), cfg.topic.clone()));
         let stats = Arc::new(LanderStats::default());
-        Ok(Sink { cfg: Arc::new(cfg.clone()), consumer, producer, warehouse, decoder, governance, intents, stats, buffers: RowBuffers::default(), fence })
+        let buffers = RowBuffers::default();
+        Ok(Sink { cfg: Arc::new(cfg.clone()), consumer, producer, warehouse, decoder, governance, intents, stats, buffers, fence, claims })
     }
 
     /// Record the intent of the batch `batches` (the records of each member partition, in
@@ -236,23 +248,16 @@ impl Sink {
                 }
             }
         };
-        let mut rows = self.buffers.take();
-        rows.reserve(decoded.iter().map(|(_, i)| i.len()).sum::<usize>() * 400);
-        let mut landed = 0u64;
-        let mut oldest: Option<DateTime<Utc>> = None;
-        for (p, items) in &decoded {
+        // The gate: refusals (dead-lettered) and the events that may land, in order.
+        let mut landable: Vec<(usize, usize)> = Vec::new();
+        for (pi, (p, items)) in decoded.iter().enumerate() {
             let mut refused: Vec<(usize, Reason, String)> = Vec::new();
             for (ix, item) in items.iter().enumerate() {
                 match &item.outcome {
                     Err((reason, detail)) => refused.push((ix, *reason, detail.clone())),
                     Ok(ev) => match standings.get(&ev.learner_id).and_then(|s| s.refusal(&ev.institution_id)) {
                         Some(reason) => refused.push((ix, reason, "refused by the vault's governance".into())),
-                        None => {
-                            let server = ev.server_ts.expect("set at decode");
-                            oldest = Some(oldest.map_or(server, |o| o.min(server)));
-                            write_row(&mut rows, ev, &server);
-                            landed += 1;
-                        }
+                        None => landable.push((pi, ix)),
                     },
                 }
             }
@@ -260,7 +265,49 @@ impl Sink {
                 self.dead_letter(*p, &items[*ix], *reason, detail).await?;
             }
         }
-        Ok(Prepared { ranges, token, rows: Arc::new(rows), landed, oldest, items: decoded, _fence: ticket })
+        // Idempotent ingest: each event id once in the batch (its first occurrence), and only
+        // the ids this batch claims (now, or before: its own replay).
+        let event = |&(pi, ix): &(usize, usize)| decoded[pi].1[ix].outcome.as_ref().expect("landable");
+        let mut first = std::collections::HashSet::with_capacity(landable.len());
+        let before = landable.len();
+        landable.retain(|l| first.insert(event(l).event_id));
+        if let Some(claims) = &self.claims {
+            let ids: Vec<uuid::Uuid> = landable.iter().map(|l| event(l).event_id).collect();
+            let mut backoff = Backoff::POSTGRES;
+            let mine = loop {
+                match claims.claim(&token, &ids).await {
+                    Ok(m) => {
+                        health::recovered(Cause::Vault);
+                        break m;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot claim the batch's event ids in PostgreSQL; retrying");
+                        health::stalled(Cause::Vault, &e);
+                        backoff.wait().await;
+                    }
+                }
+            };
+            landable.retain(|l| mine.contains(&event(l).event_id));
+        }
+        let duplicates = (before - landable.len()) as u64;
+        if duplicates > 0 {
+            self.stats.duplicates.fetch_add(duplicates, Ordering::Relaxed);
+            metrics::counter!(crate::dedup::DUPLICATES).increment(duplicates);
+            tracing::debug!(token = %token, duplicates, "events whose id landed already were dropped");
+        }
+        let mut rows = self.buffers.take();
+        rows.reserve(landable.len() * 400);
+        let mut landed = 0u64;
+        let mut oldest: Option<DateTime<Utc>> = None;
+        for l in &landable {
+            let ev = event(l);
+            let server = ev.server_ts.expect("set at decode");
+            oldest = Some(oldest.map_or(server, |o| o.min(server)));
+            write_row(&mut rows, ev, &server);
+            landed += 1;
+        }
+        let landable = landable.into_iter().map(|(pi, ix)| (decoded[pi].0, ix)).collect();
+        Ok(Prepared { ranges, token, rows: Arc::new(rows), landed, oldest, items: decoded, landable, _fence: ticket })
     }
 
     /// Replay partition `p`'s pending batch `intent`: re-read every member's range
@@ -296,9 +343,16 @@ impl Sink {
         if let Err(e) = inserted {
             // Bad data the gate did not catch: dead-letter the batch, never retry forever.
             tracing::error!(error = %e, token = %b.token, rows = b.landed, "warehouse refused a batch; dead-lettering it");
-            for (p, items) in &b.items {
-                for item in items.iter().filter(|i| i.outcome.is_ok()) {
-                    self.dead_letter(*p, item, Reason::WarehouseRejected, "the warehouse refused the batch").await?;
+            for (p, ix) in &b.landable {
+                let items = &b.items.iter().find(|(q, _)| q == p).expect("a member partition").1;
+                self.dead_letter(*p, &items[*ix], Reason::WarehouseRejected, "the warehouse refused the batch").await?;
+            }
+            // Its claims go with it: a corrected delivery of these ids must be able to land.
+            if let Some(claims) = &self.claims {
+                let mut backoff = Backoff::POSTGRES;
+                while let Err(e) = claims.release(&b.token).await {
+                    tracing::warn!(error = %e, "cannot release a dead-lettered batch's event-id claims; retrying");
+                    backoff.wait().await;
                 }
             }
             landed = 0;
