@@ -54,6 +54,11 @@ pub struct LanderArgs {
     /// cost of deduplication is measured in one run. The freshness phase runs with it on.
     #[arg(long)]
     dedup_compare: bool,
+    /// Only measure the candidate deduplication mechanisms on batches of 20,000 event ids
+    /// against 1,000,000 remembered ones: claims in PostgreSQL (what the lander does) and a
+    /// lookup-then-insert in a ClickHouse table ordered by event id; then stop.
+    #[arg(long)]
+    dedup_probe: bool,
     /// An engine setting for the probe's inserts, `name=value` (repeatable).
     #[arg(long, requires = "insert_probe")]
     probe_setting: Vec<String>,
@@ -137,8 +142,11 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
         if args.pause_merges { "paused" } else { "running" }
     );
 
-    // Learners in the vault (the lander refuses unknown pseudonyms).
     let pool = crate::db::connect(settings)?;
+    if args.dedup_probe {
+        return dedup_probe(&pool, wh).await;
+    }
+    // Learners in the vault (the lander refuses unknown pseudonyms).
     let vault = Vault::new(pool.clone(), MasterKey::load(settings)?, 1);
     let inst = InstitutionId::parse("bench-uni")?;
     let mut learners = Vec::new();
@@ -540,6 +548,85 @@ async fn core_rate(
     phase(wh, false).await?;
     anyhow::ensure!(core_rows == args.events as u64, "lander core landed {core_rows}");
     Ok(args.events as f64 / secs)
+}
+
+/// The cost of each deduplication mechanism for one lander batch (20,000 new ids) with
+/// 1,000,000 ids remembered: what chose PostgreSQL claims (BENCHMARKS.md, issue 13).
+async fn dedup_probe(pool: &sqlx::PgPool, wh: &Warehouse) -> anyhow::Result<ExitCode> {
+    const BATCH: usize = 20_000;
+    const REMEMBERED: usize = 1_000_000;
+    let ids = |n: usize| (0..n).map(|_| uuid::Uuid::new_v4()).collect::<Vec<_>>();
+    let report = |what: &str, h: &Histogram<u64>, total_secs: f64, n: usize| {
+        println!(
+            "{what:<58} p50={:>7.1}ms p99={:>7.1}ms  {:>9.0} ids/s over {} batches",
+            pct(h, 0.5) / 1000.0,
+            pct(h, 0.99) / 1000.0,
+            (n * BATCH) as f64 / total_secs,
+            n
+        );
+    };
+    // PostgreSQL: the lander's claims.
+    let claims = crate::dedup::Claims::new(pool.clone(), 7);
+    let t = Instant::now();
+    for i in 0..REMEMBERED / BATCH {
+        claims.claim(&format!("probe-preload:{i}"), &ids(BATCH)).await?;
+    }
+    println!("postgres: {REMEMBERED} ids claimed in {:.1}s (preload)", t.elapsed().as_secs_f64());
+    let (mut fresh, mut again, mut dup) = (Histogram::<u64>::new(3)?, Histogram::<u64>::new(3)?, Histogram::<u64>::new(3)?);
+    let (mut fresh_s, mut again_s, mut dup_s) = (0.0, 0.0, 0.0);
+    let n = 20;
+    for i in 0..n {
+        let batch = ids(BATCH);
+        let token = format!("probe:{i}");
+        let t = Instant::now();
+        anyhow::ensure!(claims.claim(&token, &batch).await?.len() == BATCH);
+        fresh.record(t.elapsed().as_micros().max(1) as u64)?;
+        fresh_s += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        anyhow::ensure!(claims.claim(&token, &batch).await?.len() == BATCH);
+        again.record(t.elapsed().as_micros().max(1) as u64)?;
+        again_s += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        anyhow::ensure!(claims.claim(&format!("{token}-other"), &batch).await?.is_empty());
+        dup.record(t.elapsed().as_micros().max(1) as u64)?;
+        dup_s += t.elapsed().as_secs_f64();
+    }
+    report("postgres claim, 20k new ids", &fresh, fresh_s, n);
+    report("postgres claim, the same batch replayed (own claims)", &again, again_s, n);
+    report("postgres claim, 20k ids claimed by another batch", &dup, dup_s, n);
+    // ClickHouse: look the batch's ids up in a table ordered by event id, then insert them.
+    wh.execute(
+        "CREATE TABLE IF NOT EXISTS events.probe_seen_ids (event_id UUID, batch Int64, seen_at DateTime DEFAULT now())
+         ENGINE = ReplacingMergeTree ORDER BY event_id",
+        &[],
+    )
+    .await?;
+    wh.execute(
+        "INSERT INTO events.probe_seen_ids (event_id, batch) SELECT generateUUIDv4(), 0 FROM numbers({n:UInt64})",
+        &[("n", REMEMBERED.to_string())],
+    )
+    .await?;
+    settle(wh, 120).await?;
+    let mut h = Histogram::<u64>::new(3)?;
+    let mut total = 0.0;
+    for i in 0..n {
+        let batch = ids(BATCH);
+        let list = format!("[{}]", batch.iter().map(|u| format!("'{u}'")).collect::<Vec<_>>().join(","));
+        let mut rows = Vec::with_capacity(BATCH * 60);
+        for u in &batch {
+            rows.extend_from_slice(format!("{{\"event_id\":\"{u}\",\"batch\":{i}}}\n").as_bytes());
+        }
+        let t = Instant::now();
+        let found = wh.query("SELECT count() AS n FROM events.probe_seen_ids WHERE event_id IN {ids:Array(UUID)}", &[("ids", list)]).await?;
+        let found = found[0]["n"].as_u64().or_else(|| found[0]["n"].as_str().and_then(|s| s.parse().ok())).unwrap_or(u64::MAX);
+        anyhow::ensure!(found == 0);
+        wh.insert("events.probe_seen_ids", "JSONEachRow", rows.into(), &[]).await?;
+        h.record(t.elapsed().as_micros().max(1) as u64)?;
+        total += t.elapsed().as_secs_f64();
+    }
+    report("clickhouse lookup (IN 20k ids) then insert of the ids", &h, total, n);
+    wh.execute("DROP TABLE events.probe_seen_ids", &[]).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// One insert at a time, of 600, 2,500 and 20,000 rows, with and without the lander's
