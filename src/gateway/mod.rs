@@ -111,7 +111,7 @@ impl Gateway {
             lms: LmsHomePages::load(&settings.policy_dir)?,
             governance: Governance::new(pool, Duration::from_millis(settings.governance_cache_ms), analytics_default),
             vault,
-            clock_skew: Duration::from_secs(300),
+            clock_skew: Duration::from_secs(settings.clock_skew_secs),
             produce_timeout_ms: settings.produce_timeout_ms,
             compression: settings.envelope_compression,
             format: settings.record_format,

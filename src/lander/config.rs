@@ -42,7 +42,7 @@ impl LanderConfig {
             batch_bytes: s.lander_batch_bytes,
             max_event_bytes: s.max_event_bytes,
             governance_ttl: Duration::from_millis(s.governance_cache_ms),
-            clock_skew: Duration::from_secs(300),
+            clock_skew: Duration::from_secs(s.clock_skew_secs),
             dedup: s.ingest_dedup,
             dedup_window_days: s.ingest_dedup_window_days,
         }
