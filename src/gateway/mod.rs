@@ -33,6 +33,7 @@ use uuid::Uuid;
 
 use crate::audit::NewEntry;
 use crate::config::Settings;
+use crate::dead_letter::{DeadLetter, DeadLetters, Refused, Stage};
 use crate::domain::{ExternalId, InstitutionId};
 use crate::governance::{Governance, Standing};
 use crate::policy::lms::LmsHomePages;
@@ -73,7 +74,8 @@ const PARTITIONS_REFRESH: Duration = Duration::from_secs(300);
 pub struct Gateway {
     producer: FutureProducer,
     topic: String,
-    dlq_topic: String,
+    /// Dead letters (the events producer, the dead-letter topic).
+    dead: DeadLetters,
     taxonomy: Taxonomy,
     protected: ProtectedAttributes,
     /// `policies/lms.yaml`: the LMS home pages of each institution (xAPI `account.homePage`).
@@ -103,9 +105,9 @@ impl Gateway {
         let statements =
             settings.ingest_dedup.then(|| crate::dedup::XapiStatements::new(pool.clone(), vault.service_key("xapi-statement-digest")));
         Ok(Gateway {
+            dead: DeadLetters::new(producer.clone(), &settings.dlq_topic),
             producer,
             topic: settings.events_topic.clone(),
-            dlq_topic: settings.dlq_topic.clone(),
             taxonomy: Taxonomy::load(&settings.policy_dir.join("taxonomy"))?,
             protected: ProtectedAttributes::load(&settings.policy_dir)?,
             lms: LmsHomePages::load(&settings.policy_dir)?,
@@ -311,22 +313,10 @@ impl Gateway {
         let cx = crate::redact::Context { external_ids: &external_ids, protected: Some(&self.protected) };
         for (i, st) in out.iter().enumerate() {
             if let Some(Status::Rejected { code, detail }) = st {
-                let mut payload = events.get(i).cloned().flatten().unwrap_or(Value::Null);
-                let redacted = crate::redact::redact_value(&mut payload, &cx);
-                // Keyed by the pseudonym when one is known, else no key.
-                let key = crate::redact::dead_letter_key(&payload);
-                let (detail, _) = crate::redact::redact_text(detail, &cx);
-                let rec = json!({"reason": code, "detail": detail, "stage": "gateway", "failed_at": now.to_rfc3339(), "payload": payload, "redacted": redacted});
-                let body = serde_json::to_vec(&rec).expect("json");
-                let producer = &self.producer;
-                let topic = &self.dlq_topic;
-                dead.push(async move {
-                    let mut r = FutureRecord::to(topic).payload(&body);
-                    if let Some(k) = &key {
-                        r = r.key(k);
-                    }
-                    producer.send(r, Duration::from_secs(0)).await.is_ok()
-                });
+                // One record shape and one redaction for both writers; keyed by the pseudonym when one is known.
+                let payload = events.get(i).cloned().flatten().unwrap_or(Value::Null);
+                let dl = DeadLetter::new(code, detail, Stage::Gateway, None, Refused::Json(payload), &cx, None, None);
+                dead.push(async move { self.dead.send(&dl).await.is_ok() });
                 metrics::counter!("learnvault_gateway_rejects_total", "reason" => code.clone()).increment(1);
             }
         }
@@ -390,12 +380,10 @@ impl Gateway {
 
     /// Dead-letter something that never became an event (an unmapped xAPI
     /// verb, an unparseable line), with identity fields already removed.
-    pub async fn dead_letter(&self, code: &str, detail: &str, mut payload: Value) -> bool {
+    pub async fn dead_letter(&self, code: &str, detail: &str, payload: Value) -> bool {
         let cx = crate::redact::Context { external_ids: &[], protected: Some(&self.protected) };
-        let redacted = crate::redact::redact_value(&mut payload, &cx);
-        let rec = json!({"reason": code, "detail": detail, "stage": "gateway", "failed_at": Utc::now().to_rfc3339(), "payload": payload, "redacted": redacted});
-        let body = serde_json::to_vec(&rec).expect("json");
-        let ok = self.producer.send(FutureRecord::<(), _>::to(&self.dlq_topic).payload(&body), Duration::from_secs(0)).await.is_ok();
+        let dl = DeadLetter::new(code, detail, Stage::Gateway, None, Refused::Json(payload), &cx, None, None);
+        let ok = self.dead.send(&dl).await.is_ok();
         metrics::counter!("learnvault_gateway_rejects_total", "reason" => code.to_owned()).increment(1);
         ok
     }

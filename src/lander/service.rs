@@ -11,9 +11,8 @@
 
 use chrono::{DateTime, Utc};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
-use serde_json::Value;
 use sqlx::PgPool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -161,7 +160,7 @@ pub(super) struct Sink {
     /// The lander's consumer: landing commits its partitions' offsets.
     pub(super) consumer: Arc<StreamConsumer<Ctx>>,
     /// Dead letters.
-    producer: FutureProducer,
+    dead: crate::dead_letter::DeadLetters,
     warehouse: Warehouse,
     decoder: Arc<Decoder>,
     governance: Arc<Governance>,
@@ -187,6 +186,7 @@ impl Sink {
     ) -> Result<Sink, LanderError> {
         // Dead letters: few, so compressed whatever the broker.
         let producer: FutureProducer = crate::envelope::producer_config(&cfg.brokers, "lz4").set("message.timeout.ms", "30000").create()?;
+        let dead = crate::dead_letter::DeadLetters::new(producer, &cfg.dlq_topic);
         let governance = Arc::new(Governance::new(pool.clone(), cfg.governance_ttl, analytics_default));
         let fence = crate::fence::Fence::start(pool.clone(), governance.clone());
         let decoder = Decoder::new(taxonomy, protected, cfg.max_event_bytes, cfg.clock_skew);
@@ -197,7 +197,7 @@ impl Sink {
         let intents = Arc::new(Intents::new(pool, cfg.group.clone(), cfg.topic.clone()));
         let stats = Arc::new(LanderStats::default());
         let buffers = RowBuffers::default();
-        Ok(Sink { cfg: Arc::new(cfg.clone()), consumer, producer, warehouse, decoder, governance, intents, stats, buffers, fence, claims })
+        Ok(Sink { cfg: Arc::new(cfg.clone()), consumer, dead, warehouse, decoder, governance, intents, stats, buffers, fence, claims })
     }
 
     /// Record the intent of the batch `batches` (the records of each member partition, in
@@ -437,65 +437,24 @@ impl Sink {
     }
 
     async fn dead_letter(&self, p: i32, item: &Item, reason: Reason, detail: &str) -> Result<(), LanderError> {
-        // Identifiers out (emails, phones, identifier fields, protected attributes; path and reason kept):
-        // a JSON payload is redacted as JSON and kept as its text, a UTF-8 one as text.
+        // One record shape and one redaction for both writers (`dead_letter`): identifiers out
+        // (emails, phones, identifier fields, protected attributes; path and reason kept). Keyed by
+        // the event's learner; a refused member of an envelope by its own learner (the record's key
+        // names the envelope's first one); a refused record by its key only when it is a pseudonym.
+        use crate::dead_letter::{DeadLetter, Origin, Refused, Stage};
         let cx = crate::redact::Context { external_ids: &[], protected: Some(self.decoder.protected()) };
-        let (payload, redacted) = match std::str::from_utf8(item.bytes()) {
-            Ok(_) => {
-                let (v, r) = crate::redact::redact_bytes(item.bytes(), &cx);
-                (match v {
-                    Value::String(text) if serde_json::from_slice::<Value>(item.bytes()).is_err() => text.into_bytes(),
-                    v => serde_json::to_vec(&v).expect("json"),
-                }, r)
-            }
-            Err(_) => (item.bytes().to_vec(), Vec::new()),
-        };
-        let mut rec = serde_json::json!({
-            "redacted": redacted,
-            "reason": reason.as_str(),
-            "detail": detail,
-            "topic": self.cfg.topic,
-            "partition": p,
-            "offset": item.offset,
-            "index": item.index,
-            "failed_at": Utc::now().to_rfc3339(),
-        });
-        match String::from_utf8(payload) {
-            Ok(s) => rec["payload"] = Value::String(s),
-            Err(e) => {
-                use base64::Engine;
-                rec["payload_base64"] = Value::String(base64::engine::general_purpose::STANDARD.encode(e.as_bytes()));
-            }
-        }
-        let body = serde_json::to_vec(&rec).expect("json");
-        // A member of an envelope is keyed by its own learner (the record's key names the
-        // envelope's first learner), when it names one.
-        let key: Option<Vec<u8>> = match (&item.outcome, item.index) {
-            (Ok(ev), _) => Some(ev.learner_id.to_string().into_bytes()),
-            (Err(_), Some(_)) => serde_json::from_slice::<Value>(item.bytes())
-                .ok()
-                .and_then(|v| v.get("learner_id").and_then(Value::as_str).and_then(|l| uuid::Uuid::parse_str(l).ok()))
-                .map(|l| l.to_string().into_bytes()),
-            // The record's own key only when it is a pseudonym: a third-party producer's key may be anything.
-            (Err(_), None) => item
-                .key
-                .as_deref()
-                .and_then(|k| std::str::from_utf8(k).ok())
-                .and_then(|k| uuid::Uuid::parse_str(k).ok())
-                .map(|l| l.to_string().into_bytes()),
-        };
+        let origin = Origin { topic: &self.cfg.topic, partition: p, offset: item.offset, index: item.index };
+        let learner = item.outcome.as_ref().ok().map(|ev| ev.learner_id);
+        let record_key = if item.index.is_none() { item.key.as_deref() } else { None };
+        let dl = DeadLetter::new(reason.as_str(), detail, Stage::Lander, Some(&origin), Refused::Bytes(item.bytes()), &cx, learner, record_key);
         let mut backoff = Backoff::DEAD_LETTER;
         loop {
-            let mut record = FutureRecord::to(&self.cfg.dlq_topic).payload(&body);
-            if let Some(k) = &key {
-                record = record.key(k);
-            }
-            match self.producer.send(record, Duration::from_secs(10)).await {
-                Ok(_) => {
+            match self.dead.send(&dl).await {
+                Ok(()) => {
                     health::recovered(Cause::Broker);
                     break;
                 }
-                Err((e, _)) => {
+                Err(e) => {
                     tracing::warn!(error = %e, "dead-letter produce failed; retrying");
                     health::stalled(Cause::Broker, &e);
                     backoff.wait().await;
