@@ -59,6 +59,11 @@ impl Claims {
             return Ok(HashSet::new());
         }
         let batch = batch_key(token);
+        // In key order: two batches claiming overlapping ids at once then wait on each other in
+        // one order, never in a cycle (a deadlock PostgreSQL would break only after a second).
+        let mut sorted = ids.to_vec();
+        sorted.sort_unstable();
+        let ids = &sorted[..];
         let mut mine: HashSet<Uuid> = sqlx::query_scalar!(
             r#"INSERT INTO ingest_event_ids (event_id, batch) SELECT id, $2 FROM UNNEST($1::uuid[]) AS t(id)
                ON CONFLICT (event_id) DO NOTHING RETURNING event_id"#,
