@@ -148,6 +148,14 @@ async fn a_batch_replayed_under_its_own_token_keeps_its_claims_and_another_batch
     let more = uuid::Uuid::new_v4();
     let got = claims.claim("t:1:0-5", &[ids[0], more]).await.unwrap();
     assert_eq!(got, [more].into_iter().collect(), "another batch gets only the new id");
+    // A batch of a lander spanning partitions, claimed in several key ranges at once: the same answers.
+    let big: Vec<uuid::Uuid> = (0..12_000).map(|_| uuid::Uuid::new_v4()).collect();
+    let big_all: std::collections::HashSet<uuid::Uuid> = big.iter().copied().collect();
+    assert_eq!(claims.claim("t:4:0-11999", &big).await.unwrap(), big_all);
+    assert_eq!(claims.claim("t:4:0-11999", &big).await.unwrap(), big_all, "replayed");
+    let fresh: Vec<uuid::Uuid> = (0..6_000).map(|_| uuid::Uuid::new_v4()).collect();
+    let half: Vec<uuid::Uuid> = big.iter().step_by(2).copied().chain(fresh.iter().copied()).collect();
+    assert_eq!(claims.claim("t:5:0-11999", &half).await.unwrap(), fresh.iter().copied().collect(), "only the new ids");
     // A dead-lettered batch releases its claims; the ids can land with a corrected delivery.
     assert_eq!(claims.release("t:0:0-4").await.unwrap(), 5);
     assert_eq!(claims.claim("t:2:0-4", &ids).await.unwrap(), all);
