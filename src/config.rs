@@ -83,6 +83,14 @@ pub struct Settings {
     pub governance_cache_ms: u64,
     /// Run the lander inside `serve`.
     pub lander_enabled: bool,
+    /// Idempotent ingest: an event id lands once within the window (see `dedup`). Off only
+    /// to measure what it costs (`bench lander --dedup-compare`).
+    pub ingest_dedup: bool,
+    /// Days an event id (or xAPI statement id) is remembered; at least 7.
+    pub ingest_dedup_window_days: u32,
+    /// An event whose client clock is further than this from server time is flagged
+    /// (`props.clock_skew_ms`), by the gateway and the lander alike.
+    pub clock_skew_secs: u64,
     /// The gateway gives up on a broker acknowledgement after this (503, retry).
     pub produce_timeout_ms: u64,
     /// Kafka batch compression of event produce requests (gateway, loadgen, benches): `none`
@@ -133,6 +141,9 @@ impl Default for Settings {
             chdb_connections: 3,
             clickhouse_migrations_dir: PathBuf::from("migrations/clickhouse"),
             kafka_brokers: "127.0.0.1:9092".into(),
+            ingest_dedup: true,
+            ingest_dedup_window_days: 7,
+            clock_skew_secs: 300,
             events_topic: "learning-events".into(),
             dlq_topic: "learning-events.dlq".into(),
             consumer_group: "learnvault-lander".into(),

@@ -32,6 +32,9 @@
 //! - [`dsr`]: subject access and erasure jobs (map-driven), archives, signed erasure certificates.
 //! - [`gateway`]: event and xAPI ingest, pseudonymisation at the gate.
 //! - [`governance`]: may an event land (vault standing, consent, protected attributes); shared by the gateway and the lander.
+//! - [`dead_letter`]: the one dead-letter record shape (redacted in one place) and its producer; shared by the gateway and the lander.
+//! - [`dedup`]: idempotent ingest: event-id claims the lander makes before inserting, xAPI statement digests (409 on other content); shared by the gateway and the lander.
+//! - [`dlq`]: dead letters replayed after a fix (`dlq replay`): what is replayable, through the normal gate, audited.
 //! - [`fence`]: erasure fences the landers (epoch in PostgreSQL, acknowledged by every live lander); shared by the lander and erasure.
 //! - [`redact`]: identifiers out of dead letters (emails, phones, the request's external ids, xAPI actors), path and reason kept; shared by the gateway and the lander.
 //! - [`topics`]: the events and dead-letter topics, created with their retention from policy; live configs for `retention verify`.
@@ -58,6 +61,9 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod datamap;
+pub mod dead_letter;
+pub mod dedup;
+pub mod dlq;
 pub mod db;
 pub mod domain;
 pub mod dsr;

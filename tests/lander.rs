@@ -146,14 +146,14 @@ async fn a_hostile_corpus_is_dead_lettered_with_reasons_and_the_rest_lands() {
     let mut got: HashMap<String, usize> = HashMap::new();
     for d in &dl {
         *got.entry(d["reason"].as_str().unwrap().to_owned()).or_default() += 1;
-        assert!(d["payload"].is_string() || d["payload_base64"].is_string(), "original payload kept: {d}");
+        assert!(!d["payload"].is_null() || d["payload_base64"].is_string(), "original payload kept: {d}");
         assert!(d["offset"].is_i64());
     }
     let expected: HashMap<String, usize> = expected.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
     assert_eq!(got, expected);
     // The protected value itself never travels on, not even to the dead-letter topic.
     let prot = dl.iter().find(|d| d["reason"] == "protected_attribute").unwrap();
-    assert!(!prot["payload"].as_str().unwrap().contains("\"F\""), "{prot}");
+    assert!(!prot["payload"].to_string().contains("\"F\""), "{prot}");
     assert_eq!(s.count("SELECT count() AS n FROM events.learning_events WHERE mapContains(props, 'Gender')").await, 0);
     s.wh.close();
 }
@@ -235,17 +235,17 @@ async fn envelopes_land_their_events_and_dead_letter_bad_members_alone() {
         ]
     );
     // A refused member of a compressed envelope is dead-lettered as JSON, decompressed.
-    let zmember = dl.iter().find(|d| d["index"] == 1 && d["payload"].as_str().is_some_and(|p| p.contains(zipped_bad["event_id"].as_str().unwrap()))).unwrap();
-    assert!(!zmember["payload"].as_str().unwrap().contains("cohort_id"), "{zmember}");
+    let zmember = dl.iter().find(|d| d["index"] == 1 && d["payload"].to_string().contains(zipped_bad["event_id"].as_str().unwrap())).unwrap();
+    assert!(!zmember["payload"].to_string().contains("cohort_id"), "{zmember}");
     // A frame that does not decompress keeps its original bytes.
     let bad_frame = dl.iter().find(|d| d["reason"] == "invalid_encoding").unwrap();
     assert!(bad_frame["payload_base64"].is_string(), "{bad_frame}");
     // A refused member is dead-lettered alone: its own payload, not the envelope.
     let member = dl.iter().find(|d| d["index"] == 1).unwrap();
-    let payload: serde_json::Value = serde_json::from_str(member["payload"].as_str().unwrap()).unwrap();
+    let payload: serde_json::Value = member["payload"].clone();
     assert_eq!(payload["event_id"], wrong_type["event_id"]);
     let prot = dl.iter().find(|d| d["reason"] == "protected_attribute").unwrap();
-    assert!(!prot["payload"].as_str().unwrap().contains("\"x\""), "{prot}");
+    assert!(!prot["payload"].to_string().contains("\"x\""), "{prot}");
     // Keyed by its own learner, not by the envelope's first one.
     assert_eq!(prot["_key"], json!(ls[1]), "{prot}");
     for ev in good.iter().chain([&single]).chain(&zipped) {

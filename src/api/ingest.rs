@@ -220,6 +220,8 @@ async fn statements(s: AppState, p: Principal, headers: HeaderMap, body: Bytes, 
     let gw = gateway(&s)?;
     // One answer per statement: acknowledged (mapped, or valid but unmapped), or refused alone.
     let mut acked: Vec<uuid::Uuid> = Vec::new();
+    // The position in the body of each acknowledged statement.
+    let mut acked_at: Vec<usize> = Vec::new();
     let mut items = Vec::new();
     let mut unmapped: Vec<(uuid::Uuid, String, &'static str)> = Vec::new();
     let mut refused: Vec<(usize, xapi::Refused)> = Vec::new();
@@ -247,6 +249,7 @@ async fn statements(s: AppState, p: Principal, headers: HeaderMap, body: Bytes, 
             continue;
         };
         acked.push(o.statement_id());
+        acked_at.push(i);
         match o {
             xapi::Outcome::Mapped(m) => items.push(Incoming { event: m.event, identity: Some((institution.clone(), external_id)) }),
             xapi::Outcome::Unmapped { statement_id, verb, reason, .. } => unmapped.push((statement_id, verb, reason)),
@@ -256,8 +259,21 @@ async fn statements(s: AppState, p: Principal, headers: HeaderMap, body: Bytes, 
     if acked.is_empty() && !refused.is_empty() {
         return Ok(xapi_error(refused.swap_remove(0).1.error));
     }
-    // Valid xAPI with no event: acknowledged, dead-lettered with its id and verb, without the actor.
-    for (statement_id, verb, reason) in unmapped {
+    // A statement id is stored once: the same content again is acknowledged again (and lands
+    // once: the lander keeps one row per event id), other content is a conflict (409, nothing stored).
+    let bodies = xapi::split_body(&v).map_err(|_| Error::Internal("a mapped body splits".into()))?;
+    let recorded: Vec<(uuid::Uuid, &Value)> = acked.iter().zip(&acked_at).map(|(id, i)| (*id, bodies[*i])).collect();
+    let stored = gw.xapi_record(&institution, &recorded).await?;
+    if let Some(k) = stored.iter().position(|s| *s == crate::dedup::Stored::Conflict) {
+        let path = if v.is_array() { format!("[{}].id", acked_at[k]) } else { "id".into() };
+        let message = "a statement with this id is stored already with other content".to_string();
+        return Ok(xapi_error(xapi::XapiError { code: "xapi_id_conflict", path, message }));
+    }
+    let again: std::collections::HashSet<uuid::Uuid> =
+        acked.iter().zip(&stored).filter(|(_, s)| **s == crate::dedup::Stored::Same).map(|(id, _)| *id).collect();
+    // Valid xAPI with no event: acknowledged, dead-lettered with its id and verb, without the actor
+    // (once: not again when the same statement comes again).
+    for (statement_id, verb, reason) in unmapped.into_iter().filter(|u| !again.contains(&u.0)) {
         if !gw.dead_letter(reason, "statement acknowledged, not landed", json!({"statement_id": statement_id, "verb": verb})).await {
             return Err(unavailable());
         }
@@ -296,22 +312,27 @@ async fn statements(s: AppState, p: Principal, headers: HeaderMap, body: Bytes, 
 /// is left out of the ids, dead-lettered with its code and id, and listed in the
 /// `X-Learnvault-Refused` header (`index:code,...`); its neighbours go through.
 /// 400, nothing produced: not statements, a statement without actor, verb or object,
-/// duplicate ids, or no statement acknowledged.
+/// duplicate ids, or no statement acknowledged. A statement id is stored once: sent again
+/// with the same content it is acknowledged again and lands once; with other content the
+/// request is answered 409 `xapi_id_conflict`, nothing produced.
 #[utoipa::path(post, path = "/xapi/statements", tag = "ingest",
     request_body(content = Object, description = "an xAPI statement or an array of them"),
     responses((status = 200, description = "the ids of the statements acknowledged", body = Vec<uuid::Uuid>,
             headers(("X-Learnvault-Refused" = String, description = "statements refused alone, `<index>:<code>,...` (absent when none)"))),
         (status = 400, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody, description = "`xapi_id_conflict`: a statement id stored already with other content"),
+        (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn xapi_post(State(s): State<AppState>, p: Principal, headers: HeaderMap, body: Bytes) -> Result<Response, Error> {
     statements(s, p, headers, body, None).await
 }
 
-/// One xAPI statement with its id in the query (`?statementId=`); 204.
+/// One xAPI statement with its id in the query (`?statementId=`); 204 (also when the same
+/// statement is stored already), 409 `xapi_id_conflict` when the id is stored with other
+/// content or the body names another id.
 #[utoipa::path(put, path = "/xapi/statements", tag = "ingest", params(PutParams),
     request_body(content = Object, description = "one xAPI statement"),
     responses((status = 204, description = "stored"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 503, body = ErrorBody)))]
+        (status = 409, body = ErrorBody, description = "`xapi_id_conflict`"), (status = 503, body = ErrorBody)))]
 async fn xapi_put(
     State(s): State<AppState>,
     p: Principal,

@@ -33,6 +33,10 @@ pub struct GatewayArgs {
     /// Skip the end-to-end phase (lander and engine in this process).
     #[arg(long)]
     no_lander: bool,
+    /// Run the end-to-end phase twice, with idempotent ingest off and then on (fresh topics
+    /// each), to show what deduplication costs in one run.
+    #[arg(long)]
+    dedup_compare: bool,
 }
 
 pub async fn run(mut settings: Settings, args: GatewayArgs) -> anyhow::Result<ExitCode> {
@@ -72,46 +76,14 @@ pub async fn run(mut settings: Settings, args: GatewayArgs) -> anyhow::Result<Ex
     phase("fixed rate", &settings, &load(args.rate, 1)).await?;
 
     if !args.no_lander {
-        // Fresh topics and a second gateway, the lander consuming from the start: freshness
-        // is measured on a stream without the earlier phases' backlog.
-        let mut e2e = settings.clone();
-        e2e.events_topic = format!("{}-e2e", settings.events_topic);
-        e2e.dlq_topic = format!("{}-e2e.dlq", settings.events_topic);
-        e2e.consumer_group = format!("{}-e2e", settings.consumer_group);
-        let state = crate::app::build_state(&e2e).await?;
-        let state = crate::app::with_gateway(state, &e2e).await?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let base2 = format!("http://{}", listener.local_addr()?);
-        tokio::spawn(crate::app::serve(state, listener, std::future::pending()));
-        let wh = Warehouse::open(&e2e)?;
+        let runs: &[(Option<bool>, &str)] = if args.dedup_compare { &[(Some(false), "-off"), (Some(true), "-on")] } else { &[(None, "")] };
+        // One engine for the process (the embedded engine is opened once).
+        let wh = Warehouse::open(&settings)?;
         let r = async {
-            migrate::run(&wh, &e2e.clickhouse_migrations_dir).await?;
-            let lander = super::land::build(&e2e, wh.clone()).await?;
-            let stats = lander.stats();
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let handle = tokio::spawn(lander.run(async move {
-                let _ = rx.await;
-            }));
-            tokio::time::sleep(std::time::Duration::from_secs(8)).await; // the consumer joins its group
-            let accepted = phase("end to end (lander running)", &e2e, &LoadgenArgs { url: base2.clone(), ..load(args.rate, 1) }).await?;
-            let t = Instant::now();
-            while stats.landed.load(Ordering::Relaxed) + stats.rejected.load(Ordering::Relaxed) < accepted && t.elapsed().as_secs() < 120 {
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            migrate::run(&wh, &settings.clickhouse_migrations_dir).await?;
+            for (dedup, suffix) in runs {
+                end_to_end(&settings, &wh, &args, *dedup, suffix, &load).await?;
             }
-            let h = stats.freshness_ms.lock().expect("stats lock").clone();
-            println!(
-                "end-to-end at {}/s: landed {} of {} accepted, caught up {:.1}s after the load; freshness (gateway server_ts -> rows visible in the rollups, per batch, upper bound): p50={}ms p99={}ms max={}ms batches={}",
-                args.rate,
-                stats.landed.load(Ordering::Relaxed),
-                accepted,
-                t.elapsed().as_secs_f64(),
-                h.value_at_quantile(0.5),
-                h.value_at_quantile(0.99),
-                h.max(),
-                h.len()
-            );
-            let _ = tx.send(());
-            handle.await??;
             anyhow::Ok(())
         }
         .await;
@@ -120,6 +92,67 @@ pub async fn run(mut settings: Settings, args: GatewayArgs) -> anyhow::Result<Ex
         r?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The end-to-end phase: fresh topics and a second gateway, the lander consuming from the
+/// start (freshness is measured on a stream without the earlier phases' backlog); `dedup`
+/// overrides `LEARNVAULT_INGEST_DEDUP` for both.
+async fn end_to_end(
+    settings: &Settings,
+    wh: &Warehouse,
+    args: &GatewayArgs,
+    dedup: Option<bool>,
+    suffix: &str,
+    load: &dyn Fn(u64, u64) -> LoadgenArgs,
+) -> anyhow::Result<()> {
+    let mut e2e = settings.clone();
+    e2e.events_topic = format!("{}-e2e{suffix}", settings.events_topic);
+    e2e.dlq_topic = format!("{}-e2e{suffix}.dlq", settings.events_topic);
+    e2e.consumer_group = format!("{}-e2e{suffix}", settings.consumer_group);
+    if let Some(d) = dedup {
+        e2e.ingest_dedup = d;
+    }
+    let state = crate::app::build_state(&e2e).await?;
+    let state = crate::app::with_gateway(state, &e2e).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base2 = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(crate::app::serve(state, listener, std::future::pending()));
+    async {
+        let lander = super::land::build(&e2e, wh.clone()).await?;
+        let stats = lander.stats();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(lander.run(async move {
+            let _ = rx.await;
+        }));
+        tokio::time::sleep(std::time::Duration::from_secs(8)).await; // the consumer joins its group
+        let name = match dedup {
+            Some(true) => "end to end (lander running, dedup on)",
+            Some(false) => "end to end (lander running, dedup off)",
+            None => "end to end (lander running)",
+        };
+        let accepted = phase(name, &e2e, &LoadgenArgs { url: base2.clone(), ..load(args.rate, 1) }).await?;
+        let t = Instant::now();
+        while stats.landed.load(Ordering::Relaxed) + stats.rejected.load(Ordering::Relaxed) < accepted && t.elapsed().as_secs() < 120 {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        let h = stats.freshness_ms.lock().expect("stats lock").clone();
+        println!(
+            "end-to-end at {}/s{}: landed {} of {} accepted, caught up {:.1}s after the load; freshness (gateway server_ts -> rows visible in the rollups, per batch, upper bound): p50={}ms p99={}ms max={}ms batches={}",
+            args.rate,
+            dedup.map_or(String::new(), |d| format!(" (dedup {})", if d { "on" } else { "off" })),
+            stats.landed.load(Ordering::Relaxed),
+            accepted,
+            t.elapsed().as_secs_f64(),
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.99),
+            h.max(),
+            h.len()
+        );
+        let _ = tx.send(());
+        handle.await??;
+        anyhow::Ok(())
+    }
+    .await
 }
 
 /// Run one load phase, print its figures, return the events accepted.

@@ -49,6 +49,16 @@ pub struct LanderArgs {
     /// deduplication token, one at a time (what one batch's insert costs), then stop.
     #[arg(long)]
     insert_probe: bool,
+    /// Land the backlog twice, from two topics holding the same records: with idempotent
+    /// ingest off, then on (the lander from Kafka and the lander without a broker), so the
+    /// cost of deduplication is measured in one run. The freshness phase runs with it on.
+    #[arg(long)]
+    dedup_compare: bool,
+    /// Only measure the candidate deduplication mechanisms on batches of 20,000 event ids
+    /// against 1,000,000 remembered ones: claims in PostgreSQL (what the lander does) and a
+    /// lookup-then-insert in a ClickHouse table ordered by event id; then stop.
+    #[arg(long)]
+    dedup_probe: bool,
     /// An engine setting for the probe's inserts, `name=value` (repeatable).
     #[arg(long, requires = "insert_probe")]
     probe_setting: Vec<String>,
@@ -132,8 +142,11 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
         if args.pause_merges { "paused" } else { "running" }
     );
 
-    // Learners in the vault (the lander refuses unknown pseudonyms).
     let pool = crate::db::connect(settings)?;
+    if args.dedup_probe {
+        return dedup_probe(&pool, wh).await;
+    }
+    // Learners in the vault (the lander refuses unknown pseudonyms).
     let vault = Vault::new(pool.clone(), MasterKey::load(settings)?, 1);
     let inst = InstitutionId::parse("bench-uni")?;
     let mut learners = Vec::new();
@@ -180,10 +193,23 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
     let recs = records(&payloads, singles, settings.topic_partitions, compression);
     let rec_bytes: usize = recs.iter().map(|r| r.2.len()).sum();
     let json_bytes: usize = payloads.iter().map(|p| p.1.len()).sum();
-    for chunk in recs.chunks(20_000) {
-        let futs = chunk.iter().map(|r| producer.send(record(&settings.events_topic, r), Duration::from_secs(30)));
-        for r in futures::future::join_all(futs).await {
-            r.map_err(|(e, _)| e)?;
+    // With `--dedup-compare`, the same records in a second topic for the lander without deduplication.
+    let mut off = settings.clone();
+    off.ingest_dedup = false;
+    off.events_topic = format!("{}-nodedup", settings.events_topic);
+    off.dlq_topic = format!("{}-nodedup.dlq", settings.events_topic);
+    off.consumer_group = format!("{}-nodedup", settings.consumer_group);
+    let mut topics = vec![settings.events_topic.clone()];
+    if args.dedup_compare {
+        crate::topics::ensure(&off.kafka_brokers, &crate::topics::specs(&off)?).await?;
+        topics.push(off.events_topic.clone());
+    }
+    for topic in &topics {
+        for chunk in recs.chunks(20_000) {
+            let futs = chunk.iter().map(|r| producer.send(record(topic, r), Duration::from_secs(30)));
+            for r in futures::future::join_all(futs).await {
+                r.map_err(|(e, _)| e)?;
+            }
         }
     }
     println!(
@@ -236,61 +262,54 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
     let raw_before = raw_insert().await?;
     phase(wh, pause).await?;
 
+    // Without deduplication first (when compared), then as configured (on by default): the
+    // second one lands into the larger table.
+    let off_rate = if args.dedup_compare {
+        let lander = super::land::build(&off, wh.clone()).await?;
+        let stats = lander.stats();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(lander.run(async move {
+            let _ = stopped.await;
+        }));
+        let r = drain(&stats, args.events as u64).await?;
+        let _ = stop.send(());
+        handle.await.context("lander task")??;
+        phase(wh, pause).await?;
+        Some(r)
+    } else {
+        None
+    };
     let lander = super::land::build(settings, wh.clone()).await?;
     let stats = lander.stats();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(lander.run(async move {
         let _ = stopped.await;
     }));
-    // Steady state: from the first landed batch (the consumer has joined its group
-    // and fetches) to the last; the join itself is reported apart.
-    let t0 = Instant::now();
-    let mut first: Option<(Instant, u64)> = None;
-    loop {
-        let landed = stats.landed.load(Ordering::Relaxed);
-        if landed > 0 && first.is_none() {
-            first = Some((Instant::now(), landed));
-        }
-        if landed >= args.events as u64 {
-            break;
-        }
-        anyhow::ensure!(t0.elapsed() < Duration::from_secs(600), "lander did not drain the backlog");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    let (t_first, n_first) = first.expect("landed");
-    let join_secs = t_first.duration_since(t0).as_secs_f64();
-    let lander_secs = t_first.elapsed().as_secs_f64();
-    let lander_rate = (args.events as u64 - n_first) as f64 / lander_secs;
+    let (lander_rate, lander_secs, join_secs) = drain(&stats, args.events as u64).await?;
     phase(wh, pause).await?;
     let raw_after = raw_insert().await?;
     phase(wh, pause).await?;
     let raw_rate = raw_before.max(raw_after);
     let raw_secs = args.events as f64 / raw_rate;
-    // The lander's own pipeline (decode, validate, govern, intent, insert with token), no broker.
-    // Its own group and topic: it never consumes, and must not take partitions from the live lander.
+    // The lander's own pipeline (decode, validate, govern, intent, deduplication, insert with
+    // token), no broker. Its own group and topic: it never consumes, and must not take partitions
+    // from the live lander. New event ids: the backlog's are landed already.
     let mut core_settings = settings.clone();
     core_settings.consumer_group = format!("{}-core", settings.consumer_group);
     core_settings.events_topic = format!("{}-core", settings.events_topic);
     core_settings.dlq_topic = format!("{}-core.dlq", settings.events_topic);
-    let mut core = super::land::build(&core_settings, wh.clone()).await?;
-    let t0 = Instant::now();
-    let mut core_rows = 0;
-    // The records a producer sends (envelopes, compressed as configured), `per_insert` events a batch.
-    let mut offset = 0i64;
-    for (n, chunk) in payloads.chunks(per_insert).enumerate() {
-        let msgs = records(chunk, singles, settings.topic_partitions, compression)
-            .into_iter()
-            .map(|(_, k, v)| {
-                offset += 1;
-                (offset, Some(k.into_bytes()), v)
-            })
-            .collect();
-        core_rows += core.land_direct(1000 + (n % settings.topic_partitions as usize) as i32, msgs).await?;
-    }
-    let core_secs = t0.elapsed().as_secs_f64();
-    phase(wh, false).await?;
-    anyhow::ensure!(core_rows == args.events as u64, "lander core landed {core_rows}");
-    let core_rate = args.events as f64 / core_secs;
+    let core_off = if args.dedup_compare {
+        let mut s = core_settings.clone();
+        s.ingest_dedup = false;
+        s.consumer_group = format!("{}-off", core_settings.consumer_group);
+        let r = core_rate(&s, wh, args, &learners, per_insert, singles, compression, now_ms).await?;
+        phase(wh, false).await?;
+        Some(r)
+    } else {
+        None
+    };
+    let core_rate = core_rate(&core_settings, wh, args, &learners, per_insert, singles, compression, now_ms).await?;
+    let core_secs = args.events as f64 / core_rate;
     println!(
         "raw engine insert {:>9.0} rows/s ({:.2}s, {} rows per insert, every view; before the lander {:.0}, after {:.0}: the faster is used)",
         raw_rate, raw_secs, per_insert, raw_before, raw_after
@@ -308,6 +327,18 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
         join_secs,
         lander_rate / raw_rate
     );
+    if let (Some(core_off), Some((off_rate, off_secs, _))) = (core_off, off_rate) {
+        let on = if settings.ingest_dedup { "on" } else { "off (LEARNVAULT_INGEST_DEDUP=false)" };
+        println!("deduplication     the two lines above with it {on}; the same phases with it off, same run:");
+        println!("  lander, no broker, dedup off {:>9.0} ev/s  ratio {:.2}  (with it: {:.2} of this rate)", core_off, core_off / raw_rate, core_rate / core_off);
+        println!(
+            "  lander from Kafka, dedup off {:>9.0} ev/s ({:.2}s)  ratio {:.2}  (with it: {:.2} of this rate)",
+            off_rate,
+            off_secs,
+            off_rate / raw_rate,
+            lander_rate / off_rate
+        );
+    }
 
     // Phase 2: freshness at a fixed rate, lander live.
     stats.reset_histograms();
@@ -454,6 +485,147 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
         }
     }
     pool.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Wait until the lander has landed `events` rows; its steady rate: from the first landed
+/// batch (the consumer has joined its group and fetches) to the last. Returns the rate, the
+/// seconds it took, and the seconds to the first batch (the join, reported apart).
+async fn drain(stats: &crate::lander::LanderStats, events: u64) -> anyhow::Result<(f64, f64, f64)> {
+    let t0 = Instant::now();
+    let mut first: Option<(Instant, u64)> = None;
+    loop {
+        let landed = stats.landed.load(Ordering::Relaxed);
+        if landed > 0 && first.is_none() {
+            first = Some((Instant::now(), landed));
+        }
+        if landed >= events {
+            break;
+        }
+        anyhow::ensure!(t0.elapsed() < Duration::from_secs(600), "lander did not drain the backlog");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let (t_first, n_first) = first.expect("landed");
+    let secs = t_first.elapsed().as_secs_f64();
+    Ok(((events - n_first) as f64 / secs, secs, t_first.duration_since(t0).as_secs_f64()))
+}
+
+/// The lander's pipeline without a broker ([`crate::lander::Lander::land_direct`]) over a
+/// backlog of `args.events` new events, `per_insert` a batch: events per second.
+#[allow(clippy::too_many_arguments)]
+async fn core_rate(
+    settings: &Settings,
+    wh: &Warehouse,
+    args: &LanderArgs,
+    learners: &[String],
+    per_insert: usize,
+    singles: bool,
+    compression: Compression,
+    now_ms: i64,
+) -> anyhow::Result<f64> {
+    let payloads: Vec<(String, Vec<u8>)> = (0..args.events)
+        .map(|i| {
+            let l = &learners[i % learners.len()];
+            (l.clone(), payload(l, i % learners.len(), i, now_ms))
+        })
+        .collect();
+    let mut core = super::land::build(settings, wh.clone()).await?;
+    let t0 = Instant::now();
+    let mut core_rows = 0;
+    // The records a producer sends (envelopes, compressed as configured), `per_insert` events a batch.
+    let mut offset = 0i64;
+    for (n, chunk) in payloads.chunks(per_insert).enumerate() {
+        let msgs = records(chunk, singles, settings.topic_partitions, compression)
+            .into_iter()
+            .map(|(_, k, v)| {
+                offset += 1;
+                (offset, Some(k.into_bytes()), v)
+            })
+            .collect();
+        core_rows += core.land_direct(1000 + (n % settings.topic_partitions as usize) as i32, msgs).await?;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    phase(wh, false).await?;
+    anyhow::ensure!(core_rows == args.events as u64, "lander core landed {core_rows}");
+    Ok(args.events as f64 / secs)
+}
+
+/// The cost of each deduplication mechanism for one lander batch (20,000 new ids) with
+/// 1,000,000 ids remembered: what chose PostgreSQL claims (BENCHMARKS.md, issue 13).
+async fn dedup_probe(pool: &sqlx::PgPool, wh: &Warehouse) -> anyhow::Result<ExitCode> {
+    const BATCH: usize = 20_000;
+    const REMEMBERED: usize = 1_000_000;
+    let ids = |n: usize| (0..n).map(|_| uuid::Uuid::new_v4()).collect::<Vec<_>>();
+    let report = |what: &str, h: &Histogram<u64>, total_secs: f64, n: usize| {
+        println!(
+            "{what:<58} p50={:>7.1}ms p99={:>7.1}ms  {:>9.0} ids/s over {} batches",
+            pct(h, 0.5) / 1000.0,
+            pct(h, 0.99) / 1000.0,
+            (n * BATCH) as f64 / total_secs,
+            n
+        );
+    };
+    // PostgreSQL: the lander's claims.
+    let claims = crate::dedup::Claims::new(pool.clone(), 7);
+    let t = Instant::now();
+    for i in 0..REMEMBERED / BATCH {
+        claims.claim(&format!("probe-preload:{i}"), &ids(BATCH)).await?;
+    }
+    println!("postgres: {REMEMBERED} ids claimed in {:.1}s (preload)", t.elapsed().as_secs_f64());
+    let (mut fresh, mut again, mut dup) = (Histogram::<u64>::new(3)?, Histogram::<u64>::new(3)?, Histogram::<u64>::new(3)?);
+    let (mut fresh_s, mut again_s, mut dup_s) = (0.0, 0.0, 0.0);
+    let n = 20;
+    for i in 0..n {
+        let batch = ids(BATCH);
+        let token = format!("probe:{i}");
+        let t = Instant::now();
+        anyhow::ensure!(claims.claim(&token, &batch).await?.len() == BATCH);
+        fresh.record(t.elapsed().as_micros().max(1) as u64)?;
+        fresh_s += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        anyhow::ensure!(claims.claim(&token, &batch).await?.len() == BATCH);
+        again.record(t.elapsed().as_micros().max(1) as u64)?;
+        again_s += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        anyhow::ensure!(claims.claim(&format!("{token}-other"), &batch).await?.is_empty());
+        dup.record(t.elapsed().as_micros().max(1) as u64)?;
+        dup_s += t.elapsed().as_secs_f64();
+    }
+    report("postgres claim, 20k new ids", &fresh, fresh_s, n);
+    report("postgres claim, the same batch replayed (own claims)", &again, again_s, n);
+    report("postgres claim, 20k ids claimed by another batch", &dup, dup_s, n);
+    // ClickHouse: look the batch's ids up in a table ordered by event id, then insert them.
+    wh.execute(
+        "CREATE TABLE IF NOT EXISTS events.probe_seen_ids (event_id UUID, batch Int64, seen_at DateTime DEFAULT now())
+         ENGINE = ReplacingMergeTree ORDER BY event_id",
+        &[],
+    )
+    .await?;
+    wh.execute(
+        "INSERT INTO events.probe_seen_ids (event_id, batch) SELECT generateUUIDv4(), 0 FROM numbers({n:UInt64})",
+        &[("n", REMEMBERED.to_string())],
+    )
+    .await?;
+    settle(wh, 120).await?;
+    let mut h = Histogram::<u64>::new(3)?;
+    let mut total = 0.0;
+    for i in 0..n {
+        let batch = ids(BATCH);
+        let list = format!("[{}]", batch.iter().map(|u| format!("'{u}'")).collect::<Vec<_>>().join(","));
+        let mut rows = Vec::with_capacity(BATCH * 60);
+        for u in &batch {
+            rows.extend_from_slice(format!("{{\"event_id\":\"{u}\",\"batch\":{i}}}\n").as_bytes());
+        }
+        let t = Instant::now();
+        let found = wh.query("SELECT count() AS n FROM events.probe_seen_ids WHERE event_id IN {ids:Array(UUID)}", &[("ids", list)]).await?;
+        let found = found[0]["n"].as_u64().or_else(|| found[0]["n"].as_str().and_then(|s| s.parse().ok())).unwrap_or(u64::MAX);
+        anyhow::ensure!(found == 0);
+        wh.insert("events.probe_seen_ids", "JSONEachRow", rows.into(), &[]).await?;
+        h.record(t.elapsed().as_micros().max(1) as u64)?;
+        total += t.elapsed().as_secs_f64();
+    }
+    report("clickhouse lookup (IN 20k ids) then insert of the ids", &h, total, n);
+    wh.execute("DROP TABLE events.probe_seen_ids", &[]).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -15,6 +15,7 @@ mod demo;
 mod demo_live;
 mod demo_signals;
 mod disclosure;
+mod dlq;
 mod dsr;
 pub mod land;
 pub mod loadgen;
@@ -60,6 +61,11 @@ pub enum Command {
     Datamap {
         #[command(subcommand)]
         command: datamap::DataMapCommand,
+    },
+    /// Dead letters: replay a reason's dead letters after a fix.
+    Dlq {
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
     },
     /// Subject access and erasure requests, erasure certificates.
     Dsr {
@@ -129,6 +135,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Retention { command } => retention::run(settings, command).await,
         Command::Datamap { command } => datamap::run(settings, command).await,
         Command::Dsr { command } => dsr::run(settings, command).await,
+        Command::Dlq { command } => dlq::run(settings, command).await,
         Command::Signals { command } => signals::run(settings, command).await,
         Command::Token { command } => token::run(settings, command),
         Command::Audit { command } => audit::run(settings, command).await,

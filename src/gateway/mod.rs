@@ -33,6 +33,7 @@ use uuid::Uuid;
 
 use crate::audit::NewEntry;
 use crate::config::Settings;
+use crate::dead_letter::{DeadLetter, DeadLetters, Refused, Stage};
 use crate::domain::{ExternalId, InstitutionId};
 use crate::governance::{Governance, Standing};
 use crate::policy::lms::LmsHomePages;
@@ -73,7 +74,8 @@ const PARTITIONS_REFRESH: Duration = Duration::from_secs(300);
 pub struct Gateway {
     producer: FutureProducer,
     topic: String,
-    dlq_topic: String,
+    /// Dead letters (the events producer, the dead-letter topic).
+    dead: DeadLetters,
     taxonomy: Taxonomy,
     protected: ProtectedAttributes,
     /// `policies/lms.yaml`: the LMS home pages of each institution (xAPI `account.homePage`).
@@ -86,6 +88,9 @@ pub struct Gateway {
     format: crate::envelope::RecordFormat,
     /// The events topic's partition count and when it was read.
     partitions: std::sync::Mutex<Option<(i32, std::time::Instant)>>,
+    /// xAPI statement ids and the digests of their content (409 on other content);
+    /// `None` when `LEARNVAULT_INGEST_DEDUP=false`.
+    statements: Option<crate::dedup::XapiStatements>,
 }
 
 impl Gateway {
@@ -97,20 +102,23 @@ impl Gateway {
             .set("message.timeout.ms", settings.produce_timeout_ms.to_string())
             .create()?;
         let pool = vault.pool().clone();
+        let statements =
+            settings.ingest_dedup.then(|| crate::dedup::XapiStatements::new(pool.clone(), vault.service_key("xapi-statement-digest")));
         Ok(Gateway {
+            dead: DeadLetters::new(producer.clone(), &settings.dlq_topic),
             producer,
             topic: settings.events_topic.clone(),
-            dlq_topic: settings.dlq_topic.clone(),
             taxonomy: Taxonomy::load(&settings.policy_dir.join("taxonomy"))?,
             protected: ProtectedAttributes::load(&settings.policy_dir)?,
             lms: LmsHomePages::load(&settings.policy_dir)?,
             governance: Governance::new(pool, Duration::from_millis(settings.governance_cache_ms), analytics_default),
             vault,
-            clock_skew: Duration::from_secs(300),
+            clock_skew: Duration::from_secs(settings.clock_skew_secs),
             produce_timeout_ms: settings.produce_timeout_ms,
             compression: settings.envelope_compression,
             format: settings.record_format,
             partitions: std::sync::Mutex::new(None),
+            statements,
         })
     }
 
@@ -305,22 +313,10 @@ impl Gateway {
         let cx = crate::redact::Context { external_ids: &external_ids, protected: Some(&self.protected) };
         for (i, st) in out.iter().enumerate() {
             if let Some(Status::Rejected { code, detail }) = st {
-                let mut payload = events.get(i).cloned().flatten().unwrap_or(Value::Null);
-                let redacted = crate::redact::redact_value(&mut payload, &cx);
-                // Keyed by the pseudonym when one is known, else no key.
-                let key = crate::redact::dead_letter_key(&payload);
-                let (detail, _) = crate::redact::redact_text(detail, &cx);
-                let rec = json!({"reason": code, "detail": detail, "stage": "gateway", "failed_at": now.to_rfc3339(), "payload": payload, "redacted": redacted});
-                let body = serde_json::to_vec(&rec).expect("json");
-                let producer = &self.producer;
-                let topic = &self.dlq_topic;
-                dead.push(async move {
-                    let mut r = FutureRecord::to(topic).payload(&body);
-                    if let Some(k) = &key {
-                        r = r.key(k);
-                    }
-                    producer.send(r, Duration::from_secs(0)).await.is_ok()
-                });
+                // One record shape and one redaction for both writers; keyed by the pseudonym when one is known.
+                let payload = events.get(i).cloned().flatten().unwrap_or(Value::Null);
+                let dl = DeadLetter::new(code, detail, Stage::Gateway, None, Refused::Json(payload), &cx, None, None);
+                dead.push(async move { self.dead.send(&dl).await.is_ok() });
                 metrics::counter!("learnvault_gateway_rejects_total", "reason" => code.clone()).increment(1);
             }
         }
@@ -362,14 +358,32 @@ impl Gateway {
         }
     }
 
+    /// Record the xAPI statements about to be acknowledged for `institution` (id and
+    /// content, each with its id set): all of them, or none when one id is stored already
+    /// with other content; one answer each, in order (see [`crate::dedup::XapiStatements`]).
+    /// A statement stored already with the same content is produced again all the same: the
+    /// lander lands its id once, and a retry after a 503 must not lose it.
+    pub async fn xapi_record(&self, institution: &str, statements: &[(Uuid, &Value)]) -> Result<Vec<crate::dedup::Stored>, GatewayError> {
+        let Some(store) = &self.statements else { return Ok(vec![crate::dedup::Stored::Fresh; statements.len()]) };
+        let digests: Vec<(Uuid, Vec<u8>)> = statements
+            .iter()
+            .map(|(id, st)| {
+                let mut st = (*st).clone();
+                if let Some(m) = st.as_object_mut() {
+                    m.insert("id".into(), json!(id));
+                }
+                (*id, store.digest(&st))
+            })
+            .collect();
+        Ok(store.record(institution, &digests).await?)
+    }
+
     /// Dead-letter something that never became an event (an unmapped xAPI
     /// verb, an unparseable line), with identity fields already removed.
-    pub async fn dead_letter(&self, code: &str, detail: &str, mut payload: Value) -> bool {
+    pub async fn dead_letter(&self, code: &str, detail: &str, payload: Value) -> bool {
         let cx = crate::redact::Context { external_ids: &[], protected: Some(&self.protected) };
-        let redacted = crate::redact::redact_value(&mut payload, &cx);
-        let rec = json!({"reason": code, "detail": detail, "stage": "gateway", "failed_at": Utc::now().to_rfc3339(), "payload": payload, "redacted": redacted});
-        let body = serde_json::to_vec(&rec).expect("json");
-        let ok = self.producer.send(FutureRecord::<(), _>::to(&self.dlq_topic).payload(&body), Duration::from_secs(0)).await.is_ok();
+        let dl = DeadLetter::new(code, detail, Stage::Gateway, None, Refused::Json(payload), &cx, None, None);
+        let ok = self.dead.send(&dl).await.is_ok();
         metrics::counter!("learnvault_gateway_rejects_total", "reason" => code.to_owned()).increment(1);
         ok
     }

@@ -79,9 +79,14 @@ pub struct XapiError {
 }
 
 impl XapiError {
-    /// Every code is a `400 Bad Request` (409 is for an id already stored with other content).
+    /// `409 Conflict` for `xapi_id_conflict` (an id stored already with other content, or a
+    /// PUT whose body names another id), every other code `400 Bad Request`.
     pub fn http_status(&self) -> u16 {
-        400
+        if self.code == "xapi_id_conflict" {
+            409
+        } else {
+            400
+        }
     }
     fn at(mut self, prefix: &str) -> Self {
         self.path = if self.path == "$" { prefix.to_owned() } else { format!("{prefix}.{}", self.path) };

@@ -23,6 +23,10 @@ pub struct LanderConfig {
     pub governance_ttl: Duration,
     /// Events whose client clock is further than this from server time are flagged.
     pub clock_skew: Duration,
+    /// Idempotent ingest ([`crate::dedup`]): claim event ids before inserting.
+    pub dedup: bool,
+    /// Days an event id is remembered (at least [`crate::dedup::MIN_WINDOW_DAYS`]).
+    pub dedup_window_days: u32,
 }
 
 impl LanderConfig {
@@ -38,13 +42,15 @@ impl LanderConfig {
             batch_bytes: s.lander_batch_bytes,
             max_event_bytes: s.max_event_bytes,
             governance_ttl: Duration::from_millis(s.governance_cache_ms),
-            clock_skew: Duration::from_secs(300),
+            clock_skew: Duration::from_secs(s.clock_skew_secs),
+            dedup: s.ingest_dedup,
+            dedup_window_days: s.ingest_dedup_window_days,
         }
     }
 
     /// Refuse a configuration the lander cannot run with: an empty broker list,
-    /// topic or group, one topic for events and dead letters, no partitions, or
-    /// a zero batch or event size. (A zero `batch_wait` or `governance_ttl` is
+    /// topic or group, one topic for events and dead letters, no partitions, a
+    /// zero batch or event size, or a deduplication window under 7 days. (A zero `batch_wait` or `governance_ttl` is
     /// allowed: flush at every tick, ask the vault every time.)
     pub fn validate(&self) -> Result<(), LanderError> {
         let problem = if self.brokers.trim().is_empty() {
@@ -63,6 +69,8 @@ impl LanderConfig {
             "a batch of zero bytes (LEARNVAULT_LANDER_BATCH_BYTES)"
         } else if self.max_event_bytes == 0 {
             "events of at most zero bytes (LEARNVAULT_MAX_EVENT_BYTES)"
+        } else if self.dedup_window_days < crate::dedup::MIN_WINDOW_DAYS {
+            "a deduplication window under 7 days (LEARNVAULT_INGEST_DEDUP_WINDOW_DAYS)"
         } else {
             return Ok(());
         };
@@ -79,7 +87,7 @@ mod tests {
         let ok = LanderConfig::from_settings(&Settings::default());
         ok.validate().expect("the defaults are a valid lander configuration");
         type Breaks = fn(&mut LanderConfig);
-        let broken: [(&str, Breaks); 8] = [
+        let broken: [(&str, Breaks); 9] = [
             ("LEARNVAULT_KAFKA_BROKERS", |c| c.brokers = " ".into()),
             ("LEARNVAULT_EVENTS_TOPIC", |c| c.topic.clear()),
             ("LEARNVAULT_DLQ_TOPIC", |c| c.dlq_topic = c.topic.clone()),
@@ -88,6 +96,7 @@ mod tests {
             ("LEARNVAULT_LANDER_BATCH_ROWS", |c| c.batch_rows = 0),
             ("LEARNVAULT_LANDER_BATCH_BYTES", |c| c.batch_bytes = 0),
             ("LEARNVAULT_MAX_EVENT_BYTES", |c| c.max_event_bytes = 0),
+            ("LEARNVAULT_INGEST_DEDUP_WINDOW_DAYS", |c| c.dedup_window_days = 6),
         ];
         for (setting, breaks) in broken {
             let mut c = ok.clone();

@@ -127,12 +127,20 @@ impl Intents {
         }
         let mut chain = VecDeque::new();
         let mut next = through.map_or(offset, |t| offset.max(t + 1));
+        // Intents that will not be replayed under their token (the chain broke before them):
+        // their records are batched again under new tokens, so their event-id claims are
+        // released, or the new batches would drop those events as duplicates of a batch that
+        // may never have landed.
+        let mut superseded: Vec<i64> = Vec::new();
+        let mut broken = false;
         for i in rows {
-            if i.first_offset != next {
-                if i.first_offset < next {
+            if broken || i.first_offset != next {
+                if !broken && i.first_offset < next {
                     tracing::warn!(partition = p, offset = next, first = i.first_offset, "resuming inside a recorded batch; forming new batches");
                 }
-                break;
+                broken = true;
+                superseded.push(crate::dedup::batch_key(&i.token));
+                continue;
             }
             next = i.last_offset + 1;
             let own = Range { partition: p, first: i.first_offset, last: i.last_offset };
@@ -145,6 +153,13 @@ impl Intents {
                 }
             };
             chain.push_back(Intent { first: i.first_offset, last: i.last_offset, members, token: i.token });
+        }
+        if !superseded.is_empty() {
+            let mut backoff = Backoff::POSTGRES;
+            while let Err(e) = sqlx::query!("DELETE FROM ingest_event_ids WHERE batch = ANY($1)", &superseded).execute(&self.pool).await {
+                tracing::warn!(error = %e, "cannot release the event-id claims of superseded batch intents; retrying");
+                backoff.wait().await;
+            }
         }
         if let (Some(f), Some(l)) = (chain.front(), chain.back()) {
             tracing::info!(partition = p, batches = chain.len(), first = f.first, last = l.last, "replaying pending batches with their tokens");

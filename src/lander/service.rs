@@ -11,9 +11,8 @@
 
 use chrono::{DateTime, Utc};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
-use serde_json::Value;
 use sqlx::PgPool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,6 +34,8 @@ use crate::warehouse::{Warehouse, WarehouseError};
 pub struct LanderStats {
     pub landed: AtomicU64,
     pub rejected: AtomicU64,
+    /// Events dropped because their id landed already (idempotent ingest, [`crate::dedup`]).
+    pub duplicates: AtomicU64,
     pub batches: AtomicU64,
     /// Milliseconds between `server_ts` and the insert, of the last batch's oldest row.
     pub last_freshness_ms: AtomicU64,
@@ -70,6 +71,7 @@ impl Default for LanderStats {
         LanderStats {
             landed: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             last_freshness_ms: AtomicU64::new(0),
             freshness_ms: ms_histogram(),
@@ -150,6 +152,8 @@ pub(super) struct Prepared {
     oldest: Option<DateTime<Utc>>,
     /// The decoded events, per member partition.
     items: Vec<(i32, Vec<Item>)>,
+    /// The events in `rows`: (partition, index in its `items`).
+    landable: Vec<(i32, usize)>,
     /// In flight for the erasure fence until the batch is dropped (landed or abandoned).
     _fence: crate::fence::Ticket,
 }
@@ -161,7 +165,7 @@ pub(super) struct Sink {
     /// The lander's consumer: landing commits its partitions' offsets.
     pub(super) consumer: Arc<StreamConsumer<Ctx>>,
     /// Dead letters.
-    producer: FutureProducer,
+    dead: crate::dead_letter::DeadLetters,
     warehouse: Warehouse,
     decoder: Arc<Decoder>,
     governance: Arc<Governance>,
@@ -170,6 +174,8 @@ pub(super) struct Sink {
     buffers: RowBuffers,
     /// This lander's side of the erasure fence.
     fence: crate::fence::Fence,
+    /// Event-id claims (idempotent ingest); `None` when `LEARNVAULT_INGEST_DEDUP=false`.
+    claims: Option<crate::dedup::Claims>,
 }
 
 impl Sink {
@@ -185,12 +191,18 @@ impl Sink {
     ) -> Result<Sink, LanderError> {
         // Dead letters: few, so compressed whatever the broker.
         let producer: FutureProducer = crate::envelope::producer_config(&cfg.brokers, "lz4").set("message.timeout.ms", "30000").create()?;
+        let dead = crate::dead_letter::DeadLetters::new(producer, &cfg.dlq_topic);
         let governance = Arc::new(Governance::new(pool.clone(), cfg.governance_ttl, analytics_default));
         let fence = crate::fence::Fence::start(pool.clone(), governance.clone());
         let decoder = Decoder::new(taxonomy, protected, cfg.max_event_bytes, cfg.clock_skew);
+        let claims = cfg.dedup.then(|| crate::dedup::Claims::new(pool.clone(), cfg.dedup_window_days));
+        if let Some(c) = &claims {
+            c.spawn_purge();
+        }
         let intents = Arc::new(Intents::new(pool, cfg.group.clone(), cfg.topic.clone()));
         let stats = Arc::new(LanderStats::default());
-        Ok(Sink { cfg: Arc::new(cfg.clone()), consumer, producer, warehouse, decoder, governance, intents, stats, buffers: RowBuffers::default(), fence })
+        let buffers = RowBuffers::default();
+        Ok(Sink { cfg: Arc::new(cfg.clone()), consumer, dead, warehouse, decoder, governance, intents, stats, buffers, fence, claims })
     }
 
     /// Record the intent of the batch `batches` (the records of each member partition, in
@@ -241,23 +253,16 @@ impl Sink {
                 }
             }
         };
-        let mut rows = self.buffers.take();
-        rows.reserve(decoded.iter().map(|(_, i)| i.len()).sum::<usize>() * 400);
-        let mut landed = 0u64;
-        let mut oldest: Option<DateTime<Utc>> = None;
-        for (p, items) in &decoded {
+        // The gate: refusals (dead-lettered) and the events that may land, in order.
+        let mut landable: Vec<(usize, usize)> = Vec::new();
+        for (pi, (p, items)) in decoded.iter().enumerate() {
             let mut refused: Vec<(usize, Reason, String)> = Vec::new();
             for (ix, item) in items.iter().enumerate() {
                 match &item.outcome {
                     Err((reason, detail)) => refused.push((ix, *reason, detail.clone())),
                     Ok(ev) => match standings.get(&ev.learner_id).and_then(|s| s.refusal(&ev.institution_id)) {
                         Some(reason) => refused.push((ix, reason, "refused by the vault's governance".into())),
-                        None => {
-                            let server = ev.server_ts.expect("set at decode");
-                            oldest = Some(oldest.map_or(server, |o| o.min(server)));
-                            write_row(&mut rows, ev, &server);
-                            landed += 1;
-                        }
+                        None => landable.push((pi, ix)),
                     },
                 }
             }
@@ -265,7 +270,49 @@ impl Sink {
                 self.dead_letter(*p, &items[*ix], *reason, detail).await?;
             }
         }
-        Ok(Prepared { ranges, token, rows: Arc::new(rows), landed, oldest, items: decoded, _fence: ticket })
+        // Idempotent ingest: each event id once in the batch (its first occurrence), and only
+        // the ids this batch claims (now, or before: its own replay).
+        let event = |&(pi, ix): &(usize, usize)| decoded[pi].1[ix].outcome.as_ref().expect("landable");
+        let mut first = std::collections::HashSet::with_capacity(landable.len());
+        let before = landable.len();
+        landable.retain(|l| first.insert(event(l).event_id));
+        if let Some(claims) = &self.claims {
+            let ids: Vec<uuid::Uuid> = landable.iter().map(|l| event(l).event_id).collect();
+            let mut backoff = Backoff::POSTGRES;
+            let mine = loop {
+                match claims.claim(&token, &ids).await {
+                    Ok(m) => {
+                        health::recovered(Cause::Vault);
+                        break m;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot claim the batch's event ids in PostgreSQL; retrying");
+                        health::stalled(Cause::Vault, &e);
+                        backoff.wait().await;
+                    }
+                }
+            };
+            landable.retain(|l| mine.contains(&event(l).event_id));
+        }
+        let duplicates = (before - landable.len()) as u64;
+        if duplicates > 0 {
+            self.stats.duplicates.fetch_add(duplicates, Ordering::Relaxed);
+            metrics::counter!(crate::dedup::DUPLICATES).increment(duplicates);
+            tracing::debug!(token = %token, duplicates, "events whose id landed already were dropped");
+        }
+        let mut rows = self.buffers.take();
+        rows.reserve(landable.len() * 400);
+        let mut landed = 0u64;
+        let mut oldest: Option<DateTime<Utc>> = None;
+        for l in &landable {
+            let ev = event(l);
+            let server = ev.server_ts.expect("set at decode");
+            oldest = Some(oldest.map_or(server, |o| o.min(server)));
+            write_row(&mut rows, ev, &server);
+            landed += 1;
+        }
+        let landable = landable.into_iter().map(|(pi, ix)| (decoded[pi].0, ix)).collect();
+        Ok(Prepared { ranges, token, rows: Arc::new(rows), landed, oldest, items: decoded, landable, _fence: ticket })
     }
 
     /// Replay partition `p`'s pending batch `intent`: re-read every member's range
@@ -301,9 +348,16 @@ impl Sink {
         if let Err(e) = inserted {
             // Bad data the gate did not catch: dead-letter the batch, never retry forever.
             tracing::error!(error = %e, token = %b.token, rows = b.landed, "warehouse refused a batch; dead-lettering it");
-            for (p, items) in &b.items {
-                for item in items.iter().filter(|i| i.outcome.is_ok()) {
-                    self.dead_letter(*p, item, Reason::WarehouseRejected, "the warehouse refused the batch").await?;
+            for (p, ix) in &b.landable {
+                let items = &b.items.iter().find(|(q, _)| q == p).expect("a member partition").1;
+                self.dead_letter(*p, &items[*ix], Reason::WarehouseRejected, "the warehouse refused the batch").await?;
+            }
+            // Its claims go with it: a corrected delivery of these ids must be able to land.
+            if let Some(claims) = &self.claims {
+                let mut backoff = Backoff::POSTGRES;
+                while let Err(e) = claims.release(&b.token).await {
+                    tracing::warn!(error = %e, "cannot release a dead-lettered batch's event-id claims; retrying");
+                    backoff.wait().await;
                 }
             }
             landed = 0;
@@ -391,65 +445,24 @@ impl Sink {
     }
 
     async fn dead_letter(&self, p: i32, item: &Item, reason: Reason, detail: &str) -> Result<(), LanderError> {
-        // Identifiers out (emails, phones, identifier fields, protected attributes; path and reason kept):
-        // a JSON payload is redacted as JSON and kept as its text, a UTF-8 one as text.
+        // One record shape and one redaction for both writers (`dead_letter`): identifiers out
+        // (emails, phones, identifier fields, protected attributes; path and reason kept). Keyed by
+        // the event's learner; a refused member of an envelope by its own learner (the record's key
+        // names the envelope's first one); a refused record by its key only when it is a pseudonym.
+        use crate::dead_letter::{DeadLetter, Origin, Refused, Stage};
         let cx = crate::redact::Context { external_ids: &[], protected: Some(self.decoder.protected()) };
-        let (payload, redacted) = match std::str::from_utf8(item.bytes()) {
-            Ok(_) => {
-                let (v, r) = crate::redact::redact_bytes(item.bytes(), &cx);
-                (match v {
-                    Value::String(text) if serde_json::from_slice::<Value>(item.bytes()).is_err() => text.into_bytes(),
-                    v => serde_json::to_vec(&v).expect("json"),
-                }, r)
-            }
-            Err(_) => (item.bytes().to_vec(), Vec::new()),
-        };
-        let mut rec = serde_json::json!({
-            "redacted": redacted,
-            "reason": reason.as_str(),
-            "detail": detail,
-            "topic": self.cfg.topic,
-            "partition": p,
-            "offset": item.offset,
-            "index": item.index,
-            "failed_at": Utc::now().to_rfc3339(),
-        });
-        match String::from_utf8(payload) {
-            Ok(s) => rec["payload"] = Value::String(s),
-            Err(e) => {
-                use base64::Engine;
-                rec["payload_base64"] = Value::String(base64::engine::general_purpose::STANDARD.encode(e.as_bytes()));
-            }
-        }
-        let body = serde_json::to_vec(&rec).expect("json");
-        // A member of an envelope is keyed by its own learner (the record's key names the
-        // envelope's first learner), when it names one.
-        let key: Option<Vec<u8>> = match (&item.outcome, item.index) {
-            (Ok(ev), _) => Some(ev.learner_id.to_string().into_bytes()),
-            (Err(_), Some(_)) => serde_json::from_slice::<Value>(item.bytes())
-                .ok()
-                .and_then(|v| v.get("learner_id").and_then(Value::as_str).and_then(|l| uuid::Uuid::parse_str(l).ok()))
-                .map(|l| l.to_string().into_bytes()),
-            // The record's own key only when it is a pseudonym: a third-party producer's key may be anything.
-            (Err(_), None) => item
-                .key
-                .as_deref()
-                .and_then(|k| std::str::from_utf8(k).ok())
-                .and_then(|k| uuid::Uuid::parse_str(k).ok())
-                .map(|l| l.to_string().into_bytes()),
-        };
+        let origin = Origin { topic: &self.cfg.topic, partition: p, offset: item.offset, index: item.index };
+        let learner = item.outcome.as_ref().ok().map(|ev| ev.learner_id);
+        let record_key = if item.index.is_none() { item.key.as_deref() } else { None };
+        let dl = DeadLetter::new(reason.as_str(), detail, Stage::Lander, Some(&origin), Refused::Bytes(item.bytes()), &cx, learner, record_key);
         let mut backoff = Backoff::DEAD_LETTER;
         loop {
-            let mut record = FutureRecord::to(&self.cfg.dlq_topic).payload(&body);
-            if let Some(k) = &key {
-                record = record.key(k);
-            }
-            match self.producer.send(record, Duration::from_secs(10)).await {
-                Ok(_) => {
+            match self.dead.send(&dl).await {
+                Ok(()) => {
                     health::recovered(Cause::Broker);
                     break;
                 }
-                Err((e, _)) => {
+                Err(e) => {
                     tracing::warn!(error = %e, "dead-letter produce failed; retrying");
                     health::stalled(Cause::Broker, &e);
                     backoff.wait().await;

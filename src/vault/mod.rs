@@ -141,6 +141,12 @@ impl Vault {
         &self.pool
     }
 
+    /// A process-wide key derived from the master key for a named use (e.g. the keyed
+    /// digests of xAPI statements, [`crate::dedup::XapiStatements`]).
+    pub fn service_key(&self, name: &str) -> zeroize::Zeroizing<[u8; 32]> {
+        self.master.service_key(name)
+    }
+
     /// Issue-or-get one learner's pseudonym; group-committed with other
     /// concurrent calls, each keeping its own audit row.
     ///

@@ -1,0 +1,253 @@
+//! Idempotent ingest: an event id (an xAPI statement id is its event's id) lands once
+//! within the deduplication window, whatever carried it twice: a client's retry through
+//! the gateway, a replayed topic, a producer writing the same event to Kafka twice, a dead
+//! letter replayed twice.
+//!
+//! Invariants:
+//! * the lander claims a batch's ids in PostgreSQL (`ingest_event_ids`, one row per id
+//!   naming the claiming batch) after the batch's intent is recorded and before its insert,
+//!   and inserts only the ids it claimed, each once: an id another batch claimed is
+//!   dropped (counted, not dead-lettered); an id this same batch claimed (its replay under
+//!   its token, after a crash or a failed commit) is kept, so a replay still lands it;
+//! * the filter is before the insert: the rollups are materialized views fed by the
+//!   insert, so engine-side deduplication of the base table would not reach them;
+//! * a batch the warehouse refuses as data (dead-lettered) releases its claims, so a
+//!   corrected delivery can land;
+//! * an xAPI statement id is recorded with a keyed digest of its content
+//!   ([`XapiStatements`]): the same id with the same content is acknowledged again (and
+//!   lands once, by the claim above), with other content it is a conflict (409);
+//! * claims and digests older than the window (at least 7 days,
+//!   `LEARNVAULT_INGEST_DEDUP_WINDOW_DAYS`) are purged; no learner key is stored.
+//!
+//! The mechanism was chosen by measurement (BENCHMARKS.md, issue 13).
+
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use std::collections::HashSet;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// The shortest window the settings accept: what issue 13 promises.
+pub const MIN_WINDOW_DAYS: u32 = 7;
+
+/// A batch's ids are claimed on up to this many connections at once...
+const PARALLEL: usize = 4;
+/// ...in ranges of at least this many ids.
+const MIN_CHUNK: usize = 5_000;
+
+/// Events dropped by the lander because their id landed already.
+pub const DUPLICATES: &str = "learnvault_lander_duplicates_total";
+
+/// A batch's key in `ingest_event_ids`: the first 8 bytes of SHA-256 of its token.
+pub fn batch_key(token: &str) -> i64 {
+    let h = Sha256::digest(token.as_bytes());
+    i64::from_be_bytes(h[..8].try_into().expect("8 bytes"))
+}
+
+/// The lander's claims on event ids.
+#[derive(Clone)]
+pub struct Claims {
+    pool: PgPool,
+    window: Duration,
+}
+
+impl Claims {
+    pub fn new(pool: PgPool, window_days: u32) -> Claims {
+        Claims { pool, window: Duration::from_secs(u64::from(window_days) * 86_400) }
+    }
+
+    /// Claim `ids` (distinct) for the batch with deduplication token `token`; returns the
+    /// ids the batch may land: those it claimed now, and those it had claimed before (its
+    /// own replay). In key order, in up to [`PARALLEL`] contiguous key ranges claimed at once
+    /// on as many connections (one backend inserts 50-60k ids/s on our machine, and a batch
+    /// spanning six partitions holds up to 120k events): two batches claiming overlapping ids
+    /// at once wait on each other in key order, never in a cycle.
+    pub async fn claim(&self, token: &str, ids: &[Uuid]) -> Result<HashSet<Uuid>, sqlx::Error> {
+        let mut sorted = ids.to_vec();
+        sorted.sort_unstable();
+        let batch = batch_key(token);
+        let per = sorted.len().div_ceil(PARALLEL).max(MIN_CHUNK);
+        let parts = futures::future::try_join_all(sorted.chunks(per).map(|c| self.claim_range(batch, c))).await?;
+        Ok(parts.into_iter().flatten().collect())
+    }
+
+    /// One statement for a range of ids, and a second only when some id was claimed already.
+    async fn claim_range(&self, batch: i64, ids: &[Uuid]) -> Result<HashSet<Uuid>, sqlx::Error> {
+        let mut mine: HashSet<Uuid> = sqlx::query_scalar!(
+            r#"INSERT INTO ingest_event_ids (event_id, batch) SELECT id, $2 FROM UNNEST($1::uuid[]) AS t(id)
+               ON CONFLICT (event_id) DO NOTHING RETURNING event_id"#,
+            ids,
+            batch
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .collect();
+        if mine.len() < ids.len() {
+            let taken: Vec<Uuid> = ids.iter().filter(|i| !mine.contains(i)).copied().collect();
+            let own = sqlx::query_scalar!("SELECT event_id FROM ingest_event_ids WHERE event_id = ANY($1) AND batch = $2", &taken, batch)
+                .fetch_all(&self.pool)
+                .await?;
+            mine.extend(own);
+        }
+        Ok(mine)
+    }
+
+    /// Forget the claims of the batch `token` (the warehouse refused it as data: it was
+    /// dead-lettered, and a corrected delivery must be able to land).
+    pub async fn release(&self, token: &str) -> Result<u64, sqlx::Error> {
+        Ok(sqlx::query!("DELETE FROM ingest_event_ids WHERE batch = $1", batch_key(token)).execute(&self.pool).await?.rows_affected())
+    }
+
+    /// Delete the claims and xAPI digests older than the window; returns the rows deleted.
+    pub async fn purge(&self) -> Result<u64, sqlx::Error> {
+        let secs = self.window.as_secs_f64();
+        let a = sqlx::query!("DELETE FROM ingest_event_ids WHERE seen_at < now() - make_interval(secs => $1)", secs)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        let b = sqlx::query!("DELETE FROM xapi_statements WHERE stored_at < now() - make_interval(secs => $1)", secs)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(a + b)
+    }
+
+    /// Purge every hour, for the life of the process (one task per lander; purges are cheap
+    /// when nothing is due).
+    pub fn spawn_purge(&self) -> tokio::task::JoinHandle<()> {
+        let claims = self.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                every.tick().await;
+                match claims.purge().await {
+                    Ok(n) if n > 0 => tracing::info!(rows = n, "purged event-id claims older than the deduplication window"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot purge old event-id claims; next hour"),
+                }
+            }
+        })
+    }
+}
+
+/// What an xAPI statement id already stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// First time seen (now recorded), or seen with the same content.
+    Fresh,
+    Same,
+    /// Seen with other content (or for another institution): 409.
+    Conflict,
+}
+
+/// The xAPI statements the gateway acknowledged: id -> keyed digest of the content.
+pub struct XapiStatements {
+    pool: PgPool,
+    key: zeroize::Zeroizing<[u8; 32]>,
+}
+
+impl XapiStatements {
+    /// `key`: a service key of the vault's master key (`Vault::service_key("xapi-statement-digest")`).
+    pub fn new(pool: PgPool, key: zeroize::Zeroizing<[u8; 32]>) -> XapiStatements {
+        XapiStatements { pool, key }
+    }
+
+    /// The keyed digest of a statement's content: HMAC-SHA256 over its JSON with sorted keys,
+    /// without what the LRS or a re-sender may set differently (`stored`, `authority`,
+    /// `version`).
+    pub fn digest(&self, statement: &serde_json::Value) -> Vec<u8> {
+        content_digest(&self.key, statement)
+    }
+
+    /// Record `statements` (id, digest) of `institution`, all or nothing: when one id is
+    /// stored already with another digest (or for another institution), nothing is recorded
+    /// and that id's answer is [`Stored::Conflict`]. Answers in order.
+    pub async fn record(&self, institution: &str, statements: &[(Uuid, Vec<u8>)]) -> Result<Vec<Stored>, sqlx::Error> {
+        let ids: Vec<Uuid> = statements.iter().map(|s| s.0).collect();
+        let digests: Vec<Vec<u8>> = statements.iter().map(|s| s.1.clone()).collect();
+        let mut tx = self.pool.begin().await?;
+        let fresh: HashSet<Uuid> = sqlx::query_scalar!(
+            r#"INSERT INTO xapi_statements (statement_id, institution, digest)
+               SELECT id, $2, d FROM UNNEST($1::uuid[], $3::bytea[]) AS t(id, d)
+               ON CONFLICT (statement_id) DO NOTHING RETURNING statement_id"#,
+            &ids,
+            institution,
+            &digests
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        let mut out: Vec<Stored> = ids.iter().map(|i| if fresh.contains(i) { Stored::Fresh } else { Stored::Conflict }).collect();
+        if fresh.len() < ids.len() {
+            let known: Vec<Uuid> = ids.iter().filter(|i| !fresh.contains(i)).copied().collect();
+            let rows = sqlx::query!("SELECT statement_id, institution, digest FROM xapi_statements WHERE statement_id = ANY($1)", &known)
+                .fetch_all(&mut *tx)
+                .await?;
+            for r in rows {
+                for (ix, (id, d)) in statements.iter().enumerate() {
+                    if *id == r.statement_id && !fresh.contains(id) && r.institution == institution && r.digest == *d {
+                        out[ix] = Stored::Same;
+                    }
+                }
+            }
+        }
+        if out.contains(&Stored::Conflict) {
+            tx.rollback().await?;
+        } else {
+            tx.commit().await?;
+        }
+        Ok(out)
+    }
+}
+
+fn content_digest(key: &[u8; 32], statement: &serde_json::Value) -> Vec<u8> {
+    use hmac::{Hmac, Mac};
+    let mut st = statement.clone();
+    if let Some(m) = st.as_object_mut() {
+        for k in ["stored", "authority", "version"] {
+            m.remove(k);
+        }
+    }
+    let canonical = serde_json::to_vec(&sorted(st)).expect("json");
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("any key length");
+    mac.update(&canonical);
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// `v` with every object's keys sorted (serde_json's map keeps them sorted unless
+/// `preserve_order` is on; rebuilding makes the digest independent of that feature).
+fn sorted(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => {
+            let mut pairs: Vec<(String, Value)> = m.into_iter().map(|(k, v)| (k, sorted(v))).collect();
+            pairs.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(pairs.into_iter().collect())
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(sorted).collect()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_key_is_stable_and_tokens_differ() {
+        assert_eq!(batch_key("learning-events:0:1-5"), batch_key("learning-events:0:1-5"));
+        assert_ne!(batch_key("learning-events:0:1-5"), batch_key("learning-events:0:1-6"));
+    }
+
+    #[test]
+    fn a_digest_ignores_key_order_and_what_the_lrs_sets() {
+        let key = [7u8; 32];
+        let a = serde_json::json!({"id": "1", "verb": {"id": "v", "display": {"en": "x"}}, "stored": "2026-01-01T00:00:00Z"});
+        let b = serde_json::json!({"verb": {"display": {"en": "x"}, "id": "v"}, "id": "1", "version": "1.0.3"});
+        let c = serde_json::json!({"verb": {"display": {"en": "y"}, "id": "v"}, "id": "1"});
+        assert_eq!(content_digest(&key, &a), content_digest(&key, &b));
+        assert_ne!(content_digest(&key, &a), content_digest(&key, &c));
+    }
+}

@@ -1,0 +1,220 @@
+//! Idempotent ingest (issue 13) on real Apache Kafka, PostgreSQL and the embedded engine:
+//! an event id lands once, in the base table and in every rollup, whatever carried it twice.
+mod common;
+
+use common::spine::{event, num, Spine};
+use rdkafka::producer::FutureRecord;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const EXT: &str = "edx-anon-4242";
+
+fn fixture(name: &str) -> Value {
+    let path = format!("{}/tests/fixtures/xapi/{name}.json", env!("CARGO_MANIFEST_DIR"));
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    if v["actor"]["account"].is_object() {
+        v["actor"]["account"]["name"] = json!(EXT);
+    }
+    v
+}
+
+async fn send_xapi(app: &common::TestApp, token: &str, method: &str, query: &str, body: &Value) -> (StatusCode, Value) {
+    let url = format!("{}/xapi/statements{query}", app.base);
+    let req = if method == "PUT" { app.client.put(url) } else { app.client.post(url) };
+    let resp = req.bearer_auth(token).header("X-Experience-API-Version", "1.0.3").json(body).send().await.unwrap();
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+/// Wait until the lander has dropped `n` duplicates (so a second delivery was processed).
+async fn wait_duplicates(stats: &learnvault::lander::LanderStats, n: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let d = stats.duplicates.load(std::sync::atomic::Ordering::Relaxed);
+        if d >= n || Instant::now() > deadline {
+            return d;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn rows_of(s: &Spine, id: &str) -> u64 {
+    let r = s.wh.query("SELECT count() AS n FROM events.learning_events WHERE event_id = {e:UUID}", &[("e", id.to_owned())]).await.unwrap();
+    num(&r[0]["n"])
+}
+
+/// Every rollup counts each event once: the daily activity's event count and heartbeat seconds.
+async fn assert_rollups(s: &Spine, events: u64, heartbeats: u64) {
+    assert_eq!(s.count("SELECT count() AS n FROM events.learning_events").await, events, "base table");
+    assert_eq!(s.count("SELECT sum(events) AS n FROM agg.learner_daily_activity").await, events, "agg.learner_daily_activity");
+    assert_eq!(
+        s.count("SELECT sum(heartbeat_seconds) AS n FROM agg.engagement_per_minute").await,
+        heartbeats * 30,
+        "agg.engagement_per_minute"
+    );
+}
+
+#[tokio::test]
+async fn a_gateway_retry_of_an_acknowledged_request_lands_once() {
+    let s = Spine::new(true).await;
+    let gw = s.app.gateway(s.settings.clone()).await;
+    let lander = s.start_lander().await;
+    let lms = gw.lms("uni-a");
+    let who = json!({"institution": "uni-a", "external_id": "S-1"});
+    let mut body = Vec::new();
+    for t in ["session.start", "session.heartbeat", "content.view"] {
+        let mut e = event("x", t, "cs101", "c1", "uni-a");
+        e.as_object_mut().unwrap().remove("learner_id");
+        e["learner"] = who.clone();
+        body.push(e);
+    }
+    let (st, v) = gw.post("/v1/events", &lms, json!(body)).await;
+    assert_eq!((st, v["accepted"].clone()), (StatusCode::OK, json!(3)), "{v}");
+    assert_eq!(s.wait_rows(3, Duration::from_secs(60)).await, 3);
+    // The client did not see the answer (a 503 for its neighbours, a timeout): it sends all of it again,
+    // once after the first landed and once at once, twice in flight.
+    let (st, v) = gw.post("/v1/events", &lms, json!(body)).await;
+    assert_eq!((st, v["accepted"].clone()), (StatusCode::OK, json!(3)), "a retry is acknowledged again: {v}");
+    let (a, b) = tokio::join!(gw.post("/v1/events", &lms, json!(body)), gw.post("/v1/events", &lms, json!(body)));
+    assert_eq!((a.0, b.0), (StatusCode::OK, StatusCode::OK));
+    assert_eq!(wait_duplicates(&lander.stats, 9).await, 9, "three more deliveries of three events, each dropped");
+    lander.stop().await;
+    assert_rollups(&s, 3, 1).await;
+    for e in &body {
+        assert_eq!(rows_of(&s, e["event_id"].as_str().unwrap()).await, 1, "{e}");
+    }
+    s.wh.close();
+}
+
+#[tokio::test]
+async fn a_producer_writing_the_same_envelope_to_kafka_twice_lands_it_once() {
+    let s = Spine::new(true).await;
+    let learner = s.app.issue("uni-a", "L1", json!({})).await;
+    let events: Vec<Value> = ["session.start", "session.heartbeat", "session.heartbeat", "content.view"]
+        .iter()
+        .map(|t| event(&learner, t, "cs101", "c1", "uni-a"))
+        .collect();
+    // One event twice inside one envelope too.
+    let mut members = events.clone();
+    members.push(events[0].clone());
+    let envelope = serde_json::to_vec(&json!(members)).unwrap();
+    let to = |p: i32| FutureRecord::to(&s.settings.events_topic).key(&learner).payload(&envelope).partition(p);
+    let lander = s.start_lander().await;
+    // Twice on one partition and once on another, before the lander reads any: one batch or several.
+    for p in [0, 0, 1] {
+        s.producer.send(to(p), Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+    }
+    assert_eq!(s.wait_rows(4, Duration::from_secs(60)).await, 4);
+    assert_eq!(wait_duplicates(&lander.stats, 11).await, 11, "15 events delivered, 4 distinct");
+    // Again later, as a single event per record and as the envelope on the third partition: another batch.
+    s.produce(&events).await;
+    s.producer.send(to(2), Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+    assert_eq!(wait_duplicates(&lander.stats, 20).await, 20);
+    lander.stop().await;
+    assert_rollups(&s, 4, 2).await;
+    for e in &events {
+        assert_eq!(rows_of(&s, e["event_id"].as_str().unwrap()).await, 1, "{e}");
+    }
+    // A new lander replaying the topic from the start (another group) lands nothing again.
+    let mut again = s.settings.clone();
+    again.consumer_group = format!("{}-again", s.settings.consumer_group);
+    let replay = {
+        let lander = learnvault::cli::land::build(&again, s.wh.clone()).await.unwrap();
+        let stats = lander.stats();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let h = tokio::spawn(lander.run(async move {
+            let _ = stopped.await;
+        }));
+        let d = wait_duplicates(&stats, 24).await;
+        let _ = stop.send(());
+        h.await.unwrap().unwrap();
+        d
+    };
+    assert_eq!(replay, 24, "every event of the replayed topic is a duplicate");
+    assert_rollups(&s, 4, 2).await;
+    s.wh.close();
+}
+
+#[tokio::test]
+async fn a_batch_replayed_under_its_own_token_keeps_its_claims_and_another_batch_does_not() {
+    let app = common::TestApp::spawn().await;
+    let claims = learnvault::dedup::Claims::new(app.admin.clone(), 7);
+    let ids: Vec<uuid::Uuid> = (0..5).map(|_| uuid::Uuid::new_v4()).collect();
+    let all: std::collections::HashSet<uuid::Uuid> = ids.iter().copied().collect();
+    assert_eq!(claims.claim("t:0:0-4", &ids).await.unwrap(), all, "first claim");
+    assert_eq!(claims.claim("t:0:0-4", &ids).await.unwrap(), all, "the same batch replayed keeps its ids");
+    let more = uuid::Uuid::new_v4();
+    let got = claims.claim("t:1:0-5", &[ids[0], more]).await.unwrap();
+    assert_eq!(got, [more].into_iter().collect(), "another batch gets only the new id");
+    // A batch of a lander spanning partitions, claimed in several key ranges at once: the same answers.
+    let big: Vec<uuid::Uuid> = (0..12_000).map(|_| uuid::Uuid::new_v4()).collect();
+    let big_all: std::collections::HashSet<uuid::Uuid> = big.iter().copied().collect();
+    assert_eq!(claims.claim("t:4:0-11999", &big).await.unwrap(), big_all);
+    assert_eq!(claims.claim("t:4:0-11999", &big).await.unwrap(), big_all, "replayed");
+    let fresh: Vec<uuid::Uuid> = (0..6_000).map(|_| uuid::Uuid::new_v4()).collect();
+    let half: Vec<uuid::Uuid> = big.iter().step_by(2).copied().chain(fresh.iter().copied()).collect();
+    assert_eq!(claims.claim("t:5:0-11999", &half).await.unwrap(), fresh.iter().copied().collect(), "only the new ids");
+    // A dead-lettered batch releases its claims; the ids can land with a corrected delivery.
+    assert_eq!(claims.release("t:0:0-4").await.unwrap(), 5);
+    assert_eq!(claims.claim("t:2:0-4", &ids).await.unwrap(), all);
+    // Claims older than the window are purged; newer ones stay.
+    sqlx::query("UPDATE ingest_event_ids SET seen_at = now() - interval '8 days' WHERE event_id = $1")
+        .bind(ids[1])
+        .execute(&app.admin)
+        .await
+        .unwrap();
+    assert_eq!(claims.purge().await.unwrap(), 1);
+    assert_eq!(claims.claim("t:3:0-0", &[ids[1], ids[2]]).await.unwrap(), [ids[1]].into_iter().collect());
+}
+
+#[tokio::test]
+async fn an_xapi_statement_sent_again_is_acknowledged_and_lands_once_and_other_content_is_409() {
+    let s = Spine::new(true).await;
+    let gw = s.app.gateway(s.settings.clone()).await;
+    let lander = s.start_lander().await;
+    let lms = gw.lms("uni-a");
+    let st = fixture("openedx_video_played");
+    let id = st["id"].as_str().unwrap().to_owned();
+    let (code, ids) = send_xapi(&gw, &lms, "POST", "", &st).await;
+    assert_eq!((code, ids.clone()), (StatusCode::OK, json!([id])), "{ids}");
+    assert_eq!(s.wait_rows(1, Duration::from_secs(60)).await, 1);
+
+    // Same id, same content (keys in another order, `stored` set): 200 with its id, nothing new.
+    let mut same: serde_json::Map<String, Value> = st.as_object().unwrap().clone().into_iter().rev().collect();
+    same.insert("stored".into(), json!("2026-12-03T10:00:00.000Z"));
+    let (code, ids) = send_xapi(&gw, &lms, "POST", "", &Value::Object(same)).await;
+    assert_eq!((code, ids), (StatusCode::OK, json!([id])));
+    let (code, _) = send_xapi(&gw, &lms, "PUT", &format!("?statementId={id}"), &st).await;
+    assert_eq!(code, StatusCode::NO_CONTENT, "PUT of the same statement");
+
+    // Same id, other content: 409 xapi_id_conflict, alone or in a batch, and nothing of the batch is stored.
+    let mut other = st.clone();
+    other["result"] = json!({"extensions": {"https://w3id.org/xapi/video/extensions/time": 99.0}});
+    let (code, v) = send_xapi(&gw, &lms, "POST", "", &other).await;
+    assert_eq!((code, v["error"]["code"].clone()), (StatusCode::CONFLICT, json!("xapi_id_conflict")), "{v}");
+    let (code, v) = send_xapi(&gw, &lms, "PUT", &format!("?statementId={id}"), &other).await;
+    assert_eq!((code, v["error"]["code"].clone()), (StatusCode::CONFLICT, json!("xapi_id_conflict")), "{v}");
+    let mut fresh = fixture("openedx_video_paused");
+    let fresh_id = uuid::Uuid::new_v4().to_string();
+    fresh["id"] = json!(fresh_id);
+    let (code, v) = send_xapi(&gw, &lms, "POST", "", &json!([fresh, other])).await;
+    assert_eq!(
+        (code, v["error"]["code"].clone(), v["error"]["message"].as_str().unwrap().starts_with("[1].id")),
+        (StatusCode::CONFLICT, json!("xapi_id_conflict"), true),
+        "{v}"
+    );
+    assert!(!v.to_string().contains(EXT), "no identifier in the answer: {v}");
+
+    assert_eq!(wait_duplicates(&lander.stats, 2).await, 2, "the POST and the PUT sent again were dropped by the lander");
+    // The batch's new statement was not stored: sent alone now, it is fresh and lands.
+    let (code, ids) = send_xapi(&gw, &lms, "POST", "", &fresh).await;
+    assert_eq!((code, ids), (StatusCode::OK, json!([fresh_id])));
+    assert_eq!(s.wait_rows(2, Duration::from_secs(60)).await, 2);
+    lander.stop().await;
+    assert_eq!(rows_of(&s, &id).await, 1);
+    assert_eq!(rows_of(&s, &fresh_id).await, 1);
+    assert_eq!(s.count("SELECT sum(events) AS n FROM agg.learner_daily_activity").await, 2);
+    s.wh.close();
+}
