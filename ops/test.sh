@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 ops/deps.sh
 ops/postgres.sh
 ops/install-chdb.sh >/dev/null
+# The console's browser tests: headless Chromium + chromedriver, and axe-core (pinned, checked).
+ops/chromium.sh
+ops/axe-core.sh >/dev/null
 # Tests make topics by the hundred: the broker starts from empty storage (a broker already
 # listening on 9092 is used as it is).
 kafka_pid=$(LEARNVAULT_KAFKA_FRESH=1 ops/kafka.sh)
