@@ -7,6 +7,7 @@ mod bench_gateway;
 mod bench_lander;
 mod bench_serve;
 mod bench_signals;
+mod console;
 mod datamap;
 mod demo;
 mod demo_live;
@@ -43,6 +44,11 @@ pub enum Command {
     Land,
     /// Apply PostgreSQL migrations (creating the database if needed) and ClickHouse migrations.
     Migrate,
+    /// The web console: one-time sign-in links.
+    Console {
+        #[command(subcommand)]
+        command: console::ConsoleCommand,
+    },
     /// Development tokens.
     Token {
         #[command(subcommand)]
@@ -128,6 +134,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dsr { command } => dsr::run(settings, command).await,
         Command::Signals { command } => signals::run(settings, command).await,
         Command::Token { command } => token::run(settings, command),
+        Command::Console { command } => console::run(settings, command).await,
         Command::Audit { command } => audit::run(settings, command).await,
         Command::Bench { command } => bench::run(settings, command).await,
         Command::Loadgen(args) => loadgen::run(settings, args).await,

@@ -1,0 +1,85 @@
+//! The console's settings (`LEARNVAULT_CONSOLE_*`), validated.
+
+use std::time::Duration;
+
+use crate::config::Settings;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Base URL of sign-in links (no trailing slash).
+    pub base_url: String,
+    /// A session ends after this long without a request.
+    pub idle: Duration,
+    /// A session ends this long after sign-in.
+    pub lifetime: Duration,
+    /// A one-time sign-in code is valid this long.
+    pub code_ttl: Duration,
+    /// Cookies carry `Secure` (anything but plain HTTP on loopback).
+    pub secure_cookie: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("console configuration: {0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    pub fn from_settings(s: &Settings) -> Result<Config, ConfigError> {
+        let base_url = s.console_base_url();
+        let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"].iter().any(|p| {
+            base_url.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with(':') || rest.starts_with('/'))
+        });
+        let c = Config {
+            secure_cookie: !loopback,
+            base_url,
+            idle: Duration::from_secs(s.console_idle_minutes.saturating_mul(60)),
+            lifetime: Duration::from_secs(s.console_session_hours.saturating_mul(3600)),
+            code_ttl: Duration::from_secs(s.console_code_ttl_secs),
+        };
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.base_url.starts_with("http://") || self.base_url.starts_with("https://")) {
+            return Err(ConfigError(format!("LEARNVAULT_CONSOLE_URL must be an http(s) URL, not {:?}", self.base_url)));
+        }
+        if self.idle < Duration::from_secs(60) || self.idle > Duration::from_secs(24 * 3600) {
+            return Err(ConfigError("LEARNVAULT_CONSOLE_IDLE_MINUTES must be 1-1440".into()));
+        }
+        if self.lifetime < self.idle || self.lifetime > Duration::from_secs(7 * 24 * 3600) {
+            return Err(ConfigError("LEARNVAULT_CONSOLE_SESSION_HOURS must be at least the idle timeout and at most 168".into()));
+        }
+        if self.code_ttl < Duration::from_secs(10) || self.code_ttl > Duration::from_secs(24 * 3600) {
+            return Err(ConfigError("LEARNVAULT_CONSOLE_CODE_TTL_SECS must be 10-86400".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(url: Option<&str>, listen: &str) -> Config {
+        let s = Settings { console_url: url.map(str::to_owned), listen: listen.into(), ..Settings::default() };
+        Config::from_settings(&s).unwrap()
+    }
+
+    #[test]
+    fn secure_cookies_outside_loopback() {
+        assert!(!with(None, "127.0.0.1:8080").secure_cookie);
+        assert!(!with(Some("http://localhost:8080/"), "0.0.0.0:8080").secure_cookie);
+        assert!(with(Some("https://console.example.edu"), "0.0.0.0:8080").secure_cookie);
+        assert!(with(Some("http://10.0.0.5:8080"), "0.0.0.0:8080").secure_cookie);
+        assert!(with(Some("http://127.0.0.1.evil.example"), "0.0.0.0:8080").secure_cookie);
+        assert_eq!(with(None, "0.0.0.0:9000").base_url, "http://127.0.0.1:9000");
+    }
+
+    #[test]
+    fn refuses_nonsense() {
+        let s = Settings { console_idle_minutes: 0, ..Settings::default() };
+        assert!(Config::from_settings(&s).is_err());
+        let s = Settings { console_url: Some("ftp://x".into()), ..Settings::default() };
+        assert!(Config::from_settings(&s).is_err());
+    }
+}

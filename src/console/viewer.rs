@@ -1,0 +1,96 @@
+//! The signed-in viewer: the session cookie -> `auth::session` -> the same
+//! [`Principal`] the API builds from a token with the same claims. CSRF and
+//! origin checks for state-changing requests.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use uuid::Uuid;
+
+use super::html;
+use super::Console;
+use crate::api::Principal;
+use crate::auth::session::{self, Session};
+use crate::policy::Permission;
+
+pub const COOKIE: &str = "lv_console";
+
+/// A request with a live session.
+pub struct Viewer {
+    pub principal: Principal,
+    pub csrf: String,
+    /// The session id (from the cookie), for sign-out.
+    pub session_id: String,
+    /// Roles' permissions, for offering only what the API would allow.
+    pub perms: Vec<Permission>,
+}
+
+impl Viewer {
+    pub fn may(&self, p: Permission) -> bool {
+        self.perms.contains(&p)
+    }
+
+    /// Refuse a state-changing request whose CSRF token is not the session's
+    /// (403, audited by nothing: no API call was made).
+    pub fn check_csrf(&self, token: &str, headers: &HeaderMap) -> Result<(), Response> {
+        let foreign = headers
+            .get(header::ORIGIN)
+            .and_then(|o| o.to_str().ok())
+            .zip(headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+            .is_some_and(|(origin, host)| origin.split_once("://").map(|(_, rest)| rest) != Some(host));
+        if foreign || !session::same(token, &self.csrf) {
+            return Err(html::error_page(StatusCode::FORBIDDEN, "This form is not from your console session (CSRF check failed). Reload the page and try again."));
+        }
+        Ok(())
+    }
+}
+
+pub fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|kv| {
+        let (k, v) = kv.trim().split_once('=')?;
+        (k == name && !v.is_empty()).then(|| v.to_owned())
+    })
+}
+
+pub fn principal_of(s: &Session) -> Principal {
+    let all = s.claims.institutions.iter().any(|i| i == "*");
+    Principal {
+        sub: s.claims.sub.clone(),
+        roles: s.claims.roles.clone(),
+        institutions: if all { None } else { Some(s.claims.institutions.clone()) },
+        courses: s.claims.courses.clone(),
+        request_id: Uuid::new_v4(),
+    }
+}
+
+impl FromRequestParts<Console> for Viewer {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Console) -> Result<Self, Response> {
+        let Some(id) = cookie_value(&parts.headers, COOKIE) else {
+            return Err(signed_out());
+        };
+        match session::touch(&state.app.pool, &id, state.app.console.idle).await {
+            Ok(Some(s)) => {
+                let principal = principal_of(&s);
+                let perms = Permission::ALL.into_iter().filter(|p| state.app.policies.allows(&principal.roles, *p)).collect();
+                Ok(Viewer { principal, csrf: s.csrf, session_id: id, perms })
+            }
+            Ok(None) => Err(signed_out()),
+            Err(e) => {
+                tracing::error!(error = %e, "console session lookup failed");
+                Err(html::error_page(StatusCode::SERVICE_UNAVAILABLE, "The session store is unavailable; retry in a moment."))
+            }
+        }
+    }
+}
+
+fn signed_out() -> Response {
+    let body = html::bare(
+        "Sign in",
+        "<h1>Not signed in</h1><p>Your session is missing or has expired. Ask for a sign-in link \
+         (<code>learnvault console login --role ROLE --institution ID</code>) and open it.</p>",
+    );
+    (StatusCode::UNAUTHORIZED, body).into_response()
+}
