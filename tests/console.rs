@@ -407,7 +407,7 @@ async fn csrf_less_posts_missing_sessions_reused_codes_and_idle_sessions_are_ref
     let csp = h["content-security-policy"].to_str().unwrap();
     assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'") && !csp.contains("unsafe-inline"), "{csp}");
     assert_eq!(h["x-frame-options"], "DENY");
-    assert_eq!(h["referrer-policy"], "no-referrer");
+    assert_eq!(h["referrer-policy"], "same-origin");
     let form = [("kind", "erasure"), ("institution", "uni-a"), ("external_id", "stu-1"), ("csrf", "x")];
     assert_eq!(c.post(format!("{}/console/dsr/requests", app.base)).form(&form).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
 

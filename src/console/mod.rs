@@ -19,7 +19,7 @@
 //!   every state-changing request carries the session's CSRF token (and no
 //!   foreign `Origin`); every response carries a strict Content-Security-Policy
 //!   (scripts and styles only from `/console/assets/`, nothing inline),
-//!   `frame-ancestors 'none'`, `Referrer-Policy: no-referrer`, `no-store`.
+//!   `frame-ancestors 'none'`, `Referrer-Policy: same-origin` (a sign-in code never leaves in a Referer; with `no-referrer` browsers send `Origin: null`), `no-store`.
 //! - No CDN, no third-party request: assets are `include_str!`ed.
 //! - What a role may not do is not offered: navigation and forms follow the
 //!   same `Policies::allows` the API enforces (and the API refuses anyway).
@@ -130,7 +130,7 @@ async fn security_headers(req: Request, next: Next) -> Response {
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     h.insert("cross-origin-opener-policy", HeaderValue::from_static("same-origin"));
     h.insert("cross-origin-resource-policy", HeaderValue::from_static("same-origin"));
     if !h.contains_key(header::CACHE_CONTROL) {

@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const ELEMENT: &str = "element-6066-11e4-a4e9-4f8d-4a9e-3d7d1b6b2b15";
 
 /// Why the browser tests cannot run here (chromium or chromedriver missing), if so.
 pub fn unavailable() -> Option<String> {
@@ -127,7 +126,8 @@ impl Browser {
     pub async fn find(&self, css: &str) -> Option<String> {
         let url = format!("{}/session/{}/element", self.base, self.session);
         let v: Value = self.http.post(url).json(&json!({"using": "css selector", "value": css})).send().await.unwrap().json().await.unwrap();
-        v["value"][ELEMENT].as_str().map(str::to_owned)
+        // The W3C element reference: an object with one key (the web element identifier).
+        v["value"].as_object().filter(|o| !o.contains_key("error")).and_then(|o| o.values().next()).and_then(Value::as_str).map(str::to_owned)
     }
 
     pub async fn el(&self, css: &str) -> String {
