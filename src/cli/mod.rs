@@ -10,6 +10,7 @@ mod bench_signals;
 mod console;
 mod datamap;
 mod demo;
+mod demo_console;
 mod demo_live;
 mod demo_signals;
 mod disclosure;
