@@ -17,7 +17,13 @@ pub async fn links(state: &AppState, base: &str) -> anyhow::Result<String> {
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let roles = [
         ("instructor", SessionClaims { sub: "demo-instructor".into(), roles: s(&["instructor"]), institutions: s(&[inst]), courses: courses.clone() }),
-        ("advisor", SessionClaims { sub: "demo-advisor".into(), roles: s(&["advisor"]), institutions: s(&[inst]), courses: courses.clone() }),
+        // The advisor also follows the signals' planted history (`demo_signals`: `demo-inst-c` teaches `demo-course-c`).
+        ("advisor", SessionClaims {
+            sub: "demo-advisor".into(),
+            roles: s(&["advisor"]),
+            institutions: s(&[inst, "demo-inst-0", "demo-inst-1"]),
+            courses: courses.iter().cloned().chain(["demo-course-0".to_string(), "demo-course-1".to_string()]).collect(),
+        }),
         ("DPO", SessionClaims { sub: "demo-dpo".into(), roles: s(&["dpo"]), institutions: s(&INSTITUTIONS), courses: vec![] }),
         ("auditor", SessionClaims { sub: "demo-auditor".into(), roles: s(&["auditor"]), institutions: s(&["*"]), courses: vec![] }),
     ];
