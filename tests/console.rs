@@ -185,7 +185,10 @@ async fn instructor_watches_a_cohort_move_and_withheld_cells_never_reach_the_bro
     assert!(received.iter().any(|(k, _)| k.starts_with("sse:")), "the SSE messages are in the log");
     let mut checked = 0;
     for (what, body) in &received {
-        assert!(!body.contains("complementary_value") && !body.contains("information_loss"), "{what}: a disclosure summary reached the browser");
+        assert!(
+            !body.contains("complementary_value") && !body.contains("information_loss"),
+            "{what}: a disclosure summary reached the browser"
+        );
         if what.starts_with("sse:") {
             let v: Value = serde_json::from_str(body).unwrap();
             withheld_are_null(&v, what);
@@ -243,10 +246,14 @@ async fn dpo_files_an_erasure_and_downloads_its_verified_certificate() {
     // Download the certificate as the page offers it; it verifies offline with the published key.
     let href = b.attr("#certificate-download", "href").await.unwrap();
     let cert = b
-        .js_async("const done = arguments[arguments.length - 1]; fetch(arguments[0]).then(r => r.json()).then(done).catch(e => done(String(e)));", json!([href]))
+        .js_async(
+            "const done = arguments[arguments.length - 1]; fetch(arguments[0]).then(r => r.json()).then(done).catch(e => done(String(e)));",
+            json!([href]),
+        )
         .await;
     let (_, key) = app.send("GET", "/v1/dsr/certificate-key", None, None).await;
-    let body = learnvault::dsr::certificate::verify(&cert, key["public_key"].as_str().unwrap()).expect("the downloaded certificate verifies");
+    let body =
+        learnvault::dsr::certificate::verify(&cert, key["public_key"].as_str().unwrap()).expect("the downloaded certificate verifies");
     assert_eq!(body["subject"]["pseudonym"].as_str(), Some(pseudonym.as_str()), "{body}");
     assert_eq!(body["reference"], "CASE-2026-7");
 
@@ -331,7 +338,10 @@ async fn advisor_drills_down_with_a_purpose_and_records_a_decision() {
         baseline: 0.1,
         band: (0.0, 0.3),
         evidence: json!({"statistic": "silence probability", "last_seen_days": 9}),
-        context: vec![ContextCount { label: "cohort_learners".into(), learners: 31 }, ContextCount { label: "silent_like_this".into(), learners: 3 }],
+        context: vec![
+            ContextCount { label: "cohort_learners".into(), learners: 31 },
+            ContextCount { label: "silent_like_this".into(), learners: 3 },
+        ],
     };
     app.state.signals.clone().unwrap().record(&[finding]).await.unwrap();
 
@@ -355,11 +365,12 @@ async fn advisor_drills_down_with_a_purpose_and_records_a_decision() {
     b.wait_text("#timeline", "session.heartbeat", Duration::from_secs(10)).await;
     b.shot("drilldown").await;
     accessible(&b, &axe, "drill-down").await;
-    let (purpose, justification): (Option<String>, Option<String>) =
-        sqlx::query_as("SELECT purpose, justification FROM audit_log WHERE action = 'learner.drilldown' AND outcome = 'success' AND actor = 'advisor-1'")
-            .fetch_one(&app.admin)
-            .await
-            .unwrap();
+    let (purpose, justification): (Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT purpose, justification FROM audit_log WHERE action = 'learner.drilldown' AND outcome = 'success' AND actor = 'advisor-1'",
+    )
+    .fetch_one(&app.admin)
+    .await
+    .unwrap();
     assert_eq!(purpose.as_deref(), Some("learner_support"));
     assert!(justification.unwrap().contains("nine days"));
 
@@ -440,7 +451,11 @@ async fn csrf_less_posts_missing_sessions_reused_codes_and_idle_sessions_are_ref
     let r = post(Some(&token), Some(&app.base)).await.unwrap();
     assert!(r.status().is_success(), "{}", r.status());
     assert_eq!(jobs().await, 1);
-    assert_eq!(app.count("SELECT count(*) FROM audit_log WHERE action = 'dsr.erasure.request' OR (action LIKE 'dsr.%' AND actor = 'dpo-1')").await >= 1, true);
+    assert_eq!(
+        app.count("SELECT count(*) FROM audit_log WHERE action = 'dsr.erasure.request' OR (action LIKE 'dsr.%' AND actor = 'dpo-1')").await
+            >= 1,
+        true
+    );
 
     // The console's authority is the API's: an auditor's session cannot file a request.
     let aud = session_cookie(&app, &link(&app, "auditor-1", &["auditor"], &["*"], &[]).await).await;

@@ -29,7 +29,13 @@ pub enum ConsoleCommand {
 }
 
 /// Check the claims against the policies (known roles, course-scoped roles have courses).
-pub fn claims(policies: &Policies, sub: Option<String>, roles: Vec<String>, institutions: Vec<String>, courses: Vec<String>) -> anyhow::Result<SessionClaims> {
+pub fn claims(
+    policies: &Policies,
+    sub: Option<String>,
+    roles: Vec<String>,
+    institutions: Vec<String>,
+    courses: Vec<String>,
+) -> anyhow::Result<SessionClaims> {
     if let Some(bad) = roles.iter().find(|r| !policies.is_role(r)) {
         anyhow::bail!("unknown role {bad:?} (see policies/roles.yaml)");
     }
@@ -49,7 +55,8 @@ pub async fn run(settings: Settings, cmd: ConsoleCommand) -> anyhow::Result<Exit
     let claims = claims(&policies, sub, roles, institutions, courses)?;
     let config = crate::console::Config::from_settings(&settings)?;
     let pool = crate::db::connect(&settings).context("connecting to PostgreSQL as the runtime role")?;
-    let link = crate::console::login_link(&pool, &config, &claims).await.context("storing the sign-in code (run `learnvault migrate` first?)")?;
+    let link =
+        crate::console::login_link(&pool, &config, &claims).await.context("storing the sign-in code (run `learnvault migrate` first?)")?;
     println!("{link}");
     eprintln!("(one use, valid {} s; opens a session as {} with roles {})", config.code_ttl.as_secs(), claims.sub, claims.roles.join(", "));
     Ok(ExitCode::SUCCESS)

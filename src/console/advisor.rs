@@ -25,7 +25,8 @@ const DECISIONS: [(&str, &str); 5] = [
 
 pub async fn queues(State(st): State<Console>, v: Viewer) -> Response {
     let mut body = String::new();
-    let roles: Vec<String> = v.principal.roles.iter().filter(|r| st.app.policies.allows(std::slice::from_ref(*r), Permission::SignalsReview)).cloned().collect();
+    let roles: Vec<String> =
+        v.principal.roles.iter().filter(|r| st.app.policies.allows(std::slice::from_ref(*r), Permission::SignalsReview)).cloned().collect();
     for role in roles {
         let a = get(&st.api, &v.principal, &format!("/v1/signals/queues/{}/items", enc(&role))).await;
         if a.status.as_u16() == 403 {
@@ -154,11 +155,19 @@ pub struct DecisionForm {
     note: String,
 }
 
-pub async fn decide(State(st): State<Console>, v: Viewer, headers: HeaderMap, Path(id): Path<String>, Form(f): Form<DecisionForm>) -> Response {
+pub async fn decide(
+    State(st): State<Console>,
+    v: Viewer,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<DecisionForm>,
+) -> Response {
     if let Err(r) = v.check_csrf(&f.csrf, &headers) {
         return r;
     }
-    let a = post(&st.api, &v.principal, &format!("/v1/signals/items/{}/decision", enc(&id)), &json!({"decision": f.decision, "note": f.note})).await;
+    let a =
+        post(&st.api, &v.principal, &format!("/v1/signals/items/{}/decision", enc(&id)), &json!({"decision": f.decision, "note": f.note}))
+            .await;
     if !a.ok() {
         return html::api_error(&v, &a);
     }
@@ -200,7 +209,13 @@ fn timeline(t: &Value) -> String {
     )
 }
 
-pub async fn drilldown(State(st): State<Console>, v: Viewer, headers: HeaderMap, Path(pseudonym): Path<String>, Form(f): Form<DrilldownForm>) -> Response {
+pub async fn drilldown(
+    State(st): State<Console>,
+    v: Viewer,
+    headers: HeaderMap,
+    Path(pseudonym): Path<String>,
+    Form(f): Form<DrilldownForm>,
+) -> Response {
     if let Err(r) = v.check_csrf(&f.csrf, &headers) {
         return r;
     }

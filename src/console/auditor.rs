@@ -98,7 +98,11 @@ pub async fn log(State(st): State<Console>, v: Viewer, Query(q): Query<LogQuery>
     let next = match a.body["next_after"].as_i64() {
         Some(n) => {
             let qs = q.qs();
-            format!("<p><a id=\"next-page\" href=\"/console/audit?{}{}after={n}\">Next page</a></p>", qs, if qs.is_empty() { "" } else { "&" })
+            format!(
+                "<p><a id=\"next-page\" href=\"/console/audit?{}{}after={n}\">Next page</a></p>",
+                qs,
+                if qs.is_empty() { "" } else { "&" }
+            )
         }
         None => "<p class=\"hint\">Last page.</p>".into(),
     };
@@ -157,7 +161,11 @@ pub async fn verify(State(st): State<Console>, v: Viewer, headers: HeaderMap, Fo
     if !a.ok() {
         return html::api_error(&v, &a);
     }
-    html::page(&v, "Audit chain verification", &format!("{}<p><a href=\"/console/audit\">Back to the audit log</a></p>", verification(&a.body)))
+    html::page(
+        &v,
+        "Audit chain verification",
+        &format!("{}<p><a href=\"/console/audit\">Back to the audit log</a></p>", verification(&a.body)),
+    )
 }
 
 pub async fn retention(State(st): State<Console>, v: Viewer) -> Response {
@@ -185,7 +193,8 @@ pub async fn retention(State(st): State<Console>, v: Viewer) -> Response {
             )
         })
         .collect();
-    let not_checked: String = r["not_checked"].as_array().cloned().unwrap_or_default().iter().map(|n| format!("<li>{}</li>", text(n))).collect();
+    let not_checked: String =
+        r["not_checked"].as_array().cloned().unwrap_or_default().iter().map(|n| format!("<li>{}</li>", text(n))).collect();
     let verdict = if r["ok"].as_bool() == Some(true) {
         "<p class=\"ok\" id=\"retention-status\">Every store holds its retention policy.</p>".to_string()
     } else {

@@ -35,10 +35,24 @@ fn axes(max: f64, x_labels: &[(f64, String)], x_title: &str, y_title: &str) -> S
         );
     }
     for (x, l) in x_labels {
-        s += &format!("<text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"11\" fill=\"#333\">{}</text>", H - PAD_B + 14.0, esc(l));
+        s += &format!(
+            "<text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"11\" fill=\"#333\">{}</text>",
+            H - PAD_B + 14.0,
+            esc(l)
+        );
     }
-    s += &format!("<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"12\" fill=\"#222\">{}</text>", (PAD_L + W) / 2.0, H - 4.0, esc(x_title));
-    s += &format!("<text x=\"12\" y=\"{:.1}\" font-size=\"12\" fill=\"#222\" transform=\"rotate(-90 12 {:.1})\" text-anchor=\"middle\">{}</text>", H / 2.0, H / 2.0, esc(y_title));
+    s += &format!(
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"12\" fill=\"#222\">{}</text>",
+        (PAD_L + W) / 2.0,
+        H - 4.0,
+        esc(x_title)
+    );
+    s += &format!(
+        "<text x=\"12\" y=\"{:.1}\" font-size=\"12\" fill=\"#222\" transform=\"rotate(-90 12 {:.1})\" text-anchor=\"middle\">{}</text>",
+        H / 2.0,
+        H / 2.0,
+        esc(y_title)
+    );
     s
 }
 
@@ -67,8 +81,12 @@ pub fn lines(id: &str, title: &str, x: &[String], series: &[(String, Vec<Option<
                 None => pen = false,
             }
         }
-        body += &format!("<path d=\"{}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\"><title>{}</title></path>", d.trim(), esc(name));
-        legend += &format!("<li><svg width=\"14\" height=\"4\" aria-hidden=\"true\"><rect width=\"14\" height=\"4\" fill=\"{colour}\"/></svg> {}</li>", esc(name));
+        body +=
+            &format!("<path d=\"{}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\"><title>{}</title></path>", d.trim(), esc(name));
+        legend += &format!(
+            "<li><svg width=\"14\" height=\"4\" aria-hidden=\"true\"><rect width=\"14\" height=\"4\" fill=\"{colour}\"/></svg> {}</li>",
+            esc(name)
+        );
     }
     format!(
         "<figure class=\"chart\"><svg id=\"{id}\" viewBox=\"0 0 {W} {H}\" role=\"img\" aria-label=\"{t}\"><title>{t}</title>{body}</svg>\
@@ -85,8 +103,12 @@ pub fn bars(id: &str, title: &str, x: &[u64], values: &[Option<f64>], x_title: &
     let plot_h = H - PAD_B - PAD_T;
     let bw = plot_w / n as f64;
     let step = (n / 8).max(1);
-    let labels: Vec<(f64, String)> =
-        x.iter().enumerate().filter(|(i, _)| i % step == 0).map(|(i, p)| (PAD_L + bw * (i as f64 + 0.5), format!("{}:{:02}", p / 60, p % 60))).collect();
+    let labels: Vec<(f64, String)> = x
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % step == 0)
+        .map(|(i, p)| (PAD_L + bw * (i as f64 + 0.5), format!("{}:{:02}", p / 60, p % 60)))
+        .collect();
     let mut body = axes(max, &labels, x_title, y_title);
     for (i, (p, v)) in x.iter().zip(values).enumerate() {
         let x0 = PAD_L + bw * i as f64 + 1.0;

@@ -25,9 +25,9 @@ pub struct ConfigError(String);
 impl Config {
     pub fn from_settings(s: &Settings) -> Result<Config, ConfigError> {
         let base_url = s.console_base_url();
-        let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"].iter().any(|p| {
-            base_url.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with(':') || rest.starts_with('/'))
-        });
+        let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+            .iter()
+            .any(|p| base_url.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with(':') || rest.starts_with('/')));
         let c = Config {
             secure_cookie: !loopback,
             base_url,

@@ -184,12 +184,26 @@ fn certificate_view(cert: &Value, key: &Value) -> String {
     let mut out = String::new();
     for (who, doc) in docs {
         let verdict = match crate::dsr::certificate::verify(doc, public_key) {
-            Ok(_) => format!("<p class=\"ok\" id=\"signature-status\">Signature verified: Ed25519, key <code>{}</code></p>", esc(public_key)),
-            Err(e) => format!("<p class=\"bad\" id=\"signature-status\" role=\"alert\">Signature NOT verified: {}</p>", esc(&e.to_string())),
+            Ok(_) => {
+                format!("<p class=\"ok\" id=\"signature-status\">Signature verified: Ed25519, key <code>{}</code></p>", esc(public_key))
+            }
+            Err(e) => {
+                format!("<p class=\"bad\" id=\"signature-status\" role=\"alert\">Signature NOT verified: {}</p>", esc(&e.to_string()))
+            }
         };
         let fields: String = doc["certificate"]
             .as_object()
-            .map(|o| o.iter().map(|(k, v)| format!("<tr><th scope=\"row\">{}</th><td>{}</td></tr>", esc(k), if v.is_object() || v.is_array() { format!("<code>{}</code>", esc(&v.to_string())) } else { text(v) })).collect())
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| {
+                        format!(
+                            "<tr><th scope=\"row\">{}</th><td>{}</td></tr>",
+                            esc(k),
+                            if v.is_object() || v.is_array() { format!("<code>{}</code>", esc(&v.to_string())) } else { text(v) }
+                        )
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
         let title = if who.is_empty() { String::new() } else { format!("<h3>Subject {}</h3>", esc(&who)) };
         out += &format!("{title}{verdict}<table class=\"certificate\"><tbody>{fields}</tbody></table>");
@@ -235,7 +249,9 @@ pub async fn job(State(st): State<Console>, v: Viewer, Path(id): Path<String>) -
             body += &format!("<p class=\"error\">Certificate unavailable: {}</p>", esc(&cert.message()));
         }
     } else if state == "done" && kind == "access" && v.may(Permission::DsrAccess) {
-        body += &format!("<p><a href=\"/console/dsr/jobs/{eid}/archive\" id=\"archive-download\">Download the subject-access archive (tar)</a></p>");
+        body += &format!(
+            "<p><a href=\"/console/dsr/jobs/{eid}/archive\" id=\"archive-download\">Download the subject-access archive (tar)</a></p>"
+        );
     }
     let mut r = html::page(&v, "Subject request", &body);
     if state == "pending" || state == "running" {
@@ -264,7 +280,10 @@ pub async fn archive(State(st): State<Console>, v: Viewer, Path(id): Path<String
 pub async fn certificate(State(st): State<Console>, v: Viewer, Path(id): Path<String>) -> Response {
     let mut r = download(&st, &v, &format!("/v1/dsr/jobs/{}/certificate", enc(&id))).await;
     if r.status().is_success() {
-        let name = format!("attachment; filename=\"erasure-certificate-{}.json\"", id.chars().filter(|c| c.is_ascii_hexdigit() || *c == '-').collect::<String>());
+        let name = format!(
+            "attachment; filename=\"erasure-certificate-{}.json\"",
+            id.chars().filter(|c| c.is_ascii_hexdigit() || *c == '-').collect::<String>()
+        );
         r.headers_mut().insert(header::CONTENT_DISPOSITION, HeaderValue::from_str(&name).expect("ascii"));
     }
     r

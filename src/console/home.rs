@@ -11,12 +11,8 @@ use crate::policy::Permission;
 pub async fn page(v: Viewer) -> Response {
     let mut cards = String::new();
     if v.may(Permission::CohortRead) || v.may(Permission::ContentRead) {
-        let courses: String = v
-            .principal
-            .courses
-            .iter()
-            .map(|c| format!("<li><a href=\"/console/courses/{}\">{}</a></li>", enc(c), esc(c)))
-            .collect();
+        let courses: String =
+            v.principal.courses.iter().map(|c| format!("<li><a href=\"/console/courses/{}\">{}</a></li>", enc(c), esc(c))).collect();
         let list = if courses.is_empty() { "<p>No course in your scope.</p>".to_string() } else { format!("<ul>{courses}</ul>") };
         cards += &format!("<section class=\"card\"><h2>Your courses</h2>{list}</section>");
     }

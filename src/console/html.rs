@@ -111,7 +111,11 @@ fn who(v: &Viewer) -> String {
         None => "all institutions".to_string(),
         Some(l) => l.iter().map(|i| esc(i)).collect::<Vec<_>>().join(", "),
     };
-    let courses = if p.courses.is_empty() { String::new() } else { format!(" · courses: {}", p.courses.iter().map(|c| esc(c)).collect::<Vec<_>>().join(", ")) };
+    let courses = if p.courses.is_empty() {
+        String::new()
+    } else {
+        format!(" · courses: {}", p.courses.iter().map(|c| esc(c)).collect::<Vec<_>>().join(", "))
+    };
     format!(
         "<p class=\"who\" id=\"who\">Signed in as <strong>{}</strong> · roles: <span id=\"roles\">{}</span> · institutions: {insts}{courses}</p>\
          <form method=\"post\" action=\"/console/logout\" class=\"logout\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
@@ -163,7 +167,8 @@ pub fn error_page(status: StatusCode, message: &str) -> Response {
 
 /// The API refused or failed: the same status, its message, in the page.
 pub fn api_error(v: &Viewer, a: &Answer) -> Response {
-    let mut r = page(v, "Refused", &format!("<p class=\"error\" role=\"alert\">The API answered {}: {}</p>", a.status.as_u16(), esc(&a.message())));
+    let mut r =
+        page(v, "Refused", &format!("<p class=\"error\" role=\"alert\">The API answered {}: {}</p>", a.status.as_u16(), esc(&a.message())));
     *r.status_mut() = a.status;
     r
 }

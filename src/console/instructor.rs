@@ -35,7 +35,8 @@ fn range_qs(from: &Option<String>, to: &Option<String>) -> String {
 
 pub fn funnel_table(f: &Value) -> String {
     let mut rows = String::new();
-    let all = f["cohorts"].as_array().cloned().unwrap_or_default().into_iter().map(|c| (c["cohort_id"].as_str().unwrap_or("").to_owned(), c));
+    let all =
+        f["cohorts"].as_array().cloned().unwrap_or_default().into_iter().map(|c| (c["cohort_id"].as_str().unwrap_or("").to_owned(), c));
     for (name, c) in all.chain(std::iter::once(("All cohorts".to_owned(), f["total"].clone()))) {
         rows += &format!(
             "<tr><th scope=\"row\">{}</th>{}{}{}{}</tr>",
@@ -55,7 +56,8 @@ pub fn funnel_table(f: &Value) -> String {
 
 fn engagement_section(e: &Value) -> String {
     let rows = e["rows"].as_array().cloned().unwrap_or_default();
-    let cohorts: Vec<String> = e["cohorts"].as_array().cloned().unwrap_or_default().iter().filter_map(|c| c.as_str().map(str::to_owned)).collect();
+    let cohorts: Vec<String> =
+        e["cohorts"].as_array().cloned().unwrap_or_default().iter().filter_map(|c| c.as_str().map(str::to_owned)).collect();
     let minutes: Vec<String> = rows.iter().map(|r| r["minute"].as_str().unwrap_or("").chars().skip(11).take(5).collect()).collect();
     let mut series = vec![("All cohorts".to_string(), rows.iter().map(|r| value(&r["total"]["active_learners"])).collect::<Vec<_>>())];
     for (j, c) in cohorts.iter().enumerate() {
@@ -68,7 +70,12 @@ fn engagement_section(e: &Value) -> String {
         .zip(&minutes)
         .map(|(r, m)| {
             let per: String = (0..cohorts.len()).map(|j| cell(&r["cohorts"][j]["active_learners"])).collect();
-            format!("<tr><th scope=\"row\">{}</th>{}{}{per}</tr>", esc(m), cell(&r["total"]["active_learners"]), cell(&r["total"]["time_on_task_seconds"]))
+            format!(
+                "<tr><th scope=\"row\">{}</th>{}{}{per}</tr>",
+                esc(m),
+                cell(&r["total"]["active_learners"]),
+                cell(&r["total"]["time_on_task_seconds"])
+            )
         })
         .collect();
     format!(
@@ -79,10 +86,18 @@ fn engagement_section(e: &Value) -> String {
 
 fn time_on_task_table(t: &Value) -> String {
     let mut rows = String::new();
-    let all = t["cohorts"].as_array().cloned().unwrap_or_default().into_iter().map(|c| (c["cohort_id"].as_str().unwrap_or("").to_owned(), c));
+    let all =
+        t["cohorts"].as_array().cloned().unwrap_or_default().into_iter().map(|c| (c["cohort_id"].as_str().unwrap_or("").to_owned(), c));
     for (name, c) in all.chain(std::iter::once(("All cohorts".to_owned(), t["total"].clone()))) {
         let q = &c["active_minutes_per_learner_day"];
-        rows += &format!("<tr><th scope=\"row\">{}</th>{}{}{}{}</tr>", esc(&name), cell(&c["learners"]), cell(&q["p25"]), cell(&q["median"]), cell(&q["p75"]));
+        rows += &format!(
+            "<tr><th scope=\"row\">{}</th>{}{}{}{}</tr>",
+            esc(&name),
+            cell(&c["learners"]),
+            cell(&q["p25"]),
+            cell(&q["median"]),
+            cell(&q["p75"])
+        );
     }
     format!(
         "<table id=\"tot-table\"><caption>Active minutes per learner-day</caption><thead><tr><th scope=\"col\">Cohort</th><th scope=\"col\">Learners</th>\
@@ -123,7 +138,8 @@ pub async fn dashboard(State(st): State<Console>, v: Viewer, Path(course): Path<
         if !t.ok() {
             return html::api_error(&v, &t);
         }
-        let live_src = format!("/console/courses/{c}/live?minutes={minutes}{}", if range.is_empty() { String::new() } else { format!("&{range}") });
+        let live_src =
+            format!("/console/courses/{c}/live?minutes={minutes}{}", if range.is_empty() { String::new() } else { format!("&{range}") });
         body += &format!(
             "<div id=\"live\" data-src=\"{}\" data-updates=\"0\"><p id=\"live-status\" role=\"status\" aria-live=\"polite\">Live view: connecting…</p></div>\
              {}<h2>Funnel <span class=\"hint\">({} to {})</span></h2>{}<h2>Engagement, last {minutes} minutes</h2>{}<h2>Time on task</h2>{}",
@@ -160,12 +176,20 @@ pub async fn replays(State(st): State<Console>, v: Viewer, Path(course): Path<St
     let buckets = a.body["buckets"].as_array().cloned().unwrap_or_default();
     let positions: Vec<u64> = buckets.iter().map(|b| b["position_sec"].as_u64().unwrap_or(0)).collect();
     let replays: Vec<Option<f64>> = buckets.iter().map(|b| value(&b["replays"])).collect();
-    let chart = charts::bars("replay-chart", "Replays per position in the video", &positions, &replays, "position in the video (m:ss)", "replays");
+    let chart =
+        charts::bars("replay-chart", "Replays per position in the video", &positions, &replays, "position in the video (m:ss)", "replays");
     let rows: String = buckets
         .iter()
         .map(|b| {
             let p = b["position_sec"].as_u64().unwrap_or(0);
-            format!("<tr><th scope=\"row\">{}:{:02}</th>{}{}{}</tr>", p / 60, p % 60, cell(&b["replays"]), cell(&b["pauses"]), cell(&b["learners"]))
+            format!(
+                "<tr><th scope=\"row\">{}:{:02}</th>{}{}{}</tr>",
+                p / 60,
+                p % 60,
+                cell(&b["replays"]),
+                cell(&b["pauses"]),
+                cell(&b["learners"])
+            )
         })
         .collect();
     let body = format!(

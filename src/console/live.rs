@@ -48,7 +48,9 @@ pub fn for_browser(event: &str, data: &str) -> Option<Event> {
             }
             Event::default().event(event).json_data(&v).ok()
         }
-        "error" => Some(Event::default().event("error").data(data.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').collect::<String>())),
+        "error" => {
+            Some(Event::default().event("error").data(data.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').collect::<String>()))
+        }
         _ => None,
     }
 }

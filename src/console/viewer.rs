@@ -40,7 +40,10 @@ impl Viewer {
             .zip(headers.get(header::HOST).and_then(|h| h.to_str().ok()))
             .is_some_and(|(origin, host)| origin.split_once("://").map(|(_, rest)| rest) != Some(host));
         if foreign || !session::same(token, &self.csrf) {
-            return Err(html::error_page(StatusCode::FORBIDDEN, "This form is not from your console session (CSRF check failed). Reload the page and try again."));
+            return Err(html::error_page(
+                StatusCode::FORBIDDEN,
+                "This form is not from your console session (CSRF check failed). Reload the page and try again.",
+            ));
         }
         Ok(())
     }

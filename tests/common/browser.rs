@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-
 /// Why the browser tests cannot run here (chromium or chromedriver missing), if so.
 pub fn unavailable() -> Option<String> {
     for bin in ["chromium", "chromedriver"] {
@@ -22,7 +21,10 @@ pub fn unavailable() -> Option<String> {
 
 /// axe-core, fetched and checked by ops/axe-core.sh.
 pub fn axe_source() -> String {
-    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/ops/axe-core.sh")).stderr(Stdio::inherit()).output().expect("ops/axe-core.sh runs");
+    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/ops/axe-core.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("ops/axe-core.sh runs");
     assert!(out.status.success(), "ops/axe-core.sh failed (npm registry reachable?)");
     let path = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"))
@@ -125,9 +127,15 @@ impl Browser {
     /// The element matching `css`, if any.
     pub async fn find(&self, css: &str) -> Option<String> {
         let url = format!("{}/session/{}/element", self.base, self.session);
-        let v: Value = self.http.post(url).json(&json!({"using": "css selector", "value": css})).send().await.unwrap().json().await.unwrap();
+        let v: Value =
+            self.http.post(url).json(&json!({"using": "css selector", "value": css})).send().await.unwrap().json().await.unwrap();
         // The W3C element reference: an object with one key (the web element identifier).
-        v["value"].as_object().filter(|o| !o.contains_key("error")).and_then(|o| o.values().next()).and_then(Value::as_str).map(str::to_owned)
+        v["value"]
+            .as_object()
+            .filter(|o| !o.contains_key("error"))
+            .and_then(|o| o.values().next())
+            .and_then(Value::as_str)
+            .map(str::to_owned)
     }
 
     pub async fn el(&self, css: &str) -> String {
@@ -152,7 +160,11 @@ impl Browser {
     }
 
     pub async fn select(&self, css: &str, value: &str) {
-        self.js("const s = document.querySelector(arguments[0]); s.value = arguments[1]; s.dispatchEvent(new Event('change'));", json!([css, value])).await;
+        self.js(
+            "const s = document.querySelector(arguments[0]); s.value = arguments[1]; s.dispatchEvent(new Event('change'));",
+            json!([css, value]),
+        )
+        .await;
     }
 
     pub async fn click(&self, css: &str) {
@@ -170,7 +182,11 @@ impl Browser {
                     return t;
                 }
             }
-            assert!(t0.elapsed() < timeout, "{css} never showed {needle:?}; page: {}", self.source().await.chars().take(3000).collect::<String>());
+            assert!(
+                t0.elapsed() < timeout,
+                "{css} never showed {needle:?}; page: {}",
+                self.source().await.chars().take(3000).collect::<String>()
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -200,7 +216,9 @@ impl Browser {
             .unwrap_or_default()
             .iter()
             .filter(|v| matches!(v["impact"].as_str(), Some("serious" | "critical")))
-            .map(|v| format!("{}: {} ({} nodes: {})", v["id"], v["help"], v["nodes"].as_array().map_or(0, |n| n.len()), v["nodes"][0]["html"]))
+            .map(|v| {
+                format!("{}: {} ({} nodes: {})", v["id"], v["help"], v["nodes"].as_array().map_or(0, |n| n.len()), v["nodes"][0]["html"])
+            })
             .collect()
     }
 
@@ -232,7 +250,8 @@ impl Browser {
                     if let Some(body) = v["value"]["body"].as_str() {
                         let body = if v["value"]["base64Encoded"].as_bool() == Some(true) {
                             use base64::Engine;
-                            String::from_utf8_lossy(&base64::engine::general_purpose::STANDARD.decode(body).unwrap_or_default()).into_owned()
+                            String::from_utf8_lossy(&base64::engine::general_purpose::STANDARD.decode(body).unwrap_or_default())
+                                .into_owned()
                         } else {
                             body.to_owned()
                         };
