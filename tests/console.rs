@@ -265,6 +265,43 @@ async fn dpo_files_an_erasure_and_downloads_its_verified_certificate() {
     b.wait_text("main", &pseudonym, Duration::from_secs(10)).await;
     accessible(&b, &axe, "suppression list").await;
     b.shot("suppressions").await;
+
+    // A subject-access request: followed to done, its archive downloaded from the page (a tar with its manifest).
+    let other = app.issue("uni-a", "stu-43", json!({"name": "Mary Jackson"})).await;
+    land(&app, vec![event(&other, "c-1", "session.start", chrono::Utc::now(), None)]).await;
+    b.goto(&format!("{}/console/dsr", app.base)).await;
+    b.select("#kind", "access").await;
+    b.type_into("#pseudonym", &other).await;
+    b.click("#new-request button").await;
+    b.wait_text("#job", "access", Duration::from_secs(10)).await;
+    b.wait_text("#job-state", "done", Duration::from_secs(120)).await;
+    b.shot("access-done").await;
+    let href = b.attr("#archive-download", "href").await.expect("an archive link");
+    let tar = b
+        .js_async(
+            "const done = arguments[arguments.length - 1]; fetch(arguments[0]).then(r => r.arrayBuffer()).then(b => { const u = new Uint8Array(b); \
+             done({len: u.length, magic: String.fromCharCode(...u.slice(257, 262)), first: String.fromCharCode(...u.slice(0, 32))}); }).catch(e => done(String(e)));",
+            json!([href]),
+        )
+        .await;
+    assert_eq!(tar["magic"], "ustar", "a tar archive: {tar}");
+    assert!(tar["first"].as_str().unwrap().starts_with("manifest.json"), "{tar}");
+
+    // A batch erasure from CSV: one job, a verified certificate per subject.
+    let c = app.issue("uni-a", "stu-44", json!({"name": "A"})).await;
+    let d = app.issue("uni-a", "stu-45", json!({"name": "B"})).await;
+    land(&app, vec![event(&c, "c-1", "session.start", chrono::Utc::now(), None), event(&d, "c-1", "session.start", chrono::Utc::now(), None)]).await;
+    b.goto(&format!("{}/console/dsr", app.base)).await;
+    b.type_into("#b-institution", "uni-a").await;
+    b.type_into("#csv", &format!("external_id\nstu-44\n{d}\n")).await;
+    b.click("#batch-request button").await;
+    b.wait_text("#job", "erasure_batch", Duration::from_secs(10)).await;
+    b.wait_text("#signature-status", "Signature verified", Duration::from_secs(120)).await;
+    let page = b.text("main").await;
+    assert_eq!(page.matches("Signature verified").count(), 2, "{page}");
+    assert!(page.contains(&c) && page.contains(&d), "{page}");
+    b.shot("batch-certificates").await;
+    accessible(&b, &axe, "batch certificates").await;
     b.quit().await;
 }
 

@@ -182,13 +182,14 @@ fn certificate_view(cert: &Value, key: &Value) -> String {
         cert.as_object().map(|o| o.iter().map(|(k, v)| (k.clone(), v)).collect()).unwrap_or_default()
     };
     let mut out = String::new();
-    for (who, doc) in docs {
+    for (k, (who, doc)) in docs.into_iter().enumerate() {
+        let sid = if k == 0 { "signature-status".to_string() } else { format!("signature-status-{k}") };
         let verdict = match crate::dsr::certificate::verify(doc, public_key) {
             Ok(_) => {
-                format!("<p class=\"ok\" id=\"signature-status\">Signature verified: Ed25519, key <code>{}</code></p>", esc(public_key))
+                format!("<p class=\"ok\" id=\"{sid}\">Signature verified: Ed25519, key <code>{}</code></p>", esc(public_key))
             }
             Err(e) => {
-                format!("<p class=\"bad\" id=\"signature-status\" role=\"alert\">Signature NOT verified: {}</p>", esc(&e.to_string()))
+                format!("<p class=\"bad\" id=\"{sid}\" role=\"alert\">Signature NOT verified: {}</p>", esc(&e.to_string()))
             }
         };
         let fields: String = doc["certificate"]
@@ -321,6 +322,17 @@ pub async fn suppressions(State(st): State<Console>, v: Viewer) -> Response {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_certificate_view_verifies_the_signature() {
+        let signer = crate::dsr::certificate::Signer::derive(&crate::vault::keys::MasterKey::generate());
+        let key = serde_json::json!({"public_key": signer.public_key()});
+        let mut doc = signer.sign(&serde_json::json!({"subject": {"pseudonym": "p"}, "reference": "CASE-1"}));
+        assert!(super::certificate_view(&doc, &key).contains("Signature verified"));
+        doc["certificate"]["reference"] = "CASE-2".into();
+        let html = super::certificate_view(&doc, &key);
+        assert!(html.contains("Signature NOT verified") && html.contains("role=\"alert\""), "{html}");
+    }
+
     #[test]
     fn csv_lines_become_subjects() {
         let s = super::csv_subjects("external_id\nstu-1, x\n\n\"stu-2\"\n6f1d8c5e-0000-4000-8000-000000000001\n");
