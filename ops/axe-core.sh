@@ -19,7 +19,7 @@ if ! ok; then
   got=$(sha256sum "$tmp/package/axe.min.js" | cut -d' ' -f1)
   [ "$got" = "$SHA256" ] || { say "SHA-256 mismatch: got $got, want $SHA256"; exit 1; }
   mkdir -p "$dir"
-  cp "$tmp/package/axe.min.js" "$file"
+  cp "$tmp/package/axe.min.js" "$file.tmp.$$" && mv "$file.tmp.$$" "$file"   # atomic: tests may run it at once
 fi
 say "ready: $file"
 echo "$file"

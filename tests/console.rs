@@ -290,7 +290,11 @@ async fn dpo_files_an_erasure_and_downloads_its_verified_certificate() {
     // A batch erasure from CSV: one job, a verified certificate per subject.
     let c = app.issue("uni-a", "stu-44", json!({"name": "A"})).await;
     let d = app.issue("uni-a", "stu-45", json!({"name": "B"})).await;
-    land(&app, vec![event(&c, "c-1", "session.start", chrono::Utc::now(), None), event(&d, "c-1", "session.start", chrono::Utc::now(), None)]).await;
+    land(
+        &app,
+        vec![event(&c, "c-1", "session.start", chrono::Utc::now(), None), event(&d, "c-1", "session.start", chrono::Utc::now(), None)],
+    )
+    .await;
     b.goto(&format!("{}/console/dsr", app.base)).await;
     b.type_into("#b-institution", "uni-a").await;
     b.type_into("#csv", &format!("external_id\nstu-44\n{d}\n")).await;
@@ -502,6 +506,28 @@ async fn csrf_less_posts_missing_sessions_reused_codes_and_idle_sessions_are_ref
     let r = c.post(format!("{}/console/dsr/requests", app.base)).header("cookie", &aud).form(&f).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN, "refused by the API's rule");
     assert!(app.denials("role_lacks_permission").await >= 1, "audited as the API audits");
+
+    // An instructor's session reads only the courses of its scope: the API's 403, audited, shown as such.
+    let outsider = session_cookie(&app, &link(&app, "instructor-9", &["instructor"], &["uni-a"], &["cs999"]).await).await;
+    let r = c.get(format!("{}/console/courses/{COURSE}", app.base)).header("cookie", &outsider).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(r.text().await.unwrap().contains("not in your token"), "the API's message");
+    assert!(app.denials("course_not_in_scope").await >= 1);
+    assert_eq!(
+        c.get(format!("{}/console/courses/{COURSE}/live", app.base)).header("cookie", &outsider).send().await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+
+    // Signing out ends the session (with its CSRF token).
+    let page = c.get(format!("{}/console", app.base)).header("cookie", &outsider).send().await.unwrap().text().await.unwrap();
+    let out = [("csrf", csrf_of(&page))];
+    assert_eq!(
+        c.post(format!("{}/console/logout", app.base)).header("cookie", &outsider).form(&[("csrf", "x")]).send().await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    let r = c.post(format!("{}/console/logout", app.base)).header("cookie", &outsider).form(&out).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(c.get(format!("{}/console", app.base)).header("cookie", &outsider).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
 
     // Idle sessions end.
     sqlx::query("UPDATE console_sessions SET last_seen = now() - interval '31 minutes'").execute(&app.admin).await.unwrap();

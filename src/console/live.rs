@@ -17,6 +17,9 @@ use super::dispatch::{enc, raw};
 use super::viewer::Viewer;
 use super::Console;
 
+/// How often an open stream checks that its session still lives.
+const SESSION_CHECK: std::time::Duration = std::time::Duration::from_secs(30);
+
 #[derive(Deserialize)]
 pub struct LiveQuery {
     minutes: Option<u32>,
@@ -67,12 +70,22 @@ pub async fn relay(State(st): State<Console>, v: Viewer, Path(course): Path<Stri
         return resp.status().into_response();
     }
     let body = resp.into_body().into_data_stream();
-    let events = futures::stream::unfold((body, Vec::<u8>::new()), |(mut body, mut buf)| async move {
+    // The stream lives as long as the session: checked (and kept alive, the
+    // viewer is watching) every SESSION_CHECK; a signed-out or expired session ends it.
+    let session = (st.app.pool.clone(), v.session_id.clone(), st.app.console.idle, std::time::Instant::now());
+    let events = futures::stream::unfold((body, Vec::<u8>::new(), Some(session)), |(mut body, mut buf, session)| async move {
+        let mut session = session?;
         loop {
+            if session.3.elapsed() >= SESSION_CHECK {
+                match crate::auth::session::touch(&session.0, &session.1, session.2).await {
+                    Ok(Some(_)) => session.3 = std::time::Instant::now(),
+                    _ => return Some((Ok(Event::default().event("error").data("session_ended")), (body, buf, None))),
+                }
+            }
             if let Some(i) = buf.windows(2).position(|w| w == b"\n\n") {
                 let block: Vec<u8> = buf.drain(..i + 2).collect();
                 if let Some(ev) = parse_block(&String::from_utf8_lossy(&block)).and_then(|(e, d)| for_browser(&e, &d)) {
-                    return Some((Ok::<Event, Infallible>(ev), (body, buf)));
+                    return Some((Ok::<Event, Infallible>(ev), (body, buf, Some(session))));
                 }
                 continue;
             }

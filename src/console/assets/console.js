@@ -71,7 +71,7 @@
     }
     var step = Math.max(Math.floor(minutes.length / 6), 1);
     minutes.forEach(function (m, i) {
-      if (i % step === 0) add("text", { x: px(i).toFixed(1), y: H - B + 14, "text-anchor": "middle", "font-size": 11, fill: "#333" }, m);
+      if (i % step === 0) add("text", { x: px(i).toFixed(1), y: H - B + 14, "text-anchor": px(i) > W - 24 ? "end" : "middle", "font-size": 11, fill: "#333" }, m);
     });
     add("text", { x: (L + W) / 2, y: H - 4, "text-anchor": "middle", "font-size": 12, fill: "#222" }, "minute (UTC)");
     series.forEach(function (s, k) {
