@@ -126,17 +126,17 @@ pub async fn dashboard(State(st): State<Console>, v: Viewer, Path(course): Path<
     let minutes = q.minutes.unwrap_or(60);
     let mut body = String::new();
     if v.may(Permission::CohortRead) {
-        let f = get(&st.api, &v.principal, &format!("/v1/courses/{c}/funnel?{range}")).await;
-        if !f.ok() {
-            return html::api_error(&v, &f);
-        }
-        let e = get(&st.api, &v.principal, &format!("/v1/courses/{c}/engagement?minutes={minutes}")).await;
-        if !e.ok() {
-            return html::api_error(&v, &e);
-        }
-        let t = get(&st.api, &v.principal, &format!("/v1/courses/{c}/time-on-task?{range}")).await;
-        if !t.ok() {
-            return html::api_error(&v, &t);
+        // The three views at once (each authorised and released by the API).
+        let uris = [
+            format!("/v1/courses/{c}/funnel?{range}"),
+            format!("/v1/courses/{c}/engagement?minutes={minutes}"),
+            format!("/v1/courses/{c}/time-on-task?{range}"),
+        ];
+        let (f, e, t) = tokio::join!(get(&st.api, &v.principal, &uris[0]), get(&st.api, &v.principal, &uris[1]), get(&st.api, &v.principal, &uris[2]));
+        for a in [&f, &e, &t] {
+            if !a.ok() {
+                return html::api_error(&v, a);
+            }
         }
         let live_src =
             format!("/console/courses/{c}/live?minutes={minutes}{}", if range.is_empty() { String::new() } else { format!("&{range}") });

@@ -24,6 +24,8 @@ pub struct Viewer {
     pub session_id: String,
     /// Roles' permissions, for offering only what the API would allow.
     pub perms: Vec<Permission>,
+    /// The console's public base URL (an accepted `Origin` behind a proxy).
+    pub base_url: String,
 }
 
 impl Viewer {
@@ -31,15 +33,10 @@ impl Viewer {
         self.perms.contains(&p)
     }
 
-    /// Refuse a state-changing request whose CSRF token is not the session's
-    /// (403, audited by nothing: no API call was made).
+    /// Refuse a state-changing request whose CSRF token is not the session's,
+    /// or that comes from another origin (403; no API call is made).
     pub fn check_csrf(&self, token: &str, headers: &HeaderMap) -> Result<(), Response> {
-        let foreign = headers
-            .get(header::ORIGIN)
-            .and_then(|o| o.to_str().ok())
-            .zip(headers.get(header::HOST).and_then(|h| h.to_str().ok()))
-            .is_some_and(|(origin, host)| origin.split_once("://").map(|(_, rest)| rest) != Some(host));
-        if foreign || !session::same(token, &self.csrf) {
+        if !same_origin(headers, &self.base_url) || !session::same(token, &self.csrf) {
             return Err(html::error_page(
                 StatusCode::FORBIDDEN,
                 "This form is not from your console session (CSRF check failed). Reload the page and try again.",
@@ -47,6 +44,13 @@ impl Viewer {
         }
         Ok(())
     }
+}
+
+/// No `Origin`, or the request's own (its `Host`) or the console's public one (`LEARNVAULT_CONSOLE_URL`, behind a proxy).
+pub fn same_origin(headers: &HeaderMap, base_url: &str) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else { return true };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    origin.split_once("://").map(|(_, rest)| rest) == host || origin == base_url.trim_end_matches('/')
 }
 
 pub fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -78,7 +82,7 @@ impl FromRequestParts<Console> for Viewer {
             Ok(Some(s)) => {
                 let principal = principal_of(&s);
                 let perms = Permission::ALL.into_iter().filter(|p| state.app.policies.allows(&principal.roles, *p)).collect();
-                Ok(Viewer { principal, csrf: s.csrf, session_id: id, perms })
+                Ok(Viewer { principal, csrf: s.csrf, session_id: id, perms, base_url: state.app.console.base_url.clone() })
             }
             Ok(None) => Err(signed_out()),
             Err(e) => {
@@ -96,4 +100,36 @@ fn signed_out() -> Response {
          (<code>learnvault console login --role ROLE --institution ID</code>) and open it.</p>",
     );
     (StatusCode::UNAUTHORIZED, body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::{header, HeaderMap, HeaderValue};
+
+    fn h(origin: Option<&str>, host: &str) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        m.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+        if let Some(o) = origin {
+            m.insert(header::ORIGIN, HeaderValue::from_str(o).unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn origins() {
+        let base = "https://console.example.edu";
+        assert!(super::same_origin(&h(None, "x"), base));
+        assert!(super::same_origin(&h(Some("http://127.0.0.1:8080"), "127.0.0.1:8080"), base));
+        assert!(super::same_origin(&h(Some("https://console.example.edu"), "10.0.0.5:8080"), base), "behind a proxy");
+        assert!(!super::same_origin(&h(Some("https://evil.example"), "127.0.0.1:8080"), base));
+        assert!(!super::same_origin(&h(Some("null"), "127.0.0.1:8080"), base));
+    }
+
+    #[test]
+    fn cookies() {
+        let mut m = HeaderMap::new();
+        m.insert(header::COOKIE, HeaderValue::from_static("a=1; lv_console=abc; b=2"));
+        assert_eq!(super::cookie_value(&m, "lv_console").as_deref(), Some("abc"));
+        assert_eq!(super::cookie_value(&m, "lv"), None);
+    }
 }
