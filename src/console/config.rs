@@ -16,6 +16,9 @@ pub struct Config {
     pub code_ttl: Duration,
     /// Cookies carry `Secure` (anything but plain HTTP on loopback).
     pub secure_cookie: bool,
+    /// One-time codes (`console login`) sign in: development only (no
+    /// production key set), like `token mint`.
+    pub dev_login: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +33,7 @@ impl Config {
             .any(|p| base_url.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with(':') || rest.starts_with('/')));
         let c = Config {
             secure_cookie: !loopback,
+            dev_login: !s.is_production() && s.jwks_file.is_none(),
             base_url,
             idle: Duration::from_secs(s.console_idle_minutes.saturating_mul(60)),
             lifetime: Duration::from_secs(s.console_session_hours.saturating_mul(3600)),
@@ -81,5 +85,12 @@ mod tests {
         assert!(Config::from_settings(&s).is_err());
         let s = Settings { console_url: Some("ftp://x".into()), ..Settings::default() };
         assert!(Config::from_settings(&s).is_err());
+    }
+
+    #[test]
+    fn one_time_codes_are_for_development_only() {
+        assert!(with(None, "127.0.0.1:8080").dev_login);
+        let s = Settings { jwks_file: Some("/etc/jwks.json".into()), ..Settings::default() };
+        assert!(!Config::from_settings(&s).unwrap().dev_login);
     }
 }

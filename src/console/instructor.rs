@@ -132,7 +132,8 @@ pub async fn dashboard(State(st): State<Console>, v: Viewer, Path(course): Path<
             format!("/v1/courses/{c}/engagement?minutes={minutes}"),
             format!("/v1/courses/{c}/time-on-task?{range}"),
         ];
-        let (f, e, t) = tokio::join!(get(&st.api, &v.principal, &uris[0]), get(&st.api, &v.principal, &uris[1]), get(&st.api, &v.principal, &uris[2]));
+        let (f, e, t) =
+            tokio::join!(get(&st.api, &v.principal, &uris[0]), get(&st.api, &v.principal, &uris[1]), get(&st.api, &v.principal, &uris[2]));
         for a in [&f, &e, &t] {
             if !a.ok() {
                 return html::api_error(&v, a);

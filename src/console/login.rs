@@ -26,6 +26,12 @@ fn cookie(state: &Console, value: &str, max_age: Option<u64>) -> HeaderValue {
 }
 
 pub async fn exchange(State(state): State<Console>, Query(q): Query<CodeQuery>) -> Response {
+    if !state.app.console.dev_login {
+        return html::error_page(
+            StatusCode::NOT_FOUND,
+            "One-time sign-in links are for development; sign in through your identity provider.",
+        );
+    }
     let code = q.code.unwrap_or_default();
     if code.is_empty() || code.len() > 128 {
         return html::error_page(StatusCode::BAD_REQUEST, "This sign-in link has no valid code.");
