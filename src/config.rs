@@ -115,6 +115,11 @@ pub struct Settings {
     pub console_session_hours: u64,
     /// A one-time sign-in link (`console login`) is valid this many seconds.
     pub console_code_ttl_secs: u64,
+    /// OpenID Connect issuer of the console's sign-in (authorization code + PKCE); none: not offered.
+    pub oidc_issuer: Option<String>,
+    pub oidc_client_id: String,
+    /// The console's client secret at the provider (none: a public client, PKCE only).
+    pub oidc_client_secret: Option<SecretString>,
 }
 
 impl Default for Settings {
@@ -165,6 +170,9 @@ impl Default for Settings {
             console_idle_minutes: 30,
             console_session_hours: 12,
             console_code_ttl_secs: 900,
+            oidc_issuer: None,
+            oidc_client_id: "learnvault-console".into(),
+            oidc_client_secret: None,
         }
     }
 }

@@ -536,3 +536,98 @@ async fn csrf_less_posts_missing_sessions_reused_codes_and_idle_sessions_are_ref
     let value = cookie.split('=').nth(1).unwrap();
     assert_eq!(app.count(&format!("SELECT count(*) FROM console_sessions WHERE encode(id_hash, 'escape') LIKE '%{value}%'")).await, 0);
 }
+
+/// A Keycloak of the test's own (ops/keycloak.sh), with ops/keycloak/learnvault-realm.json;
+/// `LV_KEYCLOAK_URL` reuses a running one with that realm. Stopped on drop.
+struct Keycloak {
+    base: String,
+    child: Option<std::process::Child>,
+}
+
+impl Keycloak {
+    async fn start() -> Keycloak {
+        if let Ok(base) = std::env::var("LV_KEYCLOAK_URL") {
+            return Keycloak { base, child: None };
+        }
+        let out =
+            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/ops/keycloak.sh")).output().expect("ops/keycloak.sh runs");
+        assert!(out.status.success(), "ops/keycloak.sh: {}", String::from_utf8_lossy(&out.stderr));
+        let dir = std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        std::fs::create_dir_all(dir.join("data/import")).unwrap();
+        std::fs::copy(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/ops/keycloak/learnvault-realm.json"),
+            dir.join("data/import/learnvault-realm.json"),
+        )
+        .unwrap();
+        let port = common::spine::free_port();
+        let log = std::fs::File::create(std::env::temp_dir().join(format!("lv-keycloak-{port}.log"))).unwrap();
+        let child = std::process::Command::new(dir.join("bin/kc.sh"))
+            .args(["start-dev", "--http-host=127.0.0.1", &format!("--http-port={port}"), "--import-realm", "--db=dev-mem"])
+            .env("JAVA_OPTS_KC_HEAP", "-Xms64m -Xmx512m")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("kc.sh starts");
+        let kc = Keycloak { base: format!("http://127.0.0.1:{port}"), child: Some(child) };
+        let t0 = Instant::now();
+        let discovery = format!("{}/realms/learnvault/.well-known/openid-configuration", kc.base);
+        loop {
+            if reqwest::get(&discovery).await.is_ok_and(|r| r.status().is_success()) {
+                break;
+            }
+            // Keycloak builds itself on a first start: minutes on a small machine.
+            assert!(t0.elapsed() < Duration::from_secs(600), "Keycloak did not start (see lv-keycloak-{port}.log)");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        println!("Keycloak answered after {} s", t0.elapsed().as_secs());
+        kc
+    }
+}
+
+impl Drop for Keycloak {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_dpo_signs_in_through_openid_connect_with_pkce_at_keycloak() {
+    browser_ready();
+    let kc = Keycloak::start().await;
+    let issuer = format!("{}/realms/learnvault", kc.base);
+    let app = TestApp::spawn_with(|s| {
+        s.oidc_issuer = Some(issuer.clone());
+        s.oidc_client_secret = Some("console-secret".to_string().into());
+    })
+    .await;
+    let mut b = Browser::start("oidc").await;
+    b.goto(&format!("{}/console", app.base)).await;
+    b.click("#oidc-sign-in").await;
+    // Keycloak's own login page.
+    b.wait_text("body", "Sign in", Duration::from_secs(30)).await;
+    assert!(b.attr("#kc-form-login", "action").await.unwrap().starts_with(&kc.base), "the provider's page");
+    b.shot("provider-login").await;
+    b.type_into("#username", "dana").await;
+    b.type_into("#password", "dana-password").await;
+    b.click("#kc-login").await;
+    let who = b.wait_text("#who", "dana", Duration::from_secs(30)).await;
+    assert!(who.contains("roles: dpo") && who.contains("institutions: uni-a"), "the ID token's claims: {who}");
+    b.shot("signed-in").await;
+    let c = b.cookies().await;
+    let c = c.iter().find(|c| c["name"] == "lv_console").expect("the session cookie");
+    assert_eq!((c["httpOnly"].as_bool(), c["sameSite"].as_str()), (Some(true), Some("Strict")));
+    let (method, actor): (String, String) =
+        sqlx::query_as("SELECT detail->>'method', actor FROM audit_log WHERE action = 'console.login' AND outcome = 'success'")
+            .fetch_one(&app.admin)
+            .await
+            .unwrap();
+    assert_eq!((method.as_str(), actor.as_str()), ("oidc", "dana"));
+    // The state is taken once: nothing is left in flight, and a callback with an unknown state is refused.
+    assert_eq!(app.count("SELECT count(*) FROM console_oidc_logins").await, 0, "the sign-in in flight was taken");
+    let r = reqwest::get(format!("{}/console/oidc/callback?code=x&state=never-issued", app.base)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    b.quit().await;
+}

@@ -33,5 +33,15 @@ CREATE TABLE console_sessions (
 );
 CREATE INDEX console_sessions_expiry ON console_sessions (expires_at);
 
+-- OpenID Connect sign-ins in flight (authorization code + PKCE): the `state`
+-- (hashed) maps to the PKCE verifier and the nonce; taken once, before it expires.
+CREATE TABLE console_oidc_logins (
+    state_hash   bytea PRIMARY KEY CHECK (length(state_hash) = 32),
+    verifier     text NOT NULL,
+    nonce        text NOT NULL,
+    expires_at   timestamptz NOT NULL
+);
+
 GRANT SELECT, INSERT, UPDATE, DELETE ON console_login_codes TO learnvault_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON console_sessions TO learnvault_app;
+GRANT SELECT, INSERT, DELETE ON console_oidc_logins TO learnvault_app;

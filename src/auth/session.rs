@@ -149,6 +149,28 @@ pub async fn end(pool: &PgPool, id: &str) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// Remember an OpenID Connect sign-in in flight: `state` -> (PKCE verifier, nonce), for `ttl`.
+pub async fn begin_oidc(pool: &PgPool, state: &str, verifier: &str, nonce: &str, ttl: Duration) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO console_oidc_logins (state_hash, verifier, nonce, expires_at) VALUES ($1, $2, $3, now() + make_interval(secs => $4))",
+    )
+    .bind(hash(state))
+    .bind(verifier)
+    .bind(nonce)
+    .bind(ttl.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Take (once) the sign-in of `state` if it has not expired: (PKCE verifier, nonce).
+pub async fn take_oidc(pool: &PgPool, state: &str) -> Result<Option<(String, String)>, sqlx::Error> {
+    sqlx::query_as("DELETE FROM console_oidc_logins WHERE state_hash = $1 AND expires_at > now() RETURNING verifier, nonce")
+        .bind(hash(state))
+        .fetch_optional(pool)
+        .await
+}
+
 /// Delete expired codes and sessions (idle past `idle`, or past their end).
 pub async fn purge(pool: &PgPool, idle: Duration) -> Result<u64, sqlx::Error> {
     let a = sqlx::query("DELETE FROM console_login_codes WHERE expires_at < now() - interval '1 day'").execute(pool).await?.rows_affected();
@@ -157,7 +179,8 @@ pub async fn purge(pool: &PgPool, idle: Duration) -> Result<u64, sqlx::Error> {
         .execute(pool)
         .await?
         .rows_affected();
-    Ok(a + b)
+    let c = sqlx::query("DELETE FROM console_oidc_logins WHERE expires_at < now()").execute(pool).await?.rows_affected();
+    Ok(a + b + c)
 }
 
 #[cfg(test)]

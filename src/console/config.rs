@@ -8,6 +8,9 @@ use crate::config::Settings;
 pub struct Config {
     /// Base URL of sign-in links (no trailing slash).
     pub base_url: String,
+    /// `base_url` was configured (`LEARNVAULT_CONSOLE_URL`); otherwise the
+    /// OpenID Connect redirect goes back to the host the browser used.
+    pub base_url_configured: bool,
     /// A session ends after this long without a request.
     pub idle: Duration,
     /// A session ends this long after sign-in.
@@ -19,6 +22,16 @@ pub struct Config {
     /// One-time codes (`console login`) sign in: development only (no
     /// production key set), like `token mint`.
     pub dev_login: bool,
+    /// OpenID Connect sign-in, when an issuer is configured.
+    pub oidc: Option<Oidc>,
+}
+
+/// The identity provider of the console's OpenID Connect sign-in.
+#[derive(Debug, Clone)]
+pub struct Oidc {
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: Option<secrecy::SecretString>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +46,13 @@ impl Config {
             .any(|p| base_url.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with(':') || rest.starts_with('/')));
         let c = Config {
             secure_cookie: !loopback,
+            base_url_configured: s.console_url.is_some(),
             dev_login: !s.is_production() && s.jwks_file.is_none(),
+            oidc: s.oidc_issuer.as_ref().map(|i| Oidc {
+                issuer: i.trim_end_matches('/').to_owned(),
+                client_id: s.oidc_client_id.clone(),
+                client_secret: s.oidc_client_secret.clone(),
+            }),
             base_url,
             idle: Duration::from_secs(s.console_idle_minutes.saturating_mul(60)),
             lifetime: Duration::from_secs(s.console_session_hours.saturating_mul(3600)),
@@ -55,6 +74,14 @@ impl Config {
         }
         if self.code_ttl < Duration::from_secs(10) || self.code_ttl > Duration::from_secs(24 * 3600) {
             return Err(ConfigError("LEARNVAULT_CONSOLE_CODE_TTL_SECS must be 10-86400".into()));
+        }
+        if let Some(o) = &self.oidc {
+            if !(o.issuer.starts_with("https://") || o.issuer.starts_with("http://127.0.0.1") || o.issuer.starts_with("http://localhost")) {
+                return Err(ConfigError("LEARNVAULT_OIDC_ISSUER must be https (plain http only on loopback)".into()));
+            }
+            if o.client_id.is_empty() {
+                return Err(ConfigError("LEARNVAULT_OIDC_CLIENT_ID must not be empty".into()));
+            }
         }
         Ok(())
     }

@@ -19,7 +19,8 @@ pub struct CodeQuery {
     code: Option<String>,
 }
 
-fn cookie(state: &Console, value: &str, max_age: Option<u64>) -> HeaderValue {
+/// The session cookie (`value` empty and `max_age` 0: cleared).
+pub fn session_cookie(state: &Console, value: &str, max_age: Option<u64>) -> HeaderValue {
     let secure = if state.app.console.secure_cookie { "; Secure" } else { "" };
     let age = max_age.map(|a| format!("; Max-Age={a}")).unwrap_or_default();
     HeaderValue::from_str(&format!("{COOKIE}={value}; Path=/console; HttpOnly; SameSite=Strict{secure}{age}")).expect("a token is ASCII")
@@ -50,7 +51,7 @@ pub async fn exchange(State(state): State<Console>, Query(q): Query<CodeQuery>) 
             // cookie is sent even when the link was opened from another site (mail, chat).
             let body = "<h1>Signed in</h1><p><a href=\"/console\">Continue to the console</a></p>";
             let mut r = (StatusCode::OK, html::bare_refresh("Signed in", "/console", body)).into_response();
-            r.headers_mut().insert(header::SET_COOKIE, cookie(&state, &id, Some(app.console.lifetime.as_secs())));
+            r.headers_mut().insert(header::SET_COOKIE, session_cookie(&state, &id, Some(app.console.lifetime.as_secs())));
             r
         }
         Ok(None) => {
@@ -94,6 +95,6 @@ pub async fn logout(State(state): State<Console>, v: Viewer, headers: HeaderMap,
     }
     let _ = state.app.audit.record(v.principal.entry("console.logout", None, None, Outcome::Success)).await;
     let mut r = (StatusCode::OK, html::bare("Signed out", "<h1>Signed out</h1><p>Your console session has ended.</p>")).into_response();
-    r.headers_mut().insert(header::SET_COOKIE, cookie(&state, "", Some(0)));
+    r.headers_mut().insert(header::SET_COOKIE, session_cookie(&state, "", Some(0)));
     r
 }

@@ -47,9 +47,10 @@ mod html;
 mod instructor;
 mod live;
 mod login;
+mod oidc;
 mod viewer;
 
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, Oidc};
 
 use axum::extract::Request;
 use axum::http::{header, HeaderValue};
@@ -78,6 +79,8 @@ pub fn router(app: AppState, api: Router) -> Router {
         .route("/console/", get(home::page))
         .route("/console/login", get(login::exchange))
         .route("/console/logout", post(login::logout))
+        .route("/console/oidc/start", get(oidc::start))
+        .route("/console/oidc/callback", get(oidc::callback))
         .route("/console/assets/{file}", get(assets::serve))
         .route("/console/courses/{course}", get(instructor::dashboard))
         .route("/console/courses/{course}/live", get(live::relay))

@@ -76,7 +76,7 @@ impl FromRequestParts<Console> for Viewer {
 
     async fn from_request_parts(parts: &mut Parts, state: &Console) -> Result<Self, Response> {
         let Some(id) = cookie_value(&parts.headers, COOKIE) else {
-            return Err(signed_out());
+            return Err(signed_out(state));
         };
         match session::touch(&state.app.pool, &id, state.app.console.idle).await {
             Ok(Some(s)) => {
@@ -84,7 +84,7 @@ impl FromRequestParts<Console> for Viewer {
                 let perms = Permission::ALL.into_iter().filter(|p| state.app.policies.allows(&principal.roles, *p)).collect();
                 Ok(Viewer { principal, csrf: s.csrf, session_id: id, perms, base_url: state.app.console.base_url.clone() })
             }
-            Ok(None) => Err(signed_out()),
+            Ok(None) => Err(signed_out(state)),
             Err(e) => {
                 tracing::error!(error = %e, "console session lookup failed");
                 Err(html::error_page(StatusCode::SERVICE_UNAVAILABLE, "The session store is unavailable; retry in a moment."))
@@ -93,12 +93,13 @@ impl FromRequestParts<Console> for Viewer {
     }
 }
 
-fn signed_out() -> Response {
-    let body = html::bare(
-        "Sign in",
-        "<h1>Not signed in</h1><p>Your session is missing or has expired. Ask for a sign-in link \
-         (<code>learnvault console login --role ROLE --institution ID</code>) and open it.</p>",
-    );
+fn signed_out(state: &Console) -> Response {
+    let how = if state.app.console.oidc.is_some() {
+        "<p><a id=\"oidc-sign-in\" href=\"/console/oidc/start\">Sign in with your identity provider</a></p>"
+    } else {
+        "<p>Ask for a sign-in link (<code>learnvault console login --role ROLE --institution ID</code>) and open it.</p>"
+    };
+    let body = html::bare("Sign in", &format!("<h1>Not signed in</h1><p>Your session is missing or has expired.</p>{how}"));
     (StatusCode::UNAUTHORIZED, body).into_response()
 }
 
