@@ -30,10 +30,9 @@
 //! - [`Config`] (`from_settings`, `validate`): base URL, idle timeout, lifetime, code TTL.
 //! - [`login_link`]: a one-time sign-in link (`learnvault console login`, the demo).
 //!
-//! Sign-in is pluggable: a verified identity becomes [`auth::session::SessionClaims`]
-//! and `auth::session::start`; the development path is the one-time code
-//! ([`login`]). An OpenID Connect authorization-code + PKCE flow would add
-//! `/console/oidc/{start,callback}` beside it (not built yet).
+//! Sign-in: a verified identity becomes [`auth::session::SessionClaims`] and
+//! `auth::session::start`: in development by a one-time code ([`login`]), in
+//! production through OpenID Connect, authorization code + PKCE ([`oidc`]).
 
 mod advisor;
 mod assets;
