@@ -498,6 +498,14 @@ async fn csrf_less_posts_missing_sessions_reused_codes_and_idle_sessions_are_ref
         true
     );
 
+    // The queue behind the page, over the API: the caller's institutions only; the suppression list needs dsr.erasure.
+    let (s, v) = app.get("/v1/dsr/jobs", &app.auditor()).await;
+    assert_eq!((s, v["jobs"].as_array().map(Vec::len)), (StatusCode::OK, Some(1)), "{v}");
+    let (s, v) = app.get("/v1/dsr/jobs", &app.dpo("uni-b")).await;
+    assert_eq!((s, v["jobs"].as_array().map(Vec::len)), (StatusCode::OK, Some(0)), "another institution's DPO sees none: {v}");
+    assert_eq!(app.get("/v1/dsr/suppressions", &app.auditor()).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(app.get("/v1/dsr/jobs?limit=0", &app.auditor()).await.0, StatusCode::BAD_REQUEST);
+
     // The console's authority is the API's: an auditor's session cannot file a request.
     let aud = session_cookie(&app, &link(&app, "auditor-1", &["auditor"], &["*"], &[]).await).await;
     let page = c.get(format!("{}/console/dsr", app.base)).header("cookie", &aud).send().await.unwrap().text().await.unwrap();
