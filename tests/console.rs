@@ -537,6 +537,28 @@ async fn csrf_less_posts_missing_sessions_reused_codes_and_idle_sessions_are_ref
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(c.get(format!("{}/console", app.base)).header("cookie", &outsider).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
 
+    // `learnvault console login` prints a link that signs in once; unknown roles and scope-less course roles are refused.
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_learnvault"))
+            .args(["console", "login"])
+            .args(args)
+            .env("LEARNVAULT_DATABASE_URL", secrecy::ExposeSecret::expose_secret(&app.settings.database_url))
+            .env("LEARNVAULT_POLICY_DIR", &app.settings.policy_dir)
+            .env("LEARNVAULT_CONSOLE_URL", &app.base)
+            .env("LEARNVAULT_LOG", "error")
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["--role", "auditor", "--institution", "*", "--sub", "cli-auditor"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(printed.starts_with(&format!("{}/console/login?code=", app.base)), "{printed}");
+    let cli_cookie = session_cookie(&app, &printed).await;
+    let home = c.get(format!("{}/console", app.base)).header("cookie", &cli_cookie).send().await.unwrap().text().await.unwrap();
+    assert!(home.contains("cli-auditor"), "{home}");
+    assert!(!cli(&["--role", "emperor", "--institution", "uni-a"]).status.success());
+    assert!(!cli(&["--role", "instructor", "--institution", "uni-a"]).status.success(), "an instructor needs a --course");
+
     // Idle sessions end.
     sqlx::query("UPDATE console_sessions SET last_seen = now() - interval '31 minutes'").execute(&app.admin).await.unwrap();
     assert_eq!(c.get(format!("{}/console", app.base)).header("cookie", &cookie).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
