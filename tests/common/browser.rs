@@ -273,12 +273,29 @@ impl Browser {
         let _ = self.http.delete(format!("{}/session/{}", self.base, self.session)).send().await;
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+        self.reap();
         let _ = std::fs::remove_dir_all(&self.profile);
+    }
+
+    /// Chromium's helpers (zygotes, utility processes) outlive the browser and its
+    /// driver: end every process of this browser's own profile, by PID.
+    fn reap(&self) {
+        let marker = format!("--user-data-dir={}", self.profile.display());
+        let Ok(dir) = std::fs::read_dir("/proc") else { return };
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+            if cmd.split(|b| *b == 0).any(|arg| arg == marker.as_bytes()) {
+                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            }
+        }
     }
 }
 
 impl Drop for Browser {
     fn drop(&mut self) {
         let _ = self.driver.kill();
+        let _ = self.driver.wait();
+        self.reap();
     }
 }
