@@ -16,10 +16,35 @@ use super::viewer::Viewer;
 use super::Console;
 use crate::policy::Permission;
 
+/// A job's progress at a glance: its scalar fields, and how many items its lists hold.
 fn progress(p: &Value) -> String {
+    let parts: Vec<String> = p
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter_map(|(k, v)| match v {
+                    Value::Array(a) => Some(format!("{}: {} item{}", esc(k), a.len(), if a.len() == 1 { "" } else { "s" })),
+                    Value::Object(_) => None,
+                    v => Some(format!("{}: {}", esc(k), text(v))),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if parts.is_empty() {
+        "—".into()
+    } else {
+        parts.join("; ")
+    }
+}
+
+/// The whole progress record, folded.
+fn progress_detail(p: &Value) -> String {
     match p.as_object() {
-        Some(o) if !o.is_empty() => o.iter().map(|(k, v)| format!("{}: {}", esc(k), text(v))).collect::<Vec<_>>().join("; "),
-        _ => "—".into(),
+        Some(o) if !o.is_empty() => format!(
+            "<details><summary>Every step's record</summary><pre>{}</pre></details>",
+            esc(&serde_json::to_string_pretty(p).unwrap_or_default())
+        ),
+        _ => String::new(),
     }
 }
 
@@ -222,13 +247,14 @@ pub async fn job(State(st): State<Console>, v: Viewer, Path(id): Path<String>) -
     let kind = j["kind"].as_str().unwrap_or("");
     let mut body = format!(
         "<table id=\"job\"><tbody><tr><th scope=\"row\">Kind</th><td>{}</td></tr><tr><th scope=\"row\">State</th><td id=\"job-state\">{}</td></tr>\
-         <tr><th scope=\"row\">Step</th><td>{}</td></tr><tr><th scope=\"row\">Progress</th><td>{}</td></tr><tr><th scope=\"row\">Requested</th><td>{}</td></tr>\
+         <tr><th scope=\"row\">Step</th><td>{}</td></tr><tr><th scope=\"row\">Progress</th><td>{}{}</td></tr><tr><th scope=\"row\">Requested</th><td>{}</td></tr>\
          <tr><th scope=\"row\">Deadline</th><td>{}{}</td></tr><tr><th scope=\"row\">Subject</th><td>{}</td></tr><tr><th scope=\"row\">Institution</th><td>{}</td></tr>\
          <tr><th scope=\"row\">Case</th><td>{}</td></tr><tr><th scope=\"row\">Error</th><td>{}</td></tr></tbody></table>",
         text(&j["kind"]),
         text(&j["state"]),
         text(&j["step"]),
         progress(&j["progress"]),
+        progress_detail(&j["progress"]),
         text(&j["requested_at"]),
         text(&j["deadline"]),
         if j["overdue"].as_bool() == Some(true) { " <span class=\"overdue\">overdue</span>" } else { "" },
