@@ -133,7 +133,7 @@ pub async fn item(State(st): State<Console>, v: Viewer, Path(id): Path<String>) 
         "<table id=\"item\"><tbody><tr><th scope=\"row\">Kind</th><td>{}</td></tr><tr><th scope=\"row\">State</th><td id=\"item-state\">{}</td></tr>\
          <tr><th scope=\"row\">Course</th><td>{}</td></tr><tr><th scope=\"row\">Content</th><td>{}</td></tr><tr><th scope=\"row\">Day</th><td>{}</td></tr>\
          <tr><th scope=\"row\">Held by</th><td>{} until {}</td></tr></tbody></table>\
-         <h2>Evidence</h2><pre id=\"evidence\">{}</pre><h2>Cohort context</h2><table><thead><tr><th scope=\"col\">Group</th><th scope=\"col\">Learners</th></tr></thead><tbody>{context}</tbody></table>\
+         <h2>Evidence</h2><p id=\"evidence-summary\">{}</p><details open><summary>The detector's record</summary><pre id=\"evidence\">{}</pre></details><h2>Cohort context</h2><table><thead><tr><th scope=\"col\">Group</th><th scope=\"col\">Learners</th></tr></thead><tbody>{context}</tbody></table>\
          <h2>Subjects</h2><ul>{subjects}</ul><h2>Decision</h2>{decision}",
         text(&i["kind"]),
         text(&i["state"]),
@@ -142,9 +142,20 @@ pub async fn item(State(st): State<Console>, v: Viewer, Path(id): Path<String>) 
         text(&i["event_date"]),
         text(&i["lease_by"]),
         text(&i["lease_until"]),
+        evidence_summary(&i["evidence"]),
         esc(&serde_json::to_string_pretty(&i["evidence"]).unwrap_or_default()),
     );
     html::page(&v, "Review item", &body)
+}
+
+/// The statistic against its baseline and expected band, in a sentence.
+fn evidence_summary(e: &Value) -> String {
+    let band = e["band"]
+        .as_array()
+        .filter(|b| b.len() == 2)
+        .map(|b| format!(" (expected band {} to {})", text(&b[0]), text(&b[1])))
+        .unwrap_or_default();
+    format!("Statistic <strong>{}</strong> against a baseline of {}{band}.", text(&e["statistic"]), text(&e["baseline"]))
 }
 
 #[derive(Deserialize)]
