@@ -5,7 +5,9 @@
 # and the governed lander into ClickHouse; then the whole system live (API,
 # gateway, lander, engine) fed by a simulated cohort in real time, with a
 # refreshing dashboard. Stops what it started.
-# LEARNVAULT_DEMO_DURATION (default 60s) sets the live part's length; Ctrl-C ends it early.
+# The live part serves the console (its URL and a one-time sign-in link per role on
+# the dashboard) with the simulated cohort flowing until Ctrl-C;
+# LEARNVAULT_DEMO_DURATION (e.g. 60s) ends it by itself (automated runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ops/deps.sh
@@ -45,6 +47,6 @@ export LEARNVAULT_EVENTS_TOPIC="learning-events-live-$run"
 export LEARNVAULT_DLQ_TOPIC="learning-events-live-$run.dlq"
 export LEARNVAULT_CONSUMER_GROUP="learnvault-live-$run"
 echo
-echo "== The whole system live for ${LEARNVAULT_DEMO_DURATION:-60s} (Ctrl-C ends it early)"
+echo "== The whole system live, with the console, for ${LEARNVAULT_DEMO_DURATION:-as long as you like} (Ctrl-C ends it)"
 sleep 2
-target/debug/learnvault demo --live --duration "${LEARNVAULT_DEMO_DURATION:-60s}"
+target/debug/learnvault demo --live ${LEARNVAULT_DEMO_DURATION:+--duration "$LEARNVAULT_DEMO_DURATION"}

@@ -7,6 +7,11 @@ cd "$(dirname "$0")/.."
 ops/deps.sh
 ops/postgres.sh
 ops/install-chdb.sh >/dev/null
+# The console's browser tests: headless Chromium + chromedriver, and axe-core (pinned, checked).
+# Without them the browser tests fail (they never pass by skipping); the rest still runs.
+ops/chromium.sh || echo "[test] headless Chromium could not be installed: tests/console.rs's browser tests will fail" >&2
+ops/axe-core.sh >/dev/null || echo "[test] axe-core could not be fetched: tests/console.rs's browser tests will fail" >&2
+ops/keycloak.sh >/dev/null || echo "[test] Keycloak could not be fetched: the console's OpenID Connect test will fail" >&2
 # Tests make topics by the hundred: the broker starts from empty storage (a broker already
 # listening on 9092 is used as it is).
 kafka_pid=$(LEARNVAULT_KAFKA_FRESH=1 ops/kafka.sh)

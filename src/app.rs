@@ -62,6 +62,7 @@ pub async fn build_state(settings: &Settings) -> anyhow::Result<AppState> {
         gateway: None,
         serve: None,
         signals: None,
+        console: Arc::new(crate::console::Config::from_settings(settings)?),
     })
 }
 
@@ -110,7 +111,7 @@ pub fn with_warehouse(mut state: AppState, settings: &Settings, warehouse: Wareh
 
 /// Serve the API on `listener` until `shutdown` resolves; in-flight requests drain.
 pub async fn serve(state: AppState, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let router = api::router(state);
+    let router = crate::console::router(state.clone(), api::router(state));
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await.context("HTTP server")
 }
 

@@ -115,6 +115,19 @@ pub struct Settings {
     pub audit_checkpoint_interval_secs: u64,
     /// Rows per ClickHouse page when subject access exports a table (memory bound).
     pub dsr_export_page_rows: u64,
+    /// The console's public base URL, for sign-in links (default: `http://` + `listen`).
+    pub console_url: Option<String>,
+    /// A console session ends after this many minutes without a request.
+    pub console_idle_minutes: u64,
+    /// A console session ends this many hours after sign-in, used or not.
+    pub console_session_hours: u64,
+    /// A one-time sign-in link (`console login`) is valid this many seconds.
+    pub console_code_ttl_secs: u64,
+    /// OpenID Connect issuer of the console's sign-in (authorization code + PKCE); none: not offered.
+    pub oidc_issuer: Option<String>,
+    pub oidc_client_id: String,
+    /// The console's client secret at the provider (none: a public client, PKCE only).
+    pub oidc_client_secret: Option<SecretString>,
 }
 
 impl Default for Settings {
@@ -164,6 +177,13 @@ impl Default for Settings {
             audit_checkpoint_dir: None,
             audit_checkpoint_interval_secs: 300,
             dsr_export_page_rows: 50_000,
+            console_url: None,
+            console_idle_minutes: 30,
+            console_session_hours: 12,
+            console_code_ttl_secs: 900,
+            oidc_issuer: None,
+            oidc_client_id: "learnvault-console".into(),
+            oidc_client_secret: None,
         }
     }
 }
@@ -179,6 +199,14 @@ impl Settings {
 
     pub fn is_production(&self) -> bool {
         self.env == Environment::Production
+    }
+
+    /// The console's base URL (no trailing slash).
+    pub fn console_base_url(&self) -> String {
+        match &self.console_url {
+            Some(u) => u.trim_end_matches('/').to_owned(),
+            None => format!("http://{}", self.listen.replace("0.0.0.0", "127.0.0.1")),
+        }
     }
 
     fn data_home() -> PathBuf {

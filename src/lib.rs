@@ -29,6 +29,8 @@
 //! - [`signals`]: detectors (disengagement, content defects, close submitters) over the rollups,
 //!   findings in `signals.findings`, review queues per role (leases, audited views and decisions);
 //!   signals inform humans, nothing acts on a learner.
+//! - [`console`]: the web console at `/console` (instructors, advisors, DPOs, auditors): server-rendered
+//!   pages over the API's own endpoints (in-process, the session's principal), sessions and CSRF; no privilege of its own.
 //! - [`dsr`]: subject access and erasure jobs (map-driven), archives, signed erasure certificates.
 //! - [`gateway`]: event and xAPI ingest, pseudonymisation at the gate.
 //! - [`governance`]: may an event land (vault standing, consent, protected attributes); shared by the gateway and the lander.
@@ -60,6 +62,7 @@ pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod datamap;
 pub mod dead_letter;
 pub mod dedup;

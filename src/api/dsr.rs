@@ -30,6 +30,64 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(certificate_key))
         .routes(routes!(lift_suppression))
         .routes(routes!(erasure_batch))
+        .routes(routes!(jobs))
+        .routes(routes!(suppressions))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// At most this many (1-1000, default 200).
+    limit: Option<i64>,
+}
+
+fn list_limit(q: &ListQuery) -> Result<i64, Error> {
+    let limit = q.limit.unwrap_or(200);
+    if !(1..=1000).contains(&limit) {
+        return Err(Error::bad_request("invalid_query", "`limit` must be between 1 and 1000"));
+    }
+    Ok(limit)
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct JobList {
+    jobs: Vec<Job>,
+}
+
+/// The request queue (subject access and erasure) of the caller's
+/// institutions: overdue first, then open requests by deadline, then finished
+/// ones, newest first. Read is audited.
+#[utoipa::path(get, path = "/v1/dsr/jobs", tag = "dsr", params(ListQuery),
+    responses((status = 200, body = JobList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn jobs(State(s): State<AppState>, p: Principal, crate::api::AppQuery(q): crate::api::AppQuery<ListQuery>) -> Result<Json<JobList>, Error> {
+    s.authorize(&p, Permission::DsrRead, None, None).await?;
+    let limit = list_limit(&q)?;
+    let jobs = dsr(&s)?.list(p.institutions.as_deref(), limit).await?;
+    let mut e = p.entry("dsr.list", None, None, Outcome::Success);
+    e.detail = serde_json::json!({"returned": jobs.len()});
+    s.audit.record(e).await?;
+    Ok(Json(JobList { jobs }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SuppressionList {
+    suppressions: Vec<crate::vault::Suppression>,
+}
+
+/// The suppression list after erasure (DPO): erased learners of the caller's
+/// institutions whose collection is suppressed (or was lifted, with by whom).
+/// Pseudonyms only. Read is audited.
+#[utoipa::path(get, path = "/v1/dsr/suppressions", tag = "dsr", params(ListQuery),
+    responses((status = 200, body = SuppressionList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn suppressions(State(s): State<AppState>, p: Principal, crate::api::AppQuery(q): crate::api::AppQuery<ListQuery>) -> Result<Json<SuppressionList>, Error> {
+    s.authorize(&p, Permission::DsrErasure, None, None).await?;
+    let limit = list_limit(&q)?;
+    let suppressions = s.vault.suppressions(p.institutions.as_deref(), limit).await?;
+    let mut e = p.entry("dsr.suppressions.read", None, None, Outcome::Success);
+    e.detail = serde_json::json!({"returned": suppressions.len()});
+    s.audit.record(e).await?;
+    Ok(Json(SuppressionList { suppressions }))
 }
 
 /// One subject of a batch erasure: by pseudonym or by the LMS's external id.

@@ -19,7 +19,7 @@ mod serve;
 mod signals;
 
 pub use error::{Error, ErrorBody};
-pub use extract::{AppJson, AppQuery, Principal};
+pub use extract::{AppJson, AppQuery, Delegated, Principal};
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::middleware::Next;
@@ -72,6 +72,8 @@ pub struct AppState {
     pub anchor: Arc<crate::audit::checkpoint::Anchor>,
     /// Signals and their review queues (needs the warehouse).
     pub signals: Option<Arc<crate::signals::Signals>>,
+    /// The console's settings (sessions, sign-in links).
+    pub console: Arc<crate::console::Config>,
 }
 
 impl AppState {

@@ -6,6 +6,8 @@
 //! RS256/EdDSA tokens whose `kid` is in the JWKS, and refuses to mint.
 //! Authorisation (roles -> permissions) is `policy`; the HTTP extractor is `api`.
 
+pub mod session;
+
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};

@@ -32,9 +32,10 @@ pub struct DemoArgs {
     /// Live demo: simulated learners.
     #[arg(long, default_value_t = 600)]
     learners: usize,
-    /// Live demo: how long it runs (Ctrl-C ends it earlier).
-    #[arg(long, default_value = "60s")]
-    duration: String,
+    /// Live demo: how long it runs, e.g. 60s (default: until Ctrl-C, the console
+    /// serving the demo's data and the simulated cohort flowing).
+    #[arg(long)]
+    duration: Option<String>,
 }
 
 struct Demo {

@@ -3,8 +3,9 @@
 //! a simulated cohort in real time (mostly through `/v1/events`, some as xAPI),
 //! with a refreshing terminal view: events/s, lander lag, freshness, the live
 //! funnel per cohort and the most-replayed video segment, and the signals'
-//! review queues filling (one planted case of each kind, `demo_signals`). Ends after
-//! `--duration` or on Ctrl-C with a summary and commands to explore further.
+//! review queues filling (one planted case of each kind, `demo_signals`), and the
+//! console's URL with a one-time sign-in link per role (`demo_console`). Runs until
+//! Ctrl-C (or `--duration`), then prints a summary and commands to explore further.
 
 use anyhow::Context;
 use std::fmt::Write as _;
@@ -20,7 +21,8 @@ use crate::warehouse::{migrate, Warehouse};
 pub struct LiveArgs {
     pub rate: u64,
     pub learners: usize,
-    pub duration: String,
+    /// `None`: until Ctrl-C.
+    pub duration: Option<String>,
 }
 
 pub async fn run(settings: Settings, args: LiveArgs) -> anyhow::Result<ExitCode> {
@@ -51,12 +53,15 @@ async fn live(settings: &Settings, state: crate::api::AppState, wh: &Warehouse, 
     let lander = super::land::build(settings, wh.clone()).await?;
     let lstats = lander.stats();
     let lander = tokio::spawn(lander.run(stopped(stop_rx.clone())));
+    // The console serves the demo's data; one sign-in link per role, shown on every refresh.
+    let console = super::demo_console::links(&state, &base).await.context("console sign-in links")?;
 
     // 90% of the traffic through /v1/events, 10% as xAPI statements.
     let http_args = LoadgenArgs {
         rate: args.rate * 9 / 10,
         learners: args.learners,
-        duration: args.duration.clone(),
+        // Until Ctrl-C: the cohort keeps flowing (the loader's longest run).
+        duration: args.duration.clone().unwrap_or_else(|| "366d".into()),
         via: Via::Http,
         url: base.clone(),
         batch: 100,
@@ -95,7 +100,7 @@ async fn live(settings: &Settings, state: crate::api::AppState, wh: &Warehouse, 
         let dt = last_t.elapsed().as_secs_f64().max(0.001);
         let screen = render(wh, &serve, &hs, &xs, &lstats, started.elapsed(), (accepted - last_acc) as f64 / dt, (landed - last_landed) as f64 / dt, &base).await;
         let queues = super::demo_signals::screen(&pool, &truth).await;
-        print!("\x1b[H\x1b[2J{screen}{queues}");
+        print!("\x1b[H\x1b[2J{screen}{queues}{console}");
         (last_acc, last_landed, last_t) = (accepted, landed, Instant::now());
     }
     let _ = load_stop_tx.send(true);

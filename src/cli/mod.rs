@@ -10,8 +10,10 @@ mod bench_lander;
 mod bench_serve;
 mod bench_serve_live;
 mod bench_signals;
+mod console;
 mod datamap;
 mod demo;
+mod demo_console;
 mod demo_live;
 mod demo_signals;
 mod disclosure;
@@ -47,6 +49,11 @@ pub enum Command {
     Land,
     /// Apply PostgreSQL migrations (creating the database if needed) and ClickHouse migrations.
     Migrate,
+    /// The web console: one-time sign-in links.
+    Console {
+        #[command(subcommand)]
+        command: console::ConsoleCommand,
+    },
     /// Development tokens.
     Token {
         #[command(subcommand)]
@@ -138,6 +145,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dlq { command } => dlq::run(settings, command).await,
         Command::Signals { command } => signals::run(settings, command).await,
         Command::Token { command } => token::run(settings, command),
+        Command::Console { command } => console::run(settings, command).await,
         Command::Audit { command } => audit::run(settings, command).await,
         Command::Bench { command } => bench::run(settings, command).await,
         Command::Loadgen(args) => loadgen::run(settings, args).await,

@@ -47,6 +47,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
                 }
             }
         };
+        let sessions = crate::console::purge_loop(state.clone(), stop_rx.clone());
         let api = crate::app::serve(state, listener, stopped(stop_rx.clone()));
         let land = async {
             if settings.lander_enabled {
@@ -54,7 +55,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
             }
             anyhow::Ok(())
         };
-        let (a, l, (), (), (), ()) = tokio::join!(api, land, jobs, publish, anchoring, signals);
+        let (a, l, (), (), (), (), ()) = tokio::join!(api, land, jobs, publish, anchoring, signals, sessions);
         a?;
         l?;
         anyhow::Ok(())

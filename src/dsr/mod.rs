@@ -250,6 +250,23 @@ impl Dsr {
         Ok(job_from_row(&r)?)
     }
 
+    /// The request queue: jobs of `institutions` (all when `None`), overdue
+    /// first, then open ones by deadline, then finished ones, newest first.
+    pub async fn list(&self, institutions: Option<&[String]>, limit: i64) -> Result<Vec<Job>, DsrError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM dsr_jobs
+             WHERE ($1::text[] IS NULL OR institution_id = ANY($1))
+             ORDER BY (state <> 'done' AND deadline < now()) DESC, (state = 'done'),
+                      CASE WHEN state = 'done' THEN NULL ELSE deadline END, requested_at DESC
+             LIMIT $2"
+        ))
+        .bind(institutions)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(job_from_row).collect::<Result<_, _>>()?)
+    }
+
     /// Take a runnable job (a specific one when `only` is given): pending, or
     /// running with an expired lease (its worker died).
     async fn claim(&self, only: Option<Uuid>) -> Result<Option<Job>, DsrError> {

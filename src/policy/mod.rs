@@ -241,6 +241,11 @@ impl Policies {
         self.consent_granted_by_default.contains(purpose)
     }
 
+    /// The declared drill-down purposes (`policies/purposes.yaml`, `drilldown`).
+    pub fn drilldown_purposes(&self) -> impl Iterator<Item = &str> {
+        self.drilldown.iter().map(String::as_str)
+    }
+
     pub fn reidentification_purposes(&self) -> impl Iterator<Item = &str> {
         self.reidentification.iter().map(String::as_str)
     }

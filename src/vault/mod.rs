@@ -124,6 +124,18 @@ pub struct ConsentEvent {
     pub recorded_at: DateTime<Utc>,
 }
 
+/// One row of the suppression list (after erasure).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Suppression {
+    pub pseudonym: uuid::Uuid,
+    pub institution: String,
+    pub erased_at: chrono::DateTime<chrono::Utc>,
+    /// Collection of this learner is refused while true.
+    pub suppressed: bool,
+    pub lifted_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub lifted_by: Option<String>,
+}
+
 #[derive(Clone)]
 pub struct Vault {
     pool: PgPool,
@@ -205,6 +217,35 @@ impl Vault {
             out[i as usize] = true;
         }
         Ok(out)
+    }
+
+    /// The suppression list: erased learners of `institutions` (all when `None`)
+    /// whose collection is suppressed or was lifted, newest erasure first.
+    /// Pseudonyms only (the blind index never leaves the vault).
+    pub async fn suppressions(&self, institutions: Option<&[String]>, limit: i64) -> Result<Vec<Suppression>, VaultError> {
+        use sqlx::Row;
+        let rows = sqlx::query(
+            "SELECT pseudonym, institution_id, erased_at, suppressed, lifted_at, lifted_by FROM tombstones
+             WHERE blind_index IS NOT NULL AND ($1::text[] IS NULL OR institution_id = ANY($1))
+             ORDER BY erased_at DESC LIMIT $2",
+        )
+        .bind(institutions)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Suppression {
+                    pseudonym: r.try_get("pseudonym")?,
+                    institution: r.try_get("institution_id")?,
+                    erased_at: r.try_get("erased_at")?,
+                    suppressed: r.try_get("suppressed")?,
+                    lifted_at: r.try_get("lifted_at")?,
+                    lifted_by: r.try_get("lifted_by")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(VaultError::from)
     }
 
     /// Lift the suppression of an erased learner (a DPO's decision, e.g. the

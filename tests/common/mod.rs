@@ -2,6 +2,7 @@
 //! master key, and an app on 127.0.0.1:0, so tests run in parallel.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod spine;
 
 use learnvault::config::Settings;
