@@ -104,9 +104,14 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
                 if job.progress.get("fence_epoch").is_none() {
                     job.progress["fence_epoch"] = json!(crate::fence::advance(&d.pool).await?);
                 }
+                let missing: Vec<Uuid> = ps.iter().copied().filter(|p| slot_of(job, *p).get("before").is_none()).collect();
+                let mut counted = if missing.len() > 1 { d.counts_many(&missing).await? } else { Default::default() };
                 for (i, p) in ps.iter().enumerate() {
                     if slot_of(job, *p).get("before").is_none() {
-                        let before = d.counts(*p).await?;
+                        let before = match counted.remove(p) {
+                            Some(c) => c,
+                            None => d.counts(*p).await?,
+                        };
                         let sl = slot(job, *p);
                         sl["tombstoned_at"] = json!(Utc::now());
                         sl["before"] = Value::Object(before);
@@ -222,8 +227,12 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
                 }
                 // Consent history goes with the learner rows (ON DELETE CASCADE).
                 sqlx::query("DELETE FROM learners WHERE pseudonym = ANY($1)").bind(ps).execute(&d.pool).await?;
+                let mut counted = if ps.len() > 1 { d.counts_many(ps).await? } else { Default::default() };
                 for p in ps {
-                    let after = d.counts(*p).await?;
+                    let after = match counted.remove(p) {
+                        Some(c) => c,
+                        None => d.counts(*p).await?,
+                    };
                     let sl = slot(job, *p);
                     sl["after"] = Value::Object(after);
                     sl["shredded_at"] = json!(Utc::now());
@@ -239,11 +248,12 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
                     d.finish(job, json!({"certificate": signed}), detail).await?;
                     return Ok(());
                 }
-                // A batch: one certificate per subject.
+                // A batch: one certificate per subject (the dead-letter topics read once for all).
+                let keyed = dead_letters_keyed(d, ps).await?;
                 let mut certificates = serde_json::Map::new();
                 let mut digests = serde_json::Map::new();
                 for p in ps {
-                    let signed = d.signer.sign(&certificate_body(d, job, *p).await?);
+                    let signed = d.signer.sign(&certificate_body_with(d, job, *p, Some(&keyed)).await?);
                     digests.insert(p.to_string(), json!(super::certificate::digest(&signed)));
                     certificates.insert(p.to_string(), signed);
                 }
@@ -505,7 +515,29 @@ fn merge_expr(col: &str, ty: &str) -> String {
     format!("any(`{col}`) AS `{col}`")
 }
 
+/// Dead-letter records keyed by each subject, per topic, read in one pass per topic.
+type KeyedCounts = std::collections::HashMap<String, std::collections::HashMap<String, u64>>;
+
+async fn dead_letters_keyed(d: &Dsr, subjects: &[Uuid]) -> Result<KeyedCounts, DsrError> {
+    let keys: std::collections::HashSet<String> = subjects.iter().map(Uuid::to_string).collect();
+    let mut out = KeyedCounts::new();
+    for s in d.map.stores.iter().filter(|s| s.category == "dead_letters") {
+        if let Some(t) = d.topic_of(s) {
+            let (brokers, topic, keys) = (d.kafka_brokers.clone(), t.name.clone(), keys.clone());
+            let counts = tokio::task::spawn_blocking(move || super::kafka::count_keyed(&brokers, &topic, &keys))
+                .await
+                .map_err(|e| DsrError::Verification(format!("dead-letter scan: {e}")))??;
+            out.insert(t.name.clone(), counts);
+        }
+    }
+    Ok(out)
+}
+
 async fn certificate_body(d: &Dsr, job: &Job, subject: Uuid) -> Result<Value, DsrError> {
+    certificate_body_with(d, job, subject, None).await
+}
+
+async fn certificate_body_with(d: &Dsr, job: &Job, subject: Uuid, keyed: Option<&KeyedCounts>) -> Result<Value, DsrError> {
     let sl = slot_of(job, subject);
     let before = sl["before"].as_object().cloned().unwrap_or_default();
     let after = sl["after"].as_object().cloned().unwrap_or_default();
@@ -539,7 +571,9 @@ async fn certificate_body(d: &Dsr, job: &Job, subject: Uuid) -> Result<Value, Ds
                 let segment = ms.min(86_400_000);
                 r["until"] = json!((at + chrono::Duration::milliseconds(ms + segment)).to_rfc3339());
             }
-            if s.category == "dead_letters" {
+            if let Some(counts) = keyed.filter(|_| s.category == "dead_letters").and_then(|k| k.get(&t.name)) {
+                r["records_keyed_by_subject"] = json!(counts.get(&subject.to_string()).copied().unwrap_or(0));
+            } else if s.category == "dead_letters" {
                 let (brokers, topic, key) = (d.kafka_brokers.clone(), t.name.clone(), subject.to_string());
                 let n = tokio::task::spawn_blocking(move || super::kafka::scan_keyed(&brokers, &topic, &key, |_| Ok(())))
                     .await

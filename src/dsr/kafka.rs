@@ -17,6 +17,31 @@ fn err(e: impl std::fmt::Display) -> DsrError {
 /// the start of every partition to its high watermark at the time of the call.
 /// Blocking (run it on a blocking thread); memory bounded by one record.
 pub fn scan_keyed(brokers: &str, topic: &str, key: &str, mut each: impl FnMut(&[u8]) -> Result<(), DsrError>) -> Result<u64, DsrError> {
+    let mut found = 0u64;
+    scan(brokers, topic, |k, payload| {
+        if k == Some(key.as_bytes()) {
+            each(payload)?;
+            found += 1;
+        }
+        Ok(())
+    })?;
+    Ok(found)
+}
+
+/// Records of `topic` keyed by each of `keys`, read in one pass (a batch erasure's certificates).
+pub fn count_keyed(brokers: &str, topic: &str, keys: &std::collections::HashSet<String>) -> Result<std::collections::HashMap<String, u64>, DsrError> {
+    let mut out = std::collections::HashMap::new();
+    scan(brokers, topic, |k, _| {
+        if let Some(k) = k.and_then(|k| std::str::from_utf8(k).ok()).filter(|k| keys.contains(*k)) {
+            *out.entry(k.to_owned()).or_insert(0) += 1;
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Every record of `topic` from its low to its high watermark: `each(key, payload)`.
+fn scan(brokers: &str, topic: &str, mut each: impl FnMut(Option<&[u8]>, &[u8]) -> Result<(), DsrError>) -> Result<(), DsrError> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("learnvault-dsr-scan-{}", uuid::Uuid::new_v4()))
@@ -25,7 +50,7 @@ pub fn scan_keyed(brokers: &str, topic: &str, key: &str, mut each: impl FnMut(&[
         .create()
         .map_err(err)?;
     let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).map_err(err)?;
-    let Some(t) = md.topics().iter().find(|t| t.name() == topic) else { return Ok(0) };
+    let Some(t) = md.topics().iter().find(|t| t.name() == topic) else { return Ok(()) };
     let mut ends = Vec::new();
     let mut tpl = TopicPartitionList::new();
     for p in t.partitions() {
@@ -36,11 +61,10 @@ pub fn scan_keyed(brokers: &str, topic: &str, key: &str, mut each: impl FnMut(&[
         }
     }
     if ends.is_empty() {
-        return Ok(0);
+        return Ok(());
     }
     c.assign(&tpl).map_err(err)?;
     let mut remaining: std::collections::HashMap<i32, i64> = ends.into_iter().collect();
-    let mut found = 0u64;
     let deadline = std::time::Instant::now() + Duration::from_secs(300);
     while !remaining.is_empty() {
         if std::time::Instant::now() > deadline {
@@ -48,15 +72,12 @@ pub fn scan_keyed(brokers: &str, topic: &str, key: &str, mut each: impl FnMut(&[
         }
         let Some(m) = c.poll(Duration::from_millis(500)) else { continue };
         let m = m.map_err(err)?;
-        if m.key() == Some(key.as_bytes()) {
-            each(m.payload().unwrap_or_default())?;
-            found += 1;
-        }
+        each(m.key(), m.payload().unwrap_or_default())?;
         if let Some(end) = remaining.get(&m.partition()) {
             if m.offset() + 1 >= *end {
                 remaining.remove(&m.partition());
             }
         }
     }
-    Ok(found)
+    Ok(())
 }

@@ -27,6 +27,7 @@ use sqlx::{PgPool, Row};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use std::collections::HashMap;
 use uuid::Uuid;
 
 use crate::audit::{self, AuditError, NewEntry, Outcome};
@@ -456,6 +457,38 @@ impl Dsr {
     /// Mapped stores that hold rows keyed by the subject, by engine.
     pub fn subject_stores(&self, kind: StoreKind) -> impl Iterator<Item = (&Store, &str)> {
         self.map.stores.iter().filter(move |s| s.store == kind).filter_map(|s| s.subject_key.as_deref().map(|k| (s, k)))
+    }
+
+    /// [`Dsr::counts`] for many subjects at once: one grouped query per store
+    /// instead of one per subject and store (a batch erasure of 1,000).
+    pub async fn counts_many(&self, subjects: &[Uuid]) -> Result<HashMap<Uuid, serde_json::Map<String, Value>>, DsrError> {
+        let mut out: HashMap<Uuid, serde_json::Map<String, Value>> = subjects.iter().map(|p| (*p, serde_json::Map::new())).collect();
+        let list = format!("[{}]", subjects.iter().map(|p| format!("'{p}'")).collect::<Vec<_>>().join(","));
+        for (s, key) in self.subject_stores(StoreKind::Clickhouse) {
+            let rows = self
+                .warehouse
+                .query(
+                    &format!("SELECT toString({k}) AS p, count() AS n FROM {t} WHERE {k} IN {{ps:Array(UUID)}} GROUP BY {k}", t = ident(&s.name)?, k = ident(key)?),
+                    &[("ps", list.clone())],
+                )
+                .await?;
+            let found: HashMap<Uuid, u64> = rows.iter().filter_map(|r| Some((r["p"].as_str()?.parse().ok()?, num(&r["n"])))).collect();
+            for (p, m) in out.iter_mut() {
+                m.insert(format!("clickhouse:{}", s.name), json!(found.get(p).copied().unwrap_or(0)));
+            }
+        }
+        for (s, key) in self.subject_stores(StoreKind::Postgres) {
+            let rows: Vec<(Uuid, i64)> =
+                sqlx::query_as(&format!("SELECT {key}, count(*) FROM {} WHERE {key} = ANY($1) GROUP BY {key}", pg_ident(&s.name)?, key = pg_ident(key)?))
+                    .bind(subjects)
+                    .fetch_all(&self.pool)
+                    .await?;
+            let found: HashMap<Uuid, i64> = rows.into_iter().collect();
+            for (p, m) in out.iter_mut() {
+                m.insert(format!("postgres:{}", s.name), json!(found.get(p).copied().unwrap_or(0)));
+            }
+        }
+        Ok(out)
     }
 
     /// Rows for the subject in every mapped ClickHouse and PostgreSQL store.
