@@ -212,7 +212,11 @@ pub struct Summary {
 pub struct InformationLoss {
     /// Share of cells withheld beyond primary suppression.
     pub complementary_share: f64,
-    /// Sum of the values withheld beyond primary suppression.
+    /// Sum of the values withheld beyond primary suppression: for the
+    /// benchmark's report only, never serialized (with one complementary cell
+    /// it would be that withheld cell's value).
+    #[serde(skip)]
+    #[schema(ignore)]
     pub complementary_value: f64,
 }
 
@@ -312,6 +316,10 @@ mod tests {
         assert_eq!(layer.count(b).suppressed(), Some(Reason::Complementary));
         let sealed = seal((), &[&layer], T).expect("audited");
         assert_eq!((sealed.summary().primary, sealed.summary().complementary), (1, 1));
+        // One complementary cell: the sum of complementary values is its value, so it never leaves.
+        assert_eq!(sealed.summary().information_loss.complementary_value, 40.0);
+        let sent = serde_json::to_string(sealed.summary()).unwrap();
+        assert!(!sent.contains("complementary_value") && !sent.contains("40"), "{sent}");
         let mut broken = layer.clone();
         broken.reasons[b] = None;
         broken.audit = super::super::audit::audit(&broken.table, &[None, Some(40.0), Some(43.0)], 10.0);
