@@ -33,6 +33,15 @@ pub struct DisclosurePolicy {
     pub live: LiveDef,
     #[serde(default)]
     pub released: ReleasedDef,
+    /// Cohort views asked with the same parameters share the rows of a query
+    /// that started at most this long before (milliseconds; 0: every request
+    /// queries). Each response is still released and audited on its own.
+    #[serde(default = "default_shared_query_ms")]
+    pub shared_query_ms: u64,
+}
+
+fn default_shared_query_ms() -> u64 {
+    500
 }
 
 /// The released tables for BI tools (`released.cells`), refreshed by `serve`.
@@ -108,6 +117,9 @@ impl DisclosurePolicy {
             return Err(format!(
                 "live: band must be wider than every protection_width ({widest}), interval_ms 100-60000 and coalesce_ms at most interval_ms"
             ));
+        }
+        if self.shared_query_ms > 10_000 {
+            return Err("shared_query_ms must be at most 10000".into());
         }
         if self.released.engagement_minutes == 0 || self.released.engagement_minutes > 24 * 60 {
             return Err("released: engagement_minutes must be 1-1440".into());

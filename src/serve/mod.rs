@@ -114,6 +114,8 @@ pub struct Serve {
     limiter: RateLimiter,
     /// The live streams' shared queries, by shape and course.
     shared: std::sync::Mutex<HashMap<(&'static str, String), Arc<tokio::sync::Mutex<Option<SharedRows>>>>>,
+    /// Cohort views' shared queries, by shape and parameters.
+    cached: std::sync::Mutex<HashMap<(&'static str, String), Arc<tokio::sync::Mutex<Option<SharedRows>>>>>,
 }
 
 /// Rows of one query, with when it started and its parameters.
@@ -132,7 +134,7 @@ impl Serve {
     pub fn new(warehouse: Warehouse, config: Config) -> Result<Serve, ServeError> {
         config.validate()?;
         let limiter = RateLimiter::new(config.policy.drilldown.max_per_hour);
-        Ok(Serve { warehouse, config, limiter, shared: Default::default() })
+        Ok(Serve { warehouse, config, limiter, shared: Default::default(), cached: Default::default() })
     }
 
     pub fn config(&self) -> &Config {
@@ -161,6 +163,38 @@ impl Serve {
         if let Some(s) = slot.as_ref() {
             if s.started + window >= asked && s.params == params {
                 metrics::counter!("learnvault_serve_live_shared_total", "shape" => shape.name).increment(1);
+                return Ok(s.rows.clone());
+            }
+        }
+        let started = std::time::Instant::now();
+        let rows = Arc::new(self.run(shape, params).await?);
+        *slot = Some(SharedRows { started, params: params.to_vec(), rows: rows.clone() });
+        Ok(rows)
+    }
+
+    /// [`Serve::run`] for a cohort view: the rows of a query with the same
+    /// parameters that started at most `shared_query_ms` before this call, or
+    /// a new query (callers meanwhile wait for it). Rows only: the caller
+    /// releases and audits them as always.
+    async fn run_cached(&self, shape: &Shape, params: &[(&'static str, String)]) -> Result<Arc<Vec<Value>>, ServeError> {
+        let window = std::time::Duration::from_millis(self.config.policy.shared_query_ms);
+        if window.is_zero() {
+            return Ok(Arc::new(self.run(shape, params).await?));
+        }
+        let asked = std::time::Instant::now();
+        let key = params.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
+        let slot = {
+            let mut map = self.cached.lock().expect("not poisoned");
+            if map.len() > 4096 {
+                // Forget idle entries (no query in flight, none fresh).
+                map.retain(|_, s| s.try_lock().map(|g| g.as_ref().is_some_and(|r| r.started + window >= asked)).unwrap_or(true));
+            }
+            map.entry((shape.name, key)).or_default().clone()
+        };
+        let mut slot = slot.lock().await;
+        if let Some(s) = slot.as_ref() {
+            if s.started + window >= asked {
+                metrics::counter!("learnvault_serve_shared_queries_total", "shape" => shape.name).increment(1);
                 return Ok(s.rows.clone());
             }
         }
@@ -202,7 +236,7 @@ impl Serve {
         let params = [("course", course.as_str().to_owned()), f, to];
         let rows = match live.is_some() && self.config.policy.live.coalesce_ms > 0 {
             true => self.run_shared(&queries::FUNNEL, course, &params).await?,
-            false => Arc::new(self.run(&queries::FUNNEL, &params).await?),
+            false => self.run_cached(&queries::FUNNEL, &params).await?,
         };
         funnel::release(course.as_str(), range, &rows, t, live)
     }
@@ -216,7 +250,7 @@ impl Serve {
         let params = [("course", course.as_str().to_owned()), ("from", from.to_string())];
         let rows = match live.is_some() && self.config.policy.live.coalesce_ms > 0 {
             true => self.run_shared(&queries::ENGAGEMENT, course, &params).await?,
-            false => Arc::new(self.run(&queries::ENGAGEMENT, &params).await?),
+            false => self.run_cached(&queries::ENGAGEMENT, &params).await?,
         };
         let from_text = chrono::DateTime::from_timestamp(from, 0).map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default();
         engagement::release(course.as_str(), minutes, &from_text, &rows, t, live)
@@ -224,14 +258,14 @@ impl Serve {
 
     pub async fn time_on_task(&self, course: &Ident, range: &DateRange, t: &Thresholds) -> Result<Released<time_on_task::TimeOnTask>, ServeError> {
         let [f, to] = range.params();
-        let rows = self.run(&queries::TIME_ON_TASK, &[("course", course.as_str().to_owned()), f, to]).await?;
+        let rows = self.run_cached(&queries::TIME_ON_TASK, &[("course", course.as_str().to_owned()), f, to]).await?;
         time_on_task::release(course.as_str(), range, &rows, t)
     }
 
     pub async fn replays(&self, course: &Ident, content: &Ident, range: &DateRange, t: &Thresholds) -> Result<Released<replays::Replays>, ServeError> {
         let [f, to] = range.params();
         let params = [("course", course.as_str().to_owned()), ("content", content.as_str().to_owned()), f, to];
-        let rows = self.run(&queries::REPLAYS, &params).await?;
+        let rows = self.run_cached(&queries::REPLAYS, &params).await?;
         replays::release(course.as_str(), content.as_str(), range, &rows, t)
     }
 
