@@ -156,6 +156,7 @@ mod tests {
             drilldown: DrilldownDef { max_per_hour: 10, timeline_limit: 100 },
             live: LiveDef::default(),
             released: ReleasedDef::default(),
+            shared_query_ms: default_shared_query_ms(),
         };
         assert!(p.validate().is_ok());
         p.institutions.insert("x".into(), ThresholdDef { min_cell: 1, extreme_share_min: 20, protection_width: 10.0 });
