@@ -116,8 +116,7 @@ async fn measure(state: &crate::api::AppState, wh: &Warehouse, args: &DsrArgs) -
     );
 
     for run in 1..=args.runs {
-        let (job, ms, r) = access(d, single).await?;
-        let _ = job;
+        let (ms, r) = access(d, single).await?;
         println!("subject access    run {run}: complete archive in {ms:.0} ms ({} bytes, {} stores)", r["bytes"], stores(&r));
     }
     for run in 1..=args.runs {
@@ -132,7 +131,7 @@ async fn measure(state: &crate::api::AppState, wh: &Warehouse, args: &DsrArgs) -
         let big = learners(state, wh, 1, args.big_learner_events, args.learner_months).await?[0];
         reset_peak_rss();
         let before = peak_rss_kib();
-        let (_, ms, r) = access(d, big).await?;
+        let (ms, r) = access(d, big).await?;
         let after = peak_rss_kib();
         println!(
             "subject access    {} events: complete archive in {ms:.0} ms ({} bytes, {} stores); process peak RSS {} MiB (was {} MiB before; the engine runs in-process)",
@@ -246,13 +245,12 @@ fn request(kind: Kind, pseudonym: Uuid, subjects: Vec<Uuid>) -> Request {
     }
 }
 
-async fn access(d: &crate::dsr::Dsr, p: Uuid) -> anyhow::Result<(crate::dsr::Job, f64, serde_json::Value)> {
+async fn access(d: &crate::dsr::Dsr, p: Uuid) -> anyhow::Result<(f64, serde_json::Value)> {
     let (job, _) = d.submit(&request(Kind::Access, p, vec![])).await?;
     let t = Instant::now();
     let job = d.run_job(job.id, &|_| {}).await?;
     anyhow::ensure!(job.state == "done", "access job {}: {:?}", job.state, job.error);
-    let r = job.result.clone().unwrap_or_default();
-    Ok((job, t.elapsed().as_secs_f64() * 1000.0, r))
+    Ok((t.elapsed().as_secs_f64() * 1000.0, job.result.unwrap_or_default()))
 }
 
 /// One erasure job, timed, with the time of each of its steps.

@@ -64,6 +64,33 @@ pub struct LanderArgs {
     probe_setting: Vec<String>,
 }
 
+/// `n` learners of `bench-uni` (external ids `bench-0`..), issued in batches of
+/// 10,000: their pseudonyms, for the simulated cohort's events.
+pub(super) async fn bench_learners(vault: &Vault, n: usize) -> anyhow::Result<Vec<String>> {
+    let inst = InstitutionId::parse("bench-uni")?;
+    let mut learners = Vec::new();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
+        let items: Vec<(InstitutionId, NewLearner)> = chunk
+            .iter()
+            .map(|i| Ok((inst.clone(), NewLearner { external_id: ExternalId::parse(&format!("bench-{i}"))?, identity: Identity::empty() })))
+            .collect::<anyhow::Result<_>>()?;
+        let entry = crate::audit::NewEntry {
+            request_id: uuid::Uuid::new_v4(),
+            actor: "bench".into(),
+            roles: vec![],
+            institution: Some("bench-uni".into()),
+            action: "pseudonym.issue_batch".into(),
+            target: None,
+            purpose: None,
+            justification: None,
+            outcome: crate::audit::Outcome::Success,
+            detail: json!({}),
+        };
+        learners.extend(vault.issue_batch(items, entry).await?.into_iter().map(|r| r.pseudonym.to_string()));
+    }
+    Ok(learners)
+}
+
 /// Records for `events` (pseudonym, event JSON), as a producer sends them:
 /// one per event, or envelopes per partition for each group of 500 events
 /// (the gateway's request size), encoded as `compression` says.
@@ -148,29 +175,7 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
     }
     // Learners in the vault (the lander refuses unknown pseudonyms).
     let vault = Vault::new(pool.clone(), MasterKey::load(settings)?, 1);
-    let inst = InstitutionId::parse("bench-uni")?;
-    let mut learners = Vec::new();
-    for chunk in (0..args.learners).collect::<Vec<_>>().chunks(10_000) {
-        let items: Vec<(InstitutionId, NewLearner)> = chunk
-            .iter()
-            .map(|i| {
-                (inst.clone(), NewLearner { external_id: ExternalId::parse(&format!("bench-{i}")).unwrap(), identity: Identity::empty() })
-            })
-            .collect();
-        let entry = crate::audit::NewEntry {
-            request_id: uuid::Uuid::new_v4(),
-            actor: "bench".into(),
-            roles: vec![],
-            institution: Some("bench-uni".into()),
-            action: "pseudonym.issue_batch".into(),
-            target: None,
-            purpose: None,
-            justification: None,
-            outcome: crate::audit::Outcome::Success,
-            detail: json!({}),
-        };
-        learners.extend(vault.issue_batch(items, entry).await?.into_iter().map(|r| r.pseudonym.to_string()));
-    }
+    let learners = bench_learners(&vault, args.learners).await?;
 
     let producer: FutureProducer = crate::envelope::producer_config(&settings.kafka_brokers, &settings.produce_compression)
         .set("linger.ms", "5")

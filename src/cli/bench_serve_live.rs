@@ -12,10 +12,9 @@ use std::time::{Duration, Instant};
 
 use super::bench_lander::{payload, record, records};
 use crate::config::Settings;
-use crate::domain::{ExternalId, InstitutionId};
 use crate::lander::LanderStats;
 use crate::serve::{DateRange, Ident, Serve, Thresholds};
-use crate::vault::{keys::MasterKey, Identity, NewLearner, Vault};
+use crate::vault::{keys::MasterKey, Vault};
 use crate::warehouse::Warehouse;
 
 /// Learners the landed events belong to (in this run's vault).
@@ -47,23 +46,7 @@ impl Landing {
         crate::db::migrate(settings).await?;
         let pool = crate::db::connect(settings)?;
         let vault = Vault::new(pool, MasterKey::load(settings)?, 1);
-        let inst = InstitutionId::parse("bench-uni")?;
-        let items: Vec<(InstitutionId, NewLearner)> = (0..LEARNERS)
-            .map(|i| Ok((inst.clone(), NewLearner { external_id: ExternalId::parse(&format!("bench-{i}"))?, identity: Identity::empty() })))
-            .collect::<anyhow::Result<_>>()?;
-        let entry = crate::audit::NewEntry {
-            request_id: uuid::Uuid::new_v4(),
-            actor: "bench".into(),
-            roles: vec![],
-            institution: Some("bench-uni".into()),
-            action: "pseudonym.issue_batch".into(),
-            target: None,
-            purpose: None,
-            justification: None,
-            outcome: crate::audit::Outcome::Success,
-            detail: serde_json::json!({}),
-        };
-        let learners: Vec<String> = vault.issue_batch(items, entry).await?.into_iter().map(|r| r.pseudonym.to_string()).collect();
+        let learners = super::bench_lander::bench_learners(&vault, LEARNERS).await?;
 
         let lander = super::land::build(settings, wh.clone()).await?;
         let stats = lander.stats();

@@ -112,16 +112,13 @@ pub struct Serve {
     warehouse: Warehouse,
     config: Config,
     limiter: RateLimiter,
-    /// The live streams' shared queries, by shape and course.
+    /// Shared queries (cohort views and live streams), by shape and parameters.
     shared: std::sync::Mutex<HashMap<(&'static str, String), Arc<tokio::sync::Mutex<Option<SharedRows>>>>>,
-    /// Cohort views' shared queries, by shape and parameters.
-    cached: std::sync::Mutex<HashMap<(&'static str, String), Arc<tokio::sync::Mutex<Option<SharedRows>>>>>,
 }
 
-/// Rows of one query, with when it started and its parameters.
+/// Rows of one query, with when it started.
 struct SharedRows {
     started: std::time::Instant,
-    params: Vec<(&'static str, String)>,
     rows: Arc<Vec<Value>>,
 }
 
@@ -134,7 +131,7 @@ impl Serve {
     pub fn new(warehouse: Warehouse, config: Config) -> Result<Serve, ServeError> {
         config.validate()?;
         let limiter = RateLimiter::new(config.policy.drilldown.max_per_hour);
-        Ok(Serve { warehouse, config, limiter, shared: Default::default(), cached: Default::default() })
+        Ok(Serve { warehouse, config, limiter, shared: Default::default() })
     }
 
     pub fn config(&self) -> &Config {
@@ -152,39 +149,20 @@ impl Serve {
         Ok(rows)
     }
 
-    /// [`Serve::run`] shared by the live streams of a course: the rows of a
-    /// query with the same parameters that started at most `live.coalesce_ms`
-    /// before this call, or a new query (callers meanwhile wait for it).
-    async fn run_shared(&self, shape: &Shape, course: &Ident, params: &[(&'static str, String)]) -> Result<Arc<Vec<Value>>, ServeError> {
-        let asked = std::time::Instant::now();
-        let window = std::time::Duration::from_millis(self.config.policy.live.coalesce_ms);
-        let slot = self.shared.lock().expect("not poisoned").entry((shape.name, course.as_str().to_owned())).or_default().clone();
-        let mut slot = slot.lock().await;
-        if let Some(s) = slot.as_ref() {
-            if s.started + window >= asked && s.params == params {
-                metrics::counter!("learnvault_serve_live_shared_total", "shape" => shape.name).increment(1);
-                return Ok(s.rows.clone());
-            }
-        }
-        let started = std::time::Instant::now();
-        let rows = Arc::new(self.run(shape, params).await?);
-        *slot = Some(SharedRows { started, params: params.to_vec(), rows: rows.clone() });
-        Ok(rows)
-    }
-
-    /// [`Serve::run`] for a cohort view: the rows of a query with the same
-    /// parameters that started at most `shared_query_ms` before this call, or
-    /// a new query (callers meanwhile wait for it). Rows only: the caller
-    /// releases and audits them as always.
-    async fn run_cached(&self, shape: &Shape, params: &[(&'static str, String)]) -> Result<Arc<Vec<Value>>, ServeError> {
-        let window = std::time::Duration::from_millis(self.config.policy.shared_query_ms);
-        if window.is_zero() {
+    /// [`Serve::run`] shared by requests with the same parameters: the rows
+    /// of a query that started at most `window` before this call, or a new
+    /// query (callers meanwhile wait for it). Rows only: the caller releases
+    /// and audits them as always. Cohort views share within
+    /// `shared_query_ms`, a course's live streams within `live.coalesce_ms`.
+    async fn run_shared(&self, shape: &Shape, params: &[(&'static str, String)], window_ms: u64) -> Result<Arc<Vec<Value>>, ServeError> {
+        if window_ms == 0 {
             return Ok(Arc::new(self.run(shape, params).await?));
         }
+        let window = std::time::Duration::from_millis(window_ms);
         let asked = std::time::Instant::now();
         let key = params.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
         let slot = {
-            let mut map = self.cached.lock().expect("not poisoned");
+            let mut map = self.shared.lock().expect("not poisoned");
             if map.len() > 4096 {
                 // Forget idle entries (no query in flight, none fresh).
                 map.retain(|_, s| s.try_lock().map(|g| g.as_ref().is_some_and(|r| r.started + window >= asked)).unwrap_or(true));
@@ -192,16 +170,23 @@ impl Serve {
             map.entry((shape.name, key)).or_default().clone()
         };
         let mut slot = slot.lock().await;
-        if let Some(s) = slot.as_ref() {
-            if s.started + window >= asked {
-                metrics::counter!("learnvault_serve_shared_queries_total", "shape" => shape.name).increment(1);
-                return Ok(s.rows.clone());
-            }
+        if let Some(s) = slot.as_ref().filter(|s| s.started + window >= asked) {
+            metrics::counter!("learnvault_serve_shared_queries_total", "shape" => shape.name).increment(1);
+            return Ok(s.rows.clone());
         }
         let started = std::time::Instant::now();
         let rows = Arc::new(self.run(shape, params).await?);
-        *slot = Some(SharedRows { started, params: params.to_vec(), rows: rows.clone() });
+        *slot = Some(SharedRows { started, rows: rows.clone() });
         Ok(rows)
+    }
+
+    /// How long a request may share a query: a live stream's or a cohort view's window.
+    fn share_window(&self, live: bool) -> u64 {
+        if live {
+            self.config.policy.live.coalesce_ms
+        } else {
+            self.config.policy.shared_query_ms
+        }
     }
 
     /// The institutions of a course's learners; [`ServeError::UnknownCourse`] when none.
@@ -234,10 +219,7 @@ impl Serve {
     async fn funnel_with(&self, course: &Ident, range: &DateRange, t: &Thresholds, live: Option<&mut live::Rule>) -> Result<Released<funnel::Funnel>, ServeError> {
         let [f, to] = range.params();
         let params = [("course", course.as_str().to_owned()), f, to];
-        let rows = match live.is_some() && self.config.policy.live.coalesce_ms > 0 {
-            true => self.run_shared(&queries::FUNNEL, course, &params).await?,
-            false => self.run_cached(&queries::FUNNEL, &params).await?,
-        };
+        let rows = self.run_shared(&queries::FUNNEL, &params, self.share_window(live.is_some())).await?;
         funnel::release(course.as_str(), range, &rows, t, live)
     }
 
@@ -248,24 +230,21 @@ impl Serve {
         let now = Utc::now().timestamp();
         let from = (now - now % 60) - (minutes as i64 - 1) * 60;
         let params = [("course", course.as_str().to_owned()), ("from", from.to_string())];
-        let rows = match live.is_some() && self.config.policy.live.coalesce_ms > 0 {
-            true => self.run_shared(&queries::ENGAGEMENT, course, &params).await?,
-            false => self.run_cached(&queries::ENGAGEMENT, &params).await?,
-        };
+        let rows = self.run_shared(&queries::ENGAGEMENT, &params, self.share_window(live.is_some())).await?;
         let from_text = chrono::DateTime::from_timestamp(from, 0).map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default();
         engagement::release(course.as_str(), minutes, &from_text, &rows, t, live)
     }
 
     pub async fn time_on_task(&self, course: &Ident, range: &DateRange, t: &Thresholds) -> Result<Released<time_on_task::TimeOnTask>, ServeError> {
         let [f, to] = range.params();
-        let rows = self.run_cached(&queries::TIME_ON_TASK, &[("course", course.as_str().to_owned()), f, to]).await?;
+        let rows = self.run_shared(&queries::TIME_ON_TASK, &[("course", course.as_str().to_owned()), f, to], self.share_window(false)).await?;
         time_on_task::release(course.as_str(), range, &rows, t)
     }
 
     pub async fn replays(&self, course: &Ident, content: &Ident, range: &DateRange, t: &Thresholds) -> Result<Released<replays::Replays>, ServeError> {
         let [f, to] = range.params();
         let params = [("course", course.as_str().to_owned()), ("content", content.as_str().to_owned()), f, to];
-        let rows = self.run_cached(&queries::REPLAYS, &params).await?;
+        let rows = self.run_shared(&queries::REPLAYS, &params, self.share_window(false)).await?;
         replays::release(course.as_str(), content.as_str(), range, &rows, t)
     }
 
