@@ -8,16 +8,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-const EXT: &str = "edx-anon-4242";
-
-fn fixture(name: &str) -> Value {
-    let path = format!("{}/tests/fixtures/xapi/{name}.json", env!("CARGO_MANIFEST_DIR"));
-    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    if v["actor"]["account"].is_object() {
-        v["actor"]["account"]["name"] = json!(EXT);
-    }
-    v
-}
+use common::spine::{xapi_fixture as fixture, XAPI_EXT as EXT};
 
 async fn send_xapi(app: &common::TestApp, token: &str, method: &str, query: &str, body: &Value) -> (StatusCode, Value) {
     let url = format!("{}/xapi/statements{query}", app.base);

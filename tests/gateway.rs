@@ -8,16 +8,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::time::Duration;
 
-const EXT: &str = "edx-anon-4242";
-
-fn fixture(name: &str) -> Value {
-    let path = format!("{}/tests/fixtures/xapi/{name}.json", env!("CARGO_MANIFEST_DIR"));
-    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    if v["actor"]["account"].is_object() {
-        v["actor"]["account"]["name"] = json!(EXT);
-    }
-    v
-}
+use common::spine::{xapi_fixture as fixture, XAPI_EXT as EXT};
 
 async fn xapi(app: &common::TestApp, token: &str, body: &Value, version: Option<&str>) -> (StatusCode, Value) {
     let mut req = app.client.post(format!("{}/xapi/statements", app.base)).bearer_auth(token).json(body);

@@ -360,3 +360,16 @@ pub async fn records_of(brokers: &str, topic: &str, idle: Duration) -> Vec<(Vec<
     }
     out
 }
+
+/// The account name the xAPI fixtures are sent with (an LMS's anonymous id).
+pub const XAPI_EXT: &str = "edx-anon-4242";
+
+/// An xAPI fixture of `tests/fixtures/xapi/`, its account named [`XAPI_EXT`].
+pub fn xapi_fixture(name: &str) -> serde_json::Value {
+    let path = format!("{}/tests/fixtures/xapi/{name}.json", env!("CARGO_MANIFEST_DIR"));
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    if v["actor"]["account"].is_object() {
+        v["actor"]["account"]["name"] = serde_json::json!(XAPI_EXT);
+    }
+    v
+}
