@@ -7,21 +7,15 @@ use std::process::ExitCode;
 
 use crate::auth::session::SessionClaims;
 use crate::config::Settings;
+use super::token::PrincipalArgs;
 use crate::policy::Policies;
 
 #[derive(Subcommand)]
 pub enum ConsoleCommand {
     /// Print a one-time sign-in link (valid `LEARNVAULT_CONSOLE_CODE_TTL_SECS`, usable once).
     Login {
-        /// Role (repeatable): instructor, content_author, advisor, dpo, auditor, ...
-        #[arg(long = "role", required = true)]
-        roles: Vec<String>,
-        /// Institution the principal may act in (repeatable; `*` for all).
-        #[arg(long = "institution", required = true)]
-        institutions: Vec<String>,
-        /// Course a course-scoped role may read (repeatable).
-        #[arg(long = "course")]
-        courses: Vec<String>,
+        #[command(flatten)]
+        who: PrincipalArgs,
         /// Subject recorded in the audit log (default: `console-<first role>`).
         #[arg(long)]
         sub: Option<String>,
@@ -29,16 +23,9 @@ pub enum ConsoleCommand {
 }
 
 /// Check the claims against the policies (known roles, course-scoped roles have courses).
-pub fn claims(
-    policies: &Policies,
-    sub: Option<String>,
-    roles: Vec<String>,
-    institutions: Vec<String>,
-    courses: Vec<String>,
-) -> anyhow::Result<SessionClaims> {
-    if let Some(bad) = roles.iter().find(|r| !policies.is_role(r)) {
-        anyhow::bail!("unknown role {bad:?} (see policies/roles.yaml)");
-    }
+pub fn claims(policies: &Policies, sub: Option<String>, who: PrincipalArgs) -> anyhow::Result<SessionClaims> {
+    who.check_roles(policies)?;
+    let PrincipalArgs { roles, institutions, courses } = who;
     if courses.is_empty() && roles.iter().any(|r| policies.is_course_scoped(r)) {
         anyhow::bail!("a course-scoped role needs at least one --course");
     }
@@ -47,12 +34,12 @@ pub fn claims(
 }
 
 pub async fn run(settings: Settings, cmd: ConsoleCommand) -> anyhow::Result<ExitCode> {
-    let ConsoleCommand::Login { roles, institutions, courses, sub } = cmd;
+    let ConsoleCommand::Login { who, sub } = cmd;
     if settings.is_production() || settings.jwks_file.is_some() {
         anyhow::bail!("refusing: a production key set is configured (sign in through your identity provider)");
     }
     let policies = Policies::load(&settings.policy_dir)?;
-    let claims = claims(&policies, sub, roles, institutions, courses)?;
+    let claims = claims(&policies, sub, who)?;
     let config = crate::console::Config::from_settings(&settings)?;
     let pool = crate::db::connect(&settings).context("connecting to PostgreSQL as the runtime role")?;
     let link =
