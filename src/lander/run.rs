@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::decode::Raw;
-use super::service::{Commit, LanderStats, Order, Sink};
+use super::service::{Commit, CommitDebt, LanderStats, Order, Sink};
 use super::{LanderConfig, LanderError};
 use crate::policy::ProtectedAttributes;
 use crate::taxonomy::Taxonomy;
@@ -48,6 +48,8 @@ pub(super) struct Ctx {
     /// batch that finishes after its partition moved never commits: a late commit would move
     /// the new owner's committed offset backwards, past intents it already forgot.
     pub(super) owned: Mutex<std::collections::HashSet<i32>>,
+    /// Offsets landed and not committed yet of owned partitions; taken after `owned`.
+    pub(super) debt: Mutex<CommitDebt>,
 }
 impl ClientContext for Ctx {}
 impl ConsumerContext for Ctx {
@@ -56,12 +58,20 @@ impl ConsumerContext for Ctx {
         match rebalance {
             Rebalance::Revoke(tpl) => {
                 let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                let mut debt = self.debt.lock().expect("debt lock");
                 for p in &parts {
                     owned.remove(p);
+                    debt.forget(*p);
                 }
                 self.revoked.lock().expect("revoked lock").extend(parts);
             }
-            Rebalance::Assign(tpl) => owned.extend(tpl.elements().iter().map(|e| e.partition())),
+            Rebalance::Assign(tpl) => {
+                let mut debt = self.debt.lock().expect("debt lock");
+                for e in tpl.elements() {
+                    owned.insert(e.partition());
+                    debt.forget(e.partition());
+                }
+            }
             Rebalance::Error(_) => {}
         }
     }
@@ -132,7 +142,7 @@ impl Lander {
             .set("heartbeat.interval.ms", "1000")
             .set("max.poll.interval.ms", "30000")
             .set("fetch.wait.max.ms", "50")
-            .create_with_context(Ctx { revoked: revoked.clone(), owned: Mutex::default() })?;
+            .create_with_context(Ctx { revoked: revoked.clone(), owned: Mutex::default(), debt: Mutex::default() })?;
         consumer.subscribe(&[&cfg.topic])?;
         let sink = Sink::new(&cfg, Arc::new(consumer), warehouse, pool, taxonomy, protected, analytics_default)?;
         Ok(Lander { cfg, sink, inflight: VecDeque::new(), replayed: Default::default(), last_done: None, parts: HashMap::new(), revoked })
@@ -151,6 +161,7 @@ impl Lander {
         // A slow flush must not be followed by a burst of ticks that starves the consumer.
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut lag_every = Instant::now();
+        let mut debt_every = Instant::now();
         loop {
             // Unbiased: under load both the consumer and the flush timer get their turn.
             tokio::select! {
@@ -159,6 +170,10 @@ impl Lander {
                     self.reap().await?;
                     self.apply_revocations();
                     self.flush_due(false).await?;
+                    if debt_every.elapsed() > Duration::from_secs(1) && self.inflight.is_empty() {
+                        debt_every = Instant::now();
+                        self.pay_debt(1).await;
+                    }
                     if lag_every.elapsed() > Duration::from_secs(5) {
                         lag_every = Instant::now();
                         self.report_lag().await;
@@ -176,7 +191,24 @@ impl Lander {
         tracing::info!("lander draining");
         self.flush_due(true).await?;
         self.settle().await?;
+        self.pay_debt(10).await;
         Ok(())
+    }
+
+    /// Commit what was landed and not committed (see [`CommitDebt`]), with nothing in flight
+    /// (every batch of these partitions landed), in `attempts` tries (one while running:
+    /// the loop must keep reading; the debt stays owed until paid).
+    async fn pay_debt(&self, attempts: u32) {
+        let owed = self.sink.consumer.context().debt.lock().expect("debt lock").owed();
+        if owed.is_empty() {
+            return;
+        }
+        if let Some(committed) = self.sink.commit(&owed, attempts).await {
+            for r in committed {
+                tracing::info!(partition = r.partition, through = r.last, "owed offset committed");
+                self.sink.intents.committed_through(r.partition, r.last).await;
+            }
+        }
     }
 
     fn apply_revocations(&mut self) {
@@ -238,6 +270,11 @@ impl Lander {
                 self.sink.replay(p, intent).await?;
             }
             landed_through = Some(landed_through.map_or(intent.last, |t| t.max(intent.last)));
+        }
+        if let Some(t) = landed_through.filter(|&t| t >= offset) {
+            // Landed (replayed here or under another member partition, or committed and read
+            // again): the group's offset may stay behind it if no later record comes.
+            self.sink.consumer.context().debt.lock().expect("debt lock").owe(p, t);
         }
         let state = self.parts.entry(p).or_default();
         state.loaded = true;

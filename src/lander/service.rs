@@ -178,6 +178,49 @@ pub(super) struct Sink {
     claims: Option<crate::dedup::Claims>,
 }
 
+/// What this lander landed (or skipped as landed) in a partition it owns without the
+/// group's offset showing it yet: a commit abandoned while the broker was away, or a
+/// resumed partition whose pending batch was replayed under another member partition.
+/// Without a later batch nothing would ever commit it (the group would show a lag
+/// forever, and a restart would replay by intents again), so the run loop pays it when
+/// idle. Never below what this lander committed, and forgotten when a partition is
+/// revoked (its next owner commits; a late commit of ours could move its offset back).
+#[derive(Default)]
+pub(super) struct CommitDebt {
+    /// Partition -> last offset landed and not committed.
+    owed: std::collections::HashMap<i32, i64>,
+    /// Partition -> last offset this lander committed, since it was assigned.
+    paid: std::collections::HashMap<i32, i64>,
+}
+
+impl CommitDebt {
+    /// Owe partition `p` through `last` (ignored when committed already).
+    pub(super) fn owe(&mut self, p: i32, last: i64) {
+        if self.paid.get(&p).is_some_and(|&c| c >= last) {
+            return;
+        }
+        let e = self.owed.entry(p).or_insert(last);
+        *e = (*e).max(last);
+    }
+    /// Partition `p` is committed through `last`.
+    pub(super) fn paid(&mut self, p: i32, last: i64) {
+        let c = self.paid.entry(p).or_insert(last);
+        *c = (*c).max(last);
+        if self.owed.get(&p).is_some_and(|&o| o <= last) {
+            self.owed.remove(&p);
+        }
+    }
+    /// Partition `p` left this lander.
+    pub(super) fn forget(&mut self, p: i32) {
+        self.owed.remove(&p);
+        self.paid.remove(&p);
+    }
+    /// What is owed, as ranges to commit.
+    pub(super) fn owed(&self) -> Vec<Range> {
+        self.owed.iter().map(|(&partition, &last)| Range { partition, first: last, last }).collect()
+    }
+}
+
 impl Sink {
     /// The service of the lander reading with `consumer`.
     pub(super) fn new(
@@ -387,8 +430,20 @@ impl Sink {
             Commit::Only(p) => b.ranges.iter().filter(|r| r.partition == p).copied().collect(),
         };
         if !members.is_empty() {
-            for r in self.commit(&members).await {
-                self.intents.committed_through(r.partition, r.last).await;
+            match self.commit(&members, 10).await {
+                Some(committed) => {
+                    for r in committed {
+                        self.intents.committed_through(r.partition, r.last).await;
+                    }
+                }
+                None => {
+                    // Landed, not committed: owed for the partitions still ours, paid when idle.
+                    let owned = self.consumer.context().owned.lock().expect("owned lock");
+                    let mut debt = self.consumer.context().debt.lock().expect("debt lock");
+                    for r in members.iter().filter(|r| owned.contains(&r.partition)) {
+                        debt.owe(r.partition, r.last);
+                    }
+                }
             }
         }
         metrics::histogram!("learnvault_lander_batch_seconds").record(started.elapsed().as_secs_f64());
@@ -401,12 +456,12 @@ impl Sink {
 
     /// Commit the offsets after `members`' ranges, of those partitions this lander still
     /// owns (checked and committed under the ownership lock), retrying while the broker
-    /// is away; returns the ranges committed. Gives up after ~30 s (the partitions may
-    /// have moved to another member): the batches stay replayable by their intents and
-    /// tokens, and a later commit covers them.
-    async fn commit(&self, members: &[Range]) -> Vec<Range> {
+    /// is away; returns the ranges committed. Gives up after `attempts` (10: ~30 s; the
+    /// partitions may have moved to another member) with `None`: the batches stay
+    /// replayable by their intents and tokens, and a later commit, or the debt's, covers them.
+    pub(super) async fn commit(&self, members: &[Range], attempts: u32) -> Option<Vec<Range>> {
         let mut backoff = Backoff::COMMIT;
-        for attempt in 1..=10 {
+        for attempt in 1..=attempts {
             let consumer = self.consumer.clone();
             let topic = self.cfg.topic.clone();
             let wanted = members.to_vec();
@@ -420,6 +475,10 @@ impl Sink {
                 if !mine.is_empty() {
                     consumer.commit(&tpl, CommitMode::Sync)?;
                 }
+                let mut debt = consumer.context().debt.lock().expect("debt lock");
+                for r in &mine {
+                    debt.paid(r.partition, r.last);
+                }
                 Ok::<_, rdkafka::error::KafkaError>(mine)
             };
             match tokio::task::spawn_blocking(commit).await {
@@ -428,7 +487,7 @@ impl Sink {
                     if mine.len() < members.len() {
                         tracing::info!(moved = members.len() - mine.len(), "partitions moved before their batch committed; their owners replay it by its intent");
                     }
-                    return mine;
+                    return Some(mine);
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, attempt, "offset commit failed; retrying");
@@ -438,10 +497,12 @@ impl Sink {
                     tracing::warn!(error = %e, attempt, "offset commit task failed; retrying")
                 }
             }
-            backoff.wait().await;
+            if attempt < attempts {
+                backoff.wait().await;
+            }
         }
-        tracing::error!("offset commit abandoned after 10 attempts; the batches will be replayed with their tokens");
-        Vec::new()
+        tracing::warn!(attempts, "offset commit abandoned; owed, committed when the lander is idle or by a later batch");
+        None
     }
 
     async fn dead_letter(&self, p: i32, item: &Item, reason: Reason, detail: &str) -> Result<(), LanderError> {
@@ -507,5 +568,29 @@ async fn insert_with_retry(warehouse: &Warehouse, b: &Prepared) -> Result<(), Wa
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CommitDebt;
+
+    #[test]
+    fn commit_debt_is_never_below_what_was_committed_and_forgotten_on_revocation() {
+        let mut d = CommitDebt::default();
+        d.owe(0, 10);
+        d.owe(0, 7);
+        d.owe(1, 4);
+        let mut owed: Vec<(i32, i64)> = d.owed().iter().map(|r| (r.partition, r.last)).collect();
+        owed.sort();
+        assert_eq!(owed, vec![(0, 10), (1, 4)], "the highest landed offset per partition");
+        d.paid(0, 12);
+        assert!(d.owed().iter().all(|r| r.partition != 0), "a later commit covers the debt");
+        d.owe(0, 11);
+        assert!(d.owed().iter().all(|r| r.partition != 0), "nothing owed below what was committed (a commit must never move back)");
+        d.paid(1, 3);
+        assert_eq!(d.owed().len(), 1, "a lower commit leaves the debt owed");
+        d.forget(1);
+        assert!(d.owed().is_empty(), "a revoked partition's debt is its next owner's");
     }
 }
