@@ -104,6 +104,22 @@ impl Plan {
         if let Some(cur) = after {
             let bound: Vec<String> = self.order.iter().enumerate().map(|(i, (_, ty))| format!("{{k{i}:{ty}}}")).chain(["{h:UInt64}".to_owned()]).collect();
             sql.push_str(&format!(" AND tuple({order_by}) >= tuple({})", bound.join(", ")));
+            // The same bound on the sorting key alone, spelled as comparisons of its columns
+            // (implied by the line above, so no row changes): the engine's primary-key analysis
+            // reads this form and skips the granules before the cursor, where a tuple with the
+            // hash makes every page read all of the subject's rows again.
+            if !self.order.is_empty() {
+                let col = |i: usize| (self.order[i].0.as_str(), format!("{{k{i}:{}}}", self.order[i].1));
+                let equal = |n: usize| (0..n).map(col).map(|(c, k)| format!("{c} = {k}")).collect::<Vec<_>>();
+                let mut terms: Vec<String> = (0..self.order.len())
+                    .map(|i| {
+                        let (c, k) = col(i);
+                        equal(i).into_iter().chain([format!("{c} > {k}")]).collect::<Vec<_>>().join(" AND ")
+                    })
+                    .collect();
+                terms.push(equal(self.order.len()).join(" AND "));
+                sql.push_str(&format!(" AND (({}))", terms.join(") OR (")));
+            }
             for (i, v) in cur.values.iter().enumerate() {
                 params.push((format!("k{i}"), match v {
                     Value::String(s) => s.clone(),
@@ -175,7 +191,22 @@ mod tests {
         }
         assert_eq!(cur, Some(Cursor { values: vec![json!("b")], hash: "7".into(), seen: 2 }));
         let (sql, params) = plan.query(p, start, 2, cur.as_ref());
-        assert!(sql.ends_with("AND tuple(course_id, cityHash64(toString(tuple(*)))) >= tuple({k0:String}, {h:UInt64}) ORDER BY course_id, cityHash64(toString(tuple(*))) LIMIT 4"), "{sql}");
+        assert!(
+            sql.ends_with(
+                "AND tuple(course_id, cityHash64(toString(tuple(*)))) >= tuple({k0:String}, {h:UInt64}) \
+                 AND ((course_id > {k0:String}) OR (course_id = {k0:String})) ORDER BY course_id, cityHash64(toString(tuple(*))) LIMIT 4"
+            ),
+            "{sql}"
+        );
+        let two = Plan { order: vec![("course_id".into(), "String".into()), ("server_ts".into(), "DateTime64(3, 'UTC')".into())], ..plan.clone() };
+        let (sql, _) = two.query(p, start, 2, cur.as_ref());
+        assert!(
+            sql.contains(
+                " AND ((course_id > {k0:String}) OR (course_id = {k0:String} AND server_ts > {k1:DateTime64(3, 'UTC')}) \
+                 OR (course_id = {k0:String} AND server_ts = {k1:DateTime64(3, 'UTC')})) ORDER BY"
+            ),
+            "the key-only bound, lexicographic over the sorting key: {sql}"
+        );
         assert_eq!(params[2..], [("k0".to_owned(), "b".to_owned()), ("h".to_owned(), "7".to_owned())]);
         // Page 2 starts with the boundary rows again (and a third copy that was not written yet).
         skip = cur.as_ref().unwrap().seen;
