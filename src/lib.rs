@@ -43,7 +43,8 @@
 //! - [`envelope`]: the `learning-events` record contract (single events or per-partition envelopes, murmur2 partitions).
 //! - [`datamap`]: the map of every store holding learner data, checked against the live schemas.
 //! - [`sim`]: the simulated cohort of the load generator and the live demo.
-//! - [`db`]: pools and migrations. [`app`]: wiring and the server.
+//! - [`db`]: pools and migrations. [`app`]: one `Application` (the wiring `serve`, `land` and the tests
+//!   share: API, gateway, lander, jobs, periodic loops) and the server.
 //! - [`cli`]: one module per subcommand (`serve`, `land`, `migrate`, `token`, `audit`, `dsr`, `loadgen`, `bench`, `demo`, ...).
 
 // The gateway and the lander allocate per event (JSON values, maps): glibc's

@@ -118,7 +118,7 @@ async fn end_to_end(
     let base2 = format!("http://{}", listener.local_addr()?);
     tokio::spawn(crate::app::serve(state, listener, std::future::pending()));
     async {
-        let lander = super::land::build(&e2e, wh.clone()).await?;
+        let lander = crate::app::lander::build(&e2e, wh.clone()).await?;
         let stats = lander.stats();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(lander.run(async move {

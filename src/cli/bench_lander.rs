@@ -270,7 +270,7 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
     // Without deduplication first (when compared), then as configured (on by default): the
     // second one lands into the larger table.
     let off_rate = if args.dedup_compare {
-        let lander = super::land::build(&off, wh.clone()).await?;
+        let lander = crate::app::lander::build(&off, wh.clone()).await?;
         let stats = lander.stats();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(lander.run(async move {
@@ -284,7 +284,7 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
     } else {
         None
     };
-    let lander = super::land::build(settings, wh.clone()).await?;
+    let lander = crate::app::lander::build(settings, wh.clone()).await?;
     let stats = lander.stats();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(lander.run(async move {
@@ -534,7 +534,7 @@ async fn core_rate(
             (l.clone(), payload(l, i % learners.len(), i, now_ms))
         })
         .collect();
-    let mut core = super::land::build(settings, wh.clone()).await?;
+    let mut core = crate::app::lander::build(settings, wh.clone()).await?;
     let t0 = Instant::now();
     let mut core_rows = 0;
     // The records a producer sends (envelopes, compressed as configured), `per_insert` events a batch.

@@ -48,7 +48,7 @@ impl Landing {
         let vault = Vault::new(pool, MasterKey::load(settings)?, 1);
         let learners = super::bench_lander::bench_learners(&vault, LEARNERS).await?;
 
-        let lander = super::land::build(settings, wh.clone()).await?;
+        let lander = crate::app::lander::build(settings, wh.clone()).await?;
         let stats = lander.stats();
         *stats.landings.lock().expect("stats lock") = Some(Vec::new());
         let (stop_lander, stopped) = tokio::sync::oneshot::channel::<()>();

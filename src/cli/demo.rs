@@ -216,7 +216,7 @@ async fn spine(settings: &Settings, cohort: &[String], withdrawn: &str) -> anyho
     let result = async {
         let applied = crate::warehouse::migrate::run(&wh, &settings.clickhouse_migrations_dir).await?;
         println!("  clickhouse: {}  migrations applied now: {applied:?}", wh.version().await?);
-        let lander = super::land::build(settings, wh.clone()).await?;
+        let lander = crate::app::lander::build(settings, wh.clone()).await?;
         let stats = lander.stats();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(lander.run(async move {

@@ -47,10 +47,10 @@ async fn live(settings: &Settings, state: crate::api::AppState, wh: &Warehouse, 
     let serve = state.serve.clone().context("the read path (set by with_warehouse)")?;
     // Signals: simulated history with one case of each kind, the detectors' loop as in `serve`.
     let truth = super::demo_signals::plant(wh).await?;
-    let signals_loop = tokio::spawn(super::signals::serve_loop(state.signals.clone().context("signals (set by with_warehouse)")?, stop_rx.clone()));
+    let signals_loop = tokio::spawn(crate::app::periodic::signals_loop(state.signals.clone().context("signals (set by with_warehouse)")?, stop_rx.clone()));
     let pool = state.pool.clone();
     let server = tokio::spawn(crate::app::serve(state.clone(), listener, stopped(stop_rx.clone())));
-    let lander = super::land::build(settings, wh.clone()).await?;
+    let lander = crate::app::lander::build(settings, wh.clone()).await?;
     let lstats = lander.stats();
     let lander = tokio::spawn(lander.run(stopped(stop_rx.clone())));
     // The console serves the demo's data; one sign-in link per role, shown on every refresh.
