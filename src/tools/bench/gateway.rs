@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::loadgen::{self, LoadStats, LoadgenArgs, Via};
+use crate::tools::loadgen::{self, LoadStats, LoadgenArgs, Via};
 use crate::config::Settings;
 use crate::warehouse::{migrate, Warehouse};
 

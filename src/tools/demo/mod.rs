@@ -1,5 +1,10 @@
 //! `learnvault demo`: starts the API in-process on the local PostgreSQL and walks
-//! through what each user does, printing every request and answer.
+//! through what each user does, printing every request and answer (`--live`:
+//! the whole service on a simulated cohort, `live.rs`).
+
+mod console;
+mod live;
+mod signals;
 
 use anyhow::Context;
 use reqwest::StatusCode;
@@ -72,8 +77,8 @@ fn show(label: &str, status: StatusCode, v: &Value) {
 
 pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<ExitCode> {
     if args.live {
-        let live = super::demo_live::LiveArgs { rate: args.rate, learners: args.learners, duration: args.duration };
-        return super::demo_live::run(settings, live).await;
+        let live = self::live::LiveArgs { rate: args.rate, learners: args.learners, duration: args.duration };
+        return self::live::run(settings, live).await;
     }
     crate::db::migrate(&settings).await.context("migrating (is PostgreSQL running? ops/postgres.sh starts it)")?;
     let state = crate::app::build_state(&settings).await?;

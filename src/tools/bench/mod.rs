@@ -1,5 +1,13 @@
 //! `learnvault bench pseudonyms`: load the pseudonym API over loopback HTTP and
-//! print throughput and latency percentiles. Figures, not assertions.
+//! print throughput and latency percentiles. Figures, not assertions. The other
+//! benchmarks are one file each.
+
+mod dsr;
+mod gateway;
+mod lander;
+mod serve;
+mod serve_live;
+mod signals;
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -18,15 +26,15 @@ pub enum BenchCommand {
     /// Single issuance, batch issuance and resolve against the pseudonym API.
     Pseudonyms(PseudonymArgs),
     /// The event spine: lander/raw-insert ratio, freshness at a fixed rate, funnel latency over a large base table.
-    Lander(super::bench_lander::LanderArgs),
+    Lander(self::lander::LanderArgs),
     /// Subject access, erasure (with recompute and verification) and retention verify over a large base table.
-    Dsr(super::bench_dsr::DsrArgs),
+    Dsr(self::dsr::DsrArgs),
     /// The ingest gateway: accepted events/s over loopback HTTP, latency at a fixed rate, end-to-end freshness.
-    Gateway(super::bench_gateway::GatewayArgs),
+    Gateway(self::gateway::GatewayArgs),
     /// The governed read path: cohort views (with suppression and audit) and drill-down latency, information loss.
-    Serve(super::bench_serve::ServeArgs),
+    Serve(self::serve::ServeArgs),
     /// The detectors on a simulated cohort with ground truth: precision, recall, false alarms on a clean run.
-    Signals(super::bench_signals::SignalsArgs),
+    Signals(self::signals::SignalsArgs),
 }
 
 #[derive(clap::Args)]
@@ -117,11 +125,11 @@ where
 pub async fn run(settings: Settings, cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     let args = match cmd {
         BenchCommand::Pseudonyms(a) => a,
-        BenchCommand::Lander(a) => return super::bench_lander::run(settings, a).await,
-        BenchCommand::Dsr(a) => return super::bench_dsr::run(settings, a).await,
-        BenchCommand::Gateway(a) => return super::bench_gateway::run(settings, a).await,
-        BenchCommand::Serve(a) => return super::bench_serve::run(settings, a).await,
-        BenchCommand::Signals(a) => return super::bench_signals::run(settings, a).await,
+        BenchCommand::Lander(a) => return self::lander::run(settings, a).await,
+        BenchCommand::Dsr(a) => return self::dsr::run(settings, a).await,
+        BenchCommand::Gateway(a) => return self::gateway::run(settings, a).await,
+        BenchCommand::Serve(a) => return self::serve::run(settings, a).await,
+        BenchCommand::Signals(a) => return self::signals::run(settings, a).await,
     };
     let duration = parse_ttl(&args.duration).context("--duration like 10s")?;
     let master = MasterKey::load(&settings)?;

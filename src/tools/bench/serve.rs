@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::bench::closed_loop;
+use super::closed_loop;
 use crate::auth::parse_ttl;
 use crate::config::Settings;
 use crate::serve::{Config, Ident, Serve, Thresholds};
@@ -135,7 +135,7 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &ServeArgs) -> anyhow
 
     let landing = match args.land_rate {
         0 => None,
-        rate => Some(super::bench_serve_live::Landing::start(settings, wh, rate).await?),
+        rate => Some(super::serve_live::Landing::start(settings, wh, rate).await?),
     };
     if let Some(l) = &landing {
         l.wait_first().await?;
@@ -174,7 +174,7 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &ServeArgs) -> anyhow
     .await;
     phase.print("timelines", 1);
     if args.live_streams > 0 {
-        super::bench_serve_live::live_phase(&sv, landing.as_ref(), args.live_streams, duration, range, t).await?;
+        super::serve_live::live_phase(&sv, landing.as_ref(), args.live_streams, duration, range, t).await?;
     }
     if let Some(l) = landing {
         l.stop().await?;
