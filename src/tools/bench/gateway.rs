@@ -4,11 +4,13 @@
 //! to end (gateway -> Kafka -> lander -> rollups) freshness at that rate.
 //! Figures, not assertions.
 
+use anyhow::Context;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::app::{Application, Parts};
 use crate::tools::loadgen::{self, LoadStats, LoadgenArgs, Via};
 use crate::config::Settings;
 use crate::warehouse::{migrate, Warehouse};
@@ -50,12 +52,7 @@ pub async fn run(mut settings: Settings, args: GatewayArgs) -> anyhow::Result<Ex
     let data = std::env::temp_dir().join(format!("lv-bench-gw-{id}"));
     settings.clickhouse_url = format!("chdb://{}", data.display());
     settings.listen = "127.0.0.1:0".into();
-    crate::db::migrate(&settings).await?;
-    let state = crate::app::build_state(&settings).await?;
-    let state = crate::app::with_gateway(state, &settings).await?;
-    let listener = tokio::net::TcpListener::bind(&settings.listen).await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(crate::app::serve(state, listener, std::future::pending()));
+    let base = spawn_gateway(&settings).await?;
     println!("learnvault bench gateway  server={base}  batch={}  concurrency={}  learners={}", args.batch, args.concurrency, args.learners);
 
     let load = |rate: u64, seed: u64| LoadgenArgs {
@@ -94,6 +91,16 @@ pub async fn run(mut settings: Settings, args: GatewayArgs) -> anyhow::Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
+/// An API process with the gateway only (as `serve` builds it), on 127.0.0.1:0 for the rest of
+/// the run; its base URL.
+async fn spawn_gateway(settings: &Settings) -> anyhow::Result<String> {
+    let local = Settings { listen: "127.0.0.1:0".into(), ..settings.clone() };
+    let app = Application::build_with(local, Parts { gateway: true, ..Parts::api_only() }).await?;
+    let base = format!("http://{}", app.addr().context("the API is bound")?);
+    tokio::spawn(app.run_until(std::future::pending()));
+    Ok(base)
+}
+
 /// The end-to-end phase: fresh topics and a second gateway, the lander consuming from the
 /// start (freshness is measured on a stream without the earlier phases' backlog); `dedup`
 /// overrides `LEARNVAULT_INGEST_DEDUP` for both.
@@ -112,11 +119,7 @@ async fn end_to_end(
     if let Some(d) = dedup {
         e2e.ingest_dedup = d;
     }
-    let state = crate::app::build_state(&e2e).await?;
-    let state = crate::app::with_gateway(state, &e2e).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base2 = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(crate::app::serve(state, listener, std::future::pending()));
+    let base2 = spawn_gateway(&e2e).await?;
     async {
         let lander = crate::app::lander::build(&e2e, wh.clone()).await?;
         let stats = lander.stats();

@@ -17,6 +17,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::app::{Application, Parts};
 use crate::auth::{parse_ttl, Authenticator};
 use crate::config::Settings;
 use crate::vault::keys::MasterKey;
@@ -142,15 +143,10 @@ pub async fn run(settings: Settings, cmd: BenchCommand) -> anyhow::Result<ExitCo
     let (base, _server) = match &args.url {
         Some(u) => (u.trim_end_matches('/').to_owned(), None),
         None => {
-            crate::db::migrate(&settings).await?;
-            let state = crate::app::build_state(&settings).await?;
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let addr = listener.local_addr()?;
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let h = tokio::spawn(crate::app::serve(state, listener, async move {
-                let _ = stopped.await;
-            }));
-            (format!("http://{addr}"), Some((stop, h)))
+            let local = Settings { listen: "127.0.0.1:0".into(), ..settings.clone() };
+            let app = Application::build_with(local, Parts::api_only()).await?;
+            let addr = app.addr().context("the API is bound")?;
+            (format!("http://{addr}"), Some(tokio::spawn(app.run_until(std::future::pending()))))
         }
     };
     println!("learnvault bench pseudonyms  target={base} institution={inst} concurrency={} duration={:?}", args.concurrency, duration);
