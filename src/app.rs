@@ -95,6 +95,7 @@ impl Application {
     /// work), then the PostgreSQL migrations, the listener, the warehouse and its migrations,
     /// and the contexts over them.
     pub async fn build_with(settings: Settings, parts: Parts) -> anyhow::Result<Application> {
+        validate(&settings, parts)?;
         let state = if parts.api { Some(build_state(&settings).await?) } else { None };
         crate::db::migrate(&settings).await.context("applying postgresql migrations")?;
         let listener = match parts.api {
@@ -217,6 +218,29 @@ impl Application {
         a?;
         l
     }
+}
+
+/// Check, before anything opens, the configuration sections of the parts this process runs
+/// (each error names its `LEARNVAULT_*` setting): the API's request limits and the lander's
+/// `LanderConfig::validate` (which the supervisor would otherwise retry forever). The console's,
+/// the read path's and the signals' sections are validated where they are built.
+pub fn validate(settings: &Settings, parts: Parts) -> anyhow::Result<()> {
+    if parts.api {
+        let limits = [
+            (settings.body_limit_bytes, "LEARNVAULT_BODY_LIMIT_BYTES"),
+            (settings.batch_body_limit_bytes, "LEARNVAULT_BATCH_BODY_LIMIT_BYTES"),
+            (settings.batch_max_items, "LEARNVAULT_BATCH_MAX_ITEMS"),
+            (settings.ingest_max_events, "LEARNVAULT_INGEST_MAX_EVENTS"),
+            (settings.issue_writers, "LEARNVAULT_ISSUE_WRITERS"),
+        ];
+        if let Some((_, name)) = limits.iter().find(|(v, _)| *v == 0) {
+            anyhow::bail!("{name} must be at least 1");
+        }
+    }
+    if parts.lander {
+        crate::lander::LanderConfig::from_settings(settings).validate()?;
+    }
+    Ok(())
 }
 
 /// The process-wide Prometheus recorder (installed once).

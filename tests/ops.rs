@@ -65,3 +65,22 @@ async fn capabilities_this_process_lacks_answer_503_with_their_code() {
         assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
 }
+
+/// A configuration section a part cannot run with fails the build, before any database work,
+/// naming its setting (the lander's would otherwise be restarted forever by its supervisor).
+#[tokio::test]
+async fn an_invalid_section_fails_the_build_naming_its_setting() {
+    use learnvault::app::{Application, Parts};
+    let master = learnvault::vault::keys::MasterKey::generate();
+    let unreachable = learnvault::config::Settings {
+        database_url: "postgres://learnvault_app@127.0.0.1:1/none".into(),
+        admin_database_url: "postgres://postgres@127.0.0.1:1/none".into(),
+        ..common::settings_for("none", &master)
+    };
+    let lander = learnvault::config::Settings { lander_batch_rows: 0, ..unreachable.clone() };
+    let e = Application::build_with(lander, Parts::land()).await.err().expect("refused");
+    assert!(format!("{e:#}").contains("LEARNVAULT_LANDER_BATCH_ROWS"), "{e:#}");
+    let api = learnvault::config::Settings { ingest_max_events: 0, ..unreachable };
+    let e = Application::build_with(api, Parts::api_only()).await.err().expect("refused");
+    assert!(format!("{e:#}").contains("LEARNVAULT_INGEST_MAX_EVENTS"), "{e:#}");
+}
