@@ -42,15 +42,10 @@ pub struct GatewayArgs {
 }
 
 pub async fn run(mut settings: Settings, args: GatewayArgs) -> anyhow::Result<ExitCode> {
-    let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let (id, data) = super::own_run(&mut settings, "bench-gw", "gw");
     let db = format!("learnvault_bench_gw_{id}");
     settings.database_url = format!("postgres://learnvault_app@127.0.0.1:5432/{db}").into();
     settings.admin_database_url = format!("postgres://postgres@127.0.0.1:5432/{db}").into();
-    settings.events_topic = format!("bench-gw-{id}");
-    settings.dlq_topic = format!("bench-gw-{id}.dlq");
-    settings.consumer_group = format!("bench-gw-{id}");
-    let data = std::env::temp_dir().join(format!("lv-bench-gw-{id}"));
-    settings.clickhouse_url = format!("chdb://{}", data.display());
     settings.listen = "127.0.0.1:0".into();
     let base = spawn_gateway(&settings).await?;
     println!("learnvault bench gateway  server={base}  batch={}  concurrency={}  learners={}", args.batch, args.concurrency, args.learners);

@@ -146,18 +146,10 @@ fn pct(h: &Histogram<u64>, q: f64) -> f64 {
 }
 
 pub async fn run(mut settings: Settings, args: LanderArgs) -> anyhow::Result<ExitCode> {
-    let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
-    let data = std::env::temp_dir().join(format!("lv-bench-lander-{id}"));
-    settings.clickhouse_url = format!("chdb://{}", data.display());
-    settings.events_topic = format!("bench-events-{id}");
-    settings.dlq_topic = format!("bench-events-{id}.dlq");
-    settings.consumer_group = format!("bench-lander-{id}");
+    let (_, data) = super::own_run(&mut settings, "bench-events", "lander");
     crate::db::migrate(&settings).await?;
-    let wh = Warehouse::open(&settings)?;
-    let result = phases(&settings, &wh, &args).await;
-    wh.close();
-    let _ = std::fs::remove_dir_all(&data);
-    result
+    let (s, a) = (&settings, &args);
+    super::on_engine(s, &data, |wh| async move { phases(s, &wh, a).await }).await
 }
 
 async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyhow::Result<ExitCode> {

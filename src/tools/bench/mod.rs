@@ -123,6 +123,31 @@ where
     phase
 }
 
+/// A run of its own: a random id naming its topics (`{topic}-{id}`, `.dlq`), its consumer group
+/// (`bench-{name}-{id}`) and its engine data path (returned, under the temporary directory).
+fn own_run(settings: &mut Settings, topic: &str, name: &str) -> (String, std::path::PathBuf) {
+    let id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let data = std::env::temp_dir().join(format!("lv-bench-{name}-{id}"));
+    settings.clickhouse_url = format!("chdb://{}", data.display());
+    settings.events_topic = format!("{topic}-{id}");
+    settings.dlq_topic = format!("{topic}-{id}.dlq");
+    settings.consumer_group = format!("bench-{name}-{id}");
+    (id, data)
+}
+
+/// Run `phases` on the embedded engine at `settings.clickhouse_url`, opened for the run (one
+/// process per data path), then closed and its data path `data` removed.
+async fn on_engine<F>(settings: &Settings, data: &std::path::Path, phases: impl FnOnce(crate::warehouse::Warehouse) -> F) -> anyhow::Result<ExitCode>
+where
+    F: std::future::Future<Output = anyhow::Result<ExitCode>>,
+{
+    let wh = crate::warehouse::Warehouse::open(settings)?;
+    let result = phases(wh.clone()).await;
+    wh.close();
+    let _ = std::fs::remove_dir_all(data);
+    result
+}
+
 pub async fn run(settings: Settings, cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     let args = match cmd {
         BenchCommand::Pseudonyms(a) => a,

@@ -52,20 +52,12 @@ pub struct ServeArgs {
 }
 
 pub async fn run(mut settings: Settings, args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
-    let data = std::env::temp_dir().join(format!("lv-bench-serve-{id}"));
-    settings.clickhouse_url = format!("chdb://{}", data.display());
-    settings.events_topic = format!("bench-serve-{id}");
-    settings.dlq_topic = format!("bench-serve-{id}.dlq");
-    settings.consumer_group = format!("bench-serve-{id}");
+    let (id, data) = super::own_run(&mut settings, "bench-serve", "serve");
     let db = format!("learnvault_bench_serve_{id}");
     settings.database_url = format!("postgres://learnvault_app@127.0.0.1:5432/{db}").into();
     settings.admin_database_url = format!("postgres://postgres@127.0.0.1:5432/{db}").into();
-    let wh = Warehouse::open(&settings)?;
-    let result = phases(&settings, &wh, &args).await;
-    wh.close();
-    let _ = std::fs::remove_dir_all(&data);
-    result
+    let (s, a) = (&settings, &args);
+    super::on_engine(s, &data, |wh| async move { phases(s, &wh, a).await }).await
 }
 
 async fn phases(settings: &Settings, wh: &Warehouse, args: &ServeArgs) -> anyhow::Result<ExitCode> {
