@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::app::{Application, Parts};
-use crate::tools::loadgen::{self, LoadStats, LoadgenArgs, Via};
 use crate::config::Settings;
+use crate::tools::loadgen::{self, LoadStats, LoadgenArgs, Via};
 use crate::warehouse::{migrate, Warehouse};
 
 #[derive(clap::Args)]

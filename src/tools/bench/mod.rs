@@ -137,7 +137,11 @@ fn own_run(settings: &mut Settings, topic: &str, name: &str) -> (String, std::pa
 
 /// Run `phases` on the embedded engine at `settings.clickhouse_url`, opened for the run (one
 /// process per data path), then closed and its data path `data` removed.
-async fn on_engine<F>(settings: &Settings, data: &std::path::Path, phases: impl FnOnce(crate::warehouse::Warehouse) -> F) -> anyhow::Result<ExitCode>
+async fn on_engine<F>(
+    settings: &Settings,
+    data: &std::path::Path,
+    phases: impl FnOnce(crate::warehouse::Warehouse) -> F,
+) -> anyhow::Result<ExitCode>
 where
     F: std::future::Future<Output = anyhow::Result<ExitCode>>,
 {

@@ -14,8 +14,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::tools::loadgen::{self, LoadStats, LoadgenArgs, Via};
 use crate::config::Settings;
+use crate::tools::loadgen::{self, LoadStats, LoadgenArgs, Via};
 use crate::warehouse::{migrate, Warehouse};
 
 pub struct LiveArgs {
