@@ -1,10 +1,18 @@
-//! Wiring: settings -> keys, policies, pools, writers -> `AppState` -> HTTP server.
+//! Wiring: settings -> keys, policies, pools, writers -> `AppState` -> one
+//! [`Application`] (the API, the gateway, the lander, the jobs and the periodic
+//! detectors), which `serve`, `land` and the test harness all build.
+
+pub mod lander;
+pub mod periodic;
 
 use anyhow::Context;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::api::{self, AppState, Limits};
 use crate::audit::Recorder;
@@ -12,10 +20,228 @@ use crate::auth::Authenticator;
 use crate::config::Settings;
 use crate::datamap::DataMap;
 use crate::dsr::Dsr;
-use crate::warehouse::Warehouse;
 use crate::policy::Policies;
 use crate::vault::keys::MasterKey;
 use crate::vault::Vault;
+use crate::warehouse::Warehouse;
+
+/// What one process runs. `serve` runs every part ([`Parts::serve`]: the lander and the
+/// jobs unless turned off), `land` the lander alone ([`Parts::land`]); the test harness
+/// picks the parts a test needs from the same list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parts {
+    /// The HTTP API and the console, bound on `listen` (needs the master key and the policies).
+    pub api: bool,
+    /// Open the warehouse (and apply its migrations): subject requests, features, the read path, signals.
+    pub warehouse: bool,
+    /// The ingest gateway (a Kafka producer; the topics are created when the broker answers).
+    pub gateway: bool,
+    /// The supervised lander (opens the warehouse).
+    pub lander: bool,
+    /// The subject-request worker and the hourly retention purge (need the warehouse).
+    pub jobs: bool,
+    /// The periodic work: audit checkpoints, console session purge, and with the warehouse
+    /// the released tables and the detectors.
+    pub periodic: bool,
+}
+
+impl Parts {
+    /// `learnvault serve`: everything the embedded engine's one process must run, the lander
+    /// and the jobs unless `LEARNVAULT_LANDER_ENABLED` / `LEARNVAULT_JOBS_ENABLED` say otherwise.
+    pub fn serve(settings: &Settings) -> Parts {
+        Parts { api: true, warehouse: true, gateway: true, lander: settings.lander_enabled, jobs: settings.jobs_enabled, periodic: true }
+    }
+
+    /// `learnvault land`: the lander alone (no master key, no HTTP).
+    pub fn land() -> Parts {
+        Parts { api: false, warehouse: true, gateway: false, lander: true, jobs: false, periodic: false }
+    }
+
+    /// The HTTP API alone (no warehouse, no broker, nothing periodic).
+    pub fn api_only() -> Parts {
+        Parts { api: true, warehouse: false, gateway: false, lander: false, jobs: false, periodic: false }
+    }
+}
+
+/// Asks a running [`Application`] to stop (in-flight requests and batches drain).
+#[derive(Clone)]
+pub struct Stop(Arc<watch::Sender<bool>>);
+
+impl Stop {
+    pub fn stop(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+/// The application, assembled and bound but not yet running (zero-to-production's
+/// `Application`): [`Application::build`], then [`Application::run_until`].
+pub struct Application {
+    settings: Settings,
+    parts: Parts,
+    listener: Option<TcpListener>,
+    state: Option<AppState>,
+    warehouse: Option<Warehouse>,
+    stop: Arc<watch::Sender<bool>>,
+}
+
+impl Application {
+    /// What `learnvault serve` runs ([`Parts::serve`]).
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let parts = Parts::serve(&settings);
+        Self::build_with(settings, parts).await
+    }
+
+    /// Configuration first (keys, policies, token verification fail fast, before any database
+    /// work), then the PostgreSQL migrations, the listener, the warehouse and its migrations,
+    /// and the contexts over them.
+    pub async fn build_with(settings: Settings, parts: Parts) -> anyhow::Result<Application> {
+        validate(&settings, parts)?;
+        let state = if parts.api { Some(build_state(&settings).await?) } else { None };
+        crate::db::migrate(&settings).await.context("applying postgresql migrations")?;
+        let listener = match parts.api {
+            true => Some(TcpListener::bind(&settings.listen).await.with_context(|| format!("binding {}", settings.listen))?),
+            false => None,
+        };
+        let warehouse = match parts.warehouse || parts.lander {
+            true => Some(Warehouse::open(&settings)?),
+            false => None,
+        };
+        let assembled = async {
+            let Some(wh) = &warehouse else { return anyhow::Ok(state) };
+            crate::warehouse::migrate::run(wh, &settings.clickhouse_migrations_dir).await?;
+            let Some(mut state) = state else { return Ok(None) };
+            if parts.warehouse {
+                state = with_warehouse(state, &settings, wh.clone())?;
+            }
+            Ok(Some(state))
+        }
+        .await;
+        let state = match assembled {
+            Ok(Some(state)) if parts.gateway => with_gateway(state, &settings).await.map(Some),
+            other => other,
+        };
+        let state = match state {
+            Ok(state) => state,
+            Err(e) => {
+                if let Some(wh) = &warehouse {
+                    wh.close();
+                }
+                return Err(e);
+            }
+        };
+        let (stop, _) = watch::channel(false);
+        Ok(Application { settings, parts, listener, state, warehouse, stop: Arc::new(stop) })
+    }
+
+    /// The address the API is bound to (`None` without the API).
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The API's state (`None` without the API): what the handlers see.
+    pub fn state(&self) -> Option<&AppState> {
+        self.state.as_ref()
+    }
+
+    /// The warehouse this process owns, if it opened one.
+    pub fn warehouse(&self) -> Option<&Warehouse> {
+        self.warehouse.as_ref()
+    }
+
+    /// A handle that stops the application once it runs.
+    pub fn stopper(&self) -> Stop {
+        Stop(self.stop.clone())
+    }
+
+    /// Run every part until `shutdown` resolves (or [`Stop::stop`]), then drain: in-flight
+    /// requests finish, the lander commits, the jobs and loops return; the warehouse is closed.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Application { settings, parts, listener, state, warehouse, stop } = self;
+        let rx = stop.subscribe();
+        let trigger = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                stop.send_replace(true);
+            })
+        };
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        if let Some(l) = &listener {
+            tracing::info!(addr = %l.local_addr()?, env = ?settings.env, lander = parts.lander, jobs = parts.jobs, "learnvault serving");
+        }
+        let api = {
+            let (state, rx) = (state.clone(), rx.clone());
+            async move {
+                match (state, listener) {
+                    (Some(state), Some(listener)) => serve(state, listener, stopped(rx)).await,
+                    _ => Ok(()),
+                }
+            }
+        };
+        let land = async {
+            match (&warehouse, parts.lander) {
+                (Some(wh), true) => lander::supervise(&settings, wh.clone(), rx.clone()).await,
+                _ => Ok(()),
+            }
+        };
+        let jobs = async {
+            if let (Some(state), true) = (&state, parts.jobs) {
+                if let Some(dsr) = state.dsr.clone() {
+                    tokio::join!(dsr.clone().work(rx.clone()), periodic::purge_loop(dsr, state.anchor.clone(), rx.clone()));
+                }
+            }
+        };
+        let loops = async {
+            let Some(state) = state.clone().filter(|_| parts.periodic) else { return };
+            let every = Duration::from_secs(settings.audit_checkpoint_interval_secs.max(1));
+            let anchoring = crate::audit::anchor_loop(state.pool.clone(), state.anchor.clone(), every, rx.clone());
+            let publish = async {
+                if let Some(serve) = state.serve.clone() {
+                    periodic::publish_loop(serve, rx.clone()).await
+                }
+            };
+            let signals = async {
+                if let Some(sg) = state.signals.clone() {
+                    periodic::signals_loop(sg, rx.clone()).await
+                }
+            };
+            let sessions = crate::console::purge_loop(state.clone(), rx.clone());
+            tokio::join!(anchoring, publish, signals, sessions);
+        };
+        let (a, l, (), ()) = tokio::join!(api, land, jobs, loops);
+        trigger.abort();
+        if let Some(wh) = &warehouse {
+            wh.close();
+        }
+        a?;
+        l
+    }
+}
+
+/// Check, before anything opens, the configuration sections of the parts this process runs
+/// (each error names its `LEARNVAULT_*` setting): the API's request limits and the lander's
+/// `LanderConfig::validate` (which the supervisor would otherwise retry forever). The console's,
+/// the read path's and the signals' sections are validated where they are built.
+pub fn validate(settings: &Settings, parts: Parts) -> anyhow::Result<()> {
+    if parts.api {
+        let limits = [
+            (settings.body_limit_bytes, "LEARNVAULT_BODY_LIMIT_BYTES"),
+            (settings.batch_body_limit_bytes, "LEARNVAULT_BATCH_BODY_LIMIT_BYTES"),
+            (settings.batch_max_items, "LEARNVAULT_BATCH_MAX_ITEMS"),
+            (settings.ingest_max_events, "LEARNVAULT_INGEST_MAX_EVENTS"),
+            (settings.issue_writers, "LEARNVAULT_ISSUE_WRITERS"),
+        ];
+        if let Some((_, name)) = limits.iter().find(|(v, _)| *v == 0) {
+            anyhow::bail!("{name} must be at least 1");
+        }
+    }
+    if parts.lander {
+        crate::lander::LanderConfig::from_settings(settings).validate()?;
+    }
+    Ok(())
+}
 
 /// The process-wide Prometheus recorder (installed once).
 pub fn metrics_handle() -> PrometheusHandle {
@@ -102,7 +328,8 @@ pub fn with_warehouse(mut state: AppState, settings: &Settings, warehouse: Wareh
     crate::dsr::seal::create_private_dir(&dsr.archive_dir).with_context(|| format!("creating {}", dsr.archive_dir.display()))?;
     let serve_config = crate::serve::Config::load(dir).context("loading the disclosure policy")?;
     let signals_config = crate::signals::Config::load(dir).context("loading the signals policy")?;
-    state.signals = Some(Arc::new(crate::signals::Signals::new(warehouse.clone(), state.pool.clone(), signals_config, serve_config.clone())?));
+    state.signals =
+        Some(Arc::new(crate::signals::Signals::new(warehouse.clone(), state.pool.clone(), signals_config, serve_config.clone())?));
     state.serve = Some(Arc::new(crate::serve::Serve::new(warehouse.clone(), serve_config)?));
     state.warehouse = Some(warehouse);
     state.dsr = Some(Arc::new(dsr));

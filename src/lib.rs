@@ -42,9 +42,11 @@
 //! - [`topics`]: the events and dead-letter topics, created with their retention from policy; live configs for `retention verify`.
 //! - [`envelope`]: the `learning-events` record contract (single events or per-partition envelopes, murmur2 partitions).
 //! - [`datamap`]: the map of every store holding learner data, checked against the live schemas.
-//! - [`sim`]: the simulated cohort of the load generator and the live demo.
-//! - [`db`]: pools and migrations. [`app`]: wiring and the server.
-//! - [`cli`]: one module per subcommand (`serve`, `land`, `migrate`, `token`, `audit`, `dsr`, `loadgen`, `bench`, `demo`, ...).
+//! - [`tools`]: the benchmarks, the load generator, the simulated cohort and the demos, over the public surface.
+//! - [`db`]: pools and migrations. [`app`]: one `Application` (the wiring `serve`, `land` and the tests
+//!   share: API, gateway, lander, jobs, periodic loops) and the server.
+//! - [`cli`]: one thin module per subcommand (`serve`, `land`, `migrate`, `token`, `audit`, `dsr`, ...);
+//!   `bench`, `loadgen` and `demo` parse into and call [`tools`].
 
 // The gateway and the lander allocate per event (JSON values, maps): glibc's
 // malloc was a third of the gateway's profile; mimalloc is the allocator of
@@ -80,9 +82,9 @@ pub mod redact;
 pub mod retention;
 pub mod serve;
 pub mod signals;
-pub mod sim;
 pub mod taxonomy;
 pub mod telemetry;
+pub mod tools;
 pub mod topics;
 pub mod vault;
 pub mod warehouse;

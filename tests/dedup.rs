@@ -112,7 +112,7 @@ async fn a_producer_writing_the_same_envelope_to_kafka_twice_lands_it_once() {
     let mut again = s.settings.clone();
     again.consumer_group = format!("{}-again", s.settings.consumer_group);
     let replay = {
-        let lander = learnvault::cli::land::build(&again, s.wh.clone()).await.unwrap();
+        let lander = learnvault::app::lander::build(&again, s.wh.clone()).await.unwrap();
         let stats = lander.stats();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let h = tokio::spawn(lander.run(async move {

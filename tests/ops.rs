@@ -44,3 +44,43 @@ async fn health_readiness_metrics_and_openapi() {
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 }
+
+/// An API-only process (no warehouse, no broker) answers what needs them with 503 and the
+/// capability's stable code, after authentication.
+#[tokio::test]
+async fn capabilities_this_process_lacks_answer_503_with_their_code() {
+    let app = TestApp::spawn().await;
+    let cases = [
+        ("POST", "/v1/events", app.lms("uni-a"), Some(json!([])), "gateway_unavailable"),
+        ("GET", "/v1/dsr/jobs", app.dpo("uni-a"), None, "warehouse_unavailable"),
+        ("GET", "/v1/retention/report", app.dpo("uni-a"), None, "warehouse_unavailable"),
+        ("GET", "/v1/courses/c-1/funnel", app.token("i-1", &["instructor"], &["uni-a"]), None, "warehouse_unavailable"),
+        ("GET", "/v1/signals/queues/content_author/items", app.token("a-1", &["content_author"], &["uni-a"]), None, "signals_unavailable"),
+    ];
+    for (method, path, token, body, code) in cases {
+        let (s, v) = app.send(method, path, None, body.clone()).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{path}: {v}");
+        let (s, v) = app.send(method, path, Some(&token), body).await;
+        assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some(code)), "{path}: {v}");
+        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+}
+
+/// A configuration section a part cannot run with fails the build, before any database work,
+/// naming its setting (the lander's would otherwise be restarted forever by its supervisor).
+#[tokio::test]
+async fn an_invalid_section_fails_the_build_naming_its_setting() {
+    use learnvault::app::{Application, Parts};
+    let master = learnvault::vault::keys::MasterKey::generate();
+    let unreachable = learnvault::config::Settings {
+        database_url: "postgres://learnvault_app@127.0.0.1:1/none".into(),
+        admin_database_url: "postgres://postgres@127.0.0.1:1/none".into(),
+        ..common::settings_for("none", &master)
+    };
+    let lander = learnvault::config::Settings { lander_batch_rows: 0, ..unreachable.clone() };
+    let e = Application::build_with(lander, Parts::land()).await.err().expect("refused");
+    assert!(format!("{e:#}").contains("LEARNVAULT_LANDER_BATCH_ROWS"), "{e:#}");
+    let api = learnvault::config::Settings { ingest_max_events: 0, ..unreachable };
+    let e = Application::build_with(api, Parts::api_only()).await.err().expect("refused");
+    assert!(format!("{e:#}").contains("LEARNVAULT_INGEST_MAX_EVENTS"), "{e:#}");
+}

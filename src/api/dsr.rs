@@ -7,13 +7,12 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::{AppJson, AppState, Error, ErrorBody, Principal};
+use super::{AppJson, AppState, DsrCap, Error, ErrorBody, Principal};
 use crate::audit::Outcome;
 use crate::domain::{ExternalId, InstitutionId, Pseudonym};
 use crate::dsr::{Dsr, DsrError, Job, Kind, Request};
@@ -60,10 +59,10 @@ pub struct JobList {
 /// ones, newest first. Read is audited.
 #[utoipa::path(get, path = "/v1/dsr/jobs", tag = "dsr", params(ListQuery),
     responses((status = 200, body = JobList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
-async fn jobs(State(s): State<AppState>, p: Principal, crate::api::AppQuery(q): crate::api::AppQuery<ListQuery>) -> Result<Json<JobList>, Error> {
+async fn jobs(State(s): State<AppState>, p: Principal, d: DsrCap, crate::api::AppQuery(q): crate::api::AppQuery<ListQuery>) -> Result<Json<JobList>, Error> {
     s.authorize(&p, Permission::DsrRead, None, None).await?;
     let limit = list_limit(&q)?;
-    let jobs = dsr(&s)?.list(p.institutions.as_deref(), limit).await?;
+    let jobs = d.list(p.institutions.as_deref(), limit).await?;
     let mut e = p.entry("dsr.list", None, None, Outcome::Success);
     e.detail = serde_json::json!({"returned": jobs.len()});
     s.audit.record(e).await?;
@@ -115,11 +114,10 @@ pub struct BatchErasureRequest {
 #[utoipa::path(post, path = "/v1/dsr/erasure/batch", tag = "dsr", request_body = BatchErasureRequest,
     responses((status = 202, body = Job), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)))]
-async fn erasure_batch(State(s): State<AppState>, p: Principal, AppJson(req): AppJson<BatchErasureRequest>) -> Result<Response, Error> {
+async fn erasure_batch(State(s): State<AppState>, p: Principal, d: DsrCap, AppJson(req): AppJson<BatchErasureRequest>) -> Result<Response, Error> {
     s.authorize(&p, Permission::DsrErasure, None, None).await?;
     let inst = InstitutionId::parse(&req.institution)?;
     s.authorize(&p, Permission::DsrErasure, Some(inst.as_str()), None).await?;
-    let d = dsr(&s)?;
     if req.subjects.is_empty() {
         return Err(Error::bad_request("empty_batch", "subjects must not be empty"));
     }
@@ -193,12 +191,11 @@ pub struct LiftResponse {
 #[utoipa::path(post, path = "/v1/dsr/suppressions/lift", tag = "dsr", request_body = LiftRequest,
     responses((status = 200, body = LiftResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-async fn lift_suppression(State(s): State<AppState>, p: Principal, AppJson(req): AppJson<LiftRequest>) -> Result<Json<LiftResponse>, Error> {
+async fn lift_suppression(State(s): State<AppState>, p: Principal, d: DsrCap, AppJson(req): AppJson<LiftRequest>) -> Result<Json<LiftResponse>, Error> {
     s.authorize(&p, Permission::DsrErasure, None, None).await?;
     let inst = InstitutionId::parse(&req.institution)?;
     s.authorize(&p, Permission::DsrErasure, Some(inst.as_str()), None).await?;
     let ext = ExternalId::parse(&req.external_id)?;
-    let d = dsr(&s)?;
     if !d.erasure_policy.may_lift_for(&req.purpose) {
         return Err(Error::bad_request("unknown_purpose", "purpose must be one of suppression.lift_purposes in policies/erasure.yaml"));
     }
@@ -237,13 +234,6 @@ pub struct CertificateKey {
     public_key: String,
 }
 
-fn dsr(s: &AppState) -> Result<&Arc<Dsr>, Error> {
-    s.dsr.as_ref().ok_or_else(|| Error::Unavailable {
-        code: "warehouse_unavailable",
-        message: "subject requests need the warehouse; this process runs without it".into(),
-    })
-}
-
 impl From<DsrError> for Error {
     fn from(e: DsrError) -> Self {
         match e {
@@ -256,10 +246,9 @@ impl From<DsrError> for Error {
     }
 }
 
-async fn submit(s: &AppState, p: &Principal, kind: Kind, req: DsrRequest) -> Result<Response, Error> {
+async fn submit(s: &AppState, p: &Principal, d: &Dsr, kind: Kind, req: DsrRequest) -> Result<Response, Error> {
     let perm = if kind == Kind::Access { Permission::DsrAccess } else { Permission::DsrErasure };
     s.authorize(p, perm, None, req.pseudonym).await?;
-    let d = dsr(s)?;
     if let Some(r) = &req.reference {
         let ok = !r.is_empty() && r.len() <= 128 && r.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:/#-".contains(&b));
         if !ok {
@@ -312,8 +301,8 @@ async fn submit(s: &AppState, p: &Principal, kind: Kind, req: DsrRequest) -> Res
 #[utoipa::path(post, path = "/v1/dsr/access", tag = "dsr", request_body = DsrRequest,
     responses((status = 202, body = Job), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn access(State(s): State<AppState>, p: Principal, AppJson(req): AppJson<DsrRequest>) -> Result<Response, Error> {
-    submit(&s, &p, Kind::Access, req).await
+async fn access(State(s): State<AppState>, p: Principal, d: DsrCap, AppJson(req): AppJson<DsrRequest>) -> Result<Response, Error> {
+    submit(&s, &p, &d, Kind::Access, req).await
 }
 
 /// Open an erasure request (Art. 17). Idempotent: an open or finished erasure
@@ -322,14 +311,14 @@ async fn access(State(s): State<AppState>, p: Principal, AppJson(req): AppJson<D
     responses((status = 202, body = Job), (status = 200, body = Job), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 503, body = ErrorBody)))]
-async fn erasure(State(s): State<AppState>, p: Principal, AppJson(req): AppJson<DsrRequest>) -> Result<Response, Error> {
-    submit(&s, &p, Kind::Erasure, req).await
+async fn erasure(State(s): State<AppState>, p: Principal, d: DsrCap, AppJson(req): AppJson<DsrRequest>) -> Result<Response, Error> {
+    submit(&s, &p, &d, Kind::Erasure, req).await
 }
 
-async fn visible_job(s: &AppState, p: &Principal, perm: Permission, id: &str) -> Result<Job, Error> {
+async fn visible_job(s: &AppState, p: &Principal, d: &Dsr, perm: Permission, id: &str) -> Result<Job, Error> {
     s.authorize(p, perm, None, None).await?;
     let id = Uuid::parse_str(id).map_err(|_| Error::bad_request("invalid_job_id", "a job id is a UUID"))?;
-    let job = dsr(s)?.job(id).await?;
+    let job = d.job(id).await?;
     s.authorize(p, perm, Some(&job.institution), Some(job.pseudonym)).await?;
     Ok(job)
 }
@@ -337,8 +326,8 @@ async fn visible_job(s: &AppState, p: &Principal, perm: Permission, id: &str) ->
 /// A job's state, step, progress, deadline and result.
 #[utoipa::path(get, path = "/v1/dsr/jobs/{id}", tag = "dsr", params(("id" = Uuid, Path, description = "Job id")),
     responses((status = 200, body = Job), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-async fn job(State(s): State<AppState>, p: Principal, Path(id): Path<String>) -> Result<Json<Job>, Error> {
-    Ok(Json(visible_job(&s, &p, Permission::DsrRead, &id).await?))
+async fn job(State(s): State<AppState>, p: Principal, d: DsrCap, Path(id): Path<String>) -> Result<Json<Job>, Error> {
+    Ok(Json(visible_job(&s, &p, &d, Permission::DsrRead, &id).await?))
 }
 
 /// The subject-access archive (tar: manifest.json, identity.json, JSONL and CSV per store), decrypted
@@ -347,8 +336,8 @@ async fn job(State(s): State<AppState>, p: Principal, Path(id): Path<String>) ->
 #[utoipa::path(get, path = "/v1/dsr/jobs/{id}/archive", tag = "dsr", params(("id" = Uuid, Path, description = "Job id")),
     responses((status = 200, description = "tar archive", content_type = "application/x-tar"), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 410, body = ErrorBody)))]
-async fn archive(State(s): State<AppState>, p: Principal, Path(id): Path<String>) -> Result<Response, Error> {
-    let job = visible_job(&s, &p, Permission::DsrAccess, &id).await?;
+async fn archive(State(s): State<AppState>, p: Principal, d: DsrCap, Path(id): Path<String>) -> Result<Response, Error> {
+    let job = visible_job(&s, &p, &d, Permission::DsrAccess, &id).await?;
     let path = match (&job.kind[..], &job.state[..], job.result.as_ref().and_then(|r| r["archive"].as_str())) {
         ("access", "done", Some(path)) => std::path::PathBuf::from(path),
         ("access", _, _) => return Err(Error::Conflict { code: "job_not_done", message: format!("the job is {}", job.state) }),
@@ -357,7 +346,6 @@ async fn archive(State(s): State<AppState>, p: Principal, Path(id): Path<String>
     if let Subject::Erased { .. } = s.vault.subject(Pseudonym::from_uuid(job.pseudonym)).await? {
         return Err(Error::Gone { code: "erased", message: "the subject was erased; its access archives were deleted with it".into() });
     }
-    let d = dsr(&s)?;
     let reader = crate::dsr::access::open_archive(&path, &d.archive_keys, job.id)
         .map_err(|_| Error::Gone { code: "archive_expired", message: "the archive has expired (retention.yaml `archives`); open a new request".into() })?;
     let mut entry = p.entry("dsr.archive.download", Some(&job.institution), Some(job.pseudonym), Outcome::Success);
@@ -416,8 +404,8 @@ fn bytes_of(v: Vec<u8>) -> axum::body::Bytes {
 #[utoipa::path(get, path = "/v1/dsr/jobs/{id}/certificate", tag = "dsr", params(("id" = Uuid, Path, description = "Job id")),
     responses((status = 200, description = "signed certificate", body = Object), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-async fn certificate(State(s): State<AppState>, p: Principal, Path(id): Path<String>) -> Result<Json<serde_json::Value>, Error> {
-    let job = visible_job(&s, &p, Permission::DsrRead, &id).await?;
+async fn certificate(State(s): State<AppState>, p: Principal, d: DsrCap, Path(id): Path<String>) -> Result<Json<serde_json::Value>, Error> {
+    let job = visible_job(&s, &p, &d, Permission::DsrRead, &id).await?;
     match (&job.kind[..], job.result.as_ref().map(|r| r["certificate"].clone())) {
         ("erasure", Some(c)) if !c.is_null() => Ok(Json(c)),
         // A batch: `{pseudonym: signed certificate}`.
@@ -429,6 +417,6 @@ async fn certificate(State(s): State<AppState>, p: Principal, Path(id): Path<Str
 
 /// The public key that signs erasure certificates (verify offline with `learnvault dsr verify-certificate`).
 #[utoipa::path(get, path = "/v1/dsr/certificate-key", tag = "dsr", security(), responses((status = 200, body = CertificateKey)))]
-async fn certificate_key(State(s): State<AppState>) -> Result<Json<CertificateKey>, Error> {
-    Ok(Json(CertificateKey { algorithm: "Ed25519", public_key: dsr(&s)?.signer.public_key() }))
+async fn certificate_key(d: DsrCap) -> Result<Json<CertificateKey>, Error> {
+    Ok(Json(CertificateKey { algorithm: "Ed25519", public_key: d.signer.public_key() }))
 }

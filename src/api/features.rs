@@ -12,7 +12,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::{AppState, Error, ErrorBody, Principal};
+use super::{AppState, DsrCap, Error, ErrorBody, Principal, ServeCap};
 use crate::audit::Outcome;
 use crate::domain::Pseudonym;
 use crate::policy::Permission;
@@ -39,7 +39,7 @@ pub struct Features {
     params(("pseudonym" = Uuid, Path, description = "Learner pseudonym")),
     responses((status = 200, body = Features), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 410, body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn features(State(s): State<AppState>, p: Principal, Path(raw): Path<String>) -> Result<Json<Features>, Error> {
+async fn features(State(s): State<AppState>, p: Principal, serve: ServeCap, Path(raw): Path<String>) -> Result<Json<Features>, Error> {
     let pseudonym = Pseudonym::parse(&raw)?;
     s.authorize(&p, Permission::FeaturesRead, None, Some(pseudonym.as_uuid())).await?;
     let institution = match s.vault.subject(pseudonym).await? {
@@ -48,10 +48,6 @@ async fn features(State(s): State<AppState>, p: Principal, Path(raw): Path<Strin
         Subject::Unknown => return Err(Error::not_found("unknown_pseudonym", "no such pseudonym")),
     };
     s.authorize(&p, Permission::FeaturesRead, Some(&institution), Some(pseudonym.as_uuid())).await?;
-    let serve = s.serve.as_ref().ok_or_else(|| Error::Unavailable {
-        code: "warehouse_unavailable",
-        message: "this process runs without the warehouse".into(),
-    })?;
     let features = match serve.features(&s.vault, s.policies.consent_default("recommendations"), pseudonym).await? {
         crate::serve::features::Features::Granted(f) => f,
         crate::serve::features::Features::ConsentRequired => {
@@ -72,12 +68,8 @@ async fn features(State(s): State<AppState>, p: Principal, Path(raw): Path<Strin
 #[utoipa::path(get, path = "/v1/retention/report", tag = "retention",
     responses((status = 200, description = "the report; `ok` false on any violation", body = Object),
         (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn retention_report(State(s): State<AppState>, p: Principal) -> Result<Json<crate::retention::Report>, Error> {
+async fn retention_report(State(s): State<AppState>, p: Principal, d: DsrCap) -> Result<Json<crate::retention::Report>, Error> {
     s.authorize(&p, Permission::RetentionRead, None, None).await?;
-    let d = s.dsr.as_ref().ok_or_else(|| Error::Unavailable {
-        code: "warehouse_unavailable",
-        message: "this process runs without the warehouse".into(),
-    })?;
     let unavailable = |e: crate::retention::RetentionError| Error::Unavailable { code: "retention_check_failed", message: e.to_string() };
     let mut report = crate::retention::verify(&d.warehouse, &d.retention).await.map_err(unavailable)?;
     crate::retention::verify_postgres(&mut report, &d.pool, &d.retention, &d.archive_dir).await.map_err(unavailable)?;

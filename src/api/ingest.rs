@@ -9,12 +9,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use std::sync::Arc;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{AppState, Error, ErrorBody, Limits, Principal};
+use super::{AppState, Error, ErrorBody, GatewayCap, Limits, Principal};
 use crate::audit::Outcome;
 use crate::gateway::{self, xapi, Gateway, Incoming, Status};
 use crate::policy::Permission;
@@ -49,10 +48,6 @@ pub struct IngestResponse {
     results: Vec<EventResult>,
 }
 
-fn gateway(s: &AppState) -> Result<&Arc<Gateway>, Error> {
-    s.gateway.as_ref().ok_or_else(|| Error::Unavailable { code: "gateway_unavailable", message: "this process does not run the gateway".into() })
-}
-
 fn unavailable() -> Error {
     Error::Unavailable { code: "broker_unavailable", message: "the event broker did not acknowledge the events; nothing unacknowledged was accepted, retry".into() }
 }
@@ -67,11 +62,11 @@ impl From<gateway::GatewayError> for Error {
 }
 
 /// Run the gateway for a request's events; the issuance audit row names the caller.
-async fn run(s: &AppState, p: &Principal, items: Vec<Incoming>) -> Result<Vec<Status>, Error> {
+async fn run(gw: &Gateway, p: &Principal, items: Vec<Incoming>) -> Result<Vec<Status>, Error> {
     let mut entry = p.entry(Permission::PseudonymIssue.as_str(), None, None, Outcome::Success);
     entry.detail = json!({"via": "gateway"});
     let may = |i: &str| p.can_act_in(i);
-    Ok(gateway(s)?.ingest(items, &may, entry).await?)
+    Ok(gw.ingest(items, &may, entry).await?)
 }
 
 /// Send learning events (LMS). A JSON array (or one object) of taxonomy events,
@@ -85,7 +80,7 @@ async fn run(s: &AppState, p: &Principal, items: Vec<Incoming>) -> Result<Vec<St
     request_body(content = Vec<Object>, description = "taxonomy events", content_type = "application/json"),
     responses((status = 200, body = IngestResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = IngestResponse)))]
-async fn events(State(s): State<AppState>, p: Principal, headers: HeaderMap, body: Bytes) -> Result<Response, Error> {
+async fn events(State(s): State<AppState>, p: Principal, gw: GatewayCap, headers: HeaderMap, body: Bytes) -> Result<Response, Error> {
     s.authorize(&p, Permission::EventsIngest, None, None).await?;
     let ndjson = headers
         .get(header::CONTENT_TYPE)
@@ -122,7 +117,6 @@ async fn events(State(s): State<AppState>, p: Principal, headers: HeaderMap, bod
     // Events that cannot even be split from their identity are refused here, by position.
     let mut pre: Vec<Option<(String, &'static str)>> = Vec::with_capacity(parsed.len());
     let mut items = Vec::with_capacity(parsed.len());
-    let gw = gateway(&s)?;
     for r in parsed {
         match r.map_err(|e| (Map::new(), e)).and_then(gateway::split_identity) {
             Ok(it) => {
@@ -139,7 +133,7 @@ async fn events(State(s): State<AppState>, p: Principal, headers: HeaderMap, bod
             }
         }
     }
-    let mut statuses = run(&s, &p, items).await?.into_iter();
+    let mut statuses = run(&gw, &p, items).await?.into_iter();
     let mut results = Vec::with_capacity(pre.len());
     let (mut accepted, mut rejected, mut unavail) = (0, 0, 0);
     for (index, pre) in pre.into_iter().enumerate() {
@@ -198,7 +192,7 @@ fn xapi_institution(p: &Principal) -> Result<String, Error> {
     }
 }
 
-async fn statements(s: AppState, p: Principal, headers: HeaderMap, body: Bytes, put_id: Option<uuid::Uuid>) -> Result<Response, Error> {
+async fn statements(s: AppState, p: Principal, gw: GatewayCap, headers: HeaderMap, body: Bytes, put_id: Option<uuid::Uuid>) -> Result<Response, Error> {
     s.authorize(&p, Permission::EventsIngest, None, None).await?;
     if let Err(e) = xapi::check_version(headers.get("X-Experience-API-Version").and_then(|v| v.to_str().ok())) {
         return Ok(xapi_error(e));
@@ -217,7 +211,6 @@ async fn statements(s: AppState, p: Principal, headers: HeaderMap, body: Bytes, 
         Ok(a) => a,
         Err(e) => return Ok(xapi_error(e)),
     };
-    let gw = gateway(&s)?;
     // One answer per statement: acknowledged (mapped, or valid but unmapped), or refused alone.
     let mut acked: Vec<uuid::Uuid> = Vec::new();
     // The position in the body of each acknowledged statement.
@@ -287,7 +280,7 @@ async fn statements(s: AppState, p: Principal, headers: HeaderMap, body: Bytes, 
         }
         refused_header.push(format!("{i}:{}", r.error.code));
     }
-    let statuses = if items.is_empty() { Vec::new() } else { run(&s, &p, items).await? };
+    let statuses = if items.is_empty() { Vec::new() } else { run(&gw, &p, items).await? };
     if statuses.contains(&Status::Unavailable) {
         return Err(unavailable());
     }
@@ -322,8 +315,8 @@ async fn statements(s: AppState, p: Principal, headers: HeaderMap, body: Bytes, 
         (status = 400, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 409, body = ErrorBody, description = "`xapi_id_conflict`: a statement id stored already with other content"),
         (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn xapi_post(State(s): State<AppState>, p: Principal, headers: HeaderMap, body: Bytes) -> Result<Response, Error> {
-    statements(s, p, headers, body, None).await
+async fn xapi_post(State(s): State<AppState>, p: Principal, gw: GatewayCap, headers: HeaderMap, body: Bytes) -> Result<Response, Error> {
+    statements(s, p, gw, headers, body, None).await
 }
 
 /// One xAPI statement with its id in the query (`?statementId=`); 204 (also when the same
@@ -336,6 +329,7 @@ async fn xapi_post(State(s): State<AppState>, p: Principal, headers: HeaderMap, 
 async fn xapi_put(
     State(s): State<AppState>,
     p: Principal,
+    gw: GatewayCap,
     q: Result<Query<PutParams>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     body: Bytes,
@@ -347,7 +341,7 @@ async fn xapi_put(
         Ok(id) => id,
         Err(e) => return Ok(xapi_error(e)),
     };
-    statements(s, p, headers, body, Some(id)).await
+    statements(s, p, gw, headers, body, Some(id)).await
 }
 
 /// The LRS "about" resource: supported xAPI versions.

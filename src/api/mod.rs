@@ -7,6 +7,7 @@
 //! The OpenAPI document is generated from the same route definitions.
 
 mod audit;
+mod capability;
 mod consent;
 mod dsr;
 mod error;
@@ -18,6 +19,7 @@ mod pseudonyms;
 mod serve;
 mod signals;
 
+pub use capability::{DsrCap, GatewayCap, ServeCap, SignalsCap};
 pub use error::{Error, ErrorBody};
 pub use extract::{AppJson, AppQuery, Delegated, Principal};
 
@@ -61,6 +63,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     pub limits: Limits,
     /// The warehouse, when this process owns it (`serve`); `None` in API-only processes.
+    /// Handlers take the capabilities below through their extractors (`DsrCap`, `ServeCap`,
+    /// `SignalsCap`, `GatewayCap`), which answer 503 when this process lacks them.
     pub warehouse: Option<Warehouse>,
     /// Subject requests (needs the warehouse).
     pub dsr: Option<Arc<Dsr>>,

@@ -13,7 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{AppJson, AppQuery, AppState, Error, ErrorBody, Principal};
+use super::{AppJson, AppQuery, AppState, Error, ErrorBody, Principal, ServeCap};
 use crate::audit::Outcome;
 use crate::domain::Pseudonym;
 use crate::policy::Permission;
@@ -54,14 +54,10 @@ impl From<ServeError> for Error {
     }
 }
 
-fn serve(s: &AppState) -> Result<&Arc<Serve>, Error> {
-    s.serve.as_ref().ok_or_else(|| Error::Unavailable { code: "warehouse_unavailable", message: "this process runs without the warehouse".into() })
-}
-
 /// Authorise a read of `course` for `perm`: the role, the course scope of
 /// course-scoped roles (the token's `courses`), and the institutions of the
 /// course's learners. Every refusal is audited. Returns the thresholds in force.
-async fn course_read(s: &AppState, p: &Principal, perm: Permission, course: &Ident) -> Result<Thresholds, Error> {
+async fn course_read(s: &AppState, p: &Principal, sv: &Serve, perm: Permission, course: &Ident) -> Result<Thresholds, Error> {
     s.authorize(p, perm, None, None).await?;
     if !s.policies.allows_course(&p.roles, perm, course.as_str(), &p.courses) {
         let mut entry = p.entry(perm.as_str(), None, None, Outcome::Denied);
@@ -69,7 +65,6 @@ async fn course_read(s: &AppState, p: &Principal, perm: Permission, course: &Ide
         s.audit.record(entry).await?;
         return Err(Error::Forbidden { code: "forbidden", message: "this course is not in your token's scope".into() });
     }
-    let sv = serve(s)?;
     let institutions = sv.course_institutions(course).await?;
     for i in &institutions {
         s.authorize(p, perm, Some(i), None).await?;
@@ -99,12 +94,12 @@ pub struct RangeQuery {
 async fn funnel(
     State(s): State<AppState>,
     p: Principal,
+    sv: ServeCap,
     Path(course): Path<String>,
     AppQuery(q): AppQuery<RangeQuery>,
 ) -> Result<Json<Released<Funnel>>, Error> {
     let course = Ident::parse("course_id", &course)?;
-    let t = course_read(&s, &p, Permission::CohortRead, &course).await?;
-    let sv = serve(&s)?;
+    let t = course_read(&s, &p, &sv, Permission::CohortRead, &course).await?;
     let range = sv.range(q.from.as_deref(), q.to.as_deref())?;
     Ok(Json(sv.funnel(&course, &range, &t).await?))
 }
@@ -128,12 +123,13 @@ pub struct EngagementQuery {
 async fn engagement(
     State(s): State<AppState>,
     p: Principal,
+    sv: ServeCap,
     Path(course): Path<String>,
     AppQuery(q): AppQuery<EngagementQuery>,
 ) -> Result<Json<Released<Engagement>>, Error> {
     let course = Ident::parse("course_id", &course)?;
-    let t = course_read(&s, &p, Permission::CohortRead, &course).await?;
-    Ok(Json(serve(&s)?.engagement(&course, q.minutes.unwrap_or(60), &t).await?))
+    let t = course_read(&s, &p, &sv, Permission::CohortRead, &course).await?;
+    Ok(Json(sv.engagement(&course, q.minutes.unwrap_or(60), &t).await?))
 }
 
 /// Per cohort and for the course: learners, and the quartiles of active
@@ -146,12 +142,12 @@ async fn engagement(
 async fn time_on_task(
     State(s): State<AppState>,
     p: Principal,
+    sv: ServeCap,
     Path(course): Path<String>,
     AppQuery(q): AppQuery<RangeQuery>,
 ) -> Result<Json<Released<TimeOnTask>>, Error> {
     let course = Ident::parse("course_id", &course)?;
-    let t = course_read(&s, &p, Permission::CohortRead, &course).await?;
-    let sv = serve(&s)?;
+    let t = course_read(&s, &p, &sv, Permission::CohortRead, &course).await?;
     let range = sv.range(q.from.as_deref(), q.to.as_deref())?;
     Ok(Json(sv.time_on_task(&course, &range, &t).await?))
 }
@@ -176,14 +172,14 @@ pub struct ReplaysQuery {
 async fn replays(
     State(s): State<AppState>,
     p: Principal,
+    sv: ServeCap,
     Path(content): Path<String>,
     AppQuery(q): AppQuery<ReplaysQuery>,
 ) -> Result<Json<Released<Replays>>, Error> {
     let content = Ident::parse("content_id", &content)?;
     let course = q.course_id.as_deref().ok_or_else(|| Error::bad_request("invalid_query", "`course_id` is required"))?;
     let course = Ident::parse("course_id", course)?;
-    let t = course_read(&s, &p, Permission::ContentRead, &course).await?;
-    let sv = serve(&s)?;
+    let t = course_read(&s, &p, &sv, Permission::ContentRead, &course).await?;
     let range = sv.range(q.from.as_deref(), q.to.as_deref())?;
     Ok(Json(sv.replays(&course, &content, &range, &t).await?))
 }
@@ -225,12 +221,13 @@ struct LiveState {
 async fn live(
     State(s): State<AppState>,
     p: Principal,
+    sv: ServeCap,
     Path(course): Path<String>,
     AppQuery(q): AppQuery<LiveQuery>,
 ) -> Result<Sse<impl futures::Stream<Item = Result<Event, Infallible>>>, Error> {
     let course = Ident::parse("course_id", &course)?;
-    let t = course_read(&s, &p, Permission::CohortRead, &course).await?;
-    let sv = serve(&s)?.clone();
+    let t = course_read(&s, &p, &sv, Permission::CohortRead, &course).await?;
+    let sv = sv.0;
     let range = sv.range(q.from.as_deref(), q.to.as_deref())?;
     let minutes = q.minutes.unwrap_or(60);
     if minutes == 0 || minutes > sv.config().max_engagement_minutes {
@@ -303,6 +300,7 @@ pub struct DrilldownRequest {
 async fn drilldown(
     State(s): State<AppState>,
     p: Principal,
+    sv: ServeCap,
     Path(raw): Path<String>,
     AppJson(req): AppJson<DrilldownRequest>,
 ) -> Result<Json<Timeline>, Error> {
@@ -345,7 +343,6 @@ async fn drilldown(
         let err = Error::bad_request("justification_required", "a `justification` of 1-2000 characters is required");
         return refuse("justification_required", None, err).await;
     }
-    let sv = serve(&s)?;
     if let Err(e) = sv.admit(&p.sub) {
         return refuse("rate_limited", None, e.into()).await;
     }

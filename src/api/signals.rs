@@ -17,7 +17,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::{AppJson, AppQuery, AppState, Error, ErrorBody, Principal};
+use super::{AppJson, AppQuery, AppState, Error, ErrorBody, Principal, SignalsCap};
 use crate::audit::Outcome;
 use crate::policy::Permission;
 use crate::signals::queue::{SignalItem, SignalItemSummary, State as ItemState};
@@ -44,10 +44,6 @@ impl From<SignalsError> for Error {
     }
 }
 
-fn signals(s: &AppState) -> Result<&Arc<Signals>, Error> {
-    s.signals.as_ref().ok_or_else(|| Error::Unavailable { code: "signals_unavailable", message: "this process runs without the signals context".into() })
-}
-
 /// The queues `p` may read: one per role with `signals.review` that a detector is routed to.
 fn scopes(s: &AppState, sg: &Signals, p: &Principal) -> Vec<Scope> {
     p.roles
@@ -72,9 +68,9 @@ fn scopes(s: &AppState, sg: &Signals, p: &Principal) -> Vec<Scope> {
 }
 
 /// Authorise `signals.review`, then the caller's scopes (none: refused, audited).
-async fn authorised(s: &AppState, p: &Principal, action: &str) -> Result<(Arc<Signals>, Vec<Scope>), Error> {
+async fn authorised(s: &AppState, p: &Principal, sg: SignalsCap, action: &str) -> Result<(Arc<Signals>, Vec<Scope>), Error> {
     s.authorize(p, Permission::SignalsReview, None, None).await?;
-    let sg = signals(s)?.clone();
+    let sg = sg.0;
     let sc = scopes(s, &sg, p);
     if sc.is_empty() {
         let mut e = p.entry(action, None, None, Outcome::Denied);
@@ -106,8 +102,8 @@ pub struct SignalQueue {
     params(("queue" = String, Path, description = "Queue: a role routed to by policies/signals.yaml"), ListQuery),
     responses((status = 200, body = SignalQueue), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn list(State(s): State<AppState>, p: Principal, Path(queue): Path<String>, AppQuery(q): AppQuery<ListQuery>) -> Result<Json<SignalQueue>, Error> {
-    let (sg, sc) = authorised(&s, &p, "signals.list").await?;
+async fn list(State(s): State<AppState>, p: Principal, sg: SignalsCap, Path(queue): Path<String>, AppQuery(q): AppQuery<ListQuery>) -> Result<Json<SignalQueue>, Error> {
+    let (sg, sc) = authorised(&s, &p, sg, "signals.list").await?;
     let Some(scope) = sc.iter().find(|x| x.queue == queue) else {
         let mut e = p.entry("signals.list", None, None, Outcome::Denied);
         e.detail = serde_json::json!({"reason": "queue_not_yours", "queue": queue.chars().take(64).collect::<String>()});
@@ -128,8 +124,8 @@ async fn list(State(s): State<AppState>, p: Principal, Path(queue): Path<String>
     params(("queue" = String, Path, description = "Queue: a role routed to by policies/signals.yaml")),
     responses((status = 200, body = SignalItem), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn next(State(s): State<AppState>, p: Principal, Path(queue): Path<String>) -> Result<Json<SignalItem>, Error> {
-    let (sg, sc) = authorised(&s, &p, "signals.view").await?;
+async fn next(State(s): State<AppState>, p: Principal, sg: SignalsCap, Path(queue): Path<String>) -> Result<Json<SignalItem>, Error> {
+    let (sg, sc) = authorised(&s, &p, sg, "signals.view").await?;
     let Some(scope) = sc.iter().find(|x| x.queue == queue) else {
         let mut e = p.entry("signals.view", None, None, Outcome::Denied);
         e.detail = serde_json::json!({"reason": "queue_not_yours", "queue": queue.chars().take(64).collect::<String>()});
@@ -151,8 +147,8 @@ async fn next(State(s): State<AppState>, p: Principal, Path(queue): Path<String>
     params(("id" = Uuid, Path, description = "Item")),
     responses((status = 200, body = SignalItem), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn view(State(s): State<AppState>, p: Principal, Path(id): Path<String>) -> Result<Json<SignalItem>, Error> {
-    let (sg, sc) = authorised(&s, &p, "signals.view").await?;
+async fn view(State(s): State<AppState>, p: Principal, sg: SignalsCap, Path(id): Path<String>) -> Result<Json<SignalItem>, Error> {
+    let (sg, sc) = authorised(&s, &p, sg, "signals.view").await?;
     let id = Uuid::parse_str(&id).map_err(|_| Error::bad_request("invalid_id", "the item id is not a UUID"))?;
     let entry = p.entry("signals.view", None, None, Outcome::Success);
     match sg.view(id, &sc, &p.sub, entry).await {
@@ -177,8 +173,8 @@ pub struct DecisionRequest {
     responses((status = 200, body = SignalItem), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn decide(State(s): State<AppState>, p: Principal, Path(id): Path<String>, AppJson(req): AppJson<DecisionRequest>) -> Result<Json<SignalItem>, Error> {
-    let (sg, sc) = authorised(&s, &p, "signals.decide").await?;
+async fn decide(State(s): State<AppState>, p: Principal, sg: SignalsCap, Path(id): Path<String>, AppJson(req): AppJson<DecisionRequest>) -> Result<Json<SignalItem>, Error> {
+    let (sg, sc) = authorised(&s, &p, sg, "signals.decide").await?;
     let id = Uuid::parse_str(&id).map_err(|_| Error::bad_request("invalid_id", "the item id is not a UUID"))?;
     let entry = p.entry("signals.decide", None, None, Outcome::Success);
     match sg.decide(id, &sc, &p.sub, req.decision, &req.note, entry).await {

@@ -1,30 +1,19 @@
-//! Command line: one module per subcommand. `anyhow` lives here and in `app`
-//! (the wiring the subcommands share); the contexts return their own error
+//! Command line: one module per subcommand (`bench`, `loadgen` and `demo` call
+//! into `tools`). `anyhow` lives here, in `app` (the wiring the subcommands
+//! share) and in `tools`; the contexts return their own error
 //! enums (except `Gateway::new`, which still returns `anyhow::Result`).
 
 mod audit;
-pub mod bench;
-mod bench_dsr;
-mod bench_gateway;
-mod bench_lander;
-mod bench_serve;
-mod bench_serve_live;
-mod bench_signals;
 mod console;
 mod datamap;
-mod demo;
-mod demo_console;
-mod demo_live;
-mod demo_signals;
 mod disclosure;
 mod dlq;
 mod dsr;
-pub mod land;
-pub mod loadgen;
+mod land;
 mod policy;
 mod retention;
 mod serve;
-pub mod signals;
+mod signals;
 mod taxonomy;
 mod token;
 mod warehouse;
@@ -110,14 +99,14 @@ pub enum Command {
         command: taxonomy::TaxonomyCommand,
     },
     /// Send a simulated cohort at a fixed rate (through the gateway, as xAPI, or straight to Kafka).
-    Loadgen(loadgen::LoadgenArgs),
+    Loadgen(crate::tools::loadgen::LoadgenArgs),
     /// Benchmarks that print figures.
     Bench {
         #[command(subcommand)]
-        command: bench::BenchCommand,
+        command: crate::tools::bench::BenchCommand,
     },
     /// Walk through the vault end to end on the local PostgreSQL, printing what happens.
-    Demo(demo::DemoArgs),
+    Demo(crate::tools::demo::DemoArgs),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -147,8 +136,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token { command } => token::run(settings, command),
         Command::Console { command } => console::run(settings, command).await,
         Command::Audit { command } => audit::run(settings, command).await,
-        Command::Bench { command } => bench::run(settings, command).await,
-        Command::Loadgen(args) => loadgen::run(settings, args).await,
-        Command::Demo(args) => demo::run(settings, args).await,
+        Command::Bench { command } => crate::tools::bench::run(settings, command).await,
+        Command::Loadgen(args) => crate::tools::loadgen::run(settings, args).await,
+        Command::Demo(args) => crate::tools::demo::run(settings, args).await,
     }
 }

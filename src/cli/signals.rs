@@ -7,7 +7,6 @@ use anyhow::Context;
 use chrono::NaiveDate;
 use clap::Subcommand;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use crate::config::Settings;
 use crate::signals::{Ran, Signals};
@@ -60,29 +59,4 @@ pub async fn run(settings: Settings, cmd: SignalsCommand) -> anyhow::Result<Exit
     .await;
     wh.close();
     result
-}
-
-/// Every `interval_secs` inside `serve`: evaluate today (and yesterday, whose
-/// last events may have landed since), drain the runs, purge decided items past their TTL.
-pub async fn serve_loop(sg: Arc<Signals>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let every = sg.config().policy.interval_secs;
-    if every == 0 {
-        return;
-    }
-    loop {
-        let today = chrono::Utc::now().date_naive();
-        let pass = async {
-            sg.enqueue(today - chrono::Duration::days(1)).await?;
-            sg.enqueue(today).await?;
-            while !matches!(sg.try_run_one().await?, Ran::Empty) {}
-            sg.purge().await
-        };
-        if let Err(e) = pass.await {
-            tracing::warn!(error = %e, "signals pass failed; retrying at the next interval");
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_secs(every)) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-    }
 }

@@ -128,7 +128,7 @@ impl Lander {
         analytics_default: bool,
     ) -> Result<Lander, LanderError> {
         cfg.validate()?;
-        // The topics exist already: `cli::land::build` creates them with their policy (`topics`).
+        // The topics exist already: `app::lander::build` creates them with their policy (`topics`).
         let revoked = Arc::new(Mutex::new(Vec::new()));
         let consumer: StreamConsumer<Ctx> = ClientConfig::new()
             .set("bootstrap.servers", &cfg.brokers)

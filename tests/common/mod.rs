@@ -5,6 +5,7 @@
 pub mod browser;
 pub mod spine;
 
+use learnvault::app::{Application, Parts};
 use learnvault::config::Settings;
 use learnvault::vault::keys::MasterKey;
 use reqwest::StatusCode;
@@ -15,6 +16,12 @@ use std::time::Duration;
 
 pub const PG: &str = "postgres://postgres@127.0.0.1:5432";
 
+/// The PostgreSQL server's port on 127.0.0.1: `LEARNVAULT_TEST_PG_PORT`, else 5432 (as
+/// `LEARNVAULT_TEST_KAFKA` names the broker).
+pub fn pg_port() -> u16 {
+    std::env::var("LEARNVAULT_TEST_PG_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(5432)
+}
+
 pub struct TestApp {
     pub base: String,
     pub db_name: String,
@@ -24,10 +31,13 @@ pub struct TestApp {
     pub admin: PgPool,
     pub client: reqwest::Client,
     pub state: learnvault::api::AppState,
+    /// Stops this app (as SIGTERM stops `serve`); [`TestApp::shutdown`] also waits for the drain.
+    pub stop: learnvault::app::Stop,
+    running: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 pub fn settings_for(db_name: &str, master: &MasterKey) -> Settings {
-    settings_on(5432, db_name, master)
+    settings_on(pg_port(), db_name, master)
 }
 
 /// Settings for a database on the PostgreSQL server at 127.0.0.1:`port`.
@@ -51,7 +61,7 @@ impl TestApp {
     }
 
     pub async fn spawn_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
-        Self::spawn_on(5432, tweak).await
+        Self::spawn_on(pg_port(), tweak).await
     }
 
     /// An app whose database lives on the PostgreSQL server at 127.0.0.1:`port`.
@@ -63,14 +73,12 @@ impl TestApp {
         let master = MasterKey::generate();
         let mut settings = settings_on(port, &db_name, &master);
         tweak(&mut settings);
-        learnvault::db::migrate(&settings).await.expect("migrate");
-        let app = Self::start(settings, master).await;
-        app
+        Self::start(settings, master, Parts::api_only()).await
     }
 
     /// A second app (another "process") on the same database and key.
     pub async fn sibling(&self) -> TestApp {
-        Self::start(self.settings.clone(), self.master.clone()).await
+        Self::start(self.settings.clone(), self.master.clone(), Parts::api_only()).await
     }
 
     /// An app that owns an embedded warehouse (its own data path: nextest runs
@@ -98,47 +106,27 @@ impl TestApp {
         let topics = learnvault::topics::specs(&settings).expect("topic specs");
         learnvault::topics::ensure(&settings.kafka_brokers, &topics).await.expect("topics (is Kafka running? ops/kafka.sh)");
         tweak(&mut settings);
-        learnvault::db::migrate(&settings).await.expect("migrate");
-        Self::start(settings, master).await
+        Self::start(settings, master, Parts { warehouse: true, jobs: true, ..Parts::api_only() }).await
     }
 
     /// A sibling app (same database and key) running the ingest gateway with
     /// `settings` (its brokers and topics); it does not open the warehouse.
     pub async fn gateway(&self, settings: Settings) -> TestApp {
-        let state = learnvault::app::build_state(&settings).await.expect("state");
-        let state = learnvault::app::with_gateway(state, &settings).await.expect("gateway");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(learnvault::app::serve(state.clone(), listener, std::future::pending()));
-        TestApp {
-            base: format!("http://{addr}"),
-            db_name: self.db_name.clone(),
-            settings,
-            master: self.master.clone(),
-            admin: self.admin.clone(),
-            client: self.client.clone(),
-            state,
-        }
+        Self::start(settings, self.master.clone(), Parts { gateway: true, ..Parts::api_only() }).await
     }
 
     pub fn warehouse(&self) -> &learnvault::warehouse::Warehouse {
         self.state.warehouse.as_ref().expect("spawned with a warehouse")
     }
 
-    async fn start(settings: Settings, master: MasterKey) -> TestApp {
+    /// The app as `serve` builds it ([`Application::build_with`]: migrations included), with `parts`.
+    async fn start(settings: Settings, master: MasterKey, parts: Parts) -> TestApp {
         let db_name = settings.admin_database_url.expose_secret().rsplit('/').next().unwrap().to_owned();
-        let mut state = learnvault::app::build_state(&settings).await.expect("state");
-        if settings.clickhouse_url != Settings::default().clickhouse_url {
-            let wh = learnvault::warehouse::Warehouse::open(&settings).expect("open the embedded engine");
-            learnvault::warehouse::migrate::run(&wh, &settings.clickhouse_migrations_dir).await.expect("clickhouse migrations");
-            state = learnvault::app::with_warehouse(state, &settings, wh).expect("warehouse state");
-            let (tx, rx) = tokio::sync::watch::channel(false);
-            std::mem::forget(tx);
-            tokio::spawn(state.dsr.clone().unwrap().work(rx));
-        }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(learnvault::app::serve(state.clone(), listener, std::future::pending()));
+        let app = Application::build_with(settings.clone(), parts).await.expect("the application");
+        let addr = app.addr().expect("the API is bound");
+        let state = app.state().expect("the API's state").clone();
+        let stop = app.stopper();
+        let running = tokio::spawn(app.run_until(std::future::pending()));
         let admin = PgPool::connect(settings.admin_database_url.expose_secret()).await.unwrap();
         TestApp {
             base: format!("http://{addr}"),
@@ -148,7 +136,15 @@ impl TestApp {
             admin,
             client: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap(),
             state,
+            stop,
+            running,
         }
+    }
+
+    /// Stop the app (as SIGTERM stops `serve`) and wait until it has drained.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.stop.stop();
+        self.running.await?
     }
 
     pub fn token(&self, sub: &str, roles: &[&str], institutions: &[&str]) -> String {

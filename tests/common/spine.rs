@@ -56,7 +56,7 @@ impl Spine {
     }
 
     pub async fn with_brokers(open_engine: bool, brokers: String) -> Spine {
-        Self::with(open_engine, brokers, 5432).await
+        Self::with(open_engine, brokers, super::pg_port()).await
     }
 
     /// A spine whose database lives on the PostgreSQL server at 127.0.0.1:`pg_port`.
@@ -89,7 +89,7 @@ impl Spine {
     }
 
     pub async fn start_lander(&self) -> Running {
-        let lander = learnvault::cli::land::build(&self.settings, self.wh.clone()).await.unwrap();
+        let lander = learnvault::app::lander::build(&self.settings, self.wh.clone()).await.unwrap();
         let stats = lander.stats();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(lander.run(async move {

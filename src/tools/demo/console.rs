@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use crate::api::AppState;
 use crate::auth::session::SessionClaims;
-use crate::sim::INSTITUTIONS;
+use crate::tools::sim::INSTITUTIONS;
 
 /// The console block of the demo's screen: the URL and one link per role.
 pub async fn links(state: &AppState, base: &str) -> anyhow::Result<String> {

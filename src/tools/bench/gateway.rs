@@ -4,13 +4,15 @@
 //! to end (gateway -> Kafka -> lander -> rollups) freshness at that rate.
 //! Figures, not assertions.
 
+use anyhow::Context;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::loadgen::{self, LoadStats, LoadgenArgs, Via};
+use crate::app::{Application, Parts};
 use crate::config::Settings;
+use crate::tools::loadgen::{self, LoadStats, LoadgenArgs, Via};
 use crate::warehouse::{migrate, Warehouse};
 
 #[derive(clap::Args)]
@@ -40,22 +42,12 @@ pub struct GatewayArgs {
 }
 
 pub async fn run(mut settings: Settings, args: GatewayArgs) -> anyhow::Result<ExitCode> {
-    let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let (id, data) = super::own_run(&mut settings, "bench-gw", "gw");
     let db = format!("learnvault_bench_gw_{id}");
     settings.database_url = format!("postgres://learnvault_app@127.0.0.1:5432/{db}").into();
     settings.admin_database_url = format!("postgres://postgres@127.0.0.1:5432/{db}").into();
-    settings.events_topic = format!("bench-gw-{id}");
-    settings.dlq_topic = format!("bench-gw-{id}.dlq");
-    settings.consumer_group = format!("bench-gw-{id}");
-    let data = std::env::temp_dir().join(format!("lv-bench-gw-{id}"));
-    settings.clickhouse_url = format!("chdb://{}", data.display());
     settings.listen = "127.0.0.1:0".into();
-    crate::db::migrate(&settings).await?;
-    let state = crate::app::build_state(&settings).await?;
-    let state = crate::app::with_gateway(state, &settings).await?;
-    let listener = tokio::net::TcpListener::bind(&settings.listen).await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(crate::app::serve(state, listener, std::future::pending()));
+    let base = spawn_gateway(&settings).await?;
     println!("learnvault bench gateway  server={base}  batch={}  concurrency={}  learners={}", args.batch, args.concurrency, args.learners);
 
     let load = |rate: u64, seed: u64| LoadgenArgs {
@@ -94,6 +86,16 @@ pub async fn run(mut settings: Settings, args: GatewayArgs) -> anyhow::Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
+/// An API process with the gateway only (as `serve` builds it), on 127.0.0.1:0 for the rest of
+/// the run; its base URL.
+async fn spawn_gateway(settings: &Settings) -> anyhow::Result<String> {
+    let local = Settings { listen: "127.0.0.1:0".into(), ..settings.clone() };
+    let app = Application::build_with(local, Parts { gateway: true, ..Parts::api_only() }).await?;
+    let base = format!("http://{}", app.addr().context("the API is bound")?);
+    tokio::spawn(app.run_until(std::future::pending()));
+    Ok(base)
+}
+
 /// The end-to-end phase: fresh topics and a second gateway, the lander consuming from the
 /// start (freshness is measured on a stream without the earlier phases' backlog); `dedup`
 /// overrides `LEARNVAULT_INGEST_DEDUP` for both.
@@ -112,13 +114,9 @@ async fn end_to_end(
     if let Some(d) = dedup {
         e2e.ingest_dedup = d;
     }
-    let state = crate::app::build_state(&e2e).await?;
-    let state = crate::app::with_gateway(state, &e2e).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base2 = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(crate::app::serve(state, listener, std::future::pending()));
+    let base2 = spawn_gateway(&e2e).await?;
     async {
-        let lander = super::land::build(&e2e, wh.clone()).await?;
+        let lander = crate::app::lander::build(&e2e, wh.clone()).await?;
         let stats = lander.stats();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(lander.run(async move {

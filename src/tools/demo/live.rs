@@ -14,8 +14,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::loadgen::{self, LoadStats, LoadgenArgs, Via};
 use crate::config::Settings;
+use crate::tools::loadgen::{self, LoadStats, LoadgenArgs, Via};
 use crate::warehouse::{migrate, Warehouse};
 
 pub struct LiveArgs {
@@ -46,15 +46,15 @@ async fn live(settings: &Settings, state: crate::api::AppState, wh: &Warehouse, 
     };
     let serve = state.serve.clone().context("the read path (set by with_warehouse)")?;
     // Signals: simulated history with one case of each kind, the detectors' loop as in `serve`.
-    let truth = super::demo_signals::plant(wh).await?;
-    let signals_loop = tokio::spawn(super::signals::serve_loop(state.signals.clone().context("signals (set by with_warehouse)")?, stop_rx.clone()));
+    let truth = super::signals::plant(wh).await?;
+    let signals_loop = tokio::spawn(crate::app::periodic::signals_loop(state.signals.clone().context("signals (set by with_warehouse)")?, stop_rx.clone()));
     let pool = state.pool.clone();
     let server = tokio::spawn(crate::app::serve(state.clone(), listener, stopped(stop_rx.clone())));
-    let lander = super::land::build(settings, wh.clone()).await?;
+    let lander = crate::app::lander::build(settings, wh.clone()).await?;
     let lstats = lander.stats();
     let lander = tokio::spawn(lander.run(stopped(stop_rx.clone())));
     // The console serves the demo's data; one sign-in link per role, shown on every refresh.
-    let console = super::demo_console::links(&state, &base).await.context("console sign-in links")?;
+    let console = super::console::links(&state, &base).await.context("console sign-in links")?;
 
     // 90% of the traffic through /v1/events, 10% as xAPI statements.
     let http_args = LoadgenArgs {
@@ -99,7 +99,7 @@ async fn live(settings: &Settings, state: crate::api::AppState, wh: &Warehouse, 
         let landed = lstats.landed.load(Ordering::Relaxed);
         let dt = last_t.elapsed().as_secs_f64().max(0.001);
         let screen = render(wh, &serve, &hs, &xs, &lstats, started.elapsed(), (accepted - last_acc) as f64 / dt, (landed - last_landed) as f64 / dt, &base).await;
-        let queues = super::demo_signals::screen(&pool, &truth).await;
+        let queues = super::signals::screen(&pool, &truth).await;
         print!("\x1b[H\x1b[2J{screen}{queues}{console}");
         (last_acc, last_landed, last_t) = (accepted, landed, Instant::now());
     }
@@ -112,7 +112,7 @@ async fn live(settings: &Settings, state: crate::api::AppState, wh: &Warehouse, 
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let screen = render(wh, &serve, &hs, &xs, &lstats, started.elapsed(), 0.0, 0.0, &base).await;
-    let queues = super::demo_signals::screen(&pool, &truth).await;
+    let queues = super::signals::screen(&pool, &truth).await;
     print!("\x1b[H\x1b[2J{screen}{queues}");
     let _ = stop_tx.send(true);
     let _ = server.await;

@@ -82,12 +82,10 @@ async fn measure(state: &crate::api::AppState, wh: &Warehouse, args: &DsrArgs) -
     let need = args.base_rows.saturating_sub(have);
     if need > 0 {
         let t0 = Instant::now();
-        let mut done = 0;
-        while done < need {
-            let n = (5_000_000u64).min(need - done);
-            // 100k learners over 20 courses x 8 cohorts, 28 days, heartbeat-heavy.
-            wh.execute(
-                "INSERT INTO events.learning_events (server_ts, client_ts, event_id, event_version, event_type, learner_id, session_id,
+        // 100k learners over 20 courses x 8 cohorts, 28 days, heartbeat-heavy.
+        insert_numbers(
+            wh,
+            "INSERT INTO events.learning_events (server_ts, client_ts, event_id, event_version, event_type, learner_id, session_id,
                      course_id, content_id, cohort_id, institution_id, position_sec, props)
                  SELECT now64(3) - toIntervalSecond(number % {span:UInt64}) AS ts, ts, generateUUIDv4(), '2.3',
                         ['session.heartbeat','session.heartbeat','session.heartbeat','session.heartbeat','session.heartbeat','session.heartbeat',
@@ -96,13 +94,12 @@ async fn measure(state: &crate::api::AppState, wh: &Warehouse, args: &DsrArgs) -
                                                                leftPad(hex(cityHash64(number % 100000, 1)), 16, '0'))))),
                         's', concat('course-', toString((number % 100000) % 20)), concat('video-', toString(number % 50)),
                         concat('cohort-', toString((number % 100000) % 8)), 'bench-uni', toUInt32(number % 600), map()
-                 FROM numbers({offset:UInt64}, {n:UInt64})",
-                &[("offset", (have + done).to_string()), ("n", n.to_string()), ("span", (args.base_days * 86_400).to_string())],
-            )
-            .await?;
-            done += n;
-            eprint!("\rloading base rows: {done}/{need}");
-        }
+                 FROM numbers({offset:UInt64}, {rows:UInt64})",
+            (have, need),
+            &[("span", (args.base_days * 86_400).to_string())],
+            |done| eprint!("\rloading base rows: {done}/{need}"),
+        )
+        .await?;
         eprintln!();
         println!("loaded {need} base rows in {:.1}s (every view updating)", t0.elapsed().as_secs_f64());
     }
@@ -192,30 +189,43 @@ async fn learners(state: &crate::api::AppState, wh: &Warehouse, n: u64, events: 
     let ps: Vec<Uuid> = state.vault.issue_batch(items, entry).await?.iter().map(|i| i.pseudonym.as_uuid()).collect();
     // Learner number % n; event number / n spreads its events over the months.
     let step = (months.max(1) * 30 * 86_400 / events.max(1)).max(1);
-    let rows = n * events;
-    let mut done = 0;
-    while done < rows {
-        let m = (5_000_000u64).min(rows - done);
-        wh.execute(
-            "INSERT INTO events.learning_events (server_ts, client_ts, event_id, event_version, event_type, learner_id, session_id,
+    insert_numbers(
+        wh,
+        "INSERT INTO events.learning_events (server_ts, client_ts, event_id, event_version, event_type, learner_id, session_id,
                  course_id, content_id, cohort_id, institution_id, position_sec, props)
              SELECT now64(3) - toIntervalSecond(intDiv(number, {n:UInt64}) * {step:UInt64}) AS ts, ts, generateUUIDv4(), '2.3',
                     ['session.heartbeat','session.heartbeat','session.heartbeat','content.start','interact.pause','content.complete'][(number % 6) + 1],
                     {ps:Array(UUID)}[(number % {n:UInt64}) + 1], 's', 'course-3', concat('video-', toString(number % 50)), 'cohort-3', 'bench-uni',
                     toUInt32(number % 600), map('player', 'web')
-             FROM numbers({offset:UInt64}, {m:UInt64})",
-            &[
-                ("ps", uuid_array(&ps)),
-                ("n", n.to_string()),
-                ("step", step.to_string()),
-                ("offset", done.to_string()),
-                ("m", m.to_string()),
-            ],
-        )
-        .await?;
-        done += m;
-    }
+             FROM numbers({offset:UInt64}, {rows:UInt64})",
+        (0, n * events),
+        &[("ps", uuid_array(&ps)), ("n", n.to_string()), ("step", step.to_string())],
+        |_| {},
+    )
+    .await?;
     Ok(ps)
+}
+
+/// Run `sql` (an `INSERT ... SELECT ... FROM numbers({offset:UInt64}, {rows:UInt64})`) over
+/// numbers `first..first + rows` in chunks of 5M (the engine's memory bound), with `params`
+/// besides those two; `progress` gets the rows done after each chunk.
+async fn insert_numbers(
+    wh: &Warehouse,
+    sql: &str,
+    (first, rows): (u64, u64),
+    params: &[(&str, String)],
+    progress: impl Fn(u64),
+) -> anyhow::Result<()> {
+    let mut done = 0;
+    while done < rows {
+        let chunk = 5_000_000u64.min(rows - done);
+        let mut all = params.to_vec();
+        all.extend([("offset", (first + done).to_string()), ("rows", chunk.to_string())]);
+        wh.execute(sql, &all).await?;
+        done += chunk;
+        progress(done);
+    }
+    Ok(())
 }
 
 fn uuid_array(ps: &[Uuid]) -> String {

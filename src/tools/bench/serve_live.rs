@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::bench_lander::{payload, record, records};
+use super::lander::{payload, record, records};
 use crate::config::Settings;
 use crate::lander::LanderStats;
 use crate::serve::{DateRange, Ident, Serve, Thresholds};
@@ -46,9 +46,9 @@ impl Landing {
         crate::db::migrate(settings).await?;
         let pool = crate::db::connect(settings)?;
         let vault = Vault::new(pool, MasterKey::load(settings)?, 1);
-        let learners = super::bench_lander::bench_learners(&vault, LEARNERS).await?;
+        let learners = super::lander::bench_learners(&vault, LEARNERS).await?;
 
-        let lander = super::land::build(settings, wh.clone()).await?;
+        let lander = crate::app::lander::build(settings, wh.clone()).await?;
         let stats = lander.stats();
         *stats.landings.lock().expect("stats lock") = Some(Vec::new());
         let (stop_lander, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -1,4 +1,4 @@
-//! `learnvault loadgen`: a simulated cohort ([`crate::sim`]) sent at a fixed
+//! `learnvault loadgen`: a simulated cohort ([`crate::tools::sim`]) sent at a fixed
 //! rate for a bounded time, through the gateway (`--via http`), as xAPI
 //! (`--via xapi`) or straight to Kafka with pre-issued pseudonyms
 //! (`--via kafka`). Prints the achieved rate, errors and request latency.
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::auth::{parse_ttl, Authenticator};
 use crate::config::Settings;
-use crate::sim::{self, Cohort, INSTITUTIONS};
+use crate::tools::sim::{self, Cohort, INSTITUTIONS};
 use crate::vault::keys::MasterKey;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

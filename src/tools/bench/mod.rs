@@ -1,5 +1,13 @@
 //! `learnvault bench pseudonyms`: load the pseudonym API over loopback HTTP and
-//! print throughput and latency percentiles. Figures, not assertions.
+//! print throughput and latency percentiles. Figures, not assertions. The other
+//! benchmarks are one file each.
+
+mod dsr;
+mod gateway;
+mod lander;
+mod serve;
+mod serve_live;
+mod signals;
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -9,6 +17,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::app::{Application, Parts};
 use crate::auth::{parse_ttl, Authenticator};
 use crate::config::Settings;
 use crate::vault::keys::MasterKey;
@@ -18,15 +27,15 @@ pub enum BenchCommand {
     /// Single issuance, batch issuance and resolve against the pseudonym API.
     Pseudonyms(PseudonymArgs),
     /// The event spine: lander/raw-insert ratio, freshness at a fixed rate, funnel latency over a large base table.
-    Lander(super::bench_lander::LanderArgs),
+    Lander(self::lander::LanderArgs),
     /// Subject access, erasure (with recompute and verification) and retention verify over a large base table.
-    Dsr(super::bench_dsr::DsrArgs),
+    Dsr(self::dsr::DsrArgs),
     /// The ingest gateway: accepted events/s over loopback HTTP, latency at a fixed rate, end-to-end freshness.
-    Gateway(super::bench_gateway::GatewayArgs),
+    Gateway(self::gateway::GatewayArgs),
     /// The governed read path: cohort views (with suppression and audit) and drill-down latency, information loss.
-    Serve(super::bench_serve::ServeArgs),
+    Serve(self::serve::ServeArgs),
     /// The detectors on a simulated cohort with ground truth: precision, recall, false alarms on a clean run.
-    Signals(super::bench_signals::SignalsArgs),
+    Signals(self::signals::SignalsArgs),
 }
 
 #[derive(clap::Args)]
@@ -114,14 +123,43 @@ where
     phase
 }
 
+/// A run of its own: a random id naming its topics (`{topic}-{id}`, `.dlq`), its consumer group
+/// (`bench-{name}-{id}`) and its engine data path (returned, under the temporary directory).
+fn own_run(settings: &mut Settings, topic: &str, name: &str) -> (String, std::path::PathBuf) {
+    let id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let data = std::env::temp_dir().join(format!("lv-bench-{name}-{id}"));
+    settings.clickhouse_url = format!("chdb://{}", data.display());
+    settings.events_topic = format!("{topic}-{id}");
+    settings.dlq_topic = format!("{topic}-{id}.dlq");
+    settings.consumer_group = format!("bench-{name}-{id}");
+    (id, data)
+}
+
+/// Run `phases` on the embedded engine at `settings.clickhouse_url`, opened for the run (one
+/// process per data path), then closed and its data path `data` removed.
+async fn on_engine<F>(
+    settings: &Settings,
+    data: &std::path::Path,
+    phases: impl FnOnce(crate::warehouse::Warehouse) -> F,
+) -> anyhow::Result<ExitCode>
+where
+    F: std::future::Future<Output = anyhow::Result<ExitCode>>,
+{
+    let wh = crate::warehouse::Warehouse::open(settings)?;
+    let result = phases(wh.clone()).await;
+    wh.close();
+    let _ = std::fs::remove_dir_all(data);
+    result
+}
+
 pub async fn run(settings: Settings, cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     let args = match cmd {
         BenchCommand::Pseudonyms(a) => a,
-        BenchCommand::Lander(a) => return super::bench_lander::run(settings, a).await,
-        BenchCommand::Dsr(a) => return super::bench_dsr::run(settings, a).await,
-        BenchCommand::Gateway(a) => return super::bench_gateway::run(settings, a).await,
-        BenchCommand::Serve(a) => return super::bench_serve::run(settings, a).await,
-        BenchCommand::Signals(a) => return super::bench_signals::run(settings, a).await,
+        BenchCommand::Lander(a) => return self::lander::run(settings, a).await,
+        BenchCommand::Dsr(a) => return self::dsr::run(settings, a).await,
+        BenchCommand::Gateway(a) => return self::gateway::run(settings, a).await,
+        BenchCommand::Serve(a) => return self::serve::run(settings, a).await,
+        BenchCommand::Signals(a) => return self::signals::run(settings, a).await,
     };
     let duration = parse_ttl(&args.duration).context("--duration like 10s")?;
     let master = MasterKey::load(&settings)?;
@@ -134,15 +172,10 @@ pub async fn run(settings: Settings, cmd: BenchCommand) -> anyhow::Result<ExitCo
     let (base, _server) = match &args.url {
         Some(u) => (u.trim_end_matches('/').to_owned(), None),
         None => {
-            crate::db::migrate(&settings).await?;
-            let state = crate::app::build_state(&settings).await?;
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let addr = listener.local_addr()?;
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let h = tokio::spawn(crate::app::serve(state, listener, async move {
-                let _ = stopped.await;
-            }));
-            (format!("http://{addr}"), Some((stop, h)))
+            let local = Settings { listen: "127.0.0.1:0".into(), ..settings.clone() };
+            let app = Application::build_with(local, Parts::api_only()).await?;
+            let addr = app.addr().context("the API is bound")?;
+            (format!("http://{addr}"), Some(tokio::spawn(app.run_until(std::future::pending()))))
         }
     };
     println!("learnvault bench pseudonyms  target={base} institution={inst} concurrency={} duration={:?}", args.concurrency, duration);

@@ -1,5 +1,10 @@
 //! `learnvault demo`: starts the API in-process on the local PostgreSQL and walks
-//! through what each user does, printing every request and answer.
+//! through what each user does, printing every request and answer (`--live`:
+//! the whole service on a simulated cohort, `live.rs`).
+
+mod console;
+mod live;
+mod signals;
 
 use anyhow::Context;
 use reqwest::StatusCode;
@@ -7,6 +12,7 @@ use serde_json::{json, Value};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use crate::app::{Application, Parts};
 use crate::auth::Authenticator;
 use crate::config::Settings;
 use crate::vault::keys::MasterKey;
@@ -72,18 +78,15 @@ fn show(label: &str, status: StatusCode, v: &Value) {
 
 pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<ExitCode> {
     if args.live {
-        let live = super::demo_live::LiveArgs { rate: args.rate, learners: args.learners, duration: args.duration };
-        return super::demo_live::run(settings, live).await;
+        let live = self::live::LiveArgs { rate: args.rate, learners: args.learners, duration: args.duration };
+        return self::live::run(settings, live).await;
     }
     crate::db::migrate(&settings).await.context("migrating (is PostgreSQL running? ops/postgres.sh starts it)")?;
-    let state = crate::app::build_state(&settings).await?;
-    let pool = state.pool.clone();
-    let listener = tokio::net::TcpListener::bind(&settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
-    let addr = listener.local_addr()?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(crate::app::serve(state, listener, async move {
-        let _ = stopped.await;
-    }));
+    let app = Application::build_with(settings.clone(), Parts::api_only()).await?;
+    let pool = app.state().context("the API's state")?.pool.clone();
+    let addr = app.addr().context("the API is bound")?;
+    let stop = app.stopper();
+    let server = tokio::spawn(app.run_until(std::future::pending()));
     let d = Demo { client: reqwest::Client::new(), base: format!("http://{addr}") };
     println!("learnvault demo: API at {} on PostgreSQL {}", d.base, redact_url(&settings));
 
@@ -186,7 +189,7 @@ pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<ExitCode>
         show("GET /v1/audit/verify", s, &v);
     }
 
-    let _ = stop.send(());
+    stop.stop();
     server.await??;
     pool.close().await;
     step("Explore further");
@@ -216,7 +219,7 @@ async fn spine(settings: &Settings, cohort: &[String], withdrawn: &str) -> anyho
     let result = async {
         let applied = crate::warehouse::migrate::run(&wh, &settings.clickhouse_migrations_dir).await?;
         println!("  clickhouse: {}  migrations applied now: {applied:?}", wh.version().await?);
-        let lander = super::land::build(settings, wh.clone()).await?;
+        let lander = crate::app::lander::build(settings, wh.clone()).await?;
         let stats = lander.stats();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(lander.run(async move {

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::bench::closed_loop;
+use super::closed_loop;
 use crate::auth::parse_ttl;
 use crate::config::Settings;
 use crate::serve::{Config, Ident, Serve, Thresholds};
@@ -56,20 +56,12 @@ pub struct ServeArgs {
 }
 
 pub async fn run(mut settings: Settings, args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
-    let data = std::env::temp_dir().join(format!("lv-bench-serve-{id}"));
-    settings.clickhouse_url = format!("chdb://{}", data.display());
-    settings.events_topic = format!("bench-serve-{id}");
-    settings.dlq_topic = format!("bench-serve-{id}.dlq");
-    settings.consumer_group = format!("bench-serve-{id}");
+    let (id, data) = super::own_run(&mut settings, "bench-serve", "serve");
     let db = format!("learnvault_bench_serve_{id}");
     settings.database_url = format!("postgres://learnvault_app@127.0.0.1:5432/{db}").into();
     settings.admin_database_url = format!("postgres://postgres@127.0.0.1:5432/{db}").into();
-    let wh = Warehouse::open(&settings)?;
-    let result = phases(&settings, &wh, &args).await;
-    wh.close();
-    let _ = std::fs::remove_dir_all(&data);
-    result
+    let (s, a) = (&settings, &args);
+    super::on_engine(s, &data, |wh| async move { phases(s, &wh, a).await }).await
 }
 
 async fn phases(settings: &Settings, wh: &Warehouse, args: &ServeArgs) -> anyhow::Result<ExitCode> {
@@ -139,7 +131,7 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &ServeArgs) -> anyhow
 
     let landing = match args.land_rate {
         0 => None,
-        rate => Some(super::bench_serve_live::Landing::start(settings, wh, rate).await?),
+        rate => Some(super::serve_live::Landing::start(settings, wh, rate).await?),
     };
     if let Some(l) = &landing {
         l.wait_first().await?;
@@ -178,7 +170,7 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &ServeArgs) -> anyhow
     .await;
     phase.print("timelines", 1);
     if args.live_streams > 0 {
-        super::bench_serve_live::live_phase(&sv, landing.as_ref(), args.live_streams, duration, range, t).await?;
+        super::serve_live::live_phase(&sv, landing.as_ref(), args.live_streams, duration, range, t).await?;
     }
     if let Some(l) = landing {
         l.stop().await?;

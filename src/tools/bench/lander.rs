@@ -146,18 +146,10 @@ fn pct(h: &Histogram<u64>, q: f64) -> f64 {
 }
 
 pub async fn run(mut settings: Settings, args: LanderArgs) -> anyhow::Result<ExitCode> {
-    let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
-    let data = std::env::temp_dir().join(format!("lv-bench-lander-{id}"));
-    settings.clickhouse_url = format!("chdb://{}", data.display());
-    settings.events_topic = format!("bench-events-{id}");
-    settings.dlq_topic = format!("bench-events-{id}.dlq");
-    settings.consumer_group = format!("bench-lander-{id}");
+    let (_, data) = super::own_run(&mut settings, "bench-events", "lander");
     crate::db::migrate(&settings).await?;
-    let wh = Warehouse::open(&settings)?;
-    let result = phases(&settings, &wh, &args).await;
-    wh.close();
-    let _ = std::fs::remove_dir_all(&data);
-    result
+    let (s, a) = (&settings, &args);
+    super::on_engine(s, &data, |wh| async move { phases(s, &wh, a).await }).await
 }
 
 async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyhow::Result<ExitCode> {
@@ -270,7 +262,7 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
     // Without deduplication first (when compared), then as configured (on by default): the
     // second one lands into the larger table.
     let off_rate = if args.dedup_compare {
-        let lander = super::land::build(&off, wh.clone()).await?;
+        let lander = crate::app::lander::build(&off, wh.clone()).await?;
         let stats = lander.stats();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(lander.run(async move {
@@ -284,7 +276,7 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
     } else {
         None
     };
-    let lander = super::land::build(settings, wh.clone()).await?;
+    let lander = crate::app::lander::build(settings, wh.clone()).await?;
     let stats = lander.stats();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(lander.run(async move {
@@ -534,7 +526,7 @@ async fn core_rate(
             (l.clone(), payload(l, i % learners.len(), i, now_ms))
         })
         .collect();
-    let mut core = super::land::build(settings, wh.clone()).await?;
+    let mut core = crate::app::lander::build(settings, wh.clone()).await?;
     let t0 = Instant::now();
     let mut core_rows = 0;
     // The records a producer sends (envelopes, compressed as configured), `per_insert` events a batch.
