@@ -15,6 +15,12 @@ use std::time::Duration;
 
 pub const PG: &str = "postgres://postgres@127.0.0.1:5432";
 
+/// The port of the PostgreSQL server tests make their databases on: 5432 (`ops/postgres.sh`),
+/// or `LEARNVAULT_TEST_PG_PORT` (a server of one's own, as `LEARNVAULT_TEST_KAFKA` for Kafka).
+pub fn pg_port() -> u16 {
+    std::env::var("LEARNVAULT_TEST_PG_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(5432)
+}
+
 pub struct TestApp {
     pub base: String,
     pub db_name: String,
@@ -27,7 +33,7 @@ pub struct TestApp {
 }
 
 pub fn settings_for(db_name: &str, master: &MasterKey) -> Settings {
-    settings_on(5432, db_name, master)
+    settings_on(pg_port(), db_name, master)
 }
 
 /// Settings for a database on the PostgreSQL server at 127.0.0.1:`port`.
@@ -51,7 +57,7 @@ impl TestApp {
     }
 
     pub async fn spawn_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
-        Self::spawn_on(5432, tweak).await
+        Self::spawn_on(pg_port(), tweak).await
     }
 
     /// An app whose database lives on the PostgreSQL server at 127.0.0.1:`port`.

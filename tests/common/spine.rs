@@ -56,7 +56,7 @@ impl Spine {
     }
 
     pub async fn with_brokers(open_engine: bool, brokers: String) -> Spine {
-        Self::with(open_engine, brokers, 5432).await
+        Self::with(open_engine, brokers, super::pg_port()).await
     }
 
     /// A spine whose database lives on the PostgreSQL server at 127.0.0.1:`pg_port`.
