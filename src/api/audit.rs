@@ -26,16 +26,21 @@ pub struct ListQuery {
     /// Exact action, e.g. `pseudonym.resolve`.
     action: Option<String>,
     /// Target pseudonym.
+    #[param(format = Uuid)]
     target: Option<String>,
     /// `success`, `denied`, `not_found` or `error`.
+    #[param(pattern = "^(success|denied|not_found|error)$")]
     outcome: Option<String>,
     /// RFC 3339 lower bound (inclusive).
+    #[param(format = DateTime)]
     from: Option<String>,
     /// RFC 3339 upper bound (exclusive).
+    #[param(format = DateTime)]
     to: Option<String>,
     /// Return entries with `seq` greater than this (use `next_after` of the previous page).
     after: Option<i64>,
     /// Page size, 1-1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 

@@ -82,7 +82,7 @@ async fn run(s: &AppState, p: &Principal, items: Vec<Incoming>) -> Result<Vec<St
 /// (accepted, or rejected with its dead-letter reason code); 503 with
 /// `Retry-After` when the broker did not acknowledge (those events say `unavailable`).
 #[utoipa::path(post, path = "/v1/events", tag = "ingest",
-    request_body(content = Vec<Object>, description = "taxonomy events", content_type = "application/json"),
+    request_body(content = EventsBody, description = "taxonomy events", content_type = "application/json"),
     responses((status = 200, body = IngestResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = IngestResponse)))]
 async fn events(State(s): State<AppState>, p: Principal, headers: HeaderMap, body: Bytes) -> Result<Response, Error> {
@@ -171,9 +171,25 @@ async fn events(State(s): State<AppState>, p: Principal, headers: HeaderMap, bod
     Ok((StatusCode::OK, Json(body)).into_response())
 }
 
+/// Taxonomy events, a JSON array of at least one (or NDJSON). Each item is answered in its
+/// result: an item that is not a valid event (not an object, an unknown field, ...) is
+/// `rejected` with its reason code, its neighbours go through.
+struct EventsBody;
+
+impl utoipa::PartialSchema for EventsBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder};
+        ArrayBuilder::new().items(ObjectBuilder::new()).min_items(Some(1)).into()
+    }
+}
+
+impl utoipa::ToSchema for EventsBody {}
+
 #[derive(Deserialize, utoipa::IntoParams)]
 pub struct PutParams {
+    /// The statement's id, a UUID in standard form (36 characters).
     #[serde(rename = "statementId")]
+    #[param(pattern = r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$")]
     statement_id: String,
 }
 
@@ -315,7 +331,7 @@ async fn statements(s: AppState, p: Principal, headers: HeaderMap, body: Bytes, 
 /// duplicate ids, or no statement acknowledged. A statement id is stored once: sent again
 /// with the same content it is acknowledged again and lands once; with other content the
 /// request is answered 409 `xapi_id_conflict`, nothing produced.
-#[utoipa::path(post, path = "/xapi/statements", tag = "ingest",
+#[utoipa::path(post, path = "/xapi/statements", tag = "ingest", params(("X-Experience-API-Version" = String, Header, description = "`1.0` or `1.0.<patch>`", pattern = r"^\s*1\.0(\.[0-9]+)?\s*$")),
     request_body(content = Object, description = "an xAPI statement or an array of them"),
     responses((status = 200, description = "the ids of the statements acknowledged", body = Vec<uuid::Uuid>,
             headers(("X-Learnvault-Refused" = String, description = "statements refused alone, `<index>:<code>,...` (absent when none)"))),
@@ -329,7 +345,7 @@ async fn xapi_post(State(s): State<AppState>, p: Principal, headers: HeaderMap, 
 /// One xAPI statement with its id in the query (`?statementId=`); 204 (also when the same
 /// statement is stored already), 409 `xapi_id_conflict` when the id is stored with other
 /// content or the body names another id.
-#[utoipa::path(put, path = "/xapi/statements", tag = "ingest", params(PutParams),
+#[utoipa::path(put, path = "/xapi/statements", tag = "ingest", params(PutParams, ("X-Experience-API-Version" = String, Header, description = "`1.0` or `1.0.<patch>`", pattern = r"^\s*1\.0(\.[0-9]+)?\s*$")),
     request_body(content = Object, description = "one xAPI statement"),
     responses((status = 204, description = "stored"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "`xapi_id_conflict`"), (status = 503, body = ErrorBody)))]

@@ -8,6 +8,7 @@
 
 mod audit;
 mod consent;
+mod contract;
 mod dsr;
 mod error;
 mod extract;
@@ -145,7 +146,9 @@ impl Modify for BearerAuth {
 
 /// The OpenAPI document, generated from the routes.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes(Limits { body_bytes: 0, batch_body_bytes: 0, batch_items: 0, ingest_events: 0 }).split_for_parts().1
+    let mut doc = routes(Limits { body_bytes: 0, batch_body_bytes: 0, batch_items: 0, ingest_events: 0 }).split_for_parts().1;
+    contract::CommonResponses.modify(&mut doc);
+    doc
 }
 
 fn routes(limits: Limits) -> OpenApiRouter<AppState> {
