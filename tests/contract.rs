@@ -60,6 +60,7 @@ async fn schemathesis_finds_no_contract_failure() {
     let reports = PathBuf::from(format!("{ROOT}/target/test-output/contract"));
     let _ = std::fs::remove_dir_all(&reports);
     std::fs::create_dir_all(&reports).unwrap();
+    std::fs::write(reports.join("openapi.json"), serde_json::to_vec_pretty(&learnvault::api::openapi_document()).unwrap()).unwrap();
     let examples = std::env::var("LV_CONTRACT_EXAMPLES").unwrap_or_else(|_| "25".into());
     let started = std::time::Instant::now();
     let mut cmd = std::process::Command::new(&st);

@@ -82,7 +82,7 @@ async fn run(s: &AppState, p: &Principal, items: Vec<Incoming>) -> Result<Vec<St
 /// (accepted, or rejected with its dead-letter reason code); 503 with
 /// `Retry-After` when the broker did not acknowledge (those events say `unavailable`).
 #[utoipa::path(post, path = "/v1/events", tag = "ingest",
-    request_body(content = EventsBody, description = "taxonomy events", content_type = "application/json"),
+    request_body(content = Vec<Object>, description = "taxonomy events", content_type = "application/json"),
     responses((status = 200, body = IngestResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = IngestResponse)))]
 async fn events(State(s): State<AppState>, p: Principal, headers: HeaderMap, body: Bytes) -> Result<Response, Error> {
@@ -171,21 +171,8 @@ async fn events(State(s): State<AppState>, p: Principal, headers: HeaderMap, bod
     Ok((StatusCode::OK, Json(body)).into_response())
 }
 
-/// Taxonomy events, a JSON array of at least one (or NDJSON). Each item is answered in its
-/// result: an item that is not a valid event (not an object, an unknown field, ...) is
-/// `rejected` with its reason code, its neighbours go through.
-struct EventsBody;
-
-impl utoipa::PartialSchema for EventsBody {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder};
-        ArrayBuilder::new().items(ObjectBuilder::new()).min_items(Some(1)).into()
-    }
-}
-
-impl utoipa::ToSchema for EventsBody {}
-
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PutParams {
     /// The statement's id, a UUID in standard form (36 characters).
     #[serde(rename = "statementId")]

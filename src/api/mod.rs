@@ -144,10 +144,15 @@ impl Modify for BearerAuth {
     }
 }
 
+/// The OpenAPI document as published at `/openapi.json` (see `contract`).
+pub fn openapi_document() -> serde_json::Value {
+    contract::document(&openapi())
+}
+
 /// The OpenAPI document, generated from the routes.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = routes(Limits { body_bytes: 0, batch_body_bytes: 0, batch_items: 0, ingest_events: 0 }).split_for_parts().1;
-    contract::CommonResponses.modify(&mut doc);
+    contract::Complete.modify(&mut doc);
     doc
 }
 

@@ -231,10 +231,10 @@ async fn lookup(
 #[serde(deny_unknown_fields)]
 pub struct ResolveRequest {
     /// One of the re-identification purposes in `policies/purposes.yaml`.
-    #[schema(required = true, pattern = r"^\s*[a-z0-9_]{1,64}\s*$")]
+    #[schema(required = true, nullable = false, pattern = r"^\s*[a-z0-9_]{1,64}\s*$")]
     purpose: Option<String>,
     /// Why this re-identification is needed (1-2000 characters). Recorded in the audit log.
-    #[schema(required = true, max_length = 2000, pattern = r"\S")]
+    #[schema(required = true, nullable = false, max_length = 2000, pattern = r"\S")]
     justification: Option<String>,
 }
 

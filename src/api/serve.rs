@@ -285,12 +285,12 @@ async fn live(
 #[derive(Deserialize, ToSchema)]
 pub struct DrilldownRequest {
     /// The course the learner is followed in (must be in the token's scope).
-    #[schema(required = true, pattern = r"^[A-Za-z0-9_.:/-]{1,128}$")]
+    #[schema(required = true, nullable = false, pattern = r"^[A-Za-z0-9_.:/-]{1,128}$")]
     course_id: Option<String>,
     /// A declared drill-down purpose (`policies/purposes.yaml`, `drilldown`).
     purpose: Option<String>,
     /// Why this learner, now (1-2000 characters; recorded in the audit log).
-    #[schema(required = true, max_length = 2000, pattern = r"\S")]
+    #[schema(required = true, nullable = false, max_length = 2000, pattern = r"\S")]
     justification: Option<String>,
 }
 
