@@ -40,6 +40,7 @@ pub(super) fn document(doc: &OpenApi) -> serde_json::Value {
     schemas["DsrRequest"] = dsr_request();
     schemas["BatchErasureRequest"] = batch_erasure_request();
     schemas["BatchRequest"] = issue_batch_request();
+    schemas["IssueRequest"]["properties"]["identity"] = identity();
     v["paths"]["/v1/events"]["post"]["requestBody"]["content"]["application/json"]["schema"] = events_body();
     v
 }
@@ -96,6 +97,14 @@ fn events_body() -> serde_json::Value {
         "description": "Taxonomy events: an array of at least one, one event, or NDJSON. Each item is answered in its result: one that is not a valid event \
                         (not an object, an unknown field, ...) is `rejected` with its reason code, its neighbours go through."
     }))
+}
+
+/// Identity fields: a flat object of scalars (at most 8 KiB, which JSON Schema cannot count).
+fn identity() -> serde_json::Value {
+    serde_json::json!({
+        "type": ["object", "null"], "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
+        "description": "Optional identity fields (name, email, ...): a flat object of scalars, at most 8 KiB. Stored encrypted."
+    })
 }
 
 /// `POST /v1/dsr/access|erasure`: the subject by `pseudonym`, or by `institution` and `external_id`.
