@@ -58,8 +58,7 @@ async fn schemathesis_finds_no_contract_failure() {
     let seed = std::env::var("LV_CONTRACT_SEED").unwrap_or_else(|_| "13".into());
     let started = std::time::Instant::now();
     let mut cmd = std::process::Command::new(&st);
-    cmd
-        .args(["--no-color", "--config-file", &format!("{ROOT}/ops/schemathesis/schemathesis.toml"), "run"])
+    cmd.args(["--no-color", "--config-file", &format!("{ROOT}/ops/schemathesis/schemathesis.toml"), "run"])
         .arg(format!("{base}/openapi.json"))
         .args(["--checks", "all", "--max-examples", &examples, "--seed", &seed, "--workers", "2", "--request-timeout", "30"])
         .args(["--suppress-health-check", "too_slow", "--report", "junit"])
@@ -73,11 +72,7 @@ async fn schemathesis_finds_no_contract_failure() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("schemathesis ran {:.0?} (exit {:?}); junit report under {}", started.elapsed(), out.status.code(), reports.display());
-    assert!(
-        out.status.success(),
-        "schemathesis found contract failures (exit {:?}):\n{stdout}\n{stderr}",
-        out.status.code()
-    );
+    assert!(out.status.success(), "schemathesis found contract failures (exit {:?}):\n{stdout}\n{stderr}", out.status.code());
     // It ran the operations (a run that tested nothing must not pass).
     assert!(stdout.contains("passed") && !stdout.contains("No operations"), "schemathesis tested nothing:\n{stdout}\n{stderr}");
 }

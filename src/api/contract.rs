@@ -109,7 +109,8 @@ fn identity() -> serde_json::Value {
 
 /// `POST /v1/dsr/access|erasure`: the subject by `pseudonym`, or by `institution` and `external_id`.
 fn dsr_request() -> serde_json::Value {
-    let reference = serde_json::json!({"type": ["string", "null"], "pattern": REFERENCE, "description": "The DPO's case number (never an identity)"});
+    let reference =
+        serde_json::json!({"type": ["string", "null"], "pattern": REFERENCE, "description": "The DPO's case number (never an identity)"});
     schema(serde_json::json!({
         "description": "The subject, by `pseudonym` or by the LMS's `institution` and `external_id` (not both)",
         "oneOf": [
@@ -156,7 +157,11 @@ fn issue_batch_request() -> serde_json::Value {
 /// Enumerate the purposes declared in the policy files this server loaded: re-identification
 /// (`policies/purposes.yaml`), drill-down, and lifting a suppression (`policies/erasure.yaml`).
 /// The server trims a purpose before looking it up; the document names the exact values.
-pub(super) fn declare_purposes(doc: &mut serde_json::Value, policies: &crate::policy::Policies, erasure: Option<&crate::dsr::policy::ErasurePolicy>) {
+pub(super) fn declare_purposes(
+    doc: &mut serde_json::Value,
+    policies: &crate::policy::Policies,
+    erasure: Option<&crate::dsr::policy::ErasurePolicy>,
+) {
     let set = |doc: &mut serde_json::Value, schema: &str, values: Vec<&str>| {
         let p = &mut doc["components"]["schemas"][schema]["properties"]["purpose"];
         if p.is_object() {
