@@ -34,6 +34,10 @@ pub struct ServeArgs {
     /// Concurrent viewers per phase.
     #[arg(long, default_value_t = 50)]
     viewers: usize,
+    /// Concurrent advisors drilling down (each one learner's timeline, in a closed loop),
+    /// while the lander lands. A drill-down is a rare, rate-limited act: a handful at once.
+    #[arg(long, default_value_t = 5)]
+    advisors: usize,
     /// Duration of each phase.
     #[arg(long, default_value = "10s")]
     duration: String,
@@ -164,7 +168,7 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &ServeArgs) -> anyhow
         .collect();
     let learners = Arc::new(learners);
     let sv2 = sv.clone();
-    let phase = closed_loop("drill-down", args.viewers, duration, move |task, i| {
+    let phase = closed_loop("drill-down", args.advisors, duration, move |task, i| {
         let (sv, learners) = (sv2.clone(), learners.clone());
         async move {
             let l = learners[(task * 31 + i as usize) % learners.len().max(1)];

@@ -113,13 +113,31 @@ pub struct Serve {
     config: Config,
     limiter: RateLimiter,
     /// Shared queries (cohort views and live streams), by shape and parameters.
-    shared: std::sync::Mutex<HashMap<(&'static str, String), Arc<tokio::sync::Mutex<Option<SharedRows>>>>>,
+    shared: std::sync::Mutex<HashMap<(&'static str, String), Arc<Slot>>>,
 }
 
-/// Rows of one query, with when it started.
+/// Rows of one query, with when it started, and their releases.
 struct SharedRows {
     started: std::time::Instant,
     rows: Arc<Vec<Value>>,
+    /// Releases of these rows by thresholds: a cohort view's release is a function of its
+    /// rows (the slot's key holds every parameter) and the thresholds, so a request sharing
+    /// the rows shares the release (suppression and audit done once, the same cells).
+    released: std::sync::Mutex<Vec<(Thresholds, Arc<dyn std::any::Any + Send + Sync>)>>,
+}
+
+impl SharedRows {
+    fn new(started: std::time::Instant, rows: Vec<Value>) -> Arc<SharedRows> {
+        Arc::new(SharedRows { started, rows: Arc::new(rows), released: Default::default() })
+    }
+}
+
+/// One shared query: the last rows, whether a refresh runs, and the lock a fetch holds.
+#[derive(Default)]
+struct Slot {
+    current: std::sync::Mutex<Option<Arc<SharedRows>>>,
+    refreshing: std::sync::atomic::AtomicBool,
+    fetch: tokio::sync::Mutex<()>,
 }
 
 /// A 64-bit count as ClickHouse prints it (number or quoted string).
@@ -151,12 +169,14 @@ impl Serve {
 
     /// [`Serve::run`] shared by requests with the same parameters: the rows
     /// of a query that started at most `window` before this call, or a new
-    /// query (callers meanwhile wait for it). Rows only: the caller releases
-    /// and audits them as always. Cohort views share within
-    /// `shared_query_ms`, a course's live streams within `live.coalesce_ms`.
-    async fn run_shared(&self, shape: &Shape, params: &[(&'static str, String)], window_ms: u64) -> Result<Arc<Vec<Value>>, ServeError> {
+    /// query (callers meanwhile wait for it). Cohort views (`stale_ok`) also take
+    /// rows up to twice the window old while one refresh runs in the background
+    /// (stale-while-revalidate: no viewer waits for the refresh). The caller
+    /// releases and audits the rows ([`Serve::release_shared`]). Cohort views share
+    /// within `shared_query_ms`, a course's live streams within `live.coalesce_ms`.
+    async fn run_shared(&self, shape: &Shape, params: &[(&'static str, String)], window_ms: u64, stale_ok: bool) -> Result<Arc<SharedRows>, ServeError> {
         if window_ms == 0 {
-            return Ok(Arc::new(self.run(shape, params).await?));
+            return Ok(SharedRows::new(std::time::Instant::now(), self.run(shape, params).await?));
         }
         let window = std::time::Duration::from_millis(window_ms);
         let asked = std::time::Instant::now();
@@ -164,20 +184,61 @@ impl Serve {
         let slot = {
             let mut map = self.shared.lock().expect("not poisoned");
             if map.len() > 4096 {
-                // Forget idle entries (no query in flight, none fresh).
-                map.retain(|_, s| s.try_lock().map(|g| g.as_ref().is_some_and(|r| r.started + window >= asked)).unwrap_or(true));
+                // Forget idle entries (no fetch in flight, nothing fresh).
+                map.retain(|_, s| {
+                    s.fetch.try_lock().is_err() || s.current.lock().expect("not poisoned").as_ref().is_some_and(|r| r.started + 2 * window >= asked)
+                });
             }
             map.entry((shape.name, key)).or_default().clone()
         };
-        let mut slot = slot.lock().await;
-        if let Some(s) = slot.as_ref().filter(|s| s.started + window >= asked) {
+        let current = slot.current.lock().expect("not poisoned").clone();
+        if let Some(c) = current.filter(|c| c.started + window >= asked || (stale_ok && c.started + 2 * window >= asked)) {
             metrics::counter!("learnvault_serve_shared_queries_total", "shape" => shape.name).increment(1);
-            return Ok(s.rows.clone());
+            if c.started + window < asked && !slot.refreshing.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                let (slot, wh, sql, name) = (slot.clone(), self.warehouse.clone(), shape.sql, shape.name);
+                let params: Vec<(&'static str, String)> = params.to_vec();
+                tokio::spawn(async move {
+                    let _fetch = slot.fetch.lock().await;
+                    let started = std::time::Instant::now();
+                    match wh.query(sql, &params).await {
+                        Ok(rows) => {
+                            metrics::histogram!("learnvault_serve_query_seconds", "shape" => name).record(started.elapsed().as_secs_f64());
+                            *slot.current.lock().expect("not poisoned") = Some(SharedRows::new(started, rows));
+                        }
+                        Err(e) => tracing::warn!(error = %e, shape = name, "background refresh of a shared query failed; the next request queries"),
+                    }
+                    slot.refreshing.store(false, std::sync::atomic::Ordering::Release);
+                });
+            }
+            return Ok(c);
+        }
+        let _fetch = slot.fetch.lock().await;
+        // Another caller may have fetched while this one waited.
+        if let Some(c) = slot.current.lock().expect("not poisoned").clone().filter(|c| c.started + window >= asked) {
+            metrics::counter!("learnvault_serve_shared_queries_total", "shape" => shape.name).increment(1);
+            return Ok(c);
         }
         let started = std::time::Instant::now();
-        let rows = Arc::new(self.run(shape, params).await?);
-        *slot = Some(SharedRows { started, rows: rows.clone() });
-        Ok(rows)
+        let fresh = SharedRows::new(started, self.run(shape, params).await?);
+        *slot.current.lock().expect("not poisoned") = Some(fresh.clone());
+        Ok(fresh)
+    }
+
+    /// The release of shared rows at thresholds `t`: made once per rows and thresholds,
+    /// then shared (cloned) by every request holding the same rows.
+    fn release_shared<T: Clone + Send + Sync + 'static>(
+        shared: &SharedRows,
+        t: &Thresholds,
+        release: impl FnOnce(&[Value]) -> Result<Released<T>, ServeError>,
+    ) -> Result<Released<T>, ServeError> {
+        let made = shared.released.lock().expect("not poisoned").iter().find(|(k, _)| k == t).map(|(_, r)| r.clone());
+        if let Some(r) = made.as_ref().and_then(|r| r.downcast_ref::<Released<T>>()) {
+            return Ok(r.clone());
+        }
+        // Not under the lock (the audit takes milliseconds): two first requests may both release.
+        let r = release(&shared.rows)?;
+        shared.released.lock().expect("not poisoned").push((*t, Arc::new(r.clone())));
+        Ok(r)
     }
 
     /// How long a request may share a query: a live stream's or a cohort view's window.
@@ -191,8 +252,8 @@ impl Serve {
 
     /// The institutions of a course's learners; [`ServeError::UnknownCourse`] when none.
     pub async fn course_institutions(&self, course: &Ident) -> Result<Vec<String>, ServeError> {
-        let rows = self.run(&queries::COURSE_INSTITUTIONS, &[("course", course.as_str().to_owned())]).await?;
-        let out: Vec<String> = rows.iter().filter_map(|r| r["institution_id"].as_str().map(str::to_owned)).collect();
+        let shared = self.run_shared(&queries::COURSE_INSTITUTIONS, &[("course", course.as_str().to_owned())], self.share_window(false), true).await?;
+        let out: Vec<String> = shared.rows.iter().filter_map(|r| r["institution_id"].as_str().map(str::to_owned)).collect();
         if out.is_empty() {
             return Err(ServeError::UnknownCourse);
         }
@@ -219,8 +280,11 @@ impl Serve {
     async fn funnel_with(&self, course: &Ident, range: &DateRange, t: &Thresholds, live: Option<&mut live::Rule>) -> Result<Released<funnel::Funnel>, ServeError> {
         let [f, to] = range.params();
         let params = [("course", course.as_str().to_owned()), f, to];
-        let rows = self.run_shared(&queries::FUNNEL, &params, self.share_window(live.is_some())).await?;
-        funnel::release(course.as_str(), range, &rows, t, live)
+        let shared = self.run_shared(&queries::FUNNEL, &params, self.share_window(live.is_some()), live.is_none()).await?;
+        match live {
+            Some(rule) => funnel::release(course.as_str(), range, &shared.rows, t, Some(rule)),
+            None => Self::release_shared(&shared, t, |rows| funnel::release(course.as_str(), range, rows, t, None)),
+        }
     }
 
     async fn engagement_with(&self, course: &Ident, minutes: u32, t: &Thresholds, live: Option<&mut live::Rule>) -> Result<Released<engagement::Engagement>, ServeError> {
@@ -230,22 +294,25 @@ impl Serve {
         let now = Utc::now().timestamp();
         let from = (now - now % 60) - (minutes as i64 - 1) * 60;
         let params = [("course", course.as_str().to_owned()), ("from", from.to_string())];
-        let rows = self.run_shared(&queries::ENGAGEMENT, &params, self.share_window(live.is_some())).await?;
+        let shared = self.run_shared(&queries::ENGAGEMENT, &params, self.share_window(live.is_some()), live.is_none()).await?;
         let from_text = chrono::DateTime::from_timestamp(from, 0).map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default();
-        engagement::release(course.as_str(), minutes, &from_text, &rows, t, live)
+        match live {
+            Some(rule) => engagement::release(course.as_str(), minutes, &from_text, &shared.rows, t, Some(rule)),
+            None => Self::release_shared(&shared, t, |rows| engagement::release(course.as_str(), minutes, &from_text, rows, t, None)),
+        }
     }
 
     pub async fn time_on_task(&self, course: &Ident, range: &DateRange, t: &Thresholds) -> Result<Released<time_on_task::TimeOnTask>, ServeError> {
         let [f, to] = range.params();
-        let rows = self.run_shared(&queries::TIME_ON_TASK, &[("course", course.as_str().to_owned()), f, to], self.share_window(false)).await?;
-        time_on_task::release(course.as_str(), range, &rows, t)
+        let shared = self.run_shared(&queries::TIME_ON_TASK, &[("course", course.as_str().to_owned()), f, to], self.share_window(false), true).await?;
+        Self::release_shared(&shared, t, |rows| time_on_task::release(course.as_str(), range, rows, t))
     }
 
     pub async fn replays(&self, course: &Ident, content: &Ident, range: &DateRange, t: &Thresholds) -> Result<Released<replays::Replays>, ServeError> {
         let [f, to] = range.params();
         let params = [("course", course.as_str().to_owned()), ("content", content.as_str().to_owned()), f, to];
-        let rows = self.run_shared(&queries::REPLAYS, &params, self.share_window(false)).await?;
-        replays::release(course.as_str(), content.as_str(), range, &rows, t)
+        let shared = self.run_shared(&queries::REPLAYS, &params, self.share_window(false), true).await?;
+        Self::release_shared(&shared, t, |rows| replays::release(course.as_str(), content.as_str(), range, rows, t))
     }
 
     /// Every course with activity and its institutions.

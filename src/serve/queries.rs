@@ -80,11 +80,17 @@ pub const LEARNER_IN_COURSE: Shape = Shape {
 
 /// The individual view: one learner's pseudonymous timeline in one course
 /// (the one shape reading the base table; never an identity, never `props`).
+/// The learner's cohorts come first from `agg.learner_day_by_cohort` (its
+/// learner_id bloom filter), so the base table is read by its primary key
+/// (course, cohort, learner) instead of scanning the course.
 pub const LEARNER_TIMELINE: Shape = Shape {
     name: "learner_timeline",
     sql: "SELECT toString(server_ts) AS at, event_type, session_id, content_id, position_sec, cohort_id
           FROM events.learning_events
-          WHERE course_id = {course:String} AND learner_id = {learner:UUID}
+          WHERE course_id = {course:String}
+            AND cohort_id IN (SELECT cohort_id FROM agg.learner_day_by_cohort
+                               WHERE course_id = {course:String} AND learner_id = {learner:UUID})
+            AND learner_id = {learner:UUID}
           ORDER BY server_ts DESC, event_id LIMIT {limit:UInt32}",
     individual: true,
 };

@@ -162,6 +162,9 @@ impl Warehouse {
         }
     }
 
+    /// Statements taking at least this long are logged at info (their text, never their parameters).
+    pub const SLOW_STATEMENT_MS: u64 = 1_000;
+
     /// Run a statement, returning its output as `JSONEachRow` objects.
     pub async fn query(&self, sql: &str, params: &[(&str, String)]) -> Result<Vec<Value>, WarehouseError> {
         let out = self.raw(sql, "JSONEachRow", params).await?;
@@ -178,6 +181,20 @@ impl Warehouse {
 
     /// Run a statement, returning its raw output in `format`.
     pub async fn raw(&self, sql: &str, format: &str, params: &[(&str, String)]) -> Result<Vec<u8>, WarehouseError> {
+        let started = std::time::Instant::now();
+        let out = self.raw_untimed(sql, format, params).await;
+        // The statement's text only (parameters are values, never logged); a slow one at info.
+        let ms = started.elapsed().as_millis() as u64;
+        let text: String = sql.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(160).collect();
+        if ms >= Self::SLOW_STATEMENT_MS {
+            tracing::info!(ms, sql = %text, "slow warehouse statement");
+        } else {
+            tracing::trace!(ms, sql = %text, "warehouse statement");
+        }
+        out
+    }
+
+    async fn raw_untimed(&self, sql: &str, format: &str, params: &[(&str, String)]) -> Result<Vec<u8>, WarehouseError> {
         match self {
             Warehouse::Embedded(e) => {
                 let (e, sql, format) = (e.clone(), sql.to_owned(), format.to_owned());
