@@ -11,6 +11,8 @@ ops/install-chdb.sh >/dev/null
 # Without them the browser tests fail (they never pass by skipping); the rest still runs.
 ops/chromium.sh || echo "[test] headless Chromium could not be installed: tests/console.rs's browser tests will fail" >&2
 ops/axe-core.sh >/dev/null || echo "[test] axe-core could not be fetched: tests/console.rs's browser tests will fail" >&2
+# The OpenAPI contract check (tests/contract.rs): schemathesis from PyPI, pinned with hashes.
+ops/schemathesis.sh >/dev/null || echo "[test] schemathesis could not be installed: tests/contract.rs will fail" >&2
 ops/keycloak.sh >/dev/null || echo "[test] Keycloak could not be fetched: the console's OpenID Connect test will fail" >&2
 # Tests make topics by the hundred: the broker starts from empty storage (a broker already
 # listening on 9092 is used as it is).

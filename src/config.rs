@@ -77,6 +77,9 @@ pub struct Settings {
     pub lander_batch_bytes: usize,
     /// ...or when its oldest event has waited this long.
     pub lander_batch_ms: u64,
+    /// Attempts of a batch's offset commit (250 ms doubling to 5 s between them) before it is
+    /// abandoned and owed (committed when the lander is idle); 10 is ~30 s.
+    pub lander_commit_attempts: u32,
     /// Larger events are dead-lettered as `oversized`.
     pub max_event_bytes: usize,
     /// How long the lander trusts a vault answer (an erasure takes effect within it).
@@ -164,6 +167,7 @@ impl Default for Settings {
             lander_batch_rows: 20_000,
             lander_batch_bytes: 8 * 1024 * 1024,
             lander_batch_ms: 250,
+            lander_commit_attempts: 10,
             max_event_bytes: 64 * 1024,
             governance_cache_ms: 2_000,
             lander_enabled: true,

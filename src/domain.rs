@@ -90,8 +90,8 @@ impl ExternalId {
         if t.is_empty() {
             return Err(invalid("invalid_external_id", "external_id must not be empty"));
         }
-        if t.len() > Self::MAX_LEN {
-            return Err(invalid("invalid_external_id", "external_id is longer than 256 bytes"));
+        if s.chars().count() > Self::MAX_LEN {
+            return Err(invalid("invalid_external_id", "external_id is longer than 256 characters"));
         }
         if t.chars().any(char::is_control) {
             return Err(invalid("invalid_external_id", "external_id contains control characters"));

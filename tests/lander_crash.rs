@@ -308,3 +308,55 @@ async fn a_group_whose_offsets_go_back_to_the_start_lands_nothing_twice() {
     lander.stop().await;
     assert_exactly_once(&s, 900).await;
 }
+
+#[tokio::test]
+async fn an_abandoned_offset_commit_is_paid_when_idle_and_nothing_lands_twice() {
+    // Issue 13, "exactly-once across commit failures": a batch lands while the broker is
+    // away, its offset commit is abandoned (one attempt here, `LEARNVAULT_LANDER_COMMIT_ATTEMPTS`;
+    // ~30 s by default) and owed; once the broker is back and no later batch comes, the idle
+    // lander pays the debt: the group's committed offset reaches the end, exact counts.
+    use std::sync::atomic::Ordering;
+    let mut broker = Broker::start_new();
+    let mut s = Spine::with_brokers(true, broker.brokers()).await;
+    s.settings.lander_commit_attempts = 1;
+    // Records wait this long in the lander once fetched: the broker is killed in between.
+    s.settings.lander_batch_ms = 6_000;
+    let ls = learners(&s, 6, "A").await;
+    s.produce(&stream(&ls, 0, 300)).await;
+    let lander = s.start_lander().await;
+    let mut total = 300u64;
+    assert_eq!(s.wait_rows(total, Duration::from_secs(90)).await, total, "landing before the broker goes");
+    wait_caught_up(&s, Duration::from_secs(90)).await;
+
+    // Produce, let the lander fetch, kill the broker before the batch is due: the batch lands
+    // (ClickHouse and PostgreSQL are up) and its commit fails. On a loaded machine the fetch
+    // may come late (the records then land after the restart, committed normally): try again.
+    let mut forced = false;
+    for round in 0..4u64 {
+        s.produce(&stream(&ls, total as usize, 200)).await;
+        total += 200;
+        tokio::time::sleep(Duration::from_millis(2_500 + 500 * round)).await;
+        let abandoned = lander.stats.commits_abandoned.load(Ordering::Relaxed);
+        broker.kill();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while lander.stats.commits_abandoned.load(Ordering::Relaxed) == abandoned && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        forced = lander.stats.commits_abandoned.load(Ordering::Relaxed) > abandoned;
+        if forced {
+            assert_eq!(s.count("SELECT count() AS n FROM events.learning_events").await, total, "the batch landed with the broker away");
+        }
+        broker.start();
+        if forced {
+            break;
+        }
+        assert_eq!(s.wait_rows(total, Duration::from_secs(120)).await, total, "round {round}: landing after the restart");
+        wait_caught_up(&s, Duration::from_secs(120)).await;
+    }
+    assert!(forced, "no offset commit was abandoned in 4 rounds (the lander never fetched before the broker was killed)");
+    // No later batch: only the idle lander's debt payment can move the group's offset to the end.
+    wait_caught_up(&s, Duration::from_secs(180)).await;
+    lander.stop().await;
+    assert_exactly_once(&s, total).await;
+    s.wh.close();
+}

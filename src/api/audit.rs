@@ -22,20 +22,27 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Exact actor (token `sub`).
+    #[param(pattern = r"^[^\x00]*$")]
     actor: Option<String>,
     /// Exact action, e.g. `pseudonym.resolve`.
+    #[param(pattern = r"^[^\x00]*$")]
     action: Option<String>,
     /// Target pseudonym.
+    #[param(format = Uuid)]
     target: Option<String>,
     /// `success`, `denied`, `not_found` or `error`.
+    #[param(pattern = "^(success|denied|not_found|error)$")]
     outcome: Option<String>,
     /// RFC 3339 lower bound (inclusive).
+    #[param(format = DateTime)]
     from: Option<String>,
     /// RFC 3339 upper bound (exclusive).
+    #[param(format = DateTime)]
     to: Option<String>,
     /// Return entries with `seq` greater than this (use `next_after` of the previous page).
     after: Option<i64>,
     /// Page size, 1-1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
@@ -71,6 +78,10 @@ async fn list(State(s): State<AppState>, p: Principal, AppQuery(q): AppQuery<Lis
         .map(|o| Outcome::parse(o).ok_or_else(|| Error::bad_request("invalid_query", "`outcome` must be success, denied, not_found or error")))
         .transpose()?;
     let target = q.target.as_deref().map(Pseudonym::parse).transpose()?.map(|p| p.as_uuid());
+    // PostgreSQL text cannot hold U+0000: such a filter is refused rather than failing the query (503).
+    if [&q.actor, &q.action].into_iter().flatten().any(|v| v.contains('\0')) {
+        return Err(Error::bad_request("invalid_query", "`actor` and `action` cannot contain U+0000"));
+    }
     let filter = Filter {
         actor: q.actor,
         action: q.action,

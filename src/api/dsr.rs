@@ -38,6 +38,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// At most this many (1-1000, default 200).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
@@ -94,6 +95,7 @@ async fn suppressions(State(s): State<AppState>, p: Principal, crate::api::AppQu
 #[serde(deny_unknown_fields)]
 pub struct BatchSubject {
     pseudonym: Option<Uuid>,
+    #[schema(max_length = 256, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$")]
     external_id: Option<String>,
 }
 
@@ -101,9 +103,12 @@ pub struct BatchSubject {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchErasureRequest {
+    #[schema(pattern = r"^[A-Za-z0-9._:-]{1,128}$")]
     institution: String,
+    #[schema(min_items = 1)]
     subjects: Vec<BatchSubject>,
     /// The DPO's case number (letters, digits, `._:/#-`; never an identity).
+    #[schema(pattern = r"^[A-Za-z0-9._:/#-]{1,128}$")]
     reference: Option<String>,
 }
 
@@ -170,12 +175,15 @@ async fn erasure_batch(State(s): State<AppState>, p: Principal, d: DsrCap, AppJs
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LiftRequest {
+    #[schema(pattern = r"^[A-Za-z0-9._:-]{1,128}$")]
     institution: String,
     /// The LMS's learner id (matched through the tombstone's blind index, never stored).
+    #[schema(max_length = 256, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$")]
     external_id: String,
     /// One of `suppression.lift_purposes` in `policies/erasure.yaml`.
     purpose: String,
     /// Why (1-2000 characters, recorded in the audit log; a case number, never an identity).
+    #[schema(max_length = 2000, pattern = r"\S")]
     justification: String,
 }
 
@@ -221,9 +229,12 @@ async fn lift_suppression(State(s): State<AppState>, p: Principal, d: DsrCap, Ap
 #[serde(deny_unknown_fields)]
 pub struct DsrRequest {
     pseudonym: Option<Uuid>,
+    #[schema(pattern = r"^[A-Za-z0-9._:-]{1,128}$")]
     institution: Option<String>,
+    #[schema(max_length = 256, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$")]
     external_id: Option<String>,
     /// The DPO's ticket or case number (letters, digits, `._:/#-`; never an identity).
+    #[schema(pattern = r"^[A-Za-z0-9._:/#-]{1,128}$")]
     reference: Option<String>,
 }
 

@@ -166,8 +166,11 @@ async fn events(State(s): State<AppState>, p: Principal, gw: GatewayCap, headers
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PutParams {
+    /// The statement's id, a UUID in standard form (36 characters).
     #[serde(rename = "statementId")]
+    #[param(pattern = r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$")]
     statement_id: String,
 }
 
@@ -308,7 +311,7 @@ async fn statements(s: AppState, p: Principal, gw: GatewayCap, headers: HeaderMa
 /// duplicate ids, or no statement acknowledged. A statement id is stored once: sent again
 /// with the same content it is acknowledged again and lands once; with other content the
 /// request is answered 409 `xapi_id_conflict`, nothing produced.
-#[utoipa::path(post, path = "/xapi/statements", tag = "ingest",
+#[utoipa::path(post, path = "/xapi/statements", tag = "ingest", params(("X-Experience-API-Version" = String, Header, description = "`1.0` or `1.0.<patch>`", pattern = r"^\s*1\.0(\.[0-9]+)?\s*$")),
     request_body(content = Object, description = "an xAPI statement or an array of them"),
     responses((status = 200, description = "the ids of the statements acknowledged", body = Vec<uuid::Uuid>,
             headers(("X-Learnvault-Refused" = String, description = "statements refused alone, `<index>:<code>,...` (absent when none)"))),
@@ -322,7 +325,7 @@ async fn xapi_post(State(s): State<AppState>, p: Principal, gw: GatewayCap, head
 /// One xAPI statement with its id in the query (`?statementId=`); 204 (also when the same
 /// statement is stored already), 409 `xapi_id_conflict` when the id is stored with other
 /// content or the body names another id.
-#[utoipa::path(put, path = "/xapi/statements", tag = "ingest", params(PutParams),
+#[utoipa::path(put, path = "/xapi/statements", tag = "ingest", params(PutParams, ("X-Experience-API-Version" = String, Header, description = "`1.0` or `1.0.<patch>`", pattern = r"^\s*1\.0(\.[0-9]+)?\s*$")),
     request_body(content = Object, description = "one xAPI statement"),
     responses((status = 204, description = "stored"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "`xapi_id_conflict`"), (status = 503, body = ErrorBody)))]

@@ -9,6 +9,7 @@
 mod audit;
 mod capability;
 mod consent;
+mod contract;
 mod dsr;
 mod error;
 mod extract;
@@ -147,9 +148,16 @@ impl Modify for BearerAuth {
     }
 }
 
+/// The OpenAPI document as published at `/openapi.json` (see `contract`).
+pub fn openapi_document() -> serde_json::Value {
+    contract::document(&openapi())
+}
+
 /// The OpenAPI document, generated from the routes.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes(Limits { body_bytes: 0, batch_body_bytes: 0, batch_items: 0, ingest_events: 0 }).split_for_parts().1
+    let mut doc = routes(Limits { body_bytes: 0, batch_body_bytes: 0, batch_items: 0, ingest_events: 0 }).split_for_parts().1;
+    contract::Complete.modify(&mut doc);
+    doc
 }
 
 fn routes(limits: Limits) -> OpenApiRouter<AppState> {

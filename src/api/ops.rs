@@ -63,7 +63,10 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
 /// This OpenAPI 3 document, generated from the route definitions.
 #[utoipa::path(get, path = "/openapi.json", tag = "ops", security(),
     responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json")))]
-async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    static DOC: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
-    Json(DOC.get_or_init(super::openapi).clone())
+async fn openapi_json(State(s): State<AppState>) -> Json<serde_json::Value> {
+    static DOC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    let mut doc = DOC.get_or_init(super::openapi_document).clone();
+    // The purposes this server declares (policy files), so requests naming others are out of contract.
+    super::contract::declare_purposes(&mut doc, &s.policies, s.dsr.as_ref().map(|d| &d.erasure_policy));
+    Json(doc)
 }

@@ -28,8 +28,10 @@ pub fn router(limits: Limits) -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct IssueRequest {
     /// Institution id (`[A-Za-z0-9._:-]{1,128}`).
+    #[schema(pattern = r"^[A-Za-z0-9._:-]{1,128}$")]
     institution: String,
-    /// The LMS's own learner id. Stored only as a keyed blind index.
+    /// The LMS's own learner id (1-256 characters, no control character). Stored only as a keyed blind index.
+    #[schema(max_length = 256, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$")]
     external_id: String,
     /// Optional identity fields (name, email, ...): a flat object of scalars, at most 8 KiB. Stored encrypted.
     #[schema(value_type = Option<Object>)]
@@ -84,6 +86,7 @@ async fn issue(
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
     /// Up to 10,000 learners (the configured `batch_max_items`).
+    #[schema(min_items = 1)]
     items: Vec<IssueRequest>,
 }
 
@@ -191,7 +194,9 @@ async fn issue_batch(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LookupRequest {
+    #[schema(pattern = r"^[A-Za-z0-9._:-]{1,128}$")]
     institution: String,
+    #[schema(max_length = 256, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$")]
     external_id: String,
 }
 
@@ -226,8 +231,10 @@ async fn lookup(
 #[serde(deny_unknown_fields)]
 pub struct ResolveRequest {
     /// One of the re-identification purposes in `policies/purposes.yaml`.
+    #[schema(required = true, nullable = false, pattern = r"^\s*[a-z0-9_]{1,64}\s*$")]
     purpose: Option<String>,
     /// Why this re-identification is needed (1-2000 characters). Recorded in the audit log.
+    #[schema(required = true, nullable = false, max_length = 2000, pattern = r"\S")]
     justification: Option<String>,
 }
 

@@ -87,7 +87,7 @@ pub struct RangeQuery {
 /// withheld cells are `{"value": null, "suppressed": "small_cell" | "extreme_share" | "complementary" | ...}`;
 /// `disclosure` reports thresholds, information loss and the attacker's audit.
 #[utoipa::path(get, path = "/v1/courses/{course_id}/funnel", tag = "analytics",
-    params(("course_id" = String, Path, description = "Course"), RangeQuery),
+    params(("course_id" = String, Path, description = "Course: 1-128 of `[A-Za-z0-9_.:/-]`", pattern = r"^[A-Za-z0-9_.:/-]{1,128}$"), RangeQuery),
     responses((status = 200, body = Funnel, description = "the released funnel, plus `disclosure`"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 500, body = ErrorBody), (status = 503, body = ErrorBody)))]
@@ -109,6 +109,7 @@ async fn funnel(
 #[into_params(parameter_in = Query)]
 pub struct EngagementQuery {
     /// Window in minutes up to now (default 60, at most 1440).
+    #[param(minimum = 1, maximum = 1440)]
     minutes: Option<u32>,
 }
 
@@ -116,7 +117,7 @@ pub struct EngagementQuery {
 /// (30 s per heartbeat), with the course total of each minute. Released
 /// through disclosure control.
 #[utoipa::path(get, path = "/v1/courses/{course_id}/engagement", tag = "analytics",
-    params(("course_id" = String, Path, description = "Course"), EngagementQuery),
+    params(("course_id" = String, Path, description = "Course: 1-128 of `[A-Za-z0-9_.:/-]`", pattern = r"^[A-Za-z0-9_.:/-]{1,128}$"), EngagementQuery),
     responses((status = 200, body = Engagement, description = "the released grid, plus `disclosure`"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 500, body = ErrorBody), (status = 503, body = ErrorBody)))]
@@ -135,7 +136,7 @@ async fn engagement(
 /// Per cohort and for the course: learners, and the quartiles of active
 /// minutes per learner-day. Released through disclosure control.
 #[utoipa::path(get, path = "/v1/courses/{course_id}/time-on-task", tag = "analytics",
-    params(("course_id" = String, Path, description = "Course"), RangeQuery),
+    params(("course_id" = String, Path, description = "Course: 1-128 of `[A-Za-z0-9_.:/-]`", pattern = r"^[A-Za-z0-9_.:/-]{1,128}$"), RangeQuery),
     responses((status = 200, body = TimeOnTask, description = "the released statistics, plus `disclosure`"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 500, body = ErrorBody), (status = 503, body = ErrorBody)))]
@@ -157,6 +158,7 @@ async fn time_on_task(
 #[into_params(parameter_in = Query)]
 pub struct ReplaysQuery {
     /// The course the content belongs to (required: scope and thresholds are per course).
+    #[param(required = true, pattern = r"^[A-Za-z0-9_.:/-]{1,128}$")]
     course_id: Option<String>,
     from: Option<String>,
     to: Option<String>,
@@ -165,7 +167,7 @@ pub struct ReplaysQuery {
 /// Replays, pauses and distinct learners per 10-second position bucket of one
 /// content item (the content-defect view). Released through disclosure control.
 #[utoipa::path(get, path = "/v1/content/{content_id}/replays", tag = "analytics",
-    params(("content_id" = String, Path, description = "Content item"), ReplaysQuery),
+    params(("content_id" = String, Path, description = "Content item: 1-128 of `[A-Za-z0-9_.:/-]`", pattern = r"^[A-Za-z0-9_.:/-]{1,128}$"), ReplaysQuery),
     responses((status = 200, body = Replays, description = "the released buckets, plus `disclosure`"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 500, body = ErrorBody), (status = 503, body = ErrorBody)))]
@@ -214,7 +216,7 @@ struct LiveState {
 /// difference between consecutive messages is audited like a release. An
 /// `error` event (its data a code) ends the stream.
 #[utoipa::path(get, path = "/v1/courses/{course_id}/live", tag = "analytics",
-    params(("course_id" = String, Path, description = "Course"), LiveQuery),
+    params(("course_id" = String, Path, description = "Course: 1-128 of `[A-Za-z0-9_.:/-]`", pattern = r"^[A-Za-z0-9_.:/-]{1,128}$"), LiveQuery),
     responses((status = 200, content_type = "text/event-stream", description = "`event: funnel|engagement|error`, `data:` a released view (JSON)"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
@@ -280,10 +282,12 @@ async fn live(
 #[derive(Deserialize, ToSchema)]
 pub struct DrilldownRequest {
     /// The course the learner is followed in (must be in the token's scope).
+    #[schema(required = true, nullable = false, pattern = r"^[A-Za-z0-9_.:/-]{1,128}$")]
     course_id: Option<String>,
     /// A declared drill-down purpose (`policies/purposes.yaml`, `drilldown`).
     purpose: Option<String>,
     /// Why this learner, now (1-2000 characters; recorded in the audit log).
+    #[schema(required = true, nullable = false, max_length = 2000, pattern = r"\S")]
     justification: Option<String>,
 }
 

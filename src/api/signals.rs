@@ -163,6 +163,7 @@ pub struct DecisionRequest {
     /// What the reviewer decided (recorded, never carried out by learnvault).
     decision: Decision,
     /// Why (1-4000 characters; recorded in the audit log).
+    #[schema(max_length = 4000, pattern = r"\S")]
     note: String,
 }
 

@@ -78,6 +78,45 @@ pub struct NewEntry {
     pub detail: Value,
 }
 
+impl NewEntry {
+    /// The entry as PostgreSQL can store it: `text` and `jsonb` cannot hold U+0000, which a
+    /// caller's free text (a justification, a purpose, a course id in `detail`) may carry; it
+    /// becomes U+FFFD. Without this one such request failed its whole group commit (every
+    /// caller in the batch refused with 503 `audit_unavailable`).
+    pub fn storable(mut self) -> NewEntry {
+        fn clean(s: &mut String) {
+            if s.contains('\0') {
+                *s = s.replace('\0', "\u{FFFD}");
+            }
+        }
+        fn clean_json(v: &mut Value) {
+            match v {
+                Value::String(s) => clean(s),
+                Value::Array(a) => a.iter_mut().for_each(clean_json),
+                Value::Object(m) => {
+                    if m.keys().any(|k| k.contains('\0')) {
+                        *m = std::mem::take(m).into_iter().map(|(mut k, v)| (clean_return(&mut k), v)).collect();
+                    }
+                    m.values_mut().for_each(clean_json);
+                }
+                _ => {}
+            }
+        }
+        fn clean_return(s: &mut String) -> String {
+            clean(s);
+            std::mem::take(s)
+        }
+        clean(&mut self.actor);
+        self.roles.iter_mut().for_each(clean);
+        clean(&mut self.action);
+        for s in [&mut self.institution, &mut self.purpose, &mut self.justification].into_iter().flatten() {
+            clean(s);
+        }
+        clean_json(&mut self.detail);
+        self
+    }
+}
+
 /// A stored audit row.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Entry {
@@ -116,6 +155,7 @@ pub async fn append(conn: &mut PgConnection, entries: &[NewEntry]) -> Result<Vec
         .fetch_optional(&mut *conn)
         .await?;
     let (mut seq, mut prev) = head.map(|r| (r.seq, r.hash)).unwrap_or((0, chain::GENESIS.to_vec()));
+    let entries: Vec<NewEntry> = entries.iter().cloned().map(NewEntry::storable).collect();
     let at = now_micros();
     let n = entries.len();
     let (mut seqs, mut ats, mut rids, mut actors, mut roles, mut insts) =
@@ -130,7 +170,7 @@ pub async fn append(conn: &mut PgConnection, entries: &[NewEntry]) -> Result<Vec
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    for e in entries {
+    for e in &entries {
         seq += 1;
         let h = chain::hash(
             &prev,
@@ -518,4 +558,31 @@ pub async fn prune(pool: &PgPool, anchor: &checkpoint::Anchor) -> Result<Option<
     let n: Option<i64> = sqlx::query_scalar!("SELECT audit_log_prune($1)", cp.head.seq).fetch_one(pool).await?;
     tracing::info!(up_to_seq = cp.head.seq, rows = n.unwrap_or(0), "audit log pruned below a signed checkpoint");
     Ok(Some((cp.head.seq, n.unwrap_or(0))))
+}
+
+#[cfg(test)]
+mod storable_tests {
+    use super::*;
+
+    #[test]
+    fn nul_characters_become_replacement_characters_everywhere_and_nothing_else_changes() {
+        let e = NewEntry {
+            request_id: Uuid::nil(),
+            actor: "a\0b".into(),
+            roles: vec!["dpo".into()],
+            institution: Some("uni-a".into()),
+            action: "pseudonym.resolve".into(),
+            target: None,
+            purpose: Some("x\0".into()),
+            justification: Some("case\0 17 \u{e9}".into()),
+            outcome: Outcome::Denied,
+            detail: serde_json::json!({"k\0": ["v\0", 1, {"n": "ok"}]}),
+        }
+        .storable();
+        assert_eq!(e.actor, "a\u{FFFD}b");
+        assert_eq!(e.purpose.as_deref(), Some("x\u{FFFD}"));
+        assert_eq!(e.justification.as_deref(), Some("case\u{FFFD} 17 \u{e9}"));
+        assert_eq!(e.detail, serde_json::json!({"k\u{FFFD}": ["v\u{FFFD}", 1, {"n": "ok"}]}));
+        assert_eq!(e.institution.as_deref(), Some("uni-a"));
+    }
 }

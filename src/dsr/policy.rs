@@ -54,6 +54,11 @@ impl ErasurePolicy {
         Ok(p)
     }
 
+    /// The purposes a suppression may be lifted for.
+    pub fn lift_purposes(&self) -> impl Iterator<Item = &str> {
+        self.suppression.lift_purposes.iter().map(|p| p.id.as_str())
+    }
+
     pub fn may_lift_for(&self, purpose: &str) -> bool {
         self.suppression.lift_purposes.iter().any(|p| p.id == purpose)
     }

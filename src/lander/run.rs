@@ -191,7 +191,7 @@ impl Lander {
         tracing::info!("lander draining");
         self.flush_due(true).await?;
         self.settle().await?;
-        self.pay_debt(10).await;
+        self.pay_debt(self.cfg.commit_attempts).await;
         Ok(())
     }
 

@@ -29,6 +29,9 @@ use crate::policy::ProtectedAttributes;
 use crate::taxonomy::{Reason, Taxonomy};
 use crate::warehouse::{Warehouse, WarehouseError};
 
+/// Batches landed whose offset commit was abandoned (owed, committed later: [`CommitDebt`]).
+pub const COMMITS_ABANDONED: &str = "learnvault_lander_commits_abandoned_total";
+
 /// Counters shared with the demo and the benchmarks.
 #[derive(Debug)]
 pub struct LanderStats {
@@ -36,6 +39,9 @@ pub struct LanderStats {
     pub rejected: AtomicU64,
     /// Events dropped because their id landed already (idempotent ingest, [`crate::dedup`]).
     pub duplicates: AtomicU64,
+    /// Batches landed whose offset commit was abandoned after `LEARNVAULT_LANDER_COMMIT_ATTEMPTS`
+    /// (owed: [`CommitDebt`]).
+    pub commits_abandoned: AtomicU64,
     pub batches: AtomicU64,
     /// Milliseconds between `server_ts` and the insert, of the last batch's oldest row.
     pub last_freshness_ms: AtomicU64,
@@ -72,6 +78,7 @@ impl Default for LanderStats {
             landed: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
+            commits_abandoned: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             last_freshness_ms: AtomicU64::new(0),
             freshness_ms: ms_histogram(),
@@ -84,8 +91,8 @@ impl Default for LanderStats {
 
 /// The lander's one retry policy: wait, then double the wait, up to a ceiling.
 /// Each call out of the process that a batch cannot do without retries on one
-/// of these schedules until it succeeds (offset commits give up after 10
-/// attempts: the batches stay replayable by their intents).
+/// of these schedules until it succeeds (offset commits give up after
+/// `LEARNVAULT_LANDER_COMMIT_ATTEMPTS`, 10: the batches stay replayable by their intents).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Backoff {
     wait: Duration,
@@ -430,7 +437,7 @@ impl Sink {
             Commit::Only(p) => b.ranges.iter().filter(|r| r.partition == p).copied().collect(),
         };
         if !members.is_empty() {
-            match self.commit(&members, 10).await {
+            match self.commit(&members, self.cfg.commit_attempts).await {
                 Some(committed) => {
                     for r in committed {
                         self.intents.committed_through(r.partition, r.last).await;
@@ -438,6 +445,8 @@ impl Sink {
                 }
                 None => {
                     // Landed, not committed: owed for the partitions still ours, paid when idle.
+                    self.stats.commits_abandoned.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!(COMMITS_ABANDONED).increment(1);
                     let owned = self.consumer.context().owned.lock().expect("owned lock");
                     let mut debt = self.consumer.context().debt.lock().expect("debt lock");
                     for r in members.iter().filter(|r| owned.contains(&r.partition)) {
@@ -456,7 +465,7 @@ impl Sink {
 
     /// Commit the offsets after `members`' ranges, of those partitions this lander still
     /// owns (checked and committed under the ownership lock), retrying while the broker
-    /// is away; returns the ranges committed. Gives up after `attempts` (10: ~30 s; the
+    /// is away; returns the ranges committed. Gives up after `attempts` (10 by default: ~30 s; the
     /// partitions may have moved to another member) with `None`: the batches stay
     /// replayable by their intents and tokens, and a later commit, or the debt's, covers them.
     pub(super) async fn commit(&self, members: &[Range], attempts: u32) -> Option<Vec<Range>> {

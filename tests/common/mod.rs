@@ -16,8 +16,8 @@ use std::time::Duration;
 
 pub const PG: &str = "postgres://postgres@127.0.0.1:5432";
 
-/// The PostgreSQL server's port on 127.0.0.1: `LEARNVAULT_TEST_PG_PORT`, else 5432 (as
-/// `LEARNVAULT_TEST_KAFKA` names the broker).
+/// The port of the PostgreSQL server tests make their databases on: 5432 (`ops/postgres.sh`),
+/// or `LEARNVAULT_TEST_PG_PORT` (a server of one's own, as `LEARNVAULT_TEST_KAFKA` for Kafka).
 pub fn pg_port() -> u16 {
     std::env::var("LEARNVAULT_TEST_PG_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(5432)
 }
