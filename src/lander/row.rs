@@ -178,7 +178,7 @@ mod cost {
     use std::time::{Duration, Instant};
 
     #[test]
-    #[ignore]
+    #[ignore = "a measurement that prints the decode cost, not a check: cargo test --release decode_cost -- --ignored --nocapture"]
     fn decode_cost() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
         let taxonomy = Taxonomy::load(&root.join("taxonomy")).unwrap();
