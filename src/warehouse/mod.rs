@@ -7,7 +7,7 @@
 //! `signals::window`, the fixed statements of `serve::publish`, the map-driven
 //! statements of `dsr` (`mod.rs`, `snapshot.rs`, `erasure.rs`), `datamap` and
 //! `retention` (identifiers only from the validated policy files or the live
-//! schema, checked as plain identifiers), and the CLI's benchmarks and demos.
+//! schema, checked as plain identifiers), and the benchmarks and demos of `tools`.
 //! Everywhere, values always travel as `{name:Type}` parameters and row data
 //! only through the insert channel (never inline in SQL text); the one value
 //! written into SQL text is a partition id in `dsr::erasure`, read from the
@@ -185,11 +185,12 @@ impl Warehouse {
         let out = self.raw_untimed(sql, format, params).await;
         // The statement's text only (parameters are values, never logged); a slow one at info.
         let ms = started.elapsed().as_millis() as u64;
-        let text: String = sql.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(160).collect();
+        // The text is cut and flattened only when it is logged (every query passes here).
+        let text = || sql.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(160).collect::<String>();
         if ms >= Self::SLOW_STATEMENT_MS {
-            tracing::info!(ms, sql = %text, "slow warehouse statement");
-        } else {
-            tracing::trace!(ms, sql = %text, "warehouse statement");
+            tracing::info!(ms, sql = %text(), "slow warehouse statement");
+        } else if tracing::enabled!(tracing::Level::TRACE) {
+            tracing::trace!(ms, sql = %text(), "warehouse statement");
         }
         out
     }
