@@ -119,7 +119,7 @@ pub struct Serve {
 /// Rows of one query, with when it started, and their releases.
 struct SharedRows {
     started: std::time::Instant,
-    rows: Arc<Vec<Value>>,
+    rows: Vec<Value>,
     /// Releases of these rows by thresholds: a cohort view's release is a function of its
     /// rows (the slot's key holds every parameter) and the thresholds, so a request sharing
     /// the rows shares the release (suppression and audit done once, the same cells).
@@ -128,7 +128,7 @@ struct SharedRows {
 
 impl SharedRows {
     fn new(started: std::time::Instant, rows: Vec<Value>) -> Arc<SharedRows> {
-        Arc::new(SharedRows { started, rows: Arc::new(rows), released: Default::default() })
+        Arc::new(SharedRows { started, rows, released: Default::default() })
     }
 }
 
@@ -138,6 +138,14 @@ struct Slot {
     current: std::sync::Mutex<Option<Arc<SharedRows>>>,
     refreshing: std::sync::atomic::AtomicBool,
     fetch: tokio::sync::Mutex<()>,
+}
+
+/// Run one named shape, timed per shape.
+async fn run_on(wh: &Warehouse, shape: &Shape, params: &[(&str, String)]) -> Result<Vec<Value>, ServeError> {
+    let started = std::time::Instant::now();
+    let rows = wh.query(shape.sql, params).await?;
+    metrics::histogram!("learnvault_serve_query_seconds", "shape" => shape.name).record(started.elapsed().as_secs_f64());
+    Ok(rows)
 }
 
 /// A 64-bit count as ClickHouse prints it (number or quoted string).
@@ -161,10 +169,7 @@ impl Serve {
     }
 
     async fn run(&self, shape: &Shape, params: &[(&str, String)]) -> Result<Vec<Value>, ServeError> {
-        let started = std::time::Instant::now();
-        let rows = self.warehouse.query(shape.sql, params).await?;
-        metrics::histogram!("learnvault_serve_query_seconds", "shape" => shape.name).record(started.elapsed().as_secs_f64());
-        Ok(rows)
+        run_on(&self.warehouse, shape, params).await
     }
 
     /// [`Serve::run`] shared by requests with the same parameters: the rows
@@ -195,17 +200,14 @@ impl Serve {
         if let Some(c) = current.filter(|c| c.started + window >= asked || (stale_ok && c.started + 2 * window >= asked)) {
             metrics::counter!("learnvault_serve_shared_queries_total", "shape" => shape.name).increment(1);
             if c.started + window < asked && !slot.refreshing.swap(true, std::sync::atomic::Ordering::AcqRel) {
-                let (slot, wh, sql, name) = (slot.clone(), self.warehouse.clone(), shape.sql, shape.name);
+                let (slot, wh, shape) = (slot.clone(), self.warehouse.clone(), *shape);
                 let params: Vec<(&'static str, String)> = params.to_vec();
                 tokio::spawn(async move {
                     let _fetch = slot.fetch.lock().await;
                     let started = std::time::Instant::now();
-                    match wh.query(sql, &params).await {
-                        Ok(rows) => {
-                            metrics::histogram!("learnvault_serve_query_seconds", "shape" => name).record(started.elapsed().as_secs_f64());
-                            *slot.current.lock().expect("not poisoned") = Some(SharedRows::new(started, rows));
-                        }
-                        Err(e) => tracing::warn!(error = %e, shape = name, "background refresh of a shared query failed; the next request queries"),
+                    match run_on(&wh, &shape, &params).await {
+                        Ok(rows) => *slot.current.lock().expect("not poisoned") = Some(SharedRows::new(started, rows)),
+                        Err(e) => tracing::warn!(error = %e, shape = shape.name, "background refresh of a shared query failed; the next request queries"),
                     }
                     slot.refreshing.store(false, std::sync::atomic::Ordering::Release);
                 });
