@@ -62,6 +62,9 @@ pub struct Settings {
     pub chdb_lib: Option<PathBuf>,
     /// Connections to the embedded engine (one per concurrent worker).
     pub chdb_connections: usize,
+    /// Threads of the embedded engine's merge and mutation pool (chDB's own default of 2 makes
+    /// an erasure's mutations queue behind merges for tens of seconds).
+    pub chdb_background_pool: usize,
     /// Directory of the numbered ClickHouse migrations.
     pub clickhouse_migrations_dir: PathBuf,
     /// Kafka bootstrap servers.
@@ -155,6 +158,7 @@ impl Default for Settings {
             clickhouse_url: "chdb://".into(),
             chdb_lib: None,
             chdb_connections: 3,
+            chdb_background_pool: 16,
             clickhouse_migrations_dir: PathBuf::from("migrations/clickhouse"),
             kafka_brokers: "127.0.0.1:9092".into(),
             ingest_dedup: true,

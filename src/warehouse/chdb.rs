@@ -121,7 +121,7 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn open(lib: &Path, data_path: &Path, connections: usize) -> Result<Engine, WarehouseError> {
+    pub fn open(lib: &Path, data_path: &Path, connections: usize, background_pool: usize) -> Result<Engine, WarehouseError> {
         let api = load(lib)?;
         {
             let mut current = ENGINE_PATH.lock().expect("engine path lock");
@@ -145,7 +145,14 @@ impl Engine {
         std::fs::create_dir_all(data_path).map_err(|e| WarehouseError::Unavailable(format!("{}: {e}", data_path.display())))?;
         let mut conns = Vec::new();
         for _ in 0..connections.max(1) {
-            let args = [CString::new("learnvault").unwrap(), CString::new(format!("--path={}", data_path.display())).unwrap()];
+            // The engine's merge/mutation pool: chDB's own default is 2 threads (4 tasks), so an
+            // erasure's mutations wait behind background merges and their scheduler backs off
+            // for seconds; ClickHouse server's default is 16.
+            let args = [
+                CString::new("learnvault").unwrap(),
+                CString::new(format!("--path={}", data_path.display())).unwrap(),
+                CString::new(format!("--background_pool_size={}", background_pool.max(1))).unwrap(),
+            ];
             let mut argv: Vec<*mut c_char> = args.iter().map(|a| a.as_ptr() as *mut c_char).collect();
             let c = unsafe { (api.connect)(argv.len() as c_int, argv.as_mut_ptr()) };
             if c.is_null() || unsafe { (*c).is_null() } {

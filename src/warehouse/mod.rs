@@ -156,7 +156,7 @@ impl Warehouse {
                         lib.display()
                     )));
                 }
-                Ok(Warehouse::Embedded(Arc::new(chdb::Engine::open(&lib, &path, settings.chdb_connections)?)))
+                Ok(Warehouse::Embedded(Arc::new(chdb::Engine::open(&lib, &path, settings.chdb_connections, settings.chdb_background_pool)?)))
             }
             Target::Http(url) => Ok(Warehouse::Http(http::Server::new(&url)?)),
         }
