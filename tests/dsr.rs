@@ -470,6 +470,18 @@ async fn subject_access_is_a_snapshot_at_the_job_start_under_concurrent_inserts(
         )
         .await
         .unwrap();
+    // And one sorting key held by more rows than a page (600 > 500): that key is paged by the row's hash.
+    app.warehouse()
+        .execute(
+            "INSERT INTO events.learning_events (server_ts, client_ts, event_id, event_version, event_type, learner_id, session_id,
+                 course_id, content_id, cohort_id, institution_id, position_sec, props)
+             SELECT toDateTime64('2026-01-06 10:00:00.000', 3, 'UTC'), toDateTime64('2026-01-06 10:00:00.000', 3, 'UTC'),
+                    generateUUIDv4(number), '2.3', 'content.view', {l:UUID}, 's-1', 'cs101', 'video-7', 'c1', 'uni-a', 1, map()
+             FROM numbers(600)",
+            &[("l", a.clone())],
+        )
+        .await
+        .unwrap();
     let mut expected: Vec<(String, String)> = app
         .warehouse()
         .query("SELECT toString(event_id) AS id, event_type AS t FROM events.learning_events WHERE learner_id = {p:UUID}", &[("p", a.clone())])
@@ -479,7 +491,7 @@ async fn subject_access_is_a_snapshot_at_the_job_start_under_concurrent_inserts(
         .map(|r| (r["id"].as_str().unwrap().to_owned(), r["t"].as_str().unwrap().to_owned()))
         .collect();
     expected.sort();
-    assert_eq!(expected.len(), 3_003);
+    assert_eq!(expected.len(), 3_603);
 
     // While the job runs, the learner's events keep landing: some sort before every existing row
     // (cohort c0), some after (c9); all stamped after the job started.

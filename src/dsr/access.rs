@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
 use super::seal::{create_private, create_private_dir, SealReader, SealWriter};
-use super::snapshot::{self, Plan};
+use super::snapshot::{self, Bound, Plan};
 use super::{ident, Dsr, DsrError, Job, Progress};
 use crate::datamap::StoreKind;
 use crate::domain::Pseudonym;
@@ -139,6 +139,7 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
     let manifest_file = out.finish()?;
 
     progress("archive");
+    let t = std::time::Instant::now();
     let tar_path = archive_path(&d.archive_dir, job.id);
     let tmp = d.archive_dir.join(format!("{}.tar.partial", job.id));
     let (bytes, sha) = {
@@ -157,6 +158,7 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
         sink.inner.finish()?;
         (sink.bytes, hex::encode(sink.sha.finalize()))
     };
+    tracing::debug!(bytes, ms = t.elapsed().as_millis() as u64, "subject access: archive sealed");
     std::fs::rename(&tmp, &tar_path)?;
     std::fs::remove_dir_all(&dir)?;
     let result = json!({"archive": tar_path, "sealed": true, "bytes": bytes, "sha256": sha, "stores": manifest["stores"]});
@@ -236,32 +238,90 @@ async fn export_clickhouse(
 ) -> Result<u64, DsrError> {
     let plan = Plan::new(&d.warehouse, table, key).await?;
     let mut out = StoreFiles::create(dir, name, seal)?;
+    let (p, started, page) = (job.pseudonym, job.requested_at, d.export_page_rows);
+    let mut rows = 0u64;
+    let (mut read, mut written, mut pages) = (std::time::Duration::ZERO, std::time::Duration::ZERO, 0u32);
+    if !plan.by_key() {
+        rows += export_group(d, &plan, &mut out, p, started, &[], &mut pages).await?;
+    }
+    let mut bound = Bound::Start;
+    while plan.by_key() {
+        let (sql, params) = plan.page_query(p, started, page, &bound);
+        let params: Vec<(&str, String)> = params.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        let t = std::time::Instant::now();
+        let text = d.warehouse.raw(&sql, "JSONEachRow", &params).await?;
+        read += t.elapsed();
+        pages += 1;
+        let t = std::time::Instant::now();
+        let lines: Vec<&[u8]> = text.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+        // A page shorter than asked is the last one: all of it. Otherwise the rows
+        // of its last key may go on in the next page: they are written from there.
+        let last = match lines.last() {
+            Some(l) if lines.len() as u64 >= page => Some(Plan::raw_row(l)?),
+            _ => None,
+        };
+        let last_key = last.as_ref().map(|r| plan.raw_key_of(r));
+        let mut n = 0u64;
+        for line in &lines {
+            let v = Plan::raw_row(line)?;
+            if last_key.as_ref().is_some_and(|k| *k == plan.raw_key_of(&v)) {
+                break;
+            }
+            out.raw_row(line, &v)?;
+            n += 1;
+        }
+        let last = last.map(|r| plan.key_values(&r)).transpose()?;
+        rows += n;
+        written += t.elapsed();
+        progress(&format!("{table}: {rows} rows"));
+        bound = match last {
+            None => break,
+            // One key's rows filled the page: that key alone, by hash, then after it.
+            Some(k) if n == 0 => {
+                rows += export_group(d, &plan, &mut out, p, started, &k, &mut pages).await?;
+                Bound::After(k)
+            }
+            Some(k) => Bound::From(k),
+        };
+    }
+    out.finish(files)?;
+    tracing::debug!(table, rows, pages, read_ms = read.as_millis() as u64, written_ms = written.as_millis() as u64, "subject access: a table exported");
+    Ok(rows)
+}
+
+/// One key group's rows (or a table's, with no usable sorting key), paged by the row's hash.
+async fn export_group(
+    d: &Dsr,
+    plan: &Plan,
+    out: &mut StoreFiles,
+    p: Uuid,
+    started: chrono::DateTime<Utc>,
+    key: &[Value],
+    pages: &mut u32,
+) -> Result<u64, DsrError> {
     let mut rows = 0u64;
     let mut cursor = None;
     loop {
-        let (sql, params) = plan.query(job.pseudonym, job.requested_at, d.export_page_rows, cursor.as_ref());
+        let (sql, params) = plan.group_query(p, started, d.export_page_rows, key, cursor.as_ref());
         let params: Vec<(&str, String)> = params.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
         let page = d.warehouse.raw(&sql, "JSONEachRow", &params).await?;
+        *pages += 1;
         // Rows equal to the last boundary come first again: skip those already written.
         let skip0 = cursor.as_ref().map_or(0, snapshot::Cursor::seen_rows);
         let mut skip = skip0;
-        let (mut received, mut n) = (0u64, 0u64);
+        let mut received = 0u64;
         for line in page.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             received += 1;
             if let Some((line, v)) = plan.step(line, &mut cursor, &mut skip)? {
                 out.row(&line, &v)?;
-                n += 1;
+                rows += 1;
             }
         }
-        rows += n;
-        progress(&format!("{table}: {rows} rows"));
         // A page shorter than asked is the last one.
         if received < d.export_page_rows + skip0 {
-            break;
+            return Ok(rows);
         }
     }
-    out.finish(files)?;
-    Ok(rows)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -311,6 +371,13 @@ impl StoreFiles {
         self.csv.row(v)
     }
 
+    /// The same for a row borrowed from its line (the CSV cells written from the JSON text).
+    fn raw_row(&mut self, line: &[u8], v: &snapshot::RawRow<'_>) -> Result<(), DsrError> {
+        self.jsonl.write_all(line)?;
+        self.jsonl.write_all(b"\n")?;
+        self.csv.raw_row(v)
+    }
+
     fn finish(self, files: &mut Vec<Value>) -> Result<(), DsrError> {
         files.push(self.jsonl.finish()?);
         files.push(self.csv.finish()?);
@@ -358,11 +425,12 @@ impl Write for Out {
 struct CsvOut {
     out: Out,
     header: Option<Vec<String>>,
+    buf: Vec<u8>,
 }
 
 impl CsvOut {
     fn new(out: Out) -> Self {
-        CsvOut { out, header: None }
+        CsvOut { out, header: None, buf: Vec::new() }
     }
 
     fn row(&mut self, v: &Map<String, Value>) -> Result<(), DsrError> {
@@ -373,22 +441,62 @@ impl CsvOut {
             self.header = Some(h);
         }
         let h = self.header.as_ref().expect("set above");
-        let line = h
-            .iter()
-            .map(|k| match v.get(k) {
-                None | Some(Value::Null) => String::new(),
-                Some(Value::String(s)) => quote(s),
-                Some(other) => quote(&other.to_string()),
-            })
-            .collect::<Vec<_>>()
-            .join(",");
+        let line = h.iter().map(|k| value_cell(v.get(k))).collect::<Vec<_>>().join(",");
         write!(self.out, "{line}\r\n")?;
+        Ok(())
+    }
+
+    /// [`CsvOut::row`] from a row's JSON text: the same cells (strings unquoted, null empty,
+    /// anything else as its JSON), without building the row's values.
+    fn raw_row(&mut self, v: &snapshot::RawRow<'_>) -> Result<(), DsrError> {
+        if self.header.is_none() {
+            let h: Vec<String> = v.0.keys().map(|k| k.to_string()).collect();
+            let line = h.iter().map(|k| quote(k)).collect::<Vec<_>>().join(",");
+            write!(self.out, "{line}\r\n")?;
+            self.header = Some(h);
+        }
+        let h = self.header.as_ref().expect("set above");
+        self.buf.clear();
+        for (i, k) in h.iter().enumerate() {
+            if i > 0 {
+                self.buf.push(b',');
+            }
+            if let Some(raw) = v.0.get(k.as_str()) {
+                raw_cell(raw.get(), &mut self.buf)?;
+            }
+        }
+        self.buf.extend_from_slice(b"\r\n");
+        self.out.write_all(&self.buf)?;
         Ok(())
     }
 
     fn finish(self) -> Result<Value, DsrError> {
         self.out.finish()
     }
+}
+
+/// A CSV cell: nothing for null, a string's text, anything else as its JSON.
+fn value_cell(v: Option<&Value>) -> String {
+    match v {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => quote(s),
+        Some(other) => quote(&other.to_string()),
+    }
+}
+
+/// [`value_cell`] from the value's JSON text, appended to `buf`.
+fn raw_cell(raw: &str, buf: &mut Vec<u8>) -> Result<(), DsrError> {
+    match raw.as_bytes().first() {
+        Some(b'n') if raw == "null" => {}
+        // A JSON string without escapes is its text between the quotes.
+        Some(b'"') if !raw.contains('\\') => buf.extend_from_slice(quote(&raw[1..raw.len() - 1]).as_bytes()),
+        Some(b'"') => {
+            let s: String = serde_json::from_str(raw).map_err(|e| DsrError::Verification(format!("unreadable value: {e}")))?;
+            buf.extend_from_slice(quote(&s).as_bytes());
+        }
+        _ => buf.extend_from_slice(quote(raw).as_bytes()),
+    }
+    Ok(())
 }
 
 fn quote(s: &str) -> String {
@@ -401,7 +509,31 @@ fn quote(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::quote;
+    use super::{quote, raw_cell, value_cell};
+    use serde_json::json;
+
+    #[test]
+    fn a_cell_from_json_text_equals_the_cell_from_the_value() {
+        for v in [
+            json!(null),
+            json!("plain"),
+            json!("a,b"),
+            json!("say \"hi\"\nnow"),
+            json!("tab\tand \\ back"),
+            json!("ünïcode €"),
+            json!(""),
+            json!(42),
+            json!(-1.5),
+            json!(true),
+            json!({"k": "v, w"}),
+            json!(["x", 1]),
+        ] {
+            let mut buf = Vec::new();
+            raw_cell(&serde_json::to_string(&v).unwrap(), &mut buf).unwrap();
+            assert_eq!(String::from_utf8(buf).unwrap(), value_cell(Some(&v)), "{v}");
+        }
+        assert!(raw_cell("\"unterminated \\", &mut Vec::new()).is_err());
+    }
 
     #[test]
     fn csv_quotes_what_needs_it() {
