@@ -83,6 +83,9 @@ pub struct Settings {
     /// Attempts of a batch's offset commit (250 ms doubling to 5 s between them) before it is
     /// abandoned and owed (committed when the lander is idle); 10 is ~30 s.
     pub lander_commit_attempts: u32,
+    /// Batches the lander has in flight at most (each decodes, claims its event ids and
+    /// inserts while the ones before it finish; they commit in order): 1..=4.
+    pub lander_in_flight: usize,
     /// Larger events are dead-lettered as `oversized`.
     pub max_event_bytes: usize,
     /// How long the lander trusts a vault answer (an erasure takes effect within it).
@@ -172,6 +175,7 @@ impl Default for Settings {
             lander_batch_bytes: 8 * 1024 * 1024,
             lander_batch_ms: 250,
             lander_commit_attempts: 10,
+            lander_in_flight: 2,
             max_event_bytes: 64 * 1024,
             governance_cache_ms: 2_000,
             lander_enabled: true,

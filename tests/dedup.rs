@@ -161,6 +161,42 @@ async fn a_batch_replayed_under_its_own_token_keeps_its_claims_and_another_batch
 }
 
 #[tokio::test]
+async fn a_claim_by_copy_is_all_or_nothing_and_two_landers_claiming_at_once_split_the_ids() {
+    use std::collections::HashSet;
+    use uuid::Uuid;
+    let app = common::TestApp::spawn().await;
+    // A new `Claims` has met no conflict yet: its first claim of each range is a COPY.
+    let fresh = || learnvault::dedup::Claims::new(app.admin.clone(), 7);
+    // One id claimed by another batch, last of its range: the COPY is refused whole, and the
+    // range is claimed id by id.
+    let mut ids: Vec<Uuid> = (0..8_000).map(|_| Uuid::new_v4()).collect();
+    ids.sort();
+    let last = *ids.last().unwrap();
+    assert_eq!(fresh().claim("c:0:0-0", &[last]).await.unwrap(), [last].into_iter().collect());
+    let got = fresh().claim("c:1:0-7999", &ids).await.unwrap();
+    assert_eq!(got.len(), ids.len() - 1, "every id but the one claimed before");
+    assert!(!got.contains(&last));
+    assert_eq!(fresh().claim("c:1:0-7999", &ids).await.unwrap(), got, "a replay keeps its own claims");
+    // Two landers claiming overlapping batches at once: each id goes to exactly one of them.
+    let a: Vec<Uuid> = (0..20_000).map(|_| Uuid::new_v4()).collect();
+    let b: Vec<Uuid> = a.iter().step_by(2).copied().chain((0..10_000).map(|_| Uuid::new_v4())).collect();
+    let (ca, cb) = (fresh(), fresh());
+    let (ga, gb) = tokio::join!(ca.claim("c:2:0-19999", &a), cb.claim("c:3:0-19999", &b));
+    let (ga, gb) = (ga.unwrap(), gb.unwrap());
+    assert!(ga.is_disjoint(&gb), "no id claimed by both");
+    let union: HashSet<Uuid> = a.iter().chain(b.iter()).copied().collect();
+    assert_eq!(ga.len() + gb.len(), union.len(), "every id claimed by one of them");
+    for (token, mine) in [("c:2:0-19999", &ga), ("c:3:0-19999", &gb)] {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM ingest_event_ids WHERE batch = $1")
+            .bind(learnvault::dedup::batch_key(token))
+            .fetch_one(&app.admin)
+            .await
+            .unwrap();
+        assert_eq!(n as usize, mine.len(), "the table names the batch of each claim");
+    }
+}
+
+#[tokio::test]
 async fn an_xapi_statement_sent_again_is_acknowledged_and_lands_once_and_other_content_is_409() {
     let s = Spine::new(true).await;
     let gw = s.app.gateway(s.settings.clone()).await;

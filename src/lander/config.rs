@@ -11,6 +11,9 @@ use crate::config::Settings;
 /// At most this many offset-commit attempts (100 are ~8 minutes: past that, owe the commit).
 pub const MAX_COMMIT_ATTEMPTS: u32 = 100;
 
+/// At most this many batches in flight (each holds its records and rows in memory).
+pub const MAX_IN_FLIGHT: usize = 4;
+
 #[derive(Debug, Clone)]
 pub struct LanderConfig {
     pub brokers: String,
@@ -22,6 +25,8 @@ pub struct LanderConfig {
     pub batch_wait: Duration,
     /// Attempts of a batch's offset commit before it is abandoned and owed (`CommitDebt`).
     pub commit_attempts: u32,
+    /// Batches in flight at most (`run.rs`): 1..=[`MAX_IN_FLIGHT`].
+    pub in_flight: usize,
     /// A partition's batch is flushed at `batch_rows` records or this many bytes.
     pub batch_bytes: usize,
     pub max_event_bytes: usize,
@@ -45,6 +50,7 @@ impl LanderConfig {
             batch_rows: s.lander_batch_rows,
             batch_wait: Duration::from_millis(s.lander_batch_ms),
             commit_attempts: s.lander_commit_attempts,
+            in_flight: s.lander_in_flight,
             batch_bytes: s.lander_batch_bytes,
             max_event_bytes: s.max_event_bytes,
             governance_ttl: Duration::from_millis(s.governance_cache_ms),
@@ -56,7 +62,7 @@ impl LanderConfig {
 
     /// Refuse a configuration the lander cannot run with: an empty broker list,
     /// topic or group, one topic for events and dead letters, no partitions, a
-    /// zero batch or event size, commit attempts outside 1..=100, or a deduplication window under 7 days. (A zero `batch_wait` or `governance_ttl` is
+    /// zero batch or event size, commit attempts outside 1..=100, batches in flight outside 1..=4, or a deduplication window under 7 days. (A zero `batch_wait` or `governance_ttl` is
     /// allowed: flush at every tick, ask the vault every time.)
     pub fn validate(&self) -> Result<(), LanderError> {
         let problem = if self.brokers.trim().is_empty() {
@@ -75,6 +81,8 @@ impl LanderConfig {
             "a batch of zero bytes (LEARNVAULT_LANDER_BATCH_BYTES)"
         } else if !(1..=MAX_COMMIT_ATTEMPTS).contains(&self.commit_attempts) {
             "offset commit attempts outside 1..=100 (LEARNVAULT_LANDER_COMMIT_ATTEMPTS)"
+        } else if !(1..=MAX_IN_FLIGHT).contains(&self.in_flight) {
+            "batches in flight outside 1..=4 (LEARNVAULT_LANDER_IN_FLIGHT)"
         } else if self.max_event_bytes == 0 {
             "events of at most zero bytes (LEARNVAULT_MAX_EVENT_BYTES)"
         } else if self.dedup_window_days < crate::dedup::MIN_WINDOW_DAYS {
@@ -95,7 +103,7 @@ mod tests {
         let ok = LanderConfig::from_settings(&Settings::default());
         ok.validate().expect("the defaults are a valid lander configuration");
         type Breaks = fn(&mut LanderConfig);
-        let broken: [(&str, Breaks); 11] = [
+        let broken: [(&str, Breaks); 13] = [
             ("LEARNVAULT_KAFKA_BROKERS", |c| c.brokers = " ".into()),
             ("LEARNVAULT_EVENTS_TOPIC", |c| c.topic.clear()),
             ("LEARNVAULT_DLQ_TOPIC", |c| c.dlq_topic = c.topic.clone()),
@@ -107,6 +115,8 @@ mod tests {
             ("LEARNVAULT_LANDER_COMMIT_ATTEMPTS", |c| c.commit_attempts = 0),
             ("LEARNVAULT_LANDER_COMMIT_ATTEMPTS", |c| c.commit_attempts = MAX_COMMIT_ATTEMPTS + 1),
             ("LEARNVAULT_INGEST_DEDUP_WINDOW_DAYS", |c| c.dedup_window_days = 6),
+            ("LEARNVAULT_LANDER_IN_FLIGHT", |c| c.in_flight = 0),
+            ("LEARNVAULT_LANDER_IN_FLIGHT", |c| c.in_flight = MAX_IN_FLIGHT + 1),
         ];
         for (setting, breaks) in broken {
             let mut c = ok.clone();

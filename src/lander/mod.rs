@@ -30,7 +30,7 @@
 //! * only data the warehouse refuses as data (it does not parse as the table's
 //!   columns) is dead-lettered; every other failure of the warehouse, the vault
 //!   or the broker is retried with back-off while the partition stops landing
-//!   (memory stays bounded: at most two batches in flight, `run.rs`), offsets never
+//!   (memory stays bounded: at most `LEARNVAULT_LANDER_IN_FLIGHT` batches in flight, `run.rs`), offsets never
 //!   move past an unlanded row, and the stall is visible ([`health`]: `/readyz`,
 //!   `learnvault_lander_stalled`).
 //!

@@ -4,8 +4,9 @@
 //!
 //! Invariant: a batch spans the partitions that had records (one insert per
 //! flush, whatever the partition count: each insert pays a fixed cost per
-//! materialized view); at most two are in flight, the newer decoding and
-//! inserting while the older finishes, and they commit in the order their
+//! materialized view); at most `LEARNVAULT_LANDER_IN_FLIGHT` are in flight,
+//! the newer decoding, claiming and inserting while the older finish, and
+//! they commit in the order their
 //! intents were written (a later batch never commits first: its commit would
 //! cover the earlier batch's pending intent), so every pending range stays in
 //! a replayable chain. Intents are written by this loop, between two polls,
@@ -98,17 +99,14 @@ impl PartitionState {
     }
 }
 
-/// Batches in flight at most: two, so that a batch's decoding and governance overlap
-/// the insert of the one before (each still commits after it).
-const IN_FLIGHT: usize = 2;
-
 pub struct Lander {
     cfg: LanderConfig,
     /// The consumer, producer, warehouse, decoder, governance, intents and
     /// figures, shared with the landing tasks.
     sink: Sink,
-    /// The batches being landed by their tasks, oldest first (at most [`IN_FLIGHT`]: the
-    /// next one decodes and inserts while the one before finishes; they commit in order).
+    /// The batches being landed by their tasks, oldest first (at most
+    /// `LEARNVAULT_LANDER_IN_FLIGHT`: the newer ones decode, claim and insert while the older
+    /// finish; they commit in order).
     inflight: VecDeque<tokio::task::JoinHandle<Result<(), LanderError>>>,
     /// Tokens of the pending batches this lander has replayed (each is replayed once).
     replayed: std::collections::HashSet<String>,
@@ -289,7 +287,7 @@ impl Lander {
             self.settle().await?;
         }
         self.reap().await?;
-        if self.inflight.len() >= IN_FLIGHT {
+        if self.inflight.len() >= self.cfg.in_flight {
             return Ok(());
         }
         let wait = self.cfg.batch_wait;
@@ -321,7 +319,7 @@ impl Lander {
     /// lands it (one insert with its token, then, after the batch before it committed,
     /// one offset commit for its members). Called with room in flight.
     async fn dispatch(&mut self, commit: bool) -> Result<(), LanderError> {
-        debug_assert!(self.inflight.len() < IN_FLIGHT);
+        debug_assert!(self.inflight.len() < self.cfg.in_flight);
         let mut batches: Vec<(i32, Vec<Raw>)> =
             self.parts.iter_mut().filter(|(_, s)| !s.items.is_empty()).map(|(p, s)| (*p, s.take_batch())).collect();
         batches.sort_by_key(|(p, _)| *p);
@@ -343,9 +341,9 @@ impl Lander {
         Ok(())
     }
 
-    /// Wait until fewer than [`IN_FLIGHT`] batches are in flight.
+    /// Wait until fewer than `in_flight` batches are in flight.
     async fn make_room(&mut self) -> Result<(), LanderError> {
-        while self.inflight.len() >= IN_FLIGHT {
+        while self.inflight.len() >= self.cfg.in_flight {
             joined(self.inflight.pop_front().expect("front")).await?;
         }
         Ok(())

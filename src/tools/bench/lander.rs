@@ -569,28 +569,43 @@ async fn dedup_probe(pool: &sqlx::PgPool, wh: &Warehouse) -> anyhow::Result<Exit
         claims.claim(&format!("probe-preload:{i}"), &ids(BATCH)).await?;
     }
     println!("postgres: {REMEMBERED} ids claimed in {:.1}s (preload)", t.elapsed().as_secs_f64());
-    let (mut fresh, mut again, mut dup) = (Histogram::<u64>::new(3)?, Histogram::<u64>::new(3)?, Histogram::<u64>::new(3)?);
-    let (mut fresh_s, mut again_s, mut dup_s) = (0.0, 0.0, 0.0);
+    let hist = || Histogram::<u64>::new(3);
+    let (mut upsert, mut fresh, mut again, mut dup, mut again_u) = (hist()?, hist()?, hist()?, hist()?, hist()?);
+    let (mut upsert_s, mut fresh_s, mut again_s, mut dup_s, mut again_u_s) = (0.0, 0.0, 0.0, 0.0, 0.0);
     let n = 20;
     for i in 0..n {
+        // Alternating, so that both see the same machine: ON CONFLICT for every id, then the
+        // lander's claim (one binary COPY per range; a new `Claims` each time, which has seen no
+        // conflict yet: the replay and the duplicate pay the failed COPY, their worst case).
+        let batch = ids(BATCH);
+        let t = Instant::now();
+        anyhow::ensure!(claims.claim_upsert(&format!("probe-upsert:{i}"), &batch).await?.len() == BATCH);
+        upsert.record(t.elapsed().as_micros().max(1) as u64)?;
+        upsert_s += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        anyhow::ensure!(claims.claim_upsert(&format!("probe-upsert:{i}"), &batch).await?.len() == BATCH);
+        again_u.record(t.elapsed().as_micros().max(1) as u64)?;
+        again_u_s += t.elapsed().as_secs_f64();
         let batch = ids(BATCH);
         let token = format!("probe:{i}");
         let t = Instant::now();
-        anyhow::ensure!(claims.claim(&token, &batch).await?.len() == BATCH);
+        anyhow::ensure!(crate::dedup::Claims::new(pool.clone(), 7).claim(&token, &batch).await?.len() == BATCH);
         fresh.record(t.elapsed().as_micros().max(1) as u64)?;
         fresh_s += t.elapsed().as_secs_f64();
         let t = Instant::now();
-        anyhow::ensure!(claims.claim(&token, &batch).await?.len() == BATCH);
+        anyhow::ensure!(crate::dedup::Claims::new(pool.clone(), 7).claim(&token, &batch).await?.len() == BATCH);
         again.record(t.elapsed().as_micros().max(1) as u64)?;
         again_s += t.elapsed().as_secs_f64();
         let t = Instant::now();
-        anyhow::ensure!(claims.claim(&format!("{token}-other"), &batch).await?.is_empty());
+        anyhow::ensure!(crate::dedup::Claims::new(pool.clone(), 7).claim(&format!("{token}-other"), &batch).await?.is_empty());
         dup.record(t.elapsed().as_micros().max(1) as u64)?;
         dup_s += t.elapsed().as_secs_f64();
     }
-    report("postgres claim, 20k new ids", &fresh, fresh_s, n);
-    report("postgres claim, the same batch replayed (own claims)", &again, again_s, n);
-    report("postgres claim, 20k ids claimed by another batch", &dup, dup_s, n);
+    report("postgres claim by ON CONFLICT, 20k new ids", &upsert, upsert_s, n);
+    report("postgres claim by ON CONFLICT, the same batch replayed", &again_u, again_u_s, n);
+    report("postgres claim by COPY (the lander's), 20k new ids", &fresh, fresh_s, n);
+    report("postgres claim by COPY, replayed (COPY refused, ON CONFLICT)", &again, again_s, n);
+    report("postgres claim by COPY, 20k ids claimed by another batch", &dup, dup_s, n);
     // ClickHouse: look the batch's ids up in a table ordered by event id, then insert them.
     wh.execute(
         "CREATE TABLE IF NOT EXISTS events.probe_seen_ids (event_id UUID, batch Int64, seen_at DateTime DEFAULT now())
