@@ -209,7 +209,10 @@ impl Serve {
         } else {
             g.log.iter().filter(|(n, _)| *n > s.seen).map(|(_, m)| m.clone()).collect()
         };
-        s.seen = g.seq.max(1);
+        // A subscriber stays new until the group has views (its first refresh may have failed).
+        if s.seen != 0 || !g.previous.is_empty() {
+            s.seen = g.seq.max(1);
+        }
         Ok(out)
     }
 
