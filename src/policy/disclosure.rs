@@ -38,10 +38,19 @@ pub struct DisclosurePolicy {
     /// queries). Each response is still released and audited on its own.
     #[serde(default = "default_shared_query_ms")]
     pub shared_query_ms: u64,
+    /// A cohort view may take rows up to this old (milliseconds) while one refresh runs
+    /// in the background (stale-while-revalidate: a dashboard reloaded within it paints
+    /// without waiting for the warehouse). At least twice `shared_query_ms` in effect.
+    #[serde(default = "default_stale_query_ms")]
+    pub stale_query_ms: u64,
 }
 
 fn default_shared_query_ms() -> u64 {
     500
+}
+
+fn default_stale_query_ms() -> u64 {
+    30_000
 }
 
 /// The released tables for BI tools (`released.cells`), refreshed by `serve`.
@@ -121,6 +130,9 @@ impl DisclosurePolicy {
         if self.shared_query_ms > 10_000 {
             return Err("shared_query_ms must be at most 10000".into());
         }
+        if self.stale_query_ms > 300_000 {
+            return Err("stale_query_ms must be at most 300000".into());
+        }
         if self.released.engagement_minutes == 0 || self.released.engagement_minutes > 24 * 60 {
             return Err("released: engagement_minutes must be 1-1440".into());
         }
@@ -157,6 +169,7 @@ mod tests {
             live: LiveDef::default(),
             released: ReleasedDef::default(),
             shared_query_ms: default_shared_query_ms(),
+            stale_query_ms: default_stale_query_ms(),
         };
         assert!(p.validate().is_ok());
         p.institutions.insert("x".into(), ThresholdDef { min_cell: 1, extreme_share_min: 20, protection_width: 10.0 });

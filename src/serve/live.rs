@@ -16,9 +16,20 @@
 //!
 //! Each message is also a complete release on its own, audited (banded) before
 //! it is sealed, like every response of the read path.
+//!
+//! **Shared streams**: the streams of one course over the same range, window and
+//! thresholds are one group with one sequence of messages (one query, release and
+//! audits per refresh, at most once per `live.coalesce_ms`). A subscriber delivers
+//! the group's messages in order from its current views on, so what it shows as
+//! consecutive messages are consecutive messages of the group (their difference was
+//! audited), and the rule's sticky set is the group's (it only grows: a later
+//! subscriber withholds at least what the group withholds). A subscriber more than
+//! `LOG` messages behind skips the oldest (as if it had reconnected: differencing
+//! across separate requests is stated in `serve/mod.rs`, not solved).
 
 use serde_json::Value;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Instant;
 
 use super::audit::{audit_ranges, AuditReport};
 use super::table::Table;
@@ -32,14 +43,40 @@ pub struct Rule {
     pub sticky: HashSet<String>,
 }
 
-/// One stream's state.
+/// One subscriber's stream: which group's messages it follows and the last one it got.
 pub struct Stream {
-    pub rule: Rule,
     range: DateRange,
     minutes: u32,
     thresholds: Thresholds,
-    previous: HashMap<&'static str, Value>,
+    /// The sequence number of the last group message this stream delivered (0: none yet).
+    seen: u64,
 }
+
+/// The streams of one course over the same range, window and thresholds share one
+/// sequence of messages: one query, one release and one audit (of the message and of
+/// its difference from the previous one) per refresh, whoever asks. Every subscriber
+/// delivers the group's messages in order, so consecutive messages it delivers are
+/// consecutive messages of the group, whose difference was audited; a subscriber that
+/// joins starts from the group's current views (withholding at least what the group
+/// withholds: the sticky set only grows).
+#[derive(Default)]
+pub(super) struct Group {
+    state: tokio::sync::Mutex<GroupState>,
+}
+
+#[derive(Default)]
+struct GroupState {
+    rule: Option<Rule>,
+    previous: HashMap<&'static str, Value>,
+    /// The group's recent messages with their sequence numbers (oldest first).
+    log: VecDeque<(u64, Message)>,
+    seq: u64,
+    /// When the last refresh started.
+    stepped: Option<Instant>,
+}
+
+/// Messages a group keeps for subscribers that are behind (2 per refresh at most).
+const LOG: usize = 64;
 
 /// One Server-Sent Event: `funnel` or `engagement` with a released view.
 #[derive(Debug, Clone)]
@@ -119,32 +156,96 @@ pub fn diff_audit(view: View, previous: &Value, next: &Value, band: u64, width: 
 impl Serve {
     /// A live stream over a fixed date range (funnel) and a sliding window of `minutes` (engagement).
     pub fn live_stream(&self, range: DateRange, minutes: u32, thresholds: Thresholds) -> Stream {
-        let rule = Rule { band: self.config().policy.live.band, sticky: HashSet::new() };
-        Stream { rule, range, minutes, thresholds, previous: HashMap::new() }
+        Stream { range, minutes, thresholds, seen: 0 }
     }
 
-    /// One refresh: the views that changed since the previous message, each
-    /// audited on its own and as a difference from the previous one.
+    /// One refresh of a stream: the group's messages it has not delivered yet. The group
+    /// refreshes (query, release, audits) when its last refresh started more than
+    /// `live.coalesce_ms` ago; otherwise the stream takes what that refresh published.
     pub async fn live_step(&self, course: &Ident, s: &mut Stream) -> Result<Vec<Message>, ServeError> {
+        let asked = Instant::now();
+        let window = std::time::Duration::from_millis(self.config().policy.live.coalesce_ms);
+        let t = &s.thresholds;
+        let key = format!(
+            "{}|{:?}|{}|{}|{}|{}",
+            course.as_str(),
+            s.range.params(),
+            s.minutes,
+            t.min_cell,
+            t.extreme_share_min,
+            t.protection_width
+        );
+        let group = {
+            let mut map = self.live_groups.lock().expect("not poisoned");
+            if map.len() > 1024 {
+                // Forget groups nobody refreshed for a minute (a later subscriber starts a new one).
+                map.retain(|_, g| g.state.try_lock().map_or(true, |st| st.stepped.is_some_and(|t| t.elapsed().as_secs() < 60)));
+            }
+            map.entry(key).or_default().clone()
+        };
+        let mut g = group.state.lock().await;
+        if g.stepped.is_none_or(|t| t + window < asked) {
+            g.stepped = Some(Instant::now());
+            // On a copy: a refresh that fails half-way publishes nothing and changes nothing.
+            let mut rule = g.rule.clone().unwrap_or_else(|| Rule { band: self.config().policy.live.band, sticky: HashSet::new() });
+            let mut previous = g.previous.clone();
+            let published = self.live_refresh(course, &s.range, s.minutes, t, &mut rule, &mut previous).await?;
+            let st = &mut *g;
+            (st.rule, st.previous) = (Some(rule), previous);
+            for m in published {
+                st.seq += 1;
+                st.log.push_back((st.seq, m));
+                if st.log.len() > LOG {
+                    st.log.pop_front();
+                }
+            }
+            metrics::counter!("learnvault_serve_live_refreshes_total").increment(1);
+        } else {
+            metrics::counter!("learnvault_serve_live_shared_total").increment(1);
+        }
+        let out = if s.seen == 0 {
+            // A new subscriber: the group's current views.
+            ["funnel", "engagement"].into_iter().filter_map(|e| g.previous.get(e).map(|v| Message { event: e, data: v.clone() })).collect()
+        } else {
+            g.log.iter().filter(|(n, _)| *n > s.seen).map(|(_, m)| m.clone()).collect()
+        };
+        // A subscriber stays new until the group has views (its first refresh may have failed).
+        if s.seen != 0 || !g.previous.is_empty() {
+            s.seen = g.seq.max(1);
+        }
+        Ok(out)
+    }
+
+    /// One refresh of a group: the views that changed since its previous message, each
+    /// audited on its own and as a difference from the previous one.
+    async fn live_refresh(
+        &self,
+        course: &Ident,
+        range: &DateRange,
+        minutes: u32,
+        thresholds: &Thresholds,
+        rule: &mut Rule,
+        previous: &mut HashMap<&'static str, Value>,
+    ) -> Result<Vec<Message>, ServeError> {
         let mut out = Vec::new();
         for (view, event) in [(View::Funnel, "funnel"), (View::Engagement, "engagement")] {
             // At most every cell goes: then nothing is published and every difference is unbounded.
             for _attempt in 0..=256 {
                 let json = match view {
-                    View::Funnel => serde_json::to_value(self.funnel_with(course, &s.range, &s.thresholds, Some(&mut s.rule)).await?),
-                    _ => serde_json::to_value(self.engagement_with(course, s.minutes, &s.thresholds, Some(&mut s.rule)).await?),
+                    View::Funnel => serde_json::to_value(self.funnel_with(course, range, thresholds, Some(&mut *rule)).await?),
+                    _ => serde_json::to_value(self.engagement_with(course, minutes, thresholds, Some(&mut *rule)).await?),
                 }
                 .map_err(|e| ServeError::Row(e.to_string()))?;
-                if message_audit(view, &json, s.rule.band, s.thresholds.protection_width)?.iter().any(|(_, r)| !r.ok()) {
+                if message_audit(view, &json, rule.band, thresholds.protection_width)?.iter().any(|(_, r)| !r.ok()) {
                     return Err(ServeError::AuditFailed("live"));
                 }
-                let failed = match s.previous.get(event) {
+                let failed = match previous.get(event) {
                     None => None,
-                    Some(prev) => diff_audit(view, prev, &json, s.rule.band, s.thresholds.protection_width)?.into_iter().find_map(|(_, r, next)| (!r.ok()).then_some(next)),
+                    Some(prev) => diff_audit(view, prev, &json, rule.band, thresholds.protection_width)?.into_iter().find_map(|(_, r, next)| (!r.ok()).then_some(next)),
                 };
                 match failed {
-                    Some(Some(key)) if !s.rule.sticky.contains(&key) => {
-                        s.rule.sticky.insert(key);
+                    Some(Some(key)) if !rule.sticky.contains(&key) => {
+                        rule.sticky.insert(key);
                         continue;
                     }
                     Some(_) => return Err(ServeError::AuditFailed("live difference")),
@@ -155,10 +256,10 @@ impl Serve {
                     v.as_object_mut().map(|o| o.remove("disclosure"));
                     v
                 };
-                if s.previous.get(event).map(body) != Some(body(&json)) {
+                if previous.get(event).map(body) != Some(body(&json)) {
                     out.push(Message { event, data: json.clone() });
                 }
-                s.previous.insert(event, json);
+                previous.insert(event, json);
                 break;
             }
         }

@@ -38,7 +38,8 @@
 //!   `attacker_view(json)` rebuilds the model an attacker holding a response has.
 //! - [`audit_response`]: that audit on a response as sent (`learnvault disclosure audit`).
 //! - [`live`]: the live view's rule (sticky withholding, bands, the difference
-//!   of consecutive messages audited as a release): `Serve::live_stream`, `Serve::live_step`.
+//!   of consecutive messages audited as a release): `Serve::live_stream`, `Serve::live_step`;
+//!   streams with the same course, range, window and thresholds share one sequence of messages.
 //! - [`features`]: `Serve::features`, a learner's recommendation features behind consent.
 //! - [`publish`]: `Serve::publish`, the released tables for BI tools (`released.cells`).
 //! - [`lp`]: the small simplex behind the audit.
@@ -114,6 +115,8 @@ pub struct Serve {
     limiter: RateLimiter,
     /// Shared queries (cohort views and live streams), by shape and parameters.
     shared: std::sync::Mutex<HashMap<(&'static str, String), Arc<Slot>>>,
+    /// Live streams sharing their messages, by course, range, window and thresholds.
+    live_groups: std::sync::Mutex<HashMap<String, Arc<live::Group>>>,
 }
 
 /// Rows of one query, with when it started, and their releases.
@@ -157,7 +160,7 @@ impl Serve {
     pub fn new(warehouse: Warehouse, config: Config) -> Result<Serve, ServeError> {
         config.validate()?;
         let limiter = RateLimiter::new(config.policy.drilldown.max_per_hour);
-        Ok(Serve { warehouse, config, limiter, shared: Default::default() })
+        Ok(Serve { warehouse, config, limiter, shared: Default::default(), live_groups: Default::default() })
     }
 
     pub fn config(&self) -> &Config {
@@ -175,7 +178,7 @@ impl Serve {
     /// [`Serve::run`] shared by requests with the same parameters: the rows
     /// of a query that started at most `window` before this call, or a new
     /// query (callers meanwhile wait for it). Cohort views (`stale_ok`) also take
-    /// rows up to twice the window old while one refresh runs in the background
+    /// rows up to `stale_query_ms` (at least twice the window) old while one refresh runs in the background
     /// (stale-while-revalidate: no viewer waits for the refresh). The caller
     /// releases and audits the rows ([`Serve::release_shared`]). Cohort views share
     /// within `shared_query_ms`, a course's live streams within `live.coalesce_ms`.
@@ -186,18 +189,19 @@ impl Serve {
         let window = std::time::Duration::from_millis(window_ms);
         let asked = std::time::Instant::now();
         let key = params.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
+        let stale_keep = (2 * window).max(std::time::Duration::from_millis(self.config.policy.stale_query_ms));
         let slot = {
             let mut map = self.shared.lock().expect("not poisoned");
             if map.len() > 4096 {
                 // Forget idle entries (no fetch in flight, nothing fresh).
                 map.retain(|_, s| {
-                    s.fetch.try_lock().is_err() || s.current.lock().expect("not poisoned").as_ref().is_some_and(|r| r.started + 2 * window >= asked)
+                    s.fetch.try_lock().is_err() || s.current.lock().expect("not poisoned").as_ref().is_some_and(|r| r.started + stale_keep >= asked)
                 });
             }
             map.entry((shape.name, key)).or_default().clone()
         };
         let current = slot.current.lock().expect("not poisoned").clone();
-        if let Some(c) = current.filter(|c| c.started + window >= asked || (stale_ok && c.started + 2 * window >= asked)) {
+        if let Some(c) = current.filter(|c| c.started + window >= asked || (stale_ok && c.started + stale_keep >= asked)) {
             metrics::counter!("learnvault_serve_shared_queries_total", "shape" => shape.name).increment(1);
             if c.started + window < asked && !slot.refreshing.swap(true, std::sync::atomic::Ordering::AcqRel) {
                 let (slot, wh, shape) = (slot.clone(), self.warehouse.clone(), *shape);

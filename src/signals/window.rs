@@ -63,6 +63,12 @@ pub const SUBMITS: Shape = Shape {
 
 pub const SHAPES: [&Shape; 4] = [&REPLAYS, &VIEWERS, &ACTIVITY, &SUBMITS];
 
+/// Threads each detector query may use. The detectors are batch work (a pass a minute,
+/// scanning weeks of rollups and the submissions of the base table): one thread each
+/// leaves the other cores to the serving path (the console's first paint queued behind
+/// their start-up scans), at the cost of a slower pass.
+pub const DETECTOR_THREADS: usize = 1;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReplayRow {
     pub date: NaiveDate,
@@ -138,7 +144,7 @@ impl Data {
             let params = range(f);
             async move {
                 let started = std::time::Instant::now();
-                let rows = wh.query(shape.sql, &params).await;
+                let rows = wh.query(&format!("{} SETTINGS max_threads = {DETECTOR_THREADS}", shape.sql), &params).await;
                 metrics::histogram!(super::METRIC_QUERY_SECONDS, "shape" => shape.name).record(started.elapsed().as_secs_f64());
                 rows
             }

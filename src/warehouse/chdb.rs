@@ -169,14 +169,25 @@ impl Engine {
         Ok(Engine { api, conns, next: Default::default(), version })
     }
 
-    fn conn(&self) -> &'static Mutex<Handle> {
-        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.conns.len();
-        self.conns[i]
+    /// A free connection if one is (starting from the next in turn), else the next in turn:
+    /// a short statement does not queue behind a long scan or an insert while another
+    /// connection idles.
+    fn conn(&self) -> Result<std::sync::MutexGuard<'static, Handle>, WarehouseError> {
+        let n = self.conns.len();
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n;
+        for k in 0..n {
+            match self.conns[(i + k) % n].try_lock() {
+                Ok(h) => return Ok(h),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+                Err(std::sync::TryLockError::Poisoned(_)) => return Err(WarehouseError::Unavailable("connection poisoned".into())),
+            }
+        }
+        self.conns[i].lock().map_err(|_| WarehouseError::Unavailable("connection poisoned".into()))
     }
 
     /// Run one statement with `{name:Type}` parameters; returns the output in `format`.
     pub fn query(&self, sql: &str, format: &str, params: &[(&str, String)]) -> Result<Vec<u8>, WarehouseError> {
-        let h = self.conn().lock().map_err(|_| WarehouseError::Unavailable("connection poisoned".into()))?;
+        let h = self.conn()?;
         if h.0.is_null() {
             return Err(WarehouseError::Unavailable("the embedded engine is closed".into()));
         }
@@ -220,7 +231,7 @@ impl Engine {
 
     /// Stream `data` (in `format`) into `insert_sql` (an INSERT without FORMAT or data).
     pub fn insert(&self, insert_sql: &str, format: &str, data: &[u8]) -> Result<(), WarehouseError> {
-        let h = self.conn().lock().map_err(|_| WarehouseError::Unavailable("connection poisoned".into()))?;
+        let h = self.conn()?;
         if h.0.is_null() {
             return Err(WarehouseError::Unavailable("the embedded engine is closed".into()));
         }

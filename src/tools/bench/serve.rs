@@ -53,13 +53,30 @@ pub struct ServeArgs {
     /// Streams share their queries within this window (default: the policy's `live.coalesce_ms`; 0: each queries).
     #[arg(long)]
     live_coalesce_ms: Option<u64>,
+    /// Keep the engine's data here between runs (the load is the slow part): rows already
+    /// there count towards `--base-rows`. Their timestamps are relative to the first load.
+    #[arg(long)]
+    data: Option<std::path::PathBuf>,
+    /// Phases to run, comma-separated, from: views, drilldown, live.
+    #[arg(long, value_delimiter = ',', default_value = "views,drilldown,live")]
+    phases: Vec<String>,
 }
 
 pub async fn run(mut settings: Settings, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    if let Some(p) = args.phases.iter().find(|p| !["views", "drilldown", "live"].contains(&p.as_str())) {
+        anyhow::bail!("--phases: unknown phase {p:?} (views, drilldown, live)");
+    }
     let (id, data) = super::own_run(&mut settings, "bench-serve", "serve");
     let db = format!("learnvault_bench_serve_{id}");
     settings.database_url = format!("postgres://learnvault_app@127.0.0.1:5432/{db}").into();
     settings.admin_database_url = format!("postgres://postgres@127.0.0.1:5432/{db}").into();
+    if let Some(kept) = &args.data {
+        settings.clickhouse_url = format!("chdb://{}", kept.display());
+        let wh = Warehouse::open(&settings)?;
+        let result = phases(&settings, &wh, &args).await;
+        wh.close();
+        return result;
+    }
     let (s, a) = (&settings, &args);
     super::on_engine(s, &data, |wh| async move { phases(s, &wh, a).await }).await
 }
@@ -69,7 +86,9 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &ServeArgs) -> anyhow
     let duration = parse_ttl(&args.duration).ok_or_else(|| anyhow::anyhow!("--duration like 10s"))?;
     let t0 = Instant::now();
     let step = 5_000_000u64;
-    let mut done = 0;
+    let have = wh.query("SELECT count() AS n FROM events.learning_events", &[]).await?;
+    let have = have.first().and_then(|r| r["n"].as_str().and_then(|n| n.parse().ok()).or_else(|| r["n"].as_u64())).unwrap_or(0);
+    let mut done: u64 = have;
     while done < args.base_rows {
         let n = step.min(args.base_rows - done);
         // Learner k: course k % 20, cohort (k / 20) % 8, or the tiny cohort for one learner in 400.
@@ -91,9 +110,14 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &ServeArgs) -> anyhow
         .await?;
         done += n;
     }
-    println!("loaded {} base rows ({} learners, 20 courses x 9 cohorts) in {:.1}s", args.base_rows, args.learners, t0.elapsed().as_secs_f64());
-    wh.execute("OPTIMIZE TABLE agg.learner_day_by_cohort FINAL", &[]).await?;
-    wh.execute("OPTIMIZE TABLE agg.funnel_by_cohort FINAL", &[]).await?;
+    if done > have {
+        println!("loaded {} base rows ({} learners, 20 courses x 9 cohorts) in {:.1}s", done - have, args.learners, t0.elapsed().as_secs_f64());
+        wh.execute("OPTIMIZE TABLE agg.learner_day_by_cohort FINAL", &[]).await?;
+        wh.execute("OPTIMIZE TABLE agg.funnel_by_cohort FINAL", &[]).await?;
+    } else {
+        println!("kept data: {have} base rows");
+    }
+    let run = |p: &str| args.phases.iter().any(|q| q == p);
 
     let mut config = Config::load(&settings.policy_dir)?;
     if let Some(ms) = args.live_interval_ms {
@@ -110,7 +134,7 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &ServeArgs) -> anyhow
 
     // Information loss over every course's funnel, engagement, time on task and replays.
     let (mut cells, mut primary, mut complementary) = (0usize, 0usize, 0usize);
-    for c in 0..20 {
+    for c in (0..20).filter(|_| run("views")) {
         let c = course(c);
         let summaries = [
             sv.funnel(&c, &range, &t).await?.summary().clone(),
@@ -124,10 +148,12 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &ServeArgs) -> anyhow
             complementary += s.complementary;
         }
     }
-    println!(
-        "information loss: {cells} cells, {primary} withheld by primary suppression, {complementary} complementary ({:.1}% of cells beyond primary)",
-        100.0 * complementary as f64 / cells.max(1) as f64
-    );
+    if run("views") {
+        println!(
+            "information loss: {cells} cells, {primary} withheld by primary suppression, {complementary} complementary ({:.1}% of cells beyond primary)",
+            100.0 * complementary as f64 / cells.max(1) as f64
+        );
+    }
 
     let landing = match args.land_rate {
         0 => None,
@@ -146,30 +172,32 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &ServeArgs) -> anyhow
             Box::pin(async move { s.replays(&c, &Ident::parse("content_id", "video-1").expect("valid"), &r, &t).await.is_ok() })
         }),
     ];
-    for (name, view) in views {
+    for (name, view) in views.into_iter().filter(|_| run("views")) {
         let sv = sv.clone();
         let phase = closed_loop(name, args.viewers, duration, move |task, i| view(sv.clone(), course(task as u64 * 7 + i), range, t)).await;
         phase.print("views", 1);
     }
     // The drill-down read (authorisation and audit are the API's; this is the timeline query).
-    let learners: Vec<uuid::Uuid> = wh
-        .query("SELECT DISTINCT learner_id FROM agg.learner_day_by_cohort WHERE course_id = 'course-3' LIMIT 1000", &[])
-        .await?
-        .iter()
-        .filter_map(|r| r["learner_id"].as_str().and_then(|s| s.parse().ok()))
-        .collect();
-    let learners = Arc::new(learners);
-    let sv2 = sv.clone();
-    let phase = closed_loop("drill-down", args.advisors, duration, move |task, i| {
-        let (sv, learners) = (sv2.clone(), learners.clone());
-        async move {
-            let l = learners[(task * 31 + i as usize) % learners.len().max(1)];
-            sv.timeline(&Ident::parse("course_id", "course-3").expect("valid"), l).await.is_ok()
-        }
-    })
-    .await;
-    phase.print("timelines", 1);
-    if args.live_streams > 0 {
+    if run("drilldown") {
+        let learners: Vec<uuid::Uuid> = wh
+            .query("SELECT DISTINCT learner_id FROM agg.learner_day_by_cohort WHERE course_id = 'course-3' LIMIT 1000", &[])
+            .await?
+            .iter()
+            .filter_map(|r| r["learner_id"].as_str().and_then(|s| s.parse().ok()))
+            .collect();
+        let learners = Arc::new(learners);
+        let sv2 = sv.clone();
+        let phase = closed_loop("drill-down", args.advisors, duration, move |task, i| {
+            let (sv, learners) = (sv2.clone(), learners.clone());
+            async move {
+                let l = learners[(task * 31 + i as usize) % learners.len().max(1)];
+                sv.timeline(&Ident::parse("course_id", "course-3").expect("valid"), l).await.is_ok()
+            }
+        })
+        .await;
+        phase.print("timelines", 1);
+    }
+    if args.live_streams > 0 && run("live") {
         super::serve_live::live_phase(&sv, landing.as_ref(), args.live_streams, duration, range, t).await?;
     }
     if let Some(l) = landing {
