@@ -61,8 +61,18 @@ impl From<gateway::GatewayError> for Error {
     }
 }
 
+/// A read event, or the reason it is refused alone; `Err(not_json)` when it is not JSON.
+#[allow(clippy::type_complexity)]
+fn read<'a>(r: gateway::Read<'a>, not_json: &'static str) -> Result<Result<Incoming<'a>, (Map<String, Value>, &'static str)>, &'static str> {
+    match r {
+        gateway::Read::Event(it) => Ok(Ok(it)),
+        gateway::Read::Refused(m, why) => Ok(Err((m, why))),
+        gateway::Read::NotJson => Err(not_json),
+    }
+}
+
 /// Run the gateway for a request's events; the issuance audit row names the caller.
-async fn run(gw: &Gateway, p: &Principal, items: Vec<Incoming>) -> Result<Vec<Status>, Error> {
+async fn run(gw: &Gateway, p: &Principal, items: Vec<Incoming<'_>>) -> Result<Vec<Status>, Error> {
     let mut entry = p.entry(Permission::PseudonymIssue.as_str(), None, None, Outcome::Success);
     entry.detail = json!({"via": "gateway"});
     let may = |i: &str| p.can_act_in(i);
@@ -87,29 +97,32 @@ async fn events(State(s): State<AppState>, p: Principal, gw: GatewayCap, headers
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/x-ndjson") || ct.starts_with("application/jsonl"));
     let max = s.limits.ingest_events;
-    let mut parsed: Vec<Result<Map<String, Value>, &'static str>> = Vec::new();
+    // Each event is read the typed, borrowed way when it can be (`gateway::read_event`), else as
+    // a JSON object; either way the same answers.
+    let mut parsed: Vec<Result<Incoming<'_>, (Map<String, Value>, &'static str)>> = Vec::new();
     if ndjson {
         for line in body.split(|b| *b == b'\n').filter(|l| !l.iter().all(u8::is_ascii_whitespace)) {
             if parsed.len() == max {
                 return Err(Error::too_large("batch_too_large", format!("a request holds at most {max} events")));
             }
-            parsed.push(match serde_json::from_slice::<Value>(line) {
-                Ok(Value::Object(m)) => Ok(m),
-                Ok(_) => Err("an event must be a JSON object"),
-                Err(_) => Err("line is not valid JSON"),
-            });
+            parsed.push(read(gateway::read_event(line), "line is not valid JSON").unwrap_or_else(|why| Err((Map::new(), why))));
         }
     } else {
-        let v: Value = serde_json::from_slice(&body).map_err(|_| Error::bad_request("invalid_json", "the body is not valid JSON (send an array of events, or NDJSON with Content-Type: application/x-ndjson)"))?;
-        let list = match v {
-            Value::Array(a) => a,
-            Value::Object(_) => vec![v],
+        let invalid_json = || Error::bad_request("invalid_json", "the body is not valid JSON (send an array of events, or NDJSON with Content-Type: application/x-ndjson)");
+        // The whole body must be JSON (checked without building it), then each element is read alone.
+        serde_json::from_slice::<serde::de::IgnoredAny>(&body).map_err(|_| invalid_json())?;
+        let elements = match body.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'[') => gateway::wire::array_elements(&body).ok_or_else(invalid_json)?,
+            Some(b'{') => vec![&body[..]],
             _ => return Err(Error::bad_request("invalid_body", "send an array of event objects")),
         };
-        if list.len() > max {
+        for e in &elements {
+            // An element that does not read as JSON alone: the body is not JSON either.
+            parsed.push(read(gateway::read_event(e), "").map_err(|_| invalid_json())?);
+        }
+        if parsed.len() > max {
             return Err(Error::too_large("batch_too_large", format!("a request holds at most {max} events")));
         }
-        parsed = list.into_iter().map(|e| if let Value::Object(m) = e { Ok(m) } else { Err("an event must be a JSON object") }).collect();
     }
     if parsed.is_empty() {
         return Err(Error::bad_request("empty_batch", "no events in the body"));
@@ -118,7 +131,7 @@ async fn events(State(s): State<AppState>, p: Principal, gw: GatewayCap, headers
     let mut pre: Vec<Option<(String, &'static str)>> = Vec::with_capacity(parsed.len());
     let mut items = Vec::with_capacity(parsed.len());
     for r in parsed {
-        match r.map_err(|e| (Map::new(), e)).and_then(gateway::split_identity) {
+        match r {
             Ok(it) => {
                 pre.push(None);
                 items.push(it);
@@ -247,7 +260,9 @@ async fn statements(s: AppState, p: Principal, gw: GatewayCap, headers: HeaderMa
         acked.push(o.statement_id());
         acked_at.push(i);
         match o {
-            xapi::Outcome::Mapped(m) => items.push(Incoming { event: m.event, identity: Some((institution.clone(), external_id)) }),
+            xapi::Outcome::Mapped(m) => {
+                items.push(Incoming { event: gateway::Body::Map(m.event), identity: Some((institution.clone().into(), external_id.into())) })
+            }
             xapi::Outcome::Unmapped { statement_id, verb, reason, .. } => unmapped.push((statement_id, verb, reason)),
         }
     }

@@ -21,12 +21,14 @@
 //! * a learner erased with collection suppressed gets no pseudonym again: their
 //!   events are refused `erased` (see `Vault::suppressed`).
 
+pub mod wire;
 pub mod xapi;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::Duration;
 use uuid::Uuid;
@@ -35,10 +37,10 @@ use crate::audit::NewEntry;
 use crate::config::Settings;
 use crate::dead_letter::{DeadLetter, DeadLetters, Refused, Stage};
 use crate::domain::{ExternalId, InstitutionId};
-use crate::governance::{Governance, Standing};
+use crate::governance::Governance;
 use crate::policy::lms::LmsHomePages;
 use crate::policy::ProtectedAttributes;
-use crate::taxonomy::Taxonomy;
+use crate::taxonomy::{Taxonomy, ValidEvent};
 use crate::vault::{Identity, NewLearner, Vault, VaultError};
 
 #[derive(Debug, thiserror::Error)]
@@ -50,11 +52,85 @@ pub enum GatewayError {
 }
 
 /// One event as received, its identity (if named by one) already split off.
-pub struct Incoming {
+pub struct Incoming<'a> {
     /// The event without identity fields.
-    pub event: Map<String, Value>,
+    pub event: Body<'a>,
     /// `{institution, external_id}` when the event names its learner that way.
-    pub identity: Option<(String, String)>,
+    pub identity: Option<(Cow<'a, str>, Cow<'a, str>)>,
+}
+
+/// An event's fields: read the typed way from the request's bytes, or as a JSON object.
+pub enum Body<'a> {
+    /// Read the generic way ([`split_identity`]), or mapped from xAPI.
+    Map(Map<String, Value>),
+    /// Read the typed way ([`wire::Event`]); `raw` is its JSON, read again the generic way
+    /// when the typed path cannot decide or the event is refused (for its dead letter).
+    Typed { raw: &'a [u8], event: wire::Event<'a> },
+}
+
+/// One event of a `/v1/events` body, read by [`read_event`].
+pub enum Read<'a> {
+    Event(Incoming<'a>),
+    /// Not JSON at all.
+    NotJson,
+    /// JSON, but not an event the gateway can take (not an object, a malformed `learner`):
+    /// refused with this reason, the object without its identity fields.
+    Refused(Map<String, Value>, &'static str),
+}
+
+/// Read one event from its JSON: the typed borrowed read when it can take it, else
+/// `serde_json::Value` and [`split_identity`] (which refuse and say why).
+pub fn read_event(bytes: &[u8]) -> Read<'_> {
+    if let Some((event, identity)) = wire::Event::parse(bytes) {
+        let identity = identity.map(|(i, e)| (Cow::Borrowed(i), Cow::Borrowed(e)));
+        return Read::Event(Incoming { event: Body::Typed { raw: bytes, event }, identity });
+    }
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(m)) => match split_identity(m) {
+            Ok(it) => Read::Event(it),
+            Err((m, why)) => Read::Refused(m, why),
+        },
+        Ok(_) => Read::Refused(Map::new(), "an event must be a JSON object"),
+        Err(_) => Read::NotJson,
+    }
+}
+
+/// The request's server time as [`fill`] writes it (RFC 3339, milliseconds) and as the
+/// taxonomy reads that text back (`None` outside the taxonomy's years).
+pub(crate) fn server_now(now: DateTime<Utc>) -> (Option<DateTime<Utc>>, String) {
+    let text = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    (crate::taxonomy::parse_ts(&Value::String(text.clone())), text)
+}
+
+/// What the gateway sets on an event before it is validated: the pseudonym and (unless the
+/// event names one) the institution of a learner named by identity, and `server_ts`.
+pub(crate) fn fill(ev: &mut Map<String, Value>, learner: Option<(Uuid, &str)>, server_ts: &str) {
+    if let Some((pseudonym, inst)) = learner {
+        ev.insert("learner_id".into(), json!(pseudonym));
+        ev.entry("institution_id").or_insert_with(|| json!(inst));
+    }
+    ev.insert("server_ts".into(), json!(server_ts));
+}
+
+/// What a refused event is dead-lettered with: what the generic path holds of it.
+enum Held {
+    /// Refused before it was read any further.
+    Nothing,
+    Json(Value),
+    /// Read the typed way: its JSON without identity fields, filled in when `filled`.
+    Typed { filled: bool },
+}
+
+/// A typed event's JSON as the generic path would hold it: the object without `learner`.
+fn reread(raw: &[u8]) -> Map<String, Value> {
+    match serde_json::from_slice::<Value>(raw) {
+        Ok(Value::Object(mut m)) => {
+            m.remove("learner");
+            m
+        }
+        // The typed read took it: it is a JSON object.
+        _ => Map::new(),
+    }
 }
 
 /// What became of one event.
@@ -165,20 +241,19 @@ impl Gateway {
     /// `audit` is the issuance audit entry (one per request, with counts).
     pub async fn ingest(
         &self,
-        items: Vec<Incoming>,
+        mut items: Vec<Incoming<'_>>,
         may_act_in: &(dyn Fn(&str) -> bool + Sync),
         audit: NewEntry,
     ) -> Result<Vec<Status>, GatewayError> {
-        let now = Utc::now();
+        let (server_ts, server_text) = server_now(Utc::now());
         let mut out: Vec<Option<Status>> = vec![None; items.len()];
-        let mut events: Vec<Option<Value>> = Vec::with_capacity(items.len());
 
         // The request's own external ids: redacted from anything dead-lettered.
-        let external_ids: Vec<String> = items.iter().filter_map(|it| it.identity.as_ref().map(|(_, e)| e.clone())).collect();
+        let external_ids: Vec<String> = items.iter().filter_map(|it| it.identity.as_ref().map(|(_, e)| e.to_string())).collect();
         // 1. Identities -> pseudonyms, one vault batch for the request.
         let mut wanted: Vec<(InstitutionId, NewLearner)> = Vec::new();
         let mut slot: Vec<Option<usize>> = vec![None; items.len()];
-        let mut seen: HashMap<(String, String), usize> = HashMap::new();
+        let mut seen: HashMap<(&str, &str), usize> = HashMap::new();
         for (i, it) in items.iter().enumerate() {
             if let Some((inst, ext)) = &it.identity {
                 match (InstitutionId::parse(inst), ExternalId::parse(ext)) {
@@ -187,8 +262,7 @@ impl Gateway {
                             out[i] = Some(rejected("institution_not_allowed", "the caller cannot send events for this institution"));
                             continue;
                         }
-                        let k = (inst.clone(), ext.clone());
-                        let n = *seen.entry(k).or_insert_with(|| {
+                        let n = *seen.entry((inst, ext)).or_insert_with(|| {
                             wanted.push((inst_id, NewLearner { external_id: ext_id, identity: Identity::empty() }));
                             wanted.len() - 1
                         });
@@ -198,36 +272,56 @@ impl Gateway {
                 }
             }
         }
+        drop(seen);
         let issued = if wanted.is_empty() { Vec::new() } else { self.vault.get_or_issue(wanted, audit).await? };
 
-        // 2. Fill in, validate.
-        for (i, it) in items.into_iter().enumerate() {
+        // 2. Fill in, validate (the typed path when it can prove the event valid, else the
+        // generic validator on the filled-in JSON), screen.
+        let screen = crate::redact::ExternalIds::new(&external_ids);
+        let mut held: Vec<Held> = Vec::with_capacity(items.len());
+        let mut valid = Vec::with_capacity(items.len());
+        for (i, it) in items.iter_mut().enumerate() {
             if out[i].is_some() {
-                events.push(None);
+                held.push(Held::Nothing);
+                valid.push(None);
                 continue;
             }
-            let mut ev = it.event;
+            let mut learner = None;
             if let (Some(n), Some((inst, _))) = (slot[i], &it.identity) {
                 let Some(issued) = issued[n] else {
                     // Erased, collection suppressed: refused, dead-lettered without identity or pseudonym.
                     out[i] = Some(rejected("erased", "this learner was erased; collection is suppressed until a DPO lifts it"));
-                    events.push(Some(Value::Object(ev)));
+                    held.push(match &mut it.event {
+                        Body::Map(m) => Held::Json(Value::Object(std::mem::take(m))),
+                        Body::Typed { .. } => Held::Typed { filled: false },
+                    });
+                    valid.push(None);
                     continue;
                 };
-                ev.insert("learner_id".into(), json!(issued.pseudonym.as_uuid()));
-                ev.entry("institution_id").or_insert_with(|| json!(inst));
+                learner = Some((issued.pseudonym.as_uuid(), inst.as_ref()));
             }
-            ev.insert("server_ts".into(), json!(now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)));
-            events.push(Some(Value::Object(ev)));
-        }
-        let screen = crate::redact::ExternalIds::new(&external_ids);
-        let mut valid = Vec::with_capacity(events.len());
-        for (i, ev) in events.iter().enumerate() {
-            let (Some(ev), None) = (ev, &out[i]) else {
-                valid.push(None);
-                continue;
+            let typed = match (&mut it.event, server_ts) {
+                (Body::Typed { event, .. }, Some(ts)) => event.validate(&self.taxonomy, learner, ts),
+                _ => None,
             };
-            match self.taxonomy.validate(ev) {
+            let checked = match typed {
+                Some(v) => {
+                    held.push(Held::Typed { filled: true });
+                    Ok(v)
+                }
+                None => {
+                    let mut ev = match &mut it.event {
+                        Body::Map(m) => std::mem::take(m),
+                        Body::Typed { raw, .. } => reread(raw),
+                    };
+                    fill(&mut ev, learner, &server_text);
+                    let ev = Value::Object(ev);
+                    let r = self.taxonomy.validate(&ev);
+                    held.push(Held::Json(ev));
+                    r
+                }
+            };
+            match checked {
                 Ok(mut v) => {
                     if let Err((reason, detail)) = crate::governance::check_props_and_clock(&mut v, &self.protected, self.clock_skew) {
                         out[i] = Some(rejected(reason.as_str(), &detail));
@@ -235,7 +329,7 @@ impl Gateway {
                         continue;
                     }
                     // Beyond the patterns: none of the request's own external ids in a free string.
-                    if let Some((field, what)) = crate::governance::identity_in_event(&v, &screen) {
+                    if let Some((field, what)) = own_ids_in_event(&v, &screen) {
                         let reason = crate::taxonomy::Reason::IdentityInEvent;
                         out[i] = Some(rejected(reason.as_str(), &format!("{field} holds {what} (identities go to the vault, never into events)")));
                         valid.push(None);
@@ -260,8 +354,8 @@ impl Gateway {
         let standings = if ids.is_empty() { HashMap::new() } else { self.governance.standings(ids).await? };
         for (i, v) in valid.iter_mut().enumerate() {
             if let Some(ev) = v {
-                let s = standings.get(&ev.learner_id).cloned().unwrap_or(Standing::Unknown);
-                if let Some(reason) = s.refusal(&ev.institution_id) {
+                let refusal = standings.get(&ev.learner_id).map_or(Some(crate::taxonomy::Reason::UnknownPseudonym), |s| s.refusal(&ev.institution_id));
+                if let Some(reason) = refusal {
                     out[i] = Some(rejected(reason.as_str(), "refused by governance"));
                     *v = None;
                 }
@@ -271,10 +365,16 @@ impl Gateway {
         // 4. Produce the accepted, one event per record or as envelopes (one record per
         // partition, see `envelope`), dead-letter the refused; then wait for every acknowledgement.
         let partitions = self.partitions().await;
-        let bodies: Vec<(usize, String, Vec<u8>)> = valid
+        let bodies: Vec<(usize, PseudonymKey, Vec<u8>)> = valid
             .iter()
             .enumerate()
-            .filter_map(|(i, v)| v.as_ref().map(|ev| (i, ev.learner_id.to_string(), serde_json::to_vec(ev).expect("an event serialises"))))
+            .filter_map(|(i, v)| {
+                v.as_ref().map(|ev| {
+                    let mut body = Vec::with_capacity(384);
+                    serde_json::to_writer(&mut body, ev).expect("an event serialises");
+                    (i, PseudonymKey::new(ev.learner_id), body)
+                })
+            })
             .collect();
         let mut sends = Vec::new();
         let mut unavailable: Vec<usize> = Vec::new();
@@ -286,8 +386,8 @@ impl Gateway {
                     crate::envelope::RecordFormat::Single => bodies
                         .into_iter()
                         .map(|(i, key, value)| crate::envelope::Envelope {
-                            partition: crate::envelope::partition_for(key.as_bytes(), n),
-                            key,
+                            partition: crate::envelope::partition_for(key.as_str().as_bytes(), n),
+                            key: key.as_str().to_owned(),
                             value,
                             members: vec![i],
                         })
@@ -314,7 +414,23 @@ impl Gateway {
         for (i, st) in out.iter().enumerate() {
             if let Some(Status::Rejected { code, detail }) = st {
                 // One record shape and one redaction for both writers; keyed by the pseudonym when one is known.
-                let payload = events.get(i).cloned().flatten().unwrap_or(Value::Null);
+                let payload = match &held[i] {
+                    Held::Nothing => Value::Null,
+                    Held::Json(v) => v.clone(),
+                    Held::Typed { filled } => {
+                        let it = &items[i];
+                        let Body::Typed { raw, .. } = &it.event else { unreachable!("held as typed") };
+                        let mut ev = reread(raw);
+                        if *filled {
+                            let learner = match (slot[i], &it.identity) {
+                                (Some(n), Some((inst, _))) => issued[n].map(|is| (is.pseudonym.as_uuid(), inst.as_ref())),
+                                _ => None,
+                            };
+                            fill(&mut ev, learner, &server_text);
+                        }
+                        Value::Object(ev)
+                    }
+                };
                 let dl = DeadLetter::new(code, detail, Stage::Gateway, None, Refused::Json(payload), &cx, None, None);
                 dead.push(async move { self.dead.send(&dl).await.is_ok() });
                 metrics::counter!("learnvault_gateway_rejects_total", "reason" => code.clone()).increment(1);
@@ -389,24 +505,134 @@ impl Gateway {
     }
 }
 
+/// What [`crate::governance::identity_in_event`] finds in `ev` with the request's external ids
+/// `screen`, once [`crate::governance::check_props_and_clock`] accepted it: that check ran the
+/// patterns (email, phone, identifier keys) on every free string, so only the request's own ids
+/// are left to find, except in the `clock_skew_ms` it may have set since (checked in full). The
+/// same answer as `identity_in_event(ev, screen)`, each string scanned once instead of twice.
+fn own_ids_in_event(ev: &ValidEvent, screen: &crate::redact::ExternalIds) -> Option<(String, &'static str)> {
+    let fields = [("session_id", &ev.session_id), ("course_id", &ev.course_id), ("content_id", &ev.content_id), ("cohort_id", &ev.cohort_id)];
+    for (name, value) in fields {
+        if screen.found_in(value) {
+            return Some((name.to_owned(), "external_id"));
+        }
+    }
+    for (k, v) in &ev.props {
+        if k == "clock_skew_ms" {
+            if crate::redact::is_identifier_key(k) {
+                return Some((format!("props.{k}"), "an identifier field"));
+            }
+            if let Some(what) = crate::redact::identity_in(k, screen).or_else(|| crate::redact::identity_in(v, screen)) {
+                return Some((format!("props.{k}"), what));
+            }
+        } else if screen.found_in(k) || screen.found_in(v) {
+            return Some((format!("props.{k}"), "external_id"));
+        }
+    }
+    None
+}
+
 fn rejected(code: &str, detail: &str) -> Status {
     Status::Rejected { code: code.to_owned(), detail: detail.to_owned() }
 }
 
+/// A pseudonym as a record key (hyphenated, lower case), without an allocation.
+struct PseudonymKey([u8; uuid::fmt::Hyphenated::LENGTH]);
+
+impl PseudonymKey {
+    fn new(p: Uuid) -> PseudonymKey {
+        let mut k = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        p.hyphenated().encode_lower(&mut k);
+        PseudonymKey(k)
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("a hyphenated UUID is ASCII")
+    }
+}
+
 /// Split an event object into the event and its identity: a `learner`
 /// object `{institution, external_id}` names the learner by identity.
-pub fn split_identity(mut event: Map<String, Value>) -> Result<Incoming, (Map<String, Value>, &'static str)> {
+pub fn split_identity(mut event: Map<String, Value>) -> Result<Incoming<'static>, (Map<String, Value>, &'static str)> {
     match event.remove("learner") {
-        None => Ok(Incoming { event, identity: None }),
+        None => Ok(Incoming { event: Body::Map(event), identity: None }),
         Some(Value::Object(l)) => match (l.get("institution").and_then(Value::as_str), l.get("external_id").and_then(Value::as_str)) {
             (Some(i), Some(e)) if l.len() == 2 => {
                 if event.contains_key("learner_id") {
                     return Err((event, "name the learner by `learner_id` or by `learner`, not both"));
                 }
-                Ok(Incoming { identity: Some((i.to_owned(), e.to_owned())), event })
+                Ok(Incoming { identity: Some((Cow::Owned(i.to_owned()), Cow::Owned(e.to_owned()))), event: Body::Map(event) })
             }
             _ => Err((event, "`learner` must be {\"institution\": string, \"external_id\": string}")),
         },
         Some(_) => Err((event, "`learner` must be {\"institution\": string, \"external_id\": string}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redact::ExternalIds;
+
+    /// `own_ids_in_event` gives what `identity_in_event` gives once `check_props_and_clock` passed.
+    #[test]
+    fn the_screen_after_the_patterns_finds_what_the_full_screen_finds() {
+        let protected = ProtectedAttributes::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap();
+        let ids: Vec<String> = vec!["S-0001".into(), "uni-north-000042".into(), "ab".into()];
+        let screen = ExternalIds::new(&ids);
+        let server = DateTime::from_timestamp_millis(1_764_072_000_000).unwrap();
+        let base = |props: &[(&str, &str)], client_ms: i64| ValidEvent {
+            event_id: Uuid::new_v4(),
+            event_version: "2.3".into(),
+            event_type: "interact.pause".into(),
+            learner_id: Uuid::new_v4(),
+            session_id: "s-1".into(),
+            course_id: "cs101".into(),
+            content_id: "video-1".into(),
+            cohort_id: "c1".into(),
+            institution_id: "uni".into(),
+            position_sec: None,
+            client_ts: DateTime::from_timestamp_millis(client_ms).unwrap(),
+            server_ts: Some(server),
+            props: props.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        let now = server.timestamp_millis();
+        let mut cases = vec![
+            base(&[], now),
+            base(&[("platform", "web")], now),
+            base(&[("note", "re-sit for S-0001")], now),
+            base(&[("S-0001", "x")], now),
+            base(&[("note", "ab")], now),
+            base(&[("note", "cab")], now),
+            base(&[("note", "uni-north-000042!")], now),
+            base(&[("a", "x"), ("z", "S-0001")], now),
+            base(&[("clock_skew_ms", "S-0001")], now),
+            // A client clock far ahead: the `clock_skew_ms` the gateway sets is screened in full.
+            base(&[], now + 123_456_789),
+            base(&[], now - 123_456_789),
+            base(&[], now + 1_000_000_000),
+            base(&[("zz", "S-0001")], now + 123_456_789),
+            base(&[("email", "x")], now),
+            base(&[("note", "ada@example.org")], now),
+        ];
+        for (field, value) in [("session_id", "S-0001"), ("course_id", "x-uni-north-000042"), ("content_id", "ab"), ("cohort_id", "+1 (555) 123-4567")] {
+            let mut e = base(&[], now);
+            match field {
+                "session_id" => e.session_id = value.into(),
+                "course_id" => e.course_id = value.into(),
+                "content_id" => e.content_id = value.into(),
+                _ => e.cohort_id = value.into(),
+            }
+            cases.push(e);
+        }
+        let mut checked = 0;
+        for mut e in cases {
+            if crate::governance::check_props_and_clock(&mut e, &protected, Duration::from_secs(300)).is_err() {
+                continue;
+            }
+            checked += 1;
+            assert_eq!(own_ids_in_event(&e, &screen), crate::governance::identity_in_event(&e, &screen), "{e:?}");
+        }
+        assert!(checked >= 15, "{checked}");
     }
 }

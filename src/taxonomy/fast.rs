@@ -58,7 +58,7 @@ struct Wire<'a> {
 }
 
 /// A timestamp as the taxonomy reads it: epoch milliseconds or RFC 3339, years 2000-2100.
-struct Ts(DateTime<Utc>);
+pub struct Ts(pub DateTime<Utc>);
 
 impl<'de> Deserialize<'de> for Ts {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Ts, D::Error> {
@@ -87,6 +87,49 @@ impl<'de> Deserialize<'de> for Ts {
 /// the version it declares (and that version is [`eligible`]).
 pub fn validate(taxonomy: &Taxonomy, bytes: &[u8]) -> Option<ValidEvent> {
     let w: Wire = serde_json::from_slice(bytes).ok()?;
+    check(
+        taxonomy,
+        Fields {
+            event_id: w.event_id,
+            event_version: w.event_version,
+            event_type: w.event_type,
+            learner_id: w.learner_id,
+            session_id: w.session_id,
+            course_id: w.course_id,
+            content_id: w.content_id,
+            cohort_id: w.cohort_id,
+            institution_id: w.institution_id,
+            position_sec: w.position_sec,
+            client_ts: w.client_ts.map(|t| t.0),
+            server_ts: w.server_ts.map(|t| t.0),
+            props: w.props,
+        },
+    )
+}
+
+/// An event's fields as borrowed from its JSON, in taxonomy terms: `None` is a field
+/// absent or null; a timestamp already read (epoch milliseconds or RFC 3339, years
+/// 2000-2100). Another wire form (the gateway's, with its `learner` object) fills it in
+/// and gets the same answer as [`validate`] would give on the equivalent bytes.
+pub struct Fields<'a> {
+    pub event_id: Option<&'a str>,
+    pub event_version: Option<&'a str>,
+    pub event_type: Option<&'a str>,
+    pub learner_id: Option<&'a str>,
+    pub session_id: Option<&'a str>,
+    pub course_id: Option<&'a str>,
+    pub content_id: Option<&'a str>,
+    pub cohort_id: Option<&'a str>,
+    pub institution_id: Option<&'a str>,
+    pub position_sec: Option<u64>,
+    pub client_ts: Option<DateTime<Utc>>,
+    pub server_ts: Option<DateTime<Utc>>,
+    pub props: Option<BTreeMap<&'a str, &'a str>>,
+}
+
+/// The event, when `w` is provably valid against the schema of the version it declares
+/// (and that version is [`eligible`]); `None` leaves the decision to the generic validator.
+pub fn check(taxonomy: &Taxonomy, w: Fields<'_>) -> Option<ValidEvent> {
     let schema = taxonomy.versions.get(w.event_version?)?;
     if !taxonomy.fast.contains(&schema.version) {
         return None;
@@ -164,8 +207,8 @@ pub fn validate(taxonomy: &Taxonomy, bytes: &[u8]) -> Option<ValidEvent> {
         cohort_id: w.cohort_id.unwrap_or_default().to_owned(),
         institution_id: w.institution_id.unwrap_or_default().to_owned(),
         position_sec,
-        client_ts: w.client_ts?.0,
-        server_ts: w.server_ts.map(|t| t.0),
+        client_ts: w.client_ts?,
+        server_ts: w.server_ts,
         props,
     })
 }

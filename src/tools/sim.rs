@@ -70,11 +70,63 @@ impl Cohort {
 
     /// The next event of a random learner, advancing its session.
     pub fn next(&mut self, now: DateTime<Utc>) -> SimEvent {
+        let s = self.step(now);
+        let l = &self.learners[s.learner];
+        let mut props = json!({"platform": s.platform});
+        if let Some(score) = &s.score {
+            props["score"] = json!(score);
+        }
+        let event = json!({
+            "event_id": s.event_id,
+            "event_version": "2.3",
+            "event_type": s.event_type,
+            "learner": {"institution": l.institution, "external_id": l.external_id},
+            "session_id": l.session.as_deref().unwrap_or("ended"),
+            "course_id": l.course,
+            "content_id": format!("video-{}", l.video),
+            "cohort_id": l.cohort,
+            "institution_id": l.institution,
+            "position_sec": s.position,
+            "client_ts": s.client_ts,
+            "props": props,
+        });
+        SimEvent { learner: s.learner, event }
+    }
+
+    /// The next event, as [`Cohort::next`] makes it (same random sequence), written as JSON
+    /// to `out` (the same bytes `serde_json` writes for `next`'s value), without building a
+    /// `serde_json::Value`; the learner's index. For load generators.
+    pub fn next_json(&mut self, now: DateTime<Utc>, out: &mut Vec<u8>) -> usize {
+        let s = self.step(now);
+        let l = &self.learners[s.learner];
+        let mut content = itoa::Buffer::new();
+        let content_id = ["video-", content.format(l.video)].concat();
+        let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let wire = Wire {
+            client_ts: &s.client_ts,
+            cohort_id: &l.cohort,
+            content_id: &content_id,
+            course_id: &l.course,
+            event_id: s.event_id.hyphenated().encode_lower(&mut id),
+            event_type: s.event_type,
+            event_version: "2.3",
+            institution_id: l.institution,
+            learner: WireLearner { external_id: &l.external_id, institution: l.institution },
+            position_sec: s.position,
+            props: WireProps { platform: s.platform, score: s.score.as_deref() },
+            session_id: l.session.as_deref().unwrap_or("ended"),
+        };
+        serde_json::to_writer(out, &wire).expect("an event serialises");
+        s.learner
+    }
+
+    /// Advance a random learner's session: what its next event is.
+    fn step(&mut self, now: DateTime<Utc>) -> Step {
         let i = self.rng.gen_range(0..self.learners.len());
         let roll: f64 = self.rng.gen();
         let l = &mut self.learners[i];
-        let (event_type, position): (&str, Option<u32>) = if l.session.is_none() {
-            l.session = Some(uuid::Uuid::new_v4().simple().to_string());
+        let (event_type, position): (&'static str, Option<u32>) = if l.session.is_none() {
+            l.session = Some(random_uuid().simple().to_string());
             l.position = 0;
             ("session.start", None)
         } else if roll < 0.60 {
@@ -124,26 +176,65 @@ impl Cohort {
         };
         let l = &self.learners[i];
         let client = now + Duration::milliseconds(l.mobile_skew_ms - self.rng.gen_range(0..400));
-        let mut props = json!({"platform": if l.mobile_skew_ms != 0 { "mobile" } else { "web" }});
-        if event_type == "assess.score" {
-            props["score"] = json!(format!("{:.2}", self.rng.gen_range(0.3..1.0)));
+        let platform = if l.mobile_skew_ms != 0 { "mobile" } else { "web" };
+        let score = (event_type == "assess.score").then(|| format!("{:.2}", self.rng.gen_range(0.3..1.0)));
+        Step {
+            learner: i,
+            event_type,
+            position,
+            client_ts: client.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            platform,
+            score,
+            event_id: random_uuid(),
         }
-        let event = json!({
-            "event_id": uuid::Uuid::new_v4(),
-            "event_version": "2.3",
-            "event_type": event_type,
-            "learner": {"institution": l.institution, "external_id": l.external_id},
-            "session_id": l.session.clone().unwrap_or_else(|| "ended".into()),
-            "course_id": l.course,
-            "content_id": format!("video-{}", l.video),
-            "cohort_id": l.cohort,
-            "institution_id": l.institution,
-            "position_sec": position,
-            "client_ts": client.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            "props": props,
-        });
-        SimEvent { learner: i, event }
     }
+}
+
+/// A random (version 4) UUID from the thread's generator, not a system call per id as
+/// `Uuid::new_v4` makes: a load generator makes one per event.
+fn random_uuid() -> uuid::Uuid {
+    uuid::Builder::from_random_bytes(rand::thread_rng().gen()).into_uuid()
+}
+
+/// One step of the simulation: what [`Cohort::next`] and [`Cohort::next_json`] write.
+struct Step {
+    learner: usize,
+    event_type: &'static str,
+    position: Option<u32>,
+    client_ts: String,
+    platform: &'static str,
+    score: Option<String>,
+    event_id: uuid::Uuid,
+}
+
+/// The event as [`Cohort::next`]'s value serialises: the same keys in the same (sorted) order.
+#[derive(serde::Serialize)]
+struct Wire<'a> {
+    client_ts: &'a str,
+    cohort_id: &'a str,
+    content_id: &'a str,
+    course_id: &'a str,
+    event_id: &'a str,
+    event_type: &'a str,
+    event_version: &'a str,
+    institution_id: &'a str,
+    learner: WireLearner<'a>,
+    position_sec: Option<u32>,
+    props: WireProps<'a>,
+    session_id: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct WireLearner<'a> {
+    external_id: &'a str,
+    institution: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct WireProps<'a> {
+    platform: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    score: Option<&'a str>,
 }
 
 /// The same event as an xAPI statement (video and ADL verbs), for `--via xapi`.
@@ -200,5 +291,24 @@ mod tests {
         assert!(in_segment * 2 > replays.len(), "{in_segment} of {}", replays.len());
         assert!(events.iter().any(|e| e["props"]["platform"] == "mobile"));
         assert!(to_xapi(events.iter().find(|e| e["event_type"] == "interact.replay").unwrap(), "https://lms.example").is_some());
+    }
+
+    #[test]
+    fn next_json_writes_what_next_makes() {
+        let (mut a, mut b) = (Cohort::new(50, 3), Cohort::new(50, 3));
+        let now = Utc::now();
+        for _ in 0..5_000 {
+            let e = a.next(now);
+            let mut out = Vec::new();
+            let learner = b.next_json(now, &mut out);
+            assert_eq!(learner, e.learner);
+            // The same bytes (event and session ids are random in both).
+            let v: Value = serde_json::from_slice(&out).unwrap();
+            let mut text = String::from_utf8(out).unwrap();
+            for k in ["event_id", "session_id"] {
+                text = text.replace(v[k].as_str().unwrap(), e.event[k].as_str().unwrap());
+            }
+            assert_eq!(text, serde_json::to_string(&e.event).unwrap());
+        }
     }
 }
