@@ -103,12 +103,8 @@ fn walk(v: &mut Value, path: &str, key: Option<&str>, cx: &Context<'_>, out: &mu
                 replace(v, reason);
             }
         }
-        Value::Number(n) => {
-            // (Numbers are not checked against the phone pattern: millisecond timestamps are long digit runs.)
-            if cx.external_ids.iter().any(|e| *e == n.to_string()) {
-                replace(v, "external_id");
-            }
-        }
+        // (Numbers are not checked against the phone pattern: millisecond timestamps are long digit runs.)
+        Value::Number(n) if cx.external_ids.iter().any(|e| *e == n.to_string()) => replace(v, "external_id"),
         _ => {}
     }
 }

@@ -247,7 +247,7 @@ async fn a_truncated_tail_is_caught_by_the_signed_checkpoint() {
 
     // A superuser deletes the last 3 rows behind the trigger: what remains is a perfect chain.
     tamper(&app, "DELETE FROM audit_log WHERE seq > 3").await;
-    assert_eq!(learnvault::audit::verify(&app.state.pool).await.unwrap().intact, true, "the chain alone cannot see it");
+    assert!(learnvault::audit::verify(&app.state.pool).await.unwrap().intact, "the chain alone cannot see it");
     let v = app.verify().await;
     assert_eq!((v["intact"].as_bool(), v["reason"].as_str(), v["first_broken_seq"].as_i64()), (Some(false), Some("truncated"), Some(4)), "{v}");
     assert!(v["detail"].as_str().unwrap().contains("rows 4..=6 are missing"), "{v}");
@@ -274,7 +274,7 @@ async fn a_rewritten_and_rehashed_chain_is_caught_by_the_signed_checkpoint() {
     assert_eq!(app.verify().await["intact"], true);
     tamper(&app, "UPDATE audit_log SET actor = 'someone-else' WHERE seq = 3").await;
     rehash_from(&app, 3).await;
-    assert_eq!(learnvault::audit::verify(&app.state.pool).await.unwrap().intact, true, "self-consistent after the rehash");
+    assert!(learnvault::audit::verify(&app.state.pool).await.unwrap().intact, "self-consistent after the rehash");
     let v = app.verify().await;
     assert_eq!((v["intact"].as_bool(), v["reason"].as_str(), v["first_broken_seq"].as_i64()), (Some(false), Some("checkpoint_mismatch"), Some(1)), "{v}");
     assert!(v["detail"].as_str().unwrap().contains("rows 1..=6 were rewritten"), "{v}");

@@ -21,7 +21,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// Advisory lock key serialising appends ("lvaudit" in ASCII).
-const AUDIT_LOCK_KEY: i64 = 0x6c76_6175_6469_74;
+const AUDIT_LOCK_KEY: i64 = 0x006c_7661_7564_6974;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {

@@ -128,7 +128,7 @@ pub async fn run(settings: Settings, cmd: DsrCommand) -> anyhow::Result<ExitCode
             })
             .await?;
         eprintln!("job {} ({}){}", job.id, job.kind, if created { "" } else { ": an existing request for this subject" });
-        run_showing_progress(&d, job.id).await
+        run_showing_progress(d, job.id).await
     }
     .await;
     wh.close();
@@ -250,7 +250,7 @@ async fn erase_batch(settings: Settings, subject: SubjectArgs, file: PathBuf, ou
             })
             .await?;
         eprintln!("job {} (erasure_batch, {} subjects)", job.id, job.progress["subjects"].as_array().map_or(0, Vec::len));
-        run_showing_progress(&d, job.id).await
+        run_showing_progress(d, job.id).await
     }
     .await;
     wh.close();

@@ -455,7 +455,7 @@ fn is_duration(s: &str) -> bool {
     };
     let mut tn = 0;
     components(date, b"YMD", &mut n, &mut frac)
-        && time.map_or(true, |t| components(t, b"HMS", &mut tn, &mut frac) && tn > 0)
+        && time.is_none_or(|t| components(t, b"HMS", &mut tn, &mut frac) && tn > 0)
         && n + tn > 0
 }
 

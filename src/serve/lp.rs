@@ -186,9 +186,8 @@ fn solve(lp: &Lp, c: &[f64]) -> Outcome {
     if arts > 0 {
         let phase1: Vec<f64> = (0..cols).map(|j| if j >= first_art { 1.0 } else { 0.0 }).collect();
         tab.set_objective(&phase1);
-        match tab.run(&|_| true) {
-            None => return Outcome::Unknown,
-            Some(_) => {}
+        if tab.run(&|_| true).is_none() {
+            return Outcome::Unknown;
         }
         if -tab.obj[cols] > 1e-7 {
             return Outcome::Infeasible;

@@ -118,7 +118,7 @@ pub fn readers(migrations_dir: &Path, src_dir: &Path) -> Result<Vec<Reader>, Str
 /// Problems between each pair of consecutive versions; empty when compatible.
 pub fn check(tax: &Taxonomy, readers: &[Reader]) -> Vec<String> {
     let mut versions: Vec<_> = tax.versions.values().collect();
-    versions.sort_by(|a, b| version_key(&a.version).cmp(&version_key(&b.version)));
+    versions.sort_by_key(|a| version_key(&a.version));
     let mut problems = Vec::new();
     for pair in versions.windows(2) {
         let (old, new) = (pair[0], pair[1]);

@@ -156,7 +156,7 @@ pub fn check(taxonomy: &Taxonomy, w: Fields<'_>) -> Option<ValidEvent> {
     }
     let string_ok = |name: &str, v: Option<&str>| match v {
         None => true,
-        Some(s) => !schema.fields[name].max_len.is_some_and(|m| s.len() > m) && !s.chars().any(char::is_control),
+        Some(s) => schema.fields[name].max_len.is_none_or(|m| s.len() <= m) && !s.chars().any(char::is_control),
     };
     let strings = [
         ("event_version", w.event_version),

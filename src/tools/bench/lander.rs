@@ -174,7 +174,7 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "1000000")
         .create()?;
-    crate::topics::ensure(&settings.kafka_brokers, &crate::topics::specs(&settings)?).await?;
+    crate::topics::ensure(&settings.kafka_brokers, &crate::topics::specs(settings)?).await?;
 
     // Phase 1: backlog of N events, then the lander drains it.
     let now_ms = chrono::Utc::now().timestamp_millis();

@@ -166,8 +166,8 @@ pub async fn run(settings: Settings, cmd: BenchCommand) -> anyhow::Result<ExitCo
     let auth = Authenticator::from_settings(&settings, &master)?;
     let run_id = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let inst = format!("bench-{run_id}");
-    let lms = auth.mint("bench-lms", &["lms".into()], &[inst.clone()], Duration::from_secs(3600))?;
-    let dpo = auth.mint("bench-dpo", &["dpo".into()], &[inst.clone()], Duration::from_secs(3600))?;
+    let lms = auth.mint("bench-lms", &["lms".into()], std::slice::from_ref(&inst), Duration::from_secs(3600))?;
+    let dpo = auth.mint("bench-dpo", &["dpo".into()], std::slice::from_ref(&inst), Duration::from_secs(3600))?;
 
     let (base, _server) = match &args.url {
         Some(u) => (u.trim_end_matches('/').to_owned(), None),
