@@ -215,12 +215,8 @@ fn trim_end(s: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::taxonomy::tests::tax;
     use serde_json::{json, Map, Value};
-    use std::path::Path;
-
-    fn tax() -> Taxonomy {
-        Taxonomy::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/taxonomy")).unwrap()
-    }
 
     /// An event as the load generator sends it (named by identity), every optional field set.
     fn sent() -> Value {

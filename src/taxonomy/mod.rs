@@ -297,11 +297,12 @@ pub fn version_key(v: &str) -> Vec<u64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
-    fn tax() -> Taxonomy {
+    /// The repository's taxonomy (for every module's tests).
+    pub(crate) fn tax() -> Taxonomy {
         Taxonomy::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/taxonomy")).unwrap()
     }
 
