@@ -187,11 +187,19 @@ pub fn identity_in_event(ev: &ValidEvent, external_ids: &crate::redact::External
     None
 }
 
-pub fn check_props_and_clock(ev: &mut ValidEvent, protected: &ProtectedAttributes, clock_skew: Duration) -> Result<(), (Reason, String)> {
+/// Refuse protected attributes and identities (the patterns, and `own_ids`: the sending request's
+/// external ids, empty in the lander) in one pass over the event's strings, then flag a client clock
+/// too far from the server's (`props.clock_skew_ms`: the server's own number, not screened).
+pub fn check_props_and_clock(
+    ev: &mut ValidEvent,
+    protected: &ProtectedAttributes,
+    clock_skew: Duration,
+    own_ids: &crate::redact::ExternalIds,
+) -> Result<(), (Reason, String)> {
     if let Some(attr) = ev.props.keys().find_map(|k| protected.matches(k)) {
         return Err((Reason::ProtectedAttribute, format!("props carry protected attribute `{attr}`")));
     }
-    if let Some((field, what)) = identity_in_event(ev, &crate::redact::ExternalIds::default()) {
+    if let Some((field, what)) = identity_in_event(ev, own_ids) {
         return Err((Reason::IdentityInEvent, format!("{field} holds {what} (identities go to the vault, never into events)")));
     }
     if let Some(server) = ev.server_ts {
@@ -243,17 +251,28 @@ mod tests {
         };
         let skew = Duration::from_secs(300);
 
-        let (reason, detail) = check_props_and_clock(&mut event("Date-Of-Birth", 1_764_072_000_000), &protected, skew).unwrap_err();
+        let (reason, detail) = check_props_and_clock(&mut event("Date-Of-Birth", 1_764_072_000_000), &protected, skew, &crate::redact::ExternalIds::default()).unwrap_err();
         assert_eq!(reason, Reason::ProtectedAttribute);
         assert!(detail.contains("date_of_birth"), "{detail}");
 
         let mut near = event("player", 1_764_072_000_000 - 300_000);
-        check_props_and_clock(&mut near, &protected, skew).unwrap();
+        check_props_and_clock(&mut near, &protected, skew, &crate::redact::ExternalIds::default()).unwrap();
         assert_eq!(near.props.get("clock_skew_ms"), None);
 
         let mut far = event("player", 1_764_072_000_000 - 300_001);
-        check_props_and_clock(&mut far, &protected, skew).unwrap();
+        check_props_and_clock(&mut far, &protected, skew, &crate::redact::ExternalIds::default()).unwrap();
         assert_eq!(far.props.get("clock_skew_ms").map(String::as_str), Some("-300001"));
+
+        // The sender's own external ids are refused with the patterns; the skew the server sets is
+        // not screened (a clock ~1.4 days ahead gives a 9-digit number, not a phone number).
+        let own = crate::redact::ExternalIds::new(&["S-0001".to_owned()]);
+        let mut named = event("player", 1_764_072_000_000);
+        named.props.insert("note".into(), "re-sit for S-0001".into());
+        let (reason, detail) = check_props_and_clock(&mut named, &protected, skew, &own).unwrap_err();
+        assert_eq!((reason, detail.as_str()), (Reason::IdentityInEvent, "props.note holds external_id (identities go to the vault, never into events)"));
+        let mut ahead = event("player", 1_764_072_000_000 + 123_456_789);
+        check_props_and_clock(&mut ahead, &protected, skew, &own).unwrap();
+        assert_eq!(ahead.props.get("clock_skew_ms").map(String::as_str), Some("123456789"));
     }
 
     #[tokio::test]

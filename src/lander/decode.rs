@@ -117,7 +117,7 @@ impl Decoder {
         }
         let mut ev = self.taxonomy.validate_bytes(bytes).map_err(|r| (r.reason, r.detail))?;
         ev.server_ts.get_or_insert_with(|| broker_ts.unwrap_or_else(Utc::now));
-        check_props_and_clock(&mut ev, &self.protected, self.clock_skew)?;
+        check_props_and_clock(&mut ev, &self.protected, self.clock_skew, &Default::default())?;
         Ok(ev)
     }
 

@@ -202,7 +202,7 @@ mod cost {
         let validate = t.elapsed();
         let t = Instant::now();
         for ev in valid.iter_mut() {
-            check_props_and_clock(ev, &protected, Duration::from_secs(300)).unwrap();
+            check_props_and_clock(ev, &protected, Duration::from_secs(300), &Default::default()).unwrap();
         }
         let checks = t.elapsed();
         let t = Instant::now();
