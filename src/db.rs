@@ -30,11 +30,25 @@ pub async fn migrate(settings: &Settings) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// A pooled connection idle at most this long is handed out without a ping (HikariCP's
+/// `aliveBypassWindowMs`): a busy service does not pay a round trip per acquire, and a
+/// connection that broke while in use is closed by the error it returns.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
 /// The runtime pool (role `learnvault_app`). Lazy: connections open on first
 /// use, so configuration errors surface before any database work.
 pub fn connect(settings: &Settings) -> Result<PgPool, sqlx::Error> {
     PgPoolOptions::new()
         .max_connections(settings.db_max_connections)
         .acquire_timeout(Duration::from_secs(5))
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > PING_IF_IDLE_FOR {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_lazy(settings.database_url.expose_secret())
 }

@@ -354,3 +354,37 @@ async fn identities_in_free_strings_are_refused_per_event_and_never_land() {
     }
     lander.stop().await;
 }
+
+/// A learner the vault knows costs the gateway one lookup and no issuance (nothing is audited
+/// when nothing is issued), also after the institution's blind-index key version changed under
+/// a running gateway: the lookup reports the current version and is repeated with it.
+#[tokio::test]
+async fn known_learners_are_found_without_issuance_also_after_the_key_version_changed() {
+    let spine = Spine::new(true).await;
+    let gw = spine.app.gateway(spine.settings.clone()).await;
+    let lms = gw.lms("uni-a");
+    let issuances = || gw.count("SELECT count(*) FROM audit_log WHERE action = 'pseudonym.issue'");
+    let send = |ext: &str| {
+        let body = json!([event(json!({"institution": "uni-a", "external_id": ext}), "session.start")]);
+        async { gw.post("/v1/events", &lms, body).await }
+    };
+
+    let (s, v) = send("s-1001").await;
+    assert_eq!((s, v["accepted"].clone()), (StatusCode::OK, json!(1)), "{v}");
+    let first = issuances().await;
+    assert_eq!(first, 1, "the first sight issues and audits");
+    let (s, v) = send("s-1001").await;
+    assert_eq!((s, v["accepted"].clone()), (StatusCode::OK, json!(1)), "{v}");
+    assert_eq!(issuances().await, first, "a known learner is found, not issued");
+
+    // The key version moves on; a learner issued now is indexed with version 2.
+    sqlx::query("UPDATE institutions SET key_version = 2 WHERE id = 'uni-a'").execute(&gw.admin).await.unwrap();
+    let p = gw.issue("uni-a", "s-1002", json!({"name": "Grace Hopper"})).await;
+    let after_issue = issuances().await;
+    assert_eq!(after_issue, first + 1);
+    let (s, v) = send("s-1002").await;
+    assert_eq!((s, v["accepted"].clone()), (StatusCode::OK, json!(1)), "{v}");
+    assert_eq!(issuances().await, after_issue, "found with the current version's blind index, not issued again");
+    let learners = gw.count(&format!("SELECT count(*) FROM learners WHERE pseudonym = '{p}'")).await;
+    assert_eq!(learners, 1);
+}

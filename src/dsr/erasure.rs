@@ -442,9 +442,16 @@ fn key_filter(keys: Option<&Value>) -> Option<(String, Vec<(String, String)>)> {
     Some((sql.join(" AND "), params))
 }
 
-/// Rebuild one partition of an aggregate table, swap it in atomically, then
-/// check it equals a fresh computation. With `keys`, only the groups the
-/// subject fed are recomputed from the base table; the others are copied as they are.
+/// Rebuild one partition of an aggregate table, swap it in atomically, then check it. With
+/// `keys`, only the groups the subject fed are recomputed from the base table; the others
+/// are copied as they are.
+///
+/// The check proves the live partition's recomputed groups equal a fresh computation from
+/// the base table without computing it twice: no state of those groups survived the rewrite
+/// of the copied partition (else an old state, holding the subject, would merge with the new
+/// one), and after the swap the live groups equal the staged ones, which are the computation
+/// just made from the base table (the lander's inserts wait on the rebuild barrier, so the
+/// base table cannot change in between).
 async fn rebuild_partition(wh: &Warehouse, table: &Store, sh: &Shape, part: &str, job: Uuid, keys: Option<&Value>) -> Result<(), DsrError> {
     if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
         return Err(DsrError::Verification(format!("unexpected partition id {part:?}")));
@@ -455,7 +462,6 @@ async fn rebuild_partition(wh: &Warehouse, table: &Store, sh: &Shape, part: &str
     let (filter, params) = key_filter(keys).unwrap_or_else(|| ("1".into(), Vec::new()));
     let params: Vec<(&str, String)> = params.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     let fresh = format!("(SELECT * FROM ({}) WHERE {} = {part} AND {filter})", sh.as_select, sh.partition_key);
-    let live = format!("(SELECT * FROM {t} WHERE _partition_id = '{part}' AND {filter})");
     wh.execute(&format!("DROP TABLE IF EXISTS {staging}"), &[]).await?;
     wh.execute(&format!("CREATE TABLE {staging} AS {t}"), &[]).await?;
     let result = async {
@@ -464,6 +470,10 @@ async fn rebuild_partition(wh: &Warehouse, table: &Store, sh: &Shape, part: &str
             wh.execute(&format!("ALTER TABLE {staging} ATTACH PARTITION ID '{part}' FROM {t}"), &[]).await?;
             // Rewritten without them (a mutation, not a mask: the superseded states hold the subject's hash).
             wh.execute(&format!("ALTER TABLE {staging} DELETE WHERE {filter} SETTINGS mutations_sync = 2"), &params).await?;
+            let left = num(&wh.query(&format!("SELECT count() AS n FROM {staging} WHERE {filter}"), &params).await?[0]["n"]);
+            if left != 0 {
+                return Err(DsrError::Verification(format!("{t} partition {part}: {left} old states of the subject's groups survived the rewrite")));
+            }
         }
         wh.execute(&format!("INSERT INTO {staging} ({cols}) SELECT {cols} FROM {fresh}"), &params).await?;
         let staged = num(&wh.query(&format!("SELECT count() AS n FROM {staging}"), &[]).await?[0]["n"]);
@@ -472,10 +482,10 @@ async fn rebuild_partition(wh: &Warehouse, table: &Store, sh: &Shape, part: &str
         } else {
             wh.execute(&format!("ALTER TABLE {t} REPLACE PARTITION ID '{part}' FROM {staging}"), &[]).await?;
         }
-        let now = fingerprint(wh, sh, &live, &params).await?;
-        let expected = fingerprint(wh, sh, &fresh, &params).await?;
-        if now != expected {
-            return Err(DsrError::Verification(format!("{t} partition {part}: recomputed aggregate differs from a fresh computation")));
+        let live = format!("(SELECT * FROM {t} WHERE _partition_id = '{part}' AND {filter})");
+        let made = format!("(SELECT * FROM {staging} WHERE {filter})");
+        if fingerprint(wh, sh, &live, &params).await? != fingerprint(wh, sh, &made, &params).await? {
+            return Err(DsrError::Verification(format!("{t} partition {part}: the live aggregate differs from its fresh computation")));
         }
         Ok(())
     }

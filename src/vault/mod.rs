@@ -22,6 +22,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use sqlx::{PgConnection, PgPool};
 use std::collections::HashMap;
+use std::sync::Arc;
 use utoipa::ToSchema;
 use uuid::Uuid;
 use zeroize::Zeroizing;
@@ -141,12 +142,16 @@ pub struct Vault {
     pool: PgPool,
     master: MasterKey,
     issuer: Issuer,
+    /// The blind-index key version each institution had when last read: a lookup computes
+    /// its blind indexes with it and the same statement returns the current one (read again
+    /// when it changed), so a known learner costs one round trip.
+    versions: Arc<std::sync::RwLock<HashMap<String, i32>>>,
 }
 
 impl Vault {
     pub fn new(pool: PgPool, master: MasterKey, writers: usize) -> Self {
         let issuer = Issuer::spawn(pool.clone(), master.clone(), writers.max(1));
-        Vault { pool, master, issuer }
+        Vault { pool, master, issuer, versions: Default::default() }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -298,19 +303,9 @@ impl Vault {
             by_inst.entry(inst.as_str()).or_default().push(i);
         }
         for (inst, idxs) in by_inst {
-            let Some(version) = sqlx::query_scalar!("SELECT key_version FROM institutions WHERE id = $1", inst).fetch_optional(&self.pool).await?
-            else {
-                continue;
-            };
-            let key = self.master.institution_key(KeyUse::BlindIndex, inst, version);
-            let blinds: Vec<Vec<u8>> = idxs.iter().map(|&i| crypto::blind_index(&key, &items[i].1.external_id).to_vec()).collect();
-            let mut conn = self.pool.acquire().await?;
-            let found: HashMap<[u8; 32], Pseudonym> = existing(&mut conn, inst, &blinds).await?.into_iter().collect();
-            for (&i, b) in idxs.iter().zip(&blinds) {
-                let b: [u8; 32] = b.as_slice().try_into().expect("32-byte blind index");
-                if let Some(p) = found.get(&b) {
-                    out[i] = Some(Issued { pseudonym: *p, created: false });
-                }
+            let externals: Vec<&ExternalId> = idxs.iter().map(|&i| &items[i].1.external_id).collect();
+            for (&i, p) in idxs.iter().zip(self.known(inst, &externals).await?) {
+                out[i] = p.map(|pseudonym| Issued { pseudonym, created: false });
             }
         }
         let mut missing: Vec<usize> = (0..items.len()).filter(|&i| out[i].is_none()).collect();
@@ -330,6 +325,43 @@ impl Vault {
             }
         }
         Ok(out.into_iter().zip(refused).map(|(r, refused)| if refused { None } else { Some(r.expect("found or issued")) }).collect())
+    }
+
+    /// The pseudonyms of `externals` already in the vault for `inst` (none for an unknown
+    /// institution), in one statement: the institution's current key version and the
+    /// blind-index join. The blind indexes are computed with the version last seen; when the
+    /// statement reports another, they are computed again with it and the statement repeated.
+    async fn known(&self, inst: &str, externals: &[&ExternalId]) -> Result<Vec<Option<Pseudonym>>, sqlx::Error> {
+        let mut version = self.versions.read().expect("versions lock").get(inst).copied().unwrap_or(1);
+        loop {
+            let key = self.master.institution_key(KeyUse::BlindIndex, inst, version);
+            let blinds: Vec<Vec<u8>> = externals.iter().map(|e| crypto::blind_index(&key, e).to_vec()).collect();
+            // A join, not `= ANY(array)` (see `existing`); one row with NULLs when none is known.
+            let rows: Vec<(i32, Option<Vec<u8>>, Option<Uuid>)> = sqlx::query_as(
+                r#"SELECT i.key_version, m.blind_index, m.pseudonym
+                   FROM institutions i
+                   LEFT JOIN LATERAL (
+                       SELECT l.blind_index, l.pseudonym
+                       FROM UNNEST($2::bytea[]) AS w(bi)
+                       JOIN learners l ON l.institution_id = i.id AND l.blind_index = w.bi
+                   ) m ON true
+                   WHERE i.id = $1"#,
+            )
+            .bind(inst)
+            .bind(&blinds)
+            .fetch_all(&self.pool)
+            .await?;
+            let Some(current) = rows.first().map(|r| r.0) else {
+                return Ok(vec![None; externals.len()]);
+            };
+            if current != version {
+                self.versions.write().expect("versions lock").insert(inst.to_owned(), current);
+                version = current;
+                continue;
+            }
+            let found: HashMap<Vec<u8>, Uuid> = rows.into_iter().filter_map(|(_, b, p)| Some((b?, p?))).collect();
+            return Ok(blinds.iter().map(|b| found.get(b).map(|p| Pseudonym::from_uuid(*p))).collect());
+        }
     }
 
     /// Issue-or-get many learners of several institutions in one transaction,
