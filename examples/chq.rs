@@ -4,7 +4,7 @@ use std::time::Instant;
 async fn main() {
     let mut s = learnvault::config::Settings::load().unwrap();
     let args: Vec<String> = std::env::args().collect();
-    s.clickhouse_url = format!("chdb://{}", args[1]);
+    s.warehouse.url = format!("chdb://{}", args[1]);
     let wh = learnvault::warehouse::Warehouse::open(&s).unwrap();
     for sql in &args[2..] {
         for _ in 0..3 {

@@ -15,7 +15,7 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// Create the database if missing, then apply pending migrations.
 pub async fn migrate(settings: &Settings) -> Result<(), sqlx::Error> {
-    let url = settings.admin_database_url.expose_secret();
+    let url = settings.database.admin_url.expose_secret();
     if !Postgres::database_exists(url).await? {
         match Postgres::create_database(url).await {
             Ok(()) => {}
@@ -34,7 +34,7 @@ pub async fn migrate(settings: &Settings) -> Result<(), sqlx::Error> {
 /// use, so configuration errors surface before any database work.
 pub fn connect(settings: &Settings) -> Result<PgPool, sqlx::Error> {
     PgPoolOptions::new()
-        .max_connections(settings.db_max_connections)
+        .max_connections(settings.database.max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy(settings.database_url.expose_secret())
+        .connect_lazy(settings.database.url.expose_secret())
 }
