@@ -10,7 +10,6 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -49,7 +48,7 @@ impl Parts {
     /// `learnvault serve`: everything the embedded engine's one process must run, the lander
     /// and the jobs unless `LEARNVAULT_LANDER_ENABLED` / `LEARNVAULT_JOBS_ENABLED` say otherwise.
     pub fn serve(settings: &Settings) -> Parts {
-        Parts { api: true, warehouse: true, gateway: true, lander: settings.lander_enabled, jobs: settings.jobs_enabled, periodic: true }
+        Parts { api: true, warehouse: true, gateway: true, lander: settings.lander.enabled, jobs: settings.dsr.jobs_enabled, periodic: true }
     }
 
     /// `learnvault land`: the lander alone (no master key, no HTTP).
@@ -91,11 +90,13 @@ impl Application {
         Self::build_with(settings, parts).await
     }
 
-    /// Configuration first (keys, policies, token verification fail fast, before any database
-    /// work), then the PostgreSQL migrations, the listener, the warehouse and its migrations,
-    /// and the contexts over them.
+    /// Configuration first ([`Settings::validate`]: every section, each error naming its
+    /// `LEARNVAULT_*` variable; then keys, policies, token verification: all before any database
+    /// work, so an invalid lander section fails start-up instead of being restarted by the
+    /// supervisor), then the PostgreSQL migrations, the listener, the warehouse and its
+    /// migrations, and the contexts over them.
     pub async fn build_with(settings: Settings, parts: Parts) -> anyhow::Result<Application> {
-        validate(&settings, parts)?;
+        settings.validate()?;
         let state = if parts.api { Some(build_state(&settings).await?) } else { None };
         crate::db::migrate(&settings).await.context("applying postgresql migrations")?;
         let listener = match parts.api {
@@ -108,7 +109,7 @@ impl Application {
         };
         let assembled = async {
             let Some(wh) = &warehouse else { return anyhow::Ok(state) };
-            crate::warehouse::migrate::run(wh, &settings.clickhouse_migrations_dir).await?;
+            crate::warehouse::migrate::run(wh, &settings.warehouse.migrations_dir).await?;
             let Some(mut state) = state else { return Ok(None) };
             if parts.warehouse {
                 state = with_warehouse(state, &settings, wh.clone())?;
@@ -195,7 +196,7 @@ impl Application {
         };
         let loops = async {
             let Some(state) = state.clone().filter(|_| parts.periodic) else { return };
-            let every = Duration::from_secs(settings.audit_checkpoint_interval_secs.max(1));
+            let every = settings.audit.checkpoint_interval();
             let anchoring = crate::audit::anchor_loop(state.pool.clone(), state.anchor.clone(), every, rx.clone());
             let publish = async {
                 if let Some(serve) = state.serve.clone() {
@@ -218,29 +219,6 @@ impl Application {
         a?;
         l
     }
-}
-
-/// Check, before anything opens, the configuration sections of the parts this process runs
-/// (each error names its `LEARNVAULT_*` setting): the API's request limits and the lander's
-/// `LanderConfig::validate` (which the supervisor would otherwise retry forever). The console's,
-/// the read path's and the signals' sections are validated where they are built.
-pub fn validate(settings: &Settings, parts: Parts) -> anyhow::Result<()> {
-    if parts.api {
-        let limits = [
-            (settings.body_limit_bytes, "LEARNVAULT_BODY_LIMIT_BYTES"),
-            (settings.batch_body_limit_bytes, "LEARNVAULT_BATCH_BODY_LIMIT_BYTES"),
-            (settings.batch_max_items, "LEARNVAULT_BATCH_MAX_ITEMS"),
-            (settings.ingest_max_events, "LEARNVAULT_INGEST_MAX_EVENTS"),
-            (settings.issue_writers, "LEARNVAULT_ISSUE_WRITERS"),
-        ];
-        if let Some((_, name)) = limits.iter().find(|(v, _)| *v == 0) {
-            anyhow::bail!("{name} must be at least 1");
-        }
-    }
-    if parts.lander {
-        crate::lander::LanderConfig::from_settings(settings).validate()?;
-    }
-    Ok(())
 }
 
 /// The process-wide Prometheus recorder (installed once).
@@ -271,17 +249,17 @@ pub async fn build_state(settings: &Settings) -> anyhow::Result<AppState> {
     std::fs::create_dir_all(anchor.dir()).with_context(|| format!("creating the audit checkpoint store {}", anchor.dir().display()))?;
     Ok(AppState {
         anchor: Arc::new(anchor),
-        vault: Vault::new(pool.clone(), master, settings.issue_writers),
+        vault: Vault::new(pool.clone(), master, settings.vault.issue_writers),
         audit: Recorder::spawn(pool.clone()),
         pool,
         auth: Arc::new(auth),
         policies: Arc::new(policies),
         metrics: metrics_handle(),
         limits: Limits {
-            body_bytes: settings.body_limit_bytes,
-            batch_body_bytes: settings.batch_body_limit_bytes,
-            batch_items: settings.batch_max_items,
-            ingest_events: settings.ingest_max_events,
+            body_bytes: settings.api.body_limit_bytes,
+            batch_body_bytes: settings.api.batch_body_limit_bytes,
+            batch_items: settings.api.batch_max_items,
+            ingest_events: settings.gateway.ingest_max_events,
         },
         warehouse: None,
         dsr: None,
@@ -296,7 +274,7 @@ pub async fn build_state(settings: &Settings) -> anyhow::Result<AppState> {
 /// if the broker is reachable, otherwise ingest answers 503 until it is).
 pub async fn with_gateway(mut state: AppState, settings: &Settings) -> anyhow::Result<AppState> {
     let topics = crate::topics::specs(settings)?;
-    if let Err(e) = crate::topics::ensure(&settings.kafka_brokers, &topics).await {
+    if let Err(e) = crate::topics::ensure(&settings.kafka.brokers, &topics).await {
         tracing::warn!(error = %e, "cannot create the topics now; ingest answers 503 until the broker is reachable");
     }
     let analytics = state.policies.consent_default("analytics");
@@ -315,15 +293,15 @@ pub fn with_warehouse(mut state: AppState, settings: &Settings, warehouse: Wareh
         warehouse: warehouse.clone(),
         vault: state.vault.clone(),
         map: DataMap::load(&dir.join("data-map.yaml")).context("loading the data map")?,
-        kafka_brokers: settings.kafka_brokers.clone(),
+        kafka_brokers: settings.kafka.brokers.clone(),
         topics: crate::topics::specs_with(settings, &retention),
         retention,
         archive_dir: settings.archive_path(),
         archive_keys: crate::dsr::seal::ArchiveKeys::new(master.clone()),
-        export_page_rows: settings.dsr_export_page_rows.max(1),
+        export_page_rows: settings.dsr.export_page_rows,
         erasure_policy: crate::dsr::policy::ErasurePolicy::load(dir).context("loading the erasure policy")?,
         signer: crate::dsr::certificate::Signer::derive(&master),
-        settle: std::time::Duration::from_millis(settings.governance_cache_ms + settings.lander_batch_ms),
+        settle: settings.governance.cache_ttl() + settings.lander.batch_wait(),
     };
     crate::dsr::seal::create_private_dir(&dsr.archive_dir).with_context(|| format!("creating {}", dsr.archive_dir.display()))?;
     let serve_config = crate::serve::Config::load(dir).context("loading the disclosure policy")?;

@@ -15,7 +15,7 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// Create the database if missing, then apply pending migrations.
 pub async fn migrate(settings: &Settings) -> Result<(), sqlx::Error> {
-    let url = settings.admin_database_url.expose_secret();
+    let url = settings.database.admin_url.expose_secret();
     if !Postgres::database_exists(url).await? {
         match Postgres::create_database(url).await {
             Ok(()) => {}
@@ -39,7 +39,7 @@ const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 /// use, so configuration errors surface before any database work.
 pub fn connect(settings: &Settings) -> Result<PgPool, sqlx::Error> {
     PgPoolOptions::new()
-        .max_connections(settings.db_max_connections)
+        .max_connections(settings.database.max_connections)
         .acquire_timeout(Duration::from_secs(5))
         .test_before_acquire(false)
         .before_acquire(|conn, meta| {
@@ -50,5 +50,5 @@ pub fn connect(settings: &Settings) -> Result<PgPool, sqlx::Error> {
                 Ok(true)
             })
         })
-        .connect_lazy(settings.database_url.expose_secret())
+        .connect_lazy(settings.database.url.expose_secret())
 }

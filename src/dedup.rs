@@ -16,7 +16,7 @@
 //! * an xAPI statement id is recorded with a keyed digest of its content
 //!   ([`XapiStatements`]): the same id with the same content is acknowledged again (and
 //!   lands once, by the claim above), with other content it is a conflict (409);
-//! * claims and digests older than the window (at least 7 days,
+//! * claims and digests older than the window (at least [`MIN_WINDOW_DAYS`],
 //!   `LEARNVAULT_INGEST_DEDUP_WINDOW_DAYS`) are purged; no learner key is stored.
 //!
 //! The mechanism was chosen by measurement (BENCHMARKS.md, issue 13).

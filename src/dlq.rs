@@ -94,7 +94,7 @@ pub async fn replay(settings: &Settings, r: &Replay) -> Result<Report, DlqError>
     if r.reason.trim().is_empty() {
         return Err(DlqError::Invalid("--reason must name a dead-letter reason code".into()));
     }
-    let letters = read_all(&settings.kafka_brokers, &settings.dlq_topic).await?;
+    let letters = read_all(&settings.kafka.brokers, &settings.kafka.dlq_topic).await?;
     let mut report = Report { read: letters.len() as u64, ..Report::default() };
     let mut events = Vec::new();
     for dl in &letters {
@@ -126,7 +126,7 @@ pub async fn replay(settings: &Settings, r: &Replay) -> Result<Report, DlqError>
         justification: None,
         outcome: if produced.is_ok() { Outcome::Success } else { Outcome::Error },
         detail: json!({
-            "reason": r.reason, "since": r.since.to_rfc3339(), "dlq_topic": settings.dlq_topic, "events_topic": settings.events_topic,
+            "reason": r.reason, "since": r.since.to_rfc3339(), "dlq_topic": settings.kafka.dlq_topic, "events_topic": settings.kafka.events_topic,
             "read": report.read, "matched": report.matched, "replayed": report.replayed, "skipped": report.skipped,
         }),
     };
@@ -144,13 +144,13 @@ async fn produce(settings: &Settings, events: &[Value]) -> Result<u64, DlqError>
     if events.is_empty() {
         return Ok(0);
     }
-    let producer: FutureProducer = crate::envelope::producer_config(&settings.kafka_brokers, "lz4").create()?;
-    let partitions = partition_count(&settings.kafka_brokers, &settings.events_topic).await?;
+    let producer: FutureProducer = crate::envelope::producer_config(&settings.kafka.brokers, "lz4").create()?;
+    let partitions = partition_count(&settings.kafka.brokers, &settings.kafka.events_topic).await?;
     let bodies: Vec<(String, Vec<u8>)> =
         events.iter().map(|e| (e["learner_id"].as_str().expect("checked").to_owned(), serde_json::to_vec(e).expect("json"))).collect();
     let sends = bodies.iter().map(|(key, body)| {
         let partition = crate::envelope::partition_for(key.as_bytes(), partitions);
-        producer.send(FutureRecord::to(&settings.events_topic).partition(partition).key(key).payload(body), Duration::from_secs(30))
+        producer.send(FutureRecord::to(&settings.kafka.events_topic).partition(partition).key(key).payload(body), Duration::from_secs(30))
     });
     let mut n = 0;
     for sent in futures::future::join_all(sends).await {

@@ -10,7 +10,8 @@
 //! the record contract).
 //!
 //! # Layout
-//! - [`config`]: typed settings (defaults -> TOML file -> `LEARNVAULT_*` env).
+//! - [`config`]: typed settings in one section per owning context (defaults -> TOML file ->
+//!   `LEARNVAULT_*` env, one table of names), validated before anything opens.
 //! - [`domain`]: validated newtypes (`Pseudonym`, `InstitutionId`, `ExternalId`, `Purpose`).
 //! - [`vault`]: keys (HKDF per institution), envelope encryption, blind indexes,
 //!   issuance (group commit), lookup, decrypt, consent. Only `vault` stores or decrypts identities.

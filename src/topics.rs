@@ -69,10 +69,10 @@ impl TopicSpec {
 pub fn specs_with(settings: &Settings, policy: &Policy) -> Vec<TopicSpec> {
     let spec = |name: &String, policy_name: &str| TopicSpec {
         name: name.clone(),
-        partitions: settings.topic_partitions,
+        partitions: settings.kafka.topic_partitions,
         retention_ms: policy.kafka.get(policy_name).map(|d| i64::from(d.days) * 86_400_000),
     };
-    vec![spec(&settings.events_topic, EVENTS), spec(&settings.dlq_topic, DEAD_LETTERS)]
+    vec![spec(&settings.kafka.events_topic, EVENTS), spec(&settings.kafka.dlq_topic, DEAD_LETTERS)]
 }
 
 /// The events and dead-letter topics of `settings`, with the retention of the policy directory's

@@ -17,7 +17,7 @@ async fn some_activity(app: &TestApp, n: usize) -> Vec<String> {
 fn cli_verify(app: &TestApp) -> (i32, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_learnvault"))
         .args(["audit", "verify"])
-        .env("LEARNVAULT_DATABASE_URL", secrecy::ExposeSecret::expose_secret(&app.settings.database_url))
+        .env("LEARNVAULT_DATABASE_URL", secrecy::ExposeSecret::expose_secret(&app.settings.database.url))
         .env("LEARNVAULT_MASTER_KEY", secrecy::ExposeSecret::expose_secret(&app.master.to_base64()))
         .env("LEARNVAULT_AUDIT_CHECKPOINT_DIR", app.settings.audit_checkpoint_path())
         .output()
@@ -63,7 +63,7 @@ async fn a_deleted_row_is_reported_with_its_sequence_number() {
 async fn the_runtime_role_cannot_rewrite_or_bypass_the_log() {
     let app = TestApp::spawn().await;
     some_activity(&app, 1).await;
-    let url = secrecy::ExposeSecret::expose_secret(&app.settings.database_url).to_owned();
+    let url = secrecy::ExposeSecret::expose_secret(&app.settings.database.url).to_owned();
     let as_app = sqlx::PgPool::connect(&url).await.unwrap();
     for sql in [
         "UPDATE audit_log SET actor = 'x'",
@@ -320,7 +320,7 @@ async fn pruning_below_a_signed_checkpoint_keeps_the_chain_verifiable() {
     assert_eq!(app.verify().await["checkpoint"]["seq"], json!(6));
 
     // The runtime role cannot delete, nor prune rows within retention.
-    let url = secrecy::ExposeSecret::expose_secret(&app.settings.database_url).to_owned();
+    let url = secrecy::ExposeSecret::expose_secret(&app.settings.database.url).to_owned();
     let as_app = sqlx::PgPool::connect(&url).await.unwrap();
     assert!(sqlx::query("DELETE FROM audit_log WHERE seq <= 4").execute(&as_app).await.is_err());
     assert!(sqlx::query("SELECT audit_log_prune(5)").execute(&as_app).await.is_err(), "seq 5 is within retention");

@@ -12,7 +12,7 @@ fn now() -> i64 {
 
 fn claims(app: &TestApp) -> Value {
     json!({"sub": "lms-x", "roles": ["lms"], "institutions": ["uni-a"], "exp": now() + 600, "nbf": now() - 10,
-           "iat": now(), "iss": app.settings.jwt_issuer, "aud": app.settings.jwt_audience})
+           "iat": now(), "iss": app.settings.auth.jwt_issuer, "aud": app.settings.auth.jwt_audience})
 }
 
 fn sign(app: &TestApp, claims: &Value) -> String {

@@ -540,7 +540,7 @@ async fn csrf_less_posts_missing_sessions_reused_codes_and_idle_sessions_are_ref
         std::process::Command::new(env!("CARGO_BIN_EXE_learnvault"))
             .args(["console", "login"])
             .args(args)
-            .env("LEARNVAULT_DATABASE_URL", secrecy::ExposeSecret::expose_secret(&app.settings.database_url))
+            .env("LEARNVAULT_DATABASE_URL", secrecy::ExposeSecret::expose_secret(&app.settings.database.url))
             .env("LEARNVAULT_POLICY_DIR", &app.settings.policy_dir)
             .env("LEARNVAULT_CONSOLE_URL", &app.base)
             .env("LEARNVAULT_LOG", "error")
@@ -627,8 +627,8 @@ async fn a_dpo_signs_in_through_openid_connect_with_pkce_at_keycloak() {
     let kc = Keycloak::start().await;
     let issuer = format!("{}/realms/learnvault", kc.base);
     let app = TestApp::spawn_with(|s| {
-        s.oidc_issuer = Some(issuer.clone());
-        s.oidc_client_secret = Some("console-secret".to_string().into());
+        s.console.oidc_issuer = Some(issuer.clone());
+        s.console.oidc_client_secret = Some("console-secret".to_string().into());
     })
     .await;
     let mut b = Browser::start("oidc").await;

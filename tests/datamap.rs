@@ -10,10 +10,10 @@ async fn the_shipped_map_covers_every_live_store_and_a_new_table_is_named() {
     let app = TestApp::spawn().await;
     let mut settings = app.settings.clone();
     let dir = std::env::temp_dir().join(format!("lv-ch-{}", uuid::Uuid::new_v4().simple()));
-    settings.clickhouse_url = format!("chdb://{}", dir.display());
-    settings.clickhouse_migrations_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/clickhouse").into();
+    settings.warehouse.url = format!("chdb://{}", dir.display());
+    settings.warehouse.migrations_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/clickhouse").into();
     let wh = Warehouse::open(&settings).unwrap();
-    migrate::run(&wh, &settings.clickhouse_migrations_dir).await.unwrap();
+    migrate::run(&wh, &settings.warehouse.migrations_dir).await.unwrap();
     let map = DataMap::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/data-map.yaml")).unwrap();
 
     let ch = live_clickhouse(&wh).await.unwrap();

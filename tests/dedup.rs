@@ -91,7 +91,7 @@ async fn a_producer_writing_the_same_envelope_to_kafka_twice_lands_it_once() {
     let mut members = events.clone();
     members.push(events[0].clone());
     let envelope = serde_json::to_vec(&json!(members)).unwrap();
-    let to = |p: i32| FutureRecord::to(&s.settings.events_topic).key(&learner).payload(&envelope).partition(p);
+    let to = |p: i32| FutureRecord::to(&s.settings.kafka.events_topic).key(&learner).payload(&envelope).partition(p);
     let lander = s.start_lander().await;
     // Twice on one partition and once on another, before the lander reads any: one batch or several.
     for p in [0, 0, 1] {
@@ -110,7 +110,7 @@ async fn a_producer_writing_the_same_envelope_to_kafka_twice_lands_it_once() {
     }
     // A new lander replaying the topic from the start (another group) lands nothing again.
     let mut again = s.settings.clone();
-    again.consumer_group = format!("{}-again", s.settings.consumer_group);
+    again.lander.consumer_group = format!("{}-again", s.settings.lander.consumer_group);
     let replay = {
         let lander = learnvault::app::lander::build(&again, s.wh.clone()).await.unwrap();
         let stats = lander.stats();

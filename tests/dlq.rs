@@ -18,7 +18,7 @@ async fn consent(s: &Spine, learner: &str, analytics: bool) {
 #[tokio::test]
 async fn dead_letters_replayed_after_a_fix_land_once_and_redacted_ones_never() {
     let mut s = Spine::new(true).await;
-    s.settings.governance_cache_ms = 100;
+    s.settings.governance.cache_ms = 100;
     let since = chrono::Utc::now() - chrono::Duration::minutes(1);
     let a = s.app.issue("uni-a", "L0", json!({})).await;
     let b = s.app.issue("uni-a", "L1", json!({})).await;
@@ -35,10 +35,10 @@ async fn dead_letters_replayed_after_a_fix_land_once_and_redacted_ones_never() {
 
     // Nothing fixed yet: a dry run counts, produces and audits nothing.
     let ask = |reason: &str, since, dry_run| Replay { reason: reason.into(), since, dry_run, actor: "cli:test".into() };
-    let before = s.messages_in(&s.settings.events_topic);
+    let before = s.messages_in(&s.settings.kafka.events_topic);
     let r = replay(&s.settings, &ask("no_consent", since, true)).await.unwrap();
     assert_eq!((r.matched, r.replayed), (3, 3), "{r:?}");
-    assert_eq!(s.messages_in(&s.settings.events_topic), before, "a dry run produces nothing");
+    assert_eq!(s.messages_in(&s.settings.kafka.events_topic), before, "a dry run produces nothing");
 
     // The fix: the learner gives consent. Replayed, the three land; replayed again, nothing more.
     consent(&s, &a, true).await;

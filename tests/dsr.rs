@@ -454,7 +454,7 @@ async fn an_access_archive_is_sealed_at_rest_and_does_not_outlive_the_erasure() 
 
 #[tokio::test]
 async fn subject_access_is_a_snapshot_at_the_job_start_under_concurrent_inserts() {
-    let app = std::sync::Arc::new(TestApp::spawn_with_warehouse_tweaked(|s| s.dsr_export_page_rows = 500).await);
+    let app = std::sync::Arc::new(TestApp::spawn_with_warehouse_tweaked(|s| s.dsr.export_page_rows = 500).await);
     let a = app.issue("uni-a", "S-SNAP", json!({})).await;
     // 3,000 rows before the job (many pages), plus rows stored three times over, identical in every column.
     land(&app, &a, "c1", 1_500, &["session.heartbeat", "content.view"]).await;
@@ -593,7 +593,7 @@ async fn the_subjects_dead_letters_are_in_its_access_archive_and_the_certificate
     let cert = &er["result"]["certificate"]["certificate"];
     let dlq = cert["residual_copies"].as_array().unwrap().iter().find(|r| r["store"] == "kafka:learning-events.dlq").unwrap();
     assert_eq!(dlq["records_keyed_by_subject"], json!(1), "{dlq}");
-    assert_eq!(dlq["topic"], json!(app.settings.dlq_topic));
+    assert_eq!(dlq["topic"], json!(app.settings.kafka.dlq_topic));
     // 14 days of retention plus at most a day until the segment rolls.
     let until = chrono::DateTime::parse_from_rfc3339(dlq["until"].as_str().unwrap()).unwrap();
     let days = (until.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_hours() as f64 / 24.0;

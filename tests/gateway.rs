@@ -107,9 +107,9 @@ async fn one_learner_three_ways_lands_under_one_pseudonym_and_no_identifier_reac
     assert!(rows.iter().any(|r| r["event_id"] == json!(put_id.to_string())), "the PUT statement id is the event id");
 
     // No actor identifier anywhere: every message of both topics, every row of every table.
-    let mut seen = spine.scan(&spine.settings.events_topic, Duration::from_secs(3)).await;
+    let mut seen = spine.scan(&spine.settings.kafka.events_topic, Duration::from_secs(3)).await;
     assert_eq!(events_of(&seen).len(), 9, "{seen:?}");
-    seen.extend(spine.scan(&spine.settings.dlq_topic, Duration::from_secs(2)).await);
+    seen.extend(spine.scan(&spine.settings.kafka.dlq_topic, Duration::from_secs(2)).await);
     for m in &seen {
         assert!(!m.contains(EXT), "identifier in Kafka: {m}");
     }
@@ -146,8 +146,8 @@ async fn invalid_xapi_is_refused_with_400_and_nothing_is_produced() {
     let (s, v) = xapi(&gw, &multi, &good, Some("1.0.3")).await;
     assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("institution_ambiguous")));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(spine.messages_in(&spine.settings.events_topic), 0);
-    assert_eq!(spine.messages_in(&spine.settings.dlq_topic), 0);
+    assert_eq!(spine.messages_in(&spine.settings.kafka.events_topic), 0);
+    assert_eq!(spine.messages_in(&spine.settings.kafka.dlq_topic), 0);
     assert_eq!(gw.count("SELECT count(*) FROM learners").await, 0, "no pseudonym issued for a refused request");
 }
 
@@ -196,7 +196,7 @@ async fn events_are_refused_one_by_one_with_reasons_and_dead_lettered_without_id
     for ext in ["S-1", "S-2", "S-3", "S-4", "S-5", "\"f\""] {
         assert!(!text.contains(ext), "{ext} in dead letters: {text}");
     }
-    let raw = spine.records(&spine.settings.events_topic, Duration::from_secs(2)).await;
+    let raw = spine.records(&spine.settings.kafka.events_topic, Duration::from_secs(2)).await;
     let records = common::spine::as_text(&raw);
     let accepted = events_of(&records);
     assert_eq!(accepted.len(), 3, "{records:?}");
@@ -207,16 +207,16 @@ async fn events_are_refused_one_by_one_with_reasons_and_dead_lettered_without_id
     assert!(accepted.iter().any(|e| e["props"]["clock_skew_ms"].is_string()), "{accepted:?}");
 
     // Limits: too many events, too large a body.
-    let many: Vec<Value> = (0..gw.settings.ingest_max_events + 1).map(|_| json!({})).collect();
+    let many: Vec<Value> = (0..gw.settings.gateway.ingest_max_events + 1).map(|_| json!({})).collect();
     let (s, v) = gw.post("/v1/events", &lms, json!(many)).await;
     assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("batch_too_large")));
-    let huge = "x".repeat(gw.settings.batch_body_limit_bytes + 1);
+    let huge = "x".repeat(gw.settings.api.batch_body_limit_bytes + 1);
     let resp = gw.client.post(format!("{}/v1/events", gw.base)).bearer_auth(&lms).header("content-type", "application/json").body(huge).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
     // Only LMS tokens may send events.
     let (s, _) = gw.post("/v1/events", &gw.auditor(), json!([event(who("S-1"), "content.view")])).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
-    assert_eq!(num(&json!(spine.messages_in(&spine.settings.events_topic))), 2, "no record added by refused requests");
+    assert_eq!(num(&json!(spine.messages_in(&spine.settings.kafka.events_topic))), 2, "no record added by refused requests");
 }
 
 
@@ -225,7 +225,7 @@ async fn broker_outage_answers_503_with_retry_and_recovers() {
     let mut broker = Broker::start_new();
     let spine = Spine::with_brokers(false, broker.brokers()).await;
     let mut settings = spine.settings.clone();
-    settings.produce_timeout_ms = 2_000;
+    settings.gateway.produce_timeout_ms = 2_000;
     let gw = spine.app.gateway(settings).await;
     let lms = gw.lms("uni-a");
     let who = json!({"institution": "uni-a", "external_id": "S-1"});
@@ -282,7 +282,7 @@ async fn identifiers_in_refused_events_never_reach_the_dead_letter_topic() {
     // (payload, detail or key); the paths and reasons of what was redacted are kept.
     let dl = spine.dead_letters(4, Duration::from_secs(20)).await;
     assert_eq!(dl.len(), 4, "{dl:?}");
-    let records = spine.records(&spine.settings.dlq_topic, Duration::from_secs(2)).await;
+    let records = spine.records(&spine.settings.kafka.dlq_topic, Duration::from_secs(2)).await;
     assert_eq!(records.len(), 4);
     for (k, v) in &records {
         let text = format!("{}\t{}", String::from_utf8_lossy(k), String::from_utf8_lossy(v));
@@ -344,7 +344,7 @@ async fn identities_in_free_strings_are_refused_per_event_and_never_land() {
     assert_eq!(spine.wait_rows(1, Duration::from_secs(30)).await, 1);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(spine.count("SELECT count() AS n FROM events.learning_events").await, 1, "only the clean event landed");
-    let records = spine.records(&spine.settings.dlq_topic, Duration::from_secs(2)).await;
+    let records = spine.records(&spine.settings.kafka.dlq_topic, Duration::from_secs(2)).await;
     assert_eq!(records.len(), 4, "each refused event is dead-lettered");
     for (k, v) in &records {
         let text = format!("{}\t{}", String::from_utf8_lossy(k), String::from_utf8_lossy(v));

@@ -292,7 +292,7 @@ async fn a_missing_table_stalls_the_lander_visibly_and_dead_letters_nothing() {
     let metrics = s.app.client.get(format!("{}/metrics", s.app.base)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("learnvault_lander_stalled{cause=\"warehouse\"} 1"), "gauge set while stalled");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(s.records(&s.settings.dlq_topic, Duration::from_secs(2)).await.is_empty(), "good rows were dead-lettered");
+    assert!(s.records(&s.settings.kafka.dlq_topic, Duration::from_secs(2)).await.is_empty(), "good rows were dead-lettered");
 
     s.wh.execute("RENAME TABLE events.learning_events_away TO events.learning_events", &[]).await.unwrap();
     assert_eq!(s.wait_rows(400, Duration::from_secs(60)).await, 400);
@@ -300,6 +300,6 @@ async fn a_missing_table_stalls_the_lander_visibly_and_dead_letters_nothing() {
     assert_eq!(s.count("SELECT uniqExact(event_id) AS n FROM events.learning_events").await, 400, "no duplicates");
     assert_eq!(s.count("SELECT count() AS n FROM events.learning_events").await, 400);
     assert!(learnvault::lander::health::current().is_empty(), "recovered");
-    assert!(s.records(&s.settings.dlq_topic, Duration::from_secs(2)).await.is_empty());
+    assert!(s.records(&s.settings.kafka.dlq_topic, Duration::from_secs(2)).await.is_empty());
     s.wh.close();
 }

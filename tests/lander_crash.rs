@@ -58,7 +58,7 @@ async fn learners(s: &Spine, n: usize, prefix: &str) -> Vec<String> {
 /// returns how many were acknowledged.
 fn producing(s: &Spine, ls: Vec<String>, chunk: usize, every: Duration, until: tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<usize> {
     let producer = s.producer.clone();
-    let topic = s.settings.events_topic.clone();
+    let topic = s.settings.kafka.events_topic.clone();
     tokio::spawn(async move {
         let mut sent = 0;
         while !*until.borrow() {
@@ -193,7 +193,7 @@ async fn the_lander_rides_out_a_broker_crash_mid_stream() {
     let total = producer.await.unwrap() as u64;
     let landed = s.wait_rows(total, Duration::from_secs(120)).await;
     if landed != total {
-        let in_topic = s.messages_in(&s.settings.events_topic);
+        let in_topic = s.messages_in(&s.settings.kafka.events_topic);
         let distinct = s.count("SELECT uniqExact(event_id) AS n FROM events.learning_events").await;
         panic!("landed {landed} ({distinct} distinct) of {total} ({in_topic} records in the topic); the lander ended with {}", lander.outcome().await);
     }
@@ -289,14 +289,14 @@ async fn a_group_whose_offsets_go_back_to_the_start_lands_nothing_twice() {
     // The group's committed offsets are back at the start (what a consumer sees when the
     // committed offset cannot be read after a broker crash and it resets to the earliest).
     let c: BaseConsumer = rdkafka::config::ClientConfig::new()
-        .set("bootstrap.servers", &s.settings.kafka_brokers)
-        .set("group.id", &s.settings.consumer_group)
+        .set("bootstrap.servers", &s.settings.kafka.brokers)
+        .set("group.id", &s.settings.lander.consumer_group)
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
-    for p in 0..s.settings.topic_partitions {
-        tpl.add_partition_offset(&s.settings.events_topic, p, Offset::Offset(0)).unwrap();
+    for p in 0..s.settings.kafka.topic_partitions {
+        tpl.add_partition_offset(&s.settings.kafka.events_topic, p, Offset::Offset(0)).unwrap();
     }
     c.commit(&tpl, CommitMode::Sync).unwrap();
     drop(c);
@@ -318,9 +318,9 @@ async fn an_abandoned_offset_commit_is_paid_when_idle_and_nothing_lands_twice() 
     use std::sync::atomic::Ordering;
     let mut broker = Broker::start_new();
     let mut s = Spine::with_brokers(true, broker.brokers()).await;
-    s.settings.lander_commit_attempts = 1;
+    s.settings.lander.commit_attempts = 1;
     // Records wait this long in the lander once fetched: the broker is killed in between.
-    s.settings.lander_batch_ms = 6_000;
+    s.settings.lander.batch_ms = 6_000;
     let ls = learners(&s, 6, "A").await;
     s.produce(&stream(&ls, 0, 300)).await;
     let lander = s.start_lander().await;

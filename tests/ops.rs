@@ -72,15 +72,15 @@ async fn capabilities_this_process_lacks_answer_503_with_their_code() {
 async fn an_invalid_section_fails_the_build_naming_its_setting() {
     use learnvault::app::{Application, Parts};
     let master = learnvault::vault::keys::MasterKey::generate();
-    let unreachable = learnvault::config::Settings {
-        database_url: "postgres://learnvault_app@127.0.0.1:1/none".into(),
-        admin_database_url: "postgres://postgres@127.0.0.1:1/none".into(),
-        ..common::settings_for("none", &master)
-    };
-    let lander = learnvault::config::Settings { lander_batch_rows: 0, ..unreachable.clone() };
+    let mut unreachable = common::settings_for("none", &master);
+    unreachable.database.url = "postgres://learnvault_app@127.0.0.1:1/none".into();
+    unreachable.database.admin_url = "postgres://postgres@127.0.0.1:1/none".into();
+    let mut lander = unreachable.clone();
+    lander.lander.batch_rows = 0;
     let e = Application::build_with(lander, Parts::land()).await.err().expect("refused");
     assert!(format!("{e:#}").contains("LEARNVAULT_LANDER_BATCH_ROWS"), "{e:#}");
-    let api = learnvault::config::Settings { ingest_max_events: 0, ..unreachable };
+    let mut api = unreachable;
+    api.gateway.ingest_max_events = 0;
     let e = Application::build_with(api, Parts::api_only()).await.err().expect("refused");
     assert!(format!("{e:#}").contains("LEARNVAULT_INGEST_MAX_EVENTS"), "{e:#}");
 }

@@ -10,12 +10,15 @@ use learnvault::warehouse::{migrate, Warehouse};
 async fn ttls_match_the_policy_expired_rows_go_and_a_drifted_ttl_fails() {
     let dir = std::env::temp_dir().join(format!("lv-ch-{}", uuid::Uuid::new_v4().simple()));
     let settings = Settings {
-        clickhouse_url: format!("chdb://{}", dir.display()),
-        clickhouse_migrations_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/clickhouse").into(),
+        warehouse: learnvault::config::WarehouseSettings {
+            url: format!("chdb://{}", dir.display()),
+            migrations_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/clickhouse").into(),
+            ..Default::default()
+        },
         ..Settings::default()
     };
     let wh = Warehouse::open(&settings).unwrap();
-    migrate::run(&wh, &settings.clickhouse_migrations_dir).await.unwrap();
+    migrate::run(&wh, &settings.warehouse.migrations_dir).await.unwrap();
     let policy = Policy::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/retention.yaml")).unwrap();
 
     let r = verify(&wh, &policy).await.unwrap();
@@ -69,10 +72,13 @@ async fn topics_are_created_with_the_policys_retention_and_a_drifted_topic_fails
 
     let id = uuid::Uuid::new_v4().simple().to_string();
     let settings = Settings {
-        kafka_brokers: common::spine::brokers(),
-        events_topic: format!("ret-{id}"),
-        dlq_topic: format!("ret-{id}.dlq"),
-        topic_partitions: 2,
+        kafka: learnvault::config::KafkaSettings {
+            brokers: common::spine::brokers(),
+            events_topic: format!("ret-{id}"),
+            dlq_topic: format!("ret-{id}.dlq"),
+            topic_partitions: 2,
+            ..Default::default()
+        },
         policy_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/policies").into(),
         ..Settings::default()
     };
@@ -81,33 +87,33 @@ async fn topics_are_created_with_the_policys_retention_and_a_drifted_topic_fails
 
     // Before the topics exist, their retention cannot be shown: a violation.
     let mut r = empty();
-    verify_topics(&mut r, &settings.kafka_brokers, &specs).await;
+    verify_topics(&mut r, &settings.kafka.brokers, &specs).await;
     assert!(!r.ok, "{r:?}");
     assert_eq!(r.tables[0].live_ttl.as_deref(), Some("no such topic"));
 
-    learnvault::topics::ensure(&settings.kafka_brokers, &specs).await.unwrap();
-    let live = learnvault::topics::live_configs(&settings.kafka_brokers, &[&settings.events_topic, &settings.dlq_topic]).await.unwrap();
-    let dlq = live[&settings.dlq_topic].as_ref().unwrap();
+    learnvault::topics::ensure(&settings.kafka.brokers, &specs).await.unwrap();
+    let live = learnvault::topics::live_configs(&settings.kafka.brokers, &[&settings.kafka.events_topic, &settings.kafka.dlq_topic]).await.unwrap();
+    let dlq = live[&settings.kafka.dlq_topic].as_ref().unwrap();
     assert_eq!(dlq["retention.ms"], (14 * 86_400_000i64).to_string(), "dead letters: 14 days, from policies/retention.yaml");
     assert_eq!(dlq["cleanup.policy"], "delete");
-    assert_eq!(live[&settings.events_topic].as_ref().unwrap()["retention.ms"], (7 * 86_400_000i64).to_string());
+    assert_eq!(live[&settings.kafka.events_topic].as_ref().unwrap()["retention.ms"], (7 * 86_400_000i64).to_string());
     let mut r = empty();
-    verify_topics(&mut r, &settings.kafka_brokers, &specs).await;
+    verify_topics(&mut r, &settings.kafka.brokers, &specs).await;
     assert!(r.ok, "{r:?}");
     assert_eq!(r.tables.len(), 2);
 
     // An operator sets the dead letters to be kept forever: the report names the topic and
     // what it found, and `ensure` (a restart) does not silently rewrite it.
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &settings.kafka_brokers).create().unwrap();
-    let alter = AlterConfig::new(ResourceSpecifier::Topic(&settings.dlq_topic)).set("retention.ms", "-1");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &settings.kafka.brokers).create().unwrap();
+    let alter = AlterConfig::new(ResourceSpecifier::Topic(&settings.kafka.dlq_topic)).set("retention.ms", "-1");
     for res in admin.alter_configs([&alter], &AdminOptions::new()).await.unwrap() {
         res.unwrap();
     }
-    learnvault::topics::ensure(&settings.kafka_brokers, &specs).await.unwrap();
+    learnvault::topics::ensure(&settings.kafka.brokers, &specs).await.unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let r = loop {
         let mut r = empty();
-        verify_topics(&mut r, &settings.kafka_brokers, &specs).await;
+        verify_topics(&mut r, &settings.kafka.brokers, &specs).await;
         if !r.ok || std::time::Instant::now() > deadline {
             break r;
         }
@@ -116,6 +122,6 @@ async fn topics_are_created_with_the_policys_retention_and_a_drifted_topic_fails
     assert!(!r.ok, "{r:?}");
     let bad: Vec<_> = r.tables.iter().filter(|t| !t.ttl_ok).collect();
     assert_eq!(bad.len(), 1, "{bad:?}");
-    assert_eq!(bad[0].table, format!("kafka:{}", settings.dlq_topic));
+    assert_eq!(bad[0].table, format!("kafka:{}", settings.kafka.dlq_topic));
     assert!(bad[0].live_ttl.as_deref().unwrap().contains("retention.ms=-1"), "{bad:?}");
 }

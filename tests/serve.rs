@@ -449,7 +449,7 @@ fn cohort_views_never_read_the_base_table() {
 async fn disclosure_audit_cli_audits_every_release_of_the_live_rollups() {
     let dir = std::env::temp_dir().join(format!("lv-disc-{}", uuid::Uuid::new_v4().simple()));
     let url = format!("chdb://{}", dir.display());
-    let settings = learnvault::config::Settings { clickhouse_url: url.clone(), ..Default::default() };
+    let settings = learnvault::config::Settings { warehouse: learnvault::config::WarehouseSettings { url: url.clone(), ..Default::default() }, ..Default::default() };
     let wh = learnvault::warehouse::Warehouse::open(&settings).expect("embedded engine");
     let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/clickhouse");
     learnvault::warehouse::migrate::run(&wh, &migrations).await.unwrap();

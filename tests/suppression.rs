@@ -84,8 +84,8 @@ async fn an_erased_learner_is_refused_on_every_ingest_path_until_a_dpo_lifts_it(
     // Nobody was issued a pseudonym for the erased learner, nothing reached the events topic,
     // and both refusals are dead letters without identity or pseudonym.
     assert_eq!(app.count("SELECT count(*) FROM learners").await, 1, "only S-NEW");
-    assert!(records_of(&app.settings.kafka_brokers, &app.settings.events_topic, Duration::from_secs(2)).await.is_empty());
-    let dead = records_of(&app.settings.kafka_brokers, &app.settings.dlq_topic, Duration::from_secs(2)).await;
+    assert!(records_of(&app.settings.kafka.brokers, &app.settings.kafka.events_topic, Duration::from_secs(2)).await.is_empty());
+    let dead = records_of(&app.settings.kafka.brokers, &app.settings.kafka.dlq_topic, Duration::from_secs(2)).await;
     let reasons: Vec<String> = dead.iter().map(|(_, v)| serde_json::from_slice::<Value>(v).unwrap()["reason"].as_str().unwrap().to_owned()).collect();
     assert_eq!(reasons, ["erased", "erased"], "{reasons:?}");
     for (k, v) in &dead {

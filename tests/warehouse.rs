@@ -6,7 +6,7 @@ use learnvault::warehouse::{migrate, Warehouse};
 use serde_json::json;
 
 fn settings(dir: &std::path::Path) -> Settings {
-    Settings { clickhouse_url: format!("chdb://{}", dir.display()), ..Settings::default() }
+    Settings { warehouse: learnvault::config::WarehouseSettings { url: format!("chdb://{}", dir.display()), ..Default::default() }, ..Settings::default() }
 }
 
 fn events(n: usize, course: &str, day: &str) -> Vec<u8> {

@@ -11,13 +11,16 @@ use learnvault::warehouse::{migrate, Warehouse};
 async fn the_server_adapter_runs_the_same_migrations_and_parameters() {
     let url = std::env::var("LEARNVAULT_TEST_CLICKHOUSE_URL").expect("LEARNVAULT_TEST_CLICKHOUSE_URL names a ClickHouse server");
     let settings = Settings {
-        clickhouse_url: url,
-        clickhouse_migrations_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/clickhouse").into(),
+        warehouse: learnvault::config::WarehouseSettings {
+            url,
+            migrations_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/clickhouse").into(),
+            ..Default::default()
+        },
         ..Settings::default()
     };
     let wh = Warehouse::open(&settings).unwrap();
-    migrate::run(&wh, &settings.clickhouse_migrations_dir).await.unwrap();
-    assert!(migrate::run(&wh, &settings.clickhouse_migrations_dir).await.unwrap().is_empty());
+    migrate::run(&wh, &settings.warehouse.migrations_dir).await.unwrap();
+    assert!(migrate::run(&wh, &settings.warehouse.migrations_dir).await.unwrap().is_empty());
     let hostile = "x'); DROP TABLE events.learning_events; --";
     let rows = wh.query("SELECT {v:String} AS v", &[("v", hostile.into())]).await.unwrap();
     assert_eq!(rows[0]["v"], hostile);

@@ -90,7 +90,7 @@ async fn every_statement_shape_open_edx_emits_is_accepted_one_request_per_fixtur
 
     // Kafka: one event per mapped statement (event_id = statement id), one dead letter per
     // unmapped one with its reason and statement id; the actor nowhere.
-    let records = spine.scan(&spine.settings.events_topic, Duration::from_secs(3)).await;
+    let records = spine.scan(&spine.settings.kafka.events_topic, Duration::from_secs(3)).await;
     let events = events_of(&records);
     let landed: BTreeSet<String> = events.iter().map(|e| e["event_id"].as_str().unwrap().to_owned()).collect();
     assert_eq!(events.len(), mapped.len(), "{} events for {} mapped statements", events.len(), mapped.len());
@@ -102,7 +102,7 @@ async fn every_statement_shape_open_edx_emits_is_accepted_one_request_per_fixtur
         dl.iter().map(|d| (d["payload"]["statement_id"].as_str().unwrap().to_owned(), d["reason"].as_str().unwrap().to_owned())).collect();
     assert_eq!(dead, unmapped.iter().map(|(k, v)| (k.clone(), v.to_string())).collect::<BTreeMap<_, _>>());
     let mut all = records;
-    all.extend(spine.scan(&spine.settings.dlq_topic, Duration::from_secs(2)).await);
+    all.extend(spine.scan(&spine.settings.kafka.dlq_topic, Duration::from_secs(2)).await);
     for m in &all {
         assert!(!m.contains(ERB_ACTOR), "actor name in Kafka: {m}");
     }
@@ -148,7 +148,7 @@ async fn an_unusable_statement_does_not_refuse_its_neighbours_which_land() {
     assert_eq!(dl[0]["reason"], "xapi_invalid");
     assert_eq!(dl[0]["payload"]["statement_id"], bad["id"]);
     assert_eq!(dl[0]["payload"]["path"], "[2].result.score.raw");
-    for (k, v) in spine.records(&spine.settings.dlq_topic, Duration::from_secs(2)).await {
+    for (k, v) in spine.records(&spine.settings.kafka.dlq_topic, Duration::from_secs(2)).await {
         let text = format!("{}\t{}", String::from_utf8_lossy(&k), String::from_utf8_lossy(&v));
         assert!(!text.contains(NAME) && !text.contains("homePage"), "identity in a dead letter: {text}");
     }
@@ -162,7 +162,7 @@ async fn an_unusable_statement_does_not_refuse_its_neighbours_which_land() {
     let (s, _, v) = post(&gw, &lms, &json!([bad])).await;
     assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("xapi_invalid")), "{v}");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(spine.messages_in(&spine.settings.dlq_topic), 1, "no dead letter for a request refused whole");
+    assert_eq!(spine.messages_in(&spine.settings.kafka.dlq_topic), 1, "no dead letter for a request refused whole");
     assert_eq!(spine.count("SELECT count() AS n FROM events.learning_events").await, 3);
     lander.stop().await;
 }
@@ -193,7 +193,7 @@ async fn account_home_page_must_be_an_lms_declared_for_the_institution() {
     assert_eq!(s, StatusCode::OK, "{ids}");
     assert_eq!(ids, json!([openedx["id"], moodle["id"]]));
     assert_eq!(refused.as_deref(), Some("2:xapi_home_page"));
-    let events = events_of(&spine.scan(&spine.settings.events_topic, Duration::from_secs(3)).await);
+    let events = events_of(&spine.scan(&spine.settings.kafka.events_topic, Duration::from_secs(3)).await);
     assert_eq!(events.len(), 2, "{events:?}");
     let learner = |id: &Value| events.iter().find(|e| e["event_id"] == *id).unwrap()["learner_id"].as_str().unwrap().to_owned();
     let (a, b) = (learner(&openedx["id"]), learner(&moodle["id"]));

@@ -39,7 +39,7 @@ pub async fn build(settings: &Settings, warehouse: Warehouse) -> anyhow::Result<
 /// Build a lander from settings and policy read before: create the topics if missing, join the group.
 pub async fn build_with(settings: &Settings, policy: &LanderPolicy, warehouse: Warehouse) -> anyhow::Result<Lander> {
     let pool = crate::db::connect(settings)?;
-    crate::topics::ensure(&settings.kafka_brokers, &policy.topics).await.context("creating the topics")?;
+    crate::topics::ensure(&settings.kafka.brokers, &policy.topics).await.context("creating the topics")?;
     Lander::new(
         LanderConfig::from_settings(settings),
         warehouse,
@@ -70,7 +70,7 @@ pub async fn supervise(settings: &Settings, warehouse: Warehouse, mut stop: watc
         };
         let outcome = match build_with(settings, &policy, warehouse.clone()).await {
             Ok(lander) => {
-                tracing::info!(topic = %settings.events_topic, group = %settings.consumer_group, "lander running");
+                tracing::info!(topic = %settings.kafka.events_topic, group = %settings.lander.consumer_group, "lander running");
                 lander.run(stopped).await.map_err(anyhow::Error::from)
             }
             Err(e) => Err(e),

@@ -87,7 +87,7 @@ pub struct Authenticator {
 
 impl Authenticator {
     pub fn from_settings(settings: &Settings, master: &MasterKey) -> Result<Self, AuthError> {
-        let mode = match &settings.jwks_file {
+        let mode = match &settings.auth.jwks_file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| AuthError::Jwks(e.to_string()))?;
                 let set: JwkSet = serde_json::from_str(&text).map_err(|e| AuthError::Jwks(e.to_string()))?;
@@ -112,7 +112,7 @@ impl Authenticator {
                 Mode::Development { decoding: DecodingKey::from_secret(k.as_ref()), encoding: EncodingKey::from_secret(k.as_ref()) }
             }
         };
-        Ok(Authenticator { mode, issuer: settings.jwt_issuer.clone(), audience: settings.jwt_audience.clone() })
+        Ok(Authenticator { mode, issuer: settings.auth.jwt_issuer.clone(), audience: settings.auth.jwt_audience.clone() })
     }
 
     fn validation(&self, alg: Algorithm) -> Validation {

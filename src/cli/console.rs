@@ -35,7 +35,7 @@ pub fn claims(policies: &Policies, sub: Option<String>, who: PrincipalArgs) -> a
 
 pub async fn run(settings: Settings, cmd: ConsoleCommand) -> anyhow::Result<ExitCode> {
     let ConsoleCommand::Login { who, sub } = cmd;
-    if settings.is_production() || settings.jwks_file.is_some() {
+    if settings.is_production() || settings.auth.jwks_file.is_some() {
         anyhow::bail!("refusing: a production key set is configured (sign in through your identity provider)");
     }
     let policies = Policies::load(&settings.policy_dir)?;

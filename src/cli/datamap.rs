@@ -16,7 +16,7 @@ pub async fn run(settings: Settings, cmd: DataMapCommand) -> anyhow::Result<Exit
     let DataMapCommand::Check = cmd;
     let map = DataMap::load(&settings.policy_dir.join("data-map.yaml"))?;
     // The owner connection: information_schema shows only what the role may read.
-    let pool = sqlx::PgPool::connect(settings.admin_database_url.expose_secret()).await?;
+    let pool = sqlx::PgPool::connect(settings.database.admin_url.expose_secret()).await?;
     let pg = live_postgres(&pool).await;
     pool.close().await;
     let wh = Warehouse::open(&settings)?;

@@ -188,7 +188,7 @@ async fn open(settings: &Settings) -> anyhow::Result<(Warehouse, crate::api::App
     let wh = Warehouse::open(settings).map_err(|e| {
         anyhow::anyhow!("{e} (on the embedded engine a running `learnvault serve` holds the data path: stop it, or use POST /v1/dsr/*)")
     })?;
-    if let Err(e) = migrate::run(&wh, &settings.clickhouse_migrations_dir).await {
+    if let Err(e) = migrate::run(&wh, &settings.warehouse.migrations_dir).await {
         wh.close();
         return Err(e.into());
     }

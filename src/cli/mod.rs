@@ -111,6 +111,7 @@ pub enum Command {
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = Settings::load()?;
+    settings.validate()?;
     crate::telemetry::init(settings.log_format);
     match cli.command {
         Command::Serve => serve::run(settings).await,
@@ -119,7 +120,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::db::migrate(&settings).await?;
             println!("postgresql migrations applied");
             let wh = crate::warehouse::Warehouse::open(&settings)?;
-            let result = crate::warehouse::migrate::run(&wh, &settings.clickhouse_migrations_dir).await;
+            let result = crate::warehouse::migrate::run(&wh, &settings.warehouse.migrations_dir).await;
             wh.close();
             println!("clickhouse migrations applied: {:?}", result?);
             Ok(ExitCode::SUCCESS)

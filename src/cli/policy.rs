@@ -14,7 +14,7 @@ pub enum PolicyCommand {
 pub fn run(settings: Settings, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     let PolicyCommand::CheckFeatures = cmd;
     let protected = ProtectedAttributes::load(&settings.policy_dir)?;
-    let catalog = Catalog::from_migrations(&settings.clickhouse_migrations_dir).map_err(anyhow::Error::msg)?;
+    let catalog = Catalog::from_migrations(&settings.warehouse.migrations_dir).map_err(anyhow::Error::msg)?;
     let (features, found) = check(&catalog, &protected);
     if found.is_empty() {
         println!("features ok: {} feature view(s) {features:?}, lineage free of protected attributes", features.len());

@@ -22,7 +22,7 @@ pub async fn run(settings: Settings, cmd: RetentionCommand) -> anyhow::Result<Ex
     let report = async {
         let mut r = verify(&wh, &policy).await?;
         verify_postgres(&mut r, &pool, &policy, &settings.archive_path()).await?;
-        verify_topics(&mut r, &settings.kafka_brokers, &crate::topics::specs_with(&settings, &policy)).await;
+        verify_topics(&mut r, &settings.kafka.brokers, &crate::topics::specs_with(&settings, &policy)).await;
         anyhow::Ok(r)
     }
     .await;

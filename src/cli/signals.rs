@@ -37,7 +37,7 @@ pub async fn run(settings: Settings, cmd: SignalsCommand) -> anyhow::Result<Exit
     crate::db::migrate(&settings).await.context("applying migrations")?;
     let wh = Warehouse::open(&settings)?;
     let result = async {
-        migrate::run(&wh, &settings.clickhouse_migrations_dir).await?;
+        migrate::run(&wh, &settings.warehouse.migrations_dir).await?;
         let sg = build(&settings, wh.clone())?;
         let ran = sg.run_range(from, to).await?;
         let mut failed = 0;

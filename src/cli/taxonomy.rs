@@ -19,7 +19,7 @@ pub enum TaxonomyCommand {
 pub fn run(settings: Settings, cmd: TaxonomyCommand) -> anyhow::Result<ExitCode> {
     let TaxonomyCommand::Check { src } = cmd;
     let tax = Taxonomy::load(&settings.policy_dir.join("taxonomy"))?;
-    let readers = check::readers(&settings.clickhouse_migrations_dir, &src).map_err(anyhow::Error::msg)?;
+    let readers = check::readers(&settings.warehouse.migrations_dir, &src).map_err(anyhow::Error::msg)?;
     let problems = check::check(&tax, &readers);
     let versions: Vec<&str> = tax.versions.keys().map(String::as_str).collect();
     if problems.is_empty() {

@@ -48,7 +48,7 @@ impl PrincipalArgs {
 
 pub fn run(settings: Settings, cmd: TokenCommand) -> anyhow::Result<ExitCode> {
     let TokenCommand::Mint { sub, who, ttl } = cmd;
-    if settings.is_production() || settings.jwks_file.is_some() {
+    if settings.is_production() || settings.auth.jwks_file.is_some() {
         anyhow::bail!("refusing to mint: a production key set is configured (tokens come from your identity provider)");
     }
     let ttl = parse_ttl(&ttl).context("--ttl must look like 90s, 15m, 1h or 7d (at most 366d)")?;

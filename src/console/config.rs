@@ -1,8 +1,8 @@
-//! The console's settings (`LEARNVAULT_CONSOLE_*`), validated.
+//! The console's settings (`LEARNVAULT_CONSOLE_*`, `LEARNVAULT_OIDC_*`: `settings.console`), validated.
 
 use std::time::Duration;
 
-use crate::config::Settings;
+use crate::config::{Section, Settings};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -39,51 +39,29 @@ pub struct Oidc {
 pub struct ConfigError(String);
 
 impl Config {
+    /// The console's section, checked ([`crate::config::ConsoleSettings`]'s `validate`), as the
+    /// console runs with it.
     pub fn from_settings(s: &Settings) -> Result<Config, ConfigError> {
+        let c = &s.console;
+        c.validate().map_err(|e| ConfigError(e.0.join("; ")))?;
         let base_url = s.console_base_url();
         let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
             .iter()
             .any(|p| base_url.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with(':') || rest.starts_with('/')));
-        let c = Config {
+        Ok(Config {
             secure_cookie: !loopback,
-            base_url_configured: s.console_url.is_some(),
-            dev_login: !s.is_production() && s.jwks_file.is_none(),
-            oidc: s.oidc_issuer.as_ref().map(|i| Oidc {
+            base_url_configured: c.url.is_some(),
+            dev_login: !s.is_production() && s.auth.jwks_file.is_none(),
+            oidc: c.oidc_issuer.as_ref().map(|i| Oidc {
                 issuer: i.trim_end_matches('/').to_owned(),
-                client_id: s.oidc_client_id.clone(),
-                client_secret: s.oidc_client_secret.clone(),
+                client_id: c.oidc_client_id.clone(),
+                client_secret: c.oidc_client_secret.clone(),
             }),
             base_url,
-            idle: Duration::from_secs(s.console_idle_minutes.saturating_mul(60)),
-            lifetime: Duration::from_secs(s.console_session_hours.saturating_mul(3600)),
-            code_ttl: Duration::from_secs(s.console_code_ttl_secs),
-        };
-        c.validate()?;
-        Ok(c)
-    }
-
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if !(self.base_url.starts_with("http://") || self.base_url.starts_with("https://")) {
-            return Err(ConfigError(format!("LEARNVAULT_CONSOLE_URL must be an http(s) URL, not {:?}", self.base_url)));
-        }
-        if self.idle < Duration::from_secs(60) || self.idle > Duration::from_secs(24 * 3600) {
-            return Err(ConfigError("LEARNVAULT_CONSOLE_IDLE_MINUTES must be 1-1440".into()));
-        }
-        if self.lifetime < self.idle || self.lifetime > Duration::from_secs(7 * 24 * 3600) {
-            return Err(ConfigError("LEARNVAULT_CONSOLE_SESSION_HOURS must be at least the idle timeout and at most 168".into()));
-        }
-        if self.code_ttl < Duration::from_secs(10) || self.code_ttl > Duration::from_secs(24 * 3600) {
-            return Err(ConfigError("LEARNVAULT_CONSOLE_CODE_TTL_SECS must be 10-86400".into()));
-        }
-        if let Some(o) = &self.oidc {
-            if !(o.issuer.starts_with("https://") || o.issuer.starts_with("http://127.0.0.1") || o.issuer.starts_with("http://localhost")) {
-                return Err(ConfigError("LEARNVAULT_OIDC_ISSUER must be https (plain http only on loopback)".into()));
-            }
-            if o.client_id.is_empty() {
-                return Err(ConfigError("LEARNVAULT_OIDC_CLIENT_ID must not be empty".into()));
-            }
-        }
-        Ok(())
+            idle: c.idle(),
+            lifetime: c.lifetime(),
+            code_ttl: c.code_ttl(),
+        })
     }
 }
 
@@ -92,7 +70,11 @@ mod tests {
     use super::*;
 
     fn with(url: Option<&str>, listen: &str) -> Config {
-        let s = Settings { console_url: url.map(str::to_owned), listen: listen.into(), ..Settings::default() };
+        let s = {
+            let mut s = Settings { listen: listen.into(), ..Settings::default() };
+            s.console.url = url.map(str::to_owned);
+            s
+        };
         Config::from_settings(&s).unwrap()
     }
 
@@ -108,16 +90,19 @@ mod tests {
 
     #[test]
     fn refuses_nonsense() {
-        let s = Settings { console_idle_minutes: 0, ..Settings::default() };
-        assert!(Config::from_settings(&s).is_err());
-        let s = Settings { console_url: Some("ftp://x".into()), ..Settings::default() };
-        assert!(Config::from_settings(&s).is_err());
+        let mut s = Settings::default();
+        s.console.idle_minutes = 0;
+        assert!(Config::from_settings(&s).unwrap_err().to_string().contains("LEARNVAULT_CONSOLE_IDLE_MINUTES"));
+        let mut s = Settings::default();
+        s.console.url = Some("ftp://x".into());
+        assert!(Config::from_settings(&s).unwrap_err().to_string().contains("LEARNVAULT_CONSOLE_URL"));
     }
 
     #[test]
     fn one_time_codes_are_for_development_only() {
         assert!(with(None, "127.0.0.1:8080").dev_login);
-        let s = Settings { jwks_file: Some("/etc/jwks.json".into()), ..Settings::default() };
+        let mut s = Settings::default();
+        s.auth.jwks_file = Some("/etc/jwks.json".into());
         assert!(!Config::from_settings(&s).unwrap().dev_login);
     }
 }

@@ -171,28 +171,28 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(settings: &Settings, vault: Vault, analytics_default: bool) -> anyhow::Result<Gateway> {
-        let producer: FutureProducer = crate::envelope::producer_config(&settings.kafka_brokers, &settings.produce_compression)
+        let producer: FutureProducer = crate::envelope::producer_config(&settings.kafka.brokers, &settings.kafka.produce_compression)
             .set("linger.ms", "2")
             .set("queue.buffering.max.messages", "1000000")
             // Fail a request within seconds when the broker is gone (503, retry), not minutes.
-            .set("message.timeout.ms", settings.produce_timeout_ms.to_string())
+            .set("message.timeout.ms", settings.gateway.produce_timeout_ms.to_string())
             .create()?;
         let pool = vault.pool().clone();
         let statements =
-            settings.ingest_dedup.then(|| crate::dedup::XapiStatements::new(pool.clone(), vault.service_key("xapi-statement-digest")));
+            settings.dedup.enabled.then(|| crate::dedup::XapiStatements::new(pool.clone(), vault.service_key("xapi-statement-digest")));
         Ok(Gateway {
-            dead: DeadLetters::new(producer.clone(), &settings.dlq_topic),
+            dead: DeadLetters::new(producer.clone(), &settings.kafka.dlq_topic),
             producer,
-            topic: settings.events_topic.clone(),
+            topic: settings.kafka.events_topic.clone(),
             taxonomy: Taxonomy::load(&settings.policy_dir.join("taxonomy"))?,
             protected: ProtectedAttributes::load(&settings.policy_dir)?,
             lms: LmsHomePages::load(&settings.policy_dir)?,
-            governance: Governance::new(pool, Duration::from_millis(settings.governance_cache_ms), analytics_default),
+            governance: Governance::new(pool, Duration::from_millis(settings.governance.cache_ms), analytics_default),
             vault,
-            clock_skew: Duration::from_secs(settings.clock_skew_secs),
-            produce_timeout_ms: settings.produce_timeout_ms,
-            compression: settings.envelope_compression,
-            format: settings.record_format,
+            clock_skew: Duration::from_secs(settings.governance.clock_skew_secs),
+            produce_timeout_ms: settings.gateway.produce_timeout_ms,
+            compression: settings.kafka.envelope_compression,
+            format: settings.kafka.record_format,
             partitions: std::sync::Mutex::new(None),
             statements,
         })

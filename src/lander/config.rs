@@ -42,51 +42,54 @@ pub struct LanderConfig {
 impl LanderConfig {
     pub fn from_settings(s: &Settings) -> Self {
         LanderConfig {
-            brokers: s.kafka_brokers.clone(),
-            topic: s.events_topic.clone(),
-            dlq_topic: s.dlq_topic.clone(),
-            group: s.consumer_group.clone(),
-            partitions: s.topic_partitions,
-            batch_rows: s.lander_batch_rows,
-            batch_wait: Duration::from_millis(s.lander_batch_ms),
-            commit_attempts: s.lander_commit_attempts,
-            in_flight: s.lander_in_flight,
-            batch_bytes: s.lander_batch_bytes,
-            max_event_bytes: s.max_event_bytes,
-            governance_ttl: Duration::from_millis(s.governance_cache_ms),
-            clock_skew: Duration::from_secs(s.clock_skew_secs),
-            dedup: s.ingest_dedup,
-            dedup_window_days: s.ingest_dedup_window_days,
+            brokers: s.kafka.brokers.clone(),
+            topic: s.kafka.events_topic.clone(),
+            dlq_topic: s.kafka.dlq_topic.clone(),
+            group: s.lander.consumer_group.clone(),
+            partitions: s.kafka.topic_partitions,
+            batch_rows: s.lander.batch_rows,
+            batch_wait: Duration::from_millis(s.lander.batch_ms),
+            commit_attempts: s.lander.commit_attempts,
+            in_flight: s.lander.in_flight,
+            batch_bytes: s.lander.batch_bytes,
+            max_event_bytes: s.lander.max_event_bytes,
+            governance_ttl: Duration::from_millis(s.governance.cache_ms),
+            clock_skew: Duration::from_secs(s.governance.clock_skew_secs),
+            dedup: s.dedup.enabled,
+            dedup_window_days: s.dedup.window_days,
         }
     }
 
     /// Refuse a configuration the lander cannot run with: an empty broker list,
     /// topic or group, one topic for events and dead letters, no partitions, a
-    /// zero batch or event size, commit attempts outside 1..=100, batches in flight outside 1..=4, or a deduplication window under 7 days. (A zero `batch_wait` or `governance_ttl` is
-    /// allowed: flush at every tick, ask the vault every time.)
+    /// zero batch or event size, commit attempts outside 1..=[`MAX_COMMIT_ATTEMPTS`], batches in
+    /// flight outside 1..=[`MAX_IN_FLIGHT`], or a deduplication window under
+    /// [`crate::dedup::MIN_WINDOW_DAYS`]. (A zero `batch_wait` or `governance_ttl` is allowed:
+    /// flush at every tick, ask the vault every time.) `Settings::validate` refuses the same
+    /// at start-up, from the same constants; this guards a `LanderConfig` built otherwise.
     pub fn validate(&self) -> Result<(), LanderError> {
-        let problem = if self.brokers.trim().is_empty() {
-            "no Kafka brokers (LEARNVAULT_KAFKA_BROKERS)"
+        let problem: String = if self.brokers.trim().is_empty() {
+            "no Kafka brokers (LEARNVAULT_KAFKA_BROKERS)".into()
         } else if self.topic.is_empty() || self.dlq_topic.is_empty() {
-            "an empty topic name (LEARNVAULT_EVENTS_TOPIC, LEARNVAULT_DLQ_TOPIC)"
+            "an empty topic name (LEARNVAULT_EVENTS_TOPIC, LEARNVAULT_DLQ_TOPIC)".into()
         } else if self.topic == self.dlq_topic {
-            "the dead-letter topic is the events topic (LEARNVAULT_DLQ_TOPIC)"
+            "the dead-letter topic is the events topic (LEARNVAULT_DLQ_TOPIC)".into()
         } else if self.group.is_empty() {
-            "an empty consumer group (LEARNVAULT_CONSUMER_GROUP)"
+            "an empty consumer group (LEARNVAULT_CONSUMER_GROUP)".into()
         } else if self.partitions < 1 {
-            "fewer than one partition (LEARNVAULT_TOPIC_PARTITIONS)"
+            "fewer than one partition (LEARNVAULT_TOPIC_PARTITIONS)".into()
         } else if self.batch_rows == 0 {
-            "a batch of zero records (LEARNVAULT_LANDER_BATCH_ROWS)"
+            "a batch of zero records (LEARNVAULT_LANDER_BATCH_ROWS)".into()
         } else if self.batch_bytes == 0 {
-            "a batch of zero bytes (LEARNVAULT_LANDER_BATCH_BYTES)"
+            "a batch of zero bytes (LEARNVAULT_LANDER_BATCH_BYTES)".into()
         } else if !(1..=MAX_COMMIT_ATTEMPTS).contains(&self.commit_attempts) {
-            "offset commit attempts outside 1..=100 (LEARNVAULT_LANDER_COMMIT_ATTEMPTS)"
+            format!("offset commit attempts outside 1..={MAX_COMMIT_ATTEMPTS} (LEARNVAULT_LANDER_COMMIT_ATTEMPTS)")
         } else if !(1..=MAX_IN_FLIGHT).contains(&self.in_flight) {
-            "batches in flight outside 1..=4 (LEARNVAULT_LANDER_IN_FLIGHT)"
+            format!("batches in flight outside 1..={MAX_IN_FLIGHT} (LEARNVAULT_LANDER_IN_FLIGHT)")
         } else if self.max_event_bytes == 0 {
-            "events of at most zero bytes (LEARNVAULT_MAX_EVENT_BYTES)"
+            "events of at most zero bytes (LEARNVAULT_MAX_EVENT_BYTES)".into()
         } else if self.dedup_window_days < crate::dedup::MIN_WINDOW_DAYS {
-            "a deduplication window under 7 days (LEARNVAULT_INGEST_DEDUP_WINDOW_DAYS)"
+            format!("a deduplication window under {} days (LEARNVAULT_INGEST_DEDUP_WINDOW_DAYS)", crate::dedup::MIN_WINDOW_DAYS)
         } else {
             return Ok(());
         };

@@ -60,7 +60,7 @@ mod row;
 mod run;
 mod service;
 
-pub use config::LanderConfig;
+pub use config::{LanderConfig, MAX_COMMIT_ATTEMPTS, MAX_IN_FLIGHT};
 pub use run::Lander;
 pub use service::LanderStats;
 

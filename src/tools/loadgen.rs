@@ -137,7 +137,7 @@ pub async fn generate(
             }
         }
         Some(
-            crate::envelope::producer_config(&settings.kafka_brokers, &settings.produce_compression)
+            crate::envelope::producer_config(&settings.kafka.brokers, &settings.kafka.produce_compression)
                 .set("linger.ms", "5")
                 .set("queue.buffering.max.messages", "1000000")
                 .create()?,
@@ -200,7 +200,7 @@ pub async fn generate(
             match args.via {
                 Via::Kafka => {
                     let producer = producer.clone().expect("kafka producer");
-                    let topic = settings.events_topic.clone();
+                    let topic = settings.kafka.events_topic.clone();
                     let stats = stats.clone();
                     let events: Vec<(String, Vec<u8>)> = batch
                         .iter()

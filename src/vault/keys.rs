@@ -84,10 +84,10 @@ impl MasterKey {
 
     /// [`MasterKey::load`] with the key file at `path` (`settings.dev_key_path()`).
     fn load_at(settings: &Settings, path: std::path::PathBuf) -> Result<Self, KeyError> {
-        if let Some(k) = &settings.master_key {
+        if let Some(k) = &settings.vault.master_key {
             return Self::from_base64(k.expose_secret());
         }
-        if settings.is_production() && settings.master_key_file.is_none() {
+        if settings.is_production() && settings.vault.master_key_file.is_none() {
             // Production never reads the development key file, even if one is lying around:
             // the key must be configured on purpose.
             if path.exists() {
@@ -95,7 +95,7 @@ impl MasterKey {
             }
             return Err(KeyError::MissingInProduction);
         }
-        if settings.master_key_file.is_some() || path.exists() {
+        if settings.vault.master_key_file.is_some() || path.exists() {
             let text = std::fs::read_to_string(&path).map_err(|source| KeyError::Io {
                 path: path.display().to_string(),
                 source,
@@ -174,7 +174,7 @@ mod tests {
         s.env = crate::config::Environment::Production;
         assert!(matches!(MasterKey::load_at(&s, dev.clone()), Err(KeyError::MissingInProduction)));
         // A key file named on purpose is the production way.
-        s.master_key_file = Some(dev.clone());
+        s.vault.master_key_file = Some(dev.clone());
         assert!(MasterKey::load_at(&s, s.dev_key_path()).is_ok());
         std::fs::remove_dir_all(&dir).unwrap();
     }

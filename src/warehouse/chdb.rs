@@ -121,6 +121,8 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// `connections` and `background_pool` are at least 1 (`WarehouseSettings::validate`, which
+    /// `Warehouse::open` runs first).
     pub fn open(lib: &Path, data_path: &Path, connections: usize, background_pool: usize) -> Result<Engine, WarehouseError> {
         let api = load(lib)?;
         {
@@ -144,14 +146,14 @@ impl Engine {
         }
         std::fs::create_dir_all(data_path).map_err(|e| WarehouseError::Unavailable(format!("{}: {e}", data_path.display())))?;
         let mut conns = Vec::new();
-        for _ in 0..connections.max(1) {
+        for _ in 0..connections {
             // The engine's merge/mutation pool: chDB's own default is 2 threads (4 tasks), so an
             // erasure's mutations wait behind background merges and their scheduler backs off
             // for seconds; ClickHouse server's default is 16.
             let args = [
                 CString::new("learnvault").unwrap(),
                 CString::new(format!("--path={}", data_path.display())).unwrap(),
-                CString::new(format!("--background_pool_size={}", background_pool.max(1))).unwrap(),
+                CString::new(format!("--background_pool_size={background_pool}")).unwrap(),
             ];
             let mut argv: Vec<*mut c_char> = args.iter().map(|a| a.as_ptr() as *mut c_char).collect();
             let c = unsafe { (api.connect)(argv.len() as c_int, argv.as_mut_ptr()) };

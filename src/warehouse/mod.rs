@@ -23,7 +23,7 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::config::Settings;
+use crate::config::{Section, Settings};
 
 /// Held for reading by every insert that feeds materialized views (the lander)
 /// and for writing while an aggregate partition is rebuilt and swapped in
@@ -146,8 +146,10 @@ pub enum Warehouse {
 }
 
 impl Warehouse {
+    /// Open the warehouse of `settings.warehouse` (checked first: its `validate`).
     pub fn open(settings: &Settings) -> Result<Warehouse, WarehouseError> {
-        match Target::parse(&settings.clickhouse_url, settings.default_chdb_path())? {
+        settings.warehouse.validate().map_err(|e| WarehouseError::Config(e.0.join("; ")))?;
+        match Target::parse(&settings.warehouse.url, settings.default_chdb_path())? {
             Target::Embedded(path) => {
                 let lib = settings.chdb_lib_path();
                 if !lib.exists() {
@@ -156,7 +158,7 @@ impl Warehouse {
                         lib.display()
                     )));
                 }
-                Ok(Warehouse::Embedded(Arc::new(chdb::Engine::open(&lib, &path, settings.chdb_connections, settings.chdb_background_pool)?)))
+                Ok(Warehouse::Embedded(Arc::new(chdb::Engine::open(&lib, &path, settings.warehouse.chdb_connections, settings.warehouse.chdb_background_pool)?)))
             }
             Target::Http(url) => Ok(Warehouse::Http(http::Server::new(&url)?)),
         }

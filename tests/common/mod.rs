@@ -42,15 +42,18 @@ pub fn settings_for(db_name: &str, master: &MasterKey) -> Settings {
 
 /// Settings for a database on the PostgreSQL server at 127.0.0.1:`port`.
 pub fn settings_on(port: u16, db_name: &str, master: &MasterKey) -> Settings {
+    use learnvault::config::{AuditSettings, DatabaseSettings, VaultSettings};
     Settings {
-        database_url: format!("postgres://learnvault_app@127.0.0.1:{port}/{db_name}").into(),
-        admin_database_url: format!("postgres://postgres@127.0.0.1:{port}/{db_name}").into(),
-        master_key: Some(master.to_base64().expose_secret().to_owned().into()),
+        database: DatabaseSettings {
+            url: format!("postgres://learnvault_app@127.0.0.1:{port}/{db_name}").into(),
+            admin_url: format!("postgres://postgres@127.0.0.1:{port}/{db_name}").into(),
+            max_connections: 8,
+        },
+        vault: VaultSettings { master_key: Some(master.to_base64().expose_secret().to_owned().into()), ..Default::default() },
         policy_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/policies").into(),
         listen: "127.0.0.1:0".into(),
-        db_max_connections: 8,
         // Each test its own checkpoint store (beside its own database).
-        audit_checkpoint_dir: Some(std::env::temp_dir().join(format!("lv-audit-cp-{db_name}"))),
+        audit: AuditSettings { checkpoint_dir: Some(std::env::temp_dir().join(format!("lv-audit-cp-{db_name}"))), ..Default::default() },
         ..Settings::default()
     }
 }
@@ -93,18 +96,18 @@ impl TestApp {
         let master = MasterKey::generate();
         let mut settings = settings_for(&db_name, &master);
         let dir = std::env::temp_dir().join(format!("lv-ch-{}", uuid::Uuid::new_v4().simple()));
-        settings.clickhouse_url = format!("chdb://{}", dir.join("chdb").display());
-        settings.clickhouse_migrations_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/clickhouse").into();
-        settings.archive_dir = Some(dir.join("archives"));
-        settings.governance_cache_ms = 200;
+        settings.warehouse.url = format!("chdb://{}", dir.join("chdb").display());
+        settings.warehouse.migrations_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/clickhouse").into();
+        settings.dsr.archive_dir = Some(dir.join("archives"));
+        settings.governance.cache_ms = 200;
         // Its own topics, created as `serve` creates them (the retention report reads them back).
         let id = uuid::Uuid::new_v4().simple().to_string();
-        settings.kafka_brokers = spine::brokers();
-        settings.events_topic = format!("le-{id}");
-        settings.dlq_topic = format!("le-{id}.dlq");
-        settings.topic_partitions = 2;
+        settings.kafka.brokers = spine::brokers();
+        settings.kafka.events_topic = format!("le-{id}");
+        settings.kafka.dlq_topic = format!("le-{id}.dlq");
+        settings.kafka.topic_partitions = 2;
         let topics = learnvault::topics::specs(&settings).expect("topic specs");
-        learnvault::topics::ensure(&settings.kafka_brokers, &topics).await.expect("topics (is Kafka running? ops/kafka.sh)");
+        learnvault::topics::ensure(&settings.kafka.brokers, &topics).await.expect("topics (is Kafka running? ops/kafka.sh)");
         tweak(&mut settings);
         Self::start(settings, master, Parts { warehouse: true, jobs: true, ..Parts::api_only() }).await
     }
@@ -121,13 +124,13 @@ impl TestApp {
 
     /// The app as `serve` builds it ([`Application::build_with`]: migrations included), with `parts`.
     async fn start(settings: Settings, master: MasterKey, parts: Parts) -> TestApp {
-        let db_name = settings.admin_database_url.expose_secret().rsplit('/').next().unwrap().to_owned();
+        let db_name = settings.database.admin_url.expose_secret().rsplit('/').next().unwrap().to_owned();
         let app = Application::build_with(settings.clone(), parts).await.expect("the application");
         let addr = app.addr().expect("the API is bound");
         let state = app.state().expect("the API's state").clone();
         let stop = app.stopper();
         let running = tokio::spawn(app.run_until(std::future::pending()));
-        let admin = PgPool::connect(settings.admin_database_url.expose_secret()).await.unwrap();
+        let admin = PgPool::connect(settings.database.admin_url.expose_secret()).await.unwrap();
         TestApp {
             base: format!("http://{addr}"),
             db_name,

@@ -65,23 +65,23 @@ impl Spine {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let data_path = std::env::temp_dir().join(format!("lv-spine-{id}"));
         let mut settings = app.settings.clone();
-        settings.kafka_brokers = brokers;
-        settings.events_topic = format!("le-{id}");
-        settings.dlq_topic = format!("le-{id}.dlq");
-        settings.consumer_group = format!("lander-{id}");
-        settings.topic_partitions = 3;
-        settings.lander_batch_ms = 100;
-        settings.clickhouse_url = format!("chdb://{}", data_path.display());
-        settings.clickhouse_migrations_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/clickhouse").into();
-        learnvault::topics::ensure(&settings.kafka_brokers, &learnvault::topics::specs(&settings).unwrap()).await.expect("topics (is Kafka running? ops/kafka.sh)");
+        settings.kafka.brokers = brokers;
+        settings.kafka.events_topic = format!("le-{id}");
+        settings.kafka.dlq_topic = format!("le-{id}.dlq");
+        settings.lander.consumer_group = format!("lander-{id}");
+        settings.kafka.topic_partitions = 3;
+        settings.lander.batch_ms = 100;
+        settings.warehouse.url = format!("chdb://{}", data_path.display());
+        settings.warehouse.migrations_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/clickhouse").into();
+        learnvault::topics::ensure(&settings.kafka.brokers, &learnvault::topics::specs(&settings).unwrap()).await.expect("topics (is Kafka running? ops/kafka.sh)");
         let wh = if open_engine {
             let wh = Warehouse::open(&settings).expect("embedded engine (ops/install-chdb.sh)");
-            migrate::run(&wh, &settings.clickhouse_migrations_dir).await.unwrap();
+            migrate::run(&wh, &settings.warehouse.migrations_dir).await.unwrap();
             wh
         } else {
             Warehouse::Http(learnvault::warehouse::http::Server::new("http://127.0.0.1:1").unwrap())
         };
-        let producer: FutureProducer = learnvault::envelope::producer_config(&settings.kafka_brokers, "lz4")
+        let producer: FutureProducer = learnvault::envelope::producer_config(&settings.kafka.brokers, "lz4")
             .set("linger.ms", "5")
             .create()
             .unwrap();
@@ -100,7 +100,7 @@ impl Spine {
 
     pub async fn produce_raw(&self, key: &str, payload: &[u8]) {
         self.producer
-            .send(FutureRecord::to(&self.settings.events_topic).key(key).payload(payload), Duration::from_secs(10))
+            .send(FutureRecord::to(&self.settings.kafka.events_topic).key(key).payload(payload), Duration::from_secs(10))
             .await
             .map_err(|(e, _)| e)
             .expect("produce");
@@ -134,7 +134,7 @@ impl Spine {
 
     /// Every message of `topic` as (key, value) bytes, reading until `idle` passes without one.
     pub async fn records(&self, topic: &str, idle: Duration) -> Vec<(Vec<u8>, Vec<u8>)> {
-        records_of(&self.settings.kafka_brokers, topic, idle).await
+        records_of(&self.settings.kafka.brokers, topic, idle).await
     }
 
     /// Every message of `topic` as `key<TAB>value` text, a zstd-compressed value
@@ -146,20 +146,20 @@ impl Spine {
     /// Messages in `topic` (sum of high watermarks).
     pub fn messages_in(&self, topic: &str) -> i64 {
         use rdkafka::consumer::BaseConsumer;
-        let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &self.settings.kafka_brokers).create().unwrap();
-        (0..self.settings.topic_partitions).map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(5)).unwrap().1).sum()
+        let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &self.settings.kafka.brokers).create().unwrap();
+        (0..self.settings.kafka.topic_partitions).map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(5)).unwrap().1).sum()
     }
 
     /// Read `n` dead letters (or what arrives before the timeout).
     pub async fn dead_letters(&self, n: usize, timeout: Duration) -> Vec<Value> {
         let c: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.settings.kafka_brokers)
+            .set("bootstrap.servers", &self.settings.kafka.brokers)
             .set("group.id", format!("dlq-reader-{}", uuid::Uuid::new_v4()))
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")
             .create()
             .unwrap();
-        c.subscribe(&[&self.settings.dlq_topic]).unwrap();
+        c.subscribe(&[&self.settings.kafka.dlq_topic]).unwrap();
         let mut out = Vec::new();
         let deadline = Instant::now() + timeout;
         while out.len() < n && Instant::now() < deadline {
@@ -214,16 +214,16 @@ impl Spine {
         use secrecy::ExposeSecret;
         let s = &self.settings;
         vec![
-            ("LEARNVAULT_DATABASE_URL".into(), s.database_url.expose_secret().to_owned()),
-            ("LEARNVAULT_ADMIN_DATABASE_URL".into(), s.admin_database_url.expose_secret().to_owned()),
+            ("LEARNVAULT_DATABASE_URL".into(), s.database.url.expose_secret().to_owned()),
+            ("LEARNVAULT_ADMIN_DATABASE_URL".into(), s.database.admin_url.expose_secret().to_owned()),
             ("LEARNVAULT_POLICY_DIR".into(), s.policy_dir.display().to_string()),
-            ("LEARNVAULT_CLICKHOUSE_URL".into(), s.clickhouse_url.clone()),
-            ("LEARNVAULT_CLICKHOUSE_MIGRATIONS_DIR".into(), s.clickhouse_migrations_dir.display().to_string()),
-            ("LEARNVAULT_KAFKA_BROKERS".into(), s.kafka_brokers.clone()),
-            ("LEARNVAULT_EVENTS_TOPIC".into(), s.events_topic.clone()),
-            ("LEARNVAULT_DLQ_TOPIC".into(), s.dlq_topic.clone()),
-            ("LEARNVAULT_CONSUMER_GROUP".into(), s.consumer_group.clone()),
-            ("LEARNVAULT_TOPIC_PARTITIONS".into(), s.topic_partitions.to_string()),
+            ("LEARNVAULT_CLICKHOUSE_URL".into(), s.warehouse.url.clone()),
+            ("LEARNVAULT_CLICKHOUSE_MIGRATIONS_DIR".into(), s.warehouse.migrations_dir.display().to_string()),
+            ("LEARNVAULT_KAFKA_BROKERS".into(), s.kafka.brokers.clone()),
+            ("LEARNVAULT_EVENTS_TOPIC".into(), s.kafka.events_topic.clone()),
+            ("LEARNVAULT_DLQ_TOPIC".into(), s.kafka.dlq_topic.clone()),
+            ("LEARNVAULT_CONSUMER_GROUP".into(), s.lander.consumer_group.clone()),
+            ("LEARNVAULT_TOPIC_PARTITIONS".into(), s.kafka.topic_partitions.to_string()),
             ("LEARNVAULT_LANDER_BATCH_MS".into(), "100".into()),
             ("LEARNVAULT_LANDER_BATCH_ROWS".into(), "300".into()),
             ("LEARNVAULT_LOG".into(), "warn".into()),
@@ -235,18 +235,18 @@ impl Spine {
         use rdkafka::consumer::BaseConsumer;
         use rdkafka::{Offset, TopicPartitionList};
         let c: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.settings.kafka_brokers)
-            .set("group.id", &self.settings.consumer_group)
+            .set("bootstrap.servers", &self.settings.kafka.brokers)
+            .set("group.id", &self.settings.lander.consumer_group)
             .set("enable.auto.commit", "false")
             .create()
             .unwrap();
-        let topic = &self.settings.events_topic;
+        let topic = &self.settings.kafka.events_topic;
         let mut tpl = TopicPartitionList::new();
-        for p in 0..self.settings.topic_partitions {
+        for p in 0..self.settings.kafka.topic_partitions {
             tpl.add_partition(topic, p);
         }
         let Ok(committed) = c.committed_offsets(tpl, Duration::from_secs(5)) else { return false };
-        (0..self.settings.topic_partitions).all(|p| {
+        (0..self.settings.kafka.topic_partitions).all(|p| {
             let Ok((_, high)) = c.fetch_watermarks(topic, p, Duration::from_secs(5)) else { return false };
             let done = match committed.find_partition(topic, p).map(|e| e.offset()) {
                 Some(Offset::Offset(o)) => o,

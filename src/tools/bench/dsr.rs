@@ -54,16 +54,16 @@ pub struct DsrArgs {
 pub async fn run(mut settings: Settings, args: DsrArgs) -> anyhow::Result<ExitCode> {
     let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let data = args.data.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("lv-bench-dsr-{id}")));
-    settings.clickhouse_url = format!("chdb://{}", data.join("chdb").display());
-    settings.archive_dir = Some(data.join("archives"));
+    settings.warehouse.url = format!("chdb://{}", data.join("chdb").display());
+    settings.dsr.archive_dir = Some(data.join("archives"));
     let db = format!("learnvault_bench_dsr_{id}");
-    settings.database_url = format!("postgres://learnvault_app@127.0.0.1:5432/{db}").into();
-    settings.admin_database_url = format!("postgres://postgres@127.0.0.1:5432/{db}").into();
+    settings.database.url = format!("postgres://learnvault_app@127.0.0.1:5432/{db}").into();
+    settings.database.admin_url = format!("postgres://postgres@127.0.0.1:5432/{db}").into();
     crate::db::migrate(&settings).await?;
     let state = crate::app::build_state(&settings).await?;
     let wh = Warehouse::open(&settings)?;
     let result = async {
-        migrate::run(&wh, &settings.clickhouse_migrations_dir).await?;
+        migrate::run(&wh, &settings.warehouse.migrations_dir).await?;
         let state = crate::app::with_warehouse(state, &settings, wh.clone())?;
         measure(&state, &wh, &args).await
     }

@@ -44,8 +44,8 @@ pub struct GatewayArgs {
 pub async fn run(mut settings: Settings, args: GatewayArgs) -> anyhow::Result<ExitCode> {
     let (id, data) = super::own_run(&mut settings, "bench-gw", "gw");
     let db = format!("learnvault_bench_gw_{id}");
-    settings.database_url = format!("postgres://learnvault_app@127.0.0.1:5432/{db}").into();
-    settings.admin_database_url = format!("postgres://postgres@127.0.0.1:5432/{db}").into();
+    settings.database.url = format!("postgres://learnvault_app@127.0.0.1:5432/{db}").into();
+    settings.database.admin_url = format!("postgres://postgres@127.0.0.1:5432/{db}").into();
     settings.listen = "127.0.0.1:0".into();
     let base = spawn_gateway(&settings).await?;
     println!("learnvault bench gateway  server={base}  batch={}  concurrency={}  learners={}", args.batch, args.concurrency, args.learners);
@@ -72,7 +72,7 @@ pub async fn run(mut settings: Settings, args: GatewayArgs) -> anyhow::Result<Ex
         // One engine for the process (the embedded engine is opened once).
         let wh = Warehouse::open(&settings)?;
         let r = async {
-            migrate::run(&wh, &settings.clickhouse_migrations_dir).await?;
+            migrate::run(&wh, &settings.warehouse.migrations_dir).await?;
             for (dedup, suffix) in runs {
                 end_to_end(&settings, &wh, &args, *dedup, suffix, &load).await?;
             }
@@ -108,11 +108,11 @@ async fn end_to_end(
     load: &dyn Fn(u64, u64) -> LoadgenArgs,
 ) -> anyhow::Result<()> {
     let mut e2e = settings.clone();
-    e2e.events_topic = format!("{}-e2e{suffix}", settings.events_topic);
-    e2e.dlq_topic = format!("{}-e2e{suffix}.dlq", settings.events_topic);
-    e2e.consumer_group = format!("{}-e2e{suffix}", settings.consumer_group);
+    e2e.kafka.events_topic = format!("{}-e2e{suffix}", settings.kafka.events_topic);
+    e2e.kafka.dlq_topic = format!("{}-e2e{suffix}.dlq", settings.kafka.events_topic);
+    e2e.lander.consumer_group = format!("{}-e2e{suffix}", settings.lander.consumer_group);
     if let Some(d) = dedup {
-        e2e.ingest_dedup = d;
+        e2e.dedup.enabled = d;
     }
     let base2 = spawn_gateway(&e2e).await?;
     async {

@@ -153,11 +153,11 @@ pub async fn run(mut settings: Settings, args: LanderArgs) -> anyhow::Result<Exi
 }
 
 async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyhow::Result<ExitCode> {
-    migrate::run(wh, &settings.clickhouse_migrations_dir).await?;
+    migrate::run(wh, &settings.warehouse.migrations_dir).await?;
     println!(
         "learnvault bench lander  engine={}  partitions={}  background merges during timed phases: {}",
         wh.version().await?,
-        settings.topic_partitions,
+        settings.kafka.topic_partitions,
         if args.pause_merges { "paused" } else { "running" }
     );
 
@@ -169,12 +169,12 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
     let vault = Vault::new(pool.clone(), MasterKey::load(settings)?, 1);
     let learners = bench_learners(&vault, args.learners).await?;
 
-    let producer: FutureProducer = crate::envelope::producer_config(&settings.kafka_brokers, &settings.produce_compression)
+    let producer: FutureProducer = crate::envelope::producer_config(&settings.kafka.brokers, &settings.kafka.produce_compression)
         .set("linger.ms", "5")
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "1000000")
         .create()?;
-    crate::topics::ensure(&settings.kafka_brokers, &crate::topics::specs(settings)?).await?;
+    crate::topics::ensure(&settings.kafka.brokers, &crate::topics::specs(settings)?).await?;
 
     // Phase 1: backlog of N events, then the lander drains it.
     let now_ms = chrono::Utc::now().timestamp_millis();
@@ -185,21 +185,21 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
         })
         .collect();
     let t0 = Instant::now();
-    let compression = settings.envelope_compression;
-    let singles = args.singles || settings.record_format == crate::envelope::RecordFormat::Single;
-    let recs = records(&payloads, singles, settings.topic_partitions, compression);
+    let compression = settings.kafka.envelope_compression;
+    let singles = args.singles || settings.kafka.record_format == crate::envelope::RecordFormat::Single;
+    let recs = records(&payloads, singles, settings.kafka.topic_partitions, compression);
     let rec_bytes: usize = recs.iter().map(|r| r.2.len()).sum();
     let json_bytes: usize = payloads.iter().map(|p| p.1.len()).sum();
     // With `--dedup-compare`, the same records in a second topic for the lander without deduplication.
     let mut off = settings.clone();
-    off.ingest_dedup = false;
-    off.events_topic = format!("{}-nodedup", settings.events_topic);
-    off.dlq_topic = format!("{}-nodedup.dlq", settings.events_topic);
-    off.consumer_group = format!("{}-nodedup", settings.consumer_group);
-    let mut topics = vec![settings.events_topic.clone()];
+    off.dedup.enabled = false;
+    off.kafka.events_topic = format!("{}-nodedup", settings.kafka.events_topic);
+    off.kafka.dlq_topic = format!("{}-nodedup.dlq", settings.kafka.events_topic);
+    off.lander.consumer_group = format!("{}-nodedup", settings.lander.consumer_group);
+    let mut topics = vec![settings.kafka.events_topic.clone()];
     if args.dedup_compare {
-        crate::topics::ensure(&off.kafka_brokers, &crate::topics::specs(&off)?).await?;
-        topics.push(off.events_topic.clone());
+        crate::topics::ensure(&off.kafka.brokers, &crate::topics::specs(&off)?).await?;
+        topics.push(off.kafka.events_topic.clone());
     }
     for topic in &topics {
         for chunk in recs.chunks(20_000) {
@@ -215,7 +215,7 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
         recs.len(),
         if singles { "one event per record" } else { "envelopes of up to 500 events per partition" },
         if singles { crate::envelope::Compression::None } else { compression },
-        settings.produce_compression,
+        settings.kafka.produce_compression,
         rec_bytes as f64 / 1e6,
         json_bytes as f64 / 1e6,
         t0.elapsed().as_secs_f64()
@@ -237,7 +237,7 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
         }
         out
     };
-    let per_insert = settings.lander_batch_rows.min(args.events.div_ceil(settings.topic_partitions as usize));
+    let per_insert = settings.lander.batch_rows.min(args.events.div_ceil(settings.kafka.topic_partitions as usize));
     let lines: Vec<&[u8]> = rows.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
     let raw_insert = || async {
         let t0 = Instant::now();
@@ -292,13 +292,13 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
     // token), no broker. Its own group and topic: it never consumes, and must not take partitions
     // from the live lander. New event ids: the backlog's are landed already.
     let mut core_settings = settings.clone();
-    core_settings.consumer_group = format!("{}-core", settings.consumer_group);
-    core_settings.events_topic = format!("{}-core", settings.events_topic);
-    core_settings.dlq_topic = format!("{}-core.dlq", settings.events_topic);
+    core_settings.lander.consumer_group = format!("{}-core", settings.lander.consumer_group);
+    core_settings.kafka.events_topic = format!("{}-core", settings.kafka.events_topic);
+    core_settings.kafka.dlq_topic = format!("{}-core.dlq", settings.kafka.events_topic);
     let core_off = if args.dedup_compare {
         let mut s = core_settings.clone();
-        s.ingest_dedup = false;
-        s.consumer_group = format!("{}-off", core_settings.consumer_group);
+        s.dedup.enabled = false;
+        s.lander.consumer_group = format!("{}-off", core_settings.lander.consumer_group);
         let r = core_rate(&s, wh, args, &learners, per_insert, singles, compression, now_ms).await?;
         phase(wh, false).await?;
         Some(r)
@@ -325,7 +325,7 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
         lander_rate / raw_rate
     );
     if let (Some(core_off), Some((off_rate, off_secs, _))) = (core_off, off_rate) {
-        let on = if settings.ingest_dedup { "on" } else { "off (LEARNVAULT_INGEST_DEDUP=false)" };
+        let on = if settings.dedup.enabled { "on" } else { "off (LEARNVAULT_INGEST_DEDUP=false)" };
         println!("deduplication     the two lines above with it {on}; the same phases with it off, same run:");
         println!("  lander, no broker, dedup off {:>9.0} ev/s  ratio {:.2}  (with it: {:.2} of this rate)", core_off, core_off / raw_rate, core_rate / core_off);
         println!(
@@ -353,9 +353,9 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
             tick_events.push((l.clone(), payload(l, sent % learners.len(), sent, chrono::Utc::now().timestamp_millis())));
             sent += 1;
         }
-        for r in records(&tick_events, singles, settings.topic_partitions, compression) {
+        for r in records(&tick_events, singles, settings.kafka.topic_partitions, compression) {
             let producer = producer.clone();
-            let topic = settings.events_topic.clone();
+            let topic = settings.kafka.events_topic.clone();
             inflight.push(tokio::spawn(async move {
                 producer.send(record(&topic, &r), Duration::from_secs(30)).await.map(|_| ()).map_err(|(e, _)| e)
             }));
@@ -532,14 +532,14 @@ async fn core_rate(
     // The records a producer sends (envelopes, compressed as configured), `per_insert` events a batch.
     let mut offset = 0i64;
     for (n, chunk) in payloads.chunks(per_insert).enumerate() {
-        let msgs = records(chunk, singles, settings.topic_partitions, compression)
+        let msgs = records(chunk, singles, settings.kafka.topic_partitions, compression)
             .into_iter()
             .map(|(_, k, v)| {
                 offset += 1;
                 (offset, Some(k.into_bytes()), v)
             })
             .collect();
-        core_rows += core.land_direct(1000 + (n % settings.topic_partitions as usize) as i32, msgs).await?;
+        core_rows += core.land_direct(1000 + (n % settings.kafka.topic_partitions as usize) as i32, msgs).await?;
     }
     let secs = t0.elapsed().as_secs_f64();
     phase(wh, false).await?;
@@ -563,7 +563,7 @@ async fn dedup_probe(pool: &sqlx::PgPool, wh: &Warehouse) -> anyhow::Result<Exit
         );
     };
     // PostgreSQL: the lander's claims.
-    let claims = crate::dedup::Claims::new(pool.clone(), 7);
+    let claims = crate::dedup::Claims::new(pool.clone(), crate::dedup::MIN_WINDOW_DAYS);
     let t = Instant::now();
     for i in 0..REMEMBERED / BATCH {
         claims.claim(&format!("probe-preload:{i}"), &ids(BATCH)).await?;
@@ -589,15 +589,15 @@ async fn dedup_probe(pool: &sqlx::PgPool, wh: &Warehouse) -> anyhow::Result<Exit
         let batch = ids(BATCH);
         let token = format!("probe:{i}");
         let t = Instant::now();
-        anyhow::ensure!(crate::dedup::Claims::new(pool.clone(), 7).claim(&token, &batch).await?.len() == BATCH);
+        anyhow::ensure!(crate::dedup::Claims::new(pool.clone(), crate::dedup::MIN_WINDOW_DAYS).claim(&token, &batch).await?.len() == BATCH);
         fresh.record(t.elapsed().as_micros().max(1) as u64)?;
         fresh_s += t.elapsed().as_secs_f64();
         let t = Instant::now();
-        anyhow::ensure!(crate::dedup::Claims::new(pool.clone(), 7).claim(&token, &batch).await?.len() == BATCH);
+        anyhow::ensure!(crate::dedup::Claims::new(pool.clone(), crate::dedup::MIN_WINDOW_DAYS).claim(&token, &batch).await?.len() == BATCH);
         again.record(t.elapsed().as_micros().max(1) as u64)?;
         again_s += t.elapsed().as_secs_f64();
         let t = Instant::now();
-        anyhow::ensure!(crate::dedup::Claims::new(pool.clone(), 7).claim(&format!("{token}-other"), &batch).await?.is_empty());
+        anyhow::ensure!(crate::dedup::Claims::new(pool.clone(), crate::dedup::MIN_WINDOW_DAYS).claim(&format!("{token}-other"), &batch).await?.is_empty());
         dup.record(t.elapsed().as_micros().max(1) as u64)?;
         dup_s += t.elapsed().as_secs_f64();
     }

@@ -128,14 +128,14 @@ where
 fn own_run(settings: &mut Settings, topic: &str, name: &str) -> (String, std::path::PathBuf) {
     let id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let data = std::env::temp_dir().join(format!("lv-bench-{name}-{id}"));
-    settings.clickhouse_url = format!("chdb://{}", data.display());
-    settings.events_topic = format!("{topic}-{id}");
-    settings.dlq_topic = format!("{topic}-{id}.dlq");
-    settings.consumer_group = format!("bench-{name}-{id}");
+    settings.warehouse.url = format!("chdb://{}", data.display());
+    settings.kafka.events_topic = format!("{topic}-{id}");
+    settings.kafka.dlq_topic = format!("{topic}-{id}.dlq");
+    settings.lander.consumer_group = format!("bench-{name}-{id}");
     (id, data)
 }
 
-/// Run `phases` on the embedded engine at `settings.clickhouse_url`, opened for the run (one
+/// Run `phases` on the embedded engine at `settings.warehouse.url`, opened for the run (one
 /// process per data path), then closed and its data path `data` removed.
 async fn on_engine<F>(
     settings: &Settings,

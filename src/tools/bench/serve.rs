@@ -68,10 +68,10 @@ pub async fn run(mut settings: Settings, args: ServeArgs) -> anyhow::Result<Exit
     }
     let (id, data) = super::own_run(&mut settings, "bench-serve", "serve");
     let db = format!("learnvault_bench_serve_{id}");
-    settings.database_url = format!("postgres://learnvault_app@127.0.0.1:5432/{db}").into();
-    settings.admin_database_url = format!("postgres://postgres@127.0.0.1:5432/{db}").into();
+    settings.database.url = format!("postgres://learnvault_app@127.0.0.1:5432/{db}").into();
+    settings.database.admin_url = format!("postgres://postgres@127.0.0.1:5432/{db}").into();
     if let Some(kept) = &args.data {
-        settings.clickhouse_url = format!("chdb://{}", kept.display());
+        settings.warehouse.url = format!("chdb://{}", kept.display());
         let wh = Warehouse::open(&settings)?;
         let result = phases(&settings, &wh, &args).await;
         wh.close();
@@ -82,7 +82,7 @@ pub async fn run(mut settings: Settings, args: ServeArgs) -> anyhow::Result<Exit
 }
 
 async fn phases(settings: &Settings, wh: &Warehouse, args: &ServeArgs) -> anyhow::Result<ExitCode> {
-    migrate::run(wh, &settings.clickhouse_migrations_dir).await?;
+    migrate::run(wh, &settings.warehouse.migrations_dir).await?;
     let duration = parse_ttl(&args.duration).ok_or_else(|| anyhow::anyhow!("--duration like 10s"))?;
     let t0 = Instant::now();
     let step = 5_000_000u64;

@@ -56,12 +56,12 @@ impl Landing {
             let _ = stopped.await;
         }));
 
-        let producer: FutureProducer = crate::envelope::producer_config(&settings.kafka_brokers, &settings.produce_compression)
+        let producer: FutureProducer = crate::envelope::producer_config(&settings.kafka.brokers, &settings.kafka.produce_compression)
             .set("linger.ms", "5")
             .set("queue.buffering.max.messages", "1000000")
             .create()?;
         let stop_producer = Arc::new(AtomicBool::new(false));
-        let (topic, partitions, compression) = (settings.events_topic.clone(), settings.topic_partitions, settings.envelope_compression);
+        let (topic, partitions, compression) = (settings.kafka.events_topic.clone(), settings.kafka.topic_partitions, settings.kafka.envelope_compression);
         let stop = stop_producer.clone();
         let producer = tokio::spawn(async move {
             let t0 = Instant::now();

@@ -34,7 +34,7 @@ pub struct SignalsArgs {
 pub async fn run(mut settings: Settings, args: SignalsArgs) -> anyhow::Result<ExitCode> {
     let id = &Uuid::new_v4().simple().to_string()[..8];
     let data = std::env::temp_dir().join(format!("lv-bench-signals-{id}"));
-    settings.clickhouse_url = format!("chdb://{}", data.display());
+    settings.warehouse.url = format!("chdb://{}", data.display());
     let wh = Warehouse::open(&settings)?;
     let result = phases(&settings, &wh, &args).await;
     wh.close();
@@ -53,7 +53,7 @@ async fn load(wh: &Warehouse, plan: Plan) -> anyhow::Result<(Truth, u64)> {
 }
 
 async fn phases(settings: &Settings, wh: &Warehouse, args: &SignalsArgs) -> anyhow::Result<ExitCode> {
-    migrate::run(wh, &settings.clickhouse_migrations_dir).await?;
+    migrate::run(wh, &settings.warehouse.migrations_dir).await?;
     let config = crate::signals::Config::load(&settings.policy_dir)?;
     let days = args.weeks * 7;
     let start = chrono::Utc::now().date_naive() - Duration::days(days as i64);

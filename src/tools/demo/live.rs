@@ -35,7 +35,7 @@ pub async fn run(settings: Settings, args: LiveArgs) -> anyhow::Result<ExitCode>
 }
 
 async fn live(settings: &Settings, state: crate::api::AppState, wh: &Warehouse, args: &LiveArgs) -> anyhow::Result<ExitCode> {
-    migrate::run(wh, &settings.clickhouse_migrations_dir).await?;
+    migrate::run(wh, &settings.warehouse.migrations_dir).await?;
     let state = crate::app::with_warehouse(state, settings, wh.clone())?;
     let state = crate::app::with_gateway(state, settings).await?;
     let listener = tokio::net::TcpListener::bind(&settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
@@ -239,11 +239,11 @@ fn summary(settings: &Settings, hs: &LoadStats, xs: &LoadStats, ls: &crate::land
     println!("  no identity reached Kafka or ClickHouse: learners were named by LMS ids and xAPI accounts, pseudonymised at the gate.");
     let env = format!(
         "LEARNVAULT_DATABASE_URL={} LEARNVAULT_ADMIN_DATABASE_URL={} LEARNVAULT_CLICKHOUSE_URL={} LEARNVAULT_EVENTS_TOPIC={} LEARNVAULT_DLQ_TOPIC={} LEARNVAULT_ARCHIVE_DIR={} LEARNVAULT_LANDER_ENABLED=true",
-        settings.database_url.expose_secret(),
-        settings.admin_database_url.expose_secret(),
-        settings.clickhouse_url,
-        settings.events_topic,
-        settings.dlq_topic,
+        settings.database.url.expose_secret(),
+        settings.database.admin_url.expose_secret(),
+        settings.warehouse.url,
+        settings.kafka.events_topic,
+        settings.kafka.dlq_topic,
         settings.archive_path().display()
     );
     println!("\n\x1b[1mexplore further\x1b[0m (everything started by the demo is stopped; its data stays):");

@@ -176,7 +176,7 @@ pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<ExitCode>
 
     if args.tamper {
         step("Tampering: the database owner rewrites one audit row behind the trigger's back");
-        let admin = sqlx::PgPool::connect(secrecy::ExposeSecret::expose_secret(&settings.admin_database_url)).await?;
+        let admin = sqlx::PgPool::connect(secrecy::ExposeSecret::expose_secret(&settings.database.admin_url)).await?;
         let seq: i64 = sqlx::query_scalar("SELECT max(seq) FROM audit_log WHERE action = 'pseudonym.resolve' AND outcome = 'success'")
             .fetch_one(&admin)
             .await?;
@@ -204,7 +204,7 @@ pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<ExitCode>
 }
 
 fn redact_url(settings: &Settings) -> String {
-    let url = secrecy::ExposeSecret::expose_secret(&settings.database_url).to_owned();
+    let url = secrecy::ExposeSecret::expose_secret(&settings.database.url).to_owned();
     match url.rsplit_once('/') {
         Some((_, db)) => format!(".../{db}"),
         None => "(configured)".into(),
@@ -217,7 +217,7 @@ async fn spine(settings: &Settings, cohort: &[String], withdrawn: &str) -> anyho
     step("Events through Kafka, governed by the lander, into ClickHouse");
     let wh = crate::warehouse::Warehouse::open(settings)?;
     let result = async {
-        let applied = crate::warehouse::migrate::run(&wh, &settings.clickhouse_migrations_dir).await?;
+        let applied = crate::warehouse::migrate::run(&wh, &settings.warehouse.migrations_dir).await?;
         println!("  clickhouse: {}  migrations applied now: {applied:?}", wh.version().await?);
         let lander = crate::app::lander::build(settings, wh.clone()).await?;
         let stats = lander.stats();
@@ -225,7 +225,7 @@ async fn spine(settings: &Settings, cohort: &[String], withdrawn: &str) -> anyho
         let handle = tokio::spawn(lander.run(async move {
             let _ = stopped.await;
         }));
-        let producer: FutureProducer = crate::envelope::producer_config(&settings.kafka_brokers, &settings.produce_compression).create()?;
+        let producer: FutureProducer = crate::envelope::producer_config(&settings.kafka.brokers, &settings.kafka.produce_compression).create()?;
         let now = chrono::Utc::now().timestamp_millis();
         let mut events = Vec::new();
         for (i, l) in cohort.iter().enumerate() {
@@ -270,11 +270,11 @@ async fn spine(settings: &Settings, cohort: &[String], withdrawn: &str) -> anyho
             let key = e["learner_id"].as_str().unwrap_or_default().to_owned();
             let payload = serde_json::to_vec(e)?;
             producer
-                .send(FutureRecord::to(&settings.events_topic).key(&key).payload(&payload), Duration::from_secs(10))
+                .send(FutureRecord::to(&settings.kafka.events_topic).key(&key).payload(&payload), Duration::from_secs(10))
                 .await
                 .map_err(|(e, _)| e)?;
         }
-        println!("  produced {} events for {} learners to {} ({} valid, 4 the gate must refuse)", events.len(), cohort.len(), settings.events_topic, good);
+        println!("  produced {} events for {} learners to {} ({} valid, 4 the gate must refuse)", events.len(), cohort.len(), settings.kafka.events_topic, good);
         while stats.landed.load(std::sync::atomic::Ordering::Relaxed) + stats.rejected.load(std::sync::atomic::Ordering::Relaxed) < events.len() as u64 {
             anyhow::ensure!(t0.elapsed() < Duration::from_secs(60), "the lander did not land the demo events");
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -319,7 +319,7 @@ async fn spine(settings: &Settings, cohort: &[String], withdrawn: &str) -> anyho
                 r["learners"]
             );
         }
-        println!("  dead letters go to {} with a typed reason (no_consent, unknown_pseudonym, protected_attribute, unknown_version)", settings.dlq_topic);
+        println!("  dead letters go to {} with a typed reason (no_consent, unknown_pseudonym, protected_attribute, unknown_version)", settings.kafka.dlq_topic);
         anyhow::Ok(())
     }
     .await;
