@@ -157,14 +157,7 @@ pub async fn run(settings: Settings, cmd: DsrCommand) -> anyhow::Result<ExitCode
         }
         Kind::ErasureBatch => println!("{}", serde_json::to_string_pretty(&result["certificates"])?),
         Kind::Erasure => {
-            let text = serde_json::to_string_pretty(&result["certificate"])?;
-            match out {
-                Some(out) => {
-                    std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
-                    println!("{}", out.display());
-                }
-                None => println!("{text}"),
-            }
+            write_or_print(out, &serde_json::to_string_pretty(&result["certificate"])?)?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -259,7 +252,12 @@ async fn erase_batch(settings: Settings, subject: SubjectArgs, file: PathBuf, ou
         eprintln!("job {} {}: {}", job.id, job.state, job.error.as_deref().unwrap_or(""));
         return Ok(ExitCode::from(1));
     }
-    let text = serde_json::to_string_pretty(&job.result.unwrap_or_default()["certificates"])?;
+    write_or_print(out, &serde_json::to_string_pretty(&job.result.unwrap_or_default()["certificates"])?)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `text` written to `out` (whose path is then printed), or printed when there is no `out`.
+fn write_or_print(out: Option<PathBuf>, text: &str) -> anyhow::Result<()> {
     match out {
         Some(out) => {
             std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
@@ -267,5 +265,5 @@ async fn erase_batch(settings: Settings, subject: SubjectArgs, file: PathBuf, ou
         }
         None => println!("{text}"),
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
