@@ -144,7 +144,7 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
     let tmp = d.archive_dir.join(format!("{}.tar.partial", job.id));
     let (bytes, sha) = {
         // The staging files are opened one at a time and streamed, plaintext only in memory.
-        let sink = Hashing { inner: SealWriter::new(BufWriter::new(create_private(&tmp)?), &key, job.id)?, sha: Sha256::new(), bytes: 0 };
+        let sink = Hashing::new(SealWriter::new(BufWriter::new(create_private(&tmp)?), &key, job.id)?);
         let mut b = tar::Builder::new(sink);
         for f in std::iter::once(&manifest_file).chain(&files) {
             let rel = f["path"].as_str().expect("path");
@@ -154,9 +154,9 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
             h.set_mtime(0);
             b.append_data(&mut h, rel, SealReader::new(File::open(dir.join(rel))?, &key, job.id)?)?;
         }
-        let sink = b.into_inner()?;
-        sink.inner.finish()?;
-        (sink.bytes, hex::encode(sink.sha.finalize()))
+        let (sealed, bytes, sha) = b.into_inner()?.finish();
+        sealed.finish()?;
+        (bytes, sha)
     };
     tracing::debug!(bytes, ms = t.elapsed().as_millis() as u64, "subject access: archive sealed");
     std::fs::rename(&tmp, &tar_path)?;
@@ -196,11 +196,23 @@ pub fn delete_archives(archive_dir: &Path, jobs: &[Uuid]) -> std::io::Result<u64
     Ok(n)
 }
 
-/// The tar stream on its way into the sealed file, hashed (plaintext) as it goes.
+/// A stream on its way into a sealed file (the archive's tar, a staging file), its
+/// plaintext hashed and counted as it goes.
 struct Hashing<W: Write> {
     inner: W,
     sha: Sha256,
     bytes: u64,
+}
+
+impl<W: Write> Hashing<W> {
+    fn new(inner: W) -> Self {
+        Hashing { inner, sha: Sha256::new(), bytes: 0 }
+    }
+
+    /// The inner writer (to finish), the bytes written and their SHA-256 (hex).
+    fn finish(self) -> (W, u64, String) {
+        (self.inner, self.bytes, hex::encode(self.sha.finalize()))
+    }
 }
 
 impl<W: Write> Write for Hashing<W> {
@@ -388,9 +400,7 @@ impl StoreFiles {
 /// A staging file being written (sealed), its plaintext hashed as it goes.
 struct Out {
     rel: String,
-    file: SealWriter<BufWriter<File>>,
-    sha: Sha256,
-    bytes: u64,
+    file: Hashing<SealWriter<BufWriter<File>>>,
 }
 
 impl Out {
@@ -400,21 +410,19 @@ impl Out {
             create_private_dir(parent)?;
         }
         let file = SealWriter::new(BufWriter::new(create_private(&path)?), seal.key, seal.job)?;
-        Ok(Out { rel: rel.to_owned(), file, sha: Sha256::new(), bytes: 0 })
+        Ok(Out { rel: rel.to_owned(), file: Hashing::new(file) })
     }
 
     fn finish(self) -> Result<Value, DsrError> {
-        self.file.finish()?;
-        Ok(json!({"path": self.rel, "sha256": hex::encode(self.sha.finalize()), "bytes": self.bytes}))
+        let (sealed, bytes, sha256) = self.file.finish();
+        sealed.finish()?;
+        Ok(json!({"path": self.rel, "sha256": sha256, "bytes": bytes}))
     }
 }
 
 impl Write for Out {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.sha.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
+        self.file.write(buf)
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.file.flush()
