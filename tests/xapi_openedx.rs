@@ -34,10 +34,7 @@ async fn post(app: &common::TestApp, token: &str, body: &Value) -> (StatusCode, 
 /// ids are replaced by fresh ones (consistently, `context.statement` included): upstream reuses
 /// one id across several fixtures, and an LRS stores an id once.
 fn erb_fixtures() -> Vec<(String, Value)> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/xapi/openedx-erb");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "json")).collect();
-    files.sort();
-    files
+    common::erb::erb_paths()
         .into_iter()
         .map(|p| {
             let text = std::fs::read_to_string(&p).unwrap();

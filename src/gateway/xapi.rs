@@ -1056,6 +1056,11 @@ fn map_valid(
     Outcome::Mapped(Mapped { statement_id, actor, event: ev })
 }
 
+/// The event-routing-backends fixtures' list, shared with the integration tests.
+#[cfg(test)]
+#[path = "../../tests/common/erb.rs"]
+mod erb;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1400,10 +1405,7 @@ mod tests {
 
     /// Every statement of `tests/fixtures/xapi/openedx-erb/` (event-routing-backends' expected output).
     fn erb_fixtures() -> Vec<(String, Value)> {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/xapi/openedx-erb");
-        let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "json")).collect();
-        files.sort();
-        files
+        super::erb::erb_paths()
             .into_iter()
             .map(|p| (p.file_stem().unwrap().to_string_lossy().into_owned(), serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()))
             .collect()
