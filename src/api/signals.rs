@@ -81,6 +81,18 @@ async fn authorised(s: &AppState, p: &Principal, sg: SignalsCap, action: &str) -
     Ok((sg, sc))
 }
 
+/// The caller's scope of `queue`, when it is one of the caller's queues (otherwise
+/// refused, audited as `action`).
+async fn own_queue<'a>(s: &AppState, p: &Principal, scopes: &'a [Scope], queue: &str, action: &str) -> Result<&'a Scope, Error> {
+    if let Some(scope) = scopes.iter().find(|x| x.queue == queue) {
+        return Ok(scope);
+    }
+    let mut e = p.entry(action, None, None, Outcome::Denied);
+    e.detail = serde_json::json!({"reason": "queue_not_yours", "queue": queue.chars().take(64).collect::<String>()});
+    s.audit.record(e).await?;
+    Err(Error::forbidden("this is not one of your review queues"))
+}
+
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -104,12 +116,7 @@ pub struct SignalQueue {
         (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn list(State(s): State<AppState>, p: Principal, sg: SignalsCap, Path(queue): Path<String>, AppQuery(q): AppQuery<ListQuery>) -> Result<Json<SignalQueue>, Error> {
     let (sg, sc) = authorised(&s, &p, sg, "signals.list").await?;
-    let Some(scope) = sc.iter().find(|x| x.queue == queue) else {
-        let mut e = p.entry("signals.list", None, None, Outcome::Denied);
-        e.detail = serde_json::json!({"reason": "queue_not_yours", "queue": queue.chars().take(64).collect::<String>()});
-        s.audit.record(e).await?;
-        return Err(Error::forbidden("this is not one of your review queues"));
-    };
+    let scope = own_queue(&s, &p, &sc, &queue, "signals.list").await?;
     let items = sg.list(scope, q.state).await?;
     let mut e = p.entry("signals.list", None, None, Outcome::Success);
     e.detail = serde_json::json!({"queue": scope.queue, "items": items.len()});
@@ -126,12 +133,7 @@ async fn list(State(s): State<AppState>, p: Principal, sg: SignalsCap, Path(queu
         (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn next(State(s): State<AppState>, p: Principal, sg: SignalsCap, Path(queue): Path<String>) -> Result<Json<SignalItem>, Error> {
     let (sg, sc) = authorised(&s, &p, sg, "signals.view").await?;
-    let Some(scope) = sc.iter().find(|x| x.queue == queue) else {
-        let mut e = p.entry("signals.view", None, None, Outcome::Denied);
-        e.detail = serde_json::json!({"reason": "queue_not_yours", "queue": queue.chars().take(64).collect::<String>()});
-        s.audit.record(e).await?;
-        return Err(Error::forbidden("this is not one of your review queues"));
-    };
+    let scope = own_queue(&s, &p, &sc, &queue, "signals.view").await?;
     let entry = p.entry("signals.view", None, None, Outcome::Success);
     match sg.next(scope, &p.sub, entry).await? {
         Some(item) => Ok(Json(item)),
