@@ -42,6 +42,7 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
     create_private_dir(&dir)?;
     let key = d.archive_keys.for_job(job.id);
     let seal = Sealing { key: &key, job: job.id };
+    let staging = Staging { d, dir: &dir, seal, progress };
     let mut stores = Vec::new();
     let mut files = Vec::new();
 
@@ -64,7 +65,7 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
 
     for (s, key) in d.subject_stores(StoreKind::Clickhouse) {
         let name = format!("clickhouse/{}", s.name);
-        let rows = export_clickhouse(d, &dir, seal, &name, &s.name, key, &*job, &mut files, progress).await?;
+        let rows = export_clickhouse(staging, &name, &s.name, key, &*job, &mut files).await?;
         stores.push(json!({"store": format!("clickhouse:{}", s.name), "category": s.category, "retention": s.retention, "rows": rows}));
         d.save(job, "export").await?;
     }
@@ -76,7 +77,7 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
             continue;
         }
         let name = format!("postgres/{}", s.name);
-        let rows = export_postgres(d, &dir, seal, &name, &s.name, key, p, &mut files, progress).await?;
+        let rows = export_postgres(staging, &name, &s.name, key, p, &mut files).await?;
         stores.push(json!({"store": format!("postgres:{}", s.name), "category": s.category, "retention": s.retention, "rows": rows}));
     }
     // Dead letters keyed by the subject's pseudonym (within the topic's retention).
@@ -234,20 +235,20 @@ struct Sealing<'a> {
     job: Uuid,
 }
 
+/// What every store's export works with: the engines, the job's staging directory and
+/// key, and its progress line.
+#[derive(Clone, Copy)]
+struct Staging<'a> {
+    d: &'a Dsr,
+    dir: &'a Path,
+    seal: Sealing<'a>,
+    progress: Progress<'a>,
+}
+
 /// The subject's rows of one ClickHouse table, as a snapshot at the job's start
 /// (see [`super::snapshot`]): keyset pages of `d.export_page_rows`.
-#[allow(clippy::too_many_arguments)]
-async fn export_clickhouse(
-    d: &Dsr,
-    dir: &Path,
-    seal: Sealing<'_>,
-    name: &str,
-    table: &str,
-    key: &str,
-    job: &Job,
-    files: &mut Vec<Value>,
-    progress: Progress<'_>,
-) -> Result<u64, DsrError> {
+async fn export_clickhouse(st: Staging<'_>, name: &str, table: &str, key: &str, job: &Job, files: &mut Vec<Value>) -> Result<u64, DsrError> {
+    let Staging { d, dir, seal, progress } = st;
     let plan = Plan::new(&d.warehouse, table, key).await?;
     let mut out = StoreFiles::create(dir, name, seal)?;
     let (p, started, page) = (job.pseudonym, job.requested_at, d.export_page_rows);
@@ -336,18 +337,8 @@ async fn export_group(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn export_postgres(
-    d: &Dsr,
-    dir: &Path,
-    seal: Sealing<'_>,
-    name: &str,
-    table: &str,
-    key: &str,
-    p: Uuid,
-    files: &mut Vec<Value>,
-    progress: Progress<'_>,
-) -> Result<u64, DsrError> {
+async fn export_postgres(st: Staging<'_>, name: &str, table: &str, key: &str, p: Uuid, files: &mut Vec<Value>) -> Result<u64, DsrError> {
+    let Staging { d, dir, seal, progress } = st;
     let mut out = StoreFiles::create(dir, name, seal)?;
     let sql = format!("SELECT to_jsonb(t) FROM {} t WHERE {} = $1", ident(table)?, ident(key)?);
     let mut stream = sqlx::query_scalar::<_, Value>(&sql).bind(p).fetch(&d.pool);
