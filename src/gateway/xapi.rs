@@ -1084,6 +1084,12 @@ mod tests {
             other => panic!("expected a mapped statement, got {other:?}"),
         }
     }
+    /// `base` with the edit `f`.
+    fn edited(base: &Value, f: &dyn Fn(&mut Value)) -> Value {
+        let mut s = base.clone();
+        f(&mut s);
+        s
+    }
     fn code(v: &Value) -> (&'static str, String) {
         let e = map_statement(v, None, now()).expect_err("must be refused");
         (e.code, e.path)
@@ -1245,11 +1251,7 @@ mod tests {
     #[test]
     fn more_spec_rules() {
         let base = fixture("openedx_video_played");
-        let with = |f: &dyn Fn(&mut Value)| {
-            let mut s = base.clone();
-            f(&mut s);
-            s
-        };
+        let with = |f: &dyn Fn(&mut Value)| edited(&base, f);
         let bad = |f: &dyn Fn(&mut Value)| code(&with(f));
         assert_eq!(bad(&|s| s["actor"] = json!({"account": {"homePage": "lms.example.edu", "name": "x"}})).1, "actor.account.homePage");
         assert_eq!(bad(&|s| s["actor"] = json!({"mbox": "learner@example.edu"})).1, "actor.mbox");
@@ -1496,11 +1498,7 @@ mod tests {
     #[test]
     fn the_tolerances_stay_narrow() {
         let base = fixture("openedx_problem_check");
-        let with = |f: &dyn Fn(&mut Value)| {
-            let mut s = base.clone();
-            f(&mut s);
-            s
-        };
+        let with = |f: &dyn Fn(&mut Value)| edited(&base, f);
         let bad = |f: &dyn Fn(&mut Value)| code(&with(f));
         // min = max only for a 0-point problem
         assert_eq!(bad(&|s| s["result"]["score"] = json!({"min": 0, "max": 0, "raw": 1})).1, "result.score.min");
