@@ -299,9 +299,8 @@ pub struct DrilldownRequest {
 /// rate-limited per principal (429). Never returns an identity.
 #[utoipa::path(post, path = "/v1/learners/{pseudonym}/activity", tag = "analytics", request_body = DrilldownRequest,
     params(("pseudonym" = Uuid, Path, description = "Learner pseudonym")),
-    responses((status = 200, body = Timeline), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 410, body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = Timeline), (status = 404, body = ErrorBody), (status = 410, body = ErrorBody),
+        (status = 429, body = ErrorBody)))]
 async fn drilldown(
     State(s): State<AppState>,
     p: Principal,

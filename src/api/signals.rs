@@ -112,8 +112,7 @@ pub struct SignalQueue {
 /// open an item to see them (audited). Integrity items need `integrity.review`.
 #[utoipa::path(get, path = "/v1/signals/queues/{queue}/items", tag = "signals",
     params(("queue" = String, Path, description = "Queue: a role routed to by policies/signals.yaml"), ListQuery),
-    responses((status = 200, body = SignalQueue), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = SignalQueue)))]
 async fn list(State(s): State<AppState>, p: Principal, sg: SignalsCap, Path(queue): Path<String>, AppQuery(q): AppQuery<ListQuery>) -> Result<Json<SignalQueue>, Error> {
     let (sg, sc) = authorised(&s, &p, sg, "signals.list").await?;
     let scope = own_queue(&s, &p, &sc, &queue, "signals.list").await?;
@@ -129,8 +128,7 @@ async fn list(State(s): State<AppState>, p: Principal, sg: SignalsCap, Path(queu
 /// once get different items. Audited like a view. 404 `queue_empty` when none is free.
 #[utoipa::path(post, path = "/v1/signals/queues/{queue}/next", tag = "signals",
     params(("queue" = String, Path, description = "Queue: a role routed to by policies/signals.yaml")),
-    responses((status = 200, body = SignalItem), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = SignalItem), (status = 404, body = ErrorBody)))]
 async fn next(State(s): State<AppState>, p: Principal, sg: SignalsCap, Path(queue): Path<String>) -> Result<Json<SignalItem>, Error> {
     let (sg, sc) = authorised(&s, &p, sg, "signals.view").await?;
     let scope = own_queue(&s, &p, &sc, &queue, "signals.view").await?;
@@ -147,8 +145,7 @@ async fn next(State(s): State<AppState>, p: Principal, sg: SignalsCap, Path(queu
 /// lease when the item is free; every view is audited before it is returned.
 #[utoipa::path(get, path = "/v1/signals/items/{id}", tag = "signals",
     params(("id" = Uuid, Path, description = "Item")),
-    responses((status = 200, body = SignalItem), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = SignalItem), (status = 404, body = ErrorBody)))]
 async fn view(State(s): State<AppState>, p: Principal, sg: SignalsCap, Path(id): Path<String>) -> Result<Json<SignalItem>, Error> {
     let (sg, sc) = authorised(&s, &p, sg, "signals.view").await?;
     let id = Uuid::parse_str(&id).map_err(|_| Error::bad_request("invalid_id", "the item id is not a UUID"))?;
@@ -173,9 +170,7 @@ pub struct DecisionRequest {
 /// record of what a human did or will do: learnvault carries none out.
 #[utoipa::path(post, path = "/v1/signals/items/{id}/decision", tag = "signals", request_body = DecisionRequest,
     params(("id" = Uuid, Path, description = "Item")),
-    responses((status = 200, body = SignalItem), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
-        (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = SignalItem), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn decide(State(s): State<AppState>, p: Principal, sg: SignalsCap, Path(id): Path<String>, AppJson(req): AppJson<DecisionRequest>) -> Result<Json<SignalItem>, Error> {
     let (sg, sc) = authorised(&s, &p, sg, "signals.decide").await?;
     let id = Uuid::parse_str(&id).map_err(|_| Error::bad_request("invalid_id", "the item id is not a UUID"))?;
