@@ -25,6 +25,15 @@ fn cli_verify(app: &TestApp) -> (i32, String) {
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// `learnvault audit verify` exits 2 (a broken chain) and says each of `says`.
+fn cli_reports_broken(app: &TestApp, says: &[&str]) {
+    let (code, out) = cli_verify(app);
+    assert_eq!(code, 2, "{out}");
+    for s in says {
+        assert!(out.contains(s), "{s}: {out}");
+    }
+}
+
 #[tokio::test]
 async fn an_altered_row_is_reported_with_its_sequence_number() {
     let app = TestApp::spawn().await;
@@ -38,9 +47,7 @@ async fn an_altered_row_is_reported_with_its_sequence_number() {
     tx.commit().await.unwrap();
     let v = app.verify().await;
     assert_eq!((v["intact"].as_bool(), v["first_broken_seq"].as_i64(), v["reason"].as_str()), (Some(false), Some(4), Some("hash_mismatch")));
-    let (code, out) = cli_verify(&app);
-    assert_eq!(code, 2, "{out}");
-    assert!(out.contains("seq 4"), "{out}");
+    cli_reports_broken(&app, &["seq 4"]);
 }
 
 #[tokio::test]
@@ -54,9 +61,7 @@ async fn a_deleted_row_is_reported_with_its_sequence_number() {
     let v = app.verify().await;
     assert_eq!((v["first_broken_seq"].as_i64(), v["reason"].as_str()), (Some(3), Some("missing_row")));
     // Deleting the tail and re-chaining a forged row is caught by prev_hash.
-    let (code, out) = cli_verify(&app);
-    assert_eq!(code, 2);
-    assert!(out.contains("seq 3"), "{out}");
+    cli_reports_broken(&app, &["seq 3"]);
 }
 
 #[tokio::test]
@@ -251,9 +256,7 @@ async fn a_truncated_tail_is_caught_by_the_signed_checkpoint() {
     let v = app.verify().await;
     assert_eq!((v["intact"].as_bool(), v["reason"].as_str(), v["first_broken_seq"].as_i64()), (Some(false), Some("truncated"), Some(4)), "{v}");
     assert!(v["detail"].as_str().unwrap().contains("rows 4..=6 are missing"), "{v}");
-    let (code, out) = cli_verify(&app);
-    assert_eq!(code, 2, "{out}");
-    assert!(out.contains("truncated") && out.contains("rows 4..=6 are missing"), "{out}");
+    cli_reports_broken(&app, &["truncated", "rows 4..=6 are missing"]);
 
     // New rows appended after the truncation do not paper over it: seq 6 no longer has its signed hash.
     some_activity(&app, 0).await;
@@ -278,9 +281,7 @@ async fn a_rewritten_and_rehashed_chain_is_caught_by_the_signed_checkpoint() {
     let v = app.verify().await;
     assert_eq!((v["intact"].as_bool(), v["reason"].as_str(), v["first_broken_seq"].as_i64()), (Some(false), Some("checkpoint_mismatch"), Some(1)), "{v}");
     assert!(v["detail"].as_str().unwrap().contains("rows 1..=6 were rewritten"), "{v}");
-    let (code, out) = cli_verify(&app);
-    assert_eq!(code, 2, "{out}");
-    assert!(out.contains("checkpoint_mismatch"), "{out}");
+    cli_reports_broken(&app, &["checkpoint_mismatch"]);
 }
 
 #[tokio::test]

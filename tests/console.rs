@@ -35,6 +35,12 @@ fn browser_ready() {
     }
 }
 
+/// An app with a warehouse for a browser test, and the axe-core source to audit its pages.
+async fn browser_app() -> (TestApp, String) {
+    browser_ready();
+    (TestApp::spawn_with_warehouse().await, browser::axe_source())
+}
+
 async fn sign_in(b: &mut Browser, link: &str, who: &str) {
     b.goto(link).await;
     b.wait_text("#who", who, Duration::from_secs(20)).await;
@@ -124,9 +130,7 @@ fn funnel_row<'a>(html: &'a str, cohort: &str) -> Option<&'a str> {
 
 #[tokio::test]
 async fn instructor_watches_a_cohort_move_and_withheld_cells_never_reach_the_browser() {
-    browser_ready();
-    let app = TestApp::spawn_with_warehouse().await;
-    let axe = browser::axe_source();
+    let (app, axe) = browser_app().await;
     // Cohorts of 40 and 25 learners, and a small one of 4 (withheld: min_cell 10).
     let mut rows = cohort_events("c-large", 40, 3);
     rows.extend(cohort_events("c-mid", 25, 3));
@@ -216,9 +220,7 @@ async fn instructor_watches_a_cohort_move_and_withheld_cells_never_reach_the_bro
 
 #[tokio::test]
 async fn dpo_files_an_erasure_and_downloads_its_verified_certificate() {
-    browser_ready();
-    let app = TestApp::spawn_with_warehouse().await;
-    let axe = browser::axe_source();
+    let (app, axe) = browser_app().await;
     let pseudonym = app.issue("uni-a", "stu-42", json!({"name": "Grace Hopper", "email": "grace@example.edu"})).await;
     land(&app, vec![event(&pseudonym, "c-1", "session.start", chrono::Utc::now(), None)]).await;
 
@@ -311,9 +313,7 @@ async fn dpo_files_an_erasure_and_downloads_its_verified_certificate() {
 
 #[tokio::test]
 async fn auditor_sees_a_tampered_chain_reported() {
-    browser_ready();
-    let app = TestApp::spawn_with_warehouse().await;
-    let axe = browser::axe_source();
+    let (app, axe) = browser_app().await;
     for i in 0..3 {
         app.issue("uni-a", &format!("stu-{i}"), json!({"name": "x"})).await;
     }
@@ -357,9 +357,7 @@ async fn auditor_sees_a_tampered_chain_reported() {
 async fn advisor_drills_down_with_a_purpose_and_records_a_decision() {
     use learnvault::signals::finding::ContextCount;
     use learnvault::signals::{Finding, Kind};
-    browser_ready();
-    let app = TestApp::spawn_with_warehouse().await;
-    let axe = browser::axe_source();
+    let (app, axe) = browser_app().await;
     let learner = app.issue("uni-a", "stu-7", json!({"name": "Ada"})).await;
     let mut rows = cohort_events("c-large", 30, 60);
     rows.push(event(&learner, "c-large", "session.start", chrono::Utc::now() - chrono::Duration::hours(2), None));

@@ -49,10 +49,8 @@ async fn assert_rollups(s: &Spine, events: u64, heartbeats: u64) {
 
 #[tokio::test]
 async fn a_gateway_retry_of_an_acknowledged_request_lands_once() {
-    let s = Spine::new(true).await;
-    let gw = s.app.gateway(s.settings.clone()).await;
+    let (s, gw, lms) = Spine::with_gateway(true).await;
     let lander = s.start_lander().await;
-    let lms = gw.lms("uni-a");
     let who = json!({"institution": "uni-a", "external_id": "S-1"});
     let mut body = Vec::new();
     for t in ["session.start", "session.heartbeat", "content.view"] {
@@ -198,10 +196,8 @@ async fn a_claim_by_copy_is_all_or_nothing_and_two_landers_claiming_at_once_spli
 
 #[tokio::test]
 async fn an_xapi_statement_sent_again_is_acknowledged_and_lands_once_and_other_content_is_409() {
-    let s = Spine::new(true).await;
-    let gw = s.app.gateway(s.settings.clone()).await;
+    let (s, gw, lms) = Spine::with_gateway(true).await;
     let lander = s.start_lander().await;
-    let lms = gw.lms("uni-a");
     let st = fixture("openedx_video_played");
     let id = st["id"].as_str().unwrap().to_owned();
     let (code, ids) = send_xapi(&gw, &lms, "POST", "", &st).await;

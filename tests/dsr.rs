@@ -62,6 +62,24 @@ async fn dashboards(app: &TestApp) -> Value {
     json!({"funnel": f, "engagement": e, "replays": r})
 }
 
+/// The files of a subject-access archive (a tar), by path.
+fn archive_files(tar: &[u8]) -> BTreeMap<String, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    for entry in tar::Archive::new(tar).entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().display().to_string();
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).unwrap();
+        files.insert(name, data);
+    }
+    files
+}
+
+/// One file of a subject-access archive as text ("" when the archive has no such file).
+fn archive_text(tar: &[u8], path: &str) -> String {
+    archive_files(tar).remove(path).map(|data| String::from_utf8(data).unwrap()).unwrap_or_default()
+}
+
 async fn wait_job(app: &TestApp, id: &str) -> Value {
     let dpo = app.dpo("uni-a");
     for _ in 0..300 {
@@ -284,14 +302,7 @@ async fn subject_access_archive_holds_everything_about_the_subject_and_nothing_e
     let resp = app.client.get(format!("{}/v1/dsr/jobs/{id}/archive", app.base)).bearer_auth(app.dpo("uni-a")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let bytes = resp.bytes().await.unwrap();
-    let mut files = BTreeMap::new();
-    for entry in tar::Archive::new(&bytes[..]).entries().unwrap() {
-        let mut entry = entry.unwrap();
-        let name = entry.path().unwrap().display().to_string();
-        let mut data = Vec::new();
-        entry.read_to_end(&mut data).unwrap();
-        files.insert(name, data);
-    }
+    let files = archive_files(&bytes);
     let manifest: Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
     // Every file is listed with its hash.
     for f in manifest["files"].as_array().unwrap() {
@@ -382,13 +393,7 @@ async fn subject_access_exports_more_than_one_page_completely_across_tied_sortin
     assert_eq!(job["state"], "done", "{job}");
     let resp = app.client.get(format!("{}/v1/dsr/jobs/{id}/archive", app.base)).bearer_auth(app.dpo("uni-a")).send().await.unwrap();
     let bytes = resp.bytes().await.unwrap();
-    let mut events = String::new();
-    for entry in tar::Archive::new(&bytes[..]).entries().unwrap() {
-        let mut entry = entry.unwrap();
-        if entry.path().unwrap().display().to_string() == "clickhouse/events.learning_events.jsonl" {
-            entry.read_to_string(&mut events).unwrap();
-        }
-    }
+    let events = archive_text(&bytes, "clickhouse/events.learning_events.jsonl");
     // (`land` repeats an event id across its event types: a row is (event_id, event_type).)
     let ids: std::collections::HashSet<(String, String)> = events
         .lines()
@@ -429,13 +434,7 @@ async fn an_access_archive_is_sealed_at_rest_and_does_not_outlive_the_erasure() 
     assert_eq!(resp.status(), StatusCode::OK);
     let bytes = resp.bytes().await.unwrap();
     assert_eq!(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)), job["result"]["sha256"].as_str().unwrap());
-    let mut identity = String::new();
-    for entry in tar::Archive::new(&bytes[..]).entries().unwrap() {
-        let mut entry = entry.unwrap();
-        if entry.path().unwrap().display().to_string() == "identity.json" {
-            entry.read_to_string(&mut identity).unwrap();
-        }
-    }
+    let identity = archive_text(&bytes, "identity.json");
     assert!(identity.contains("ada@example.edu"), "{identity}");
 
     // Erasure deletes the archive and says so; the download answers 410 `erased`.
@@ -530,13 +529,7 @@ async fn subject_access_is_a_snapshot_at_the_job_start_under_concurrent_inserts(
 
     let resp = app.client.get(format!("{}/v1/dsr/jobs/{id}/archive", app.base)).bearer_auth(app.dpo("uni-a")).send().await.unwrap();
     let bytes = resp.bytes().await.unwrap();
-    let mut events = String::new();
-    for entry in tar::Archive::new(&bytes[..]).entries().unwrap() {
-        let mut entry = entry.unwrap();
-        if entry.path().unwrap().display().to_string() == "clickhouse/events.learning_events.jsonl" {
-            entry.read_to_string(&mut events).unwrap();
-        }
-    }
+    let events = archive_text(&bytes, "clickhouse/events.learning_events.jsonl");
     let mut got: Vec<(String, String)> = events
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
@@ -570,20 +563,13 @@ async fn the_subjects_dead_letters_are_in_its_access_archive_and_the_certificate
     assert_eq!(job["state"], "done", "{job}");
     let resp = app.client.get(format!("{}/v1/dsr/jobs/{id}/archive", app.base)).bearer_auth(app.dpo("uni-a")).send().await.unwrap();
     let bytes = resp.bytes().await.unwrap();
-    let mut files = BTreeMap::new();
-    for entry in tar::Archive::new(&bytes[..]).entries().unwrap() {
-        let mut entry = entry.unwrap();
-        let name = entry.path().unwrap().display().to_string();
-        let mut data = String::new();
-        entry.read_to_string(&mut data).unwrap();
-        files.insert(name, data);
-    }
-    let dl = &files["kafka/learning-events.dlq.jsonl"];
+    let files = archive_files(&bytes);
+    let dl = String::from_utf8(files["kafka/learning-events.dlq.jsonl"].clone()).unwrap();
     assert_eq!(dl.lines().count(), 1, "{dl}");
     let rec: Value = serde_json::from_str(dl.lines().next().unwrap()).unwrap();
     assert_eq!(rec["reason"], "protected_attribute");
     assert_eq!(rec["payload"]["learner_id"], json!(a));
-    let manifest: Value = serde_json::from_str(&files["manifest.json"]).unwrap();
+    let manifest: Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
     let store = manifest["stores"].as_array().unwrap().iter().find(|s| s["store"] == "kafka:learning-events.dlq").unwrap();
     assert_eq!(store["rows"], json!(1), "{store}");
 

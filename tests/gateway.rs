@@ -36,10 +36,8 @@ fn event(learner: Value, event_type: &str) -> Value {
 
 #[tokio::test]
 async fn one_learner_three_ways_lands_under_one_pseudonym_and_no_identifier_reaches_kafka_or_clickhouse() {
-    let spine = Spine::new(true).await;
-    let gw = spine.app.gateway(spine.settings.clone()).await;
+    let (spine, gw, lms) = Spine::with_gateway(true).await;
     let lander = spine.start_lander().await;
-    let lms = gw.lms("uni-a");
 
     // 1. /v1/events naming the learner by external id.
     let by_id = json!({"institution": "uni-a", "external_id": EXT});
@@ -122,9 +120,7 @@ async fn one_learner_three_ways_lands_under_one_pseudonym_and_no_identifier_reac
 
 #[tokio::test]
 async fn invalid_xapi_is_refused_with_400_and_nothing_is_produced() {
-    let spine = Spine::new(false).await;
-    let gw = spine.app.gateway(spine.settings.clone()).await;
-    let lms = gw.lms("uni-a");
+    let (spine, gw, lms) = Spine::with_gateway(false).await;
     let good = fixture("openedx_video_played");
     let (s, v) = xapi(&gw, &lms, &good, None).await;
     assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("xapi_version")), "{v}");
@@ -153,9 +149,7 @@ async fn invalid_xapi_is_refused_with_400_and_nothing_is_produced() {
 
 #[tokio::test]
 async fn events_are_refused_one_by_one_with_reasons_and_dead_lettered_without_identity() {
-    let spine = Spine::new(false).await;
-    let gw = spine.app.gateway(spine.settings.clone()).await;
-    let lms = gw.lms("uni-a");
+    let (spine, gw, lms) = Spine::with_gateway(false).await;
     let erased = gw.issue("uni-a", "S-GONE", json!({"name": "Gone"})).await;
     sqlx::query("INSERT INTO tombstones (pseudonym, institution_id, request_id) VALUES ($1::uuid, 'uni-a', gen_random_uuid())")
         .bind(&erased)
@@ -254,10 +248,8 @@ async fn broker_outage_answers_503_with_retry_and_recovers() {
 
 #[tokio::test]
 async fn identifiers_in_refused_events_never_reach_the_dead_letter_topic() {
-    let spine = Spine::new(true).await;
-    let gw = spine.app.gateway(spine.settings.clone()).await;
+    let (spine, gw, lms) = Spine::with_gateway(true).await;
     let lander = spine.start_lander().await;
-    let lms = gw.lms("uni-a");
     let known = gw.issue("uni-a", "S-KNOWN-001", json!({})).await;
 
     // At the gateway: a learner_id that is an email; an extra `email` field; a phone number and
@@ -312,10 +304,8 @@ async fn identifiers_in_refused_events_never_reach_the_dead_letter_topic() {
 /// dead-lettered redacted, never landed; their valid neighbours land.
 #[tokio::test]
 async fn identities_in_free_strings_are_refused_per_event_and_never_land() {
-    let spine = Spine::new(true).await;
-    let gw = spine.app.gateway(spine.settings.clone()).await;
+    let (spine, gw, lms) = Spine::with_gateway(true).await;
     let lander = spine.start_lander().await;
-    let lms = gw.lms("uni-a");
     let who = json!({"institution": "uni-a", "external_id": "S-SCREEN-4410"});
     let mut note = event(who.clone(), "interact.pause");
     note["props"] = json!({"note": "call ada@example.org"});

@@ -34,10 +34,7 @@ async fn post(app: &common::TestApp, token: &str, body: &Value) -> (StatusCode, 
 /// ids are replaced by fresh ones (consistently, `context.statement` included): upstream reuses
 /// one id across several fixtures, and an LRS stores an id once.
 fn erb_fixtures() -> Vec<(String, Value)> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/xapi/openedx-erb");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "json")).collect();
-    files.sort();
-    files
+    common::erb::erb_paths()
         .into_iter()
         .map(|p| {
             let text = std::fs::read_to_string(&p).unwrap();
@@ -57,9 +54,7 @@ fn erb_fixtures() -> Vec<(String, Value)> {
 
 #[tokio::test]
 async fn every_statement_shape_open_edx_emits_is_accepted_one_request_per_fixture() {
-    let spine = Spine::new(false).await;
-    let gw = spine.app.gateway(spine.settings.clone()).await;
-    let lms = gw.lms("uni-a");
+    let (spine, gw, lms) = Spine::with_gateway(false).await;
     let fixtures = erb_fixtures();
     assert_eq!(fixtures.len(), 77, "every expected-output fixture of event-routing-backends");
     let mut mapped: BTreeSet<String> = BTreeSet::new();
@@ -118,10 +113,8 @@ fn statement(name: &str, home_page: &str, account: &str) -> Value {
 
 #[tokio::test]
 async fn an_unusable_statement_does_not_refuse_its_neighbours_which_land() {
-    let spine = Spine::new(true).await;
-    let gw = spine.app.gateway(spine.settings.clone()).await;
+    let (spine, gw, lms) = Spine::with_gateway(true).await;
     let lander = spine.start_lander().await;
-    let lms = gw.lms("uni-a");
     const NAME: &str = "edx-batch-7731";
     let lms_home = "https://lms.example.edu";
     let valid: Vec<Value> = ["openedx_video_played", "openedx_video_paused", "openedx_problem_check"].iter().map(|n| statement(n, lms_home, NAME)).collect();
@@ -169,9 +162,7 @@ async fn an_unusable_statement_does_not_refuse_its_neighbours_which_land() {
 
 #[tokio::test]
 async fn account_home_page_must_be_an_lms_declared_for_the_institution() {
-    let spine = Spine::new(false).await;
-    let gw = spine.app.gateway(spine.settings.clone()).await;
-    let lms = gw.lms("uni-a");
+    let (spine, gw, lms) = Spine::with_gateway(false).await;
     // Two LMSs of uni-a (policies/lms.yaml) send the same account name for two people.
     const SHARED: &str = "shared-name-5521";
     let openedx = statement("openedx_video_played", "https://lms.example.edu/", SHARED);

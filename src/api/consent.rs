@@ -51,8 +51,7 @@ async fn subject_institution(s: &AppState, p: &Principal, perm: Permission, pseu
 /// Record consent decisions (LMS). Appends to the history; never rewrites it.
 #[utoipa::path(put, path = "/v1/pseudonyms/{pseudonym}/consent", tag = "consent", request_body = ConsentRequest,
     params(("pseudonym" = Uuid, Path, description = "Learner pseudonym")),
-    responses((status = 200, body = ConsentResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 410, body = ErrorBody)))]
+    responses((status = 200, body = ConsentResponse), (status = 404, body = ErrorBody), (status = 410, body = ErrorBody)))]
 async fn put_consent(
     State(s): State<AppState>,
     p: Principal,
@@ -81,8 +80,7 @@ async fn put_consent(
 /// Current consent and its full history. Audited.
 #[utoipa::path(get, path = "/v1/pseudonyms/{pseudonym}/consent", tag = "consent",
     params(("pseudonym" = Uuid, Path, description = "Learner pseudonym")),
-    responses((status = 200, body = ConsentResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 410, body = ErrorBody)))]
+    responses((status = 200, body = ConsentResponse), (status = 404, body = ErrorBody), (status = 410, body = ErrorBody)))]
 async fn get_consent(State(s): State<AppState>, p: Principal, Path(raw): Path<String>) -> Result<Json<ConsentResponse>, Error> {
     let pseudonym = Pseudonym::parse(&raw)?;
     let institution = subject_institution(&s, &p, Permission::ConsentRead, pseudonym).await?;

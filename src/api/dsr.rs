@@ -59,7 +59,7 @@ pub struct JobList {
 /// institutions: overdue first, then open requests by deadline, then finished
 /// ones, newest first. Read is audited.
 #[utoipa::path(get, path = "/v1/dsr/jobs", tag = "dsr", params(ListQuery),
-    responses((status = 200, body = JobList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = JobList)))]
 async fn jobs(State(s): State<AppState>, p: Principal, d: DsrCap, crate::api::AppQuery(q): crate::api::AppQuery<ListQuery>) -> Result<Json<JobList>, Error> {
     s.authorize(&p, Permission::DsrRead, None, None).await?;
     let limit = list_limit(&q)?;
@@ -79,7 +79,7 @@ pub struct SuppressionList {
 /// institutions whose collection is suppressed (or was lifted, with by whom).
 /// Pseudonyms only. Read is audited.
 #[utoipa::path(get, path = "/v1/dsr/suppressions", tag = "dsr", params(ListQuery),
-    responses((status = 200, body = SuppressionList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = SuppressionList)))]
 async fn suppressions(State(s): State<AppState>, p: Principal, crate::api::AppQuery(q): crate::api::AppQuery<ListQuery>) -> Result<Json<SuppressionList>, Error> {
     s.authorize(&p, Permission::DsrErasure, None, None).await?;
     let limit = list_limit(&q)?;
@@ -117,8 +117,7 @@ pub struct BatchErasureRequest {
 /// subject (`result.certificates`, by pseudonym), progress in the job. 202 with
 /// the job; 404 `unknown_learner` naming the first subject not found.
 #[utoipa::path(post, path = "/v1/dsr/erasure/batch", tag = "dsr", request_body = BatchErasureRequest,
-    responses((status = 202, body = Job), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)))]
+    responses((status = 202, body = Job), (status = 404, body = ErrorBody)))]
 async fn erasure_batch(State(s): State<AppState>, p: Principal, d: DsrCap, AppJson(req): AppJson<BatchErasureRequest>) -> Result<Response, Error> {
     s.authorize(&p, Permission::DsrErasure, None, None).await?;
     let inst = InstitutionId::parse(&req.institution)?;
@@ -197,8 +196,7 @@ pub struct LiftResponse {
 /// now on the learner may be collected again under a new pseudonym. Purpose and
 /// justification required; audited. 404 `not_suppressed` when there is none.
 #[utoipa::path(post, path = "/v1/dsr/suppressions/lift", tag = "dsr", request_body = LiftRequest,
-    responses((status = 200, body = LiftResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = LiftResponse), (status = 404, body = ErrorBody)))]
 async fn lift_suppression(State(s): State<AppState>, p: Principal, d: DsrCap, AppJson(req): AppJson<LiftRequest>) -> Result<Json<LiftResponse>, Error> {
     s.authorize(&p, Permission::DsrErasure, None, None).await?;
     let inst = InstitutionId::parse(&req.institution)?;
@@ -310,8 +308,7 @@ async fn submit(s: &AppState, p: &Principal, d: &Dsr, kind: Kind, req: DsrReques
 
 /// Open a subject-access request (Art. 15). 202 with the job; poll it, then download the archive.
 #[utoipa::path(post, path = "/v1/dsr/access", tag = "dsr", request_body = DsrRequest,
-    responses((status = 202, body = Job), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 202, body = Job), (status = 404, body = ErrorBody)))]
 async fn access(State(s): State<AppState>, p: Principal, d: DsrCap, AppJson(req): AppJson<DsrRequest>) -> Result<Response, Error> {
     submit(&s, &p, &d, Kind::Access, req).await
 }
@@ -319,9 +316,7 @@ async fn access(State(s): State<AppState>, p: Principal, d: DsrCap, AppJson(req)
 /// Open an erasure request (Art. 17). Idempotent: an open or finished erasure
 /// of the same subject is returned (200) instead of a new one (202).
 #[utoipa::path(post, path = "/v1/dsr/erasure", tag = "dsr", request_body = DsrRequest,
-    responses((status = 202, body = Job), (status = 200, body = Job), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 503, body = ErrorBody)))]
+    responses((status = 202, body = Job), (status = 200, body = Job), (status = 404, body = ErrorBody)))]
 async fn erasure(State(s): State<AppState>, p: Principal, d: DsrCap, AppJson(req): AppJson<DsrRequest>) -> Result<Response, Error> {
     submit(&s, &p, &d, Kind::Erasure, req).await
 }
@@ -336,7 +331,7 @@ async fn visible_job(s: &AppState, p: &Principal, d: &Dsr, perm: Permission, id:
 
 /// A job's state, step, progress, deadline and result.
 #[utoipa::path(get, path = "/v1/dsr/jobs/{id}", tag = "dsr", params(("id" = Uuid, Path, description = "Job id")),
-    responses((status = 200, body = Job), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Job), (status = 404, body = ErrorBody)))]
 async fn job(State(s): State<AppState>, p: Principal, d: DsrCap, Path(id): Path<String>) -> Result<Json<Job>, Error> {
     Ok(Json(visible_job(&s, &p, &d, Permission::DsrRead, &id).await?))
 }
@@ -345,8 +340,8 @@ async fn job(State(s): State<AppState>, p: Principal, d: DsrCap, Path(id): Path<
 /// as it streams (sealed at rest). Audited. 410 `erased` once its subject was erased (erasure deletes
 /// it), 410 `archive_expired` after `retention.yaml` `archives`.
 #[utoipa::path(get, path = "/v1/dsr/jobs/{id}/archive", tag = "dsr", params(("id" = Uuid, Path, description = "Job id")),
-    responses((status = 200, description = "tar archive", content_type = "application/x-tar"), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 410, body = ErrorBody)))]
+    responses((status = 200, description = "tar archive", content_type = "application/x-tar"), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 410, body = ErrorBody)))]
 async fn archive(State(s): State<AppState>, p: Principal, d: DsrCap, Path(id): Path<String>) -> Result<Response, Error> {
     let job = visible_job(&s, &p, &d, Permission::DsrAccess, &id).await?;
     let path = match (&job.kind[..], &job.state[..], job.result.as_ref().and_then(|r| r["archive"].as_str())) {
@@ -413,8 +408,8 @@ fn bytes_of(v: Vec<u8>) -> axum::body::Bytes {
 
 /// The signed erasure certificate of a finished erasure job.
 #[utoipa::path(get, path = "/v1/dsr/jobs/{id}/certificate", tag = "dsr", params(("id" = Uuid, Path, description = "Job id")),
-    responses((status = 200, description = "signed certificate", body = Object), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, description = "signed certificate", body = Object), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
 async fn certificate(State(s): State<AppState>, p: Principal, d: DsrCap, Path(id): Path<String>) -> Result<Json<serde_json::Value>, Error> {
     let job = visible_job(&s, &p, &d, Permission::DsrRead, &id).await?;
     match (&job.kind[..], job.result.as_ref().map(|r| r["certificate"].clone())) {

@@ -37,8 +37,7 @@ pub struct Features {
 /// `recommendations` consent (denied by default; the refusal is audited).
 #[utoipa::path(get, path = "/v1/features/{pseudonym}", tag = "features",
     params(("pseudonym" = Uuid, Path, description = "Learner pseudonym")),
-    responses((status = 200, body = Features), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 410, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = Features), (status = 404, body = ErrorBody), (status = 410, body = ErrorBody)))]
 async fn features(State(s): State<AppState>, p: Principal, serve: ServeCap, Path(raw): Path<String>) -> Result<Json<Features>, Error> {
     let pseudonym = Pseudonym::parse(&raw)?;
     s.authorize(&p, Permission::FeaturesRead, None, Some(pseudonym.as_uuid())).await?;
@@ -66,8 +65,7 @@ async fn features(State(s): State<AppState>, p: Principal, serve: ServeCap, Path
 /// The retention proof (same as `learnvault retention verify`): live TTLs and topic
 /// configurations equal `policies/retention.yaml`, no row or archive older than policy plus grace.
 #[utoipa::path(get, path = "/v1/retention/report", tag = "retention",
-    responses((status = 200, description = "the report; `ok` false on any violation", body = Object),
-        (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, description = "the report; `ok` false on any violation", body = Object)))]
 async fn retention_report(State(s): State<AppState>, p: Principal, d: DsrCap) -> Result<Json<crate::retention::Report>, Error> {
     s.authorize(&p, Permission::RetentionRead, None, None).await?;
     let unavailable = |e: crate::retention::RetentionError| Error::Unavailable { code: "retention_check_failed", message: e.to_string() };

@@ -88,8 +88,7 @@ async fn run(gw: &Gateway, p: &Principal, items: Vec<Incoming<'_>>) -> Result<Ve
 /// `Retry-After` when the broker did not acknowledge (those events say `unavailable`).
 #[utoipa::path(post, path = "/v1/events", tag = "ingest",
     request_body(content = Vec<Object>, description = "taxonomy events", content_type = "application/json"),
-    responses((status = 200, body = IngestResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = IngestResponse)))]
+    responses((status = 200, body = IngestResponse), (status = 503, body = IngestResponse)))]
 async fn events(State(s): State<AppState>, p: Principal, gw: GatewayCap, headers: HeaderMap, body: Bytes) -> Result<Response, Error> {
     s.authorize(&p, Permission::EventsIngest, None, None).await?;
     let ndjson = headers
@@ -328,11 +327,8 @@ async fn statements(s: AppState, p: Principal, gw: GatewayCap, headers: HeaderMa
 /// request is answered 409 `xapi_id_conflict`, nothing produced.
 #[utoipa::path(post, path = "/xapi/statements", tag = "ingest", params(("X-Experience-API-Version" = String, Header, description = "`1.0` or `1.0.<patch>`", pattern = r"^\s*1\.0(\.[0-9]+)?\s*$")),
     request_body(content = Object, description = "an xAPI statement or an array of them"),
-    responses((status = 200, description = "the ids of the statements acknowledged", body = Vec<uuid::Uuid>,
-            headers(("X-Learnvault-Refused" = String, description = "statements refused alone, `<index>:<code>,...` (absent when none)"))),
-        (status = 400, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody, description = "`xapi_id_conflict`: a statement id stored already with other content"),
-        (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, description = "the ids of the statements acknowledged", body = Vec<uuid::Uuid>,       headers(("X-Learnvault-Refused" = String, description = "statements refused alone, `<index>:<code>,...` (absent when none)"))),
+        (status = 409, body = ErrorBody, description = "`xapi_id_conflict`: a statement id stored already with other content")))]
 async fn xapi_post(State(s): State<AppState>, p: Principal, gw: GatewayCap, headers: HeaderMap, body: Bytes) -> Result<Response, Error> {
     statements(s, p, gw, headers, body, None).await
 }
@@ -342,8 +338,7 @@ async fn xapi_post(State(s): State<AppState>, p: Principal, gw: GatewayCap, head
 /// content or the body names another id.
 #[utoipa::path(put, path = "/xapi/statements", tag = "ingest", params(PutParams, ("X-Experience-API-Version" = String, Header, description = "`1.0` or `1.0.<patch>`", pattern = r"^\s*1\.0(\.[0-9]+)?\s*$")),
     request_body(content = Object, description = "one xAPI statement"),
-    responses((status = 204, description = "stored"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 409, body = ErrorBody, description = "`xapi_id_conflict`"), (status = 503, body = ErrorBody)))]
+    responses((status = 204, description = "stored"), (status = 409, body = ErrorBody, description = "`xapi_id_conflict`")))]
 async fn xapi_put(
     State(s): State<AppState>,
     p: Principal,

@@ -54,11 +54,8 @@ fn learner(external_id: &str, identity: Option<Map<String, Value>>) -> Result<Ne
 
 /// Issue-or-get the pseudonym of one learner (idempotent).
 #[utoipa::path(post, path = "/v1/pseudonyms", tag = "pseudonyms", request_body = IssueRequest,
-    responses(
-        (status = 201, description = "Created", body = IssueResponse),
-        (status = 200, description = "Already issued", body = IssueResponse),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 201, description = "Created", body = IssueResponse),
+        (status = 200, description = "Already issued", body = IssueResponse)))]
 async fn issue(
     State(s): State<AppState>,
     p: Principal,
@@ -112,8 +109,7 @@ pub struct BatchResponse {
 /// Issue-or-get pseudonyms for many learners; one result per item, in order.
 /// Invalid items are rejected individually; the others are issued.
 #[utoipa::path(post, path = "/v1/pseudonyms/batch", tag = "pseudonyms", request_body = BatchRequest,
-    responses((status = 200, body = BatchResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = BatchResponse)))]
 async fn issue_batch(
     State(s): State<AppState>,
     p: Principal,
@@ -207,8 +203,7 @@ pub struct LookupResponse {
 
 /// Find a learner's pseudonym from the LMS id (DPO). Audited.
 #[utoipa::path(post, path = "/v1/pseudonyms/lookup", tag = "pseudonyms", request_body = LookupRequest,
-    responses((status = 200, body = LookupResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = LookupResponse), (status = 404, body = ErrorBody)))]
 async fn lookup(
     State(s): State<AppState>,
     p: Principal,
@@ -250,9 +245,7 @@ pub struct ResolveResponse {
 /// Re-identify a pseudonym for a declared purpose (DPO). Audited before the identity is released.
 #[utoipa::path(post, path = "/v1/pseudonyms/{pseudonym}/resolve", tag = "pseudonyms", request_body = ResolveRequest,
     params(("pseudonym" = Uuid, Path, description = "Learner pseudonym")),
-    responses((status = 200, body = ResolveResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 410, body = ErrorBody),
-        (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = ResolveResponse), (status = 404, body = ErrorBody), (status = 410, body = ErrorBody)))]
 async fn resolve(
     State(s): State<AppState>,
     p: Principal,

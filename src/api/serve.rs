@@ -54,10 +54,21 @@ impl From<ServeError> for Error {
     }
 }
 
-/// Authorise a read of `course` for `perm`: the role, the course scope of
-/// course-scoped roles (the token's `courses`), and the institutions of the
-/// course's learners. Every refusal is audited. Returns the thresholds in force.
-async fn course_read(s: &AppState, p: &Principal, sv: &Serve, perm: Permission, course: &Ident) -> Result<Thresholds, Error> {
+/// The course a read names in its path (`/v1/courses/{course_id}/...`).
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct CoursePath {
+    /// Course: 1-128 of `[A-Za-z0-9_.:/-]`
+    #[param(pattern = r"^[A-Za-z0-9_.:/-]{1,128}$")]
+    course_id: String,
+}
+
+/// Parse `course` and authorise a read of it for `perm`: the role, the course
+/// scope of course-scoped roles (the token's `courses`), and the institutions
+/// of the course's learners. Every refusal is audited. Returns the course and
+/// the thresholds in force.
+async fn course_read(s: &AppState, p: &Principal, sv: &Serve, perm: Permission, course: &str) -> Result<(Ident, Thresholds), Error> {
+    let course = Ident::parse("course_id", course)?;
     s.authorize(p, perm, None, None).await?;
     if !s.policies.allows_course(&p.roles, perm, course.as_str(), &p.courses) {
         let mut entry = p.entry(perm.as_str(), None, None, Outcome::Denied);
@@ -65,11 +76,11 @@ async fn course_read(s: &AppState, p: &Principal, sv: &Serve, perm: Permission, 
         s.audit.record(entry).await?;
         return Err(Error::Forbidden { code: "forbidden", message: "this course is not in your token's scope".into() });
     }
-    let institutions = sv.course_institutions(course).await?;
+    let institutions = sv.course_institutions(&course).await?;
     for i in &institutions {
         s.authorize(p, perm, Some(i), None).await?;
     }
-    Ok(sv.thresholds(&institutions))
+    Ok((course, sv.thresholds(&institutions)))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -87,19 +98,17 @@ pub struct RangeQuery {
 /// withheld cells are `{"value": null, "suppressed": "small_cell" | "extreme_share" | "complementary" | ...}`;
 /// `disclosure` reports thresholds, information loss and the attacker's audit.
 #[utoipa::path(get, path = "/v1/courses/{course_id}/funnel", tag = "analytics",
-    params(("course_id" = String, Path, description = "Course: 1-128 of `[A-Za-z0-9_.:/-]`", pattern = r"^[A-Za-z0-9_.:/-]{1,128}$"), RangeQuery),
+    params(CoursePath, RangeQuery),
     responses((status = 200, body = Funnel, description = "the released funnel, plus `disclosure`"),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 500, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 500, body = ErrorBody)))]
 async fn funnel(
     State(s): State<AppState>,
     p: Principal,
     sv: ServeCap,
-    Path(course): Path<String>,
+    Path(path): Path<CoursePath>,
     AppQuery(q): AppQuery<RangeQuery>,
 ) -> Result<Json<Released<Funnel>>, Error> {
-    let course = Ident::parse("course_id", &course)?;
-    let t = course_read(&s, &p, &sv, Permission::CohortRead, &course).await?;
+    let (course, t) = course_read(&s, &p, &sv, Permission::CohortRead, &path.course_id).await?;
     let range = sv.range(q.from.as_deref(), q.to.as_deref())?;
     Ok(Json(sv.funnel(&course, &range, &t).await?))
 }
@@ -117,38 +126,34 @@ pub struct EngagementQuery {
 /// (30 s per heartbeat), with the course total of each minute. Released
 /// through disclosure control.
 #[utoipa::path(get, path = "/v1/courses/{course_id}/engagement", tag = "analytics",
-    params(("course_id" = String, Path, description = "Course: 1-128 of `[A-Za-z0-9_.:/-]`", pattern = r"^[A-Za-z0-9_.:/-]{1,128}$"), EngagementQuery),
+    params(CoursePath, EngagementQuery),
     responses((status = 200, body = Engagement, description = "the released grid, plus `disclosure`"),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 500, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 500, body = ErrorBody)))]
 async fn engagement(
     State(s): State<AppState>,
     p: Principal,
     sv: ServeCap,
-    Path(course): Path<String>,
+    Path(path): Path<CoursePath>,
     AppQuery(q): AppQuery<EngagementQuery>,
 ) -> Result<Json<Released<Engagement>>, Error> {
-    let course = Ident::parse("course_id", &course)?;
-    let t = course_read(&s, &p, &sv, Permission::CohortRead, &course).await?;
+    let (course, t) = course_read(&s, &p, &sv, Permission::CohortRead, &path.course_id).await?;
     Ok(Json(sv.engagement(&course, q.minutes.unwrap_or(60), &t).await?))
 }
 
 /// Per cohort and for the course: learners, and the quartiles of active
 /// minutes per learner-day. Released through disclosure control.
 #[utoipa::path(get, path = "/v1/courses/{course_id}/time-on-task", tag = "analytics",
-    params(("course_id" = String, Path, description = "Course: 1-128 of `[A-Za-z0-9_.:/-]`", pattern = r"^[A-Za-z0-9_.:/-]{1,128}$"), RangeQuery),
+    params(CoursePath, RangeQuery),
     responses((status = 200, body = TimeOnTask, description = "the released statistics, plus `disclosure`"),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 500, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 500, body = ErrorBody)))]
 async fn time_on_task(
     State(s): State<AppState>,
     p: Principal,
     sv: ServeCap,
-    Path(course): Path<String>,
+    Path(path): Path<CoursePath>,
     AppQuery(q): AppQuery<RangeQuery>,
 ) -> Result<Json<Released<TimeOnTask>>, Error> {
-    let course = Ident::parse("course_id", &course)?;
-    let t = course_read(&s, &p, &sv, Permission::CohortRead, &course).await?;
+    let (course, t) = course_read(&s, &p, &sv, Permission::CohortRead, &path.course_id).await?;
     let range = sv.range(q.from.as_deref(), q.to.as_deref())?;
     Ok(Json(sv.time_on_task(&course, &range, &t).await?))
 }
@@ -169,8 +174,7 @@ pub struct ReplaysQuery {
 #[utoipa::path(get, path = "/v1/content/{content_id}/replays", tag = "analytics",
     params(("content_id" = String, Path, description = "Content item: 1-128 of `[A-Za-z0-9_.:/-]`", pattern = r"^[A-Za-z0-9_.:/-]{1,128}$"), ReplaysQuery),
     responses((status = 200, body = Replays, description = "the released buckets, plus `disclosure`"),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 500, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 500, body = ErrorBody)))]
 async fn replays(
     State(s): State<AppState>,
     p: Principal,
@@ -180,8 +184,7 @@ async fn replays(
 ) -> Result<Json<Released<Replays>>, Error> {
     let content = Ident::parse("content_id", &content)?;
     let course = q.course_id.as_deref().ok_or_else(|| Error::bad_request("invalid_query", "`course_id` is required"))?;
-    let course = Ident::parse("course_id", course)?;
-    let t = course_read(&s, &p, &sv, Permission::ContentRead, &course).await?;
+    let (course, t) = course_read(&s, &p, &sv, Permission::ContentRead, course).await?;
     let range = sv.range(q.from.as_deref(), q.to.as_deref())?;
     Ok(Json(sv.replays(&course, &content, &range, &t).await?))
 }
@@ -216,19 +219,17 @@ struct LiveState {
 /// difference between consecutive messages is audited like a release. An
 /// `error` event (its data a code) ends the stream.
 #[utoipa::path(get, path = "/v1/courses/{course_id}/live", tag = "analytics",
-    params(("course_id" = String, Path, description = "Course: 1-128 of `[A-Za-z0-9_.:/-]`", pattern = r"^[A-Za-z0-9_.:/-]{1,128}$"), LiveQuery),
+    params(CoursePath, LiveQuery),
     responses((status = 200, content_type = "text/event-stream", description = "`event: funnel|engagement|error`, `data:` a released view (JSON)"),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 404, body = ErrorBody)))]
 async fn live(
     State(s): State<AppState>,
     p: Principal,
     sv: ServeCap,
-    Path(course): Path<String>,
+    Path(path): Path<CoursePath>,
     AppQuery(q): AppQuery<LiveQuery>,
 ) -> Result<Sse<impl futures::Stream<Item = Result<Event, Infallible>>>, Error> {
-    let course = Ident::parse("course_id", &course)?;
-    let t = course_read(&s, &p, &sv, Permission::CohortRead, &course).await?;
+    let (course, t) = course_read(&s, &p, &sv, Permission::CohortRead, &path.course_id).await?;
     let sv = sv.0;
     let range = sv.range(q.from.as_deref(), q.to.as_deref())?;
     let minutes = q.minutes.unwrap_or(60);
@@ -298,9 +299,8 @@ pub struct DrilldownRequest {
 /// rate-limited per principal (429). Never returns an identity.
 #[utoipa::path(post, path = "/v1/learners/{pseudonym}/activity", tag = "analytics", request_body = DrilldownRequest,
     params(("pseudonym" = Uuid, Path, description = "Learner pseudonym")),
-    responses((status = 200, body = Timeline), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 410, body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = Timeline), (status = 404, body = ErrorBody), (status = 410, body = ErrorBody),
+        (status = 429, body = ErrorBody)))]
 async fn drilldown(
     State(s): State<AppState>,
     p: Principal,

@@ -81,6 +81,18 @@ async fn authorised(s: &AppState, p: &Principal, sg: SignalsCap, action: &str) -
     Ok((sg, sc))
 }
 
+/// The caller's scope of `queue`, when it is one of the caller's queues (otherwise
+/// refused, audited as `action`).
+async fn own_queue<'a>(s: &AppState, p: &Principal, scopes: &'a [Scope], queue: &str, action: &str) -> Result<&'a Scope, Error> {
+    if let Some(scope) = scopes.iter().find(|x| x.queue == queue) {
+        return Ok(scope);
+    }
+    let mut e = p.entry(action, None, None, Outcome::Denied);
+    e.detail = serde_json::json!({"reason": "queue_not_yours", "queue": queue.chars().take(64).collect::<String>()});
+    s.audit.record(e).await?;
+    Err(Error::forbidden("this is not one of your review queues"))
+}
+
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -100,16 +112,10 @@ pub struct SignalQueue {
 /// open an item to see them (audited). Integrity items need `integrity.review`.
 #[utoipa::path(get, path = "/v1/signals/queues/{queue}/items", tag = "signals",
     params(("queue" = String, Path, description = "Queue: a role routed to by policies/signals.yaml"), ListQuery),
-    responses((status = 200, body = SignalQueue), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = SignalQueue)))]
 async fn list(State(s): State<AppState>, p: Principal, sg: SignalsCap, Path(queue): Path<String>, AppQuery(q): AppQuery<ListQuery>) -> Result<Json<SignalQueue>, Error> {
     let (sg, sc) = authorised(&s, &p, sg, "signals.list").await?;
-    let Some(scope) = sc.iter().find(|x| x.queue == queue) else {
-        let mut e = p.entry("signals.list", None, None, Outcome::Denied);
-        e.detail = serde_json::json!({"reason": "queue_not_yours", "queue": queue.chars().take(64).collect::<String>()});
-        s.audit.record(e).await?;
-        return Err(Error::forbidden("this is not one of your review queues"));
-    };
+    let scope = own_queue(&s, &p, &sc, &queue, "signals.list").await?;
     let items = sg.list(scope, q.state).await?;
     let mut e = p.entry("signals.list", None, None, Outcome::Success);
     e.detail = serde_json::json!({"queue": scope.queue, "items": items.len()});
@@ -122,16 +128,10 @@ async fn list(State(s): State<AppState>, p: Principal, sg: SignalsCap, Path(queu
 /// once get different items. Audited like a view. 404 `queue_empty` when none is free.
 #[utoipa::path(post, path = "/v1/signals/queues/{queue}/next", tag = "signals",
     params(("queue" = String, Path, description = "Queue: a role routed to by policies/signals.yaml")),
-    responses((status = 200, body = SignalItem), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = SignalItem), (status = 404, body = ErrorBody)))]
 async fn next(State(s): State<AppState>, p: Principal, sg: SignalsCap, Path(queue): Path<String>) -> Result<Json<SignalItem>, Error> {
     let (sg, sc) = authorised(&s, &p, sg, "signals.view").await?;
-    let Some(scope) = sc.iter().find(|x| x.queue == queue) else {
-        let mut e = p.entry("signals.view", None, None, Outcome::Denied);
-        e.detail = serde_json::json!({"reason": "queue_not_yours", "queue": queue.chars().take(64).collect::<String>()});
-        s.audit.record(e).await?;
-        return Err(Error::forbidden("this is not one of your review queues"));
-    };
+    let scope = own_queue(&s, &p, &sc, &queue, "signals.view").await?;
     let entry = p.entry("signals.view", None, None, Outcome::Success);
     match sg.next(scope, &p.sub, entry).await? {
         Some(item) => Ok(Json(item)),
@@ -145,8 +145,7 @@ async fn next(State(s): State<AppState>, p: Principal, sg: SignalsCap, Path(queu
 /// lease when the item is free; every view is audited before it is returned.
 #[utoipa::path(get, path = "/v1/signals/items/{id}", tag = "signals",
     params(("id" = Uuid, Path, description = "Item")),
-    responses((status = 200, body = SignalItem), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = SignalItem), (status = 404, body = ErrorBody)))]
 async fn view(State(s): State<AppState>, p: Principal, sg: SignalsCap, Path(id): Path<String>) -> Result<Json<SignalItem>, Error> {
     let (sg, sc) = authorised(&s, &p, sg, "signals.view").await?;
     let id = Uuid::parse_str(&id).map_err(|_| Error::bad_request("invalid_id", "the item id is not a UUID"))?;
@@ -171,9 +170,7 @@ pub struct DecisionRequest {
 /// record of what a human did or will do: learnvault carries none out.
 #[utoipa::path(post, path = "/v1/signals/items/{id}/decision", tag = "signals", request_body = DecisionRequest,
     params(("id" = Uuid, Path, description = "Item")),
-    responses((status = 200, body = SignalItem), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
-        (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = SignalItem), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn decide(State(s): State<AppState>, p: Principal, sg: SignalsCap, Path(id): Path<String>, AppJson(req): AppJson<DecisionRequest>) -> Result<Json<SignalItem>, Error> {
     let (sg, sc) = authorised(&s, &p, sg, "signals.decide").await?;
     let id = Uuid::parse_str(&id).map_err(|_| Error::bad_request("invalid_id", "the item id is not a UUID"))?;

@@ -23,13 +23,6 @@ pub async fn run(settings: Settings, cmd: DataMapCommand) -> anyhow::Result<Exit
     let ch = live_clickhouse(&wh).await;
     wh.close();
     let problems = compare(&map, &ch?, &pg?);
-    if problems.is_empty() {
-        println!("data map ok: {} stores mapped, every live object holding a learner key is mapped", map.stores.len());
-        Ok(ExitCode::SUCCESS)
-    } else {
-        for p in &problems {
-            println!("FAIL {p}");
-        }
-        Ok(ExitCode::from(1))
-    }
+    let ok = format!("data map ok: {} stores mapped, every live object holding a learner key is mapped", map.stores.len());
+    Ok(super::verdict(&problems, &ok, None))
 }

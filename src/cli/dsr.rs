@@ -98,8 +98,7 @@ pub async fn run(settings: Settings, cmd: DsrCommand) -> anyhow::Result<ExitCode
         DsrCommand::Erase { subject, out, file: Some(file) } => return erase_batch(settings, subject, file, out).await,
         DsrCommand::Erase { subject, out, file: None } => (Kind::Erasure, subject, out),
     };
-    let (wh, state) = open(&settings).await?;
-    let result = async {
+    let ended = run_to_end(&settings, async |state| {
         let pseudonym = match (subject.pseudonym, subject.institution, subject.external_id) {
             (Some(p), _, _) => Pseudonym::from_uuid(p),
             (None, Some(i), Some(e)) => state
@@ -114,29 +113,12 @@ pub async fn run(settings: Settings, cmd: DsrCommand) -> anyhow::Result<ExitCode
             Subject::Unknown => anyhow::bail!("no such pseudonym"),
         };
         let d = state.dsr.as_ref().expect("with warehouse");
-        let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-        let (job, created) = d
-            .submit(&Request {
-                kind,
-                pseudonym: pseudonym.as_uuid(),
-                institution,
-                requested_by: format!("cli:{user}"),
-                roles: vec!["cli".into()],
-                request_id: Uuid::new_v4(),
-                reference: subject.reference,
-                subjects: Vec::new(),
-            })
-            .await?;
+        let (job, created) = d.submit(&cli_request(kind, pseudonym.as_uuid(), institution, subject.reference, Vec::new())).await?;
         eprintln!("job {} ({}){}", job.id, job.kind, if created { "" } else { ": an existing request for this subject" });
         run_showing_progress(d, job.id).await
-    }
-    .await;
-    wh.close();
-    let job = result?;
-    if job.state != "done" {
-        eprintln!("job {} {}: {}", job.id, job.state, job.error.as_deref().unwrap_or(""));
-        return Ok(ExitCode::from(1));
-    }
+    })
+    .await?;
+    let Some(job) = ended else { return Ok(ExitCode::from(1)) };
     let result = job.result.clone().unwrap_or_default();
     match kind {
         Kind::Access => {
@@ -157,20 +139,42 @@ pub async fn run(settings: Settings, cmd: DsrCommand) -> anyhow::Result<ExitCode
         }
         Kind::ErasureBatch => println!("{}", serde_json::to_string_pretty(&result["certificates"])?),
         Kind::Erasure => {
-            let text = serde_json::to_string_pretty(&result["certificate"])?;
-            match out {
-                Some(out) => {
-                    std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
-                    println!("{}", out.display());
-                }
-                None => println!("{text}"),
-            }
+            write_or_print(out, &serde_json::to_string_pretty(&result["certificate"])?)?;
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// Run job `id` here, its progress on one refreshed line of stderr.
+/// A request made at the CLI, by its user (`cli:$USER`, role `cli`).
+fn cli_request(kind: Kind, pseudonym: Uuid, institution: String, reference: Option<String>, subjects: Vec<Uuid>) -> Request {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    Request {
+        kind,
+        pseudonym,
+        institution,
+        requested_by: format!("cli:{user}"),
+        roles: vec!["cli".into()],
+        request_id: Uuid::new_v4(),
+        reference,
+        subjects,
+    }
+}
+
+/// Open the engines, run `work` (which submits a job and runs it), close the warehouse:
+/// the job once `done`, or `None` for a job that ended otherwise (reported; exit 1).
+async fn run_to_end(settings: &Settings, work: impl AsyncFnOnce(&crate::api::AppState) -> anyhow::Result<crate::dsr::Job>) -> anyhow::Result<Option<crate::dsr::Job>> {
+    let (wh, state) = open(settings).await?;
+    let result = work(&state).await;
+    wh.close();
+    let job = result?;
+    if job.state != "done" {
+        eprintln!("job {} {}: {}", job.id, job.state, job.error.as_deref().unwrap_or(""));
+        return Ok(None);
+    }
+    Ok(Some(job))
+}
+
 async fn run_showing_progress(d: &crate::dsr::Dsr, id: Uuid) -> anyhow::Result<crate::dsr::Job> {
     let started = std::time::Instant::now();
     let show = |msg: &str| {
@@ -215,8 +219,7 @@ async fn erase_batch(settings: Settings, subject: SubjectArgs, file: PathBuf, ou
         .map(|(_, l)| l)
         .collect();
     anyhow::ensure!(!lines.is_empty(), "{}: no subjects", file.display());
-    let (wh, state) = open(&settings).await?;
-    let result = async {
+    let ended = run_to_end(&settings, async |state| {
         let mut subjects = Vec::with_capacity(lines.len());
         for (i, l) in lines.iter().enumerate() {
             let p = match Uuid::parse_str(l) {
@@ -236,30 +239,19 @@ async fn erase_batch(settings: Settings, subject: SubjectArgs, file: PathBuf, ou
         subjects.sort();
         subjects.dedup();
         let d = state.dsr.as_ref().expect("with warehouse");
-        let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-        let (job, _) = d
-            .submit(&Request {
-                kind: Kind::ErasureBatch,
-                pseudonym: Uuid::nil(),
-                institution: inst.as_str().to_owned(),
-                requested_by: format!("cli:{user}"),
-                roles: vec!["cli".into()],
-                request_id: Uuid::new_v4(),
-                reference: subject.reference,
-                subjects,
-            })
-            .await?;
+        let request = cli_request(Kind::ErasureBatch, Uuid::nil(), inst.as_str().to_owned(), subject.reference, subjects);
+        let (job, _) = d.submit(&request).await?;
         eprintln!("job {} (erasure_batch, {} subjects)", job.id, job.progress["subjects"].as_array().map_or(0, Vec::len));
         run_showing_progress(d, job.id).await
-    }
-    .await;
-    wh.close();
-    let job = result?;
-    if job.state != "done" {
-        eprintln!("job {} {}: {}", job.id, job.state, job.error.as_deref().unwrap_or(""));
-        return Ok(ExitCode::from(1));
-    }
-    let text = serde_json::to_string_pretty(&job.result.unwrap_or_default()["certificates"])?;
+    })
+    .await?;
+    let Some(job) = ended else { return Ok(ExitCode::from(1)) };
+    write_or_print(out, &serde_json::to_string_pretty(&job.result.unwrap_or_default()["certificates"])?)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `text` written to `out` (whose path is then printed), or printed when there is no `out`.
+fn write_or_print(out: Option<PathBuf>, text: &str) -> anyhow::Result<()> {
     match out {
         Some(out) => {
             std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
@@ -267,5 +259,5 @@ async fn erase_batch(settings: Settings, subject: SubjectArgs, file: PathBuf, ou
         }
         None => println!("{text}"),
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }

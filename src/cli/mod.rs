@@ -142,3 +142,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => crate::tools::demo::run(settings, args).await,
     }
 }
+
+/// A check's verdict: `ok` when it found no problem (exit 0); otherwise a `FAIL` line per
+/// problem, then `advice` if any (exit 1).
+fn verdict(problems: &[impl std::fmt::Display], ok: &str, advice: Option<&str>) -> ExitCode {
+    if problems.is_empty() {
+        println!("{ok}");
+        return ExitCode::SUCCESS;
+    }
+    for p in problems {
+        println!("FAIL {p}");
+    }
+    if let Some(advice) = advice {
+        println!("{advice}");
+    }
+    ExitCode::from(1)
+}

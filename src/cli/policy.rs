@@ -16,13 +16,6 @@ pub fn run(settings: Settings, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     let protected = ProtectedAttributes::load(&settings.policy_dir)?;
     let catalog = Catalog::from_migrations(&settings.warehouse.migrations_dir).map_err(anyhow::Error::msg)?;
     let (features, found) = check(&catalog, &protected);
-    if found.is_empty() {
-        println!("features ok: {} feature view(s) {features:?}, lineage free of protected attributes", features.len());
-        Ok(ExitCode::SUCCESS)
-    } else {
-        for f in &found {
-            println!("FAIL {f}");
-        }
-        Ok(ExitCode::from(1))
-    }
+    let ok = format!("features ok: {} feature view(s) {features:?}, lineage free of protected attributes", features.len());
+    Ok(super::verdict(&found, &ok, None))
 }

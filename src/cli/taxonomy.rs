@@ -22,14 +22,7 @@ pub fn run(settings: Settings, cmd: TaxonomyCommand) -> anyhow::Result<ExitCode>
     let readers = check::readers(&settings.warehouse.migrations_dir, &src).map_err(anyhow::Error::msg)?;
     let problems = check::check(&tax, &readers);
     let versions: Vec<&str> = tax.versions.keys().map(String::as_str).collect();
-    if problems.is_empty() {
-        println!("taxonomy ok: versions {versions:?}, {} readers of the base table checked", readers.len());
-        Ok(ExitCode::SUCCESS)
-    } else {
-        for p in &problems {
-            println!("FAIL {p}");
-        }
-        println!("{} breaking change(s); add a new field instead, or migrate the readers first", problems.len());
-        Ok(ExitCode::from(1))
-    }
+    let ok = format!("taxonomy ok: versions {versions:?}, {} readers of the base table checked", readers.len());
+    let advice = format!("{} breaking change(s); add a new field instead, or migrate the readers first", problems.len());
+    Ok(super::verdict(&problems, &ok, Some(&advice)))
 }

@@ -32,34 +32,27 @@ pub async fn queues(State(st): State<Console>, v: Viewer) -> Response {
         if a.status.as_u16() == 403 {
             continue; // no detector routes to this role
         }
-        if !a.ok() {
-            return html::api_error(&v, &a);
-        }
-        let items = a.body["items"].as_array().cloned().unwrap_or_default();
-        let rows: String = items
-            .iter()
-            .map(|i| {
-                format!(
-                    "<tr><td><a href=\"/console/review/items/{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                    esc(i["id"].as_str().unwrap_or("")),
-                    text(&i["kind"]),
-                    text(&i["state"]),
-                    text(&i["course_id"]),
-                    text(&i["content_id"]),
-                    text(&i["event_date"]),
-                    text(&i["created_at"]),
-                )
-            })
-            .collect();
-        let table = if items.is_empty() {
-            "<p>No items.</p>".to_string()
-        } else {
-            format!(
-                "<table class=\"queue\" id=\"queue-{}\"><thead><tr><th scope=\"col\">Kind</th><th scope=\"col\">State</th><th scope=\"col\">Course</th>\
-                 <th scope=\"col\">Content</th><th scope=\"col\">Day</th><th scope=\"col\">Found</th></tr></thead><tbody>{rows}</tbody></table>",
-                esc(&role)
-            )
+        let items = match html::list(&v, &a, "items") {
+            Ok(items) => items,
+            Err(refused) => return refused,
         };
+        let head = format!(
+            "<table class=\"queue\" id=\"queue-{}\"><thead><tr><th scope=\"col\">Kind</th><th scope=\"col\">State</th><th scope=\"col\">Course</th>\
+             <th scope=\"col\">Content</th><th scope=\"col\">Day</th><th scope=\"col\">Found</th></tr></thead>",
+            esc(&role)
+        );
+        let table = html::table(&items, &head, Some("No items."), |i| {
+            format!(
+                "<tr><td><a href=\"/console/review/items/{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(i["id"].as_str().unwrap_or("")),
+                text(&i["kind"]),
+                text(&i["state"]),
+                text(&i["course_id"]),
+                text(&i["content_id"]),
+                text(&i["event_date"]),
+                text(&i["created_at"]),
+            )
+        });
         body += &format!("<h2>Queue: {}</h2>{table}", esc(&role));
     }
     if body.is_empty() {

@@ -70,31 +70,32 @@ pub async fn log(State(st): State<Console>, v: Viewer, Query(q): Query<LogQuery>
         uri += &format!("&after={a}");
     }
     let a = get(&st.api, &v.principal, &uri).await;
-    if !a.ok() {
-        return html::api_error(&v, &a);
-    }
-    let entries = a.body["entries"].as_array().cloned().unwrap_or_default();
-    let rows: String = entries
-        .iter()
-        .map(|e| {
-            let actor = e["actor"].as_str().unwrap_or("");
-            format!(
-                "<tr><td class=\"num\">{}</td><td>{}</td><td><a href=\"/console/audit?actor={}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
-                text(&e["seq"]),
-                text(&e["at"]),
-                enc(actor),
-                esc(actor),
-                e["roles"].as_array().map(|r| r.iter().map(text).collect::<Vec<_>>().join(", ")).unwrap_or_default(),
-                text(&e["institution"]),
-                text(&e["action"]),
-                text(&e["outcome"]),
-                text(&e["target_pseudonym"]),
-                text(&e["purpose"]),
-                text(&e["justification"]),
-                esc(&e["detail"].to_string()),
-            )
-        })
-        .collect();
+    let entries = match html::list(&v, &a, "entries") {
+        Ok(entries) => entries,
+        Err(refused) => return refused,
+    };
+    let head = "<table id=\"audit-log\"><caption>Audit entries (50 a page)</caption><thead><tr>\
+                <th scope=\"col\">Seq</th><th scope=\"col\">At</th><th scope=\"col\">Actor</th><th scope=\"col\">Roles</th><th scope=\"col\">Institution</th>\
+                <th scope=\"col\">Action</th><th scope=\"col\">Outcome</th><th scope=\"col\">Target</th><th scope=\"col\">Purpose</th><th scope=\"col\">Justification</th>\
+                <th scope=\"col\">Detail</th></tr></thead>";
+    let table = html::table(&entries, head, None, |e| {
+        let actor = e["actor"].as_str().unwrap_or("");
+        format!(
+            "<tr><td class=\"num\">{}</td><td>{}</td><td><a href=\"/console/audit?actor={}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+            text(&e["seq"]),
+            text(&e["at"]),
+            enc(actor),
+            esc(actor),
+            e["roles"].as_array().map(|r| r.iter().map(text).collect::<Vec<_>>().join(", ")).unwrap_or_default(),
+            text(&e["institution"]),
+            text(&e["action"]),
+            text(&e["outcome"]),
+            text(&e["target_pseudonym"]),
+            text(&e["purpose"]),
+            text(&e["justification"]),
+            esc(&e["detail"].to_string()),
+        )
+    });
     let next = match a.body["next_after"].as_i64() {
         Some(n) => {
             let qs = q.qs();
@@ -114,13 +115,7 @@ pub async fn log(State(st): State<Console>, v: Viewer, Query(q): Query<LogQuery>
     } else {
         String::new()
     };
-    let body = format!(
-        "{verify}<details><summary>Filters</summary>{}</details><table id=\"audit-log\"><caption>Audit entries (50 a page)</caption><thead><tr>\
-         <th scope=\"col\">Seq</th><th scope=\"col\">At</th><th scope=\"col\">Actor</th><th scope=\"col\">Roles</th><th scope=\"col\">Institution</th>\
-         <th scope=\"col\">Action</th><th scope=\"col\">Outcome</th><th scope=\"col\">Target</th><th scope=\"col\">Purpose</th><th scope=\"col\">Justification</th>\
-         <th scope=\"col\">Detail</th></tr></thead><tbody>{rows}</tbody></table>{next}",
-        filter_form(&q)
-    );
+    let body = format!("{verify}<details><summary>Filters</summary>{}</details>{table}{next}", filter_form(&q));
     html::page(&v, "Audit log", &body)
 }
 

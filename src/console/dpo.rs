@@ -85,38 +85,29 @@ fn request_forms(v: &Viewer) -> String {
 
 pub async fn queue(State(st): State<Console>, v: Viewer) -> Response {
     let a = get(&st.api, &v.principal, "/v1/dsr/jobs").await;
-    if !a.ok() {
-        return html::api_error(&v, &a);
-    }
-    let jobs = a.body["jobs"].as_array().cloned().unwrap_or_default();
-    let rows: String = jobs
-        .iter()
-        .map(|j| {
-            let overdue = j["overdue"].as_bool() == Some(true);
-            format!(
-                "<tr{}><td><a href=\"/console/dsr/jobs/{id}\">{kind}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                if overdue { " class=\"overdue\"" } else { "" },
-                text(&j["state"]),
-                text(&j["step"]),
-                progress(&j["progress"]),
-                text(&j["deadline"]),
-                if overdue { "overdue" } else { "" },
-                text(&j["institution"]),
-                text(&j["reference"]),
-                id = esc(j["id"].as_str().unwrap_or("")),
-                kind = text(&j["kind"]),
-            )
-        })
-        .collect();
-    let table = if jobs.is_empty() {
-        "<p>No requests.</p>".to_string()
-    } else {
-        format!(
-            "<table id=\"dsr-queue\"><caption>Requests, overdue first, then by deadline</caption><thead><tr><th scope=\"col\">Kind</th><th scope=\"col\">State</th>\
-             <th scope=\"col\">Step</th><th scope=\"col\">Progress</th><th scope=\"col\">Deadline</th><th scope=\"col\">Overdue</th><th scope=\"col\">Institution</th>\
-             <th scope=\"col\">Case</th></tr></thead><tbody>{rows}</tbody></table>"
-        )
+    let jobs = match html::list(&v, &a, "jobs") {
+        Ok(jobs) => jobs,
+        Err(refused) => return refused,
     };
+    let head = "<table id=\"dsr-queue\"><caption>Requests, overdue first, then by deadline</caption><thead><tr><th scope=\"col\">Kind</th><th scope=\"col\">State</th>\
+                <th scope=\"col\">Step</th><th scope=\"col\">Progress</th><th scope=\"col\">Deadline</th><th scope=\"col\">Overdue</th><th scope=\"col\">Institution</th>\
+                <th scope=\"col\">Case</th></tr></thead>";
+    let table = html::table(&jobs, head, Some("No requests."), |j| {
+        let overdue = j["overdue"].as_bool() == Some(true);
+        format!(
+            "<tr{}><td><a href=\"/console/dsr/jobs/{id}\">{kind}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            if overdue { " class=\"overdue\"" } else { "" },
+            text(&j["state"]),
+            text(&j["step"]),
+            progress(&j["progress"]),
+            text(&j["deadline"]),
+            if overdue { "overdue" } else { "" },
+            text(&j["institution"]),
+            text(&j["reference"]),
+            id = esc(j["id"].as_str().unwrap_or("")),
+            kind = text(&j["kind"]),
+        )
+    });
     html::page(&v, "Subject requests", &format!("{table}{}", request_forms(&v)))
 }
 
@@ -318,31 +309,22 @@ pub async fn certificate(State(st): State<Console>, v: Viewer, Path(id): Path<St
 
 pub async fn suppressions(State(st): State<Console>, v: Viewer) -> Response {
     let a = get(&st.api, &v.principal, "/v1/dsr/suppressions").await;
-    if !a.ok() {
-        return html::api_error(&v, &a);
-    }
-    let list = a.body["suppressions"].as_array().cloned().unwrap_or_default();
-    let rows: String = list
-        .iter()
-        .map(|s| {
-            format!(
-                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                text(&s["pseudonym"]),
-                text(&s["institution"]),
-                text(&s["erased_at"]),
-                if s["suppressed"].as_bool() == Some(true) { "suppressed" } else { "lifted" },
-                if s["lifted_at"].is_null() { String::new() } else { format!("{} by {}", text(&s["lifted_at"]), text(&s["lifted_by"])) },
-            )
-        })
-        .collect();
-    let body = if list.is_empty() {
-        "<p>No erased learner is suppressed.</p>".to_string()
-    } else {
-        format!(
-            "<table id=\"suppressions\"><caption>Erased learners whose collection is refused</caption><thead><tr><th scope=\"col\">Erased pseudonym</th>\
-             <th scope=\"col\">Institution</th><th scope=\"col\">Erased</th><th scope=\"col\">State</th><th scope=\"col\">Lifted</th></tr></thead><tbody>{rows}</tbody></table>"
-        )
+    let list = match html::list(&v, &a, "suppressions") {
+        Ok(list) => list,
+        Err(refused) => return refused,
     };
+    let head = "<table id=\"suppressions\"><caption>Erased learners whose collection is refused</caption><thead><tr><th scope=\"col\">Erased pseudonym</th>\
+                <th scope=\"col\">Institution</th><th scope=\"col\">Erased</th><th scope=\"col\">State</th><th scope=\"col\">Lifted</th></tr></thead>";
+    let body = html::table(&list, head, Some("No erased learner is suppressed."), |s| {
+        format!(
+            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            text(&s["pseudonym"]),
+            text(&s["institution"]),
+            text(&s["erased_at"]),
+            if s["suppressed"].as_bool() == Some(true) { "suppressed" } else { "lifted" },
+            if s["lifted_at"].is_null() { String::new() } else { format!("{} by {}", text(&s["lifted_at"]), text(&s["lifted_by"])) },
+        )
+    });
     html::page(&v, "Suppression list", &body)
 }
 

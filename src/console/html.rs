@@ -173,6 +173,23 @@ pub fn api_error(v: &Viewer, a: &Answer) -> Response {
     r
 }
 
+/// The list `key` of an API answer, or (`Err`) the page saying what the API answered instead.
+pub fn list(v: &Viewer, a: &Answer, key: &str) -> Result<Vec<Value>, Response> {
+    if !a.ok() {
+        return Err(api_error(v, a));
+    }
+    Ok(a.body[key].as_array().cloned().unwrap_or_default())
+}
+
+/// `items` as a table: `head` (the table up to its `</thead>`), then a row per item;
+/// `<p>{empty}</p>` instead when there is no item, if `empty` is given.
+pub fn table(items: &[Value], head: &str, empty: Option<&str>, row: impl Fn(&Value) -> String) -> String {
+    match empty {
+        Some(empty) if items.is_empty() => format!("<p>{empty}</p>"),
+        _ => format!("{head}<tbody>{}</tbody></table>", items.iter().map(row).collect::<String>()),
+    }
+}
+
 /// A hidden CSRF field for the viewer's forms.
 pub fn csrf(v: &Viewer) -> String {
     format!("<input type=\"hidden\" name=\"csrf\" value=\"{}\">", esc(&v.csrf))

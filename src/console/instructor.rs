@@ -33,20 +33,19 @@ fn range_qs(from: &Option<String>, to: &Option<String>) -> String {
     q.join("&")
 }
 
-pub fn funnel_table(f: &Value) -> String {
+/// A table row per cohort of a released view (`cohorts`, named by `cohort_id`), then one for
+/// its course total ("All cohorts"): the row's header, then `cells` of the cohort's object.
+fn cohort_rows(view: &Value, cells: impl Fn(&Value) -> Vec<&Value>) -> String {
+    let cohorts = view["cohorts"].as_array().cloned().unwrap_or_default().into_iter().map(|c| (c["cohort_id"].as_str().unwrap_or("").to_owned(), c));
     let mut rows = String::new();
-    let all =
-        f["cohorts"].as_array().cloned().unwrap_or_default().into_iter().map(|c| (c["cohort_id"].as_str().unwrap_or("").to_owned(), c));
-    for (name, c) in all.chain(std::iter::once(("All cohorts".to_owned(), f["total"].clone()))) {
-        rows += &format!(
-            "<tr><th scope=\"row\">{}</th>{}{}{}{}</tr>",
-            esc(&name),
-            cell(&c["enrolled"]),
-            cell(&c["started"]),
-            cell(&c["completed"]),
-            cell(&c["assessed"])
-        );
+    for (name, c) in cohorts.chain(std::iter::once(("All cohorts".to_owned(), view["total"].clone()))) {
+        rows += &format!("<tr><th scope=\"row\">{}</th>{}</tr>", esc(&name), cells(&c).into_iter().map(cell).collect::<String>());
     }
+    rows
+}
+
+pub fn funnel_table(f: &Value) -> String {
+    let rows = cohort_rows(f, |c| vec![&c["enrolled"], &c["started"], &c["completed"], &c["assessed"]]);
     format!(
         "<table id=\"funnel-table\"><caption>Learners at each step, per cohort</caption><thead><tr><th scope=\"col\">Cohort</th>\
          <th scope=\"col\">Enrolled</th><th scope=\"col\">Started</th><th scope=\"col\">Completed</th><th scope=\"col\">Assessed</th></tr></thead>\
@@ -85,20 +84,10 @@ fn engagement_section(e: &Value) -> String {
 }
 
 fn time_on_task_table(t: &Value) -> String {
-    let mut rows = String::new();
-    let all =
-        t["cohorts"].as_array().cloned().unwrap_or_default().into_iter().map(|c| (c["cohort_id"].as_str().unwrap_or("").to_owned(), c));
-    for (name, c) in all.chain(std::iter::once(("All cohorts".to_owned(), t["total"].clone()))) {
+    let rows = cohort_rows(t, |c| {
         let q = &c["active_minutes_per_learner_day"];
-        rows += &format!(
-            "<tr><th scope=\"row\">{}</th>{}{}{}{}</tr>",
-            esc(&name),
-            cell(&c["learners"]),
-            cell(&q["p25"]),
-            cell(&q["median"]),
-            cell(&q["p75"])
-        );
-    }
+        vec![&c["learners"], &q["p25"], &q["median"], &q["p75"]]
+    });
     format!(
         "<table id=\"tot-table\"><caption>Active minutes per learner-day</caption><thead><tr><th scope=\"col\">Cohort</th><th scope=\"col\">Learners</th>\
          <th scope=\"col\">25th percentile</th><th scope=\"col\">Median</th><th scope=\"col\">75th percentile</th></tr></thead><tbody>{rows}</tbody></table>"

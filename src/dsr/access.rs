@@ -42,6 +42,7 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
     create_private_dir(&dir)?;
     let key = d.archive_keys.for_job(job.id);
     let seal = Sealing { key: &key, job: job.id };
+    let staging = Staging { d, dir: &dir, seal, progress };
     let mut stores = Vec::new();
     let mut files = Vec::new();
 
@@ -64,7 +65,7 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
 
     for (s, key) in d.subject_stores(StoreKind::Clickhouse) {
         let name = format!("clickhouse/{}", s.name);
-        let rows = export_clickhouse(d, &dir, seal, &name, &s.name, key, &*job, &mut files, progress).await?;
+        let rows = export_clickhouse(staging, &name, &s.name, key, &*job, &mut files).await?;
         stores.push(json!({"store": format!("clickhouse:{}", s.name), "category": s.category, "retention": s.retention, "rows": rows}));
         d.save(job, "export").await?;
     }
@@ -76,7 +77,7 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
             continue;
         }
         let name = format!("postgres/{}", s.name);
-        let rows = export_postgres(d, &dir, seal, &name, &s.name, key, p, &mut files, progress).await?;
+        let rows = export_postgres(staging, &name, &s.name, key, p, &mut files).await?;
         stores.push(json!({"store": format!("postgres:{}", s.name), "category": s.category, "retention": s.retention, "rows": rows}));
     }
     // Dead letters keyed by the subject's pseudonym (within the topic's retention).
@@ -144,7 +145,7 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
     let tmp = d.archive_dir.join(format!("{}.tar.partial", job.id));
     let (bytes, sha) = {
         // The staging files are opened one at a time and streamed, plaintext only in memory.
-        let sink = Hashing { inner: SealWriter::new(BufWriter::new(create_private(&tmp)?), &key, job.id)?, sha: Sha256::new(), bytes: 0 };
+        let sink = Hashing::new(SealWriter::new(BufWriter::new(create_private(&tmp)?), &key, job.id)?);
         let mut b = tar::Builder::new(sink);
         for f in std::iter::once(&manifest_file).chain(&files) {
             let rel = f["path"].as_str().expect("path");
@@ -154,9 +155,9 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
             h.set_mtime(0);
             b.append_data(&mut h, rel, SealReader::new(File::open(dir.join(rel))?, &key, job.id)?)?;
         }
-        let sink = b.into_inner()?;
-        sink.inner.finish()?;
-        (sink.bytes, hex::encode(sink.sha.finalize()))
+        let (sealed, bytes, sha) = b.into_inner()?.finish();
+        sealed.finish()?;
+        (bytes, sha)
     };
     tracing::debug!(bytes, ms = t.elapsed().as_millis() as u64, "subject access: archive sealed");
     std::fs::rename(&tmp, &tar_path)?;
@@ -196,11 +197,23 @@ pub fn delete_archives(archive_dir: &Path, jobs: &[Uuid]) -> std::io::Result<u64
     Ok(n)
 }
 
-/// The tar stream on its way into the sealed file, hashed (plaintext) as it goes.
+/// A stream on its way into a sealed file (the archive's tar, a staging file), its
+/// plaintext hashed and counted as it goes.
 struct Hashing<W: Write> {
     inner: W,
     sha: Sha256,
     bytes: u64,
+}
+
+impl<W: Write> Hashing<W> {
+    fn new(inner: W) -> Self {
+        Hashing { inner, sha: Sha256::new(), bytes: 0 }
+    }
+
+    /// The inner writer (to finish), the bytes written and their SHA-256 (hex).
+    fn finish(self) -> (W, u64, String) {
+        (self.inner, self.bytes, hex::encode(self.sha.finalize()))
+    }
 }
 
 impl<W: Write> Write for Hashing<W> {
@@ -222,20 +235,20 @@ struct Sealing<'a> {
     job: Uuid,
 }
 
+/// What every store's export works with: the engines, the job's staging directory and
+/// key, and its progress line.
+#[derive(Clone, Copy)]
+struct Staging<'a> {
+    d: &'a Dsr,
+    dir: &'a Path,
+    seal: Sealing<'a>,
+    progress: Progress<'a>,
+}
+
 /// The subject's rows of one ClickHouse table, as a snapshot at the job's start
 /// (see [`super::snapshot`]): keyset pages of `d.export_page_rows`.
-#[allow(clippy::too_many_arguments)]
-async fn export_clickhouse(
-    d: &Dsr,
-    dir: &Path,
-    seal: Sealing<'_>,
-    name: &str,
-    table: &str,
-    key: &str,
-    job: &Job,
-    files: &mut Vec<Value>,
-    progress: Progress<'_>,
-) -> Result<u64, DsrError> {
+async fn export_clickhouse(st: Staging<'_>, name: &str, table: &str, key: &str, job: &Job, files: &mut Vec<Value>) -> Result<u64, DsrError> {
+    let Staging { d, dir, seal, progress } = st;
     let plan = Plan::new(&d.warehouse, table, key).await?;
     let mut out = StoreFiles::create(dir, name, seal)?;
     let (p, started, page) = (job.pseudonym, job.requested_at, d.export_page_rows);
@@ -324,18 +337,8 @@ async fn export_group(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn export_postgres(
-    d: &Dsr,
-    dir: &Path,
-    seal: Sealing<'_>,
-    name: &str,
-    table: &str,
-    key: &str,
-    p: Uuid,
-    files: &mut Vec<Value>,
-    progress: Progress<'_>,
-) -> Result<u64, DsrError> {
+async fn export_postgres(st: Staging<'_>, name: &str, table: &str, key: &str, p: Uuid, files: &mut Vec<Value>) -> Result<u64, DsrError> {
+    let Staging { d, dir, seal, progress } = st;
     let mut out = StoreFiles::create(dir, name, seal)?;
     let sql = format!("SELECT to_jsonb(t) FROM {} t WHERE {} = $1", ident(table)?, ident(key)?);
     let mut stream = sqlx::query_scalar::<_, Value>(&sql).bind(p).fetch(&d.pool);
@@ -388,9 +391,7 @@ impl StoreFiles {
 /// A staging file being written (sealed), its plaintext hashed as it goes.
 struct Out {
     rel: String,
-    file: SealWriter<BufWriter<File>>,
-    sha: Sha256,
-    bytes: u64,
+    file: Hashing<SealWriter<BufWriter<File>>>,
 }
 
 impl Out {
@@ -400,21 +401,19 @@ impl Out {
             create_private_dir(parent)?;
         }
         let file = SealWriter::new(BufWriter::new(create_private(&path)?), seal.key, seal.job)?;
-        Ok(Out { rel: rel.to_owned(), file, sha: Sha256::new(), bytes: 0 })
+        Ok(Out { rel: rel.to_owned(), file: Hashing::new(file) })
     }
 
     fn finish(self) -> Result<Value, DsrError> {
-        self.file.finish()?;
-        Ok(json!({"path": self.rel, "sha256": hex::encode(self.sha.finalize()), "bytes": self.bytes}))
+        let (sealed, bytes, sha256) = self.file.finish();
+        sealed.finish()?;
+        Ok(json!({"path": self.rel, "sha256": sha256, "bytes": bytes}))
     }
 }
 
 impl Write for Out {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.sha.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
+        self.file.write(buf)
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.file.flush()

@@ -23,7 +23,7 @@ pub mod snapshot;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,11 +85,12 @@ impl Kind {
 }
 
 /// A job as stored (and as the API shows it).
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct Job {
     pub id: Uuid,
     pub kind: String,
     pub pseudonym: Uuid,
+    #[sqlx(rename = "institution_id")]
     pub institution: String,
     pub requested_by: String,
     pub reference: Option<String>,
@@ -107,6 +108,7 @@ pub struct Job {
     pub deadline: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
     /// Not done and past its deadline.
+    #[sqlx(skip)] // computed when read
     pub overdue: bool,
 }
 
@@ -114,26 +116,9 @@ const JOB_COLUMNS: &str = "id, kind, pseudonym, institution_id, requested_by, re
                            attempts, requested_at, deadline, completed_at";
 
 fn job_from_row(r: &sqlx::postgres::PgRow) -> Result<Job, sqlx::Error> {
-    let state: String = r.try_get("state")?;
-    let deadline: DateTime<Utc> = r.try_get("deadline")?;
-    Ok(Job {
-        id: r.try_get("id")?,
-        kind: r.try_get("kind")?,
-        pseudonym: r.try_get("pseudonym")?,
-        institution: r.try_get("institution_id")?,
-        requested_by: r.try_get("requested_by")?,
-        reference: r.try_get("reference")?,
-        overdue: state != "done" && Utc::now() > deadline,
-        state,
-        step: r.try_get("step")?,
-        progress: r.try_get("progress")?,
-        result: r.try_get("result")?,
-        error: r.try_get("error")?,
-        attempts: r.try_get("attempts")?,
-        requested_at: r.try_get("requested_at")?,
-        deadline,
-        completed_at: r.try_get("completed_at")?,
-    })
+    let mut job = <Job as sqlx::FromRow<_>>::from_row(r)?;
+    job.overdue = job.state != "done" && Utc::now() > job.deadline;
+    Ok(job)
 }
 
 /// A new request, as the API or the CLI makes it.

@@ -1056,6 +1056,11 @@ fn map_valid(
     Outcome::Mapped(Mapped { statement_id, actor, event: ev })
 }
 
+/// The event-routing-backends fixtures' list, shared with the integration tests.
+#[cfg(test)]
+#[path = "../../tests/common/erb.rs"]
+mod erb;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1078,6 +1083,12 @@ mod tests {
             Outcome::Mapped(m) => m,
             other => panic!("expected a mapped statement, got {other:?}"),
         }
+    }
+    /// `base` with the edit `f`.
+    fn edited(base: &Value, f: &dyn Fn(&mut Value)) -> Value {
+        let mut s = base.clone();
+        f(&mut s);
+        s
     }
     fn code(v: &Value) -> (&'static str, String) {
         let e = map_statement(v, None, now()).expect_err("must be refused");
@@ -1240,11 +1251,7 @@ mod tests {
     #[test]
     fn more_spec_rules() {
         let base = fixture("openedx_video_played");
-        let with = |f: &dyn Fn(&mut Value)| {
-            let mut s = base.clone();
-            f(&mut s);
-            s
-        };
+        let with = |f: &dyn Fn(&mut Value)| edited(&base, f);
         let bad = |f: &dyn Fn(&mut Value)| code(&with(f));
         assert_eq!(bad(&|s| s["actor"] = json!({"account": {"homePage": "lms.example.edu", "name": "x"}})).1, "actor.account.homePage");
         assert_eq!(bad(&|s| s["actor"] = json!({"mbox": "learner@example.edu"})).1, "actor.mbox");
@@ -1400,10 +1407,7 @@ mod tests {
 
     /// Every statement of `tests/fixtures/xapi/openedx-erb/` (event-routing-backends' expected output).
     fn erb_fixtures() -> Vec<(String, Value)> {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/xapi/openedx-erb");
-        let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "json")).collect();
-        files.sort();
-        files
+        super::erb::erb_paths()
             .into_iter()
             .map(|p| (p.file_stem().unwrap().to_string_lossy().into_owned(), serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()))
             .collect()
@@ -1494,11 +1498,7 @@ mod tests {
     #[test]
     fn the_tolerances_stay_narrow() {
         let base = fixture("openedx_problem_check");
-        let with = |f: &dyn Fn(&mut Value)| {
-            let mut s = base.clone();
-            f(&mut s);
-            s
-        };
+        let with = |f: &dyn Fn(&mut Value)| edited(&base, f);
         let bad = |f: &dyn Fn(&mut Value)| code(&with(f));
         // min = max only for a 0-point problem
         assert_eq!(bad(&|s| s["result"]["score"] = json!({"min": 0, "max": 0, "raw": 1})).1, "result.score.min");

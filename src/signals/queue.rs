@@ -173,19 +173,7 @@ impl Signals {
         let mut tx = self.pool.begin().await?;
         let row = self.locked(&mut tx, id, scope).await?;
         let free = row.state != State::Decided && (row.lease_until.is_none_or(|u| u < Utc::now()) || row.lease_by.as_deref() == Some(reviewer));
-        let row = if free {
-            sqlx::query_as(&format!(
-                "UPDATE signal_items SET state = 'in_review', lease_by = $2, lease_until = now() + make_interval(secs => $3), updated_at = now()
-                 WHERE id = $1 RETURNING {COLUMNS}"
-            ))
-            .bind(id)
-            .bind(reviewer)
-            .bind(self.config.lease_secs as f64)
-            .fetch_one(&mut *tx)
-            .await?
-        } else {
-            row
-        };
+        let row = if free { self.lease(&mut tx, id, reviewer).await? } else { row };
         let item = self.item(&mut tx, row).await?;
         let mut entry = entry;
         complete(&mut entry, &item, serde_json::json!({"item": id, "kind": item.summary.kind, "queue": item.queue}));
@@ -215,15 +203,7 @@ impl Signals {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(id) = id else { return Ok(None) };
-        let row: Row = sqlx::query_as(&format!(
-            "UPDATE signal_items SET state = 'in_review', lease_by = $2, lease_until = now() + make_interval(secs => $3), updated_at = now()
-             WHERE id = $1 RETURNING {COLUMNS}"
-        ))
-        .bind(id)
-        .bind(reviewer)
-        .bind(self.config.lease_secs as f64)
-        .fetch_one(&mut *tx)
-        .await?;
+        let row = self.lease(&mut tx, id, reviewer).await?;
         let item = self.item(&mut tx, row).await?;
         let mut entry = entry;
         complete(&mut entry, &item, serde_json::json!({"item": id, "kind": item.summary.kind, "queue": item.queue, "taken": true}));
@@ -266,6 +246,19 @@ impl Signals {
         crate::audit::append(&mut tx, &[entry]).await.map_err(audit_error)?;
         tx.commit().await?;
         Ok(item)
+    }
+
+    /// Put item `id` in review under `reviewer`'s lease (`lease_secs` from now).
+    async fn lease(&self, tx: &mut sqlx::PgConnection, id: Uuid, reviewer: &str) -> Result<Row, SignalsError> {
+        Ok(sqlx::query_as(&format!(
+            "UPDATE signal_items SET state = 'in_review', lease_by = $2, lease_until = now() + make_interval(secs => $3), updated_at = now()
+             WHERE id = $1 RETURNING {COLUMNS}"
+        ))
+        .bind(id)
+        .bind(reviewer)
+        .bind(self.config.lease_secs as f64)
+        .fetch_one(tx)
+        .await?)
     }
 
     async fn locked(&self, tx: &mut sqlx::PgConnection, id: Uuid, scope: &[Scope]) -> Result<Row, SignalsError> {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod erb;
 pub mod spine;
 
 use learnvault::app::{Application, Parts};

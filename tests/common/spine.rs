@@ -55,6 +55,15 @@ impl Spine {
         Self::with_brokers(open_engine, brokers()).await
     }
 
+    /// A spine (the engine opened when `open_engine`), the gateway on its topics and an
+    /// `lms` token of uni-a: where most ingest tests start.
+    pub async fn with_gateway(open_engine: bool) -> (Spine, TestApp, String) {
+        let spine = Self::new(open_engine).await;
+        let gw = spine.app.gateway(spine.settings.clone()).await;
+        let lms = gw.lms("uni-a");
+        (spine, gw, lms)
+    }
+
     pub async fn with_brokers(open_engine: bool, brokers: String) -> Spine {
         Self::with(open_engine, brokers, super::pg_port()).await
     }
