@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use super::decode::{Decoder, Item, Raw};
 use super::health::{self, Cause};
 use super::intents::{Intent, Intents, Range};
-use super::row::{write_row, RowBuffers};
+use super::row::{write_binary_header, write_row_binary, RowBuffers, BINARY_FORMAT};
 use super::run::Ctx;
 use super::{LanderConfig, LanderError};
 use crate::governance::Governance;
@@ -161,9 +161,8 @@ pub(super) struct Order {
 pub(super) struct Prepared {
     ranges: Vec<Range>,
     token: String,
-    /// The rows, shared with the insert (retries re-send them without a copy), in `format`.
+    /// The rows ([`BINARY_FORMAT`]), shared with the insert (retries re-send them without a copy).
     rows: Arc<Vec<u8>>,
-    format: &'static str,
     landed: u64,
     oldest: Option<DateTime<Utc>>,
     /// The decoded events, per member partition.
@@ -192,8 +191,6 @@ pub(super) struct Sink {
     fence: crate::fence::Fence,
     /// Event-id claims (idempotent ingest); `None` when `LEARNVAULT_INGEST_DEDUP=false`.
     claims: Option<crate::dedup::Claims>,
-    /// Rows as JSONEachRow rather than binary (an experiment's switch).
-    json: bool,
 }
 
 /// What this lander landed (or skipped as landed) in a partition it owns without the
@@ -263,8 +260,7 @@ impl Sink {
         let intents = Arc::new(Intents::new(pool, cfg.group.clone(), cfg.topic.clone()));
         let stats = Arc::new(LanderStats::default());
         let buffers = RowBuffers::default();
-        let json = std::env::var("LV_EXP_JSON").is_ok_and(|v| v == "1");
-        Ok(Sink { cfg: Arc::new(cfg.clone()), consumer, dead, warehouse, decoder, governance, intents, stats, buffers, fence, claims, json })
+        Ok(Sink { cfg: Arc::new(cfg.clone()), consumer, dead, warehouse, decoder, governance, intents, stats, buffers, fence, claims })
     }
 
     /// Record the intent of the batch `batches` (the records of each member partition, in
@@ -345,29 +341,20 @@ impl Sink {
         }
         let event = |&(pi, ix): &(usize, usize)| members[pi].1[ix].outcome.as_ref().expect("landable");
         let mut rows = self.buffers.take();
-        rows.reserve(landable.len() * if self.json { 400 } else { 200 } + 512);
-        let format = if self.json {
-            "JSONEachRow"
-        } else {
-            super::row::write_binary_header(&mut rows);
-            super::row::BINARY_FORMAT
-        };
+        rows.reserve(landable.len() * 200 + 512);
+        write_binary_header(&mut rows);
         let mut oldest: Option<DateTime<Utc>> = None;
         for l in &landable {
             let ev = event(l);
             let server = ev.server_ts.expect("set at decode");
             oldest = Some(oldest.map_or(server, |o| o.min(server)));
-            if self.json {
-                write_row(&mut rows, ev, &server);
-            } else {
-                super::row::write_row_binary(&mut rows, ev, &server);
-            }
+            write_row_binary(&mut rows, ev, &server);
         }
         let landed = landable.len() as u64;
         let landable = landable.into_iter().map(|(pi, ix)| (members[pi].0, ix)).collect();
         let items = members.into_iter().map(|(p, items, _, _)| (p, items)).collect();
         record_ms(&self.stats.prepare_ms, started);
-        Ok(Prepared { ranges, token, rows: Arc::new(rows), format, landed, oldest, items, landable, _fence: ticket })
+        Ok(Prepared { ranges, token, rows: Arc::new(rows), landed, oldest, items, landable, _fence: ticket })
     }
 
     /// The gate of member partition `p`'s decoded events: governance (one query for the
@@ -644,7 +631,7 @@ async fn insert_with_retry(warehouse: &Warehouse, b: &Prepared) -> Result<(), Wa
     loop {
         let inserted = {
             let _rebuild = crate::warehouse::AGGREGATE_REBUILD.read().await;
-            warehouse.insert("events.learning_events", b.format, b.rows.clone(), &settings).await
+            warehouse.insert("events.learning_events", BINARY_FORMAT, b.rows.clone(), &settings).await
         };
         match inserted {
             Ok(()) => {
