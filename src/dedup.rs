@@ -32,7 +32,8 @@ use uuid::Uuid;
 /// The shortest window the settings accept: what issue 13 promises.
 pub const MIN_WINDOW_DAYS: u32 = 7;
 
-/// A batch's ids are claimed on up to this many connections at once...
+/// A batch's ids are claimed on up to this many connections at once (and a lander's, whatever
+/// its batches and their members claiming at once: [`Claims`]'s permits)...
 const PARALLEL: usize = 4;
 /// ...in ranges of at least this many ids.
 const MIN_CHUNK: usize = 5_000;
@@ -57,11 +58,20 @@ pub struct Claims {
     window: Duration,
     /// Ranges left to claim by `ON CONFLICT` before trying a COPY again.
     upsert_left: Arc<AtomicU32>,
+    /// One per range being claimed ([`PARALLEL`]): the claims of a lander's batches and of
+    /// their members at once share them (and the pool's connections). A range takes its
+    /// permit before its statement and holds no lock while it waits for one.
+    permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl Claims {
     pub fn new(pool: PgPool, window_days: u32) -> Claims {
-        Claims { pool, window: Duration::from_secs(u64::from(window_days) * 86_400), upsert_left: Arc::default() }
+        Claims {
+            pool,
+            window: Duration::from_secs(u64::from(window_days) * 86_400),
+            upsert_left: Arc::default(),
+            permits: Arc::new(tokio::sync::Semaphore::new(PARALLEL)),
+        }
     }
 
     /// Claim `ids` (distinct) for the batch with deduplication token `token`; returns the
@@ -92,6 +102,7 @@ impl Claims {
         let batch = batch_key(token);
         let per = sorted.len().div_ceil(PARALLEL).max(MIN_CHUNK);
         let parts = futures::future::try_join_all(sorted.chunks(per).map(|c| async move {
+            let _permit = self.permits.acquire().await.expect("the permits are never closed");
             if copy && self.upsert_left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_err() {
                 match self.copy_range(batch, c).await {
                     Ok(()) => return Ok(c.iter().copied().collect()),

@@ -303,3 +303,50 @@ async fn a_missing_table_stalls_the_lander_visibly_and_dead_letters_nothing() {
     assert!(s.records(&s.settings.kafka.dlq_topic, Duration::from_secs(2)).await.is_empty());
     s.wh.close();
 }
+
+#[tokio::test]
+async fn a_landed_row_holds_every_column_as_sent() {
+    // The lander writes its rows in a binary format by hand: each column must read back as sent
+    // (ids' byte order, millisecond timestamps, nulls, escapes and non-ASCII text, the props map).
+    let s = Spine::new(true).await;
+    let ls = learners(&s, 2, "uni-a").await;
+    let mut a = event(&ls[0], "content.start", "cs-\"101\"", "c\\1", "uni-a");
+    a["session_id"] = json!("sé-学-😀 \"x\" \\ é");
+    a["client_ts"] = json!(chrono::Utc::now().timestamp_millis() - 1_234);
+    a["props"] = json!({"player": "wéb \"9\""});
+    let mut b = event(&ls[1], "session.heartbeat", "cs101", "c2", "uni-a");
+    b.as_object_mut().unwrap().remove("position_sec");
+    b["props"] = json!({});
+    let lander = s.start_lander().await;
+    s.produce(&[a.clone(), b.clone()]).await;
+    assert_eq!(s.wait_rows(2, Duration::from_secs(60)).await, 2);
+    lander.stop().await;
+    for ev in [&a, &b] {
+        let rows = s
+            .wh
+            .query(
+                "SELECT toString(event_id) AS eid, toString(learner_id) AS lid, event_version, event_type, session_id, course_id,
+                        content_id, cohort_id, institution_id, position_sec, toUnixTimestamp64Milli(client_ts) AS client_ms,
+                        toUnixTimestamp64Milli(server_ts) AS server_ms, toString(event_date) AS event_date, props
+                 FROM events.learning_events WHERE event_id = {id:UUID}",
+                &[("id", ev["event_id"].as_str().unwrap().to_string())],
+            )
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1, "{ev}");
+        let r = &rows[0];
+        assert_eq!(r["eid"], ev["event_id"], "event_id");
+        assert_eq!(r["lid"], ev["learner_id"], "learner_id");
+        for k in ["event_version", "event_type", "session_id", "course_id", "content_id", "cohort_id", "institution_id"] {
+            assert_eq!(r[k], ev[k], "{k}");
+        }
+        assert_eq!(r["position_sec"].as_u64(), ev["position_sec"].as_u64(), "position_sec");
+        assert_eq!(num(&r["client_ms"]), ev["client_ts"].as_i64().unwrap() as u64, "client_ts");
+        let server = num(&r["server_ms"]) as i64;
+        assert!((chrono::Utc::now().timestamp_millis() - server).abs() < 120_000, "server_ts is the landing's clock: {server}");
+        let day = chrono::DateTime::from_timestamp_millis(server).unwrap().format("%Y-%m-%d").to_string();
+        assert_eq!(r["event_date"], json!(day), "event_date takes its default");
+        assert_eq!(r["props"], ev["props"], "props");
+    }
+    s.wh.close();
+}

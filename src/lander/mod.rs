@@ -41,7 +41,8 @@
 //! - `replay`: a pending batch re-read whole from Kafka for its replay.
 //! - `decode`: records -> events on two decode threads (single events and
 //!   envelopes, plain or zstd), validated.
-//! - `row`: the hand-written JSONEachRow rows and their reused buffers.
+//! - `row`: the hand-written rows (binary, `RowBinaryWithNamesAndTypes`; JSONEachRow) and
+//!   their reused buffers.
 //! - `intents`: the exactly-once record (`lander_intents`, deduplication tokens).
 //! - `health`: landing or stalled, and why ([`health::current`]).
 //! - `service`: a batch from its intent through prepare (decode, fence,
@@ -61,6 +62,7 @@ mod run;
 mod service;
 
 pub use config::{LanderConfig, MAX_COMMIT_ATTEMPTS, MAX_IN_FLIGHT};
+pub(crate) use row::{write_binary_header, write_row_binary, BINARY_FORMAT};
 pub use run::Lander;
 pub use service::LanderStats;
 

@@ -301,16 +301,22 @@ impl Lander {
     /// Land already-read messages of partition `p` as one batch, without Kafka
     /// (no consume, no offset commit): the lander's own pipeline through the
     /// same [`Sink`] calls as consumed batches, for the benchmark that
-    /// separates it from the broker. Returns the rows landed.
-    pub async fn land_direct(&mut self, p: i32, messages: Vec<(i64, Option<Vec<u8>>, Vec<u8>)>) -> Result<u64, LanderError> {
-        let before = self.sink.stats.landed.load(Ordering::Relaxed);
+    /// separates it from the broker. The batch is sent as a consumed one is (its
+    /// intent recorded, then landed by a task of its own, at most
+    /// `LEARNVAULT_LANDER_IN_FLIGHT` in flight: this waits for room); [`Lander::settle_direct`]
+    /// waits for them all.
+    pub async fn land_direct(&mut self, p: i32, messages: Vec<(i64, Option<Vec<u8>>, Vec<u8>)>) -> Result<(), LanderError> {
         let now = Some(Utc::now());
         let raws: Vec<Raw> = messages.into_iter().map(|(offset, key, raw)| Raw { offset, key, raw, broker_ts: now }).collect();
-        let batches = vec![(p, raws)];
-        if let Some(intended) = self.sink.intend(&batches).await {
-            self.sink.clone().prepare_and_land(intended, batches, Commit::Nothing, Order::default()).await?;
-        }
-        Ok(self.sink.stats.landed.load(Ordering::Relaxed) - before)
+        self.make_room().await?;
+        self.send(vec![(p, raws)], Commit::Nothing).await;
+        Ok(())
+    }
+
+    /// Wait for the batches [`Lander::land_direct`] sent; returns the rows this lander landed.
+    pub async fn settle_direct(&mut self) -> Result<u64, LanderError> {
+        self.settle().await?;
+        Ok(self.sink.stats.landed.load(Ordering::Relaxed))
     }
 
     /// Send everything gathered, every partition's records, as one batch: the one way a
@@ -323,14 +329,19 @@ impl Lander {
         let mut batches: Vec<(i32, Vec<Raw>)> =
             self.parts.iter_mut().filter(|(_, s)| !s.items.is_empty()).map(|(p, s)| (*p, s.take_batch())).collect();
         batches.sort_by_key(|(p, _)| *p);
+        self.send(batches, if commit { Commit::Members } else { Commit::Nothing }).await;
+        Ok(())
+    }
+
+    /// Record the intent of `batches` and hand it to a landing task of its own, after the
+    /// batches in flight (it commits after them). Called with room in flight.
+    async fn send(&mut self, batches: Vec<(i32, Vec<Raw>)>, commit: Commit) {
         if let Some(intended) = self.sink.intend(&batches).await {
             let sink = self.sink.clone();
-            let commit = if commit { Commit::Members } else { Commit::Nothing };
             let (done, next) = tokio::sync::oneshot::channel();
             let order = Order { after: self.last_done.replace(next), done: Some(done) };
             self.inflight.push_back(tokio::spawn(sink.prepare_and_land(intended, batches, commit, order)));
         }
-        Ok(())
     }
 
     /// Collect the landing tasks that finished, oldest first (an error ends the lander, as before).

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use super::decode::{Decoder, Item, Raw};
 use super::health::{self, Cause};
 use super::intents::{Intent, Intents, Range};
-use super::row::{write_row, RowBuffers};
+use super::row::{write_binary_header, write_row_binary, RowBuffers, BINARY_FORMAT};
 use super::run::Ctx;
 use super::{LanderConfig, LanderError};
 use crate::governance::Governance;
@@ -53,6 +53,11 @@ pub struct LanderStats {
     pub queued_ms: Mutex<hdrhistogram::Histogram<u64>>,
     /// Per batch: milliseconds the insert took (with every view), retries included.
     pub insert_ms: Mutex<hdrhistogram::Histogram<u64>>,
+    /// Per batch: milliseconds from its task's start to its rows ready to insert (decode,
+    /// governance, dead letters, claims, rows), and of these, the decode and the claim.
+    pub prepare_ms: Mutex<hdrhistogram::Histogram<u64>>,
+    pub decode_ms: Mutex<hdrhistogram::Histogram<u64>>,
+    pub claim_ms: Mutex<hdrhistogram::Histogram<u64>>,
     /// Per batch, when recording (a benchmark measuring event-to-screen
     /// freshness turns it on): unix milliseconds when its insert ended and of
     /// its oldest row's `server_ts`.
@@ -62,7 +67,7 @@ pub struct LanderStats {
 impl LanderStats {
     /// Forget the per-batch histograms (a benchmark's phase starts).
     pub fn reset_histograms(&self) {
-        for h in [&self.freshness_ms, &self.queued_ms, &self.insert_ms] {
+        for h in [&self.freshness_ms, &self.queued_ms, &self.insert_ms, &self.prepare_ms, &self.decode_ms, &self.claim_ms] {
             h.lock().expect("stats lock").reset();
         }
     }
@@ -84,6 +89,9 @@ impl Default for LanderStats {
             freshness_ms: ms_histogram(),
             queued_ms: ms_histogram(),
             insert_ms: ms_histogram(),
+            prepare_ms: ms_histogram(),
+            decode_ms: ms_histogram(),
+            claim_ms: ms_histogram(),
             landings: Mutex::new(None),
         }
     }
@@ -153,7 +161,7 @@ pub(super) struct Order {
 pub(super) struct Prepared {
     ranges: Vec<Range>,
     token: String,
-    /// JSONEachRow rows, shared with the insert (retries re-send them without a copy).
+    /// The rows ([`BINARY_FORMAT`]), shared with the insert (retries re-send them without a copy).
     rows: Arc<Vec<u8>>,
     landed: u64,
     oldest: Option<DateTime<Utc>>,
@@ -272,11 +280,17 @@ impl Sink {
     }
 
     /// The batch whose intent is recorded, from its records: decoded, governed, its
-    /// refusals dead-lettered, its rows encoded.
+    /// refusals dead-lettered, its ids claimed, its rows encoded.
+    ///
+    /// Each member partition goes through decode, governance and its claim on its own, all
+    /// at once: a partition's ids are claimed (PostgreSQL's work) while the others still
+    /// decode. Then the batch keeps each event id's first occurrence among the events its
+    /// partitions claimed (an id in two members is claimed by both under the batch's key, so
+    /// both find it theirs), which is what claiming the batch's first occurrences at once
+    /// kept: an id lands once, and only if this batch claimed it (now, or before: its replay).
     pub(super) async fn prepare(&self, intended: Intended, batches: Records) -> Result<Prepared, LanderError> {
         let Intended { ranges, token } = intended;
-        let decoded = futures::future::join_all(batches.into_iter().map(|(p, raws)| async move { (p, self.decoder.decode_all(raws).await) })).await;
-
+        let started = Instant::now();
         // The erasure fence: the batch is in flight from before it is governed until it is dropped,
         // and is governed with a cache emptied after any erasure epoch the lander has read.
         let ticket = self.fence.enter();
@@ -286,9 +300,74 @@ impl Sink {
             health::stalled(Cause::Vault, &e);
             backoff.wait().await;
         }
-        // Governance, one query for the batch's cache misses.
-        let ids: Vec<uuid::Uuid> =
-            decoded.iter().flat_map(|(_, items)| items.iter().filter_map(|i| i.outcome.as_ref().ok().map(|e| e.learner_id))).collect();
+        let decoded_by = Mutex::new(Duration::ZERO);
+        let members = futures::future::try_join_all(batches.into_iter().map(|(p, raws)| {
+            let (token, decoded_by) = (&token, &decoded_by);
+            async move {
+                let items = self.decoder.decode_all(raws).await;
+                {
+                    let mut d = decoded_by.lock().expect("decode time");
+                    *d = (*d).max(started.elapsed());
+                }
+                let (landable, claimed) = self.gate(p, &items, token).await?;
+                let mine = match claimed {
+                    Some(c) => Some(c.await.map_err(|e| LanderError::Config(format!("claim task failed: {e}")))?),
+                    None => None,
+                };
+                Ok::<_, LanderError>((p, items, landable, mine))
+            }
+        }))
+        .await?;
+        let decode_ms = decoded_by.into_inner().expect("decode time").as_millis().max(1) as u64;
+        let _ = self.stats.decode_ms.lock().expect("stats lock").record(decode_ms);
+        // Each event id once in the batch (its first occurrence among those claimed).
+        let mut first = std::collections::HashSet::new();
+        let mut governed = 0usize;
+        let mut landable: Vec<(usize, usize)> = Vec::new();
+        for (pi, (_, items, ixs, mine)) in members.iter().enumerate() {
+            governed += ixs.len();
+            for &ix in ixs {
+                let id = items[ix].outcome.as_ref().expect("landable").event_id;
+                if mine.as_ref().is_none_or(|m| m.contains(&id)) && first.insert(id) {
+                    landable.push((pi, ix));
+                }
+            }
+        }
+        let duplicates = (governed - landable.len()) as u64;
+        if duplicates > 0 {
+            self.stats.duplicates.fetch_add(duplicates, Ordering::Relaxed);
+            metrics::counter!(crate::dedup::DUPLICATES).increment(duplicates);
+            tracing::debug!(token = %token, duplicates, "events whose id landed already were dropped");
+        }
+        let event = |&(pi, ix): &(usize, usize)| members[pi].1[ix].outcome.as_ref().expect("landable");
+        let mut rows = self.buffers.take();
+        rows.reserve(landable.len() * 200 + 512);
+        write_binary_header(&mut rows);
+        let mut oldest: Option<DateTime<Utc>> = None;
+        for l in &landable {
+            let ev = event(l);
+            let server = ev.server_ts.expect("set at decode");
+            oldest = Some(oldest.map_or(server, |o| o.min(server)));
+            write_row_binary(&mut rows, ev, &server);
+        }
+        let landed = landable.len() as u64;
+        let landable = landable.into_iter().map(|(pi, ix)| (members[pi].0, ix)).collect();
+        let items = members.into_iter().map(|(p, items, _, _)| (p, items)).collect();
+        record_ms(&self.stats.prepare_ms, started);
+        Ok(Prepared { ranges, token, rows: Arc::new(rows), landed, oldest, items, landable, _fence: ticket })
+    }
+
+    /// The gate of member partition `p`'s decoded events: governance (one query for the
+    /// cache misses), the refusals dead-lettered, and the claim of the landable events' ids
+    /// (each once) started in a task of its own. Returns the landable events (indexes in
+    /// `items`, in order) and the claim (`None` without deduplication): the ids they may land.
+    async fn gate(
+        &self,
+        p: i32,
+        items: &[Item],
+        token: &str,
+    ) -> Result<(Vec<usize>, Option<tokio::task::JoinHandle<std::collections::HashSet<uuid::Uuid>>>), LanderError> {
+        let ids: Vec<uuid::Uuid> = items.iter().filter_map(|i| i.outcome.as_ref().ok().map(|e| e.learner_id)).collect();
         let mut backoff = Backoff::POSTGRES;
         let standings = loop {
             match self.governance.standings(ids.iter().copied()).await {
@@ -304,65 +383,49 @@ impl Sink {
             }
         };
         // The gate: refusals (dead-lettered) and the events that may land, in order.
-        let mut landable: Vec<(usize, usize)> = Vec::new();
-        for (pi, (p, items)) in decoded.iter().enumerate() {
-            let mut refused: Vec<(usize, Reason, String)> = Vec::new();
-            for (ix, item) in items.iter().enumerate() {
-                match &item.outcome {
-                    Err((reason, detail)) => refused.push((ix, *reason, detail.clone())),
-                    Ok(ev) => match standings.get(&ev.learner_id).and_then(|s| s.refusal(&ev.institution_id)) {
-                        Some(reason) => refused.push((ix, reason, "refused by the vault's governance".into())),
-                        None => landable.push((pi, ix)),
-                    },
-                }
-            }
-            for (ix, reason, detail) in &refused {
-                self.dead_letter(*p, &items[*ix], *reason, detail).await?;
+        let mut landable: Vec<usize> = Vec::new();
+        let mut refused: Vec<(usize, Reason, String)> = Vec::new();
+        for (ix, item) in items.iter().enumerate() {
+            match &item.outcome {
+                Err((reason, detail)) => refused.push((ix, *reason, detail.clone())),
+                Ok(ev) => match standings.get(&ev.learner_id).and_then(|s| s.refusal(&ev.institution_id)) {
+                    Some(reason) => refused.push((ix, reason, "refused by the vault's governance".into())),
+                    None => landable.push(ix),
+                },
             }
         }
-        // Idempotent ingest: each event id once in the batch (its first occurrence), and only
-        // the ids this batch claims (now, or before: its own replay).
-        let event = |&(pi, ix): &(usize, usize)| decoded[pi].1[ix].outcome.as_ref().expect("landable");
-        let mut first = std::collections::HashSet::with_capacity(landable.len());
-        let before = landable.len();
-        landable.retain(|l| first.insert(event(l).event_id));
-        if let Some(claims) = &self.claims {
-            let ids: Vec<uuid::Uuid> = landable.iter().map(|l| event(l).event_id).collect();
-            let mut backoff = Backoff::POSTGRES;
-            let mine = loop {
-                match claims.claim(&token, &ids).await {
-                    Ok(m) => {
-                        health::recovered(Cause::Vault);
-                        break m;
+        // Idempotent ingest: the claim of each landable id once (its first occurrence here),
+        // while the refusals go to the dead-letter topic.
+        let claimed = self.claims.clone().map(|claims| {
+            let mut seen = std::collections::HashSet::with_capacity(landable.len());
+            let ids: Vec<uuid::Uuid> =
+                landable.iter().map(|&ix| items[ix].outcome.as_ref().expect("landable").event_id).filter(|id| seen.insert(*id)).collect();
+            let token = token.to_owned();
+            let stats = self.stats.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let mut backoff = Backoff::POSTGRES;
+                let mine = loop {
+                    match claims.claim(&token, &ids).await {
+                        Ok(m) => {
+                            health::recovered(Cause::Vault);
+                            break m;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot claim the batch's event ids in PostgreSQL; retrying");
+                            health::stalled(Cause::Vault, &e);
+                            backoff.wait().await;
+                        }
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot claim the batch's event ids in PostgreSQL; retrying");
-                        health::stalled(Cause::Vault, &e);
-                        backoff.wait().await;
-                    }
-                }
-            };
-            landable.retain(|l| mine.contains(&event(l).event_id));
+                };
+                record_ms(&stats.claim_ms, started);
+                mine
+            })
+        });
+        for (ix, reason, detail) in &refused {
+            self.dead_letter(p, &items[*ix], *reason, detail).await?;
         }
-        let duplicates = (before - landable.len()) as u64;
-        if duplicates > 0 {
-            self.stats.duplicates.fetch_add(duplicates, Ordering::Relaxed);
-            metrics::counter!(crate::dedup::DUPLICATES).increment(duplicates);
-            tracing::debug!(token = %token, duplicates, "events whose id landed already were dropped");
-        }
-        let mut rows = self.buffers.take();
-        rows.reserve(landable.len() * 400);
-        let mut landed = 0u64;
-        let mut oldest: Option<DateTime<Utc>> = None;
-        for l in &landable {
-            let ev = event(l);
-            let server = ev.server_ts.expect("set at decode");
-            oldest = Some(oldest.map_or(server, |o| o.min(server)));
-            write_row(&mut rows, ev, &server);
-            landed += 1;
-        }
-        let landable = landable.into_iter().map(|(pi, ix)| (decoded[pi].0, ix)).collect();
-        Ok(Prepared { ranges, token, rows: Arc::new(rows), landed, oldest, items: decoded, landable, _fence: ticket })
+        Ok((landable, claimed))
     }
 
     /// Replay partition `p`'s pending batch `intent`: re-read every member's range
@@ -545,6 +608,11 @@ impl Sink {
     }
 }
 
+/// Record the milliseconds since `started` in `h`.
+fn record_ms(h: &Mutex<hdrhistogram::Histogram<u64>>, started: Instant) {
+    let _ = h.lock().expect("stats lock").record(started.elapsed().as_millis().max(1) as u64);
+}
+
 /// Insert a prepared batch with its deduplication token, backing off on
 /// retryable errors; `Err` only when the warehouse refuses the data itself.
 async fn insert_with_retry(warehouse: &Warehouse, b: &Prepared) -> Result<(), WarehouseError> {
@@ -563,7 +631,7 @@ async fn insert_with_retry(warehouse: &Warehouse, b: &Prepared) -> Result<(), Wa
     loop {
         let inserted = {
             let _rebuild = crate::warehouse::AGGREGATE_REBUILD.read().await;
-            warehouse.insert("events.learning_events", "JSONEachRow", b.rows.clone(), &settings).await
+            warehouse.insert("events.learning_events", BINARY_FORMAT, b.rows.clone(), &settings).await
         };
         match inserted {
             Ok(()) => {

@@ -254,9 +254,34 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
     if args.insert_probe {
         return insert_probe(wh, &lines, &args.probe_setting).await;
     }
+    // The same rows in the lander's binary format (what it inserts), encoded up front.
+    let binary: Vec<Vec<u8>> = {
+        let taxonomy = crate::taxonomy::Taxonomy::load(&settings.policy_dir.join("taxonomy"))?;
+        let mut out = Vec::new();
+        for chunk in payloads.chunks(per_insert) {
+            let mut buf = Vec::with_capacity(chunk.len() * 200 + 512);
+            crate::lander::write_binary_header(&mut buf);
+            for (_, p) in chunk {
+                let ev = taxonomy.validate_bytes(p).map_err(|r| anyhow::anyhow!("bench event invalid: {}", r.detail))?;
+                let server = ev.server_ts.unwrap_or_else(chrono::Utc::now);
+                crate::lander::write_row_binary(&mut buf, &ev, &server);
+            }
+            out.push(buf);
+        }
+        out
+    };
+    let raw_insert_binary = || async {
+        let t0 = Instant::now();
+        for buf in &binary {
+            wh.insert("events.learning_events", crate::lander::BINARY_FORMAT, buf.clone().into(), &[]).await?;
+        }
+        anyhow::Ok(args.events as f64 / t0.elapsed().as_secs_f64())
+    };
     let pause = args.pause_merges;
     phase(wh, pause).await?;
     let raw_before = raw_insert().await?;
+    phase(wh, pause).await?;
+    let bin_before = raw_insert_binary().await?;
     phase(wh, pause).await?;
 
     // Without deduplication first (when compared), then as configured (on by default): the
@@ -269,6 +294,7 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
             let _ = stopped.await;
         }));
         let r = drain(&stats, args.events as u64).await?;
+        print_stages("lander from Kafka, dedup off", &stats);
         let _ = stop.send(());
         handle.await.context("lander task")??;
         phase(wh, pause).await?;
@@ -283,10 +309,14 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
         let _ = stopped.await;
     }));
     let (lander_rate, lander_secs, join_secs) = drain(&stats, args.events as u64).await?;
+    print_stages("lander from Kafka", &stats);
     phase(wh, pause).await?;
     let raw_after = raw_insert().await?;
     phase(wh, pause).await?;
+    let bin_after = raw_insert_binary().await?;
+    phase(wh, pause).await?;
     let raw_rate = raw_before.max(raw_after);
+    let bin_rate = bin_before.max(bin_after);
     let raw_secs = args.events as f64 / raw_rate;
     // The lander's own pipeline (decode, validate, govern, intent, deduplication, insert with
     // token), no broker. Its own group and topic: it never consumes, and must not take partitions
@@ -312,7 +342,16 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
         raw_rate, raw_secs, per_insert, raw_before, raw_after
     );
     println!(
-        "lander, no broker {:>9.0} ev/s ({:.2}s)  ratio to raw insert {:.2}   (decode, validate, govern, intent, insert with token)",
+        "raw engine insert {:>9.0} rows/s in the lander's binary format ({}; before {:.0}, after {:.0}): the ratios below are to the JSONEachRow insert above; to this one: no broker {:.2}, from Kafka {:.2}",
+        bin_rate,
+        crate::lander::BINARY_FORMAT,
+        bin_before,
+        bin_after,
+        core_rate / bin_rate,
+        lander_rate / bin_rate
+    );
+    println!(
+        "lander, no broker {:>9.0} ev/s ({:.2}s)  ratio to raw insert {:.2}   (decode, validate, govern, intent, claim, insert with token; batches in flight as consumed ones)",
         core_rate,
         core_secs,
         core_rate / raw_rate
@@ -485,6 +524,22 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
     Ok(ExitCode::SUCCESS)
 }
 
+/// Where a lander's batches spent their time (p50/p99 per batch).
+fn print_stages(what: &str, stats: &crate::lander::LanderStats) {
+    let get = |h: &std::sync::Mutex<Histogram<u64>>| {
+        let h = h.lock().expect("stats");
+        format!("p50={:.0} p99={:.0}", pct(&h, 0.5), pct(&h, 0.99))
+    };
+    println!(
+        "  {what}: {} batches; per batch ms: prepare {} (decode {}; the claim of a member {}), insert {}",
+        stats.batches.load(Ordering::Relaxed),
+        get(&stats.prepare_ms),
+        get(&stats.decode_ms),
+        get(&stats.claim_ms),
+        get(&stats.insert_ms)
+    );
+}
+
 /// Wait until the lander has landed `events` rows; its steady rate: from the first landed
 /// batch (the consumer has joined its group and fetches) to the last. Returns the rate, the
 /// seconds it took, and the seconds to the first batch (the join, reported apart).
@@ -528,7 +583,6 @@ async fn core_rate(
         .collect();
     let mut core = crate::app::lander::build(settings, wh.clone()).await?;
     let t0 = Instant::now();
-    let mut core_rows = 0;
     // The records a producer sends (envelopes, compressed as configured), `per_insert` events a batch.
     let mut offset = 0i64;
     for (n, chunk) in payloads.chunks(per_insert).enumerate() {
@@ -539,9 +593,11 @@ async fn core_rate(
                 (offset, Some(k.into_bytes()), v)
             })
             .collect();
-        core_rows += core.land_direct(1000 + (n % settings.kafka.topic_partitions as usize) as i32, msgs).await?;
+        core.land_direct(1000 + (n % settings.kafka.topic_partitions as usize) as i32, msgs).await?;
     }
+    let core_rows = core.settle_direct().await?;
     let secs = t0.elapsed().as_secs_f64();
+    print_stages(if settings.dedup.enabled { "lander, no broker" } else { "lander, no broker, dedup off" }, &core.stats());
     phase(wh, false).await?;
     anyhow::ensure!(core_rows == args.events as u64, "lander core landed {core_rows}");
     Ok(args.events as f64 / secs)
