@@ -4,6 +4,13 @@
 # engine, Apache Kafka from Maven Central), runs the policy checks, then every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# cargo-nextest builds from source (about 10 minutes of CPU on 2 cores): in the background
+# while the set-up below mostly waits for downloads (system packages, Maven, PyPI).
+if ! command -v cargo-nextest >/dev/null 2>&1; then
+  nextest_log=$(mktemp)
+  (cargo install cargo-nextest --locked >"$nextest_log" 2>&1) &
+  nextest_pid=$!
+fi
 ops/deps.sh
 ops/postgres.sh
 ops/install-chdb.sh >/dev/null
@@ -25,7 +32,11 @@ psql -h 127.0.0.1 -U postgres -d postgres -Atqc \
   while read -r db; do dropdb -h 127.0.0.1 -U postgres --if-exists "$db" >/dev/null 2>&1 || true; done
 rm -rf "${TMPDIR:-/tmp}"/lv-spine-* "${TMPDIR:-/tmp}"/lv-ch-* "${TMPDIR:-/tmp}"/lv-kafka-* "${TMPDIR:-/tmp}"/lv-pg-* 2>/dev/null || true
 
-command -v cargo-nextest >/dev/null 2>&1 || cargo install cargo-nextest --locked
+if [ -n "${nextest_pid:-}" ] && ! wait "$nextest_pid"; then
+  cat "$nextest_log" >&2
+  echo "[test] cargo install cargo-nextest failed" >&2
+  exit 1
+fi
 cargo build --quiet
 target/debug/learnvault taxonomy check
 target/debug/learnvault policy check-features

@@ -213,6 +213,35 @@ async fn erasure_reaches_rows_rollups_and_the_vault_and_is_certified() {
     assert!(!text.contains("Ada") && !text.contains("ada@example.edu") && !text.contains("S-A"));
 }
 
+/// No cohort view outlives an erasure: the read path keeps the rows of a view warm for
+/// minutes (`stale_query_ms`), and a dashboard read just before an erasure must not show
+/// the erased learner just after it.
+#[tokio::test]
+async fn cohort_views_read_before_an_erasure_are_not_served_after_it() {
+    let app = TestApp::spawn_with_warehouse().await;
+    let types = ["session.start", "content.start"];
+    let mut learners = Vec::new();
+    for i in 0..12 {
+        let p = app.issue("uni-a", &format!("S-{i}"), json!({"name": format!("Learner {i}")})).await;
+        land(&app, &p, "c1", 2, &types).await;
+        learners.push(p);
+    }
+    let serve = app.state.serve.clone().expect("the read path");
+    let course = learnvault::serve::Ident::parse("course_id", "cs101").unwrap();
+    let t = serve.thresholds(&["uni-a".to_owned()]);
+    let range = serve.range(None, None).unwrap();
+    let enrolled = |f: &Value| f["total"]["enrolled"]["value"].clone();
+    let before = serde_json::to_value(serve.funnel(&course, &range, &t).await.unwrap()).unwrap();
+    assert_eq!(enrolled(&before), json!(12), "{before}");
+
+    let (s, job) = app.post("/v1/dsr/erasure", &app.dpo("uni-a"), json!({"pseudonym": learners[0]})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{job}");
+    let job = wait_job(&app, job["id"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "done", "{job}");
+    let after = serde_json::to_value(serve.funnel(&course, &range, &t).await.unwrap()).unwrap();
+    assert_eq!(enrolled(&after), json!(11), "the view read before the erasure was served after it: {after}");
+}
+
 #[tokio::test]
 async fn a_job_that_died_mid_way_resumes_at_its_step() {
     let app = TestApp::spawn_with_warehouse().await;

@@ -584,6 +584,40 @@ async fn live_view_keeps_withheld_cells_withheld_bands_counts_and_audits_each_di
     }
 }
 
+/// A live stream refreshes when rows land, not only on its interval: with an interval of a
+/// minute, the lander's landing (its insert, then `warehouse::rows_landed`, as
+/// `lander::service` does) reaches the stream long before the interval would.
+#[tokio::test]
+async fn a_live_stream_refreshes_when_rows_land_not_only_on_its_interval() {
+    let f = fixture().await;
+    let app = &f.app;
+    let t = instructor(app);
+    let resp = app.client.get(format!("{}/v1/courses/{COURSE}/live?minutes=60&interval_ms=60000&{}", app.base, range())).bearer_auth(&t).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut sse = Sse { resp, buf: String::new() };
+    let first = sse.next_of("funnel").await;
+    let mut data = Vec::new();
+    for i in 40..60 {
+        for r in learner_events(&uuid::Uuid::new_v4().to_string(), COURSE, "c40", i, 60) {
+            serde_json::to_writer(&mut data, &r).unwrap();
+            data.push(b'\n');
+        }
+    }
+    app.warehouse().insert("events.learning_events", "JSONEachRow", data.into(), &[]).await.unwrap();
+    learnvault::warehouse::rows_landed();
+    let second = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            let v = sse.next_of("funnel").await;
+            if v["total"]["enrolled"]["value"] != first["total"]["enrolled"]["value"] {
+                break v;
+            }
+        }
+    })
+    .await
+    .expect("the stream showed the landed rows within 30 s although its interval is 60 s");
+    assert_eq!(second["total"]["enrolled"], json!({"value": 80, "band": 20}), "82 learners");
+}
+
 /// Every read-path route is in the OpenAPI document with every status it can answer.
 #[test]
 fn the_openapi_document_lists_the_read_path_and_its_statuses() {

@@ -198,7 +198,8 @@ pub struct LiveQuery {
     /// Funnel range, fixed for the stream's life (defaults as for the funnel).
     from: Option<String>,
     to: Option<String>,
-    /// Refresh interval, 100-60000 ms (default: `policies/disclosure.yaml` `live.interval_ms`).
+    /// The longest a stream goes without a refresh, 100-60000 ms (default:
+    /// `policies/disclosure.yaml` `live.interval_ms`); it also refreshes as rows land.
     interval_ms: Option<u64>,
 }
 
@@ -208,12 +209,13 @@ struct LiveState {
     stream: crate::serve::live::Stream,
     interval: std::time::Duration,
     pending: Vec<crate::serve::live::Message>,
-    started: bool,
     done: bool,
 }
 
 /// Server-Sent Events: `funnel` and `engagement` messages, each a released
-/// view, pushed when it changes as rows land. The live rule
+/// view, pushed when it changes as rows land (the stream refreshes when the
+/// lander of the same process lands a batch, at most once per `live.coalesce_ms`,
+/// and at least every `interval_ms`). The live rule
 /// (`policies/disclosure.yaml`, `live`): a cell withheld once stays withheld
 /// for the stream; counts are floored to bands (`band` on each cell); the
 /// difference between consecutive messages is audited like a release. An
@@ -247,7 +249,6 @@ async fn live(
         stream,
         interval: std::time::Duration::from_millis(interval),
         pending: Vec::new(),
-        started: false,
         done: false,
     };
     let events = futures::stream::unfold(state, |mut st| async move {
@@ -259,10 +260,7 @@ async fn live(
             if st.done {
                 return None;
             }
-            if st.started {
-                tokio::time::sleep(st.interval).await;
-            }
-            st.started = true;
+            st.serve.live_wait(&mut st.stream, st.interval).await;
             match st.serve.live_step(&st.course, &mut st.stream).await {
                 Ok(messages) => st.pending = messages.into_iter().rev().collect(),
                 Err(e) => {

@@ -188,7 +188,11 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
                     }
                     Ok::<_, DsrError>(json!({"table": s.name, "partitions": parts, "keys": keys, "verified_equal_to_fresh_computation": true}))
                 }))
-                .await?;
+                .await;
+                // Rows the read path fetched before (shared, warm or live) held the subject: dropped,
+                // also when a partition failed (others may have been swapped in).
+                crate::warehouse::aggregates_changed();
+                let done = done?;
                 job.progress["recomputed"] = json!(done);
                 d.save(job, "verify").await?;
             }

@@ -636,6 +636,7 @@ async fn insert_with_retry(warehouse: &Warehouse, b: &Prepared) -> Result<(), Wa
         match inserted {
             Ok(()) => {
                 health::recovered(Cause::Warehouse);
+                crate::warehouse::rows_landed();
                 return Ok(());
             }
             Err(e) if e.is_retryable() => {

@@ -50,7 +50,7 @@ fn default_shared_query_ms() -> u64 {
 }
 
 fn default_stale_query_ms() -> u64 {
-    30_000
+    120_000
 }
 
 /// The released tables for BI tools (`released.cells`), refreshed by `serve`.

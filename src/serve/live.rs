@@ -50,6 +50,21 @@ pub struct Stream {
     thresholds: Thresholds,
     /// The sequence number of the last group message this stream delivered (0: none yet).
     seen: u64,
+    /// Landings of this process's lander ([`crate::warehouse::landings`]): a stream waits
+    /// on them ([`Serve::live_wait`]).
+    landings: tokio::sync::watch::Receiver<u64>,
+    /// When this stream last stepped.
+    stepped: Option<Instant>,
+    /// Unix milliseconds when the refresh behind what this stream shows started (0: none).
+    as_of_ms: i64,
+}
+
+impl Stream {
+    /// Unix milliseconds when the refresh behind the views this stream shows started:
+    /// every batch landed before it is in them (0 before its first views).
+    pub fn as_of_ms(&self) -> i64 {
+        self.as_of_ms
+    }
 }
 
 /// The streams of one course over the same range, window and thresholds share one
@@ -71,8 +86,12 @@ struct GroupState {
     /// The group's recent messages with their sequence numbers (oldest first).
     log: VecDeque<(u64, Message)>,
     seq: u64,
-    /// When the last refresh started.
+    /// When the last refresh started, and when it ended.
     stepped: Option<Instant>,
+    finished: Option<Instant>,
+    /// Unix milliseconds `live.coalesce_ms` before the refresh whose views are `previous`
+    /// started (its queries may share rows that old): its rows hold every batch landed before.
+    as_of_ms: i64,
 }
 
 /// Messages a group keeps for subscribers that are behind (2 per refresh at most).
@@ -156,14 +175,38 @@ pub fn diff_audit(view: View, previous: &Value, next: &Value, band: u64, width: 
 impl Serve {
     /// A live stream over a fixed date range (funnel) and a sliding window of `minutes` (engagement).
     pub fn live_stream(&self, range: DateRange, minutes: u32, thresholds: Thresholds) -> Stream {
-        Stream { range, minutes, thresholds, seen: 0 }
+        Stream { range, minutes, thresholds, seen: 0, landings: crate::warehouse::landings(), stepped: None, as_of_ms: 0 }
+    }
+
+    /// Wait until a stream's next step is due: at once for its first; then when rows land
+    /// in this process (the lander's inserts) or `interval` after its last step, whichever
+    /// comes first, and never sooner than `live.coalesce_ms` after its last step (rows land
+    /// several times a second). What a viewer sees then trails a landing by about one
+    /// group refresh, not by the interval.
+    pub async fn live_wait(&self, s: &mut Stream, interval: std::time::Duration) {
+        let Some(last) = s.stepped else { return };
+        let due = tokio::time::Instant::from_std(last + interval);
+        tokio::select! {
+            _ = tokio::time::sleep_until(due) => {}
+            changed = s.landings.changed() => {
+                if changed.is_err() {
+                    tokio::time::sleep_until(due).await;
+                }
+            }
+        }
+        let floor = last + std::time::Duration::from_millis(self.config().policy.live.coalesce_ms);
+        tokio::time::sleep_until(tokio::time::Instant::from_std(floor)).await;
     }
 
     /// One refresh of a stream: the group's messages it has not delivered yet. The group
     /// refreshes (query, release, audits) when its last refresh started more than
-    /// `live.coalesce_ms` ago; otherwise the stream takes what that refresh published.
+    /// `live.coalesce_ms` ago and ended before this step asked; otherwise the stream takes
+    /// what that refresh published (a step that waited for a refresh in flight takes it
+    /// rather than queueing another behind it: the landings it missed wake the stream again).
     pub async fn live_step(&self, course: &Ident, s: &mut Stream) -> Result<Vec<Message>, ServeError> {
         let asked = Instant::now();
+        s.stepped = Some(asked);
+        s.landings.borrow_and_update();
         let window = std::time::Duration::from_millis(self.config().policy.live.coalesce_ms);
         let t = &s.thresholds;
         let key = format!(
@@ -184,14 +227,16 @@ impl Serve {
             map.entry(key).or_default().clone()
         };
         let mut g = group.state.lock().await;
-        if g.stepped.is_none_or(|t| t + window < asked) {
+        if g.stepped.is_none_or(|t| t + window < asked) && g.finished.is_none_or(|f| f < asked) {
             g.stepped = Some(Instant::now());
+            // Its views may take rows of a query up to the window older than itself (shared).
+            let as_of_ms = chrono::Utc::now().timestamp_millis() - window.as_millis() as i64;
             // On a copy: a refresh that fails half-way publishes nothing and changes nothing.
             let mut rule = g.rule.clone().unwrap_or_else(|| Rule { band: self.config().policy.live.band, sticky: HashSet::new() });
             let mut previous = g.previous.clone();
             let published = self.live_refresh(course, &s.range, s.minutes, t, &mut rule, &mut previous).await?;
             let st = &mut *g;
-            (st.rule, st.previous) = (Some(rule), previous);
+            (st.rule, st.previous, st.finished, st.as_of_ms) = (Some(rule), previous, Some(Instant::now()), as_of_ms);
             for m in published {
                 st.seq += 1;
                 st.log.push_back((st.seq, m));
@@ -212,6 +257,7 @@ impl Serve {
         // A subscriber stays new until the group has views (its first refresh may have failed).
         if s.seen != 0 || !g.previous.is_empty() {
             s.seen = g.seq.max(1);
+            s.as_of_ms = g.as_of_ms;
         }
         Ok(out)
     }

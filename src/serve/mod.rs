@@ -122,16 +122,25 @@ pub struct Serve {
 /// Rows of one query, with when it started, and their releases.
 struct SharedRows {
     started: std::time::Instant,
+    /// The aggregates' generation when the query started ([`crate::warehouse::aggregates_generation`]):
+    /// rows of an older one may hold a subject erased since, and are never served.
+    generation: u64,
     rows: Vec<Value>,
-    /// Releases of these rows by thresholds: a cohort view's release is a function of its
-    /// rows (the slot's key holds every parameter) and the thresholds, so a request sharing
+    /// Releases of these rows by thresholds and part: a cohort view's release is a function
+    /// of its rows (the slot's key holds every parameter, the part says which of the rows it
+    /// takes: the engagement window's first minute) and the thresholds, so a request sharing
     /// the rows shares the release (suppression and audit done once, the same cells).
-    released: std::sync::Mutex<Vec<(Thresholds, Arc<dyn std::any::Any + Send + Sync>)>>,
+    released: std::sync::Mutex<Vec<((Thresholds, i64), Arc<dyn std::any::Any + Send + Sync>)>>,
 }
 
 impl SharedRows {
-    fn new(started: std::time::Instant, rows: Vec<Value>) -> Arc<SharedRows> {
-        Arc::new(SharedRows { started, rows, released: Default::default() })
+    fn new(started: std::time::Instant, generation: u64, rows: Vec<Value>) -> Arc<SharedRows> {
+        Arc::new(SharedRows { started, generation, rows, released: Default::default() })
+    }
+
+    /// Whether these rows may still be served: no aggregate was rebuilt since they were fetched.
+    fn current(&self) -> bool {
+        self.generation == crate::warehouse::aggregates_generation()
     }
 }
 
@@ -184,7 +193,7 @@ impl Serve {
     /// within `shared_query_ms`, a course's live streams within `live.coalesce_ms`.
     async fn run_shared(&self, shape: &Shape, params: &[(&'static str, String)], window_ms: u64, stale_ok: bool) -> Result<Arc<SharedRows>, ServeError> {
         if window_ms == 0 {
-            return Ok(SharedRows::new(std::time::Instant::now(), self.run(shape, params).await?));
+            return Ok(SharedRows::new(std::time::Instant::now(), crate::warehouse::aggregates_generation(), self.run(shape, params).await?));
         }
         let window = std::time::Duration::from_millis(window_ms);
         let asked = std::time::Instant::now();
@@ -201,16 +210,16 @@ impl Serve {
             map.entry((shape.name, key)).or_default().clone()
         };
         let current = slot.current.lock().expect("not poisoned").clone();
-        if let Some(c) = current.filter(|c| c.started + window >= asked || (stale_ok && c.started + stale_keep >= asked)) {
+        if let Some(c) = current.filter(|c| c.current() && (c.started + window >= asked || (stale_ok && c.started + stale_keep >= asked))) {
             metrics::counter!("learnvault_serve_shared_queries_total", "shape" => shape.name).increment(1);
             if c.started + window < asked && !slot.refreshing.swap(true, std::sync::atomic::Ordering::AcqRel) {
                 let (slot, wh, shape) = (slot.clone(), self.warehouse.clone(), *shape);
                 let params: Vec<(&'static str, String)> = params.to_vec();
                 tokio::spawn(async move {
                     let _fetch = slot.fetch.lock().await;
-                    let started = std::time::Instant::now();
+                    let (started, generation) = (std::time::Instant::now(), crate::warehouse::aggregates_generation());
                     match run_on(&wh, &shape, &params).await {
-                        Ok(rows) => *slot.current.lock().expect("not poisoned") = Some(SharedRows::new(started, rows)),
+                        Ok(rows) => *slot.current.lock().expect("not poisoned") = Some(SharedRows::new(started, generation, rows)),
                         Err(e) => tracing::warn!(error = %e, shape = shape.name, "background refresh of a shared query failed; the next request queries"),
                     }
                     slot.refreshing.store(false, std::sync::atomic::Ordering::Release);
@@ -220,30 +229,34 @@ impl Serve {
         }
         let _fetch = slot.fetch.lock().await;
         // Another caller may have fetched while this one waited.
-        if let Some(c) = slot.current.lock().expect("not poisoned").clone().filter(|c| c.started + window >= asked) {
+        if let Some(c) = slot.current.lock().expect("not poisoned").clone().filter(|c| c.current() && c.started + window >= asked) {
             metrics::counter!("learnvault_serve_shared_queries_total", "shape" => shape.name).increment(1);
             return Ok(c);
         }
         let started = std::time::Instant::now();
-        let fresh = SharedRows::new(started, self.run(shape, params).await?);
+        let generation = crate::warehouse::aggregates_generation();
+        let fresh = SharedRows::new(started, generation, self.run(shape, params).await?);
         *slot.current.lock().expect("not poisoned") = Some(fresh.clone());
         Ok(fresh)
     }
 
-    /// The release of shared rows at thresholds `t`: made once per rows and thresholds,
-    /// then shared (cloned) by every request holding the same rows.
+    /// The release of shared rows (or of the `part` of them the release takes) at thresholds
+    /// `t`: made once per rows, part and thresholds, then shared (cloned) by every request
+    /// holding the same rows.
     fn release_shared<T: Clone + Send + Sync + 'static>(
         shared: &SharedRows,
         t: &Thresholds,
+        part: i64,
         release: impl FnOnce(&[Value]) -> Result<Released<T>, ServeError>,
     ) -> Result<Released<T>, ServeError> {
-        let made = shared.released.lock().expect("not poisoned").iter().find(|(k, _)| k == t).map(|(_, r)| r.clone());
+        let key = (*t, part);
+        let made = shared.released.lock().expect("not poisoned").iter().find(|(k, _)| *k == key).map(|(_, r)| r.clone());
         if let Some(r) = made.as_ref().and_then(|r| r.downcast_ref::<Released<T>>()) {
             return Ok(r.clone());
         }
         // Not under the lock (the audit takes milliseconds): two first requests may both release.
         let r = release(&shared.rows)?;
-        shared.released.lock().expect("not poisoned").push((*t, Arc::new(r.clone())));
+        shared.released.lock().expect("not poisoned").push((key, Arc::new(r.clone())));
         Ok(r)
     }
 
@@ -289,7 +302,7 @@ impl Serve {
         let shared = self.run_shared(&queries::FUNNEL, &params, self.share_window(live.is_some()), live.is_none()).await?;
         match live {
             Some(rule) => funnel::release(course.as_str(), range, &shared.rows, t, Some(rule)),
-            None => Self::release_shared(&shared, t, |rows| funnel::release(course.as_str(), range, rows, t, None)),
+            None => Self::release_shared(&shared, t, 0, |rows| funnel::release(course.as_str(), range, rows, t, None)),
         }
     }
 
@@ -299,26 +312,34 @@ impl Serve {
         }
         let now = Utc::now().timestamp();
         let from = (now - now % 60) - (minutes as i64 - 1) * 60;
-        let params = [("course", course.as_str().to_owned()), ("from", from.to_string())];
+        // A cohort view queries from the hour of the window's first minute and releases the
+        // window's minutes: one query (and one warm slot) per course an hour, not a minute, so
+        // a dashboard opened in a new minute paints from rows the released tables' refresh or
+        // another viewer fetched. A live stream queries its window exactly.
+        let queried = if live.is_some() { from } else { from - from.rem_euclid(3600) };
+        let params = [("course", course.as_str().to_owned()), ("from", queried.to_string())];
         let shared = self.run_shared(&queries::ENGAGEMENT, &params, self.share_window(live.is_some()), live.is_none()).await?;
         let from_text = chrono::DateTime::from_timestamp(from, 0).map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default();
         match live {
             Some(rule) => engagement::release(course.as_str(), minutes, &from_text, &shared.rows, t, Some(rule)),
-            None => Self::release_shared(&shared, t, |rows| engagement::release(course.as_str(), minutes, &from_text, rows, t, None)),
+            None => Self::release_shared(&shared, t, from, |rows| {
+                let window: Vec<Value> = rows.iter().filter(|r| r["at"].as_str().is_some_and(|at| at >= from_text.as_str())).cloned().collect();
+                engagement::release(course.as_str(), minutes, &from_text, &window, t, None)
+            }),
         }
     }
 
     pub async fn time_on_task(&self, course: &Ident, range: &DateRange, t: &Thresholds) -> Result<Released<time_on_task::TimeOnTask>, ServeError> {
         let [f, to] = range.params();
         let shared = self.run_shared(&queries::TIME_ON_TASK, &[("course", course.as_str().to_owned()), f, to], self.share_window(false), true).await?;
-        Self::release_shared(&shared, t, |rows| time_on_task::release(course.as_str(), range, rows, t))
+        Self::release_shared(&shared, t, 0, |rows| time_on_task::release(course.as_str(), range, rows, t))
     }
 
     pub async fn replays(&self, course: &Ident, content: &Ident, range: &DateRange, t: &Thresholds) -> Result<Released<replays::Replays>, ServeError> {
         let [f, to] = range.params();
         let params = [("course", course.as_str().to_owned()), ("content", content.as_str().to_owned()), f, to];
         let shared = self.run_shared(&queries::REPLAYS, &params, self.share_window(false), true).await?;
-        Self::release_shared(&shared, t, |rows| replays::release(course.as_str(), content.as_str(), range, rows, t))
+        Self::release_shared(&shared, t, 0, |rows| replays::release(course.as_str(), content.as_str(), range, rows, t))
     }
 
     /// Every course with activity and its institutions.

@@ -32,6 +32,38 @@ use crate::config::{Section, Settings};
 /// shared by several processes the rebuild window is documented, not closed.
 pub static AGGREGATE_REBUILD: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
+/// Batches of the base table this process landed (a count): the lander bumps it after
+/// each insert ([`rows_landed`]), live views wait on it ([`landings`]) so a stream
+/// refreshes when rows land rather than on its interval alone. Process-wide, like
+/// [`AGGREGATE_REBUILD`]: with a server shared by several processes the streams of
+/// another process than the lander's fall back on their interval.
+static LANDED: std::sync::LazyLock<tokio::sync::watch::Sender<u64>> = std::sync::LazyLock::new(|| tokio::sync::watch::Sender::new(0));
+
+/// Rebuilds of aggregate partitions this process swapped in (a count): erasure bumps it
+/// ([`aggregates_changed`]) and the read path drops every row it fetched before
+/// ([`aggregates_generation`]), so no cached cohort view outlives an erasure.
+static AGGREGATES_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Aggregate partitions were rebuilt: rows fetched before may hold an erased subject.
+pub fn aggregates_changed() {
+    AGGREGATES_GENERATION.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+}
+
+/// The generation of the aggregates: rows fetched under an older one are not served.
+pub fn aggregates_generation() -> u64 {
+    AGGREGATES_GENERATION.load(std::sync::atomic::Ordering::Acquire)
+}
+
+/// Tell the live views of this process that rows of the base table landed.
+pub fn rows_landed() {
+    LANDED.send_modify(|n| *n = n.wrapping_add(1));
+}
+
+/// A receiver that sees every [`rows_landed`] from now on.
+pub fn landings() -> tokio::sync::watch::Receiver<u64> {
+    LANDED.subscribe()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum WarehouseError {
     /// Anything but the data: the engine down, overloaded, out of disk, read-only,

@@ -129,7 +129,10 @@ impl Landing {
 }
 
 /// `streams` live streams over the 20 courses, each refreshing as the API's
-/// handler does (a step, then `interval_ms`), for `duration`.
+/// handler does ([`Serve::live_wait`], then a step), for `duration`. A batch is on a
+/// stream's screen at the end of its first step whose views' rows hold it (their
+/// refresh started after the batch landed: [`crate::serve::live::Stream::as_of_ms`]), not merely the
+/// first step after it landed.
 pub async fn live_phase(
     sv: &Arc<Serve>,
     landing: Option<&Landing>,
@@ -151,16 +154,16 @@ pub async fn live_phase(
             tokio::time::sleep(interval * s as u32 / streams.max(1) as u32).await;
             let (mut steps, mut h, mut errors, mut messages) = (Vec::new(), hist(), 0u64, 0usize);
             while Instant::now() < deadline {
-                let (q, t0) = (now_ms(), Instant::now());
+                sv.live_wait(&mut stream, interval).await;
+                let t0 = Instant::now();
                 match sv.live_step(&course, &mut stream).await {
                     Ok(m) => {
                         messages += m.len();
-                        steps.push((q, now_ms()));
+                        steps.push((stream.as_of_ms(), now_ms()));
                     }
                     Err(_) => errors += 1,
                 }
                 let _ = h.record(t0.elapsed().as_micros().max(1) as u64);
-                tokio::time::sleep(interval).await;
             }
             (steps, h, errors, messages)
         }));
