@@ -172,7 +172,10 @@ impl Application {
         if let Some(l) = &listener {
             tracing::info!(addr = %l.local_addr()?, env = ?settings.env, lander = parts.lander, jobs = parts.jobs, "learnvault serving");
         }
-        let api = {
+        // Each part is a task of its own: a part busy between two awaits (a release's audit, a
+        // detector's arithmetic) holds one worker thread, never the others' progress (in one
+        // task, the API's accept loop waited for the periodic loops' CPU work: seconds).
+        let api = tokio::spawn({
             let (state, rx) = (state.clone(), rx.clone());
             async move {
                 match (state, listener) {
@@ -180,44 +183,66 @@ impl Application {
                     _ => Ok(()),
                 }
             }
-        };
-        let land = async {
-            match (&warehouse, parts.lander) {
-                (Some(wh), true) => lander::supervise(&settings, wh.clone(), rx.clone()).await,
-                _ => Ok(()),
-            }
-        };
-        let jobs = async {
-            if let (Some(state), true) = (&state, parts.jobs) {
-                if let Some(dsr) = state.dsr.clone() {
-                    tokio::join!(dsr.clone().work(rx.clone()), periodic::purge_loop(dsr, state.anchor.clone(), rx.clone()));
+        });
+        let land = tokio::spawn({
+            let (settings, warehouse, rx) = (settings.clone(), warehouse.clone(), rx.clone());
+            async move {
+                match (warehouse, parts.lander) {
+                    (Some(wh), true) => lander::supervise(&settings, wh, rx).await,
+                    _ => Ok(()),
                 }
             }
-        };
-        let loops = async {
-            let Some(state) = state.clone().filter(|_| parts.periodic) else { return };
-            let every = settings.audit.checkpoint_interval();
-            let anchoring = crate::audit::anchor_loop(state.pool.clone(), state.anchor.clone(), every, rx.clone());
-            let publish = async {
-                if let Some(serve) = state.serve.clone() {
-                    periodic::publish_loop(serve, rx.clone()).await
+        });
+        let jobs = tokio::spawn({
+            let (state, rx) = (state.clone(), rx.clone());
+            async move {
+                if let (Some(state), true) = (state, parts.jobs) {
+                    if let Some(dsr) = state.dsr.clone() {
+                        tokio::join!(dsr.clone().work(rx.clone()), periodic::purge_loop(dsr, state.anchor.clone(), rx.clone()));
+                    }
                 }
-            };
-            let signals = async {
-                if let Some(sg) = state.signals.clone() {
-                    periodic::signals_loop(sg, rx.clone()).await
+            }
+        });
+        let loops = tokio::spawn({
+            let (state, settings, rx) = (state.clone(), settings.clone(), rx.clone());
+            async move {
+                let Some(state) = state.filter(|_| parts.periodic) else { return };
+                let every = settings.audit.checkpoint_interval();
+                let anchoring = tokio::spawn(crate::audit::anchor_loop(state.pool.clone(), state.anchor.clone(), every, rx.clone()));
+                let publish = tokio::spawn({
+                    let (serve, rx) = (state.serve.clone(), rx.clone());
+                    async move {
+                        if let Some(serve) = serve {
+                            periodic::publish_loop(serve, rx).await
+                        }
+                    }
+                });
+                let signals = tokio::spawn({
+                    let (sg, rx) = (state.signals.clone(), rx.clone());
+                    async move {
+                        if let Some(sg) = sg {
+                            periodic::signals_loop(sg, rx).await
+                        }
+                    }
+                });
+                let sessions = tokio::spawn(crate::console::purge_loop(state.clone(), rx.clone()));
+                let (a, b, c, d) = tokio::join!(anchoring, publish, signals, sessions);
+                for ended in [a, b, c, d] {
+                    if let Err(e) = ended {
+                        tracing::error!(error = %e, "a periodic loop failed");
+                    }
                 }
-            };
-            let sessions = crate::console::purge_loop(state.clone(), rx.clone());
-            tokio::join!(anchoring, publish, signals, sessions);
-        };
-        let (a, l, (), ()) = tokio::join!(api, land, jobs, loops);
+            }
+        });
+        let (a, l, j, p) = tokio::join!(api, land, jobs, loops);
         trigger.abort();
         if let Some(wh) = &warehouse {
             wh.close();
         }
-        a?;
-        l
+        j.context("the jobs task")?;
+        p.context("the periodic loops' task")?;
+        a.context("the API task")??;
+        l.context("the lander task")?
     }
 }
 
