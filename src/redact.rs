@@ -150,12 +150,21 @@ fn identifying(s: &str, cx: &Context<'_>) -> Option<&'static str> {
 /// (a leading `+` or separators between its digits) or as the whole value (9 to 15
 /// digits, not an epoch timestamp); a digit run inside an identifier (a block id's
 /// hex, `video-123456789`) does not.
+///
+/// The patterns run only on strings that could match them (most of an event's strings cannot):
+/// an email address holds an `@`, a phone number 9 digits (`\d`: any Unicode decimal digit, so
+/// outside ASCII every numeric character is counted). Same verdicts as running them on every
+/// string (`screening_tests::the_pre_checks_change_no_verdict`).
 pub fn identity_in(s: &str, external_ids: &ExternalIds) -> Option<&'static str> {
     if external_ids.found_in(s) {
         return Some("external_id");
     }
-    if email().is_match(s) {
+    if s.as_bytes().contains(&b'@') && email().is_match(s) {
         return Some("email");
+    }
+    let digits = if s.is_ascii() { s.bytes().filter(u8::is_ascii_digit).count() } else { s.chars().filter(|c| c.is_numeric()).count() };
+    if digits < 9 {
+        return None;
     }
     if uuid::Uuid::parse_str(s).is_ok() || looks_like_a_time(s) {
         return None;
@@ -169,26 +178,121 @@ pub fn identity_in(s: &str, external_ids: &ExternalIds) -> Option<&'static str> 
     written_as_phone.then_some("phone")
 }
 
-/// A request's external ids, to find in its events' strings: each string is scanned once,
-/// whatever the number of ids (a 500-event request names up to 500 learners).
+/// A request's external ids, to find in its events' strings: each string is scanned once per
+/// distinct id length, whatever the number of ids (a 500-event request names up to 500 learners),
+/// and building it costs a hash per id (it is built for every request).
+///
+/// The ids are in an open-addressing table keyed by a polynomial hash of their bytes and their
+/// length (behind a bitset that rules out most lookups with one bit); a string is looked up whole (is it an id?) and, for each length of the ids long enough
+/// (6+) not to occur by chance, window by window with the hash rolled along it (does it contain
+/// one?). A hit is confirmed by comparing the bytes. Same answers as a set of the ids and an
+/// Aho-Corasick automaton of the long ones (`screening_tests::external_ids_are_found_as_before`).
 #[derive(Default)]
 pub struct ExternalIds {
-    exact: std::collections::HashSet<String>,
-    /// Ids long enough (6+) not to occur by chance, found anywhere in a string.
-    within: Option<aho_corasick::AhoCorasick>,
+    /// The distinct ids' bytes, end to end.
+    bytes: Vec<u8>,
+    /// Each distinct id: (start in `bytes`, length, hash).
+    ids: Vec<(usize, usize, u64)>,
+    /// Slots (a power of two, at least twice the ids): an index into `ids` plus one, 0 when empty.
+    table: Vec<u32>,
+    /// The distinct lengths of the ids, ascending.
+    lengths: Vec<usize>,
+    /// A bit per slot of a table 64 times larger, set for each id's: most windows of a string
+    /// are ruled out by one bit, without a probe.
+    bits: Vec<u64>,
+}
+
+/// The polynomial hash's base (odd, large: every byte moves every bit above it).
+const BASE: u64 = 0x100_0000_01b3;
+
+fn poly_hash(b: &[u8]) -> u64 {
+    b.iter().fold(0u64, |h, &x| h.wrapping_mul(BASE).wrapping_add(x as u64))
 }
 
 impl ExternalIds {
     pub fn new(ids: &[String]) -> ExternalIds {
-        let exact = ids.iter().filter(|e| !e.is_empty()).cloned().collect();
-        let long: Vec<&String> = ids.iter().filter(|e| e.len() >= 6).collect();
-        let within = (!long.is_empty()).then(|| aho_corasick::AhoCorasick::new(long).expect("external ids build an automaton"));
-        ExternalIds { exact, within }
+        let slots = (ids.len() * 2).next_power_of_two().max(8);
+        let mut out = ExternalIds { table: vec![0; slots], bits: vec![0; slots], ..ExternalIds::default() };
+        for id in ids.iter().filter(|e| !e.is_empty()) {
+            let (b, h) = (id.as_bytes(), poly_hash(id.as_bytes()));
+            if out.find(b, h) {
+                continue;
+            }
+            out.ids.push((out.bytes.len(), b.len(), h));
+            out.bytes.extend_from_slice(b);
+            let mask = out.table.len() - 1;
+            let mut slot = out.slot(h, b.len());
+            while out.table[slot] != 0 {
+                slot = (slot + 1) & mask;
+            }
+            out.table[slot] = out.ids.len() as u32;
+            let bit = out.bit(h, b.len());
+            out.bits[bit / 64] |= 1 << (bit % 64);
+            if let Err(at) = out.lengths.binary_search(&b.len()) {
+                out.lengths.insert(at, b.len());
+            }
+        }
+        out
     }
 
-    /// `s` is one of the ids, or contains one long enough not to occur by chance.
+    fn mix(hash: u64, len: usize) -> u64 {
+        (hash ^ (len as u64).wrapping_mul(0xff51_afd7_ed55_8ccd)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+
+    fn slot(&self, hash: u64, len: usize) -> usize {
+        (Self::mix(hash, len) >> 32) as usize & (self.table.len() - 1)
+    }
+
+    fn bit(&self, hash: u64, len: usize) -> usize {
+        (Self::mix(hash, len) >> 40) as usize & (self.bits.len() * 64 - 1)
+    }
+
+    /// `b` (whose hash is `hash`) is one of the ids.
+    #[inline]
+    fn find(&self, b: &[u8], hash: u64) -> bool {
+        if self.ids.is_empty() {
+            return false;
+        }
+        let bit = self.bit(hash, b.len());
+        if self.bits[bit / 64] & (1 << (bit % 64)) == 0 {
+            return false;
+        }
+        let mask = self.table.len() - 1;
+        let mut slot = self.slot(hash, b.len());
+        loop {
+            match self.table[slot] {
+                0 => return false,
+                n => {
+                    let (start, len, h) = self.ids[n as usize - 1];
+                    if h == hash && len == b.len() && &self.bytes[start..start + len] == b {
+                        return true;
+                    }
+                }
+            }
+            slot = (slot + 1) & mask;
+        }
+    }
+
+    /// `s` is one of the ids, or contains one long enough (6+) not to occur by chance.
     pub fn found_in(&self, s: &str) -> bool {
-        self.exact.contains(s) || self.within.as_ref().is_some_and(|a| a.is_match(s))
+        let s = s.as_bytes();
+        if self.lengths.binary_search(&s.len()).is_ok() && self.find(s, poly_hash(s)) {
+            return true;
+        }
+        for &len in self.lengths.iter().filter(|l| **l >= 6 && **l < s.len()) {
+            // BASE^(len-1): what the window's first byte weighs, removed as the window moves on.
+            let top = BASE.wrapping_pow(len as u32 - 1);
+            let mut h = poly_hash(&s[..len]);
+            for start in 0..=s.len() - len {
+                if start > 0 {
+                    h = h.wrapping_sub((s[start - 1] as u64).wrapping_mul(top)).wrapping_mul(BASE).wrapping_add(s[start + len - 1] as u64);
+                }
+                if self.find(&s[start..start + len], h) {
+                    return true;
+                }
+            }
+        }
+        false
     }
 }
 
@@ -278,6 +382,135 @@ mod screening_tests {
             ("cabin", None),
         ] {
             assert_eq!(identity_in(s, &ids), want, "{s}");
+        }
+    }
+
+    /// The external ids' screen as it was: a set of the ids, an automaton of the long ones.
+    struct ExternalIdsAsBefore {
+        exact: std::collections::HashSet<String>,
+        within: Option<aho_corasick::AhoCorasick>,
+    }
+
+    impl ExternalIdsAsBefore {
+        fn new(ids: &[String]) -> Self {
+            let exact = ids.iter().filter(|e| !e.is_empty()).cloned().collect();
+            let long: Vec<&String> = ids.iter().filter(|e| e.len() >= 6).collect();
+            let within = (!long.is_empty()).then(|| aho_corasick::AhoCorasick::new(long).expect("external ids build an automaton"));
+            ExternalIdsAsBefore { exact, within }
+        }
+
+        fn found_in(&self, s: &str) -> bool {
+            self.exact.contains(s) || self.within.as_ref().is_some_and(|a| a.is_match(s))
+        }
+    }
+
+    #[test]
+    fn external_ids_are_found_as_before() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+        let alphabet: Vec<char> = "aab-01S\u{e9}\u{1F600}".chars().collect();
+        // A random word shorter than `max` characters.
+        let word = |rng: &mut rand::rngs::StdRng, max: usize| -> String {
+            let n = rng.gen_range(0..max);
+            (0..n).map(|_| alphabet[rng.gen_range(0..alphabet.len())]).collect()
+        };
+        let (mut hits, mut misses) = (0, 0);
+        for round in 0..300 {
+            // Ids of every length around the 6 that makes an id long enough to be found within a
+            // string, duplicates and the empty id included; from none to many.
+            let count = [0, 1, 2, 5, 40, 500][round % 6];
+            let mut ids: Vec<String> = (0..count).map(|_| word(&mut rng, 10)).collect();
+            if count > 1 {
+                ids.push(ids[0].clone());
+                ids.push(String::new());
+            }
+            ids.extend(["uni-north-000123", "k12-east-000123"].iter().take(round % 3).map(|s| s.to_string()));
+            let (new, old) = (super::ExternalIds::new(&ids), ExternalIdsAsBefore::new(&ids));
+            for _ in 0..300 {
+                // Random strings, and ids with something before and after (or cut short).
+                let s = match rng.gen_range(0..4) {
+                    0 => word(&mut rng, 24),
+                    _ if ids.is_empty() => String::new(),
+                    k => {
+                        let id = &ids[rng.gen_range(0..ids.len())];
+                        let cut: String = id.chars().take(if k == 1 { id.chars().count().saturating_sub(1) } else { usize::MAX }).collect();
+                        format!("{}{cut}{}", word(&mut rng, 4), word(&mut rng, 4))
+                    }
+                };
+                let want = old.found_in(&s);
+                assert_eq!(new.found_in(&s), want, "{s:?} in {ids:?}");
+                if want {
+                    hits += 1;
+                } else {
+                    misses += 1;
+                }
+            }
+        }
+        assert!(hits > 10_000 && misses > 10_000, "{hits} hits, {misses} misses");
+    }
+
+    /// `identity_in` as it was before its pre-checks: every pattern on every string.
+    fn identity_in_unfiltered(s: &str, external_ids: &super::ExternalIds) -> Option<&'static str> {
+        use super::{email, looks_like_a_time, looks_like_an_epoch, phone};
+        if external_ids.found_in(s) {
+            return Some("external_id");
+        }
+        if email().is_match(s) {
+            return Some("email");
+        }
+        if uuid::Uuid::parse_str(s).is_ok() || looks_like_a_time(s) {
+            return None;
+        }
+        let written_as_phone = phone().find_iter(s).any(|m| {
+            let m = m.as_str();
+            let digits = m.chars().filter(char::is_ascii_digit).count();
+            let separated = m.starts_with('+') || m.chars().any(|c| !c.is_ascii_digit());
+            digits <= 15 && (separated || (m.len() == s.trim().len() && !looks_like_an_epoch(m)))
+        });
+        written_as_phone.then_some("phone")
+    }
+
+    #[test]
+    fn the_pre_checks_change_no_verdict() {
+        use rand::{Rng, SeedableRng};
+        let ids = super::ExternalIds::new(&["S-100234".to_string(), "ab".to_string(), "uni-north-000123".to_string()]);
+        let mut corpus: Vec<String> = [
+            "", " ", "@", "a@b", "a@b.c", "ADA@EXAMPLE.ORG", "ada\u{FF20}example.org", "ada@\u{212A}elvin.org", "x@y.z@",
+            "12345678", "123456789", "1234567890", "12345678901234567", "+12345678", "+123456789", "(555) 123-4567",
+            "555.123.4567", "555 123 4567", "555-1234", "+44 20 7946 0958", "0612345678", " 0612345678 ", "\t0612345678\n",
+            "1764072000000", "1764072000", "2764072000", "2026-12-03T10:00:00Z", "2026-12-03", "2026-12-03T10:00:00.123+01:00",
+            "0b9e3947-1234-4567-89ab-cdef01234567", "0b9e39471234456789abcdef01234567", "{0b9e3947-1234-4567-89ab-cdef01234567}",
+            "urn:uuid:0b9e3947-1234-4567-89ab-cdef01234567", "video-123456789", "block-v1:edX+DemoX+type@problem+block@0b9e39",
+            // Unicode digits: `\d` matches them, `is_ascii_digit` does not.
+            "\u{0661}\u{0662}\u{0663}\u{0664}\u{0665}\u{0666}\u{0667}\u{0668}\u{0669}",
+            "+\u{0661}\u{0662}\u{0663} \u{0664}\u{0665}\u{0666} \u{0667}\u{0668}\u{0669}",
+            "\u{FF11}\u{FF12}\u{FF13}\u{FF14}\u{FF15}\u{FF16}\u{FF17}\u{FF18}\u{FF19}",
+            "\u{0966}\u{0967}\u{0968}-\u{0969}\u{096A}\u{096B}-\u{096C}\u{096D}\u{096E}\u{096F}",
+            "12\u{0663}45\u{0666}78\u{0669}", "\u{2460}\u{2461}\u{2462}\u{2463}\u{2464}\u{2465}\u{2466}\u{2467}\u{2468}",
+            "\u{00B2}\u{00B3}\u{00B9}123456", "caf\u{00E9} 555-123-4567", "caf\u{00E9}@example.org",
+            "S-100234", "re S-100234", "ab", "cabin", "uni-north-000123", "x-uni-north-000123-y",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        // Random strings over an alphabet that builds emails, phones, times, ids and Unicode digits.
+        let alphabet: Vec<char> = "0123456789012345678901234567890123456789abcxyzABS@@.-+() :T_/\u{0663}\u{FF15}\u{096B}\u{00E9}\u{212A}\u{FF20}\t"
+            .chars()
+            .collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for _ in 0..200_000 {
+            let n = rng.gen_range(0..28);
+            corpus.push((0..n).map(|_| alphabet[rng.gen_range(0..alphabet.len())]).collect());
+        }
+        let mut found = std::collections::HashMap::new();
+        for s in &corpus {
+            let want = identity_in_unfiltered(s, &ids);
+            assert_eq!(identity_in(s, &ids), want, "{s:?}");
+            *found.entry(want).or_insert(0) += 1;
+        }
+        // The corpus reaches every verdict (the random part: each pattern's, often).
+        for (v, at_least) in [(None, 1000), (Some("email"), 100), (Some("phone"), 1000), (Some("external_id"), 4)] {
+            assert!(found.get(&v).copied().unwrap_or(0) >= at_least, "{v:?}: {found:?}");
         }
     }
 }

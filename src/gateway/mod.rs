@@ -365,7 +365,8 @@ impl Gateway {
             .filter_map(|(i, v)| {
                 v.as_ref().map(|ev| {
                     let mut body = Vec::with_capacity(384);
-                    serde_json::to_writer(&mut body, ev).expect("an event serialises");
+                    // The bytes `serde_json` writes, without its serializer (`ValidEvent::write_json`).
+                    ev.write_json(&mut body);
                     (i, PseudonymKey::new(ev.learner_id), body)
                 })
             })

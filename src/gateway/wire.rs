@@ -163,19 +163,11 @@ impl<'a> Event<'a> {
 pub fn array_elements(body: &[u8]) -> Option<Vec<&[u8]>> {
     let mut out = Vec::new();
     let open = body.iter().position(|b| *b == b'[')?;
-    let (mut depth, mut in_str, mut escaped) = (1usize, false, false);
+    let mut depth = 1usize;
     let mut start: Option<usize> = None;
-    for (i, &b) in body.iter().enumerate().skip(open + 1) {
-        if in_str {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_str = false;
-            }
-            continue;
-        }
+    let mut i = open + 1;
+    while i < body.len() {
+        let b = body[i];
         match b {
             b' ' | b'\t' | b'\n' | b'\r' => {}
             b',' if depth == 1 => {
@@ -191,7 +183,8 @@ pub fn array_elements(body: &[u8]) -> Option<Vec<&[u8]>> {
             _ => {
                 start.get_or_insert(i);
                 match b {
-                    b'"' => in_str = true,
+                    // Past the string: most of a body is strings.
+                    b'"' => i = string_end(body, i + 1)?,
                     b'[' | b'{' => {
                         depth += 1;
                         if depth >= 128 {
@@ -203,8 +196,47 @@ pub fn array_elements(body: &[u8]) -> Option<Vec<&[u8]>> {
                 }
             }
         }
+        i += 1;
     }
     None
+}
+
+/// The position of the quote that closes the string whose contents start at `from` (a
+/// backslash escapes the byte after it); `None` when it is not closed.
+fn string_end(body: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    loop {
+        i = quote_or_backslash(body, i);
+        match body.get(i)? {
+            b'\\' => i += 2,
+            _ => return Some(i),
+        }
+    }
+}
+
+/// The position of the first `"` or `\` in `body` from `from` (`body.len()` when none), read
+/// 8 bytes at a time.
+fn quote_or_backslash(body: &[u8], from: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // Bytes equal to `b` in `w`, flagged by their high bit; the lowest flag is exact.
+    let eq = |w: u64, b: u8| {
+        let x = w ^ (ONES * b as u64);
+        x.wrapping_sub(ONES) & !x & HIGHS
+    };
+    let mut i = from;
+    while let Some(chunk) = body.get(i..i + 8) {
+        let w = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        let hit = eq(w, b'"') | eq(w, b'\\');
+        if hit != 0 {
+            return i + (hit.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while i < body.len() && body[i] != b'"' && body[i] != b'\\' {
+        i += 1;
+    }
+    i
 }
 
 fn trim_end(s: &[u8]) -> &[u8] {
@@ -330,12 +362,17 @@ mod tests {
 
     #[test]
     fn array_elements_split_as_serde_json_reads_the_whole() {
-        let cases: Vec<Value> = vec![
+        let mut cases: Vec<Value> = vec![
             json!([]),
             json!([{}]),
             json!([1, "a,b", {"k": "]}"}, [1, [2]], null, "q\"uo]te\\", {"a": {"b": [{}]}}]),
             json!([sent(), sent()]),
         ];
+        // Strings with a quote or a backslash at every offset of the 8-byte reads, and none.
+        for n in 0..20 {
+            let plain = "é".repeat(n % 3) + &"x".repeat(n);
+            cases.push(json!([format!("{plain}\""), format!("{plain}\\"), format!("\"{plain}"), plain.clone(), {"k": format!("{plain}\\\"]")}, [plain]]));
+        }
         for c in &cases {
             for text in [serde_json::to_string(c).unwrap(), serde_json::to_string_pretty(c).unwrap(), format!("  \n{}\t ", serde_json::to_string_pretty(c).unwrap())] {
                 let parts = array_elements(text.as_bytes()).expect(&text);

@@ -7,6 +7,7 @@
 
 pub mod check;
 pub mod fast;
+pub mod json;
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};

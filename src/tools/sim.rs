@@ -99,24 +99,44 @@ impl Cohort {
     pub fn next_json(&mut self, now: DateTime<Utc>, out: &mut Vec<u8>) -> usize {
         let s = self.step(now);
         let l = &self.learners[s.learner];
-        let mut content = itoa::Buffer::new();
-        let content_id = ["video-", content.format(l.video)].concat();
         let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        let wire = Wire {
-            client_ts: &s.client_ts,
-            cohort_id: &l.cohort,
-            content_id: &content_id,
-            course_id: &l.course,
-            event_id: s.event_id.hyphenated().encode_lower(&mut id),
-            event_type: s.event_type,
-            event_version: "2.3",
-            institution_id: l.institution,
-            learner: WireLearner { external_id: &l.external_id, institution: l.institution },
-            position_sec: s.position,
-            props: WireProps { platform: s.platform, score: s.score.as_deref() },
-            session_id: l.session.as_deref().unwrap_or("ended"),
-        };
-        serde_json::to_writer(out, &wire).expect("an event serialises");
+        let event_id = s.event_id.hyphenated().encode_lower(&mut id);
+        // Written by hand, in the order and form `serde_json` writes `next`'s value (keys sorted,
+        // compact): every string here is made by the simulation (ids, names, timestamps, numbers
+        // formatted above) and needs no escaping (`next_json_writes_what_next_makes` checks the bytes).
+        out.extend_from_slice(b"{\"client_ts\":");
+        raw_str(out, &s.client_ts);
+        out.extend_from_slice(b",\"cohort_id\":");
+        raw_str(out, &l.cohort);
+        out.extend_from_slice(b",\"content_id\":\"video-");
+        out.extend_from_slice(itoa::Buffer::new().format(l.video).as_bytes());
+        out.push(b'"');
+        out.extend_from_slice(b",\"course_id\":");
+        raw_str(out, &l.course);
+        out.extend_from_slice(b",\"event_id\":");
+        raw_str(out, event_id);
+        out.extend_from_slice(b",\"event_type\":");
+        raw_str(out, s.event_type);
+        out.extend_from_slice(b",\"event_version\":\"2.3\",\"institution_id\":");
+        raw_str(out, l.institution);
+        out.extend_from_slice(b",\"learner\":{\"external_id\":");
+        raw_str(out, &l.external_id);
+        out.extend_from_slice(b",\"institution\":");
+        raw_str(out, l.institution);
+        out.extend_from_slice(b"},\"position_sec\":");
+        match s.position {
+            Some(p) => out.extend_from_slice(itoa::Buffer::new().format(p).as_bytes()),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"props\":{\"platform\":");
+        raw_str(out, s.platform);
+        if let Some(score) = &s.score {
+            out.extend_from_slice(b",\"score\":");
+            raw_str(out, score);
+        }
+        out.extend_from_slice(b"},\"session_id\":");
+        raw_str(out, l.session.as_deref().unwrap_or("ended"));
+        out.push(b'}');
         s.learner
     }
 
@@ -207,34 +227,13 @@ struct Step {
     event_id: uuid::Uuid,
 }
 
-/// The event as [`Cohort::next`]'s value serialises: the same keys in the same (sorted) order.
-#[derive(serde::Serialize)]
-struct Wire<'a> {
-    client_ts: &'a str,
-    cohort_id: &'a str,
-    content_id: &'a str,
-    course_id: &'a str,
-    event_id: &'a str,
-    event_type: &'a str,
-    event_version: &'a str,
-    institution_id: &'a str,
-    learner: WireLearner<'a>,
-    position_sec: Option<u32>,
-    props: WireProps<'a>,
-    session_id: &'a str,
-}
-
-#[derive(serde::Serialize)]
-struct WireLearner<'a> {
-    external_id: &'a str,
-    institution: &'a str,
-}
-
-#[derive(serde::Serialize)]
-struct WireProps<'a> {
-    platform: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    score: Option<&'a str>,
+/// `s` as a JSON string, without escaping: the simulation's strings need none (no quote,
+/// backslash or control character), as a debug build checks.
+fn raw_str(out: &mut Vec<u8>, s: &str) {
+    debug_assert!(s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\'), "{s:?} needs escaping");
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
 }
 
 /// The same event as an xAPI statement (video and ADL verbs), for `--via xapi`.
