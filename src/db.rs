@@ -13,9 +13,18 @@ use crate::config::Settings;
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
-/// Create the database if missing, then apply pending migrations.
+/// Create the database if missing, then apply pending migrations. Refused when the runtime
+/// connection names another database than the owner connection: the migrations would go
+/// to one and the service would use the other (its tables missing, or another's).
 pub async fn migrate(settings: &Settings) -> Result<(), sqlx::Error> {
     let url = settings.database.admin_url.expose_secret();
+    if let (Some(db), Some(admin)) = (database_name(settings.database.url.expose_secret()), database_name(url)) {
+        if db != admin {
+            return Err(sqlx::Error::Configuration(
+                format!("LEARNVAULT_DATABASE_URL names database {db:?} but LEARNVAULT_ADMIN_DATABASE_URL (migrations) names {admin:?}: set both to the same database").into(),
+            ));
+        }
+    }
     if !Postgres::database_exists(url).await? {
         match Postgres::create_database(url).await {
             Ok(()) => {}
@@ -28,6 +37,14 @@ pub async fn migrate(settings: &Settings) -> Result<(), sqlx::Error> {
     MIGRATOR.run(&pool).await?;
     pool.close().await;
     Ok(())
+}
+
+/// The database a postgres:// URL names (its path), if it names one.
+fn database_name(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://"))?;
+    let path = rest.split_once('/')?.1;
+    let name = path.split(['?', '#']).next().unwrap_or_default();
+    (!name.is_empty()).then_some(name)
 }
 
 /// A pooled connection idle at most this long is handed out without a ping (HikariCP's
@@ -51,4 +68,15 @@ pub fn connect(settings: &Settings) -> Result<PgPool, sqlx::Error> {
             })
         })
         .connect_lazy(settings.database.url.expose_secret())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_url_names_its_database_without_its_options() {
+        assert_eq!(super::database_name("postgres://app:pw@db.example:5432/learnvault?sslmode=require"), Some("learnvault"));
+        assert_eq!(super::database_name("postgresql://u@h/other#x"), Some("other"));
+        assert_eq!(super::database_name("postgres://u@h"), None);
+        assert_eq!(super::database_name("mysql://u@h/db"), None);
+    }
 }

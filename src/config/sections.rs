@@ -98,24 +98,7 @@ impl Section for DatabaseSettings {
             }
         }
         p.at_least("LEARNVAULT_DB_MAX_CONNECTIONS", self.max_connections, 1);
-        // Migrations run over the owner connection, the service over the runtime one: on two
-        // databases the service would find none of its tables (or another's).
-        if let (Some(db), Some(admin)) = (database_name(self.url.expose_secret()), database_name(self.admin_url.expose_secret())) {
-            if db != admin {
-                p.push(format!(
-                    "LEARNVAULT_DATABASE_URL names database {db:?} but LEARNVAULT_ADMIN_DATABASE_URL (migrations) names {admin:?}: set both to the same database"
-                ));
-            }
-        }
     }
-}
-
-/// The database a postgres:// URL names (its path), if it names one.
-fn database_name(url: &str) -> Option<&str> {
-    let rest = url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://"))?;
-    let path = rest.split_once('/')?.1;
-    let name = path.split(['?', '#']).next().unwrap_or_default();
-    (!name.is_empty()).then_some(name)
 }
 
 /// The identity vault (`vault`): its master key and single issuance.
