@@ -169,13 +169,18 @@ pub fn identity_in(s: &str, external_ids: &ExternalIds) -> Option<&'static str> 
     if uuid::Uuid::parse_str(s).is_ok() || looks_like_a_time(s) {
         return None;
     }
-    let written_as_phone = phone().find_iter(s).any(|m| {
+    written_as_phone(s).then_some("phone")
+}
+
+/// Whether `s` holds a phone number as people write one: separated (`+`, spaces, dashes), or
+/// the whole string a run of at most 15 digits that is not an epoch timestamp.
+fn written_as_phone(s: &str) -> bool {
+    phone().find_iter(s).any(|m| {
         let m = m.as_str();
         let digits = m.chars().filter(char::is_ascii_digit).count();
         let separated = m.starts_with('+') || m.chars().any(|c| !c.is_ascii_digit());
         digits <= 15 && (separated || (m.len() == s.trim().len() && !looks_like_an_epoch(m)))
-    });
-    written_as_phone.then_some("phone")
+    })
 }
 
 /// A request's external ids, to find in its events' strings: each string is scanned once per
@@ -451,7 +456,7 @@ mod screening_tests {
 
     /// `identity_in` as it was before its pre-checks: every pattern on every string.
     fn identity_in_unfiltered(s: &str, external_ids: &super::ExternalIds) -> Option<&'static str> {
-        use super::{email, looks_like_a_time, looks_like_an_epoch, phone};
+        use super::{email, looks_like_a_time, written_as_phone};
         if external_ids.found_in(s) {
             return Some("external_id");
         }
@@ -461,13 +466,7 @@ mod screening_tests {
         if uuid::Uuid::parse_str(s).is_ok() || looks_like_a_time(s) {
             return None;
         }
-        let written_as_phone = phone().find_iter(s).any(|m| {
-            let m = m.as_str();
-            let digits = m.chars().filter(char::is_ascii_digit).count();
-            let separated = m.starts_with('+') || m.chars().any(|c| !c.is_ascii_digit());
-            digits <= 15 && (separated || (m.len() == s.trim().len() && !looks_like_an_epoch(m)))
-        });
-        written_as_phone.then_some("phone")
+        written_as_phone(s).then_some("phone")
     }
 
     #[test]
