@@ -55,13 +55,14 @@ pub struct Stream {
     landings: tokio::sync::watch::Receiver<u64>,
     /// When this stream last stepped.
     stepped: Option<Instant>,
-    /// Unix milliseconds when the refresh behind what this stream shows started (0: none).
+    /// Unix milliseconds before which every landed batch is in what this stream shows (0: none).
     as_of_ms: i64,
 }
 
 impl Stream {
-    /// Unix milliseconds when the refresh behind the views this stream shows started:
-    /// every batch landed before it is in them (0 before its first views).
+    /// Unix milliseconds before which every landed batch is in the views this stream shows:
+    /// `live.coalesce_ms` before the start of the refresh behind them, whose queries may share
+    /// rows that old (0 before its first views).
     pub fn as_of_ms(&self) -> i64 {
         self.as_of_ms
     }

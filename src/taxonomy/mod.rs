@@ -363,29 +363,29 @@ pub(crate) mod tests {
     /// gateway's typed read and its generic one) must agree. Each test adds its own.
     pub(crate) fn edge_edits() -> Vec<Box<dyn Fn(&mut Value)>> {
         vec![
-                Box::new(|g| g["position_sec"] = Value::Null),
-                Box::new(|g| {
-                    g.as_object_mut().unwrap().remove("position_sec");
-                }),
-                Box::new(|g| g["position_sec"] = json!(4_294_967_296u64)),
-                Box::new(|g| g["position_sec"] = json!(-1)),
-                Box::new(|g| g["position_sec"] = json!(5.0)),
-                Box::new(|g| g["client_ts"] = Value::Null),
-                Box::new(|g| g["server_ts"] = Value::Null),
-                Box::new(|g| g["server_ts"] = json!("not a time")),
-                Box::new(|g| g["course_id"] = json!("x".repeat(129))),
-                Box::new(|g| g["course_id"] = json!("tab\there")),
-                Box::new(|g| g["course_id"] = json!("quote\"d")),
-                Box::new(|g| g["course_id"] = json!("é-ünïcode")),
-                Box::new(|g| g["course_id"] = Value::Null),
-                Box::new(|g| g["session_id"] = Value::Null),
-                Box::new(|g| g["event_type"] = json!("content.teleport")),
-                Box::new(|g| g["event_version"] = json!("9.9")),
-                Box::new(|g| g["props"] = Value::Null),
-                Box::new(|g| g["props"] = json!({"k": 1})),
-                Box::new(|g| g["props"] = json!({"": "v"})),
-                Box::new(|g| g["props"] = json!({"k": "v".repeat(1025)})),
-                Box::new(|g| g["extra"] = json!("field")),
+            Box::new(|g| g["position_sec"] = Value::Null),
+            Box::new(|g| {
+                g.as_object_mut().unwrap().remove("position_sec");
+            }),
+            Box::new(|g| g["position_sec"] = json!(4_294_967_296u64)),
+            Box::new(|g| g["position_sec"] = json!(-1)),
+            Box::new(|g| g["position_sec"] = json!(5.0)),
+            Box::new(|g| g["client_ts"] = Value::Null),
+            Box::new(|g| g["server_ts"] = Value::Null),
+            Box::new(|g| g["server_ts"] = json!("not a time")),
+            Box::new(|g| g["course_id"] = json!("x".repeat(129))),
+            Box::new(|g| g["course_id"] = json!("tab\there")),
+            Box::new(|g| g["course_id"] = json!("quote\"d")),
+            Box::new(|g| g["course_id"] = json!("é-ünïcode")),
+            Box::new(|g| g["course_id"] = Value::Null),
+            Box::new(|g| g["session_id"] = Value::Null),
+            Box::new(|g| g["event_type"] = json!("content.teleport")),
+            Box::new(|g| g["event_version"] = json!("9.9")),
+            Box::new(|g| g["props"] = Value::Null),
+            Box::new(|g| g["props"] = json!({"k": 1})),
+            Box::new(|g| g["props"] = json!({"": "v"})),
+            Box::new(|g| g["props"] = json!({"k": "v".repeat(1025)})),
+            Box::new(|g| g["extra"] = json!("field")),
         ]
     }
 
