@@ -17,6 +17,22 @@ if ! command -v pg_ctlcluster >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql postgresql-client >/dev/null
 fi
 
+# learnvault's settings (ops/postgres/learnvault.conf) in the cluster's conf.d; a running
+# server is restarted once when they change (shared_buffers needs a restart).
+here=$(cd "$(dirname "$0")" && pwd)
+version=$(ls /etc/postgresql | sort -V | tail -n 1)
+conf=/etc/postgresql/$version/main/conf.d/learnvault.conf
+if ! cmp -s "$here/postgres/learnvault.conf" "$conf"; then
+  say "installing learnvault's settings in $conf"
+  $SUDO mkdir -p "$(dirname "$conf")"
+  $SUDO cp "$here/postgres/learnvault.conf" "$conf"
+  if answers; then
+    say "restarting PostgreSQL $version for them"
+    $SUDO pg_ctlcluster --skip-systemctl-redirect "$version" main restart
+    for _ in $(seq 1 60); do answers && break; sleep 0.5; done
+  fi
+fi
+
 if ! answers; then
   version=$(ls /etc/postgresql | sort -V | tail -n 1)
   say "starting PostgreSQL $version"

@@ -39,6 +39,26 @@ pub async fn migrate(settings: &Settings) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// `url` naming database `name` instead of its own (its query string kept).
+pub fn with_database(url: &str, name: &str) -> Option<String> {
+    let old = database_name(url)?;
+    let end = url.find(['?', '#']).unwrap_or(url.len());
+    let at = url[..end].rfind('/')? + 1;
+    debug_assert_eq!(&url[at..at + old.len()], old);
+    Some(format!("{}{name}{}", &url[..at], &url[at + old.len()..]))
+}
+
+/// Drop the database `admin_url` names, closing its other sessions (a benchmark's scratch
+/// database, once the benchmark is done).
+pub async fn drop_database(admin_url: &str) -> Result<(), sqlx::Error> {
+    let name = database_name(admin_url).ok_or_else(|| sqlx::Error::Configuration("the URL names no database".into()))?;
+    let maintenance = with_database(admin_url, "postgres").expect("it names one");
+    let pool = PgPoolOptions::new().max_connections(1).connect(&maintenance).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", name.replace('"', "\"\""))).execute(&pool).await?;
+    pool.close().await;
+    Ok(())
+}
+
 /// The database a postgres:// URL names (its path), if it names one.
 fn database_name(url: &str) -> Option<&str> {
     let rest = url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://"))?;
@@ -76,6 +96,14 @@ mod tests {
     fn a_url_names_its_database_without_its_options() {
         assert_eq!(super::database_name("postgres://app:pw@db.example:5432/learnvault?sslmode=require"), Some("learnvault"));
         assert_eq!(super::database_name("postgresql://u@h/other#x"), Some("other"));
+        assert_eq!(
+            super::with_database("postgres://app:pw@db.example:5432/learnvault?sslmode=require", "lv_bench_x").as_deref(),
+            Some("postgres://app:pw@db.example:5432/lv_bench_x?sslmode=require")
+        );
+        assert_eq!(
+            super::with_database("postgres://learnvault_app@127.0.0.1:5432/learnvault", "x").as_deref(),
+            Some("postgres://learnvault_app@127.0.0.1:5432/x")
+        );
         assert_eq!(super::database_name("postgres://u@h"), None);
         assert_eq!(super::database_name("mysql://u@h/db"), None);
     }

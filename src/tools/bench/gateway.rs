@@ -42,10 +42,7 @@ pub struct GatewayArgs {
 }
 
 pub async fn run(mut settings: Settings, args: GatewayArgs) -> anyhow::Result<ExitCode> {
-    let (id, data) = super::own_run(&mut settings, "bench-gw", "gw");
-    let db = format!("learnvault_bench_gw_{id}");
-    settings.database.url = format!("postgres://learnvault_app@127.0.0.1:5432/{db}").into();
-    settings.database.admin_url = format!("postgres://postgres@127.0.0.1:5432/{db}").into();
+    let (_, data) = super::own_run(&mut settings, "bench-gw", "gw");
     settings.listen = "127.0.0.1:0".into();
     let base = spawn_gateway(&settings).await?;
     println!("learnvault bench gateway  server={base}  batch={}  concurrency={}  learners={}", args.batch, args.concurrency, args.learners);
@@ -83,6 +80,7 @@ pub async fn run(mut settings: Settings, args: GatewayArgs) -> anyhow::Result<Ex
         let _ = std::fs::remove_dir_all(&data);
         r?;
     }
+    super::drop_own_database(&settings).await;
     Ok(ExitCode::SUCCESS)
 }
 

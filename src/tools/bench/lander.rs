@@ -54,6 +54,11 @@ pub struct LanderArgs {
     /// cost of deduplication is measured in one run. The freshness phase runs with it on.
     #[arg(long)]
     dedup_compare: bool,
+    /// Event-id claims already in the run's own (fresh) database before the timed phases:
+    /// a deduplication window's worth (rate x window) makes each claim an insert into a
+    /// larger index.
+    #[arg(long, default_value_t = 0)]
+    base_claims: u64,
     /// Only measure the candidate deduplication mechanisms on batches of 20,000 event ids
     /// against 1,000,000 remembered ones: claims in PostgreSQL (what the lander does) and a
     /// lookup-then-insert in a ClickHouse table ordered by event id; then stop.
@@ -164,6 +169,15 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
     let pool = crate::db::connect(settings)?;
     if args.dedup_probe {
         return dedup_probe(&pool, wh).await;
+    }
+    if args.base_claims > 0 {
+        let started = Instant::now();
+        sqlx::query("INSERT INTO ingest_event_ids (event_id, batch) SELECT gen_random_uuid(), 0 FROM generate_series(1, $1)")
+            .bind(args.base_claims as i64)
+            .execute(&pool)
+            .await?;
+        sqlx::query("VACUUM ANALYZE ingest_event_ids").execute(&pool).await.ok();
+        println!("claims already held: {} event ids (inserted in {:.1}s)", args.base_claims, started.elapsed().as_secs_f64());
     }
     // Learners in the vault (the lander refuses unknown pseudonyms).
     let vault = Vault::new(pool.clone(), MasterKey::load(settings)?, 1);

@@ -10,6 +10,7 @@ mod serve_live;
 mod signals;
 
 use anyhow::Context;
+use secrecy::ExposeSecret;
 use clap::Subcommand;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
@@ -127,6 +128,14 @@ where
 /// (`bench-{name}-{id}`) and its engine data path (returned, under the temporary directory).
 fn own_run(settings: &mut Settings, topic: &str, name: &str) -> (String, std::path::PathBuf) {
     let id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    // Its own database (created by the migrations, dropped at the end): the claims and
+    // intents of earlier runs do not make this one slower.
+    let db = format!("lv_bench_{name}_{id}");
+    for url in [&mut settings.database.url, &mut settings.database.admin_url] {
+        if let Some(own) = crate::db::with_database(url.expose_secret(), &db) {
+            *url = own.into();
+        }
+    }
     let data = std::env::temp_dir().join(format!("lv-bench-{name}-{id}"));
     settings.warehouse.url = format!("chdb://{}", data.display());
     settings.kafka.events_topic = format!("{topic}-{id}");
@@ -149,7 +158,15 @@ where
     let result = phases(wh.clone()).await;
     wh.close();
     let _ = std::fs::remove_dir_all(data);
+    drop_own_database(settings).await;
     result
+}
+
+/// Drop the run's own database ([`own_run`]).
+async fn drop_own_database(settings: &Settings) {
+    if let Err(e) = crate::db::drop_database(settings.database.admin_url.expose_secret()).await {
+        eprintln!("cannot drop the run's database: {e}");
+    }
 }
 
 pub async fn run(settings: Settings, cmd: BenchCommand) -> anyhow::Result<ExitCode> {
