@@ -209,7 +209,8 @@ pub struct WarehouseSettings {
     pub url: String,
     /// Path of `libchdb.so` (installed by `ops/install-chdb.sh`; default: its cache).
     pub chdb_lib: Option<PathBuf>,
-    /// Connections to the embedded engine (one per concurrent worker).
+    /// Connections to the embedded engine (one per concurrent worker), plus one the engine keeps
+    /// for the individual view's short reads (`Lane::Interactive`).
     pub chdb_connections: usize,
     /// Threads of the embedded engine's merge and mutation pool (chDB's own default of 2 makes
     /// an erasure's mutations queue behind merges for tens of seconds).

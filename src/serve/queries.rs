@@ -14,6 +14,14 @@ pub struct Shape {
     pub individual: bool,
 }
 
+impl Shape {
+    /// One learner's short reads (`learner_*`: the drill-down's check and timeline, the
+    /// features) take the engine's interactive connection ([`crate::warehouse::Warehouse::query_interactive`]).
+    pub fn interactive(&self) -> bool {
+        self.name.starts_with("learner_")
+    }
+}
+
 /// Enrolled -> started -> completed -> assessed per cohort over a date range.
 pub const FUNNEL: Shape = Shape {
     name: "funnel",

@@ -79,6 +79,14 @@ fn load(path: &Path) -> Result<&'static Api, WarehouseError> {
     api.as_ref().map_err(|e| WarehouseError::Unavailable(e.clone()))
 }
 
+/// Which connections a statement may use ([`Engine`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    General,
+    /// A short read a person waits for, made rarely (the individual view).
+    Interactive,
+}
+
 /// An open connection handle. Guarded by a `Mutex` in [`Engine`].
 struct Handle(*mut Conn);
 // SAFETY: a handle is only used under its mutex, by one thread at a time.
@@ -112,9 +120,12 @@ fn close_handle(h: &mut Handle) {
     }
 }
 
-/// The embedded engine: `n` connections to one data path.
+/// The embedded engine: `n` connections to one data path, and one more kept for short
+/// interactive reads ([`Lane::Interactive`]: the individual view), so that those never wait
+/// for a connection held by an insert, a rollup refresh or a scan.
 pub struct Engine {
     api: &'static Api,
+    /// The general connections, then the interactive one (last).
     conns: Vec<&'static Mutex<Handle>>,
     next: std::sync::atomic::AtomicUsize,
     pub version: String,
@@ -146,7 +157,7 @@ impl Engine {
         }
         std::fs::create_dir_all(data_path).map_err(|e| WarehouseError::Unavailable(format!("{}: {e}", data_path.display())))?;
         let mut conns = Vec::new();
-        for _ in 0..connections {
+        for _ in 0..connections + 1 {
             // The engine's merge/mutation pool: chDB's own default is 2 threads (4 tasks), so an
             // erasure's mutations wait behind background merges and their scheduler backs off
             // for seconds; ClickHouse server's default is 16.
@@ -174,8 +185,26 @@ impl Engine {
     /// A free connection if one is (starting from the next in turn), else the next in turn:
     /// a short statement does not queue behind a long scan or an insert while another
     /// connection idles.
-    fn conn(&self) -> Result<std::sync::MutexGuard<'static, Handle>, WarehouseError> {
-        let n = self.conns.len();
+    /// Interactive reads take the interactive connection, or a free general one when another
+    /// interactive read holds it; other statements only the general ones.
+    fn conn(&self, lane: Lane) -> Result<std::sync::MutexGuard<'static, Handle>, WarehouseError> {
+        let general = self.conns.len() - 1;
+        if lane == Lane::Interactive {
+            let own = self.conns[general];
+            match own.try_lock() {
+                Ok(h) => return Ok(h),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    for c in &self.conns[..general] {
+                        if let Ok(h) = c.try_lock() {
+                            return Ok(h);
+                        }
+                    }
+                    return own.lock().map_err(|_| WarehouseError::Unavailable("connection poisoned".into()));
+                }
+                Err(std::sync::TryLockError::Poisoned(_)) => return Err(WarehouseError::Unavailable("connection poisoned".into())),
+            }
+        }
+        let n = general;
         let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n;
         for k in 0..n {
             match self.conns[(i + k) % n].try_lock() {
@@ -188,8 +217,8 @@ impl Engine {
     }
 
     /// Run one statement with `{name:Type}` parameters; returns the output in `format`.
-    pub fn query(&self, sql: &str, format: &str, params: &[(&str, String)]) -> Result<Vec<u8>, WarehouseError> {
-        let h = self.conn()?;
+    pub fn query(&self, sql: &str, format: &str, params: &[(&str, String)], lane: Lane) -> Result<Vec<u8>, WarehouseError> {
+        let h = self.conn(lane)?;
         if h.0.is_null() {
             return Err(WarehouseError::Unavailable("the embedded engine is closed".into()));
         }
@@ -233,7 +262,7 @@ impl Engine {
 
     /// Stream `data` (in `format`) into `insert_sql` (an INSERT without FORMAT or data).
     pub fn insert(&self, insert_sql: &str, format: &str, data: &[u8]) -> Result<(), WarehouseError> {
-        let h = self.conn()?;
+        let h = self.conn(Lane::General)?;
         if h.0.is_null() {
             return Err(WarehouseError::Unavailable("the embedded engine is closed".into()));
         }

@@ -201,7 +201,17 @@ impl Warehouse {
 
     /// Run a statement, returning its output as `JSONEachRow` objects.
     pub async fn query(&self, sql: &str, params: &[(&str, String)]) -> Result<Vec<Value>, WarehouseError> {
-        let out = self.raw(sql, "JSONEachRow", params).await?;
+        self.query_in(chdb::Lane::General, sql, params).await
+    }
+
+    /// [`Warehouse::query`] for a short read a person waits for (the individual view): on the
+    /// embedded engine it has a connection of its own, never held by an insert or a scan.
+    pub async fn query_interactive(&self, sql: &str, params: &[(&str, String)]) -> Result<Vec<Value>, WarehouseError> {
+        self.query_in(chdb::Lane::Interactive, sql, params).await
+    }
+
+    async fn query_in(&self, lane: chdb::Lane, sql: &str, params: &[(&str, String)]) -> Result<Vec<Value>, WarehouseError> {
+        let out = self.raw_in(lane, sql, "JSONEachRow", params).await?;
         out.split(|b| *b == b'\n')
             .filter(|l| !l.is_empty())
             .map(|l| serde_json::from_slice(l).map_err(|e| WarehouseError::Rejected(format!("unreadable output: {e}"))))
@@ -215,8 +225,12 @@ impl Warehouse {
 
     /// Run a statement, returning its raw output in `format`.
     pub async fn raw(&self, sql: &str, format: &str, params: &[(&str, String)]) -> Result<Vec<u8>, WarehouseError> {
+        self.raw_in(chdb::Lane::General, sql, format, params).await
+    }
+
+    async fn raw_in(&self, lane: chdb::Lane, sql: &str, format: &str, params: &[(&str, String)]) -> Result<Vec<u8>, WarehouseError> {
         let started = std::time::Instant::now();
-        let out = self.raw_untimed(sql, format, params).await;
+        let out = self.raw_untimed(lane, sql, format, params).await;
         // The statement's text only (parameters are values, never logged); a slow one at info.
         let ms = started.elapsed().as_millis() as u64;
         // The text is cut and flattened only when it is logged (every query passes here).
@@ -229,14 +243,14 @@ impl Warehouse {
         out
     }
 
-    async fn raw_untimed(&self, sql: &str, format: &str, params: &[(&str, String)]) -> Result<Vec<u8>, WarehouseError> {
+    async fn raw_untimed(&self, lane: chdb::Lane, sql: &str, format: &str, params: &[(&str, String)]) -> Result<Vec<u8>, WarehouseError> {
         match self {
             Warehouse::Embedded(e) => {
                 let (e, sql, format) = (e.clone(), sql.to_owned(), format.to_owned());
                 let params: Vec<(String, String)> = params.iter().map(|(n, v)| (n.to_string(), v.clone())).collect();
                 tokio::task::spawn_blocking(move || {
                     let p: Vec<(&str, String)> = params.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
-                    e.query(&sql, &format, &p)
+                    e.query(&sql, &format, &p, lane)
                 })
                 .await
                 .map_err(|e| WarehouseError::Unavailable(format!("engine task failed: {e}")))?

@@ -124,6 +124,41 @@ where
     phase
 }
 
+/// `rate` calls per second for `duration`, each started on its schedule whatever the earlier
+/// ones are doing (an open loop: what independent users do); a call's latency counts from its
+/// scheduled start, so a stall is not hidden by calls not being made meanwhile.
+pub(super) async fn open_loop<F, Fut>(name: &str, rate: f64, duration: Duration, call: F) -> Phase
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
+    let started = Instant::now();
+    let period = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    let mut tasks = Vec::new();
+    let mut i = 0u64;
+    loop {
+        let at = started + period.mul_f64(i as f64);
+        if at >= started + duration {
+            break;
+        }
+        tokio::time::sleep_until(at.into()).await;
+        let fut = call(i);
+        tasks.push(tokio::spawn(async move {
+            let ok = fut.await;
+            (ok, at.elapsed())
+        }));
+        i += 1;
+    }
+    let mut phase = Phase { name: name.into(), ok: 0, errors: 0, elapsed: Duration::ZERO, hist: new_hist() };
+    for t in tasks {
+        let (ok, took) = t.await.expect("bench task");
+        let _ = phase.hist.record(took.as_micros().max(1) as u64);
+        if ok { phase.ok += 1 } else { phase.errors += 1 }
+    }
+    phase.elapsed = started.elapsed();
+    phase
+}
+
 /// A run of its own: a random id naming its topics (`{topic}-{id}`, `.dlq`), its consumer group
 /// (`bench-{name}-{id}`) and its engine data path (returned, under the temporary directory).
 fn own_run(settings: &mut Settings, topic: &str, name: &str) -> (String, std::path::PathBuf) {

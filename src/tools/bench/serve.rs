@@ -34,10 +34,13 @@ pub struct ServeArgs {
     /// Concurrent viewers per phase.
     #[arg(long, default_value_t = 50)]
     viewers: usize,
-    /// Concurrent advisors drilling down (each one learner's timeline, in a closed loop),
+    /// Concurrent advisors drilling down in the closed-loop phase (each its learner-in-course check and timeline),
     /// while the lander lands. A drill-down is a rare, rate-limited act: a handful at once.
     #[arg(long, default_value_t = 5)]
     advisors: usize,
+    /// Drill-downs per second in the open-loop drill-down phase.
+    #[arg(long, default_value_t = 2.0)]
+    drilldown_rate: f64,
     /// Duration of each phase.
     #[arg(long, default_value = "10s")]
     duration: String,
@@ -66,15 +69,13 @@ pub async fn run(mut settings: Settings, args: ServeArgs) -> anyhow::Result<Exit
     if let Some(p) = args.phases.iter().find(|p| !["views", "drilldown", "live"].contains(&p.as_str())) {
         anyhow::bail!("--phases: unknown phase {p:?} (views, drilldown, live)");
     }
-    let (id, data) = super::own_run(&mut settings, "bench-serve", "serve");
-    let db = format!("learnvault_bench_serve_{id}");
-    settings.database.url = format!("postgres://learnvault_app@127.0.0.1:5432/{db}").into();
-    settings.database.admin_url = format!("postgres://postgres@127.0.0.1:5432/{db}").into();
+    let (_, data) = super::own_run(&mut settings, "bench-serve", "serve");
     if let Some(kept) = &args.data {
         settings.warehouse.url = format!("chdb://{}", kept.display());
         let wh = Warehouse::open(&settings)?;
         let result = phases(&settings, &wh, &args).await;
         wh.close();
+        super::drop_own_database(&settings).await;
         return result;
     }
     let (s, a) = (&settings, &args);
@@ -177,7 +178,10 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &ServeArgs) -> anyhow
         let phase = closed_loop(name, args.viewers, duration, move |task, i| view(sv.clone(), course(task as u64 * 7 + i), range, t)).await;
         phase.print("views", 1);
     }
-    // The drill-down read (authorisation and audit are the API's; this is the timeline query).
+    // The drill-down's engine reads, as the API makes them (authorisation and the audit entry
+    // are PostgreSQL's): the learner-in-course check, then the timeline. Advisors at a rate
+    // (open loop; the policy admits `drilldown.max_per_hour` per advisor, so 2/s is 720
+    // advisors at their limit at once), then in a closed loop (saturation, for comparison).
     if run("drilldown") {
         let learners: Vec<uuid::Uuid> = wh
             .query("SELECT DISTINCT learner_id FROM agg.learner_day_by_cohort WHERE course_id = 'course-3' LIMIT 1000", &[])
@@ -186,16 +190,22 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &ServeArgs) -> anyhow
             .filter_map(|r| r["learner_id"].as_str().and_then(|s| s.parse().ok()))
             .collect();
         let learners = Arc::new(learners);
-        let sv2 = sv.clone();
-        let phase = closed_loop("drill-down", args.advisors, duration, move |task, i| {
-            let (sv, learners) = (sv2.clone(), learners.clone());
-            async move {
-                let l = learners[(task * 31 + i as usize) % learners.len().max(1)];
-                sv.timeline(&Ident::parse("course_id", "course-3").expect("valid"), l).await.is_ok()
-            }
+        let drill = |sv: Arc<Serve>, l: uuid::Uuid| async move {
+            let course = Ident::parse("course_id", "course-3").expect("valid");
+            matches!(sv.is_learner_of(&course, l).await, Ok(true)) && sv.timeline(&course, l).await.is_ok()
+        };
+        let (sv2, l2) = (sv.clone(), learners.clone());
+        let phase = super::open_loop(&format!("drill-down {}/s", args.drilldown_rate), args.drilldown_rate, duration, move |i| {
+            drill(sv2.clone(), l2[(i as usize * 31) % l2.len().max(1)])
         })
         .await;
-        phase.print("timelines", 1);
+        phase.print("drill-downs", 1);
+        let (sv2, l2) = (sv.clone(), learners.clone());
+        let phase = closed_loop(&format!("drill-down x{}", args.advisors), args.advisors, duration, move |task, i| {
+            drill(sv2.clone(), l2[(task * 31 + i as usize) % l2.len().max(1)])
+        })
+        .await;
+        phase.print("drill-downs", 1);
     }
     if args.live_streams > 0 && run("live") {
         super::serve_live::live_phase(&sv, landing.as_ref(), args.live_streams, duration, range, t).await?;
