@@ -132,25 +132,6 @@ pub async fn live_configs(brokers: &str, names: &[&str]) -> Result<BTreeMap<Stri
     Ok(out)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_shipped_policy_gives_both_topics_a_retention() {
-        let settings = Settings { policy_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/policies").into(), ..Settings::default() };
-        let s = specs(&settings).unwrap();
-        assert_eq!(s[0].name, "learning-events");
-        assert_eq!(s[0].retention_ms, Some(7 * 86_400_000));
-        assert_eq!(s[1].retention_ms, Some(14 * 86_400_000));
-        assert_eq!(s[1].config(), vec![
-                ("cleanup.policy", "delete".to_owned()),
-                ("retention.ms", "1209600000".to_owned()),
-                ("segment.ms", "86400000".to_owned())
-            ]);
-    }
-}
-
 /// A consumer that reads by hand: assigned partitions, outside any group (`group` is a prefix
 /// made unique), never committing, told each partition's end (`enable.partition.eof`).
 pub fn reader(brokers: &str, group: &str) -> Result<BaseConsumer, KafkaError> {
@@ -195,4 +176,23 @@ pub fn read_until_closed(
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_policy_gives_both_topics_a_retention() {
+        let settings = Settings { policy_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/policies").into(), ..Settings::default() };
+        let s = specs(&settings).unwrap();
+        assert_eq!(s[0].name, "learning-events");
+        assert_eq!(s[0].retention_ms, Some(7 * 86_400_000));
+        assert_eq!(s[1].retention_ms, Some(14 * 86_400_000));
+        assert_eq!(s[1].config(), vec![
+                ("cleanup.policy", "delete".to_owned()),
+                ("retention.ms", "1209600000".to_owned()),
+                ("segment.ms", "86400000".to_owned())
+            ]);
+    }
 }
