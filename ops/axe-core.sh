@@ -5,19 +5,17 @@
 set -euo pipefail
 VERSION=4.10.3
 SHA256=880970c081707360e64f34cea25ff91892f5bc95675b0776925b9709dd8a68bb
-say() { printf '[axe-core] %s\n' "$*" >&2; }
+. "$(dirname "$0")/lib.sh"
 
 dir="${XDG_CACHE_HOME:-$HOME/.cache}/learnvault/axe-core-$VERSION"
 file="$dir/axe.min.js"
-ok() { [ -f "$file" ] && echo "$SHA256  $file" | sha256sum -c --quiet - >/dev/null 2>&1; }
-if ! ok; then
+if ! pinned "$file"; then
   command -v npm >/dev/null 2>&1 || { say "npm is needed to fetch axe-core (apt-get install npm)"; exit 1; }
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
   say "fetching axe-core@$VERSION from the npm registry"
   (cd "$tmp" && npm pack --silent "axe-core@$VERSION" >/dev/null && tar xzf "axe-core-$VERSION.tgz")
-  got=$(sha256sum "$tmp/package/axe.min.js" | cut -d' ' -f1)
-  [ "$got" = "$SHA256" ] || { say "SHA-256 mismatch: got $got, want $SHA256"; exit 1; }
+  require_pinned "$tmp/package/axe.min.js"
   mkdir -p "$dir"
   cp "$tmp/package/axe.min.js" "$file.tmp.$$" && mv "$file.tmp.$$" "$file"   # atomic: tests may run it at once
 fi

@@ -8,7 +8,7 @@
 set -euo pipefail
 VERSION=26.0.7
 SHA256=25353b74613bcf72db67f8addbd88d832c705a69333091a16573d249d665fe21
-say() { printf '[keycloak] %s\n' "$*" >&2; }
+. "$(dirname "$0")/lib.sh"
 
 cache="${LEARNVAULT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/learnvault}"
 dir="$cache/keycloak-$VERSION"
@@ -18,8 +18,7 @@ if [ ! -x "$dir/bin/kc.sh" ]; then
     say "fetching keycloak-quarkus-dist $VERSION from Maven Central"
     mvn -q -B dependency:get -Dartifact="org.keycloak:keycloak-quarkus-dist:$VERSION:zip" -Dtransitive=false >&2
   fi
-  got=$(sha256sum "$zip" | cut -d' ' -f1)
-  [ "$got" = "$SHA256" ] || { say "SHA-256 mismatch: got $got, want $SHA256"; exit 1; }
+  require_pinned "$zip"
   mkdir -p "$cache"
   tmp=$(mktemp -d "$cache/keycloak-unpack.XXXXXX")
   (cd "$tmp" && unzip -q "$zip")

@@ -25,7 +25,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::audit::{NewEntry, Outcome};
 use crate::config::Settings;
@@ -181,13 +181,7 @@ async fn read_all(brokers: &str, topic: &str) -> Result<Vec<Value>, DlqError> {
     let n = partition_count(brokers, topic).await?;
     let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("group.id", format!("learnvault-dlq-replay-{}", uuid::Uuid::new_v4().simple()))
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
-            .set("auto.offset.reset", "earliest")
-            .create()?;
+        let consumer = crate::topics::reader(&brokers, "learnvault-dlq-replay")?;
         let mut tpl = TopicPartitionList::new();
         let mut open = std::collections::HashSet::new();
         for p in 0..n {
@@ -202,23 +196,13 @@ async fn read_all(brokers: &str, topic: &str) -> Result<Vec<Value>, DlqError> {
             return Ok(out);
         }
         consumer.assign(&tpl)?;
-        let deadline = Instant::now() + Duration::from_secs(300);
-        while !open.is_empty() {
-            if Instant::now() > deadline {
-                return Err(DlqError::Invalid(format!("partitions {open:?} of {topic} were not read to their end within 300 s")));
+        let push = |m: &rdkafka::message::BorrowedMessage<'_>, _: &mut std::collections::HashSet<i32>| {
+            if let Some(v) = m.payload().and_then(|b| serde_json::from_slice::<Value>(b).ok()) {
+                out.push(v);
             }
-            match consumer.poll(Duration::from_millis(200)) {
-                None => {}
-                Some(Err(KafkaError::PartitionEOF(p))) => {
-                    open.remove(&p);
-                }
-                Some(Err(e)) => tracing::warn!(error = %e, "dead-letter read: consumer error; retrying"),
-                Some(Ok(m)) => {
-                    if let Some(v) = m.payload().and_then(|b| serde_json::from_slice::<Value>(b).ok()) {
-                        out.push(v);
-                    }
-                }
-            }
+        };
+        if !crate::topics::read_until_closed(&consumer, &mut open, Duration::from_secs(300), "dead-letter read", push, |_| {}) {
+            return Err(DlqError::Invalid(format!("partitions {open:?} of {topic} were not read to their end within 300 s")));
         }
         Ok(out)
     })

@@ -11,13 +11,18 @@
 //!
 //! # Public API
 //! [`TopicSpec`], [`specs`] (the topics of a [`Settings`] with their policy), [`ensure`]
-//! (create what is missing), [`live_configs`] (read configurations through the admin API).
+//! (create what is missing), [`live_configs`] (read configurations through the admin API);
+//! [`reader`] and [`read_until_closed`] (read partitions by hand, for the dead-letter and
+//! batch replays).
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use std::collections::BTreeMap;
-use std::time::Duration;
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
 
 use crate::config::Settings;
 use crate::retention::Policy;
@@ -125,6 +130,52 @@ pub async fn live_configs(brokers: &str, names: &[&str]) -> Result<BTreeMap<Stri
         out.insert((*name).to_owned(), entries);
     }
     Ok(out)
+}
+
+/// A consumer that reads by hand: assigned partitions, outside any group (`group` is a prefix
+/// made unique), never committing, told each partition's end (`enable.partition.eof`).
+pub fn reader(brokers: &str, group: &str) -> Result<BaseConsumer, KafkaError> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{group}-{}", uuid::Uuid::new_v4().simple()))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
+        .create()
+}
+
+/// Poll an assigned [`reader`] until every partition of `open` is closed: at its end
+/// (`at_end` is told the partition when that closes it), or by `on_message` (which gets every
+/// message and closes a partition by removing it from the set). A consumer error is logged
+/// (`what` names the reader) and polling goes on. `false` when `within` ran out first (`open`
+/// holds what was left).
+// (A repeated end of partition is not a consumer error: the EOF arm matches whether or not it closes one.)
+#[allow(clippy::collapsible_match)]
+pub fn read_until_closed(
+    consumer: &BaseConsumer,
+    open: &mut HashSet<i32>,
+    within: Duration,
+    what: &str,
+    mut on_message: impl FnMut(&BorrowedMessage<'_>, &mut HashSet<i32>),
+    mut at_end: impl FnMut(i32),
+) -> bool {
+    let deadline = Instant::now() + within;
+    while !open.is_empty() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                if open.remove(&p) {
+                    at_end(p);
+                }
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "{what}: consumer error; retrying"),
+            Some(Ok(m)) => on_message(&m, open),
+        }
+    }
+    true
 }
 
 #[cfg(test)]

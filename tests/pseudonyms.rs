@@ -4,6 +4,24 @@ use common::TestApp;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+
+/// `n` calls at once, call `k` being `call(app, token, k)` with an LMS token of uni-a; their
+/// answers in the order of `k`.
+async fn at_once<T, F>(app: &Arc<TestApp>, n: usize, call: impl Fn(Arc<TestApp>, String, usize) -> F) -> Vec<T>
+where
+    F: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let token = app.lms("uni-a");
+    let tasks: Vec<_> = (0..n).map(|k| tokio::spawn(call(app.clone(), token.clone(), k))).collect();
+    let mut answers = Vec::with_capacity(n);
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    answers
+}
 
 #[tokio::test]
 async fn same_learner_gets_the_same_pseudonym_and_institutions_differ() {
@@ -26,19 +44,14 @@ async fn same_learner_gets_the_same_pseudonym_and_institutions_differ() {
 
 #[tokio::test]
 async fn two_hundred_concurrent_calls_for_one_learner_yield_one_pseudonym() {
-    let app = std::sync::Arc::new(TestApp::spawn().await);
-    let token = app.lms("uni-a");
-    let mut tasks = Vec::new();
-    for _ in 0..200 {
-        let (app, token) = (app.clone(), token.clone());
-        tasks.push(tokio::spawn(async move {
-            app.post("/v1/pseudonyms", &token, json!({"institution": "uni-a", "external_id": "same-learner"})).await
-        }));
-    }
+    let app = Arc::new(TestApp::spawn().await);
+    let answers = at_once(&app, 200, |app, token, _| async move {
+        app.post("/v1/pseudonyms", &token, json!({"institution": "uni-a", "external_id": "same-learner"})).await
+    })
+    .await;
     let mut pseudonyms = HashSet::new();
     let mut created = 0;
-    for t in tasks {
-        let (s, v) = t.await.unwrap();
+    for (s, v) in answers {
         assert!(s.is_success(), "{s} {v}");
         pseudonyms.insert(v["pseudonym"].as_str().unwrap().to_owned());
         if v["created"] == true {
@@ -179,33 +192,28 @@ async fn lms_cannot_resolve_and_dpo_needs_a_known_purpose_and_justification() {
 
 #[tokio::test]
 async fn concurrent_overlapping_batches_agree_and_do_not_deadlock() {
-    let app = std::sync::Arc::new(TestApp::spawn().await);
-    let token = app.lms("uni-a");
-    let mut tasks = Vec::new();
-    for k in 0..8 {
-        let (app, token) = (app.clone(), token.clone());
-        tasks.push(tokio::spawn(async move {
-            // The same 500 learners, half the calls in reverse order.
-            let mut ids: Vec<usize> = (0..500).collect();
-            if k % 2 == 1 {
-                ids.reverse();
-            }
-            let items: Vec<Value> = ids.iter().map(|i| json!({"institution": "uni-a", "external_id": format!("o-{i}")})).collect();
-            let (s, v) = app.post("/v1/pseudonyms/batch", &token, json!({"items": items})).await;
-            assert_eq!(s, StatusCode::OK, "{v}");
-            let mut by_id: Vec<(usize, String)> = ids
-                .into_iter()
-                .zip(v["results"].as_array().unwrap())
-                .map(|(i, r)| (i, r["pseudonym"].as_str().unwrap().to_owned()))
-                .collect();
-            by_id.sort();
-            (by_id, v["created"].as_u64().unwrap())
-        }));
-    }
+    let app = Arc::new(TestApp::spawn().await);
+    let answers = at_once(&app, 8, |app, token, k| async move {
+        // The same 500 learners, half the calls in reverse order.
+        let mut ids: Vec<usize> = (0..500).collect();
+        if k % 2 == 1 {
+            ids.reverse();
+        }
+        let items: Vec<Value> = ids.iter().map(|i| json!({"institution": "uni-a", "external_id": format!("o-{i}")})).collect();
+        let (s, v) = app.post("/v1/pseudonyms/batch", &token, json!({"items": items})).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let mut by_id: Vec<(usize, String)> = ids
+            .into_iter()
+            .zip(v["results"].as_array().unwrap())
+            .map(|(i, r)| (i, r["pseudonym"].as_str().unwrap().to_owned()))
+            .collect();
+        by_id.sort();
+        (by_id, v["created"].as_u64().unwrap())
+    })
+    .await;
     let mut first: Option<Vec<(usize, String)>> = None;
     let mut created = 0;
-    for t in tasks {
-        let (by_id, c) = t.await.unwrap();
+    for (by_id, c) in answers {
         created += c;
         match &first {
             None => first = Some(by_id),

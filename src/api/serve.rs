@@ -3,8 +3,10 @@
 //! the drill-down `POST /v1/learners/{pseudonym}/activity`.
 //! The work is in [`crate::serve`]; this module authorises and maps statuses.
 
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use std::convert::Infallible;
 use axum::Json;
 use serde::Deserialize;
@@ -83,6 +85,37 @@ async fn course_read(s: &AppState, p: &Principal, sv: &Serve, perm: Permission, 
     Ok((course, sv.thresholds(&institutions)))
 }
 
+/// A `cohort.read` of the course in the path, with query `Q`: the preamble the
+/// course views share, as one extractor. It extracts, in the order separate
+/// extractors would (so the same refusal comes first), the [`Principal`], the
+/// read path ([`ServeCap`]), the path's course and the query, then authorises
+/// the read with [`course_read`].
+struct CohortRead<Q> {
+    sv: ServeCap,
+    course: Ident,
+    t: Thresholds,
+    q: Q,
+}
+
+impl<Q: serde::de::DeserializeOwned + Send> FromRequestParts<AppState> for CohortRead<Q> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, s: &AppState) -> Result<Self, Response> {
+        let p = Principal::from_request_parts(parts, s).await.map_err(IntoResponse::into_response)?;
+        let sv = ServeCap::from_request_parts(parts, s).await.map_err(IntoResponse::into_response)?;
+        let Path(path) = Path::<CoursePath>::from_request_parts(parts, s).await.map_err(IntoResponse::into_response)?;
+        let AppQuery(q) = AppQuery::<Q>::from_request_parts(parts, s).await.map_err(IntoResponse::into_response)?;
+        let (course, t) = course_read(s, &p, &sv, Permission::CohortRead, &path.course_id).await.map_err(IntoResponse::into_response)?;
+        Ok(CohortRead { sv, course, t, q })
+    }
+}
+
+impl CohortRead<RangeQuery> {
+    fn range(&self) -> Result<crate::serve::DateRange, Error> {
+        Ok(self.sv.range(self.q.from.as_deref(), self.q.to.as_deref())?)
+    }
+}
+
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -101,16 +134,8 @@ pub struct RangeQuery {
     params(CoursePath, RangeQuery),
     responses((status = 200, body = Funnel, description = "the released funnel, plus `disclosure`"),
         (status = 404, body = ErrorBody), (status = 500, body = ErrorBody)))]
-async fn funnel(
-    State(s): State<AppState>,
-    p: Principal,
-    sv: ServeCap,
-    Path(path): Path<CoursePath>,
-    AppQuery(q): AppQuery<RangeQuery>,
-) -> Result<Json<Released<Funnel>>, Error> {
-    let (course, t) = course_read(&s, &p, &sv, Permission::CohortRead, &path.course_id).await?;
-    let range = sv.range(q.from.as_deref(), q.to.as_deref())?;
-    Ok(Json(sv.funnel(&course, &range, &t).await?))
+async fn funnel(r: CohortRead<RangeQuery>) -> Result<Json<Released<Funnel>>, Error> {
+    Ok(Json(r.sv.funnel(&r.course, &r.range()?, &r.t).await?))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -129,15 +154,8 @@ pub struct EngagementQuery {
     params(CoursePath, EngagementQuery),
     responses((status = 200, body = Engagement, description = "the released grid, plus `disclosure`"),
         (status = 404, body = ErrorBody), (status = 500, body = ErrorBody)))]
-async fn engagement(
-    State(s): State<AppState>,
-    p: Principal,
-    sv: ServeCap,
-    Path(path): Path<CoursePath>,
-    AppQuery(q): AppQuery<EngagementQuery>,
-) -> Result<Json<Released<Engagement>>, Error> {
-    let (course, t) = course_read(&s, &p, &sv, Permission::CohortRead, &path.course_id).await?;
-    Ok(Json(sv.engagement(&course, q.minutes.unwrap_or(60), &t).await?))
+async fn engagement(r: CohortRead<EngagementQuery>) -> Result<Json<Released<Engagement>>, Error> {
+    Ok(Json(r.sv.engagement(&r.course, r.q.minutes.unwrap_or(60), &r.t).await?))
 }
 
 /// Per cohort and for the course: learners, and the quartiles of active
@@ -146,16 +164,8 @@ async fn engagement(
     params(CoursePath, RangeQuery),
     responses((status = 200, body = TimeOnTask, description = "the released statistics, plus `disclosure`"),
         (status = 404, body = ErrorBody), (status = 500, body = ErrorBody)))]
-async fn time_on_task(
-    State(s): State<AppState>,
-    p: Principal,
-    sv: ServeCap,
-    Path(path): Path<CoursePath>,
-    AppQuery(q): AppQuery<RangeQuery>,
-) -> Result<Json<Released<TimeOnTask>>, Error> {
-    let (course, t) = course_read(&s, &p, &sv, Permission::CohortRead, &path.course_id).await?;
-    let range = sv.range(q.from.as_deref(), q.to.as_deref())?;
-    Ok(Json(sv.time_on_task(&course, &range, &t).await?))
+async fn time_on_task(r: CohortRead<RangeQuery>) -> Result<Json<Released<TimeOnTask>>, Error> {
+    Ok(Json(r.sv.time_on_task(&r.course, &r.range()?, &r.t).await?))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -225,13 +235,8 @@ struct LiveState {
     responses((status = 200, content_type = "text/event-stream", description = "`event: funnel|engagement|error`, `data:` a released view (JSON)"),
         (status = 404, body = ErrorBody)))]
 async fn live(
-    State(s): State<AppState>,
-    p: Principal,
-    sv: ServeCap,
-    Path(path): Path<CoursePath>,
-    AppQuery(q): AppQuery<LiveQuery>,
+    CohortRead { sv, course, t, q }: CohortRead<LiveQuery>,
 ) -> Result<Sse<impl futures::Stream<Item = Result<Event, Infallible>>>, Error> {
-    let (course, t) = course_read(&s, &p, &sv, Permission::CohortRead, &path.course_id).await?;
     let sv = sv.0;
     let range = sv.range(q.from.as_deref(), q.to.as_deref())?;
     let minutes = q.minutes.unwrap_or(60);

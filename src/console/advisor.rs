@@ -23,7 +23,7 @@ const DECISIONS: [(&str, &str); 5] = [
     ("content_fixed", "Content fixed"),
 ];
 
-pub async fn queues(State(st): State<Console>, v: Viewer) -> Response {
+pub async fn queues(State(st): State<Console>, v: Viewer) -> Result<Response, Response> {
     let mut body = String::new();
     let roles: Vec<String> =
         v.principal.roles.iter().filter(|r| st.app.policies.allows(std::slice::from_ref(*r), Permission::SignalsReview)).cloned().collect();
@@ -32,10 +32,7 @@ pub async fn queues(State(st): State<Console>, v: Viewer) -> Response {
         if a.status.as_u16() == 403 {
             continue; // no detector routes to this role
         }
-        let items = match html::list(&v, &a, "items") {
-            Ok(items) => items,
-            Err(refused) => return refused,
-        };
+        let items = html::list(&v, &a, "items")?;
         let head = format!(
             "<table class=\"queue\" id=\"queue-{}\"><thead><tr><th scope=\"col\">Kind</th><th scope=\"col\">State</th><th scope=\"col\">Course</th>\
              <th scope=\"col\">Content</th><th scope=\"col\">Day</th><th scope=\"col\">Found</th></tr></thead>",
@@ -59,7 +56,7 @@ pub async fn queues(State(st): State<Console>, v: Viewer) -> Response {
         body = "<p>None of your roles has a review queue.</p>".into();
     }
     body += "<p class=\"hint\">Signals inform people; nothing here acts on a learner. Opening an item is recorded in the audit log.</p>";
-    html::page(&v, "Review queues", &body)
+    Ok(html::page(&v, "Review queues", &body))
 }
 
 fn drilldown_form(v: &Viewer, st: &Console, subject: &str, course: &str) -> String {
@@ -76,12 +73,9 @@ fn drilldown_form(v: &Viewer, st: &Console, subject: &str, course: &str) -> Stri
     )
 }
 
-pub async fn item(State(st): State<Console>, v: Viewer, Path(id): Path<String>) -> Response {
+pub async fn item(State(st): State<Console>, v: Viewer, Path(id): Path<String>) -> Result<Response, Response> {
     let a = get(&st.api, &v.principal, &format!("/v1/signals/items/{}", enc(&id))).await;
-    if !a.ok() {
-        return html::api_error(&v, &a);
-    }
-    let i = &a.body;
+    let i = html::answered(&v, &a)?;
     let course = i["course_id"].as_str().unwrap_or("");
     let context: String = i["cohort_context"]["counts"]
         .as_array()
@@ -138,7 +132,7 @@ pub async fn item(State(st): State<Console>, v: Viewer, Path(id): Path<String>) 
         evidence_summary(&i["evidence"]),
         esc(&serde_json::to_string_pretty(&i["evidence"]).unwrap_or_default()),
     );
-    html::page(&v, "Review item", &body)
+    Ok(html::page(&v, "Review item", &body))
 }
 
 /// The statistic against its baseline and expected band, in a sentence.
@@ -165,17 +159,13 @@ pub async fn decide(
     headers: HeaderMap,
     Path(id): Path<String>,
     Form(f): Form<DecisionForm>,
-) -> Response {
-    if let Err(r) = v.check_csrf(&f.csrf, &headers) {
-        return r;
-    }
+) -> Result<Response, Response> {
+    v.check_csrf(&f.csrf, &headers)?;
     let a =
         post(&st.api, &v.principal, &format!("/v1/signals/items/{}/decision", enc(&id)), &json!({"decision": f.decision, "note": f.note}))
             .await;
-    if !a.ok() {
-        return html::api_error(&v, &a);
-    }
-    Redirect::to(&format!("/console/review/items/{}", enc(&id))).into_response()
+    html::answered(&v, &a)?;
+    Ok(Redirect::to(&format!("/console/review/items/{}", enc(&id))).into_response())
 }
 
 #[derive(Deserialize)]
@@ -219,15 +209,11 @@ pub async fn drilldown(
     headers: HeaderMap,
     Path(pseudonym): Path<String>,
     Form(f): Form<DrilldownForm>,
-) -> Response {
-    if let Err(r) = v.check_csrf(&f.csrf, &headers) {
-        return r;
-    }
+) -> Result<Response, Response> {
+    v.check_csrf(&f.csrf, &headers)?;
     let body = json!({"course_id": f.course_id, "purpose": f.purpose, "justification": f.justification});
     let a = post(&st.api, &v.principal, &format!("/v1/learners/{}/activity", enc(&pseudonym)), &body).await;
-    if !a.ok() {
-        return html::api_error(&v, &a);
-    }
+    html::answered(&v, &a)?;
     let page = format!(
         "<p>Learner <code>{}</code> in course {} · purpose {} (recorded in the audit log with your justification).</p>{}",
         esc(&pseudonym),
@@ -235,5 +221,5 @@ pub async fn drilldown(
         esc(&f.purpose),
         timeline(&a.body)
     );
-    html::page(&v, "Learner activity", &page)
+    Ok(html::page(&v, "Learner activity", &page))
 }

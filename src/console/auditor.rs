@@ -64,16 +64,13 @@ fn filter_form(q: &LogQuery) -> String {
     )
 }
 
-pub async fn log(State(st): State<Console>, v: Viewer, Query(q): Query<LogQuery>) -> Response {
+pub async fn log(State(st): State<Console>, v: Viewer, Query(q): Query<LogQuery>) -> Result<Response, Response> {
     let mut uri = format!("/v1/audit?limit=50&{}", q.qs());
     if let Some(a) = q.after {
         uri += &format!("&after={a}");
     }
     let a = get(&st.api, &v.principal, &uri).await;
-    let entries = match html::list(&v, &a, "entries") {
-        Ok(entries) => entries,
-        Err(refused) => return refused,
-    };
+    let entries = html::list(&v, &a, "entries")?;
     let head = "<table id=\"audit-log\"><caption>Audit entries (50 a page)</caption><thead><tr>\
                 <th scope=\"col\">Seq</th><th scope=\"col\">At</th><th scope=\"col\">Actor</th><th scope=\"col\">Roles</th><th scope=\"col\">Institution</th>\
                 <th scope=\"col\">Action</th><th scope=\"col\">Outcome</th><th scope=\"col\">Target</th><th scope=\"col\">Purpose</th><th scope=\"col\">Justification</th>\
@@ -116,7 +113,7 @@ pub async fn log(State(st): State<Console>, v: Viewer, Query(q): Query<LogQuery>
         String::new()
     };
     let body = format!("{verify}<details><summary>Filters</summary>{}</details>{table}{next}", filter_form(&q));
-    html::page(&v, "Audit log", &body)
+    Ok(html::page(&v, "Audit log", &body))
 }
 
 #[derive(Deserialize)]
@@ -148,27 +145,20 @@ fn verification(v: &Value) -> String {
     }
 }
 
-pub async fn verify(State(st): State<Console>, v: Viewer, headers: HeaderMap, Form(f): Form<CsrfForm>) -> Response {
-    if let Err(r) = v.check_csrf(&f.csrf, &headers) {
-        return r;
-    }
+pub async fn verify(State(st): State<Console>, v: Viewer, headers: HeaderMap, Form(f): Form<CsrfForm>) -> Result<Response, Response> {
+    v.check_csrf(&f.csrf, &headers)?;
     let a = get(&st.api, &v.principal, "/v1/audit/verify").await;
-    if !a.ok() {
-        return html::api_error(&v, &a);
-    }
-    html::page(
+    html::answered(&v, &a)?;
+    Ok(html::page(
         &v,
         "Audit chain verification",
         &format!("{}<p><a href=\"/console/audit\">Back to the audit log</a></p>", verification(&a.body)),
-    )
+    ))
 }
 
-pub async fn retention(State(st): State<Console>, v: Viewer) -> Response {
+pub async fn retention(State(st): State<Console>, v: Viewer) -> Result<Response, Response> {
     let a = get(&st.api, &v.principal, "/v1/retention/report").await;
-    if !a.ok() {
-        return html::api_error(&v, &a);
-    }
-    let r = &a.body;
+    let r = html::answered(&v, &a)?;
     let rows: String = r["tables"]
         .as_array()
         .cloned()
@@ -202,5 +192,5 @@ pub async fn retention(State(st): State<Console>, v: Viewer) -> Response {
         text(&r["checked_at"]),
         text(&r["grace_days"]),
     );
-    html::page(&v, "Retention report", &body)
+    Ok(html::page(&v, "Retention report", &body))
 }

@@ -83,12 +83,9 @@ fn request_forms(v: &Viewer) -> String {
     out
 }
 
-pub async fn queue(State(st): State<Console>, v: Viewer) -> Response {
+pub async fn queue(State(st): State<Console>, v: Viewer) -> Result<Response, Response> {
     let a = get(&st.api, &v.principal, "/v1/dsr/jobs").await;
-    let jobs = match html::list(&v, &a, "jobs") {
-        Ok(jobs) => jobs,
-        Err(refused) => return refused,
-    };
+    let jobs = html::list(&v, &a, "jobs")?;
     let head = "<table id=\"dsr-queue\"><caption>Requests, overdue first, then by deadline</caption><thead><tr><th scope=\"col\">Kind</th><th scope=\"col\">State</th>\
                 <th scope=\"col\">Step</th><th scope=\"col\">Progress</th><th scope=\"col\">Deadline</th><th scope=\"col\">Overdue</th><th scope=\"col\">Institution</th>\
                 <th scope=\"col\">Case</th></tr></thead>";
@@ -108,7 +105,7 @@ pub async fn queue(State(st): State<Console>, v: Viewer) -> Response {
             kind = text(&j["kind"]),
         )
     });
-    html::page(&v, "Subject requests", &format!("{table}{}", request_forms(&v)))
+    Ok(html::page(&v, "Subject requests", &format!("{table}{}", request_forms(&v))))
 }
 
 #[derive(Deserialize)]
@@ -140,14 +137,12 @@ fn to_job(v: &Viewer, a: &super::dispatch::Answer) -> Response {
     }
 }
 
-pub async fn submit(State(st): State<Console>, v: Viewer, headers: HeaderMap, Form(f): Form<RequestForm>) -> Response {
-    if let Err(r) = v.check_csrf(&f.csrf, &headers) {
-        return r;
-    }
+pub async fn submit(State(st): State<Console>, v: Viewer, headers: HeaderMap, Form(f): Form<RequestForm>) -> Result<Response, Response> {
+    v.check_csrf(&f.csrf, &headers)?;
     let path = match f.kind.as_str() {
         "erasure" => "/v1/dsr/erasure",
         "access" => "/v1/dsr/access",
-        _ => return html::error_page(StatusCode::BAD_REQUEST, "Unknown request kind."),
+        _ => return Err(html::error_page(StatusCode::BAD_REQUEST, "Unknown request kind.")),
     };
     let body = if f.pseudonym.trim().is_empty() {
         json!({"institution": opt(&f.institution), "external_id": opt(&f.external_id), "reference": opt(&f.reference)})
@@ -155,7 +150,7 @@ pub async fn submit(State(st): State<Console>, v: Viewer, headers: HeaderMap, Fo
         json!({"pseudonym": opt(&f.pseudonym), "reference": opt(&f.reference)})
     };
     let a = post(&st.api, &v.principal, path, &body).await;
-    to_job(&v, &a)
+    Ok(to_job(&v, &a))
 }
 
 #[derive(Deserialize)]
@@ -181,13 +176,11 @@ pub fn csv_subjects(csv: &str) -> Vec<Value> {
         .collect()
 }
 
-pub async fn batch(State(st): State<Console>, v: Viewer, headers: HeaderMap, Form(f): Form<BatchForm>) -> Response {
-    if let Err(r) = v.check_csrf(&f.csrf, &headers) {
-        return r;
-    }
+pub async fn batch(State(st): State<Console>, v: Viewer, headers: HeaderMap, Form(f): Form<BatchForm>) -> Result<Response, Response> {
+    v.check_csrf(&f.csrf, &headers)?;
     let body = json!({"institution": f.institution.trim(), "subjects": csv_subjects(&f.csv), "reference": opt(&f.reference)});
     let a = post(&st.api, &v.principal, "/v1/dsr/erasure/batch", &body).await;
-    to_job(&v, &a)
+    Ok(to_job(&v, &a))
 }
 
 fn certificate_view(cert: &Value, key: &Value) -> String {
@@ -228,12 +221,9 @@ fn certificate_view(cert: &Value, key: &Value) -> String {
     out
 }
 
-pub async fn job(State(st): State<Console>, v: Viewer, Path(id): Path<String>) -> Response {
+pub async fn job(State(st): State<Console>, v: Viewer, Path(id): Path<String>) -> Result<Response, Response> {
     let a = get(&st.api, &v.principal, &format!("/v1/dsr/jobs/{}", enc(&id))).await;
-    if !a.ok() {
-        return html::api_error(&v, &a);
-    }
-    let j = &a.body;
+    let j = html::answered(&v, &a)?;
     let state = j["state"].as_str().unwrap_or("");
     let kind = j["kind"].as_str().unwrap_or("");
     let mut body = format!(
@@ -276,7 +266,7 @@ pub async fn job(State(st): State<Console>, v: Viewer, Path(id): Path<String>) -
         // The page follows the job until it ends (no script needed).
         r.headers_mut().insert("refresh", HeaderValue::from_static("2"));
     }
-    r
+    Ok(r)
 }
 
 /// Relay a download from the API (the archive streams as it decrypts).
@@ -307,12 +297,9 @@ pub async fn certificate(State(st): State<Console>, v: Viewer, Path(id): Path<St
     r
 }
 
-pub async fn suppressions(State(st): State<Console>, v: Viewer) -> Response {
+pub async fn suppressions(State(st): State<Console>, v: Viewer) -> Result<Response, Response> {
     let a = get(&st.api, &v.principal, "/v1/dsr/suppressions").await;
-    let list = match html::list(&v, &a, "suppressions") {
-        Ok(list) => list,
-        Err(refused) => return refused,
-    };
+    let list = html::list(&v, &a, "suppressions")?;
     let head = "<table id=\"suppressions\"><caption>Erased learners whose collection is refused</caption><thead><tr><th scope=\"col\">Erased pseudonym</th>\
                 <th scope=\"col\">Institution</th><th scope=\"col\">Erased</th><th scope=\"col\">State</th><th scope=\"col\">Lifted</th></tr></thead>";
     let body = html::table(&list, head, Some("No erased learner is suppressed."), |s| {
@@ -325,7 +312,7 @@ pub async fn suppressions(State(st): State<Console>, v: Viewer) -> Response {
             if s["lifted_at"].is_null() { String::new() } else { format!("{} by {}", text(&s["lifted_at"]), text(&s["lifted_by"])) },
         )
     });
-    html::page(&v, "Suppression list", &body)
+    Ok(html::page(&v, "Suppression list", &body))
 }
 
 #[cfg(test)]

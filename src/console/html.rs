@@ -173,12 +173,17 @@ pub fn api_error(v: &Viewer, a: &Answer) -> Response {
     r
 }
 
-/// The list `key` of an API answer, or (`Err`) the page saying what the API answered instead.
-pub fn list(v: &Viewer, a: &Answer, key: &str) -> Result<Vec<Value>, Response> {
+/// The body of a successful API answer, or (`Err`) the page saying what the API answered instead.
+pub fn answered<'a>(v: &Viewer, a: &'a Answer) -> Result<&'a Value, Response> {
     if !a.ok() {
         return Err(api_error(v, a));
     }
-    Ok(a.body[key].as_array().cloned().unwrap_or_default())
+    Ok(&a.body)
+}
+
+/// The list `key` of an API answer, or (`Err`) the page saying what the API answered instead.
+pub fn list(v: &Viewer, a: &Answer, key: &str) -> Result<Vec<Value>, Response> {
+    Ok(answered(v, a)?[key].as_array().cloned().unwrap_or_default())
 }
 
 /// `items` as a table: `head` (the table up to its `</thead>`), then a row per item;

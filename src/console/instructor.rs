@@ -109,7 +109,7 @@ fn min_cell_note(v: &Value) -> String {
     }
 }
 
-pub async fn dashboard(State(st): State<Console>, v: Viewer, Path(course): Path<String>, Query(q): Query<DashQuery>) -> Response {
+pub async fn dashboard(State(st): State<Console>, v: Viewer, Path(course): Path<String>, Query(q): Query<DashQuery>) -> Result<Response, Response> {
     let c = enc(&course);
     let range = range_qs(&q.from, &q.to);
     let minutes = q.minutes.unwrap_or(60);
@@ -124,9 +124,7 @@ pub async fn dashboard(State(st): State<Console>, v: Viewer, Path(course): Path<
         let (f, e, t) =
             tokio::join!(get(&st.api, &v.principal, &uris[0]), get(&st.api, &v.principal, &uris[1]), get(&st.api, &v.principal, &uris[2]));
         for a in [&f, &e, &t] {
-            if !a.ok() {
-                return html::api_error(&v, a);
-            }
+            html::answered(&v, a)?;
         }
         let live_src =
             format!("/console/courses/{c}/live?minutes={minutes}{}", if range.is_empty() { String::new() } else { format!("&{range}") });
@@ -145,7 +143,7 @@ pub async fn dashboard(State(st): State<Console>, v: Viewer, Path(course): Path<
     if v.may(Permission::ContentRead) {
         body += &format!("<h2>Replay hotspots</h2>{}", replay_form(&course));
     }
-    html::page(&v, &format!("Course {course}"), &body)
+    Ok(html::page(&v, &format!("Course {course}"), &body))
 }
 
 #[derive(Deserialize)]
@@ -155,14 +153,12 @@ pub struct ReplayQuery {
     to: Option<String>,
 }
 
-pub async fn replays(State(st): State<Console>, v: Viewer, Path(course): Path<String>, Query(q): Query<ReplayQuery>) -> Response {
+pub async fn replays(State(st): State<Console>, v: Viewer, Path(course): Path<String>, Query(q): Query<ReplayQuery>) -> Result<Response, Response> {
     let content = q.content.unwrap_or_default();
     let range = range_qs(&q.from, &q.to);
     let uri = format!("/v1/content/{}/replays?course_id={}&{range}", enc(&content), enc(&course));
     let a = get(&st.api, &v.principal, &uri).await;
-    if !a.ok() {
-        return html::api_error(&v, &a);
-    }
+    html::answered(&v, &a)?;
     let buckets = a.body["buckets"].as_array().cloned().unwrap_or_default();
     let positions: Vec<u64> = buckets.iter().map(|b| b["position_sec"].as_u64().unwrap_or(0)).collect();
     let replays: Vec<Option<f64>> = buckets.iter().map(|b| value(&b["replays"])).collect();
@@ -195,5 +191,5 @@ pub async fn replays(State(st): State<Console>, v: Viewer, Path(course): Path<St
         cell(&a.body["total"]["pauses"]),
         replay_form(&course),
     );
-    html::page(&v, &format!("Replay hotspots: {content}"), &body)
+    Ok(html::page(&v, &format!("Replay hotspots: {content}"), &body))
 }

@@ -1,6 +1,7 @@
 //! The gateway's typed, borrowed read of one `/v1/events` event: its fields
-//! straight from the request's bytes (no `serde_json::Value` tree), the
-//! learner's identity split off, validated by the taxonomy's fast path
+//! straight from the request's bytes (no `serde_json::Value` tree) into the
+//! taxonomy's wire form ([`crate::taxonomy::fast::Wire`]), the learner's
+//! identity split off, validated by the taxonomy's fast path
 //! ([`crate::taxonomy::fast::check`]) once the gateway has filled in what it
 //! sets (pseudonym, institution, `server_ts`).
 //!
@@ -14,110 +15,27 @@
 //! (`tests::typed_and_generic_paths_agree`).
 
 use chrono::{DateTime, Utc};
-use serde::de::{self, Deserializer, Visitor};
-use serde::Deserialize;
-use std::collections::BTreeMap;
 use uuid::Uuid;
 
-use crate::taxonomy::fast::{Fields, Ts};
+use crate::taxonomy::fast::{Slot, Ts, Wire};
 use crate::taxonomy::{Taxonomy, ValidEvent};
 
-/// A field that tells absent (the default) from `null`.
-#[derive(Default)]
-pub enum Slot<T> {
-    #[default]
-    Absent,
-    Null,
-    Value(T),
-}
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Slot<T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Slot<T>, D::Error> {
-        Ok(Option::<T>::deserialize(d)?.map_or(Slot::Null, Slot::Value))
-    }
-}
-
-/// `learner: {institution, external_id}`, exactly (the form `split_identity` accepts).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Learner<'a> {
-    pub institution: &'a str,
-    pub external_id: &'a str,
-}
-
-/// A JSON scalar whose value does not matter (`server_ts`: the gateway sets it): a number, a
-/// string without escapes, a boolean or null. Anything else sends the event the generic way.
-struct Scalar;
-
-impl<'de> Deserialize<'de> for Scalar {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Scalar, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Scalar;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a scalar")
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Scalar, E> {
-                Ok(Scalar)
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Scalar, E> {
-                Ok(Scalar)
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Scalar, E> {
-                Ok(Scalar)
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Scalar, E> {
-                Ok(Scalar)
-            }
-            fn visit_borrowed_str<E: de::Error>(self, _: &'de str) -> Result<Scalar, E> {
-                Ok(Scalar)
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Scalar, E> {
-                Ok(Scalar)
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// One event as an LMS sends it to `/v1/events`, borrowed from the request's bytes.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Event<'a> {
-    #[serde(default, borrow)]
-    learner: Slot<Learner<'a>>,
-    #[serde(default, borrow)]
-    learner_id: Slot<&'a str>,
-    #[serde(default, borrow)]
-    institution_id: Slot<&'a str>,
-    event_id: Option<&'a str>,
-    event_version: Option<&'a str>,
-    event_type: Option<&'a str>,
-    session_id: Option<&'a str>,
-    course_id: Option<&'a str>,
-    content_id: Option<&'a str>,
-    cohort_id: Option<&'a str>,
-    position_sec: Option<u64>,
-    client_ts: Option<Ts>,
-    /// Read only to know it is there and harmless: the gateway sets `server_ts`.
-    #[allow(dead_code)]
-    server_ts: Option<Scalar>,
-    #[serde(borrow)]
-    props: Option<BTreeMap<&'a str, &'a str>>,
-}
+/// One event as an LMS sends it to `/v1/events`, borrowed from the request's bytes: the
+/// taxonomy's wire form ([`Wire`]), which reads the `learner` object too.
+pub struct Event<'a>(Wire<'a>);
 
 impl<'a> Event<'a> {
     /// The event and its identity (`learner`), when the typed read can take it: `None` sends
     /// it the generic way (including every event `split_identity` refuses).
     pub fn parse(bytes: &'a [u8]) -> Option<(Event<'a>, Option<(&'a str, &'a str)>)> {
-        let e: Event = serde_json::from_slice(bytes).ok()?;
+        let e: Wire = serde_json::from_slice(bytes).ok()?;
         let identity = match (&e.learner, &e.learner_id) {
             (Slot::Absent, _) => None,
             (Slot::Value(l), Slot::Absent) => Some((l.institution, l.external_id)),
             // `learner: null`, or both `learner` and `learner_id`: refused, the generic way.
             _ => return None,
         };
-        Some((e, identity))
+        Some((Event(e), identity))
     }
 
     /// The valid event once the gateway filled it in as [`super::fill`] does: `pseudonym` and
@@ -126,8 +44,9 @@ impl<'a> Event<'a> {
     /// prove it valid: the caller validates it the generic way, from its bytes (this takes the
     /// event's `props`: call it once).
     pub fn validate(&mut self, taxonomy: &Taxonomy, pseudonym: Option<(Uuid, &str)>, server_ts: DateTime<Utc>) -> Option<ValidEvent> {
+        let e = &mut self.0;
         let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        let (learner_id, institution_id) = match (pseudonym, &self.learner_id, &self.institution_id) {
+        let (learner_id, institution_id) = match (pseudonym, &e.learner_id, &e.institution_id) {
             (Some((p, _)), _, Slot::Value(i)) => (&*p.hyphenated().encode_lower(&mut buf), *i),
             (Some((p, inst)), _, Slot::Absent) => (&*p.hyphenated().encode_lower(&mut buf), inst),
             (None, Slot::Value(l), Slot::Value(i)) => (*l, *i),
@@ -136,21 +55,15 @@ impl<'a> Event<'a> {
         };
         crate::taxonomy::fast::check(
             taxonomy,
-            Fields {
-                event_id: self.event_id,
-                event_version: self.event_version,
-                event_type: self.event_type,
-                learner_id: Some(learner_id),
-                session_id: self.session_id,
-                course_id: self.course_id,
-                content_id: self.content_id,
-                cohort_id: self.cohort_id,
-                institution_id: Some(institution_id),
-                position_sec: self.position_sec,
-                client_ts: self.client_ts.as_ref().map(|t| t.0),
-                server_ts: Some(server_ts),
+            Wire {
+                // Split off by `parse`: the pseudonym stands for it.
+                learner: Slot::Absent,
+                learner_id: Slot::Value(learner_id),
+                institution_id: Slot::Value(institution_id),
+                server_ts: Some(Ts(server_ts)),
                 // Read once: a typed event the fast path cannot take is read again from its bytes.
-                props: self.props.take(),
+                props: e.props.take(),
+                ..*e
             },
         )
     }

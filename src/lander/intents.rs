@@ -177,29 +177,24 @@ impl Intents {
         let partitions: Vec<i32> = ranges.iter().map(|r| r.partition).collect();
         let firsts: Vec<i64> = ranges.iter().map(|r| r.first).collect();
         let lasts: Vec<i64> = ranges.iter().map(|r| r.last).collect();
-        let mut backoff = Backoff::POSTGRES;
-        while let Err(e) = sqlx::query!(
-            r#"INSERT INTO lander_intents (consumer_group, topic, partition, first_offset, last_offset, token, members)
+        let record = || {
+            sqlx::query!(
+                r#"INSERT INTO lander_intents (consumer_group, topic, partition, first_offset, last_offset, token, members)
                SELECT $1, $2, p, f, l, $6, $7 FROM UNNEST($3::int4[], $4::int8[], $5::int8[]) AS m(p, f, l)
                ON CONFLICT (consumer_group, topic, partition, first_offset)
                DO UPDATE SET last_offset = EXCLUDED.last_offset, token = EXCLUDED.token, members = EXCLUDED.members,
                              recorded_at = now()"#,
-            self.group,
-            self.topic,
-            &partitions,
-            &firsts,
-            &lasts,
-            token,
-            members
-        )
-        .execute(&self.pool)
-        .await
-        {
-            tracing::warn!(error = %e, "cannot record a batch intent in PostgreSQL; retrying");
-            super::health::stalled(super::health::Cause::Vault, &e);
-            backoff.wait().await;
-        }
-        super::health::recovered(super::health::Cause::Vault);
+                self.group,
+                self.topic,
+                &partitions,
+                &firsts,
+                &lasts,
+                token,
+                members
+            )
+            .execute(&self.pool)
+        };
+        Backoff::POSTGRES.until_ok(super::health::Cause::Vault, "cannot record a batch intent in PostgreSQL", record).await;
         token
     }
 

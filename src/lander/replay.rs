@@ -9,13 +9,11 @@
 //! said so.
 
 use chrono::DateTime;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::consumer::Consumer;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use super::decode::Raw;
 use super::intents::Range;
@@ -29,16 +27,8 @@ pub(super) async fn read(brokers: &str, topic: &str, ranges: &[Range]) -> Result
         .map_err(|e| LanderError::Config(format!("replay reader failed: {e}")))?
 }
 
-// (A repeated end of partition is not a consumer error: the EOF arm matches whether or not it closes one.)
-#[allow(clippy::collapsible_match)]
 fn read_blocking(brokers: &str, topic: &str, ranges: &[Range]) -> Result<Vec<(i32, Vec<Raw>)>, LanderError> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("learnvault-replay-{}", uuid::Uuid::new_v4().simple()))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest")
-        .create()?;
+    let consumer = crate::topics::reader(brokers, "learnvault-replay")?;
     let mut tpl = TopicPartitionList::new();
     for r in ranges {
         tpl.add_partition_offset(topic, r.partition, Offset::Offset(r.first))?;
@@ -46,37 +36,27 @@ fn read_blocking(brokers: &str, topic: &str, ranges: &[Range]) -> Result<Vec<(i3
     consumer.assign(&tpl)?;
     let mut out: HashMap<i32, Vec<Raw>> = ranges.iter().map(|r| (r.partition, Vec::new())).collect();
     let want: HashMap<i32, Range> = ranges.iter().map(|r| (r.partition, *r)).collect();
-    let mut open: std::collections::HashSet<i32> = want.keys().copied().collect();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !open.is_empty() {
-        if Instant::now() > deadline {
-            return Err(LanderError::Config(format!("replay: partitions {open:?} of {topic} did not deliver their ranges within 120 s")));
+    let mut open: HashSet<i32> = want.keys().copied().collect();
+    let take = |m: &BorrowedMessage<'_>, open: &mut HashSet<i32>| {
+        let p = m.partition();
+        let Some(r) = want.get(&p) else { return };
+        if m.offset() > r.last {
+            open.remove(&p);
+            return;
         }
-        match consumer.poll(Duration::from_millis(200)) {
-            None => {}
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                if open.remove(&p) {
-                    tracing::warn!(partition = p, "replay: the partition ends before the batch's range does; replaying what is left");
-                }
-            }
-            Some(Err(e)) => tracing::warn!(error = %e, "replay: consumer error; retrying"),
-            Some(Ok(m)) => {
-                let p = m.partition();
-                let Some(r) = want.get(&p) else { continue };
-                if m.offset() > r.last {
-                    open.remove(&p);
-                    continue;
-                }
-                if m.offset() >= r.first {
-                    let broker_ts = m.timestamp().to_millis().and_then(DateTime::from_timestamp_millis);
-                    let raw = Raw { offset: m.offset(), key: m.key().map(<[u8]>::to_vec), raw: m.payload().unwrap_or_default().to_vec(), broker_ts };
-                    out.get_mut(&p).expect("wanted").push(raw);
-                }
-                if m.offset() >= r.last {
-                    open.remove(&p);
-                }
-            }
+        if m.offset() >= r.first {
+            let broker_ts = m.timestamp().to_millis().and_then(DateTime::from_timestamp_millis);
+            let raw =
+                Raw { offset: m.offset(), key: m.key().map(<[u8]>::to_vec), raw: m.payload().unwrap_or_default().to_vec(), broker_ts };
+            out.get_mut(&p).expect("wanted").push(raw);
         }
+        if m.offset() >= r.last {
+            open.remove(&p);
+        }
+    };
+    let at_end = |p: i32| tracing::warn!(partition = p, "replay: the partition ends before the batch's range does; replaying what is left");
+    if !crate::topics::read_until_closed(&consumer, &mut open, Duration::from_secs(120), "replay", take, at_end) {
+        return Err(LanderError::Config(format!("replay: partitions {open:?} of {topic} did not deliver their ranges within 120 s")));
     }
     Ok(ranges
         .iter()

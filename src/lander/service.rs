@@ -14,6 +14,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use sqlx::PgPool;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -125,6 +126,29 @@ impl Backoff {
     pub(super) async fn wait(&mut self) {
         tokio::time::sleep(self.wait).await;
         self.wait = (self.wait * 2).min(self.max);
+    }
+
+    /// `op` until it succeeds, on this schedule: each failure logged (`"{failed}; retrying"`)
+    /// and reported to the health endpoint as `cause` stalling; `cause` recovered once it succeeds.
+    pub(super) async fn until_ok<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+        mut self,
+        cause: Cause,
+        failed: &str,
+        mut op: impl FnMut() -> F,
+    ) -> T {
+        loop {
+            match op().await {
+                Ok(v) => {
+                    health::recovered(cause);
+                    return v;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "{failed}; retrying");
+                    health::stalled(cause, &e);
+                    self.wait().await;
+                }
+            }
+        }
     }
 }
 
@@ -368,20 +392,9 @@ impl Sink {
         token: &str,
     ) -> Result<(Vec<usize>, Option<tokio::task::JoinHandle<std::collections::HashSet<uuid::Uuid>>>), LanderError> {
         let ids: Vec<uuid::Uuid> = items.iter().filter_map(|i| i.outcome.as_ref().ok().map(|e| e.learner_id)).collect();
-        let mut backoff = Backoff::POSTGRES;
-        let standings = loop {
-            match self.governance.standings(ids.iter().copied()).await {
-                Ok(s) => {
-                    health::recovered(Cause::Vault);
-                    break s;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "vault unavailable for governance; retrying");
-                    health::stalled(Cause::Vault, &e);
-                    backoff.wait().await;
-                }
-            }
-        };
+        let standings = Backoff::POSTGRES
+            .until_ok(Cause::Vault, "vault unavailable for governance", || self.governance.standings(ids.iter().copied()))
+            .await;
         // The gate: refusals (dead-lettered) and the events that may land, in order.
         let mut landable: Vec<usize> = Vec::new();
         let mut refused: Vec<(usize, Reason, String)> = Vec::new();
@@ -404,20 +417,9 @@ impl Sink {
             let stats = self.stats.clone();
             tokio::spawn(async move {
                 let started = Instant::now();
-                let mut backoff = Backoff::POSTGRES;
-                let mine = loop {
-                    match claims.claim(&token, &ids).await {
-                        Ok(m) => {
-                            health::recovered(Cause::Vault);
-                            break m;
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot claim the batch's event ids in PostgreSQL; retrying");
-                            health::stalled(Cause::Vault, &e);
-                            backoff.wait().await;
-                        }
-                    }
-                };
+                let mine = Backoff::POSTGRES
+                    .until_ok(Cause::Vault, "cannot claim the batch's event ids in PostgreSQL", || claims.claim(&token, &ids))
+                    .await;
                 record_ms(&stats.claim_ms, started);
                 mine
             })
@@ -588,20 +590,7 @@ impl Sink {
         let learner = item.outcome.as_ref().ok().map(|ev| ev.learner_id);
         let record_key = if item.index.is_none() { item.key.as_deref() } else { None };
         let dl = DeadLetter::new(reason.as_str(), detail, Stage::Lander, Some(&origin), Refused::Bytes(item.bytes()), &cx, learner, record_key);
-        let mut backoff = Backoff::DEAD_LETTER;
-        loop {
-            match self.dead.send(&dl).await {
-                Ok(()) => {
-                    health::recovered(Cause::Broker);
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "dead-letter produce failed; retrying");
-                    health::stalled(Cause::Broker, &e);
-                    backoff.wait().await;
-                }
-            }
-        }
+        Backoff::DEAD_LETTER.until_ok(Cause::Broker, "dead-letter produce failed", || self.dead.send(&dl)).await;
         metrics::counter!("learnvault_lander_rejects_total", "reason" => reason.as_str()).increment(1);
         self.stats.rejected.fetch_add(1, Ordering::Relaxed);
         Ok(())

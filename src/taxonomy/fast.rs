@@ -38,26 +38,72 @@ pub fn eligible(schema: &Schema) -> bool {
     schema.fields.len() == WIRE_FIELDS.len() && WIRE_FIELDS.iter().all(|(name, ty)| schema.fields.get(*name).is_some_and(|f| f.ty == *ty))
 }
 
+/// A field that tells absent (the default) from `null`.
+#[derive(Default, Clone, Copy)]
+pub enum Slot<T> {
+    #[default]
+    Absent,
+    Null,
+    Value(T),
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Slot<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Slot<T>, D::Error> {
+        Ok(Option::<T>::deserialize(d)?.map_or(Slot::Null, Slot::Value))
+    }
+}
+
+impl<T: Copy> Slot<T> {
+    /// The value; `None` when absent or null.
+    pub fn value(&self) -> Option<T> {
+        match self {
+            Slot::Value(v) => Some(*v),
+            Slot::Absent | Slot::Null => None,
+        }
+    }
+}
+
+/// `learner: {institution, external_id}`, exactly (the form the gateway's `split_identity` accepts).
+#[derive(Deserialize, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+pub struct Learner<'a> {
+    pub institution: &'a str,
+    pub external_id: &'a str,
+}
+
+/// One event's fields as borrowed from its JSON, in taxonomy terms: `None` (or a [`Slot`]
+/// absent or null) is a field absent or null; a timestamp already read (epoch milliseconds
+/// or RFC 3339, years 2000-2100). One form serves both readers: [`validate`] reads the wire
+/// form straight from bytes (an event with a `learner` object is not valid as it stands:
+/// `None`); the gateway reads the same struct, splits the `learner` identity off and fills in
+/// what it sets (`learner_id`, `institution_id` when absent, `server_ts`) before [`check`],
+/// and gets the same answer as [`validate`] would give on the equivalent bytes.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Wire<'a> {
-    event_id: Option<&'a str>,
-    event_version: Option<&'a str>,
-    event_type: Option<&'a str>,
-    learner_id: Option<&'a str>,
-    session_id: Option<&'a str>,
-    course_id: Option<&'a str>,
-    content_id: Option<&'a str>,
-    cohort_id: Option<&'a str>,
-    institution_id: Option<&'a str>,
-    position_sec: Option<u64>,
-    client_ts: Option<Ts>,
-    server_ts: Option<Ts>,
+pub struct Wire<'a> {
+    /// The gateway's identity form; never a schema field.
+    #[serde(default, borrow)]
+    pub learner: Slot<Learner<'a>>,
+    #[serde(default, borrow)]
+    pub learner_id: Slot<&'a str>,
+    #[serde(default, borrow)]
+    pub institution_id: Slot<&'a str>,
+    pub event_id: Option<&'a str>,
+    pub event_version: Option<&'a str>,
+    pub event_type: Option<&'a str>,
+    pub session_id: Option<&'a str>,
+    pub course_id: Option<&'a str>,
+    pub content_id: Option<&'a str>,
+    pub cohort_id: Option<&'a str>,
+    pub position_sec: Option<u64>,
+    pub client_ts: Option<Ts>,
+    pub server_ts: Option<Ts>,
     #[serde(borrow)]
-    props: Option<BTreeMap<&'a str, &'a str>>,
+    pub props: Option<BTreeMap<&'a str, &'a str>>,
 }
 
 /// A timestamp as the taxonomy reads it: epoch milliseconds or RFC 3339, years 2000-2100.
+#[derive(Clone, Copy)]
 pub struct Ts(pub DateTime<Utc>);
 
 impl<'de> Deserialize<'de> for Ts {
@@ -86,50 +132,16 @@ impl<'de> Deserialize<'de> for Ts {
 /// The event, when the fast path can prove it valid against the schema of
 /// the version it declares (and that version is [`eligible`]).
 pub fn validate(taxonomy: &Taxonomy, bytes: &[u8]) -> Option<ValidEvent> {
-    let w: Wire = serde_json::from_slice(bytes).ok()?;
-    check(
-        taxonomy,
-        Fields {
-            event_id: w.event_id,
-            event_version: w.event_version,
-            event_type: w.event_type,
-            learner_id: w.learner_id,
-            session_id: w.session_id,
-            course_id: w.course_id,
-            content_id: w.content_id,
-            cohort_id: w.cohort_id,
-            institution_id: w.institution_id,
-            position_sec: w.position_sec,
-            client_ts: w.client_ts.map(|t| t.0),
-            server_ts: w.server_ts.map(|t| t.0),
-            props: w.props,
-        },
-    )
-}
-
-/// An event's fields as borrowed from its JSON, in taxonomy terms: `None` is a field
-/// absent or null; a timestamp already read (epoch milliseconds or RFC 3339, years
-/// 2000-2100). Another wire form (the gateway's, with its `learner` object) fills it in
-/// and gets the same answer as [`validate`] would give on the equivalent bytes.
-pub struct Fields<'a> {
-    pub event_id: Option<&'a str>,
-    pub event_version: Option<&'a str>,
-    pub event_type: Option<&'a str>,
-    pub learner_id: Option<&'a str>,
-    pub session_id: Option<&'a str>,
-    pub course_id: Option<&'a str>,
-    pub content_id: Option<&'a str>,
-    pub cohort_id: Option<&'a str>,
-    pub institution_id: Option<&'a str>,
-    pub position_sec: Option<u64>,
-    pub client_ts: Option<DateTime<Utc>>,
-    pub server_ts: Option<DateTime<Utc>>,
-    pub props: Option<BTreeMap<&'a str, &'a str>>,
+    check(taxonomy, serde_json::from_slice(bytes).ok()?)
 }
 
 /// The event, when `w` is provably valid against the schema of the version it declares
 /// (and that version is [`eligible`]); `None` leaves the decision to the generic validator.
-pub fn check(taxonomy: &Taxonomy, w: Fields<'_>) -> Option<ValidEvent> {
+pub fn check(taxonomy: &Taxonomy, w: Wire<'_>) -> Option<ValidEvent> {
+    if !matches!(w.learner, Slot::Absent) {
+        return None;
+    }
+    let (learner_id, institution_id) = (w.learner_id.value(), w.institution_id.value());
     let schema = taxonomy.versions.get(w.event_version?)?;
     if !taxonomy.fast.contains(&schema.version) {
         return None;
@@ -138,12 +150,12 @@ pub fn check(taxonomy: &Taxonomy, w: Fields<'_>) -> Option<ValidEvent> {
         "event_id" => w.event_id.is_some(),
         "event_version" => w.event_version.is_some(),
         "event_type" => w.event_type.is_some(),
-        "learner_id" => w.learner_id.is_some(),
+        "learner_id" => learner_id.is_some(),
         "session_id" => w.session_id.is_some(),
         "course_id" => w.course_id.is_some(),
         "content_id" => w.content_id.is_some(),
         "cohort_id" => w.cohort_id.is_some(),
-        "institution_id" => w.institution_id.is_some(),
+        "institution_id" => institution_id.is_some(),
         "position_sec" => w.position_sec.is_some(),
         "client_ts" => w.client_ts.is_some(),
         "server_ts" => w.server_ts.is_some(),
@@ -164,7 +176,7 @@ pub fn check(taxonomy: &Taxonomy, w: Fields<'_>) -> Option<ValidEvent> {
         ("course_id", w.course_id),
         ("content_id", w.content_id),
         ("cohort_id", w.cohort_id),
-        ("institution_id", w.institution_id),
+        ("institution_id", institution_id),
     ];
     if !strings.iter().all(|(n, v)| string_ok(n, *v)) {
         return None;
@@ -174,7 +186,7 @@ pub fn check(taxonomy: &Taxonomy, w: Fields<'_>) -> Option<ValidEvent> {
         return None;
     }
     let event_id = Uuid::parse_str(w.event_id?).ok()?;
-    let learner_id = Uuid::parse_str(w.learner_id?).ok()?;
+    let learner_id = Uuid::parse_str(learner_id?).ok()?;
     let position_sec = match w.position_sec {
         Some(p) => Some(u32::try_from(p).ok()?),
         None => None,
@@ -205,10 +217,10 @@ pub fn check(taxonomy: &Taxonomy, w: Fields<'_>) -> Option<ValidEvent> {
         course_id: w.course_id.unwrap_or_default().to_owned(),
         content_id: w.content_id.unwrap_or_default().to_owned(),
         cohort_id: w.cohort_id.unwrap_or_default().to_owned(),
-        institution_id: w.institution_id.unwrap_or_default().to_owned(),
+        institution_id: institution_id.unwrap_or_default().to_owned(),
         position_sec,
-        client_ts: w.client_ts?,
-        server_ts: w.server_ts,
+        client_ts: w.client_ts?.0,
+        server_ts: w.server_ts.map(|t| t.0),
         props,
     })
 }

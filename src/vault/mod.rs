@@ -589,8 +589,21 @@ pub(crate) async fn issue_in_tx(
         .collect())
 }
 
+/// A stored learner's blind index and pseudonym (what [`existing`] and [`insert_or_skip`] find).
+struct Keyed {
+    blind_index: Vec<u8>,
+    pseudonym: Uuid,
+}
+
+impl Keyed {
+    fn pair(self) -> ([u8; 32], Pseudonym) {
+        (self.blind_index.as_slice().try_into().expect("32-byte blind index"), Pseudonym::from_uuid(self.pseudonym))
+    }
+}
+
 async fn existing(conn: &mut PgConnection, inst: &str, wanted: &[Vec<u8>]) -> Result<Vec<([u8; 32], Pseudonym)>, sqlx::Error> {
-    let rows = sqlx::query!(
+    let rows = sqlx::query_as!(
+        Keyed,
         // A join, not `= ANY(array)`: with thousands of keys the latter can be
         // planned as a scan comparing every row with every key.
         r#"SELECT l.blind_index, l.pseudonym
@@ -601,10 +614,7 @@ async fn existing(conn: &mut PgConnection, inst: &str, wanted: &[Vec<u8>]) -> Re
     )
     .fetch_all(conn)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| (r.blind_index.as_slice().try_into().expect("32-byte blind index"), Pseudonym::from_uuid(r.pseudonym)))
-        .collect())
+    Ok(rows.into_iter().map(Keyed::pair).collect())
 }
 
 /// Column arrays of sealed vault rows, for `UNNEST` inserts.
@@ -648,7 +658,8 @@ async fn insert_plain(conn: &mut PgConnection, inst: &str, version: i32, r: &Row
 }
 
 async fn insert_or_skip(conn: &mut PgConnection, inst: &str, version: i32, r: &Rows) -> Result<Vec<([u8; 32], Pseudonym)>, sqlx::Error> {
-    let rows = sqlx::query!(
+    let rows = sqlx::query_as!(
+        Keyed,
         r#"INSERT INTO learners (pseudonym, institution_id, blind_index, index_key_version, wrapped_dek, wrap_key_version, identity_ct)
            SELECT u.p, $1, u.bi, $2, u.w, $2, u.ct
            FROM UNNEST($3::uuid[], $4::bytea[], $5::bytea[], $6::bytea[]) AS u(p, bi, w, ct)
@@ -663,8 +674,5 @@ async fn insert_or_skip(conn: &mut PgConnection, inst: &str, version: i32, r: &R
     )
     .fetch_all(conn)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| (r.blind_index.as_slice().try_into().expect("32-byte blind index"), Pseudonym::from_uuid(r.pseudonym)))
-        .collect())
+    Ok(rows.into_iter().map(Keyed::pair).collect())
 }
