@@ -177,14 +177,16 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
                 let job_id = job.id;
                 let affected = &job.progress["affected"];
                 let parts = &parts;
-                // Each aggregate on its own connection, its partitions one after the other.
+                // Each aggregate at once, [`PARTITIONS_AT_ONCE`] of its partitions at a time (each
+                // in a staging table of its own).
                 let done = futures::future::try_join_all(tables.iter().map(|s| async move {
                     let view = view_of(d, s)?;
                     let keys = affected.get(&s.name).cloned();
                     // The live schema once per aggregate (three catalogue reads), not once per partition.
                     let sh = shape(&d.warehouse, ident(&s.name)?, ident(&view.name)?).await?;
-                    for part in parts {
-                        rebuild_partition(&d.warehouse, s, &sh, part, job_id, keys.as_ref()).await?;
+                    for some in parts.chunks(PARTITIONS_AT_ONCE) {
+                        futures::future::try_join_all(some.iter().map(|part| rebuild_partition(&d.warehouse, s, &sh, part, job_id, keys.as_ref())))
+                            .await?;
                     }
                     Ok::<_, DsrError>(json!({"table": s.name, "partitions": parts, "keys": keys, "verified_equal_to_fresh_computation": true}))
                 }))
@@ -456,12 +458,16 @@ fn key_filter(keys: Option<&Value>) -> Option<(String, Vec<(String, String)>)> {
 /// one), and after the swap the live groups equal the staged ones, which are the computation
 /// just made from the base table (the lander's inserts wait on the rebuild barrier, so the
 /// base table cannot change in between).
+/// Partitions of one aggregate rebuilt at a time: a partition's statements are mostly
+/// waits (a mutation's scheduling, catalogue changes), so two overlap on two cores.
+const PARTITIONS_AT_ONCE: usize = 2;
+
 async fn rebuild_partition(wh: &Warehouse, table: &Store, sh: &Shape, part: &str, job: Uuid, keys: Option<&Value>) -> Result<(), DsrError> {
     if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
         return Err(DsrError::Verification(format!("unexpected partition id {part:?}")));
     }
     let t = ident(&table.name)?;
-    let staging = format!("{t}__erasure_{}", &job.simple().to_string()[..12]);
+    let staging = format!("{t}__erasure_{}_p{part}", &job.simple().to_string()[..12]);
     let cols = sh.columns.iter().map(|(n, _, _)| format!("`{n}`")).collect::<Vec<_>>().join(", ");
     let (filter, params) = key_filter(keys).unwrap_or_else(|| ("1".into(), Vec::new()));
     let params: Vec<(&str, String)> = params.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
