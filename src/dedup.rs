@@ -33,8 +33,11 @@ use uuid::Uuid;
 pub const MIN_WINDOW_DAYS: u32 = 7;
 
 /// A batch's ids are claimed on up to this many connections at once (and a lander's, whatever
-/// its batches and their members claiming at once: [`Claims`]'s permits)...
-const PARALLEL: usize = 4;
+/// its batches and their members claiming at once: [`Claims`]'s permits)... Two, by
+/// measurement on two cores (BENCHMARKS.md, session 12): four backends inserting at once
+/// took CPU from the lander's decode (deduplication cost 0.73-0.76x of the rate without
+/// it), two cost 0.78-0.84x, one 0.78x (and a freshness p99 over 500 ms once).
+const PARALLEL: usize = 2;
 /// ...in ranges of at least this many ids.
 const MIN_CHUNK: usize = 5_000;
 
