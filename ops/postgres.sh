@@ -34,7 +34,6 @@ if ! cmp -s "$here/postgres/learnvault.conf" "$conf"; then
 fi
 
 if ! answers; then
-  version=$(ls /etc/postgresql | sort -V | tail -n 1)
   say "starting PostgreSQL $version"
   $SUDO pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
   for _ in $(seq 1 60); do answers && break; sleep 0.5; done

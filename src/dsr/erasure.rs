@@ -448,6 +448,10 @@ fn key_filter(keys: Option<&Value>) -> Option<(String, Vec<(String, String)>)> {
     Some((sql.join(" AND "), params))
 }
 
+/// Partitions of one aggregate rebuilt at a time: a partition's statements are mostly
+/// waits (a mutation's scheduling, catalogue changes), so two overlap on two cores.
+const PARTITIONS_AT_ONCE: usize = 2;
+
 /// Rebuild one partition of an aggregate table, swap it in atomically, then check it. With
 /// `keys`, only the groups the subject fed are recomputed from the base table; the others
 /// are copied as they are.
@@ -458,10 +462,6 @@ fn key_filter(keys: Option<&Value>) -> Option<(String, Vec<(String, String)>)> {
 /// one), and after the swap the live groups equal the staged ones, which are the computation
 /// just made from the base table (the lander's inserts wait on the rebuild barrier, so the
 /// base table cannot change in between).
-/// Partitions of one aggregate rebuilt at a time: a partition's statements are mostly
-/// waits (a mutation's scheduling, catalogue changes), so two overlap on two cores.
-const PARTITIONS_AT_ONCE: usize = 2;
-
 async fn rebuild_partition(wh: &Warehouse, table: &Store, sh: &Shape, part: &str, job: Uuid, keys: Option<&Value>) -> Result<(), DsrError> {
     if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
         return Err(DsrError::Verification(format!("unexpected partition id {part:?}")));

@@ -176,7 +176,6 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
             .bind(args.base_claims as i64)
             .execute(&pool)
             .await?;
-        sqlx::query("VACUUM ANALYZE ingest_event_ids").execute(&pool).await.ok();
         println!("claims already held: {} event ids (inserted in {:.1}s)", args.base_claims, started.elapsed().as_secs_f64());
     }
     // Learners in the vault (the lander refuses unknown pseudonyms).
