@@ -23,7 +23,6 @@
 
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +46,35 @@ const UPSERT_AFTER_CONFLICT: u32 = 16;
 
 /// Events dropped by the lander because their id landed already.
 pub const DUPLICATES: &str = "learnvault_lander_duplicates_total";
+
+/// Sets of event ids: foldhash (keyed per process) rather than SipHash, a third of the cost
+/// per id on the lander's path (three sets per batch: its first occurrences, a member's
+/// claimed ids, the claim's answer).
+pub type IdSet = foldhash::HashSet<Uuid>;
+
+/// The answer to a claim: which of the ids the batch may land.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claimed {
+    /// Every id (the common case: a whole range claimed by one COPY), no set built.
+    All,
+    /// These only (some were claimed by another batch before).
+    Only(IdSet),
+}
+
+impl Claimed {
+    /// Whether the batch may land `id` (one of the ids it claimed for).
+    pub fn allows(&self, id: &Uuid) -> bool {
+        match self {
+            Claimed::All => true,
+            Claimed::Only(mine) => mine.contains(id),
+        }
+    }
+
+    /// The ids among `ids` (those claimed for) that the batch may land.
+    pub fn of(&self, ids: &[Uuid]) -> std::collections::HashSet<Uuid> {
+        ids.iter().filter(|i| self.allows(i)).copied().collect()
+    }
+}
 
 /// A batch's key in `ingest_event_ids`: the first 8 bytes of SHA-256 of its token.
 pub fn batch_key(token: &str) -> i64 {
@@ -90,16 +118,16 @@ impl Claims {
     /// lander, or by this batch: its replay), and then the range is claimed by `INSERT ... ON
     /// CONFLICT DO NOTHING` as before. Either way the unique key decides: atomic across
     /// batches and landers, and a replay keeps its own claims.
-    pub async fn claim(&self, token: &str, ids: &[Uuid]) -> Result<HashSet<Uuid>, sqlx::Error> {
+    pub async fn claim(&self, token: &str, ids: &[Uuid]) -> Result<Claimed, sqlx::Error> {
         self.claim_by(token, ids, true).await
     }
 
     /// [`Claims::claim`] without the COPY (`ON CONFLICT` for every range): the benchmark's reference.
-    pub async fn claim_upsert(&self, token: &str, ids: &[Uuid]) -> Result<HashSet<Uuid>, sqlx::Error> {
+    pub async fn claim_upsert(&self, token: &str, ids: &[Uuid]) -> Result<Claimed, sqlx::Error> {
         self.claim_by(token, ids, false).await
     }
 
-    async fn claim_by(&self, token: &str, ids: &[Uuid], copy: bool) -> Result<HashSet<Uuid>, sqlx::Error> {
+    async fn claim_by(&self, token: &str, ids: &[Uuid], copy: bool) -> Result<Claimed, sqlx::Error> {
         let mut sorted = ids.to_vec();
         sorted.sort_unstable();
         let batch = batch_key(token);
@@ -108,17 +136,29 @@ impl Claims {
             let _permit = self.permits.acquire().await.expect("the permits are never closed");
             if copy && self.upsert_left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_err() {
                 match self.copy_range(batch, c).await {
-                    Ok(()) => return Ok(c.iter().copied().collect()),
+                    Ok(()) => return Ok(Claimed::All),
                     Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => {
                         self.upsert_left.store(UPSERT_AFTER_CONFLICT, Ordering::Relaxed);
                     }
                     Err(e) => return Err(e),
                 }
             }
-            self.claim_range(batch, c).await
+            let mine = self.claim_range(batch, c).await?;
+            Ok(if mine.len() == c.len() { Claimed::All } else { Claimed::Only(mine) })
         }))
         .await?;
-        Ok(parts.into_iter().flatten().collect())
+        if parts.iter().all(|p| *p == Claimed::All) {
+            return Ok(Claimed::All);
+        }
+        // Some range lost ids to another batch: the ids of the whole ranges, and those kept of the others.
+        let mut mine = IdSet::default();
+        for (part, c) in parts.into_iter().zip(sorted.chunks(per)) {
+            match part {
+                Claimed::All => mine.extend(c.iter().copied()),
+                Claimed::Only(some) => mine.extend(some),
+            }
+        }
+        Ok(Claimed::Only(mine))
     }
 
     /// Claim every id of a range (sorted, distinct) in one binary COPY, or none of them: a
@@ -149,8 +189,8 @@ impl Claims {
     }
 
     /// One statement for a range of ids, and a second only when some id was claimed already.
-    async fn claim_range(&self, batch: i64, ids: &[Uuid]) -> Result<HashSet<Uuid>, sqlx::Error> {
-        let mut mine: HashSet<Uuid> = sqlx::query_scalar!(
+    async fn claim_range(&self, batch: i64, ids: &[Uuid]) -> Result<IdSet, sqlx::Error> {
+        let mut mine: IdSet = sqlx::query_scalar!(
             r#"INSERT INTO ingest_event_ids (event_id, batch) SELECT id, $2 FROM UNNEST($1::uuid[]) AS t(id)
                ON CONFLICT (event_id) DO NOTHING RETURNING event_id"#,
             ids,
@@ -244,7 +284,7 @@ impl XapiStatements {
         let ids: Vec<Uuid> = statements.iter().map(|s| s.0).collect();
         let digests: Vec<Vec<u8>> = statements.iter().map(|s| s.1.clone()).collect();
         let mut tx = self.pool.begin().await?;
-        let fresh: HashSet<Uuid> = sqlx::query_scalar!(
+        let fresh: IdSet = sqlx::query_scalar!(
             r#"INSERT INTO xapi_statements (statement_id, institution, digest)
                SELECT id, $2, d FROM UNNEST($1::uuid[], $3::bytea[]) AS t(id, d)
                ON CONFLICT (statement_id) DO NOTHING RETURNING statement_id"#,

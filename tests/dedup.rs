@@ -132,22 +132,22 @@ async fn a_batch_replayed_under_its_own_token_keeps_its_claims_and_another_batch
     let claims = learnvault::dedup::Claims::new(app.admin.clone(), 7);
     let ids: Vec<uuid::Uuid> = (0..5).map(|_| uuid::Uuid::new_v4()).collect();
     let all: std::collections::HashSet<uuid::Uuid> = ids.iter().copied().collect();
-    assert_eq!(claims.claim("t:0:0-4", &ids).await.unwrap(), all, "first claim");
-    assert_eq!(claims.claim("t:0:0-4", &ids).await.unwrap(), all, "the same batch replayed keeps its ids");
+    assert_eq!(claims.claim("t:0:0-4", &ids).await.unwrap().of(&ids), all, "first claim");
+    assert_eq!(claims.claim("t:0:0-4", &ids).await.unwrap().of(&ids), all, "the same batch replayed keeps its ids");
     let more = uuid::Uuid::new_v4();
-    let got = claims.claim("t:1:0-5", &[ids[0], more]).await.unwrap();
+    let got = claims.claim("t:1:0-5", &[ids[0], more]).await.unwrap().of(&[ids[0], more]);
     assert_eq!(got, [more].into_iter().collect(), "another batch gets only the new id");
     // A batch of a lander spanning partitions, claimed in several key ranges at once: the same answers.
     let big: Vec<uuid::Uuid> = (0..12_000).map(|_| uuid::Uuid::new_v4()).collect();
     let big_all: std::collections::HashSet<uuid::Uuid> = big.iter().copied().collect();
-    assert_eq!(claims.claim("t:4:0-11999", &big).await.unwrap(), big_all);
-    assert_eq!(claims.claim("t:4:0-11999", &big).await.unwrap(), big_all, "replayed");
+    assert_eq!(claims.claim("t:4:0-11999", &big).await.unwrap().of(&big), big_all);
+    assert_eq!(claims.claim("t:4:0-11999", &big).await.unwrap().of(&big), big_all, "replayed");
     let fresh: Vec<uuid::Uuid> = (0..6_000).map(|_| uuid::Uuid::new_v4()).collect();
     let half: Vec<uuid::Uuid> = big.iter().step_by(2).copied().chain(fresh.iter().copied()).collect();
-    assert_eq!(claims.claim("t:5:0-11999", &half).await.unwrap(), fresh.iter().copied().collect(), "only the new ids");
+    assert_eq!(claims.claim("t:5:0-11999", &half).await.unwrap().of(&half), fresh.iter().copied().collect(), "only the new ids");
     // A dead-lettered batch releases its claims; the ids can land with a corrected delivery.
     assert_eq!(claims.release("t:0:0-4").await.unwrap(), 5);
-    assert_eq!(claims.claim("t:2:0-4", &ids).await.unwrap(), all);
+    assert_eq!(claims.claim("t:2:0-4", &ids).await.unwrap().of(&ids), all);
     // Claims older than the window are purged; newer ones stay.
     sqlx::query("UPDATE ingest_event_ids SET seen_at = now() - interval '8 days' WHERE event_id = $1")
         .bind(ids[1])
@@ -155,7 +155,7 @@ async fn a_batch_replayed_under_its_own_token_keeps_its_claims_and_another_batch
         .await
         .unwrap();
     assert_eq!(claims.purge().await.unwrap(), 1);
-    assert_eq!(claims.claim("t:3:0-0", &[ids[1], ids[2]]).await.unwrap(), [ids[1]].into_iter().collect());
+    assert_eq!(claims.claim("t:3:0-0", &[ids[1], ids[2]]).await.unwrap().of(&[ids[1], ids[2]]), [ids[1]].into_iter().collect());
 }
 
 #[tokio::test]
@@ -170,17 +170,17 @@ async fn a_claim_by_copy_is_all_or_nothing_and_two_landers_claiming_at_once_spli
     let mut ids: Vec<Uuid> = (0..8_000).map(|_| Uuid::new_v4()).collect();
     ids.sort();
     let last = *ids.last().unwrap();
-    assert_eq!(fresh().claim("c:0:0-0", &[last]).await.unwrap(), [last].into_iter().collect());
-    let got = fresh().claim("c:1:0-7999", &ids).await.unwrap();
+    assert_eq!(fresh().claim("c:0:0-0", &[last]).await.unwrap().of(&[last]), [last].into_iter().collect());
+    let got = fresh().claim("c:1:0-7999", &ids).await.unwrap().of(&ids);
     assert_eq!(got.len(), ids.len() - 1, "every id but the one claimed before");
     assert!(!got.contains(&last));
-    assert_eq!(fresh().claim("c:1:0-7999", &ids).await.unwrap(), got, "a replay keeps its own claims");
+    assert_eq!(fresh().claim("c:1:0-7999", &ids).await.unwrap().of(&ids), got, "a replay keeps its own claims");
     // Two landers claiming overlapping batches at once: each id goes to exactly one of them.
     let a: Vec<Uuid> = (0..20_000).map(|_| Uuid::new_v4()).collect();
     let b: Vec<Uuid> = a.iter().step_by(2).copied().chain((0..10_000).map(|_| Uuid::new_v4())).collect();
     let (ca, cb) = (fresh(), fresh());
     let (ga, gb) = tokio::join!(ca.claim("c:2:0-19999", &a), cb.claim("c:3:0-19999", &b));
-    let (ga, gb) = (ga.unwrap(), gb.unwrap());
+    let (ga, gb) = (ga.unwrap().of(&a), gb.unwrap().of(&b));
     assert!(ga.is_disjoint(&gb), "no id claimed by both");
     let union: HashSet<Uuid> = a.iter().chain(b.iter()).copied().collect();
     assert_eq!(ga.len() + gb.len(), union.len(), "every id claimed by one of them");

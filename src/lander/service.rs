@@ -345,14 +345,14 @@ impl Sink {
         let decode_ms = decoded_by.into_inner().expect("decode time").as_millis().max(1) as u64;
         let _ = self.stats.decode_ms.lock().expect("stats lock").record(decode_ms);
         // Each event id once in the batch (its first occurrence among those claimed).
-        let mut first = std::collections::HashSet::new();
+        let mut first = crate::dedup::IdSet::with_capacity_and_hasher(members.iter().map(|m| m.2.len()).sum(), Default::default());
         let mut governed = 0usize;
         let mut landable: Vec<(usize, usize)> = Vec::new();
         for (pi, (_, items, ixs, mine)) in members.iter().enumerate() {
             governed += ixs.len();
             for &ix in ixs {
                 let id = items[ix].outcome.as_ref().expect("landable").event_id;
-                if mine.as_ref().is_none_or(|m| m.contains(&id)) && first.insert(id) {
+                if mine.as_ref().is_none_or(|m| m.allows(&id)) && first.insert(id) {
                     landable.push((pi, ix));
                 }
             }
@@ -390,7 +390,7 @@ impl Sink {
         p: i32,
         items: &[Item],
         token: &str,
-    ) -> Result<(Vec<usize>, Option<tokio::task::JoinHandle<std::collections::HashSet<uuid::Uuid>>>), LanderError> {
+    ) -> Result<(Vec<usize>, Option<tokio::task::JoinHandle<crate::dedup::Claimed>>), LanderError> {
         let ids: Vec<uuid::Uuid> = items.iter().filter_map(|i| i.outcome.as_ref().ok().map(|e| e.learner_id)).collect();
         let standings = Backoff::POSTGRES
             .until_ok(Cause::Vault, "vault unavailable for governance", || self.governance.standings(ids.iter().copied()))
@@ -410,7 +410,7 @@ impl Sink {
         // Idempotent ingest: the claim of each landable id once (its first occurrence here),
         // while the refusals go to the dead-letter topic.
         let claimed = self.claims.clone().map(|claims| {
-            let mut seen = std::collections::HashSet::with_capacity(landable.len());
+            let mut seen = crate::dedup::IdSet::with_capacity_and_hasher(landable.len(), Default::default());
             let ids: Vec<uuid::Uuid> =
                 landable.iter().map(|&ix| items[ix].outcome.as_ref().expect("landable").event_id).filter(|id| seen.insert(*id)).collect();
             let token = token.to_owned();

@@ -648,25 +648,25 @@ async fn dedup_probe(pool: &sqlx::PgPool, wh: &Warehouse) -> anyhow::Result<Exit
         // conflict yet: the replay and the duplicate pay the failed COPY, their worst case).
         let batch = ids(BATCH);
         let t = Instant::now();
-        anyhow::ensure!(claims.claim_upsert(&format!("probe-upsert:{i}"), &batch).await?.len() == BATCH);
+        anyhow::ensure!(claims.claim_upsert(&format!("probe-upsert:{i}"), &batch).await?.of(&batch).len() == BATCH);
         upsert.record(t.elapsed().as_micros().max(1) as u64)?;
         upsert_s += t.elapsed().as_secs_f64();
         let t = Instant::now();
-        anyhow::ensure!(claims.claim_upsert(&format!("probe-upsert:{i}"), &batch).await?.len() == BATCH);
+        anyhow::ensure!(claims.claim_upsert(&format!("probe-upsert:{i}"), &batch).await?.of(&batch).len() == BATCH);
         again_u.record(t.elapsed().as_micros().max(1) as u64)?;
         again_u_s += t.elapsed().as_secs_f64();
         let batch = ids(BATCH);
         let token = format!("probe:{i}");
         let t = Instant::now();
-        anyhow::ensure!(crate::dedup::Claims::new(pool.clone(), crate::dedup::MIN_WINDOW_DAYS).claim(&token, &batch).await?.len() == BATCH);
+        anyhow::ensure!(crate::dedup::Claims::new(pool.clone(), crate::dedup::MIN_WINDOW_DAYS).claim(&token, &batch).await?.of(&batch).len() == BATCH);
         fresh.record(t.elapsed().as_micros().max(1) as u64)?;
         fresh_s += t.elapsed().as_secs_f64();
         let t = Instant::now();
-        anyhow::ensure!(crate::dedup::Claims::new(pool.clone(), crate::dedup::MIN_WINDOW_DAYS).claim(&token, &batch).await?.len() == BATCH);
+        anyhow::ensure!(crate::dedup::Claims::new(pool.clone(), crate::dedup::MIN_WINDOW_DAYS).claim(&token, &batch).await?.of(&batch).len() == BATCH);
         again.record(t.elapsed().as_micros().max(1) as u64)?;
         again_s += t.elapsed().as_secs_f64();
         let t = Instant::now();
-        anyhow::ensure!(crate::dedup::Claims::new(pool.clone(), crate::dedup::MIN_WINDOW_DAYS).claim(&format!("{token}-other"), &batch).await?.is_empty());
+        anyhow::ensure!(crate::dedup::Claims::new(pool.clone(), crate::dedup::MIN_WINDOW_DAYS).claim(&format!("{token}-other"), &batch).await?.of(&batch).is_empty());
         dup.record(t.elapsed().as_micros().max(1) as u64)?;
         dup_s += t.elapsed().as_secs_f64();
     }
