@@ -40,14 +40,10 @@ pub async fn queues(State(st): State<Console>, v: Viewer) -> Result<Response, Re
         );
         let table = html::table(&items, &head, Some("No items."), |i| {
             format!(
-                "<tr><td><a href=\"/console/review/items/{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td><a href=\"/console/review/items/{}\">{}</a></td>{}</tr>",
                 esc(i["id"].as_str().unwrap_or("")),
                 text(&i["kind"]),
-                text(&i["state"]),
-                text(&i["course_id"]),
-                text(&i["content_id"]),
-                text(&i["event_date"]),
-                text(&i["created_at"]),
+                html::tds(i, &["state", "course_id", "content_id", "event_date", "created_at"]),
             )
         });
         body += &format!("<h2>Queue: {}</h2>{table}", esc(&role));
@@ -187,11 +183,8 @@ fn timeline(t: &Value) -> String {
         .iter()
         .map(|e| {
             format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td></tr>",
-                text(&e["at"]),
-                text(&e["event_type"]),
-                text(&e["content_id"]),
-                text(&e["session_id"]),
+                "<tr>{}<td class=\"num\">{}</td></tr>",
+                html::tds(e, &["at", "event_type", "content_id", "session_id"]),
                 text(&e["position_sec"])
             )
         })

@@ -78,18 +78,13 @@ pub async fn log(State(st): State<Console>, v: Viewer, Query(q): Query<LogQuery>
     let table = html::table(&entries, head, None, |e| {
         let actor = e["actor"].as_str().unwrap_or("");
         format!(
-            "<tr><td class=\"num\">{}</td><td>{}</td><td><a href=\"/console/audit?actor={}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+            "<tr><td class=\"num\">{}</td><td>{}</td><td><a href=\"/console/audit?actor={}\">{}</a></td><td>{}</td>{}<td><code>{}</code></td></tr>",
             text(&e["seq"]),
             text(&e["at"]),
             enc(actor),
             esc(actor),
             e["roles"].as_array().map(|r| r.iter().map(text).collect::<Vec<_>>().join(", ")).unwrap_or_default(),
-            text(&e["institution"]),
-            text(&e["action"]),
-            text(&e["outcome"]),
-            text(&e["target_pseudonym"]),
-            text(&e["purpose"]),
-            text(&e["justification"]),
+            html::tds(e, &["institution", "action", "outcome", "target_pseudonym", "purpose", "justification"]),
             esc(&e["detail"].to_string()),
         )
     });
@@ -167,13 +162,12 @@ pub async fn retention(State(st): State<Console>, v: Viewer) -> Result<Response,
         .map(|t| {
             let ok = t["ttl_ok"].as_bool() == Some(true) && t["rows_ok"].as_bool() == Some(true);
             format!(
-                "<tr{}><th scope=\"row\">{}</th><td><code>{}</code></td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr{}><th scope=\"row\">{}</th><td><code>{}</code></td><td><code>{}</code></td>{}<td>{}</td></tr>",
                 if ok { "" } else { " class=\"bad\"" },
                 text(&t["table"]),
                 text(&t["expected_ttl"]),
                 text(&t["live_ttl"]),
-                text(&t["oldest"]),
-                text(&t["limit"]),
+                html::tds(t, &["oldest", "limit"]),
                 if ok { "ok" } else { "VIOLATION" },
             )
         })
