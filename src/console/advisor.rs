@@ -3,15 +3,13 @@
 //! one learner's pseudonymous timeline behind a purpose and justification.
 
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Form;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::dispatch::{enc, get, post};
 use super::html::{self, cell, csrf, esc, text};
-use super::viewer::Viewer;
+use super::viewer::{with_csrf, Posted, Viewer};
 use super::Console;
 use crate::policy::Permission;
 
@@ -149,14 +147,7 @@ pub struct DecisionForm {
     note: String,
 }
 
-pub async fn decide(
-    State(st): State<Console>,
-    v: Viewer,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Form(f): Form<DecisionForm>,
-) -> Result<Response, Response> {
-    v.check_csrf(&f.csrf, &headers)?;
+pub async fn decide(State(st): State<Console>, Path(id): Path<String>, Posted(v, f): Posted<DecisionForm>) -> Result<Response, Response> {
     let a =
         post(&st.api, &v.principal, &format!("/v1/signals/items/{}/decision", enc(&id)), &json!({"decision": f.decision, "note": f.note}))
             .await;
@@ -174,6 +165,8 @@ pub struct DrilldownForm {
     #[serde(default)]
     justification: String,
 }
+
+with_csrf!(DecisionForm, DrilldownForm);
 
 fn timeline(t: &Value) -> String {
     let rows: String = t["events"]
@@ -198,12 +191,9 @@ fn timeline(t: &Value) -> String {
 
 pub async fn drilldown(
     State(st): State<Console>,
-    v: Viewer,
-    headers: HeaderMap,
     Path(pseudonym): Path<String>,
-    Form(f): Form<DrilldownForm>,
+    Posted(v, f): Posted<DrilldownForm>,
 ) -> Result<Response, Response> {
-    v.check_csrf(&f.csrf, &headers)?;
     let body = json!({"course_id": f.course_id, "purpose": f.purpose, "justification": f.justification});
     let a = post(&st.api, &v.principal, &format!("/v1/learners/{}/activity", enc(&pseudonym)), &body).await;
     html::answered(&v, &a)?;

@@ -2,15 +2,13 @@
 //! chain verification against the latest signed checkpoint, the retention report.
 
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
 use axum::response::Response;
-use axum::Form;
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::dispatch::{enc, get};
 use super::html::{self, csrf, esc, text};
-use super::viewer::Viewer;
+use super::viewer::{CsrfForm, Posted, Viewer};
 use super::Console;
 use crate::policy::Permission;
 
@@ -111,12 +109,6 @@ pub async fn log(State(st): State<Console>, v: Viewer, Query(q): Query<LogQuery>
     Ok(html::page(&v, "Audit log", &body))
 }
 
-#[derive(Deserialize)]
-pub struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
-}
-
 fn verification(v: &Value) -> String {
     let cp = &v["checkpoint"];
     let cp = if cp.is_null() {
@@ -140,8 +132,7 @@ fn verification(v: &Value) -> String {
     }
 }
 
-pub async fn verify(State(st): State<Console>, v: Viewer, headers: HeaderMap, Form(f): Form<CsrfForm>) -> Result<Response, Response> {
-    v.check_csrf(&f.csrf, &headers)?;
+pub async fn verify(State(st): State<Console>, Posted(v, _): Posted<CsrfForm>) -> Result<Response, Response> {
     let a = get(&st.api, &v.principal, "/v1/audit/verify").await;
     html::answered(&v, &a)?;
     Ok(html::page(
