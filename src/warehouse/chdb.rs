@@ -26,7 +26,10 @@ macro_rules! chdb_api {
             $($field: $sig,)*
         }
 
-        /// SAFETY: each symbol must have the signature given for it.
+        /// Every symbol of [`Api`], looked up in `lib`.
+        ///
+        /// # Safety
+        /// `lib` must be chDB's library, whose symbols have the signatures given here.
         unsafe fn bind(lib: &libloading::Library, path: &Path) -> Result<Api, String> {
             Ok(Api {
                 $($field: *lib
