@@ -18,6 +18,11 @@ fn invalid(code: &'static str, message: impl Into<String>) -> Invalid {
     Invalid { code, message: message.into() }
 }
 
+/// `s` when it is 1 to `max_len` bytes, each of them `allowed`.
+fn token(s: &str, max_len: usize, allowed: impl Fn(u8) -> bool) -> Option<String> {
+    (!s.is_empty() && s.len() <= max_len && s.bytes().all(allowed)).then(|| s.to_owned())
+}
+
 /// A learner pseudonym: a random UUID v4 issued by the vault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(transparent)]
@@ -54,26 +59,9 @@ pub struct InstitutionId(String);
 
 impl InstitutionId {
     pub fn parse(s: &str) -> Result<Self, Invalid> {
-        let ok = !s.is_empty()
-            && s.len() <= 128
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
-        if ok {
-            Ok(InstitutionId(s.to_owned()))
-        } else {
-            Err(invalid(
-                "invalid_institution",
-                "institution must be 1-128 characters of letters, digits, '.', '_', ':' or '-'",
-            ))
-        }
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for InstitutionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        token(s, 128, |b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+            .map(InstitutionId)
+            .ok_or_else(|| invalid("invalid_institution", "institution must be 1-128 characters of letters, digits, '.', '_', ':' or '-'"))
     }
 }
 
@@ -118,25 +106,30 @@ pub struct Purpose(String);
 impl Purpose {
     /// Syntactic check only; whether the purpose is declared is the policy's call.
     pub fn parse(s: &str) -> Result<Self, Invalid> {
-        let ok = !s.is_empty()
-            && s.len() <= 64
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        if ok {
-            Ok(Purpose(s.to_owned()))
-        } else {
-            Err(invalid("unknown_purpose", "purpose must be one of the declared purposes"))
-        }
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
+        token(s, 64, |b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            .map(Purpose)
+            .ok_or_else(|| invalid("unknown_purpose", "purpose must be one of the declared purposes"))
     }
 }
 
-impl fmt::Display for Purpose {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+/// `as_str` and `Display` of the newtypes holding a validated, non-personal string.
+macro_rules! shown_as_str {
+    ($($t:ident),*) => {$(
+        impl $t {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    )*};
 }
+
+shown_as_str!(InstitutionId, Purpose);
 
 #[cfg(test)]
 mod tests {

@@ -156,14 +156,25 @@ pub fn decode_value(raw: &[u8]) -> Result<Option<Vec<u8>>, DecodeError> {
     thread_local! {
         static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
     }
-    DCTX.with(|d| {
-        let mut d = d.borrow_mut();
-        let d = match &mut *d {
-            Some(d) => d,
-            slot => slot.insert(zstd::bulk::Decompressor::new().map_err(|_| DecodeError::Corrupt)?),
+    let decompressor = || zstd::bulk::Decompressor::new().map_err(|_| DecodeError::Corrupt);
+    // A frame holding more than its header declares does not fit: corrupt.
+    with_cached(&DCTX, decompressor, |d| d.decompress(raw, declared).map(Some).map_err(|_| DecodeError::Corrupt))?
+}
+
+/// `f` on this thread's `T` in `slot`, made by `init` at its first use (a zstd context
+/// is worth keeping: making one costs more than compressing a small record).
+fn with_cached<T, E, R>(
+    slot: &'static std::thread::LocalKey<std::cell::RefCell<Option<T>>>,
+    init: impl FnOnce() -> Result<T, E>,
+    f: impl FnOnce(&mut T) -> R,
+) -> Result<R, E> {
+    slot.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let t = match &mut *cell {
+            Some(t) => t,
+            empty => empty.insert(init()?),
         };
-        // A frame holding more than its header declares does not fit: corrupt.
-        d.decompress(raw, declared).map(Some).map_err(|_| DecodeError::Corrupt)
+        Ok(f(t))
     })
 }
 
@@ -187,14 +198,9 @@ pub fn encode_value(value: Vec<u8>, compression: Compression) -> Vec<u8> {
     thread_local! {
         static CCTX: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> = const { std::cell::RefCell::new(None) };
     }
-    CCTX.with(|c| {
-        let mut c = c.borrow_mut();
-        let c = match &mut *c {
-            Some(c) => c,
-            slot => slot.insert(zstd::bulk::Compressor::new(1).expect("a zstd context")),
-        };
-        c.compress(&value).expect("zstd compresses any input")
-    })
+    with_cached(&CCTX, || zstd::bulk::Compressor::new(1), |c| c.compress(&value))
+        .expect("a zstd context")
+        .expect("zstd compresses any input")
 }
 
 /// One record to produce: an envelope of events for `partition`.

@@ -1,6 +1,7 @@
 //! `/v1/audit`: list (filtered, keyset-paginated) and verify.
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -135,13 +136,14 @@ async fn checkpoint(State(s): State<AppState>, p: Principal) -> Result<Json<Chec
     s.authorize(&p, Permission::AuditVerify, None, None).await?;
     match audit::checkpoint_now(&s.pool, &s.anchor).await.map_err(Error::from)? {
         Ok(doc) => Ok(Json(CheckpointResponse { checkpoint: doc, algorithm: "Ed25519", public_key: s.anchor.public_key() })),
-        Err(v) => Err(Error::Conflict {
-            code: "audit_chain_broken",
-            message: format!(
+        Err(v) => Err(Error::new(
+            StatusCode::CONFLICT,
+            "audit_chain_broken",
+            format!(
                 "the chain does not extend the latest checkpoint ({} at seq {}); not signing",
                 v.reason.as_deref().unwrap_or("broken"),
                 v.first_broken_seq.unwrap_or_default()
             ),
-        }),
+        )),
     }
 }

@@ -6,6 +6,7 @@
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use axum::http::StatusCode;
 use std::sync::Arc;
 
 use super::{AppState, Error};
@@ -19,7 +20,7 @@ macro_rules! capability {
         impl FromRequestParts<AppState> for $name {
             type Rejection = Error;
             async fn from_request_parts(_: &mut Parts, s: &AppState) -> Result<Self, Error> {
-                s.$field.clone().map($name).ok_or_else(|| Error::Unavailable { code: $code, message: $message.into() })
+                s.$field.clone().map($name).ok_or_else(|| Error::new(StatusCode::SERVICE_UNAVAILABLE, $code, $message))
             }
         }
 

@@ -1,6 +1,7 @@
 //! `/v1/pseudonyms/{pseudonym}/consent`: per-purpose consent with append-only history.
 
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -43,7 +44,7 @@ async fn subject_institution(s: &AppState, p: &Principal, perm: Permission, pseu
             s.authorize(p, perm, Some(&institution), Some(pseudonym.as_uuid())).await?;
             Ok(institution)
         }
-        Subject::Erased { .. } => Err(Error::Gone { code: "erased", message: "this learner has been erased".into() }),
+        Subject::Erased { .. } => Err(Error::new(StatusCode::GONE, "erased", "this learner has been erased")),
         Subject::Unknown => Err(Error::not_found("unknown_pseudonym", "no such pseudonym")),
     }
 }

@@ -346,14 +346,14 @@ async fn archive(State(s): State<AppState>, p: Principal, d: DsrCap, Path(id): P
     let job = visible_job(&s, &p, &d, Permission::DsrAccess, &id).await?;
     let path = match (&job.kind[..], &job.state[..], job.result.as_ref().and_then(|r| r["archive"].as_str())) {
         ("access", "done", Some(path)) => std::path::PathBuf::from(path),
-        ("access", _, _) => return Err(Error::Conflict { code: "job_not_done", message: format!("the job is {}", job.state) }),
+        ("access", _, _) => return Err(Error::new(StatusCode::CONFLICT, "job_not_done", format!("the job is {}", job.state))),
         _ => return Err(Error::not_found("no_archive", "only subject-access jobs have an archive")),
     };
     if let Subject::Erased { .. } = s.vault.subject(Pseudonym::from_uuid(job.pseudonym)).await? {
-        return Err(Error::Gone { code: "erased", message: "the subject was erased; its access archives were deleted with it".into() });
+        return Err(Error::new(StatusCode::GONE, "erased", "the subject was erased; its access archives were deleted with it"));
     }
     let reader = crate::dsr::access::open_archive(&path, &d.archive_keys, job.id)
-        .map_err(|_| Error::Gone { code: "archive_expired", message: "the archive has expired (retention.yaml `archives`); open a new request".into() })?;
+        .map_err(|_| Error::new(StatusCode::GONE, "archive_expired", "the archive has expired (retention.yaml `archives`); open a new request"))?;
     let mut entry = p.entry("dsr.archive.download", Some(&job.institution), Some(job.pseudonym), Outcome::Success);
     entry.detail = serde_json::json!({"job": job.id, "sha256": job.result.as_ref().map(|r| r["sha256"].clone())});
     s.audit.record(entry).await?;
@@ -416,7 +416,7 @@ async fn certificate(State(s): State<AppState>, p: Principal, d: DsrCap, Path(id
         ("erasure", Some(c)) if !c.is_null() => Ok(Json(c)),
         // A batch: `{pseudonym: signed certificate}`.
         ("erasure_batch", _) if job.state == "done" => Ok(Json(job.result.as_ref().map(|r| r["certificates"].clone()).unwrap_or_default())),
-        ("erasure" | "erasure_batch", _) => Err(Error::Conflict { code: "job_not_done", message: format!("the job is {}", job.state) }),
+        ("erasure" | "erasure_batch", _) => Err(Error::new(StatusCode::CONFLICT, "job_not_done", format!("the job is {}", job.state))),
         _ => Err(Error::not_found("no_certificate", "only erasure jobs have a certificate")),
     }
 }

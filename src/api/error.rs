@@ -13,27 +13,10 @@ use crate::vault::VaultError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A refusal the client can act on: its status (a 4xx, or 503: a dependency is down,
+    /// retry later; fail closed), a stable machine `code` and a clear message.
     #[error("{message}")]
-    BadRequest { code: &'static str, message: String },
-    #[error("{message}")]
-    Unauthorized { code: &'static str, message: String },
-    #[error("{message}")]
-    Forbidden { code: &'static str, message: String },
-    #[error("{message}")]
-    NotFound { code: &'static str, message: String },
-    #[error("{message}")]
-    Gone { code: &'static str, message: String },
-    #[error("{message}")]
-    Conflict { code: &'static str, message: String },
-    #[error("{message}")]
-    PayloadTooLarge { code: &'static str, message: String },
-    #[error("{message}")]
-    UnsupportedMediaType { message: String },
-    #[error("{message}")]
-    TooManyRequests { code: &'static str, message: String },
-    /// A dependency (database, audit log) is down: retry later. Fail closed.
-    #[error("{message}")]
-    Unavailable { code: &'static str, message: String },
+    Refused { status: StatusCode, code: &'static str, message: String },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -52,31 +35,26 @@ pub struct ErrorDetail {
 }
 
 impl Error {
+    /// A refusal with `status`; see [`Error::Refused`].
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Error::Refused { status, code, message: message.into() }
+    }
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Error::BadRequest { code, message: message.into() }
+        Error::new(StatusCode::BAD_REQUEST, code, message)
     }
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Error::Forbidden { code: "forbidden", message: message.into() }
+        Error::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
     pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
-        Error::NotFound { code, message: message.into() }
+        Error::new(StatusCode::NOT_FOUND, code, message)
     }
     pub fn too_large(code: &'static str, message: impl Into<String>) -> Self {
-        Error::PayloadTooLarge { code, message: message.into() }
+        Error::new(StatusCode::PAYLOAD_TOO_LARGE, code, message)
     }
 
     fn parts(&self) -> (StatusCode, &'static str, String) {
         match self {
-            Error::BadRequest { code, message } => (StatusCode::BAD_REQUEST, code, message.clone()),
-            Error::Unauthorized { code, message } => (StatusCode::UNAUTHORIZED, code, message.clone()),
-            Error::Forbidden { code, message } => (StatusCode::FORBIDDEN, code, message.clone()),
-            Error::NotFound { code, message } => (StatusCode::NOT_FOUND, code, message.clone()),
-            Error::Gone { code, message } => (StatusCode::GONE, code, message.clone()),
-            Error::Conflict { code, message } => (StatusCode::CONFLICT, code, message.clone()),
-            Error::PayloadTooLarge { code, message } => (StatusCode::PAYLOAD_TOO_LARGE, code, message.clone()),
-            Error::UnsupportedMediaType { message } => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", message.clone()),
-            Error::TooManyRequests { code, message } => (StatusCode::TOO_MANY_REQUESTS, code, message.clone()),
-            Error::Unavailable { code, message } => (StatusCode::SERVICE_UNAVAILABLE, code, message.clone()),
+            Error::Refused { status, code, message } => (*status, code, message.clone()),
             Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log".into()),
         }
     }
@@ -104,14 +82,14 @@ impl IntoResponse for Error {
 
 impl From<Invalid> for Error {
     fn from(e: Invalid) -> Self {
-        Error::BadRequest { code: e.code, message: e.message }
+        Error::bad_request(e.code, e.message)
     }
 }
 
 impl From<AuditError> for Error {
     fn from(e: AuditError) -> Self {
         tracing::error!(error = %e, "audit log write failed; operation refused");
-        Error::Unavailable { code: "audit_unavailable", message: "the audit log cannot be written; nothing was done, retry later".into() }
+        Error::new(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", "the audit log cannot be written; nothing was done, retry later")
     }
 }
 
@@ -120,7 +98,7 @@ impl From<sqlx::Error> for Error {
         match e {
             sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
                 tracing::error!(error = %e, "database unavailable");
-                Error::Unavailable { code: "database_unavailable", message: "the vault database is unavailable; retry later".into() }
+                Error::new(StatusCode::SERVICE_UNAVAILABLE, "database_unavailable", "the vault database is unavailable; retry later")
             }
             other => Error::Internal(other.to_string()),
         }
@@ -133,10 +111,7 @@ impl From<VaultError> for Error {
             VaultError::Invalid(i) => i.into(),
             VaultError::Audit(a) => a.into(),
             VaultError::Db(d) => d.into(),
-            VaultError::Suppressed => Error::Gone {
-                code: "erased",
-                message: "this learner was erased; collection is suppressed until a DPO lifts it".into(),
-            },
+            VaultError::Suppressed => Error::new(StatusCode::GONE, "erased", "this learner was erased; collection is suppressed until a DPO lifts it"),
             other => Error::Internal(other.to_string()),
         }
     }
@@ -148,7 +123,7 @@ impl From<JsonRejection> for Error {
             JsonRejection::JsonSyntaxError(_) => Error::bad_request("invalid_json", "the request body is not valid JSON"),
             JsonRejection::JsonDataError(e) => Error::bad_request("invalid_body", without_values(&e.body_text())),
             JsonRejection::MissingJsonContentType(_) => {
-                Error::UnsupportedMediaType { message: "expected `Content-Type: application/json`".into() }
+                Error::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "expected `Content-Type: application/json`")
             }
             other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 Error::too_large("payload_too_large", "the request body is larger than this endpoint accepts")

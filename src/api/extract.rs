@@ -3,7 +3,7 @@
 
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::request::Parts;
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use uuid::Uuid;
 
 use super::{AppState, Error};
@@ -136,6 +136,6 @@ impl FromRequestParts<AppState> for Principal {
         };
         state.audit.record(entry).await?;
         metrics::counter!("learnvault_auth_denied_total", "reason" => code).increment(1);
-        Err(Error::Unauthorized { code, message })
+        Err(Error::new(StatusCode::UNAUTHORIZED, code, message))
     }
 }

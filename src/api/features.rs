@@ -5,6 +5,7 @@
 //! `/v1/retention/report`: the retention proof, for auditors.
 
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -43,7 +44,7 @@ async fn features(State(s): State<AppState>, p: Principal, serve: ServeCap, Path
     s.authorize(&p, Permission::FeaturesRead, None, Some(pseudonym.as_uuid())).await?;
     let institution = match s.vault.subject(pseudonym).await? {
         Subject::Active { institution } => institution,
-        Subject::Erased { .. } => return Err(Error::Gone { code: "erased", message: "this learner has been erased".into() }),
+        Subject::Erased { .. } => return Err(Error::new(StatusCode::GONE, "erased", "this learner has been erased")),
         Subject::Unknown => return Err(Error::not_found("unknown_pseudonym", "no such pseudonym")),
     };
     s.authorize(&p, Permission::FeaturesRead, Some(&institution), Some(pseudonym.as_uuid())).await?;
@@ -53,10 +54,7 @@ async fn features(State(s): State<AppState>, p: Principal, serve: ServeCap, Path
             let mut entry = p.entry(Permission::FeaturesRead.as_str(), Some(&institution), Some(pseudonym.as_uuid()), Outcome::Denied);
             entry.detail = serde_json::json!({"reason": "no_recommendations_consent"});
             s.audit.record(entry).await?;
-            return Err(Error::Forbidden {
-                code: "consent_required",
-                message: "this learner has not granted `recommendations` consent".into(),
-            });
+            return Err(Error::new(StatusCode::FORBIDDEN, "consent_required", "this learner has not granted `recommendations` consent"));
         }
     };
     Ok(Json(Features { pseudonym: pseudonym.as_uuid(), feature_set: crate::serve::features::FEATURE_SET, features }))
@@ -68,7 +66,8 @@ async fn features(State(s): State<AppState>, p: Principal, serve: ServeCap, Path
     responses((status = 200, description = "the report; `ok` false on any violation", body = Object)))]
 async fn retention_report(State(s): State<AppState>, p: Principal, d: DsrCap) -> Result<Json<crate::retention::Report>, Error> {
     s.authorize(&p, Permission::RetentionRead, None, None).await?;
-    let unavailable = |e: crate::retention::RetentionError| Error::Unavailable { code: "retention_check_failed", message: e.to_string() };
+    let unavailable =
+        |e: crate::retention::RetentionError| Error::new(StatusCode::SERVICE_UNAVAILABLE, "retention_check_failed", e.to_string());
     let mut report = crate::retention::verify(&d.warehouse, &d.retention).await.map_err(unavailable)?;
     crate::retention::verify_postgres(&mut report, &d.pool, &d.retention, &d.archive_dir).await.map_err(unavailable)?;
     crate::retention::verify_topics(&mut report, &d.kafka_brokers, &d.topics).await;

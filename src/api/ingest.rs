@@ -49,7 +49,7 @@ pub struct IngestResponse {
 }
 
 fn unavailable() -> Error {
-    Error::Unavailable { code: "broker_unavailable", message: "the event broker did not acknowledge the events; nothing unacknowledged was accepted, retry".into() }
+    Error::new(StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable", "the event broker did not acknowledge the events; nothing unacknowledged was accepted, retry")
 }
 
 impl From<gateway::GatewayError> for Error {
@@ -200,10 +200,7 @@ fn with_version(mut r: Response) -> Response {
 fn xapi_institution(p: &Principal) -> Result<String, Error> {
     match p.institutions.as_deref() {
         Some([one]) => Ok(one.clone()),
-        _ => Err(Error::Forbidden {
-            code: "institution_ambiguous",
-            message: "xAPI statements carry no institution: use a token scoped to exactly one institution".into(),
-        }),
+        _ => Err(Error::new(StatusCode::FORBIDDEN, "institution_ambiguous", "xAPI statements carry no institution: use a token scoped to exactly one institution")),
     }
 }
 

@@ -103,13 +103,10 @@ impl AppState {
         entry.detail = serde_json::json!({"reason": reason});
         self.audit.record(entry).await?;
         metrics::counter!("learnvault_authz_denied_total", "permission" => perm.as_str()).increment(1);
-        Err(Error::Forbidden {
-            code: "forbidden",
-            message: match reason {
-                "role_lacks_permission" => format!("none of your roles grants {}", perm.as_str()),
-                _ => "you cannot act for this institution".to_string(),
-            },
-        })
+        Err(Error::forbidden(match reason {
+            "role_lacks_permission" => format!("none of your roles grants {}", perm.as_str()),
+            _ => "you cannot act for this institution".to_string(),
+        }))
     }
 }
 

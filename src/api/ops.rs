@@ -47,7 +47,7 @@ async fn healthz() -> Json<Health> {
 async fn readyz(State(s): State<AppState>) -> Result<Json<Readiness>, Error> {
     sqlx::query("SELECT 1").execute(&s.pool).await.map_err(|e| {
         tracing::warn!(error = %e, "readiness check failed");
-        Error::Unavailable { code: "database_unavailable", message: "PostgreSQL is not reachable".into() }
+        Error::new(StatusCode::SERVICE_UNAVAILABLE, "database_unavailable", "PostgreSQL is not reachable")
     })?;
     let lander_stalls = crate::lander::health::current();
     Ok(Json(Readiness { status: if lander_stalls.is_empty() { "ready" } else { "degraded" }, lander_stalls }))

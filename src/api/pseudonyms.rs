@@ -290,7 +290,7 @@ async fn resolve(
             entry.outcome = Outcome::NotFound;
             entry.detail = serde_json::json!({"reason": "erased"});
             s.audit.record(entry).await?;
-            return Err(Error::Gone { code: "erased", message: "this learner has been erased".into() });
+            return Err(Error::new(StatusCode::GONE, "erased", "this learner has been erased"));
         }
         Subject::Unknown => {
             entry.outcome = Outcome::NotFound;

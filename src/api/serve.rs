@@ -5,6 +5,7 @@
 
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
+use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use std::convert::Infallible;
@@ -40,15 +41,14 @@ pub fn router() -> OpenApiRouter<AppState> {
 impl From<ServeError> for Error {
     fn from(e: ServeError) -> Self {
         match e {
-            ServeError::Invalid { code, message } => Error::BadRequest { code, message },
+            ServeError::Invalid { code, message } => Error::bad_request(code, message),
             ServeError::UnknownCourse => Error::not_found("unknown_course", "no activity is recorded for this course"),
-            ServeError::RateLimited { max_per_hour } => Error::TooManyRequests {
-                code: "rate_limited",
-                message: format!("at most {max_per_hour} drill-downs per hour; retry later"),
-            },
+            ServeError::RateLimited { max_per_hour } => {
+                Error::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", format!("at most {max_per_hour} drill-downs per hour; retry later"))
+            }
             ServeError::Warehouse(w) => {
                 tracing::error!(error = %w, "warehouse query failed");
-                Error::Unavailable { code: "warehouse_unavailable", message: "the warehouse did not answer; retry later".into() }
+                Error::new(StatusCode::SERVICE_UNAVAILABLE, "warehouse_unavailable", "the warehouse did not answer; retry later")
             }
             ServeError::Vault(v) => v.into(),
             other => Error::Internal(other.to_string()),
@@ -76,7 +76,7 @@ async fn course_read(s: &AppState, p: &Principal, sv: &Serve, perm: Permission, 
         let mut entry = p.entry(perm.as_str(), None, None, Outcome::Denied);
         entry.detail = serde_json::json!({"reason": "course_not_in_scope", "course_id": course.as_str()});
         s.audit.record(entry).await?;
-        return Err(Error::Forbidden { code: "forbidden", message: "this course is not in your token's scope".into() });
+        return Err(Error::forbidden("this course is not in your token's scope"));
     }
     let institutions = sv.course_institutions(&course).await?;
     for i in &institutions {
@@ -356,7 +356,7 @@ async fn drilldown(
     let institution = match s.vault.subject(pseudonym).await? {
         Subject::Active { institution } => institution,
         Subject::Erased { institution, .. } => {
-            return refuse("erased", Some(&institution), Error::Gone { code: "erased", message: "this learner has been erased".into() }).await
+            return refuse("erased", Some(&institution), Error::new(StatusCode::GONE, "erased", "this learner has been erased")).await
         }
         Subject::Unknown => return refuse("unknown_pseudonym", None, Error::not_found("unknown_pseudonym", "no such pseudonym")).await,
     };
@@ -364,7 +364,7 @@ async fn drilldown(
         return refuse("institution_not_allowed", Some(&institution), Error::forbidden("you cannot act for this learner's institution")).await;
     }
     if !sv.is_learner_of(&course, pseudonym.as_uuid()).await? {
-        return refuse("learner_not_in_course", Some(&institution), Error::Forbidden { code: "learner_not_in_course", message: "this learner has no activity in this course".into() }).await;
+        return refuse("learner_not_in_course", Some(&institution), Error::new(StatusCode::FORBIDDEN, "learner_not_in_course", "this learner has no activity in this course")).await;
     }
     // Fail closed: the timeline leaves only once this entry is committed.
     let mut entry = p.entry(perm.as_str(), Some(&institution), target, Outcome::Success);

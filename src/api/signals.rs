@@ -9,6 +9,7 @@
 //! listing, view and decision is audited; the work is in [`crate::signals`].
 
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -30,13 +31,13 @@ pub fn router() -> OpenApiRouter<AppState> {
 impl From<SignalsError> for Error {
     fn from(e: SignalsError) -> Self {
         match e {
-            SignalsError::Invalid { code, message } => Error::BadRequest { code, message },
+            SignalsError::Invalid { code, message } => Error::bad_request(code, message),
             SignalsError::NotFound => Error::not_found("unknown_item", "no such item in your queues"),
-            SignalsError::Leased { until } => Error::Conflict { code: "item_leased", message: format!("another reviewer holds this item until {until}") },
-            SignalsError::Decided => Error::Conflict { code: "item_decided", message: "this item was decided already; decisions are final".into() },
+            SignalsError::Leased { until } => Error::new(StatusCode::CONFLICT, "item_leased", format!("another reviewer holds this item until {until}")),
+            SignalsError::Decided => Error::new(StatusCode::CONFLICT, "item_decided", "this item was decided already; decisions are final"),
             SignalsError::Warehouse(w) => {
                 tracing::error!(error = %w, "warehouse query failed");
-                Error::Unavailable { code: "warehouse_unavailable", message: "the warehouse did not answer; retry later".into() }
+                Error::new(StatusCode::SERVICE_UNAVAILABLE, "warehouse_unavailable", "the warehouse did not answer; retry later")
             }
             SignalsError::Db(d) => d.into(),
             other => Error::Internal(other.to_string()),

@@ -1,6 +1,7 @@
 //! The configuration sections, one per context that owns its values, each with its defaults
-//! and its `validate()` (through [`Section`]). A field's doc comment is its meaning in the
-//! README's Configuration table; its `LEARNVAULT_*` name is in [`super::names::VARS`].
+//! (written beside its fields, through `section!`) and its `validate()` (through [`Section`]).
+//! A field's doc comment is its meaning in the README's Configuration table; its
+//! `LEARNVAULT_*` name is in [`super::names::VARS`].
 //!
 //! A limit is written once: the ranges a section accepts are constants here or in the module
 //! that enforces them at run time (`lander::MAX_IN_FLIGHT`, `dedup::MIN_WINDOW_DAYS`,
@@ -65,25 +66,35 @@ impl Problems {
     }
 }
 
-/// PostgreSQL (`db`): the two connections and the runtime pool.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DatabaseSettings {
-    /// Runtime connection (role `learnvault_app`, which owns nothing).
-    pub url: SecretString,
-    /// Owner connection, used only for migrations (creates the database if missing).
-    pub admin_url: SecretString,
-    /// Runtime pool size.
-    pub max_connections: u32,
+/// A section's struct and its `Default`, each field's default written beside it:
+/// `pub field: Type = default,`. The struct deserializes with every field optional
+/// (`serde(default)`) and refuses unknown keys.
+macro_rules! section {
+    ($(#[$meta:meta])* pub struct $name:ident { $($(#[$field_meta:meta])* pub $field:ident: $ty:ty = $default:expr,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct $name {
+            $($(#[$field_meta])* pub $field: $ty,)*
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name { $($field: $default,)* }
+            }
+        }
+    };
 }
 
-impl Default for DatabaseSettings {
-    fn default() -> Self {
-        DatabaseSettings {
-            url: "postgres://learnvault_app@127.0.0.1:5432/learnvault".into(),
-            admin_url: "postgres://postgres@127.0.0.1:5432/learnvault".into(),
-            max_connections: 16,
-        }
+section! {
+    /// PostgreSQL (`db`): the two connections and the runtime pool.
+    pub struct DatabaseSettings {
+        /// Runtime connection (role `learnvault_app`, which owns nothing).
+        pub url: SecretString = "postgres://learnvault_app@127.0.0.1:5432/learnvault".into(),
+        /// Owner connection, used only for migrations (creates the database if missing).
+        pub admin_url: SecretString = "postgres://postgres@127.0.0.1:5432/learnvault".into(),
+        /// Runtime pool size.
+        pub max_connections: u32 = 16,
     }
 }
 
@@ -101,22 +112,16 @@ impl Section for DatabaseSettings {
     }
 }
 
-/// The identity vault (`vault`): its master key and single issuance.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct VaultSettings {
-    /// Base64 of the 32-byte master key. Takes precedence over `master_key_file`.
-    pub master_key: Option<SecretString>,
-    /// File holding the base64 master key. In development generated (0600) with a warning if
-    /// absent; production reads a key file only when this is set.
-    pub master_key_file: Option<PathBuf>,
-    /// Concurrent group-commit writers for single issuance.
-    pub issue_writers: usize,
-}
-
-impl Default for VaultSettings {
-    fn default() -> Self {
-        VaultSettings { master_key: None, master_key_file: None, issue_writers: 2 }
+section! {
+    /// The identity vault (`vault`): its master key and single issuance.
+    pub struct VaultSettings {
+        /// Base64 of the 32-byte master key. Takes precedence over `master_key_file`.
+        pub master_key: Option<SecretString> = None,
+        /// File holding the base64 master key. In development generated (0600) with a warning if
+        /// absent; production reads a key file only when this is set.
+        pub master_key_file: Option<PathBuf> = None,
+        /// Concurrent group-commit writers for single issuance.
+        pub issue_writers: usize = 2,
     }
 }
 
@@ -126,22 +131,16 @@ impl Section for VaultSettings {
     }
 }
 
-/// Token verification of the API (`auth`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AuthSettings {
-    /// Required `iss`.
-    pub jwt_issuer: String,
-    /// Required `aud`.
-    pub jwt_audience: String,
-    /// JWKS file with RS256/EdDSA public keys (`kid` required); when set, HS256 dev tokens and
-    /// `token mint` are refused.
-    pub jwks_file: Option<PathBuf>,
-}
-
-impl Default for AuthSettings {
-    fn default() -> Self {
-        AuthSettings { jwt_issuer: "learnvault".into(), jwt_audience: "learnvault-api".into(), jwks_file: None }
+section! {
+    /// Token verification of the API (`auth`).
+    pub struct AuthSettings {
+        /// Required `iss`.
+        pub jwt_issuer: String = "learnvault".into(),
+        /// Required `aud`.
+        pub jwt_audience: String = "learnvault-api".into(),
+        /// JWKS file with RS256/EdDSA public keys (`kid` required); when set, HS256 dev tokens and
+        /// `token mint` are refused.
+        pub jwks_file: Option<PathBuf> = None,
     }
 }
 
@@ -152,21 +151,15 @@ impl Section for AuthSettings {
     }
 }
 
-/// The HTTP API's request limits (`api::Limits`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ApiSettings {
-    /// Request body limit for ordinary endpoints.
-    pub body_limit_bytes: usize,
-    /// Request body limit for batch endpoints (batch issuance, ingest).
-    pub batch_body_limit_bytes: usize,
-    /// Maximum items in one batch call (batch issuance, batch erasure).
-    pub batch_max_items: usize,
-}
-
-impl Default for ApiSettings {
-    fn default() -> Self {
-        ApiSettings { body_limit_bytes: 64 * 1024, batch_body_limit_bytes: 16 * 1024 * 1024, batch_max_items: 10_000 }
+section! {
+    /// The HTTP API's request limits (`api::Limits`).
+    pub struct ApiSettings {
+        /// Request body limit for ordinary endpoints.
+        pub body_limit_bytes: usize = 64 * 1024,
+        /// Request body limit for batch endpoints (batch issuance, ingest).
+        pub batch_body_limit_bytes: usize = 16 * 1024 * 1024,
+        /// Maximum items in one batch call (batch issuance, batch erasure).
+        pub batch_max_items: usize = 10_000,
     }
 }
 
@@ -178,19 +171,13 @@ impl Section for ApiSettings {
     }
 }
 
-/// The ingest gateway (`gateway`, `api/ingest.rs`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct GatewaySettings {
-    /// Events or statements in one `POST /v1/events` or xAPI request (413 `batch_too_large` above).
-    pub ingest_max_events: usize,
-    /// The gateway gives up on a broker acknowledgement after this (503, retry).
-    pub produce_timeout_ms: u64,
-}
-
-impl Default for GatewaySettings {
-    fn default() -> Self {
-        GatewaySettings { ingest_max_events: 5_000, produce_timeout_ms: 5_000 }
+section! {
+    /// The ingest gateway (`gateway`, `api/ingest.rs`).
+    pub struct GatewaySettings {
+        /// Events or statements in one `POST /v1/events` or xAPI request (413 `batch_too_large` above).
+        pub ingest_max_events: usize = 5_000,
+        /// The gateway gives up on a broker acknowledgement after this (503, retry).
+        pub produce_timeout_ms: u64 = 5_000,
     }
 }
 
@@ -201,33 +188,21 @@ impl Section for GatewaySettings {
     }
 }
 
-/// The warehouse (`warehouse`): where it lives and the embedded engine's resources.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct WarehouseSettings {
-    /// `chdb:///data/path` (embedded engine; `chdb://` = the default path) or `http://user:pw@host:8123`.
-    pub url: String,
-    /// Path of `libchdb.so` (installed by `ops/install-chdb.sh`; default: its cache).
-    pub chdb_lib: Option<PathBuf>,
-    /// Connections to the embedded engine (one per concurrent worker), plus one the engine keeps
-    /// for the individual view's short reads (`Lane::Interactive`).
-    pub chdb_connections: usize,
-    /// Threads of the embedded engine's merge and mutation pool (chDB's own default of 2 makes
-    /// an erasure's mutations queue behind merges for tens of seconds).
-    pub chdb_background_pool: usize,
-    /// Directory of the numbered ClickHouse migrations.
-    pub migrations_dir: PathBuf,
-}
-
-impl Default for WarehouseSettings {
-    fn default() -> Self {
-        WarehouseSettings {
-            url: "chdb://".into(),
-            chdb_lib: None,
-            chdb_connections: 3,
-            chdb_background_pool: 16,
-            migrations_dir: PathBuf::from("migrations/clickhouse"),
-        }
+section! {
+    /// The warehouse (`warehouse`): where it lives and the embedded engine's resources.
+    pub struct WarehouseSettings {
+        /// `chdb:///data/path` (embedded engine; `chdb://` = the default path) or `http://user:pw@host:8123`.
+        pub url: String = "chdb://".into(),
+        /// Path of `libchdb.so` (installed by `ops/install-chdb.sh`; default: its cache).
+        pub chdb_lib: Option<PathBuf> = None,
+        /// Connections to the embedded engine (one per concurrent worker), plus one the engine keeps
+        /// for the individual view's short reads (`Lane::Interactive`).
+        pub chdb_connections: usize = 3,
+        /// Threads of the embedded engine's merge and mutation pool (chDB's own default of 2 makes
+        /// an erasure's mutations queue behind merges for tens of seconds).
+        pub chdb_background_pool: usize = 16,
+        /// Directory of the numbered ClickHouse migrations.
+        pub migrations_dir: PathBuf = PathBuf::from("migrations/clickhouse"),
     }
 }
 
@@ -245,47 +220,33 @@ impl Section for WarehouseSettings {
     }
 }
 
-/// The Kafka spine (`topics`, `envelope`): brokers, topics, and how learnvault's producers
-/// (the gateway, `dlq replay`, `loadgen`, the benches) write the events topic.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct KafkaSettings {
-    /// Kafka bootstrap servers.
-    pub brokers: String,
-    /// The events topic (partitioned by pseudonym; single events or envelopes).
-    pub events_topic: String,
-    /// The dead-letter topic.
-    pub dlq_topic: String,
-    /// Partitions of the topics when learnvault creates them.
-    pub topic_partitions: i32,
-    /// Kafka batch compression of event produce requests (gateway, loadgen, benches): `none`
-    /// when envelopes are zstd frames already, `lz4` or `zstd` for single-event records.
-    pub produce_compression: String,
-    /// What a record of the events topic holds when the gateway (and `bench lander`) produce:
-    /// `single` (one JSON event keyed by pseudonym) or `envelope`; see `envelope`.
-    pub record_format: crate::envelope::RecordFormat,
-    /// Compression of each envelope's value by the gateway and `bench lander`: `zstd`
-    /// (default) or `none`; see `envelope`. The lander reads both.
-    pub envelope_compression: crate::envelope::Compression,
+section! {
+    /// The Kafka spine (`topics`, `envelope`): brokers, topics, and how learnvault's producers
+    /// (the gateway, `dlq replay`, `loadgen`, the benches) write the events topic.
+    pub struct KafkaSettings {
+        /// Kafka bootstrap servers.
+        pub brokers: String = "127.0.0.1:9092".into(),
+        /// The events topic (partitioned by pseudonym; single events or envelopes).
+        pub events_topic: String = crate::topics::EVENTS.into(),
+        /// The dead-letter topic.
+        pub dlq_topic: String = crate::topics::DEAD_LETTERS.into(),
+        /// Partitions of the topics when learnvault creates them.
+        pub topic_partitions: i32 = 6,
+        /// Kafka batch compression of event produce requests (gateway, loadgen, benches): `none`
+        /// when envelopes are zstd frames already, `lz4` or `zstd` for single-event records.
+        pub produce_compression: String = "none".into(),
+        /// What a record of the events topic holds when the gateway (and `bench lander`) produce:
+        /// `single` (one JSON event keyed by pseudonym) or `envelope`; see `envelope`.
+        pub record_format: crate::envelope::RecordFormat = crate::envelope::RecordFormat::Envelope,
+        /// Compression of each envelope's value by the gateway and `bench lander`: `zstd`
+        /// (default) or `none`; see `envelope`. The lander reads both.
+        pub envelope_compression: crate::envelope::Compression = crate::envelope::Compression::Zstd,
+    }
 }
 
 impl KafkaSettings {
     /// The values librdkafka's `compression.codec` takes.
     pub const PRODUCE_COMPRESSIONS: [&'static str; 5] = ["none", "gzip", "snappy", "lz4", "zstd"];
-}
-
-impl Default for KafkaSettings {
-    fn default() -> Self {
-        KafkaSettings {
-            brokers: "127.0.0.1:9092".into(),
-            events_topic: crate::topics::EVENTS.into(),
-            dlq_topic: crate::topics::DEAD_LETTERS.into(),
-            topic_partitions: 6,
-            produce_compression: "none".into(),
-            record_format: crate::envelope::RecordFormat::Envelope,
-            envelope_compression: crate::envelope::Compression::Zstd,
-        }
-    }
 }
 
 impl Section for KafkaSettings {
@@ -307,50 +268,35 @@ impl Section for KafkaSettings {
     }
 }
 
-/// The lander (`lander`, `app::lander`): its consumer group, batches and commits.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LanderSettings {
-    /// Run the lander inside `serve` (the only process that can land on the embedded engine;
-    /// `false` for an API-only `serve` beside `learnvault land` on a ClickHouse server).
-    pub enabled: bool,
-    /// The lander's consumer group.
-    pub consumer_group: String,
-    /// A partition's batch is flushed at this many records...
-    pub batch_rows: usize,
-    /// ...or this many bytes (an envelope record holds many events)...
-    pub batch_bytes: usize,
-    /// ...or when its oldest event has waited this long (0: at every tick).
-    pub batch_ms: u64,
-    /// Attempts of a batch's offset commit (250 ms doubling to 5 s between them) before it is
-    /// abandoned and owed (committed when the lander is idle); 10 is ~30 s.
-    pub commit_attempts: u32,
-    /// Batches the lander has in flight at most (each decodes, claims its event ids and
-    /// inserts while the ones before it finish; they commit in order).
-    pub in_flight: usize,
-    /// Larger events are dead-lettered as `oversized`.
-    pub max_event_bytes: usize,
+section! {
+    /// The lander (`lander`, `app::lander`): its consumer group, batches and commits.
+    pub struct LanderSettings {
+        /// Run the lander inside `serve` (the only process that can land on the embedded engine;
+        /// `false` for an API-only `serve` beside `learnvault land` on a ClickHouse server).
+        pub enabled: bool = true,
+        /// The lander's consumer group.
+        pub consumer_group: String = "learnvault-lander".into(),
+        /// A partition's batch is flushed at this many records...
+        pub batch_rows: usize = 20_000,
+        /// ...or this many bytes (an envelope record holds many events)...
+        pub batch_bytes: usize = 8 * 1024 * 1024,
+        /// ...or when its oldest event has waited this long (0: at every tick).
+        pub batch_ms: u64 = 250,
+        /// Attempts of a batch's offset commit (250 ms doubling to 5 s between them) before it is
+        /// abandoned and owed (committed when the lander is idle); 10 is ~30 s.
+        pub commit_attempts: u32 = 10,
+        /// Batches the lander has in flight at most (each decodes, claims its event ids and
+        /// inserts while the ones before it finish; they commit in order).
+        pub in_flight: usize = 2,
+        /// Larger events are dead-lettered as `oversized`.
+        pub max_event_bytes: usize = 64 * 1024,
+    }
 }
 
 impl LanderSettings {
     /// `batch_ms` as a duration.
     pub fn batch_wait(&self) -> Duration {
         Duration::from_millis(self.batch_ms)
-    }
-}
-
-impl Default for LanderSettings {
-    fn default() -> Self {
-        LanderSettings {
-            enabled: true,
-            consumer_group: "learnvault-lander".into(),
-            batch_rows: 20_000,
-            batch_bytes: 8 * 1024 * 1024,
-            batch_ms: 250,
-            commit_attempts: 10,
-            in_flight: 2,
-            max_event_bytes: 64 * 1024,
-        }
     }
 }
 
@@ -365,16 +311,16 @@ impl Section for LanderSettings {
     }
 }
 
-/// May an event land (`governance`, shared by the gateway and the lander).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct GovernanceSettings {
-    /// How long the gateway and the lander trust a vault answer (an erasure takes effect
-    /// within it; 0: ask every time).
-    pub cache_ms: u64,
-    /// An event whose client clock is further than this from server time is flagged
-    /// (`props.clock_skew_ms`), by the gateway and the lander alike.
-    pub clock_skew_secs: u64,
+section! {
+    /// May an event land (`governance`, shared by the gateway and the lander).
+    pub struct GovernanceSettings {
+        /// How long the gateway and the lander trust a vault answer (an erasure takes effect
+        /// within it; 0: ask every time).
+        pub cache_ms: u64 = 2_000,
+        /// An event whose client clock is further than this from server time is flagged
+        /// (`props.clock_skew_ms`), by the gateway and the lander alike.
+        pub clock_skew_secs: u64 = 300,
+    }
 }
 
 impl GovernanceSettings {
@@ -389,30 +335,18 @@ impl GovernanceSettings {
     }
 }
 
-impl Default for GovernanceSettings {
-    fn default() -> Self {
-        GovernanceSettings { cache_ms: 2_000, clock_skew_secs: 300 }
-    }
-}
-
 impl Section for GovernanceSettings {
     fn check(&self, _: &mut Problems) {}
 }
 
-/// Idempotent ingest (`dedup`, shared by the gateway and the lander).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DedupSettings {
-    /// An event id lands once within the window. Off only to measure what it costs
-    /// (`bench lander --dedup-compare`): no event-id claims, no xAPI conflict check.
-    pub enabled: bool,
-    /// Days an event id (or xAPI statement id) is remembered; at least `dedup::MIN_WINDOW_DAYS`.
-    pub window_days: u32,
-}
-
-impl Default for DedupSettings {
-    fn default() -> Self {
-        DedupSettings { enabled: true, window_days: crate::dedup::MIN_WINDOW_DAYS }
+section! {
+    /// Idempotent ingest (`dedup`, shared by the gateway and the lander).
+    pub struct DedupSettings {
+        /// An event id lands once within the window. Off only to measure what it costs
+        /// (`bench lander --dedup-compare`): no event-id claims, no xAPI conflict check.
+        pub enabled: bool = true,
+        /// Days an event id (or xAPI statement id) is remembered; at least `dedup::MIN_WINDOW_DAYS`.
+        pub window_days: u32 = crate::dedup::MIN_WINDOW_DAYS,
     }
 }
 
@@ -422,21 +356,15 @@ impl Section for DedupSettings {
     }
 }
 
-/// Subject requests (`dsr`): the jobs inside `serve` and the access archives.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DsrSettings {
-    /// Run subject-request jobs and the retention purge inside `serve`.
-    pub jobs_enabled: bool,
-    /// Where subject-access archives are written, sealed (default: under the data home).
-    pub archive_dir: Option<PathBuf>,
-    /// Rows per ClickHouse keyset page when subject access exports a table (the memory bound).
-    pub export_page_rows: u64,
-}
-
-impl Default for DsrSettings {
-    fn default() -> Self {
-        DsrSettings { jobs_enabled: true, archive_dir: None, export_page_rows: 50_000 }
+section! {
+    /// Subject requests (`dsr`): the jobs inside `serve` and the access archives.
+    pub struct DsrSettings {
+        /// Run subject-request jobs and the retention purge inside `serve`.
+        pub jobs_enabled: bool = true,
+        /// Where subject-access archives are written, sealed (default: under the data home).
+        pub archive_dir: Option<PathBuf> = None,
+        /// Rows per ClickHouse keyset page when subject access exports a table (the memory bound).
+        pub export_page_rows: u64 = 50_000,
     }
 }
 
@@ -446,15 +374,15 @@ impl Section for DsrSettings {
     }
 }
 
-/// The audit log's checkpoints (`audit::checkpoint`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AuditSettings {
-    /// The audit checkpoint store: signed heads of the audit chain, outside PostgreSQL
-    /// (default: `audit-checkpoints` under the data home).
-    pub checkpoint_dir: Option<PathBuf>,
-    /// `serve` signs a checkpoint of the audit chain's head this often.
-    pub checkpoint_interval_secs: u64,
+section! {
+    /// The audit log's checkpoints (`audit::checkpoint`).
+    pub struct AuditSettings {
+        /// The audit checkpoint store: signed heads of the audit chain, outside PostgreSQL
+        /// (default: `audit-checkpoints` under the data home).
+        pub checkpoint_dir: Option<PathBuf> = None,
+        /// `serve` signs a checkpoint of the audit chain's head this often.
+        pub checkpoint_interval_secs: u64 = 300,
+    }
 }
 
 impl AuditSettings {
@@ -464,37 +392,31 @@ impl AuditSettings {
     }
 }
 
-impl Default for AuditSettings {
-    fn default() -> Self {
-        AuditSettings { checkpoint_dir: None, checkpoint_interval_secs: 300 }
-    }
-}
-
 impl Section for AuditSettings {
     fn check(&self, p: &mut Problems) {
         p.at_least("LEARNVAULT_AUDIT_CHECKPOINT_INTERVAL_SECS", self.checkpoint_interval_secs, 1);
     }
 }
 
-/// The web console (`console`): sign-in links, sessions, OpenID Connect.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ConsoleSettings {
-    /// The console's public base URL, for sign-in links (default: `http://` + `listen`).
-    pub url: Option<String>,
-    /// A console session ends after this many minutes without a request.
-    pub idle_minutes: u64,
-    /// A console session ends this many hours after sign-in, used or not (at least the idle time).
-    pub session_hours: u64,
-    /// A one-time sign-in link (`console login`) is valid this many seconds.
-    pub code_ttl_secs: u64,
-    /// OpenID Connect issuer of the console's sign-in (authorization code + PKCE): https, or
-    /// plain http on loopback; none: not offered.
-    pub oidc_issuer: Option<String>,
-    /// The console's client at the provider (the ID token's audience).
-    pub oidc_client_id: String,
-    /// The console's client secret at the provider (none: a public client, PKCE only).
-    pub oidc_client_secret: Option<SecretString>,
+section! {
+    /// The web console (`console`): sign-in links, sessions, OpenID Connect.
+    pub struct ConsoleSettings {
+        /// The console's public base URL, for sign-in links (default: `http://` + `listen`).
+        pub url: Option<String> = None,
+        /// A console session ends after this many minutes without a request.
+        pub idle_minutes: u64 = 30,
+        /// A console session ends this many hours after sign-in, used or not (at least the idle time).
+        pub session_hours: u64 = 12,
+        /// A one-time sign-in link (`console login`) is valid this many seconds.
+        pub code_ttl_secs: u64 = 900,
+        /// OpenID Connect issuer of the console's sign-in (authorization code + PKCE): https, or
+        /// plain http on loopback; none: not offered.
+        pub oidc_issuer: Option<String> = None,
+        /// The console's client at the provider (the ID token's audience).
+        pub oidc_client_id: String = "learnvault-console".into(),
+        /// The console's client secret at the provider (none: a public client, PKCE only).
+        pub oidc_client_secret: Option<SecretString> = None,
+    }
 }
 
 impl ConsoleSettings {
@@ -512,20 +434,6 @@ impl ConsoleSettings {
 
     pub fn code_ttl(&self) -> Duration {
         Duration::from_secs(self.code_ttl_secs)
-    }
-}
-
-impl Default for ConsoleSettings {
-    fn default() -> Self {
-        ConsoleSettings {
-            url: None,
-            idle_minutes: 30,
-            session_hours: 12,
-            code_ttl_secs: 900,
-            oidc_issuer: None,
-            oidc_client_id: "learnvault-console".into(),
-            oidc_client_secret: None,
-        }
     }
 }
 

@@ -8,53 +8,50 @@ use figment::Figment;
 use serde::de::{self, DeserializeOwned, Visitor};
 use std::collections::BTreeSet;
 
+/// A deserializer that records the field names of the struct asked of it, and fails.
+struct Probe<'a>(&'a mut &'static [&'static str]);
+
+impl<'de> de::Deserializer<'de> for Probe<'_> {
+    type Error = de::value::Error;
+    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+        Err(de::Error::custom("not a struct"))
+    }
+    fn deserialize_struct<V: Visitor<'de>>(self, _: &'static str, fields: &'static [&'static str], _: V) -> Result<V::Value, Self::Error> {
+        *self.0 = fields;
+        Err(de::Error::custom("probed"))
+    }
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+        unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+    }
+}
+
+impl de::IntoDeserializer<'_, de::value::Error> for Probe<'_> {
+    type Deserializer = Self;
+    fn into_deserializer(self) -> Self {
+        self
+    }
+}
+
 /// The field names serde's derive gives `T` (a struct).
 fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
-    struct Probe<'a>(&'a mut &'static [&'static str]);
-    impl<'de> de::Deserializer<'de> for Probe<'_> {
-        type Error = de::value::Error;
-        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
-            Err(de::Error::custom("not a struct"))
-        }
-        fn deserialize_struct<V: Visitor<'de>>(self, _: &'static str, fields: &'static [&'static str], _: V) -> Result<V::Value, Self::Error> {
-            *self.0 = fields;
-            Err(de::Error::custom("probed"))
-        }
-        serde::forward_to_deserialize_any! {
-            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
-            unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
-        }
-    }
     let mut fields: &'static [&'static str] = &[];
     let _ = T::deserialize(Probe(&mut fields));
     assert!(!fields.is_empty(), "{} is a struct", std::any::type_name::<T>());
     fields
 }
 
-/// Every leaf of `Settings` as a dotted key.
+/// Every leaf of `Settings` as a dotted key, as serde sees them: a top-level field whose
+/// value deserializes as a struct is a section (its fields are leaves), any other is a leaf.
 fn leaves() -> BTreeSet<String> {
-    let sections: [(&str, &[&str]); 13] = [
-        ("database", fields_of::<DatabaseSettings>()),
-        ("vault", fields_of::<VaultSettings>()),
-        ("auth", fields_of::<AuthSettings>()),
-        ("api", fields_of::<ApiSettings>()),
-        ("gateway", fields_of::<GatewaySettings>()),
-        ("warehouse", fields_of::<WarehouseSettings>()),
-        ("kafka", fields_of::<KafkaSettings>()),
-        ("lander", fields_of::<LanderSettings>()),
-        ("governance", fields_of::<GovernanceSettings>()),
-        ("dedup", fields_of::<DedupSettings>()),
-        ("dsr", fields_of::<DsrSettings>()),
-        ("audit", fields_of::<AuditSettings>()),
-        ("console", fields_of::<ConsoleSettings>()),
-    ];
     let mut out = BTreeSet::new();
     for top in fields_of::<Settings>() {
-        match sections.iter().find(|(name, _)| name == top) {
-            Some((name, fields)) => out.extend(fields.iter().map(|f| format!("{name}.{f}"))),
-            None => {
-                out.insert(top.to_string());
-            }
+        let mut section: &'static [&'static str] = &[];
+        let _ = Settings::deserialize(de::value::MapDeserializer::new(std::iter::once((*top, Probe(&mut section)))));
+        if section.is_empty() {
+            out.insert(top.to_string());
+        } else {
+            out.extend(section.iter().map(|f| format!("{top}.{f}")));
         }
     }
     out

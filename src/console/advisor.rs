@@ -3,15 +3,13 @@
 //! one learner's pseudonymous timeline behind a purpose and justification.
 
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Form;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::dispatch::{enc, get, post};
 use super::html::{self, cell, csrf, esc, text};
-use super::viewer::Viewer;
+use super::viewer::{with_csrf, Posted, Viewer};
 use super::Console;
 use crate::policy::Permission;
 
@@ -40,14 +38,10 @@ pub async fn queues(State(st): State<Console>, v: Viewer) -> Result<Response, Re
         );
         let table = html::table(&items, &head, Some("No items."), |i| {
             format!(
-                "<tr><td><a href=\"/console/review/items/{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td><a href=\"/console/review/items/{}\">{}</a></td>{}</tr>",
                 esc(i["id"].as_str().unwrap_or("")),
                 text(&i["kind"]),
-                text(&i["state"]),
-                text(&i["course_id"]),
-                text(&i["content_id"]),
-                text(&i["event_date"]),
-                text(&i["created_at"]),
+                html::tds(i, &["state", "course_id", "content_id", "event_date", "created_at"]),
             )
         });
         body += &format!("<h2>Queue: {}</h2>{table}", esc(&role));
@@ -153,14 +147,7 @@ pub struct DecisionForm {
     note: String,
 }
 
-pub async fn decide(
-    State(st): State<Console>,
-    v: Viewer,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Form(f): Form<DecisionForm>,
-) -> Result<Response, Response> {
-    v.check_csrf(&f.csrf, &headers)?;
+pub async fn decide(State(st): State<Console>, Path(id): Path<String>, Posted(v, f): Posted<DecisionForm>) -> Result<Response, Response> {
     let a =
         post(&st.api, &v.principal, &format!("/v1/signals/items/{}/decision", enc(&id)), &json!({"decision": f.decision, "note": f.note}))
             .await;
@@ -179,6 +166,8 @@ pub struct DrilldownForm {
     justification: String,
 }
 
+with_csrf!(DecisionForm, DrilldownForm);
+
 fn timeline(t: &Value) -> String {
     let rows: String = t["events"]
         .as_array()
@@ -187,11 +176,8 @@ fn timeline(t: &Value) -> String {
         .iter()
         .map(|e| {
             format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td></tr>",
-                text(&e["at"]),
-                text(&e["event_type"]),
-                text(&e["content_id"]),
-                text(&e["session_id"]),
+                "<tr>{}<td class=\"num\">{}</td></tr>",
+                html::tds(e, &["at", "event_type", "content_id", "session_id"]),
                 text(&e["position_sec"])
             )
         })
@@ -205,12 +191,9 @@ fn timeline(t: &Value) -> String {
 
 pub async fn drilldown(
     State(st): State<Console>,
-    v: Viewer,
-    headers: HeaderMap,
     Path(pseudonym): Path<String>,
-    Form(f): Form<DrilldownForm>,
+    Posted(v, f): Posted<DrilldownForm>,
 ) -> Result<Response, Response> {
-    v.check_csrf(&f.csrf, &headers)?;
     let body = json!({"course_id": f.course_id, "purpose": f.purpose, "justification": f.justification});
     let a = post(&st.api, &v.principal, &format!("/v1/learners/{}/activity", enc(&pseudonym)), &body).await;
     html::answered(&v, &a)?;

@@ -2,15 +2,13 @@
 //! chain verification against the latest signed checkpoint, the retention report.
 
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
 use axum::response::Response;
-use axum::Form;
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::dispatch::{enc, get};
 use super::html::{self, csrf, esc, text};
-use super::viewer::Viewer;
+use super::viewer::{CsrfForm, Posted, Viewer};
 use super::Console;
 use crate::policy::Permission;
 
@@ -78,18 +76,13 @@ pub async fn log(State(st): State<Console>, v: Viewer, Query(q): Query<LogQuery>
     let table = html::table(&entries, head, None, |e| {
         let actor = e["actor"].as_str().unwrap_or("");
         format!(
-            "<tr><td class=\"num\">{}</td><td>{}</td><td><a href=\"/console/audit?actor={}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+            "<tr><td class=\"num\">{}</td><td>{}</td><td><a href=\"/console/audit?actor={}\">{}</a></td><td>{}</td>{}<td><code>{}</code></td></tr>",
             text(&e["seq"]),
             text(&e["at"]),
             enc(actor),
             esc(actor),
             e["roles"].as_array().map(|r| r.iter().map(text).collect::<Vec<_>>().join(", ")).unwrap_or_default(),
-            text(&e["institution"]),
-            text(&e["action"]),
-            text(&e["outcome"]),
-            text(&e["target_pseudonym"]),
-            text(&e["purpose"]),
-            text(&e["justification"]),
+            html::tds(e, &["institution", "action", "outcome", "target_pseudonym", "purpose", "justification"]),
             esc(&e["detail"].to_string()),
         )
     });
@@ -116,12 +109,6 @@ pub async fn log(State(st): State<Console>, v: Viewer, Query(q): Query<LogQuery>
     Ok(html::page(&v, "Audit log", &body))
 }
 
-#[derive(Deserialize)]
-pub struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
-}
-
 fn verification(v: &Value) -> String {
     let cp = &v["checkpoint"];
     let cp = if cp.is_null() {
@@ -145,8 +132,7 @@ fn verification(v: &Value) -> String {
     }
 }
 
-pub async fn verify(State(st): State<Console>, v: Viewer, headers: HeaderMap, Form(f): Form<CsrfForm>) -> Result<Response, Response> {
-    v.check_csrf(&f.csrf, &headers)?;
+pub async fn verify(State(st): State<Console>, Posted(v, _): Posted<CsrfForm>) -> Result<Response, Response> {
     let a = get(&st.api, &v.principal, "/v1/audit/verify").await;
     html::answered(&v, &a)?;
     Ok(html::page(
@@ -167,13 +153,12 @@ pub async fn retention(State(st): State<Console>, v: Viewer) -> Result<Response,
         .map(|t| {
             let ok = t["ttl_ok"].as_bool() == Some(true) && t["rows_ok"].as_bool() == Some(true);
             format!(
-                "<tr{}><th scope=\"row\">{}</th><td><code>{}</code></td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr{}><th scope=\"row\">{}</th><td><code>{}</code></td><td><code>{}</code></td>{}<td>{}</td></tr>",
                 if ok { "" } else { " class=\"bad\"" },
                 text(&t["table"]),
                 text(&t["expected_ttl"]),
                 text(&t["live_ttl"]),
-                text(&t["oldest"]),
-                text(&t["limit"]),
+                html::tds(t, &["oldest", "limit"]),
                 if ok { "ok" } else { "VIOLATION" },
             )
         })

@@ -4,15 +4,14 @@
 //! here, against the API's certificate key), the suppression list.
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Form;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::dispatch::{enc, get, post, raw};
 use super::html::{self, csrf, esc, text};
-use super::viewer::Viewer;
+use super::viewer::{with_csrf, Posted, Viewer};
 use super::Console;
 use crate::policy::Permission;
 
@@ -92,15 +91,13 @@ pub async fn queue(State(st): State<Console>, v: Viewer) -> Result<Response, Res
     let table = html::table(&jobs, head, Some("No requests."), |j| {
         let overdue = j["overdue"].as_bool() == Some(true);
         format!(
-            "<tr{}><td><a href=\"/console/dsr/jobs/{id}\">{kind}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr{}><td><a href=\"/console/dsr/jobs/{id}\">{kind}</a></td>{}<td>{}</td><td>{}</td><td>{}</td>{}</tr>",
             if overdue { " class=\"overdue\"" } else { "" },
-            text(&j["state"]),
-            text(&j["step"]),
+            html::tds(j, &["state", "step"]),
             progress(&j["progress"]),
             text(&j["deadline"]),
             if overdue { "overdue" } else { "" },
-            text(&j["institution"]),
-            text(&j["reference"]),
+            html::tds(j, &["institution", "reference"]),
             id = esc(j["id"].as_str().unwrap_or("")),
             kind = text(&j["kind"]),
         )
@@ -137,8 +134,7 @@ fn to_job(v: &Viewer, a: &super::dispatch::Answer) -> Response {
     }
 }
 
-pub async fn submit(State(st): State<Console>, v: Viewer, headers: HeaderMap, Form(f): Form<RequestForm>) -> Result<Response, Response> {
-    v.check_csrf(&f.csrf, &headers)?;
+pub async fn submit(State(st): State<Console>, Posted(v, f): Posted<RequestForm>) -> Result<Response, Response> {
     let path = match f.kind.as_str() {
         "erasure" => "/v1/dsr/erasure",
         "access" => "/v1/dsr/access",
@@ -163,6 +159,8 @@ pub struct BatchForm {
     reference: String,
 }
 
+with_csrf!(RequestForm, BatchForm);
+
 /// The subjects of a CSV: one per line (first column), a UUID as a pseudonym,
 /// anything else as an LMS learner id; a header line is skipped.
 pub fn csv_subjects(csv: &str) -> Vec<Value> {
@@ -176,8 +174,7 @@ pub fn csv_subjects(csv: &str) -> Vec<Value> {
         .collect()
 }
 
-pub async fn batch(State(st): State<Console>, v: Viewer, headers: HeaderMap, Form(f): Form<BatchForm>) -> Result<Response, Response> {
-    v.check_csrf(&f.csrf, &headers)?;
+pub async fn batch(State(st): State<Console>, Posted(v, f): Posted<BatchForm>) -> Result<Response, Response> {
     let body = json!({"institution": f.institution.trim(), "subjects": csv_subjects(&f.csv), "reference": opt(&f.reference)});
     let a = post(&st.api, &v.principal, "/v1/dsr/erasure/batch", &body).await;
     Ok(to_job(&v, &a))

@@ -39,6 +39,11 @@ pub fn text(v: &Value) -> String {
     }
 }
 
+/// `item`'s fields `keys` as text cells, in order.
+pub fn tds(item: &Value, keys: &[&str]) -> String {
+    keys.iter().map(|k| format!("<td>{}</td>", text(&item[*k]))).collect()
+}
+
 /// Why a cell is withheld, for people.
 pub fn reason(code: &str) -> &'static str {
     match code {

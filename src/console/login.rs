@@ -3,13 +3,12 @@
 //! Both are audited as `console.login` / `console.logout`.
 
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Form;
 use serde::Deserialize;
 
 use super::html;
-use super::viewer::{principal_of, Viewer, COOKIE};
+use super::viewer::{principal_of, CsrfForm, Posted, COOKIE};
 use super::Console;
 use crate::audit::Outcome;
 use crate::auth::session;
@@ -79,16 +78,7 @@ pub async fn exchange(State(state): State<Console>, Query(q): Query<CodeQuery>) 
     }
 }
 
-#[derive(Deserialize)]
-pub struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
-}
-
-pub async fn logout(State(state): State<Console>, v: Viewer, headers: HeaderMap, Form(f): Form<CsrfForm>) -> Response {
-    if let Err(r) = v.check_csrf(&f.csrf, &headers) {
-        return r;
-    }
+pub async fn logout(State(state): State<Console>, Posted(v, _): Posted<CsrfForm>) -> Response {
     if let Err(e) = session::end(&state.app.pool, &v.session_id).await {
         tracing::error!(error = %e, "console sign-out failed");
         return html::error_page(StatusCode::SERVICE_UNAVAILABLE, "Sign-out failed; retry.");

@@ -2,10 +2,13 @@
 //! [`Principal`] the API builds from a token with the same claims. CSRF and
 //! origin checks for state-changing requests.
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Form;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use uuid::Uuid;
 
 use super::html;
@@ -43,6 +46,49 @@ impl Viewer {
             ));
         }
         Ok(())
+    }
+}
+
+/// A form that carries the session's CSRF token (a hidden field, [`super::html::csrf`]).
+pub trait WithCsrf {
+    fn csrf(&self) -> &str;
+}
+
+/// `WithCsrf` for forms whose token is their `csrf` field.
+macro_rules! with_csrf {
+    ($($form:ty),*) => {$(
+        impl $crate::console::viewer::WithCsrf for $form {
+            fn csrf(&self) -> &str {
+                &self.csrf
+            }
+        }
+    )*};
+}
+pub(crate) use with_csrf;
+
+/// A form holding only the CSRF token (a button that changes state).
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+with_csrf!(CsrfForm);
+
+/// A state-changing form post: the signed-in viewer and its form `T`, whose CSRF token
+/// and origin [`Viewer::check_csrf`] has accepted. A handler taking it cannot skip the check.
+pub struct Posted<T>(pub Viewer, pub T);
+
+impl<T: DeserializeOwned + WithCsrf + Send> FromRequest<Console> for Posted<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &Console) -> Result<Self, Response> {
+        let (mut parts, body) = req.into_parts();
+        let v = Viewer::from_request_parts(&mut parts, state).await?;
+        let headers = parts.headers.clone();
+        let Form(f) = Form::<T>::from_request(Request::from_parts(parts, body), state).await.map_err(IntoResponse::into_response)?;
+        v.check_csrf(f.csrf(), &headers)?;
+        Ok(Posted(v, f))
     }
 }
 

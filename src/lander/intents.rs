@@ -73,15 +73,8 @@ impl Intents {
                     if h <= t {
                         tracing::warn!(partition = p, landed_through = t, end = h, "the partition ends before what was landed: topic recreated; the ledger starts over");
                         sqlx::query!(
-                            "DELETE FROM lander_landed WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
-                            self.group,
-                            self.topic,
-                            p
-                        )
-                        .execute(&self.pool)
-                        .await?;
-                        sqlx::query!(
-                            "DELETE FROM lander_intents WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
+                            "WITH landed AS (DELETE FROM lander_landed WHERE consumer_group = $1 AND topic = $2 AND partition = $3)
+                             DELETE FROM lander_intents WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
                             self.group,
                             self.topic,
                             p

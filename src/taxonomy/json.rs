@@ -5,6 +5,7 @@
 //! `serde_json` itself; every other string is copied as it is.
 
 use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
+use std::collections::BTreeMap;
 use uuid::Uuid;
 
 use super::ValidEvent;
@@ -12,38 +13,78 @@ use super::ValidEvent;
 impl ValidEvent {
     /// Append this event's JSON to `out`: the same bytes as `serde_json::to_writer(out, self)`.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"{\"event_id\":");
-        uuid(out, &self.event_id);
-        out.extend_from_slice(b",\"event_version\":");
-        string(out, &self.event_version);
-        out.extend_from_slice(b",\"event_type\":");
-        string(out, &self.event_type);
-        out.extend_from_slice(b",\"learner_id\":");
-        uuid(out, &self.learner_id);
-        out.extend_from_slice(b",\"session_id\":");
-        string(out, &self.session_id);
-        out.extend_from_slice(b",\"course_id\":");
-        string(out, &self.course_id);
-        out.extend_from_slice(b",\"content_id\":");
-        string(out, &self.content_id);
-        out.extend_from_slice(b",\"cohort_id\":");
-        string(out, &self.cohort_id);
-        out.extend_from_slice(b",\"institution_id\":");
-        string(out, &self.institution_id);
-        out.extend_from_slice(b",\"position_sec\":");
-        match self.position_sec {
-            Some(p) => out.extend_from_slice(itoa::Buffer::new().format(p).as_bytes()),
+        /// Each field as `"name":value`, in declaration order (serde's).
+        macro_rules! fields {
+            ($first:ident $(, $field:ident)*) => {
+                out.extend_from_slice(concat!("{\"", stringify!($first), "\":").as_bytes());
+                self.$first.write(out);
+                $(
+                    out.extend_from_slice(concat!(",\"", stringify!($field), "\":").as_bytes());
+                    self.$field.write(out);
+                )*
+                out.push(b'}');
+            };
+        }
+        fields!(
+            event_id,
+            event_version,
+            event_type,
+            learner_id,
+            session_id,
+            course_id,
+            content_id,
+            cohort_id,
+            institution_id,
+            position_sec,
+            client_ts,
+            server_ts,
+            props
+        );
+    }
+}
+
+/// A field value written as `serde_json` writes it.
+trait WriteJson {
+    fn write(&self, out: &mut Vec<u8>);
+}
+
+impl WriteJson for String {
+    fn write(&self, out: &mut Vec<u8>) {
+        string(out, self);
+    }
+}
+
+impl WriteJson for Uuid {
+    fn write(&self, out: &mut Vec<u8>) {
+        uuid(out, self);
+    }
+}
+
+impl WriteJson for u32 {
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(itoa::Buffer::new().format(*self).as_bytes());
+    }
+}
+
+impl WriteJson for DateTime<Utc> {
+    fn write(&self, out: &mut Vec<u8>) {
+        timestamp(out, self);
+    }
+}
+
+impl<T: WriteJson> WriteJson for Option<T> {
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Some(v) => v.write(out),
             None => out.extend_from_slice(b"null"),
         }
-        out.extend_from_slice(b",\"client_ts\":");
-        timestamp(out, &self.client_ts);
-        out.extend_from_slice(b",\"server_ts\":");
-        match &self.server_ts {
-            Some(t) => timestamp(out, t),
-            None => out.extend_from_slice(b"null"),
-        }
-        out.extend_from_slice(b",\"props\":{");
-        for (i, (k, v)) in self.props.iter().enumerate() {
+    }
+}
+
+impl WriteJson for BTreeMap<String, String> {
+    fn write(&self, out: &mut Vec<u8>) {
+        out.push(b'{');
+        for (i, (k, v)) in self.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
@@ -51,7 +92,7 @@ impl ValidEvent {
             out.push(b':');
             string(out, v);
         }
-        out.extend_from_slice(b"}}");
+        out.push(b'}');
     }
 }
 
@@ -124,7 +165,6 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
     use rand::{Rng, SeedableRng};
-    use std::collections::BTreeMap;
 
     #[test]
     fn the_bytes_serde_writes() {

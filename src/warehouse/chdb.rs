@@ -17,10 +17,33 @@ type Conn = *mut c_void; // chdb_connection
 type Res = *mut c_void; // chdb_result *
 type Stream = *mut c_void; // chdb_insert_stream
 
-struct Api {
-    connect: unsafe extern "C" fn(c_int, *mut *mut c_char) -> *mut Conn,
-    close_conn: unsafe extern "C" fn(*mut Conn),
-    query_with_params_n: unsafe extern "C" fn(
+/// The C functions used, each named once: its field in [`Api`], its symbol in
+/// `libchdb.so` and its signature. Expands to the struct and to `bind`, which
+/// looks every symbol up.
+macro_rules! chdb_api {
+    ($($field:ident = $symbol:literal: $sig:ty,)*) => {
+        struct Api {
+            $($field: $sig,)*
+        }
+
+        /// Every symbol of [`Api`], looked up in `lib`.
+        ///
+        /// # Safety
+        /// `lib` must be chDB's library, whose symbols have the signatures given here.
+        unsafe fn bind(lib: &libloading::Library, path: &Path) -> Result<Api, String> {
+            Ok(Api {
+                $($field: *lib
+                    .get($symbol)
+                    .map_err(|e| format!("{} lacks {}: {e}", path.display(), String::from_utf8_lossy($symbol)))?,)*
+            })
+        }
+    };
+}
+
+chdb_api! {
+    connect = b"chdb_connect": unsafe extern "C" fn(c_int, *mut *mut c_char) -> *mut Conn,
+    close_conn = b"chdb_close_conn": unsafe extern "C" fn(*mut Conn),
+    query_with_params_n = b"chdb_query_with_params_n": unsafe extern "C" fn(
         Conn,
         *const c_char,
         usize,
@@ -32,16 +55,16 @@ struct Api {
         *const usize,
         usize,
     ) -> Res,
-    result_buffer: unsafe extern "C" fn(Res) -> *mut c_char,
-    result_length: unsafe extern "C" fn(Res) -> usize,
-    result_error: unsafe extern "C" fn(Res) -> *const c_char,
-    destroy_result: unsafe extern "C" fn(Res),
-    stream_insert_n: unsafe extern "C" fn(Conn, *const c_char, usize, *const c_char, usize) -> Stream,
-    stream_append: unsafe extern "C" fn(Stream, *const c_void, usize) -> c_int,
-    stream_done: unsafe extern "C" fn(Stream) -> Res,
-    stream_insert_error: unsafe extern "C" fn(Stream) -> *const c_char,
-    destroy_insert_stream: unsafe extern "C" fn(Stream),
-    version: unsafe extern "C" fn() -> *const c_char,
+    result_buffer = b"chdb_result_buffer": unsafe extern "C" fn(Res) -> *mut c_char,
+    result_length = b"chdb_result_length": unsafe extern "C" fn(Res) -> usize,
+    result_error = b"chdb_result_error": unsafe extern "C" fn(Res) -> *const c_char,
+    destroy_result = b"chdb_destroy_query_result": unsafe extern "C" fn(Res),
+    stream_insert_n = b"chdb_stream_insert_n": unsafe extern "C" fn(Conn, *const c_char, usize, *const c_char, usize) -> Stream,
+    stream_append = b"chdb_stream_append": unsafe extern "C" fn(Stream, *const c_void, usize) -> c_int,
+    stream_done = b"chdb_stream_done": unsafe extern "C" fn(Stream) -> Res,
+    stream_insert_error = b"chdb_stream_insert_error": unsafe extern "C" fn(Stream) -> *const c_char,
+    destroy_insert_stream = b"chdb_destroy_insert_stream": unsafe extern "C" fn(Stream),
+    version = b"chdb_version": unsafe extern "C" fn() -> *const c_char,
 }
 
 // SAFETY: the API is a table of C function pointers into a library that is
@@ -55,26 +78,7 @@ fn load(path: &Path) -> Result<&'static Api, WarehouseError> {
     let api = API.get_or_init(|| unsafe {
         let lib = libloading::Library::new(path).map_err(|e| format!("cannot load {}: {e}", path.display()))?;
         let lib: &'static libloading::Library = Box::leak(Box::new(lib));
-        macro_rules! sym {
-            ($name:literal) => {
-                *lib.get($name).map_err(|e| format!("{} lacks {}: {e}", path.display(), String::from_utf8_lossy($name)))?
-            };
-        }
-        Ok(Api {
-            connect: sym!(b"chdb_connect"),
-            close_conn: sym!(b"chdb_close_conn"),
-            query_with_params_n: sym!(b"chdb_query_with_params_n"),
-            result_buffer: sym!(b"chdb_result_buffer"),
-            result_length: sym!(b"chdb_result_length"),
-            result_error: sym!(b"chdb_result_error"),
-            destroy_result: sym!(b"chdb_destroy_query_result"),
-            stream_insert_n: sym!(b"chdb_stream_insert_n"),
-            stream_append: sym!(b"chdb_stream_append"),
-            stream_done: sym!(b"chdb_stream_done"),
-            stream_insert_error: sym!(b"chdb_stream_insert_error"),
-            destroy_insert_stream: sym!(b"chdb_destroy_insert_stream"),
-            version: sym!(b"chdb_version"),
-        })
+        bind(lib, path)
     });
     api.as_ref().map_err(|e| WarehouseError::Unavailable(e.clone()))
 }
