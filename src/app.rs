@@ -175,7 +175,7 @@ impl Application {
         // Each part is a task of its own: a part busy between two awaits (a release's audit, a
         // detector's arithmetic) holds one worker thread, never the others' progress (in one
         // task, the API's accept loop waited for the periodic loops' CPU work: seconds).
-        let api = tokio::spawn({
+        let api = part("the API", &stop, {
             let (state, rx) = (state.clone(), rx.clone());
             async move {
                 match (state, listener) {
@@ -184,7 +184,7 @@ impl Application {
                 }
             }
         });
-        let land = tokio::spawn({
+        let land = part("the lander", &stop, {
             let (settings, warehouse, rx) = (settings.clone(), warehouse.clone(), rx.clone());
             async move {
                 match (warehouse, parts.lander) {
@@ -193,7 +193,7 @@ impl Application {
                 }
             }
         });
-        let jobs = tokio::spawn({
+        let jobs = part("the jobs", &stop, {
             let (state, rx) = (state.clone(), rx.clone());
             async move {
                 if let (Some(state), true) = (state, parts.jobs) {
@@ -201,37 +201,48 @@ impl Application {
                         tokio::join!(dsr.clone().work(rx.clone()), periodic::purge_loop(dsr, state.anchor.clone(), rx.clone()));
                     }
                 }
+                Ok(())
             }
         });
-        let loops = tokio::spawn({
-            let (state, settings, rx) = (state.clone(), settings.clone(), rx.clone());
+        let loops = part("the periodic loops", &stop, {
+            let (state, settings, rx, stop) = (state.clone(), settings.clone(), rx.clone(), stop.clone());
             async move {
-                let Some(state) = state.filter(|_| parts.periodic) else { return };
+                let Some(state) = state.filter(|_| parts.periodic) else { return Ok(()) };
                 let every = settings.audit.checkpoint_interval();
-                let anchoring = tokio::spawn(crate::audit::anchor_loop(state.pool.clone(), state.anchor.clone(), every, rx.clone()));
-                let publish = tokio::spawn({
+                let anchoring = part("audit anchoring", &stop, {
+                    let (pool, anchor, rx) = (state.pool.clone(), state.anchor.clone(), rx.clone());
+                    async move {
+                        crate::audit::anchor_loop(pool, anchor, every, rx).await;
+                        Ok(())
+                    }
+                });
+                let publish = part("the released tables' refresh", &stop, {
                     let (serve, rx) = (state.serve.clone(), rx.clone());
                     async move {
                         if let Some(serve) = serve {
                             periodic::publish_loop(serve, rx).await
                         }
+                        Ok(())
                     }
                 });
-                let signals = tokio::spawn({
+                let signals = part("the detectors", &stop, {
                     let (sg, rx) = (state.signals.clone(), rx.clone());
                     async move {
                         if let Some(sg) = sg {
                             periodic::signals_loop(sg, rx).await
                         }
+                        Ok(())
                     }
                 });
-                let sessions = tokio::spawn(crate::console::purge_loop(state.clone(), rx.clone()));
-                let (a, b, c, d) = tokio::join!(anchoring, publish, signals, sessions);
-                for ended in [a, b, c, d] {
-                    if let Err(e) = ended {
-                        tracing::error!(error = %e, "a periodic loop failed");
+                let sessions = part("the console sessions' purge", &stop, {
+                    let (state, rx) = (state.clone(), rx.clone());
+                    async move {
+                        crate::console::purge_loop(state, rx).await;
+                        Ok(())
                     }
-                }
+                });
+                let (a, b, c, d) = tokio::join!(anchoring, publish, signals, sessions);
+                [a, b, c, d].into_iter().try_for_each(|ended| ended.context("a periodic loop's task")?)
             }
         });
         let (a, l, j, p) = tokio::join!(api, land, jobs, loops);
@@ -239,11 +250,40 @@ impl Application {
         if let Some(wh) = &warehouse {
             wh.close();
         }
-        j.context("the jobs task")?;
-        p.context("the periodic loops' task")?;
+        j.context("the jobs task")??;
+        p.context("the periodic loops' task")??;
         a.context("the API task")??;
         l.context("the lander task")?
     }
+}
+
+/// One part of the application as a task of its own. A part that panics stops the whole
+/// application (the other parts drain as on a signal) and [`Application::run_until`] returns
+/// the panic as its error, so the process exits non-zero and its supervisor restarts it: a
+/// loop the law needs (audit anchoring, the retention purge, subject requests) never stops
+/// silently while the API goes on serving.
+fn part<T: Send + 'static>(
+    name: &'static str,
+    stop: &Arc<watch::Sender<bool>>,
+    work: impl Future<Output = anyhow::Result<T>> + Send + 'static,
+) -> tokio::task::JoinHandle<anyhow::Result<T>> {
+    use futures::FutureExt;
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        match std::panic::AssertUnwindSafe(work).catch_unwind().await {
+            Ok(ended) => ended,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "(no message)".into());
+                tracing::error!(part = name, panic = %what, "a part of the application panicked: stopping the application");
+                stop.send_replace(true);
+                Err(anyhow::anyhow!("{name} panicked: {what}"))
+            }
+        }
+    })
 }
 
 /// The process-wide Prometheus recorder (installed once).
@@ -360,4 +400,32 @@ pub async fn shutdown_signal() {
     };
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
     tracing::info!("shutdown requested; draining");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A panicking part stops the others (they see the stop as on a signal and return) and
+    /// its panic is the error the application ends with.
+    #[tokio::test]
+    async fn a_part_that_panics_stops_the_application_and_says_so() {
+        let (tx, mut watched) = watch::channel(false);
+        let stop = Arc::new(tx);
+        let calm = part("calm", &stop, {
+            let mut rx = stop.subscribe();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+                anyhow::Ok("drained")
+            }
+        });
+        let broken = part("broken", &stop, async {
+            let n: u32 = "not a number".parse().expect("boom");
+            anyhow::Ok(n)
+        });
+        let err = broken.await.expect("joined").expect_err("a panic is an error");
+        assert!(err.to_string().starts_with("broken panicked: boom"), "{err}");
+        assert!(*watched.borrow_and_update(), "the application was told to stop");
+        assert_eq!(calm.await.expect("joined").expect("calm part"), "drained");
+    }
 }

@@ -428,6 +428,13 @@ fn cohort_views_never_read_the_base_table() {
             std::ops::ControlFlow::<()>::Continue(())
         });
         assert!(!tables.is_empty(), "{}: reads nothing?", shape.name);
+        // One learner's reads (and only they) take the engine's interactive connection.
+        assert_eq!(
+            shape.interactive,
+            ["learner_in_course", "learner_timeline", "learner_features"].contains(&shape.name),
+            "{}: interactive lane",
+            shape.name
+        );
         if shape.individual {
             individual += 1;
             assert!(["learner_timeline", "learner_features"].contains(&shape.name), "{}: only the individual views are exempt", shape.name);

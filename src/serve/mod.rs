@@ -155,7 +155,7 @@ struct Slot {
 /// Run one named shape, timed per shape.
 async fn run_on(wh: &Warehouse, shape: &Shape, params: &[(&str, String)]) -> Result<Vec<Value>, ServeError> {
     let started = std::time::Instant::now();
-    let rows = if shape.interactive() { wh.query_interactive(shape.sql, params).await? } else { wh.query(shape.sql, params).await? };
+    let rows = if shape.interactive { wh.query_interactive(shape.sql, params).await? } else { wh.query(shape.sql, params).await? };
     metrics::histogram!("learnvault_serve_query_seconds", "shape" => shape.name).record(started.elapsed().as_secs_f64());
     Ok(rows)
 }

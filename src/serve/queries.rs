@@ -12,23 +12,26 @@ pub struct Shape {
     pub sql: &'static str,
     /// The individual view: allowed to read the base table.
     pub individual: bool,
+    /// One learner's short read, made when a person opens a drill-down: it takes the
+    /// engine's interactive connection ([`crate::warehouse::Warehouse::query_interactive`]),
+    /// never held by an insert or a scan. Every individual view is one.
+    pub interactive: bool,
 }
 
 impl Shape {
-    /// One learner's short reads (`learner_*`: the drill-down's check and timeline, the
-    /// features) take the engine's interactive connection ([`crate::warehouse::Warehouse::query_interactive`]).
-    pub fn interactive(&self) -> bool {
-        self.name.starts_with("learner_")
-    }
-
     /// A cohort view (reads `agg.*` rollups only).
     const fn cohort(name: &'static str, sql: &'static str) -> Shape {
-        Shape { name, sql, individual: false }
+        Shape { name, sql, individual: false, interactive: false }
     }
 
-    /// An individual view.
+    /// A cohort-rollup read about one learner (the drill-down's scope check): interactive.
+    const fn learner_check(name: &'static str, sql: &'static str) -> Shape {
+        Shape { name, sql, individual: false, interactive: true }
+    }
+
+    /// An individual view (interactive).
     const fn individual(name: &'static str, sql: &'static str) -> Shape {
-        Shape { name, sql, individual: true }
+        Shape { name, sql, individual: true, interactive: true }
     }
 }
 
@@ -85,7 +88,7 @@ pub const COURSE_INSTITUTIONS: Shape = Shape::cohort(
 );
 
 /// Whether a learner has activity in a course (drill-down scope).
-pub const LEARNER_IN_COURSE: Shape = Shape::cohort(
+pub const LEARNER_IN_COURSE: Shape = Shape::learner_check(
     "learner_in_course",
     "SELECT count() AS n FROM agg.learner_day_by_cohort WHERE course_id = {course:String} AND learner_id = {learner:UUID}",
 );
