@@ -214,3 +214,40 @@ fn an_unknown_or_mistyped_key_in_the_file_is_refused() {
     let e = from_toml("[lander]\nin_flight = \"many\"\n").unwrap_err().to_string();
     assert!(e.contains("lander.in_flight"), "{e}");
 }
+
+/// Every default the README's Configuration table states is the default: the file form of each
+/// variable (`lander_in_flight = 2`) set to the table's value loads the same settings as
+/// nothing at all. Rows whose default is not one literal value (unset, or computed from a
+/// directory or another setting) are passed over; the rest must number most of the table.
+#[test]
+fn the_readme_configuration_table_states_the_defaults() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme.split("\n## Configuration\n").nth(1).expect("a Configuration section").split("\n## ").next().unwrap();
+    let defaults = format!("{:?}", Settings::default());
+    let (mut checked, mut wrong) = (0, Vec::new());
+    for line in section.lines().filter(|l| l.starts_with("| `") && l.contains(names::PREFIX)) {
+        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        let var = cells[0].trim_matches('`');
+        if !VARS.iter().any(|(n, _)| *n == var) {
+            continue; // (not a setting)
+        }
+        let Some(value) = cells[2].strip_prefix('`').and_then(|v| v.strip_suffix('`')) else { continue };
+        if value.contains(['`', '$', '~']) {
+            continue;
+        }
+        let typed = match value {
+            "true" | "false" => value.to_owned(),
+            v if v.parse::<i64>().is_ok() => v.to_owned(),
+            v => format!("{v:?}"),
+        };
+        let flat = var.strip_prefix(names::PREFIX).unwrap().to_ascii_lowercase();
+        match from_toml(&format!("{flat} = {typed}\n")) {
+            Ok(s) if format!("{s:?}") == defaults => {}
+            Ok(_) => wrong.push(format!("{var}: `{value}` is not its default")),
+            Err(e) => wrong.push(format!("{var}: `{value}` does not load: {e}")),
+        }
+        checked += 1;
+    }
+    assert!(wrong.is_empty(), "README's Configuration table: {wrong:#?}");
+    assert!(checked >= VARS.len() * 3 / 4, "only {checked} of {} defaults checked: is the table's form still `| var | field | default | meaning |`?", VARS.len());
+}
