@@ -1,11 +1,12 @@
-//! Idempotent ingest: an event id (an xAPI statement id is its event's id) lands once
-//! within the deduplication window, whatever carried it twice: a client's retry through
+//! Idempotent ingest: an event (its id and client time, [`EventKey`]; an xAPI statement id
+//! is its event's id) lands once within the deduplication window, whatever carried it twice: a client's retry through
 //! the gateway, a replayed topic, a producer writing the same event to Kafka twice, a dead
 //! letter replayed twice.
 //!
 //! Invariants:
-//! * the lander claims a batch's ids in PostgreSQL (`ingest_event_ids`, one row per id
-//!   naming the claiming batch) after the batch's intent is recorded and before its insert,
+//! * the lander claims a batch's ids in PostgreSQL (`ingest_event_ids`, one row per event
+//!   keyed by its client time and id ([`EventKey`]), naming the claiming batch) after the
+//!   batch's intent is recorded and before its insert,
 //!   and inserts only the ids it claimed, each once: an id another batch claimed is
 //!   dropped (counted, not dead-lettered); an id this same batch claimed (its replay under
 //!   its token, after a crash or a failed commit) is kept, so a replay still lands it;
@@ -21,9 +22,10 @@
 //!
 //! The mechanism was chosen by measurement (BENCHMARKS.md, issue 13).
 
+use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
@@ -52,6 +54,29 @@ pub const DUPLICATES: &str = "learnvault_lander_duplicates_total";
 /// claimed ids, the claim's answer).
 pub type IdSet = foldhash::HashSet<Uuid>;
 
+/// What a claim is keyed by: the event's client time, then its id (the claims' primary key).
+/// Every delivery of one event carries both (a client's retry, a replayed topic, a producer
+/// writing it twice, a dead letter replayed). Keyed by time first, the claims of new events
+/// go into the newest part of the index however many the window holds: keyed by the random
+/// id alone, each claim was an insert at a random page of an index of rate x window ids, and
+/// the claims' cost grew with the window (BENCHMARKS.md, session 14). An id sent again with
+/// another client time is taken for another event (as Snowplow keeps an event whose id
+/// repeats with other content); an xAPI statement id is checked on its own, by its content
+/// ([`XapiStatements`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EventKey {
+    pub client_ts: DateTime<Utc>,
+    pub event_id: Uuid,
+}
+
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01), for binary `timestamptz`.
+const PG_EPOCH_US: i64 = 946_684_800_000_000;
+
+/// Whether claims made before the key had a client time may still be held ([`Claims`]).
+const LEGACY_UNKNOWN: u8 = 0;
+const LEGACY_HELD: u8 = 1;
+const LEGACY_NONE: u8 = 2;
+
 /// The answer to a claim: which of the ids the batch may land.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claimed {
@@ -70,9 +95,9 @@ impl Claimed {
         }
     }
 
-    /// The ids among `ids` (those claimed for) that the batch may land.
-    pub fn of(&self, ids: &[Uuid]) -> std::collections::HashSet<Uuid> {
-        ids.iter().filter(|i| self.allows(i)).copied().collect()
+    /// The ids among `keys` (those claimed for) that the batch may land.
+    pub fn of(&self, keys: &[EventKey]) -> std::collections::HashSet<Uuid> {
+        keys.iter().map(|k| k.event_id).filter(|i| self.allows(i)).collect()
     }
 }
 
@@ -89,6 +114,10 @@ pub struct Claims {
     window: Duration,
     /// Ranges left to claim by `ON CONFLICT` before trying a COPY again.
     upsert_left: Arc<AtomicU32>,
+    /// Claims made before migration 0013 are keyed by id alone (client time `-infinity`):
+    /// while any is held (one window after the upgrade), a claim first looks its ids up among
+    /// them. Known after the first claim, and again after each purge.
+    legacy: Arc<AtomicU8>,
     /// One per range being claimed ([`PARALLEL`]): the claims of a lander's batches and of
     /// their members at once share them (and the pool's connections). A range takes its
     /// permit before its statement and holds no lock while it waits for one.
@@ -101,11 +130,12 @@ impl Claims {
             pool,
             window: Duration::from_secs(u64::from(window_days) * 86_400),
             upsert_left: Arc::default(),
+            legacy: Arc::new(AtomicU8::new(LEGACY_UNKNOWN)),
             permits: Arc::new(tokio::sync::Semaphore::new(PARALLEL)),
         }
     }
 
-    /// Claim `ids` (distinct) for the batch with deduplication token `token`; returns the
+    /// Claim `keys` (their ids distinct) for the batch with deduplication token `token`; returns the
     /// ids the batch may land: those it claimed now, and those it had claimed before (its
     /// own replay). In key order, in up to [`PARALLEL`] contiguous key ranges claimed at once
     /// on as many connections (one backend inserts 50-60k ids/s on our machine, and a batch
@@ -118,19 +148,58 @@ impl Claims {
     /// lander, or by this batch: its replay), and then the range is claimed by `INSERT ... ON
     /// CONFLICT DO NOTHING` as before. Either way the unique key decides: atomic across
     /// batches and landers, and a replay keeps its own claims.
-    pub async fn claim(&self, token: &str, ids: &[Uuid]) -> Result<Claimed, sqlx::Error> {
-        self.claim_by(token, ids, true).await
+    pub async fn claim(&self, token: &str, keys: &[EventKey]) -> Result<Claimed, sqlx::Error> {
+        self.claim_by(token, keys, true).await
     }
 
     /// [`Claims::claim`] without the COPY (`ON CONFLICT` for every range): the benchmark's reference.
-    pub async fn claim_upsert(&self, token: &str, ids: &[Uuid]) -> Result<Claimed, sqlx::Error> {
-        self.claim_by(token, ids, false).await
+    pub async fn claim_upsert(&self, token: &str, keys: &[EventKey]) -> Result<Claimed, sqlx::Error> {
+        self.claim_by(token, keys, false).await
     }
 
-    async fn claim_by(&self, token: &str, ids: &[Uuid], copy: bool) -> Result<Claimed, sqlx::Error> {
-        let mut sorted = ids.to_vec();
-        sorted.sort_unstable();
+    async fn claim_by(&self, token: &str, keys: &[EventKey], copy: bool) -> Result<Claimed, sqlx::Error> {
         let batch = batch_key(token);
+        let before = self.legacy_taken(batch, keys).await?;
+        let mut sorted: Vec<EventKey> = keys.iter().filter(|k| !before.contains(&k.event_id)).copied().collect();
+        sorted.sort_unstable();
+        let claimed = self.claim_sorted(batch, &sorted, copy).await?;
+        Ok(match claimed {
+            Claimed::All if before.is_empty() => Claimed::All,
+            Claimed::All => Claimed::Only(sorted.iter().map(|k| k.event_id).collect()),
+            only => only,
+        })
+    }
+
+    /// The ids among `keys` claimed before migration 0013 by another batch than `batch`
+    /// (none once no such claim is held: one query per lander, then none).
+    async fn legacy_taken(&self, batch: i64, keys: &[EventKey]) -> Result<IdSet, sqlx::Error> {
+        if self.legacy.load(Ordering::Relaxed) == LEGACY_UNKNOWN {
+            self.check_legacy().await?;
+        }
+        if self.legacy.load(Ordering::Relaxed) != LEGACY_HELD {
+            return Ok(IdSet::default());
+        }
+        let ids: Vec<Uuid> = keys.iter().map(|k| k.event_id).collect();
+        Ok(sqlx::query_scalar!(
+            "SELECT event_id FROM ingest_event_ids WHERE client_ts = '-infinity' AND event_id = ANY($1) AND batch <> $2",
+            &ids,
+            batch
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .collect())
+    }
+
+    async fn check_legacy(&self) -> Result<(), sqlx::Error> {
+        let held = sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM ingest_event_ids WHERE client_ts = '-infinity') AS "held!""#)
+            .fetch_one(&self.pool)
+            .await?;
+        self.legacy.store(if held { LEGACY_HELD } else { LEGACY_NONE }, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn claim_sorted(&self, batch: i64, sorted: &[EventKey], copy: bool) -> Result<Claimed, sqlx::Error> {
         let per = sorted.len().div_ceil(PARALLEL).max(MIN_CHUNK);
         let parts = futures::future::try_join_all(sorted.chunks(per).map(|c| async move {
             let _permit = self.permits.acquire().await.expect("the permits are never closed");
@@ -154,31 +223,34 @@ impl Claims {
         let mut mine = IdSet::default();
         for (part, c) in parts.into_iter().zip(sorted.chunks(per)) {
             match part {
-                Claimed::All => mine.extend(c.iter().copied()),
+                Claimed::All => mine.extend(c.iter().map(|k| k.event_id)),
                 Claimed::Only(some) => mine.extend(some),
             }
         }
         Ok(Claimed::Only(mine))
     }
 
-    /// Claim every id of a range (sorted, distinct) in one binary COPY, or none of them: a
+    /// Claim every key of a range (sorted, ids distinct) in one binary COPY, or none of them: a
     /// unique violation (`23505`) when one is claimed already.
-    async fn copy_range(&self, batch: i64, ids: &[Uuid]) -> Result<(), sqlx::Error> {
-        // PGCOPY binary: signature, flags, header extension; per row 2 fields (uuid, int8); trailer.
-        let mut buf = Vec::with_capacity(19 + ids.len() * 34 + 2);
+    async fn copy_range(&self, batch: i64, keys: &[EventKey]) -> Result<(), sqlx::Error> {
+        // PGCOPY binary: signature, flags, header extension; per row 3 fields (timestamptz,
+        // uuid, int8); trailer.
+        let mut buf = Vec::with_capacity(19 + keys.len() * 46 + 2);
         buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
         buf.extend_from_slice(&0i32.to_be_bytes());
         buf.extend_from_slice(&0i32.to_be_bytes());
-        for id in ids {
-            buf.extend_from_slice(&2i16.to_be_bytes());
+        for k in keys {
+            buf.extend_from_slice(&3i16.to_be_bytes());
+            buf.extend_from_slice(&8i32.to_be_bytes());
+            buf.extend_from_slice(&(k.client_ts.timestamp_micros() - PG_EPOCH_US).to_be_bytes());
             buf.extend_from_slice(&16i32.to_be_bytes());
-            buf.extend_from_slice(id.as_bytes());
+            buf.extend_from_slice(k.event_id.as_bytes());
             buf.extend_from_slice(&8i32.to_be_bytes());
             buf.extend_from_slice(&batch.to_be_bytes());
         }
         buf.extend_from_slice(&(-1i16).to_be_bytes());
         let mut conn = self.pool.acquire().await?;
-        let mut copy = conn.copy_in_raw("COPY ingest_event_ids (event_id, batch) FROM STDIN (FORMAT binary)").await?;
+        let mut copy = conn.copy_in_raw("COPY ingest_event_ids (client_ts, event_id, batch) FROM STDIN (FORMAT binary)").await?;
         if let Err(e) = copy.send(buf).await {
             // The connection goes back to the pool only after the server ended the COPY.
             let _ = copy.abort("the claim could not be sent").await;
@@ -188,23 +260,32 @@ impl Claims {
         Ok(())
     }
 
-    /// One statement for a range of ids, and a second only when some id was claimed already.
-    async fn claim_range(&self, batch: i64, ids: &[Uuid]) -> Result<IdSet, sqlx::Error> {
+    /// One statement for a range of keys, and a second only when some key was claimed already.
+    async fn claim_range(&self, batch: i64, keys: &[EventKey]) -> Result<IdSet, sqlx::Error> {
+        let (times, ids): (Vec<DateTime<Utc>>, Vec<Uuid>) = keys.iter().map(|k| (k.client_ts, k.event_id)).unzip();
         let mut mine: IdSet = sqlx::query_scalar!(
-            r#"INSERT INTO ingest_event_ids (event_id, batch) SELECT id, $2 FROM UNNEST($1::uuid[]) AS t(id)
-               ON CONFLICT (event_id) DO NOTHING RETURNING event_id"#,
-            ids,
+            r#"INSERT INTO ingest_event_ids (client_ts, event_id, batch) SELECT t, id, $3 FROM UNNEST($1::timestamptz[], $2::uuid[]) AS u(t, id)
+               ON CONFLICT (client_ts, event_id) DO NOTHING RETURNING event_id"#,
+            &times,
+            &ids,
             batch
         )
         .fetch_all(&self.pool)
         .await?
         .into_iter()
         .collect();
-        if mine.len() < ids.len() {
-            let taken: Vec<Uuid> = ids.iter().filter(|i| !mine.contains(i)).copied().collect();
-            let own = sqlx::query_scalar!("SELECT event_id FROM ingest_event_ids WHERE event_id = ANY($1) AND batch = $2", &taken, batch)
-                .fetch_all(&self.pool)
-                .await?;
+        if mine.len() < keys.len() {
+            let (times, ids): (Vec<DateTime<Utc>>, Vec<Uuid>) =
+                keys.iter().filter(|k| !mine.contains(&k.event_id)).map(|k| (k.client_ts, k.event_id)).unzip();
+            let own = sqlx::query_scalar!(
+                r#"SELECT c.event_id FROM ingest_event_ids c JOIN UNNEST($1::timestamptz[], $2::uuid[]) AS u(t, id)
+                     ON c.client_ts = u.t AND c.event_id = u.id WHERE c.batch = $3"#,
+                &times,
+                &ids,
+                batch
+            )
+            .fetch_all(&self.pool)
+            .await?;
             mine.extend(own);
         }
         Ok(mine)
@@ -217,6 +298,7 @@ impl Claims {
     }
 
     /// Delete the claims and xAPI digests older than the window; returns the rows deleted.
+    /// (Then whether claims keyed by id alone are still held.)
     pub async fn purge(&self) -> Result<u64, sqlx::Error> {
         let secs = self.window.as_secs_f64();
         let a = sqlx::query!("DELETE FROM ingest_event_ids WHERE seen_at < now() - make_interval(secs => $1)", secs)
@@ -227,6 +309,9 @@ impl Claims {
             .execute(&self.pool)
             .await?
             .rows_affected();
+        if self.legacy.load(Ordering::Relaxed) != LEGACY_NONE {
+            self.check_legacy().await?;
+        }
         Ok(a + b)
     }
 
@@ -279,15 +364,17 @@ impl XapiStatements {
 
     /// Record `statements` (id, digest) of `institution`, all or nothing: when one id is
     /// stored already with another digest (or for another institution), nothing is recorded
-    /// and that id's answer is [`Stored::Conflict`]. Answers in order.
-    pub async fn record(&self, institution: &str, statements: &[(Uuid, Vec<u8>)]) -> Result<Vec<Stored>, sqlx::Error> {
+    /// and that id's answer is [`Stored::Conflict`]. Answers in order, each with the time the
+    /// id was first stored (xAPI's `stored`: the `timestamp` of a statement sent without one,
+    /// the same on every retry, so its event's claim key is too).
+    pub async fn record(&self, institution: &str, statements: &[(Uuid, Vec<u8>)]) -> Result<Vec<(Stored, DateTime<Utc>)>, sqlx::Error> {
         let ids: Vec<Uuid> = statements.iter().map(|s| s.0).collect();
         let digests: Vec<Vec<u8>> = statements.iter().map(|s| s.1.clone()).collect();
         let mut tx = self.pool.begin().await?;
-        let fresh: IdSet = sqlx::query_scalar!(
+        let fresh: std::collections::HashMap<Uuid, DateTime<Utc>> = sqlx::query!(
             r#"INSERT INTO xapi_statements (statement_id, institution, digest)
                SELECT id, $2, d FROM UNNEST($1::uuid[], $3::bytea[]) AS t(id, d)
-               ON CONFLICT (statement_id) DO NOTHING RETURNING statement_id"#,
+               ON CONFLICT (statement_id) DO NOTHING RETURNING statement_id, stored_at"#,
             &ids,
             institution,
             &digests
@@ -295,22 +382,26 @@ impl XapiStatements {
         .fetch_all(&mut *tx)
         .await?
         .into_iter()
+        .map(|r| (r.statement_id, r.stored_at))
         .collect();
-        let mut out: Vec<Stored> = ids.iter().map(|i| if fresh.contains(i) { Stored::Fresh } else { Stored::Conflict }).collect();
+        let now = Utc::now();
+        let mut out: Vec<(Stored, DateTime<Utc>)> =
+            ids.iter().map(|i| fresh.get(i).map_or((Stored::Conflict, now), |at| (Stored::Fresh, *at))).collect();
         if fresh.len() < ids.len() {
-            let known: Vec<Uuid> = ids.iter().filter(|i| !fresh.contains(i)).copied().collect();
-            let rows = sqlx::query!("SELECT statement_id, institution, digest FROM xapi_statements WHERE statement_id = ANY($1)", &known)
-                .fetch_all(&mut *tx)
-                .await?;
+            let known: Vec<Uuid> = ids.iter().filter(|i| !fresh.contains_key(i)).copied().collect();
+            let rows =
+                sqlx::query!("SELECT statement_id, institution, digest, stored_at FROM xapi_statements WHERE statement_id = ANY($1)", &known)
+                    .fetch_all(&mut *tx)
+                    .await?;
             for r in rows {
                 for (ix, (id, d)) in statements.iter().enumerate() {
-                    if *id == r.statement_id && !fresh.contains(id) && r.institution == institution && r.digest == *d {
-                        out[ix] = Stored::Same;
+                    if *id == r.statement_id && !fresh.contains_key(id) && r.institution == institution && r.digest == *d {
+                        out[ix] = (Stored::Same, r.stored_at);
                     }
                 }
             }
         }
-        if out.contains(&Stored::Conflict) {
+        if out.iter().any(|(s, _)| *s == Stored::Conflict) {
             tx.rollback().await?;
         } else {
             tx.commit().await?;

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 use common::spine::{xapi_fixture as fixture, XAPI_EXT as EXT};
+use learnvault::dedup::EventKey;
 
 async fn send_xapi(app: &common::TestApp, token: &str, method: &str, query: &str, body: &Value) -> (StatusCode, Value) {
     let url = format!("{}/xapi/statements{query}", app.base);
@@ -126,36 +127,85 @@ async fn a_producer_writing_the_same_envelope_to_kafka_twice_lands_it_once() {
     s.wh.close();
 }
 
+/// `n` new events of one client time.
+fn events(n: usize) -> Vec<EventKey> {
+    let client_ts = chrono::Utc::now();
+    (0..n).map(|_| EventKey { client_ts, event_id: uuid::Uuid::new_v4() }).collect()
+}
+
+fn ids_of(keys: &[EventKey]) -> std::collections::HashSet<uuid::Uuid> {
+    keys.iter().map(|k| k.event_id).collect()
+}
+
 #[tokio::test]
 async fn a_batch_replayed_under_its_own_token_keeps_its_claims_and_another_batch_does_not() {
     let app = common::TestApp::spawn().await;
     let claims = learnvault::dedup::Claims::new(app.admin.clone(), 7);
-    let ids: Vec<uuid::Uuid> = (0..5).map(|_| uuid::Uuid::new_v4()).collect();
-    let all: std::collections::HashSet<uuid::Uuid> = ids.iter().copied().collect();
+    let ids = events(5);
+    let all = ids_of(&ids);
     assert_eq!(claims.claim("t:0:0-4", &ids).await.unwrap().of(&ids), all, "first claim");
     assert_eq!(claims.claim("t:0:0-4", &ids).await.unwrap().of(&ids), all, "the same batch replayed keeps its ids");
-    let more = uuid::Uuid::new_v4();
+    let more = events(1)[0];
     let got = claims.claim("t:1:0-5", &[ids[0], more]).await.unwrap().of(&[ids[0], more]);
-    assert_eq!(got, [more].into_iter().collect(), "another batch gets only the new id");
+    assert_eq!(got, [more.event_id].into_iter().collect(), "another batch gets only the new id");
     // A batch of a lander spanning partitions, claimed in several key ranges at once: the same answers.
-    let big: Vec<uuid::Uuid> = (0..12_000).map(|_| uuid::Uuid::new_v4()).collect();
-    let big_all: std::collections::HashSet<uuid::Uuid> = big.iter().copied().collect();
+    let big = events(12_000);
+    let big_all = ids_of(&big);
     assert_eq!(claims.claim("t:4:0-11999", &big).await.unwrap().of(&big), big_all);
     assert_eq!(claims.claim("t:4:0-11999", &big).await.unwrap().of(&big), big_all, "replayed");
-    let fresh: Vec<uuid::Uuid> = (0..6_000).map(|_| uuid::Uuid::new_v4()).collect();
-    let half: Vec<uuid::Uuid> = big.iter().step_by(2).copied().chain(fresh.iter().copied()).collect();
-    assert_eq!(claims.claim("t:5:0-11999", &half).await.unwrap().of(&half), fresh.iter().copied().collect(), "only the new ids");
+    let fresh = events(6_000);
+    let half: Vec<EventKey> = big.iter().step_by(2).copied().chain(fresh.iter().copied()).collect();
+    assert_eq!(claims.claim("t:5:0-11999", &half).await.unwrap().of(&half), ids_of(&fresh), "only the new ids");
     // A dead-lettered batch releases its claims; the ids can land with a corrected delivery.
     assert_eq!(claims.release("t:0:0-4").await.unwrap(), 5);
     assert_eq!(claims.claim("t:2:0-4", &ids).await.unwrap().of(&ids), all);
     // Claims older than the window are purged; newer ones stay.
     sqlx::query("UPDATE ingest_event_ids SET seen_at = now() - interval '8 days' WHERE event_id = $1")
-        .bind(ids[1])
+        .bind(ids[1].event_id)
         .execute(&app.admin)
         .await
         .unwrap();
     assert_eq!(claims.purge().await.unwrap(), 1);
-    assert_eq!(claims.claim("t:3:0-0", &[ids[1], ids[2]]).await.unwrap().of(&[ids[1], ids[2]]), [ids[1]].into_iter().collect());
+    assert_eq!(claims.claim("t:3:0-0", &[ids[1], ids[2]]).await.unwrap().of(&[ids[1], ids[2]]), [ids[1].event_id].into_iter().collect());
+}
+
+/// A claim is keyed by the event's client time and id: every delivery of one event carries
+/// both, and an id sent with another client time is another event.
+#[tokio::test]
+async fn an_event_is_its_id_and_client_time_and_claims_from_before_that_key_still_hold_until_purged() {
+    let app = common::TestApp::spawn().await;
+    let claims = learnvault::dedup::Claims::new(app.admin.clone(), 7);
+    let first = events(1)[0];
+    let again = EventKey { client_ts: first.client_ts, event_id: first.event_id };
+    let other_time = EventKey { client_ts: first.client_ts + chrono::Duration::milliseconds(1), event_id: first.event_id };
+    assert_eq!(claims.claim("k:0:0-0", &[first]).await.unwrap().of(&[first]).len(), 1);
+    assert!(claims.claim("k:1:0-0", &[again]).await.unwrap().of(&[again]).is_empty(), "the same event again");
+    assert_eq!(claims.claim("k:2:0-0", &[other_time]).await.unwrap().of(&[other_time]).len(), 1, "the id at another client time");
+    // A claim made before migration 0013 (no client time: `-infinity`) by batch `old`.
+    let old = uuid::Uuid::new_v4();
+    sqlx::query("INSERT INTO ingest_event_ids (client_ts, event_id, batch) VALUES ('-infinity', $1, $2)")
+        .bind(old)
+        .bind(learnvault::dedup::batch_key("old:0:0-0"))
+        .execute(&app.admin)
+        .await
+        .unwrap();
+    let upgraded = learnvault::dedup::Claims::new(app.admin.clone(), 7);
+    let delivered = EventKey { client_ts: chrono::Utc::now(), event_id: old };
+    let (new, with_new) = (events(1)[0], |k: EventKey| [k, delivered]);
+    assert_eq!(
+        upgraded.claim("k:3:0-1", &with_new(new)).await.unwrap().of(&with_new(new)),
+        [new.event_id].into_iter().collect(),
+        "an event claimed before the upgrade is not claimed again"
+    );
+    assert_eq!(upgraded.claim("old:0:0-0", &[delivered]).await.unwrap().of(&[delivered]).len(), 1, "its own batch's replay keeps it");
+    let later = EventKey { client_ts: chrono::Utc::now() + chrono::Duration::seconds(1), event_id: old };
+    assert!(upgraded.claim("k:4:0-0", &[later]).await.unwrap().of(&[later]).is_empty(), "held whatever the client time");
+    sqlx::query("UPDATE ingest_event_ids SET seen_at = now() - interval '8 days' WHERE client_ts = '-infinity'")
+        .execute(&app.admin)
+        .await
+        .unwrap();
+    assert_eq!(upgraded.purge().await.unwrap(), 1);
+    assert_eq!(upgraded.claim("k:5:0-0", &[later]).await.unwrap().of(&[later]).len(), 1, "until purged after the window");
 }
 
 #[tokio::test]
@@ -167,22 +217,22 @@ async fn a_claim_by_copy_is_all_or_nothing_and_two_landers_claiming_at_once_spli
     let fresh = || learnvault::dedup::Claims::new(app.admin.clone(), 7);
     // One id claimed by another batch, last of its range: the COPY is refused whole, and the
     // range is claimed id by id.
-    let mut ids: Vec<Uuid> = (0..8_000).map(|_| Uuid::new_v4()).collect();
+    let mut ids = events(8_000);
     ids.sort();
     let last = *ids.last().unwrap();
-    assert_eq!(fresh().claim("c:0:0-0", &[last]).await.unwrap().of(&[last]), [last].into_iter().collect());
+    assert_eq!(fresh().claim("c:0:0-0", &[last]).await.unwrap().of(&[last]), [last.event_id].into_iter().collect());
     let got = fresh().claim("c:1:0-7999", &ids).await.unwrap().of(&ids);
     assert_eq!(got.len(), ids.len() - 1, "every id but the one claimed before");
-    assert!(!got.contains(&last));
+    assert!(!got.contains(&last.event_id));
     assert_eq!(fresh().claim("c:1:0-7999", &ids).await.unwrap().of(&ids), got, "a replay keeps its own claims");
     // Two landers claiming overlapping batches at once: each id goes to exactly one of them.
-    let a: Vec<Uuid> = (0..20_000).map(|_| Uuid::new_v4()).collect();
-    let b: Vec<Uuid> = a.iter().step_by(2).copied().chain((0..10_000).map(|_| Uuid::new_v4())).collect();
+    let a = events(20_000);
+    let b: Vec<EventKey> = a.iter().step_by(2).copied().chain(events(10_000)).collect();
     let (ca, cb) = (fresh(), fresh());
     let (ga, gb) = tokio::join!(ca.claim("c:2:0-19999", &a), cb.claim("c:3:0-19999", &b));
     let (ga, gb) = (ga.unwrap().of(&a), gb.unwrap().of(&b));
     assert!(ga.is_disjoint(&gb), "no id claimed by both");
-    let union: HashSet<Uuid> = a.iter().chain(b.iter()).copied().collect();
+    let union: HashSet<Uuid> = a.iter().chain(b.iter()).map(|k| k.event_id).collect();
     assert_eq!(ga.len() + gb.len(), union.len(), "every id claimed by one of them");
     for (token, mine) in [("c:2:0-19999", &ga), ("c:3:0-19999", &gb)] {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM ingest_event_ids WHERE batch = $1")
@@ -219,9 +269,11 @@ async fn an_xapi_statement_sent_again_is_acknowledged_and_lands_once_and_other_c
     assert_eq!((code, v["error"]["code"].clone()), (StatusCode::CONFLICT, json!("xapi_id_conflict")), "{v}");
     let (code, v) = send_xapi(&gw, &lms, "PUT", &format!("?statementId={id}"), &other).await;
     assert_eq!((code, v["error"]["code"].clone()), (StatusCode::CONFLICT, json!("xapi_id_conflict")), "{v}");
+    // (A statement without `timestamp`: it takes the time it was first stored, on every delivery.)
     let mut fresh = fixture("openedx_video_paused");
     let fresh_id = uuid::Uuid::new_v4().to_string();
     fresh["id"] = json!(fresh_id);
+    fresh.as_object_mut().unwrap().remove("timestamp");
     let (code, v) = send_xapi(&gw, &lms, "POST", "", &json!([fresh, other])).await;
     assert_eq!(
         (code, v["error"]["code"].clone(), v["error"]["message"].as_str().unwrap().starts_with("[1].id")),
@@ -235,6 +287,10 @@ async fn an_xapi_statement_sent_again_is_acknowledged_and_lands_once_and_other_c
     let (code, ids) = send_xapi(&gw, &lms, "POST", "", &fresh).await;
     assert_eq!((code, ids), (StatusCode::OK, json!([fresh_id])));
     assert_eq!(s.wait_rows(2, Duration::from_secs(60)).await, 2);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (code, ids) = send_xapi(&gw, &lms, "POST", "", &fresh).await;
+    assert_eq!((code, ids), (StatusCode::OK, json!([fresh_id])), "sent again later, without a timestamp");
+    assert_eq!(wait_duplicates(&lander.stats, 3).await, 3, "dropped by the lander: the same client time as the first delivery");
     lander.stop().await;
     assert_eq!(rows_of(&s, &id).await, 1);
     assert_eq!(rows_of(&s, &fresh_id).await, 1);

@@ -228,6 +228,8 @@ async fn statements(s: AppState, p: Principal, gw: GatewayCap, headers: HeaderMa
     // The position in the body of each acknowledged statement.
     let mut acked_at: Vec<usize> = Vec::new();
     let mut items = Vec::new();
+    // For each item, its statement's place in `acked`, when the statement has no `timestamp`.
+    let mut untimed: Vec<(usize, usize)> = Vec::new();
     let mut unmapped: Vec<(uuid::Uuid, String, &'static str)> = Vec::new();
     let mut refused: Vec<(usize, xapi::Refused)> = Vec::new();
     for (i, a) in answers.into_iter().enumerate() {
@@ -257,6 +259,9 @@ async fn statements(s: AppState, p: Principal, gw: GatewayCap, headers: HeaderMa
         acked_at.push(i);
         match o {
             xapi::Outcome::Mapped(m) => {
+                if (if v.is_array() { &v[i] } else { &v }).get("timestamp").is_none() {
+                    untimed.push((items.len(), acked.len() - 1));
+                }
                 items.push(Incoming { event: gateway::Body::Map(m.event), identity: Some((institution.clone().into(), external_id.into())) })
             }
             xapi::Outcome::Unmapped { statement_id, verb, reason, .. } => unmapped.push((statement_id, verb, reason)),
@@ -271,13 +276,21 @@ async fn statements(s: AppState, p: Principal, gw: GatewayCap, headers: HeaderMa
     let bodies = xapi::split_body(&v).map_err(|_| Error::Internal("a mapped body splits".into()))?;
     let recorded: Vec<(uuid::Uuid, &Value)> = acked.iter().zip(&acked_at).map(|(id, i)| (*id, bodies[*i])).collect();
     let stored = gw.xapi_record(&institution, &recorded).await?;
-    if let Some(k) = stored.iter().position(|s| *s == crate::dedup::Stored::Conflict) {
+    if let Some(k) = stored.iter().position(|s| s.0 == crate::dedup::Stored::Conflict) {
         let path = if v.is_array() { format!("[{}].id", acked_at[k]) } else { "id".into() };
         let message = "a statement with this id is stored already with other content".to_string();
         return Ok(xapi_error(xapi::XapiError { code: "xapi_id_conflict", path, message }));
     }
     let again: std::collections::HashSet<uuid::Uuid> =
-        acked.iter().zip(&stored).filter(|(_, s)| **s == crate::dedup::Stored::Same).map(|(id, _)| *id).collect();
+        acked.iter().zip(&stored).filter(|(_, s)| s.0 == crate::dedup::Stored::Same).map(|(id, _)| *id).collect();
+    // A statement sent without `timestamp` takes the time it was first stored (xAPI 1.0.3,
+    // 2.4.7: "set to the value of stored"), on every retry the same: its event's client time,
+    // and so its deduplication key, do not change with the delivery.
+    for (item, k) in untimed {
+        if let gateway::Body::Map(ev) = &mut items[item].event {
+            ev.insert("client_ts".into(), stored[k].1.to_rfc3339_opts(chrono::SecondsFormat::Millis, true).into());
+        }
+    }
     // Valid xAPI with no event: acknowledged, dead-lettered with its id and verb, without the actor
     // (once: not again when the same statement comes again).
     for (statement_id, verb, reason) in unmapped.into_iter().filter(|u| !again.contains(&u.0)) {

@@ -473,9 +473,14 @@ impl Gateway {
     /// content, each with its id set): all of them, or none when one id is stored already
     /// with other content; one answer each, in order (see [`crate::dedup::XapiStatements`]).
     /// A statement stored already with the same content is produced again all the same: the
-    /// lander lands its id once, and a retry after a 503 must not lose it.
-    pub async fn xapi_record(&self, institution: &str, statements: &[(Uuid, &Value)]) -> Result<Vec<crate::dedup::Stored>, GatewayError> {
-        let Some(store) = &self.statements else { return Ok(vec![crate::dedup::Stored::Fresh; statements.len()]) };
+    /// lander lands its id once, and a retry after a 503 must not lose it. Each answer comes
+    /// with the time its id was first stored (without idempotent ingest: now).
+    pub async fn xapi_record(
+        &self,
+        institution: &str,
+        statements: &[(Uuid, &Value)],
+    ) -> Result<Vec<(crate::dedup::Stored, chrono::DateTime<chrono::Utc>)>, GatewayError> {
+        let Some(store) = &self.statements else { return Ok(vec![(crate::dedup::Stored::Fresh, chrono::Utc::now()); statements.len()]) };
         let digests: Vec<(Uuid, Vec<u8>)> = statements
             .iter()
             .map(|(id, st)| {

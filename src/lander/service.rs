@@ -411,14 +411,18 @@ impl Sink {
         // while the refusals go to the dead-letter topic.
         let claimed = self.claims.clone().map(|claims| {
             let mut seen = crate::dedup::IdSet::with_capacity_and_hasher(landable.len(), Default::default());
-            let ids: Vec<uuid::Uuid> =
-                landable.iter().map(|&ix| items[ix].outcome.as_ref().expect("landable").event_id).filter(|id| seen.insert(*id)).collect();
+            let keys: Vec<crate::dedup::EventKey> = landable
+                .iter()
+                .map(|&ix| items[ix].outcome.as_ref().expect("landable"))
+                .filter(|ev| seen.insert(ev.event_id))
+                .map(|ev| crate::dedup::EventKey { client_ts: ev.client_ts, event_id: ev.event_id })
+                .collect();
             let token = token.to_owned();
             let stats = self.stats.clone();
             tokio::spawn(async move {
                 let started = Instant::now();
                 let mine = Backoff::POSTGRES
-                    .until_ok(Cause::Vault, "cannot claim the batch's event ids in PostgreSQL", || claims.claim(&token, &ids))
+                    .until_ok(Cause::Vault, "cannot claim the batch's event ids in PostgreSQL", || claims.claim(&token, &keys))
                     .await;
                 record_ms(&stats.claim_ms, started);
                 mine

@@ -172,7 +172,11 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
     }
     if args.base_claims > 0 {
         let started = Instant::now();
-        sqlx::query("INSERT INTO ingest_event_ids (event_id, batch) SELECT gen_random_uuid(), 0 FROM generate_series(1, $1)")
+        // As a lander at 15,000 events/s would have left them: client times up to now, in order.
+        sqlx::query(
+            "INSERT INTO ingest_event_ids (client_ts, event_id, batch)
+             SELECT now() - make_interval(secs => ($1 - g) / 15000.0), gen_random_uuid(), 0 FROM generate_series(1, $1) AS g",
+        )
             .bind(args.base_claims as i64)
             .execute(&pool)
             .await?;
@@ -621,7 +625,10 @@ async fn core_rate(
 async fn dedup_probe(pool: &sqlx::PgPool, wh: &Warehouse) -> anyhow::Result<ExitCode> {
     const BATCH: usize = 20_000;
     const REMEMBERED: usize = 1_000_000;
-    let ids = |n: usize| (0..n).map(|_| uuid::Uuid::new_v4()).collect::<Vec<_>>();
+    let ids = |n: usize| {
+        let client_ts = chrono::Utc::now();
+        (0..n).map(|_| crate::dedup::EventKey { client_ts, event_id: uuid::Uuid::new_v4() }).collect::<Vec<_>>()
+    };
     let report = |what: &str, h: &Histogram<u64>, total_secs: f64, n: usize| {
         println!(
             "{what:<58} p50={:>7.1}ms p99={:>7.1}ms  {:>9.0} ids/s over {} batches",
@@ -692,6 +699,7 @@ async fn dedup_probe(pool: &sqlx::PgPool, wh: &Warehouse) -> anyhow::Result<Exit
     let mut total = 0.0;
     for i in 0..n {
         let batch = ids(BATCH);
+        let batch: Vec<uuid::Uuid> = batch.iter().map(|k| k.event_id).collect();
         let list = format!("[{}]", batch.iter().map(|u| format!("'{u}'")).collect::<Vec<_>>().join(","));
         let mut rows = Vec::with_capacity(BATCH * 60);
         for u in &batch {
