@@ -1,7 +1,7 @@
 //! Idempotent ingest: an event (its id and client time, [`EventKey`]; an xAPI statement id
-//! is its event's id) lands once within the deduplication window, whatever carried it twice: a client's retry through
-//! the gateway, a replayed topic, a producer writing the same event to Kafka twice, a dead
-//! letter replayed twice.
+//! is its event's id) lands once within the deduplication window, whatever carried it
+//! twice: a client's retry through the gateway, a replayed topic, a producer writing the
+//! same event to Kafka twice, a dead letter replayed twice.
 //!
 //! Invariants:
 //! * the lander claims a batch's ids in PostgreSQL (`ingest_event_ids`, one row per event
