@@ -743,7 +743,8 @@ fn check_context(v: &Value) -> R<(&Obj, Vec<&Obj>)> {
 // ---------------------------------------------------------------- mapping
 
 /// Validate one statement and map it. `put_id` is the `statementId` of a PUT; `now` is used as
-/// `client_ts` when the statement has no timestamp.
+/// `client_ts` when the statement has no timestamp (the handler then sets the time the
+/// statement was first stored, xAPI's `stored`, so that a retry keeps its client time).
 pub fn map_statement(st: &Value, put_id: Option<Uuid>, now: DateTime<Utc>) -> Result<Outcome, XapiError> {
     let s = obj(st, "")?;
     reject_nulls(st, "")?;
