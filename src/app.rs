@@ -6,6 +6,7 @@ pub mod lander;
 pub mod periodic;
 
 use anyhow::Context;
+use futures::future::OptionFuture;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -209,38 +210,19 @@ impl Application {
             async move {
                 let Some(state) = state.filter(|_| parts.periodic) else { return Ok(()) };
                 let every = settings.audit.checkpoint_interval();
-                let anchoring = part("audit anchoring", &stop, {
-                    let (pool, anchor, rx) = (state.pool.clone(), state.anchor.clone(), rx.clone());
-                    async move {
-                        crate::audit::anchor_loop(pool, anchor, every, rx).await;
-                        Ok(())
-                    }
-                });
-                let publish = part("the released tables' refresh", &stop, {
-                    let (serve, rx) = (state.serve.clone(), rx.clone());
-                    async move {
-                        if let Some(serve) = serve {
-                            periodic::publish_loop(serve, rx).await
-                        }
-                        Ok(())
-                    }
-                });
-                let signals = part("the detectors", &stop, {
-                    let (sg, rx) = (state.signals.clone(), rx.clone());
-                    async move {
-                        if let Some(sg) = sg {
-                            periodic::signals_loop(sg, rx).await
-                        }
-                        Ok(())
-                    }
-                });
-                let sessions = part("the console sessions' purge", &stop, {
-                    let (state, rx) = (state.clone(), rx.clone());
-                    async move {
-                        crate::console::purge_loop(state, rx).await;
-                        Ok(())
-                    }
-                });
+                let anchoring = quiet_part(
+                    "audit anchoring",
+                    &stop,
+                    crate::audit::anchor_loop(state.pool.clone(), state.anchor.clone(), every, rx.clone()),
+                );
+                let publish = quiet_part(
+                    "the released tables' refresh",
+                    &stop,
+                    OptionFuture::from(state.serve.clone().map(|serve| periodic::publish_loop(serve, rx.clone()))),
+                );
+                let signals =
+                    quiet_part("the detectors", &stop, OptionFuture::from(state.signals.clone().map(|sg| periodic::signals_loop(sg, rx.clone()))));
+                let sessions = quiet_part("the console sessions' purge", &stop, crate::console::purge_loop(state.clone(), rx.clone()));
                 let (a, b, c, d) = tokio::join!(anchoring, publish, signals, sessions);
                 [a, b, c, d].into_iter().try_for_each(|ended| ended.context("a periodic loop's task")?)
             }
@@ -255,6 +237,18 @@ impl Application {
         a.context("the API task")??;
         l.context("the lander task")?
     }
+}
+
+/// A [`part`] that cannot fail but by panicking (a loop that logs its errors and goes on).
+fn quiet_part<T: Send + 'static>(
+    name: &'static str,
+    stop: &Arc<watch::Sender<bool>>,
+    work: impl Future<Output = T> + Send + 'static,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    part(name, stop, async move {
+        work.await;
+        Ok(())
+    })
 }
 
 /// One part of the application as a task of its own. A part that panics stops the whole
