@@ -220,8 +220,11 @@ impl Application {
                     &stop,
                     OptionFuture::from(state.serve.clone().map(|serve| periodic::publish_loop(serve, rx.clone()))),
                 );
-                let signals =
-                    quiet_part("the detectors", &stop, OptionFuture::from(state.signals.clone().map(|sg| periodic::signals_loop(sg, rx.clone()))));
+                let signals = quiet_part(
+                    "the detectors",
+                    &stop,
+                    OptionFuture::from(state.signals.clone().map(|sg| periodic::signals_loop(sg, rx.clone()))),
+                );
                 let sessions = quiet_part("the console sessions' purge", &stop, crate::console::purge_loop(state.clone(), rx.clone()));
                 let (a, b, c, d) = tokio::join!(anchoring, publish, signals, sessions);
                 [a, b, c, d].into_iter().try_for_each(|ended| ended.context("a periodic loop's task")?)
