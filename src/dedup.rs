@@ -61,8 +61,8 @@ pub type IdSet = foldhash::HashSet<Uuid>;
 /// id alone, each claim was an insert at a random page of an index of rate x window ids, and
 /// the claims' cost grew with the window (BENCHMARKS.md, session 14). An id sent again with
 /// another client time is taken for another event (as Snowplow keeps an event whose id
-/// repeats with other content); an xAPI statement id is checked on its own, by its content
-/// ([`XapiStatements`]).
+/// repeats with other content), except within one batch, where an id lands once (its first
+/// occurrence); an xAPI statement id is checked on its own, by its content ([`XapiStatements`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct EventKey {
     pub client_ts: DateTime<Utc>,
@@ -291,10 +291,23 @@ impl Claims {
         Ok(mine)
     }
 
-    /// Forget the claims of the batch `token` (the warehouse refused it as data: it was
-    /// dead-lettered, and a corrected delivery must be able to land).
-    pub async fn release(&self, token: &str) -> Result<u64, sqlx::Error> {
-        Ok(sqlx::query!("DELETE FROM ingest_event_ids WHERE batch = $1", batch_key(token)).execute(&self.pool).await?.rows_affected())
+    /// Forget the claims of the batch `token` for `keys` (what it claimed for, or more: the warehouse
+    /// refused it as data, it was dead-lettered, and a corrected delivery must be able to
+    /// land). Read by the key's time range (and the claims from before migration 0013), not
+    /// by a scan of the window's claims.
+    pub async fn release(&self, token: &str, keys: &[EventKey]) -> Result<u64, sqlx::Error> {
+        let (Some(first), Some(last)) = (keys.iter().map(|k| k.client_ts).min(), keys.iter().map(|k| k.client_ts).max()) else {
+            return Ok(0);
+        };
+        Ok(sqlx::query!(
+            "DELETE FROM ingest_event_ids WHERE batch = $1 AND (client_ts BETWEEN $2 AND $3 OR client_ts = '-infinity')",
+            batch_key(token),
+            first,
+            last
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 
     /// Delete the claims and xAPI digests older than the window; returns the rows deleted.

@@ -157,7 +157,7 @@ async fn a_batch_replayed_under_its_own_token_keeps_its_claims_and_another_batch
     let half: Vec<EventKey> = big.iter().step_by(2).copied().chain(fresh.iter().copied()).collect();
     assert_eq!(claims.claim("t:5:0-11999", &half).await.unwrap().of(&half), ids_of(&fresh), "only the new ids");
     // A dead-lettered batch releases its claims; the ids can land with a corrected delivery.
-    assert_eq!(claims.release("t:0:0-4").await.unwrap(), 5);
+    assert_eq!(claims.release("t:0:0-4", &ids).await.unwrap(), 5);
     assert_eq!(claims.claim("t:2:0-4", &ids).await.unwrap().of(&ids), all);
     // Claims older than the window are purged; newer ones stay.
     sqlx::query("UPDATE ingest_event_ids SET seen_at = now() - interval '8 days' WHERE event_id = $1")

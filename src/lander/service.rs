@@ -473,8 +473,15 @@ impl Sink {
             }
             // Its claims go with it: a corrected delivery of these ids must be able to land.
             if let Some(claims) = &self.claims {
+                // Every decoded event's key: a superset of what the batch's members claimed for.
+                let keys: Vec<crate::dedup::EventKey> = b
+                    .items
+                    .iter()
+                    .flat_map(|(_, items)| items.iter().filter_map(|i| i.outcome.as_ref().ok()))
+                    .map(|ev| crate::dedup::EventKey { client_ts: ev.client_ts, event_id: ev.event_id })
+                    .collect();
                 let mut backoff = Backoff::POSTGRES;
-                while let Err(e) = claims.release(&b.token).await {
+                while let Err(e) = claims.release(&b.token, &keys).await {
                     tracing::warn!(error = %e, "cannot release a dead-lettered batch's event-id claims; retrying");
                     backoff.wait().await;
                 }
