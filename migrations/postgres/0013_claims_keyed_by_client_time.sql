@@ -9,6 +9,9 @@
 -- Claims made before this migration have no client time: they keep `-infinity` and the
 -- lander looks a batch's ids up among them while any is held (`dedup::Claims`), so an event
 -- claimed before the upgrade still lands once; the purge removes them after one window.
+-- A lander older than this migration cannot claim once it ran (`client_ts` has no default):
+-- it retries until it is replaced, so upgrade every lander with it (it stalls, it never
+-- lands an event twice).
 ALTER TABLE ingest_event_ids ADD COLUMN client_ts timestamptz NOT NULL DEFAULT '-infinity';
 ALTER TABLE ingest_event_ids ALTER COLUMN client_ts DROP DEFAULT;
 ALTER TABLE ingest_event_ids DROP CONSTRAINT ingest_event_ids_pkey;
