@@ -49,10 +49,11 @@ const UPSERT_AFTER_CONFLICT: u32 = 16;
 /// Events dropped by the lander because their id landed already.
 pub const DUPLICATES: &str = "learnvault_lander_duplicates_total";
 
-/// Sets of event ids: foldhash (keyed per process) rather than SipHash, a third of the cost
-/// per id on the lander's path (three sets per batch: its first occurrences, a member's
-/// claimed ids, the claim's answer).
+/// Sets of event ids and of events' keys: foldhash (keyed per process) rather than SipHash,
+/// a third of the cost per id on the lander's path (three sets per batch: its first
+/// occurrences, a member's claimed keys, the claim's answer).
 pub type IdSet = foldhash::HashSet<Uuid>;
+pub type KeySet = foldhash::HashSet<EventKey>;
 
 /// What a claim is keyed by: the event's client time, then its id (the claims' primary key).
 /// Every delivery of one event carries both (a client's retry, a replayed topic, a producer
@@ -61,12 +62,30 @@ pub type IdSet = foldhash::HashSet<Uuid>;
 /// id alone, each claim was an insert at a random page of an index of rate x window ids, and
 /// the claims' cost grew with the window (BENCHMARKS.md, session 14). An id sent again with
 /// another client time is taken for another event (as Snowplow keeps an event whose id
-/// repeats with other content), except within one batch, where an id lands once (its first
-/// occurrence); an xAPI statement id is checked on its own, by its content ([`XapiStatements`]).
+/// repeats with other content), in one batch as across batches, so what lands does not
+/// depend on where batches begin; an xAPI statement id is checked on its own, by its content
+/// ([`XapiStatements`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct EventKey {
-    pub client_ts: DateTime<Utc>,
-    pub event_id: Uuid,
+    client_ts: DateTime<Utc>,
+    event_id: Uuid,
+}
+
+impl EventKey {
+    /// The key of the event `event_id` sent at `client_ts`, to the microsecond (PostgreSQL's
+    /// precision: the claims answer with the keys they store).
+    pub fn new(client_ts: DateTime<Utc>, event_id: Uuid) -> EventKey {
+        let client_ts = DateTime::from_timestamp_micros(client_ts.timestamp_micros()).unwrap_or(client_ts);
+        EventKey { client_ts, event_id }
+    }
+
+    pub fn client_ts(&self) -> DateTime<Utc> {
+        self.client_ts
+    }
+
+    pub fn event_id(&self) -> Uuid {
+        self.event_id
+    }
 }
 
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01), for binary `timestamptz`.
@@ -83,21 +102,21 @@ pub enum Claimed {
     /// Every id (the common case: a whole range claimed by one COPY), no set built.
     All,
     /// These only (some were claimed by another batch before).
-    Only(IdSet),
+    Only(KeySet),
 }
 
 impl Claimed {
-    /// Whether the batch may land `id` (one of the ids it claimed for).
-    pub fn allows(&self, id: &Uuid) -> bool {
+    /// Whether the batch may land the event `key` (one of those it claimed for).
+    pub fn allows(&self, key: &EventKey) -> bool {
         match self {
             Claimed::All => true,
-            Claimed::Only(mine) => mine.contains(id),
+            Claimed::Only(mine) => mine.contains(key),
         }
     }
 
-    /// The ids among `keys` (those claimed for) that the batch may land.
+    /// The ids of the events among `keys` (those claimed for) that the batch may land.
     pub fn of(&self, keys: &[EventKey]) -> std::collections::HashSet<Uuid> {
-        keys.iter().map(|k| k.event_id).filter(|i| self.allows(i)).collect()
+        keys.iter().filter(|k| self.allows(k)).map(|k| k.event_id).collect()
     }
 }
 
@@ -135,7 +154,7 @@ impl Claims {
         }
     }
 
-    /// Claim `keys` (their ids distinct) for the batch with deduplication token `token`; returns the
+    /// Claim `keys` (distinct) for the batch with deduplication token `token`; returns the
     /// ids the batch may land: those it claimed now, and those it had claimed before (its
     /// own replay). In key order, in up to [`PARALLEL`] contiguous key ranges claimed at once
     /// on as many connections (one backend inserts 50-60k ids/s on our machine, and a batch
@@ -165,7 +184,7 @@ impl Claims {
         let claimed = self.claim_sorted(batch, &sorted, copy).await?;
         Ok(match claimed {
             Claimed::All if before.is_empty() => Claimed::All,
-            Claimed::All => Claimed::Only(sorted.iter().map(|k| k.event_id).collect()),
+            Claimed::All => Claimed::Only(sorted.iter().copied().collect()),
             only => only,
         })
     }
@@ -220,17 +239,17 @@ impl Claims {
             return Ok(Claimed::All);
         }
         // Some range lost ids to another batch: the ids of the whole ranges, and those kept of the others.
-        let mut mine = IdSet::default();
+        let mut mine = KeySet::default();
         for (part, c) in parts.into_iter().zip(sorted.chunks(per)) {
             match part {
-                Claimed::All => mine.extend(c.iter().map(|k| k.event_id)),
+                Claimed::All => mine.extend(c.iter().copied()),
                 Claimed::Only(some) => mine.extend(some),
             }
         }
         Ok(Claimed::Only(mine))
     }
 
-    /// Claim every key of a range (sorted, ids distinct) in one binary COPY, or none of them: a
+    /// Claim every key of a range (sorted, distinct) in one binary COPY, or none of them: a
     /// unique violation (`23505`) when one is claimed already.
     async fn copy_range(&self, batch: i64, keys: &[EventKey]) -> Result<(), sqlx::Error> {
         // PGCOPY binary: signature, flags, header extension; per row 3 fields (timestamptz,
@@ -261,11 +280,11 @@ impl Claims {
     }
 
     /// One statement for a range of keys, and a second only when some key was claimed already.
-    async fn claim_range(&self, batch: i64, keys: &[EventKey]) -> Result<IdSet, sqlx::Error> {
+    async fn claim_range(&self, batch: i64, keys: &[EventKey]) -> Result<KeySet, sqlx::Error> {
         let (times, ids): (Vec<DateTime<Utc>>, Vec<Uuid>) = keys.iter().map(|k| (k.client_ts, k.event_id)).unzip();
-        let mut mine: IdSet = sqlx::query_scalar!(
+        let mut mine: KeySet = sqlx::query!(
             r#"INSERT INTO ingest_event_ids (client_ts, event_id, batch) SELECT t, id, $3 FROM UNNEST($1::timestamptz[], $2::uuid[]) AS u(t, id)
-               ON CONFLICT (client_ts, event_id) DO NOTHING RETURNING event_id"#,
+               ON CONFLICT (client_ts, event_id) DO NOTHING RETURNING client_ts, event_id"#,
             &times,
             &ids,
             batch
@@ -273,12 +292,13 @@ impl Claims {
         .fetch_all(&self.pool)
         .await?
         .into_iter()
+        .map(|r| EventKey { client_ts: r.client_ts, event_id: r.event_id })
         .collect();
         if mine.len() < keys.len() {
             let (times, ids): (Vec<DateTime<Utc>>, Vec<Uuid>) =
-                keys.iter().filter(|k| !mine.contains(&k.event_id)).map(|k| (k.client_ts, k.event_id)).unzip();
-            let own = sqlx::query_scalar!(
-                r#"SELECT c.event_id FROM ingest_event_ids c JOIN UNNEST($1::timestamptz[], $2::uuid[]) AS u(t, id)
+                keys.iter().filter(|k| !mine.contains(k)).map(|k| (k.client_ts, k.event_id)).unzip();
+            let own = sqlx::query!(
+                r#"SELECT c.client_ts, c.event_id FROM ingest_event_ids c JOIN UNNEST($1::timestamptz[], $2::uuid[]) AS u(t, id)
                      ON c.client_ts = u.t AND c.event_id = u.id WHERE c.batch = $3"#,
                 &times,
                 &ids,
@@ -286,7 +306,7 @@ impl Claims {
             )
             .fetch_all(&self.pool)
             .await?;
-            mine.extend(own);
+            mine.extend(own.into_iter().map(|r| EventKey { client_ts: r.client_ts, event_id: r.event_id }));
         }
         Ok(mine)
     }

@@ -130,11 +130,34 @@ async fn a_producer_writing_the_same_envelope_to_kafka_twice_lands_it_once() {
 /// `n` new events of one client time.
 fn events(n: usize) -> Vec<EventKey> {
     let client_ts = chrono::Utc::now();
-    (0..n).map(|_| EventKey { client_ts, event_id: uuid::Uuid::new_v4() }).collect()
+    (0..n).map(|_| EventKey::new(client_ts, uuid::Uuid::new_v4())).collect()
 }
 
 fn ids_of(keys: &[EventKey]) -> std::collections::HashSet<uuid::Uuid> {
-    keys.iter().map(|k| k.event_id).collect()
+    keys.iter().map(|k| k.event_id()).collect()
+}
+
+/// An event is its id and client time, in one envelope (one batch) as across batches: the
+/// same id at another client time lands beside it, the same event again does not.
+#[tokio::test]
+async fn an_id_at_another_client_time_lands_beside_it_in_one_batch_as_in_two() {
+    let s = Spine::new(true).await;
+    let learner = s.app.issue("uni-a", "L1", json!({})).await;
+    let first = event(&learner, "content.view", "cs101", "c1", "uni-a");
+    let mut later = first.clone();
+    later["client_ts"] = json!(first["client_ts"].as_i64().unwrap() + 1000);
+    let envelope = serde_json::to_vec(&json!([first, later, first])).unwrap();
+    let lander = s.start_lander().await;
+    let record = FutureRecord::to(&s.settings.kafka.events_topic).key(&learner).payload(&envelope).partition(0);
+    s.producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+    assert_eq!(s.wait_rows(2, Duration::from_secs(60)).await, 2);
+    assert_eq!(wait_duplicates(&lander.stats, 1).await, 1, "the same event twice in the envelope");
+    // The later one again, alone: another batch, a duplicate.
+    s.produce(std::slice::from_ref(&later)).await;
+    assert_eq!(wait_duplicates(&lander.stats, 2).await, 2);
+    lander.stop().await;
+    assert_eq!(rows_of(&s, first["event_id"].as_str().unwrap()).await, 2);
+    s.wh.close();
 }
 
 #[tokio::test]
@@ -147,7 +170,7 @@ async fn a_batch_replayed_under_its_own_token_keeps_its_claims_and_another_batch
     assert_eq!(claims.claim("t:0:0-4", &ids).await.unwrap().of(&ids), all, "the same batch replayed keeps its ids");
     let more = events(1)[0];
     let got = claims.claim("t:1:0-5", &[ids[0], more]).await.unwrap().of(&[ids[0], more]);
-    assert_eq!(got, [more.event_id].into_iter().collect(), "another batch gets only the new id");
+    assert_eq!(got, [more.event_id()].into_iter().collect(), "another batch gets only the new id");
     // A batch of a lander spanning partitions, claimed in several key ranges at once: the same answers.
     let big = events(12_000);
     let big_all = ids_of(&big);
@@ -161,12 +184,12 @@ async fn a_batch_replayed_under_its_own_token_keeps_its_claims_and_another_batch
     assert_eq!(claims.claim("t:2:0-4", &ids).await.unwrap().of(&ids), all);
     // Claims older than the window are purged; newer ones stay.
     sqlx::query("UPDATE ingest_event_ids SET seen_at = now() - interval '8 days' WHERE event_id = $1")
-        .bind(ids[1].event_id)
+        .bind(ids[1].event_id())
         .execute(&app.admin)
         .await
         .unwrap();
     assert_eq!(claims.purge().await.unwrap(), 1);
-    assert_eq!(claims.claim("t:3:0-0", &[ids[1], ids[2]]).await.unwrap().of(&[ids[1], ids[2]]), [ids[1].event_id].into_iter().collect());
+    assert_eq!(claims.claim("t:3:0-0", &[ids[1], ids[2]]).await.unwrap().of(&[ids[1], ids[2]]), [ids[1].event_id()].into_iter().collect());
 }
 
 /// A claim is keyed by the event's client time and id: every delivery of one event carries
@@ -176,8 +199,8 @@ async fn an_event_is_its_id_and_client_time_and_claims_from_before_that_key_stil
     let app = common::TestApp::spawn().await;
     let claims = learnvault::dedup::Claims::new(app.admin.clone(), 7);
     let first = events(1)[0];
-    let again = EventKey { client_ts: first.client_ts, event_id: first.event_id };
-    let other_time = EventKey { client_ts: first.client_ts + chrono::Duration::milliseconds(1), event_id: first.event_id };
+    let again = EventKey::new(first.client_ts(), first.event_id());
+    let other_time = EventKey::new(first.client_ts() + chrono::Duration::milliseconds(1), first.event_id());
     assert_eq!(claims.claim("k:0:0-0", &[first]).await.unwrap().of(&[first]).len(), 1);
     assert!(claims.claim("k:1:0-0", &[again]).await.unwrap().of(&[again]).is_empty(), "the same event again");
     assert_eq!(claims.claim("k:2:0-0", &[other_time]).await.unwrap().of(&[other_time]).len(), 1, "the id at another client time");
@@ -190,15 +213,15 @@ async fn an_event_is_its_id_and_client_time_and_claims_from_before_that_key_stil
         .await
         .unwrap();
     let upgraded = learnvault::dedup::Claims::new(app.admin.clone(), 7);
-    let delivered = EventKey { client_ts: chrono::Utc::now(), event_id: old };
+    let delivered = EventKey::new(chrono::Utc::now(), old);
     let (new, with_new) = (events(1)[0], |k: EventKey| [k, delivered]);
     assert_eq!(
         upgraded.claim("k:3:0-1", &with_new(new)).await.unwrap().of(&with_new(new)),
-        [new.event_id].into_iter().collect(),
+        [new.event_id()].into_iter().collect(),
         "an event claimed before the upgrade is not claimed again"
     );
     assert_eq!(upgraded.claim("old:0:0-0", &[delivered]).await.unwrap().of(&[delivered]).len(), 1, "its own batch's replay keeps it");
-    let later = EventKey { client_ts: chrono::Utc::now() + chrono::Duration::seconds(1), event_id: old };
+    let later = EventKey::new(chrono::Utc::now() + chrono::Duration::seconds(1), old);
     assert!(upgraded.claim("k:4:0-0", &[later]).await.unwrap().of(&[later]).is_empty(), "held whatever the client time");
     sqlx::query("UPDATE ingest_event_ids SET seen_at = now() - interval '8 days' WHERE client_ts = '-infinity'")
         .execute(&app.admin)
@@ -220,10 +243,10 @@ async fn a_claim_by_copy_is_all_or_nothing_and_two_landers_claiming_at_once_spli
     let mut ids = events(8_000);
     ids.sort();
     let last = *ids.last().unwrap();
-    assert_eq!(fresh().claim("c:0:0-0", &[last]).await.unwrap().of(&[last]), [last.event_id].into_iter().collect());
+    assert_eq!(fresh().claim("c:0:0-0", &[last]).await.unwrap().of(&[last]), [last.event_id()].into_iter().collect());
     let got = fresh().claim("c:1:0-7999", &ids).await.unwrap().of(&ids);
     assert_eq!(got.len(), ids.len() - 1, "every id but the one claimed before");
-    assert!(!got.contains(&last.event_id));
+    assert!(!got.contains(&last.event_id()));
     assert_eq!(fresh().claim("c:1:0-7999", &ids).await.unwrap().of(&ids), got, "a replay keeps its own claims");
     // Two landers claiming overlapping batches at once: each id goes to exactly one of them.
     let a = events(20_000);
@@ -232,7 +255,7 @@ async fn a_claim_by_copy_is_all_or_nothing_and_two_landers_claiming_at_once_spli
     let (ga, gb) = tokio::join!(ca.claim("c:2:0-19999", &a), cb.claim("c:3:0-19999", &b));
     let (ga, gb) = (ga.unwrap().of(&a), gb.unwrap().of(&b));
     assert!(ga.is_disjoint(&gb), "no id claimed by both");
-    let union: HashSet<Uuid> = a.iter().chain(b.iter()).map(|k| k.event_id).collect();
+    let union: HashSet<Uuid> = a.iter().chain(b.iter()).map(|k| k.event_id()).collect();
     assert_eq!(ga.len() + gb.len(), union.len(), "every id claimed by one of them");
     for (token, mine) in [("c:2:0-19999", &ga), ("c:3:0-19999", &gb)] {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM ingest_event_ids WHERE batch = $1")

@@ -20,10 +20,11 @@
 //!   (deduplication on the base table and its views) lands it at most once:
 //!   exactly-once without Kafka transactions; records below the partition's
 //!   landed mark (`lander_landed`) are skipped when a consumer resumes under it;
-//! * an event id lands once within the deduplication window ([`crate::dedup`]): a
-//!   batch claims its events' ids after its intent is recorded and before its insert,
-//!   and inserts each id once, only if it claimed it (now, or before: its replay under
-//!   its token keeps its own claims); duplicates are counted, not dead-lettered;
+//! * an event (its id and client time) lands once within the deduplication window
+//!   ([`crate::dedup`]): a batch claims its events' keys after its intent is recorded and
+//!   before its insert, and inserts each event once, only if it claimed it (now, or before:
+//!   its replay under its token keeps its own claims); duplicates are counted, not
+//!   dead-lettered;
 //! * every refused event goes to the dead-letter topic with a typed reason and
 //!   its original payload (redacted by [`crate::redact`]); nothing is
 //!   dropped silently and nothing is retried forever;

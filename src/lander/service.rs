@@ -308,10 +308,10 @@ impl Sink {
     ///
     /// Each member partition goes through decode, governance and its claim on its own, all
     /// at once: a partition's ids are claimed (PostgreSQL's work) while the others still
-    /// decode. Then the batch keeps each event id's first occurrence among the events its
-    /// partitions claimed (an id in two members is claimed by both under the batch's key, so
-    /// both find it theirs), which is what claiming the batch's first occurrences at once
-    /// kept: an id lands once, and only if this batch claimed it (now, or before: its replay).
+    /// decode. Then the batch keeps each event's first occurrence among the events its
+    /// partitions claimed (an event in two members is claimed by both under the batch's key,
+    /// so both find it theirs), which is what claiming the batch's first occurrences at once
+    /// kept: an event lands once, and only if this batch claimed it (now, or before: its replay).
     pub(super) async fn prepare(&self, intended: Intended, batches: Records) -> Result<Prepared, LanderError> {
         let Intended { ranges, token } = intended;
         let started = Instant::now();
@@ -344,15 +344,16 @@ impl Sink {
         .await?;
         let decode_ms = decoded_by.into_inner().expect("decode time").as_millis().max(1) as u64;
         let _ = self.stats.decode_ms.lock().expect("stats lock").record(decode_ms);
-        // Each event id once in the batch (its first occurrence among those claimed).
-        let mut first = crate::dedup::IdSet::with_capacity_and_hasher(members.iter().map(|m| m.2.len()).sum(), Default::default());
+        // Each event once in the batch (its first occurrence among those claimed).
+        let mut first = crate::dedup::KeySet::with_capacity_and_hasher(members.iter().map(|m| m.2.len()).sum(), Default::default());
         let mut governed = 0usize;
         let mut landable: Vec<(usize, usize)> = Vec::new();
         for (pi, (_, items, ixs, mine)) in members.iter().enumerate() {
             governed += ixs.len();
             for &ix in ixs {
-                let id = items[ix].outcome.as_ref().expect("landable").event_id;
-                if mine.as_ref().is_none_or(|m| m.allows(&id)) && first.insert(id) {
+                let ev = items[ix].outcome.as_ref().expect("landable");
+                let key = crate::dedup::EventKey::new(ev.client_ts, ev.event_id);
+                if mine.as_ref().is_none_or(|m| m.allows(&key)) && first.insert(key) {
                     landable.push((pi, ix));
                 }
             }
@@ -407,15 +408,15 @@ impl Sink {
                 },
             }
         }
-        // Idempotent ingest: the claim of each landable id once (its first occurrence here),
+        // Idempotent ingest: the claim of each landable event once (its first occurrence here),
         // while the refusals go to the dead-letter topic.
         let claimed = self.claims.clone().map(|claims| {
-            let mut seen = crate::dedup::IdSet::with_capacity_and_hasher(landable.len(), Default::default());
+            let mut seen = crate::dedup::KeySet::with_capacity_and_hasher(landable.len(), Default::default());
             let keys: Vec<crate::dedup::EventKey> = landable
                 .iter()
                 .map(|&ix| items[ix].outcome.as_ref().expect("landable"))
-                .filter(|ev| seen.insert(ev.event_id))
-                .map(|ev| crate::dedup::EventKey { client_ts: ev.client_ts, event_id: ev.event_id })
+                .map(|ev| crate::dedup::EventKey::new(ev.client_ts, ev.event_id))
+                .filter(|key| seen.insert(*key))
                 .collect();
             let token = token.to_owned();
             let stats = self.stats.clone();
@@ -478,7 +479,7 @@ impl Sink {
                     .items
                     .iter()
                     .flat_map(|(_, items)| items.iter().filter_map(|i| i.outcome.as_ref().ok()))
-                    .map(|ev| crate::dedup::EventKey { client_ts: ev.client_ts, event_id: ev.event_id })
+                    .map(|ev| crate::dedup::EventKey::new(ev.client_ts, ev.event_id))
                     .collect();
                 let mut backoff = Backoff::POSTGRES;
                 while let Err(e) = claims.release(&b.token, &keys).await {

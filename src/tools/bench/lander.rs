@@ -635,7 +635,7 @@ async fn dedup_probe(pool: &sqlx::PgPool, wh: &Warehouse) -> anyhow::Result<Exit
     const REMEMBERED: usize = 1_000_000;
     let ids = |n: usize| {
         let client_ts = chrono::Utc::now();
-        (0..n).map(|_| crate::dedup::EventKey { client_ts, event_id: uuid::Uuid::new_v4() }).collect::<Vec<_>>()
+        (0..n).map(|_| crate::dedup::EventKey::new(client_ts, uuid::Uuid::new_v4())).collect::<Vec<_>>()
     };
     let report = |what: &str, h: &Histogram<u64>, total_secs: f64, n: usize| {
         println!(
@@ -707,7 +707,7 @@ async fn dedup_probe(pool: &sqlx::PgPool, wh: &Warehouse) -> anyhow::Result<Exit
     let mut total = 0.0;
     for i in 0..n {
         let batch = ids(BATCH);
-        let batch: Vec<uuid::Uuid> = batch.iter().map(|k| k.event_id).collect();
+        let batch: Vec<uuid::Uuid> = batch.iter().map(|k| k.event_id()).collect();
         let list = format!("[{}]", batch.iter().map(|u| format!("'{u}'")).collect::<Vec<_>>().join(","));
         let mut rows = Vec::with_capacity(BATCH * 60);
         for u in &batch {
