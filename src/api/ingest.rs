@@ -223,6 +223,7 @@ async fn statements(s: AppState, p: Principal, gw: GatewayCap, headers: HeaderMa
         Ok(a) => a,
         Err(e) => return Ok(xapi_error(e)),
     };
+    let bodies = xapi::split_body(&v).map_err(|_| Error::Internal("a mapped body splits".into()))?;
     // One answer per statement: acknowledged (mapped, or valid but unmapped), or refused alone.
     let mut acked: Vec<uuid::Uuid> = Vec::new();
     // The position in the body of each acknowledged statement.
@@ -259,7 +260,7 @@ async fn statements(s: AppState, p: Principal, gw: GatewayCap, headers: HeaderMa
         acked_at.push(i);
         match o {
             xapi::Outcome::Mapped(m) => {
-                if (if v.is_array() { &v[i] } else { &v }).get("timestamp").is_none() {
+                if bodies[i].get("timestamp").is_none() {
                     untimed.push((items.len(), acked.len() - 1));
                 }
                 items.push(Incoming { event: gateway::Body::Map(m.event), identity: Some((institution.clone().into(), external_id.into())) })
@@ -273,7 +274,6 @@ async fn statements(s: AppState, p: Principal, gw: GatewayCap, headers: HeaderMa
     }
     // A statement id is stored once: the same content again is acknowledged again (and lands
     // once: the lander keeps one row per event id), other content is a conflict (409, nothing stored).
-    let bodies = xapi::split_body(&v).map_err(|_| Error::Internal("a mapped body splits".into()))?;
     let recorded: Vec<(uuid::Uuid, &Value)> = acked.iter().zip(&acked_at).map(|(id, i)| (*id, bodies[*i])).collect();
     let stored = gw.xapi_record(&institution, &recorded).await?;
     if let Some(k) = stored.iter().position(|s| s.0 == crate::dedup::Stored::Conflict) {

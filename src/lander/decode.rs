@@ -165,4 +165,9 @@ impl Item {
     pub(super) fn bytes(&self) -> &[u8] {
         &self.raw[self.span.clone()]
     }
+
+    /// The valid event's deduplication key (its client time and id).
+    pub(super) fn event_key(&self) -> Option<crate::dedup::EventKey> {
+        self.outcome.as_ref().ok().map(|ev| crate::dedup::EventKey::new(ev.client_ts, ev.event_id))
+    }
 }

@@ -351,8 +351,7 @@ impl Sink {
         for (pi, (_, items, ixs, mine)) in members.iter().enumerate() {
             governed += ixs.len();
             for &ix in ixs {
-                let ev = items[ix].outcome.as_ref().expect("landable");
-                let key = crate::dedup::EventKey::new(ev.client_ts, ev.event_id);
+                let key = items[ix].event_key().expect("landable");
                 if mine.as_ref().is_none_or(|m| m.allows(&key)) && first.insert(key) {
                     landable.push((pi, ix));
                 }
@@ -414,8 +413,7 @@ impl Sink {
             let mut seen = crate::dedup::KeySet::with_capacity_and_hasher(landable.len(), Default::default());
             let keys: Vec<crate::dedup::EventKey> = landable
                 .iter()
-                .map(|&ix| items[ix].outcome.as_ref().expect("landable"))
-                .map(|ev| crate::dedup::EventKey::new(ev.client_ts, ev.event_id))
+                .map(|&ix| items[ix].event_key().expect("landable"))
                 .filter(|key| seen.insert(*key))
                 .collect();
             let token = token.to_owned();
@@ -478,8 +476,7 @@ impl Sink {
                 let keys: Vec<crate::dedup::EventKey> = b
                     .items
                     .iter()
-                    .flat_map(|(_, items)| items.iter().filter_map(|i| i.outcome.as_ref().ok()))
-                    .map(|ev| crate::dedup::EventKey::new(ev.client_ts, ev.event_id))
+                    .flat_map(|(_, items)| items.iter().filter_map(|i| i.event_key()))
                     .collect();
                 let mut backoff = Backoff::POSTGRES;
                 while let Err(e) = claims.release(&b.token, &keys).await {
