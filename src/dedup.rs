@@ -33,25 +33,16 @@ use uuid::Uuid;
 /// The shortest window the settings accept: what issue 13 promises.
 pub const MIN_WINDOW_DAYS: u32 = 7;
 
-/// A batch's ids are claimed on up to this many connections at once (and a lander's, whatever
-/// its batches and their members claiming at once: [`Claims`]'s permits)... Two, by
-/// measurement on two cores (BENCHMARKS.md, session 12): four backends inserting at once
-/// took CPU from the lander's decode (deduplication cost 0.73-0.76x of the rate without
-/// it), two cost 0.78-0.84x, one 0.78x (and a freshness p99 over 500 ms once).
-const PARALLEL: usize = 2;
-/// ...in ranges of at least this many ids.
-const MIN_CHUNK: usize = 5_000;
-
-/// After a COPY met an id claimed already, this many ranges are claimed by `ON CONFLICT`
-/// directly (a replayed topic is all duplicates: a COPY would fail on every range).
+/// After a COPY met an id claimed already, this many claims are made by `ON CONFLICT`
+/// directly (a replayed topic is all duplicates: a COPY would fail on every batch).
 const UPSERT_AFTER_CONFLICT: u32 = 16;
 
 /// Events dropped by the lander because their id landed already.
 pub const DUPLICATES: &str = "learnvault_lander_duplicates_total";
 
 /// Sets of event ids and of events' keys: foldhash (keyed per process) rather than SipHash,
-/// a third of the cost per id on the lander's path (three sets per batch: its first
-/// occurrences, a member's claimed keys, the claim's answer).
+/// a third of the cost per id on the lander's path (a batch's first occurrences, the claim's
+/// answer when it is not all).
 pub type IdSet = foldhash::HashSet<Uuid>;
 pub type KeySet = foldhash::HashSet<EventKey>;
 
@@ -88,6 +79,9 @@ impl EventKey {
     }
 }
 
+/// The size of a claim's `COPY` messages ([`Claims::claim`]).
+const COPY_MESSAGE: usize = 64 * 1024;
+
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01), for binary `timestamptz`.
 const PG_EPOCH_US: i64 = 946_684_800_000_000;
 
@@ -99,7 +93,7 @@ const LEGACY_NONE: u8 = 2;
 /// The answer to a claim: which of the ids the batch may land.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claimed {
-    /// Every id (the common case: a whole range claimed by one COPY), no set built.
+    /// Every id (the common case: all claimed by one COPY), no set built.
     All,
     /// These only (some were claimed by another batch before).
     Only(KeySet),
@@ -131,16 +125,16 @@ pub fn batch_key(token: &str) -> i64 {
 pub struct Claims {
     pool: PgPool,
     window: Duration,
-    /// Ranges left to claim by `ON CONFLICT` before trying a COPY again.
+    /// Claims left to make by `ON CONFLICT` before trying a COPY again.
     upsert_left: Arc<AtomicU32>,
     /// Claims made before migration 0013 are keyed by id alone (client time `-infinity`):
     /// while any is held (one window after the upgrade), a claim first looks its ids up among
     /// them. Known after the first claim, and again after each purge.
     legacy: Arc<AtomicU8>,
-    /// One per range being claimed ([`PARALLEL`]): the claims of a lander's batches and of
-    /// their members at once share them (and the pool's connections). A range takes its
-    /// permit before its statement and holds no lock while it waits for one.
-    permits: Arc<tokio::sync::Semaphore>,
+    /// A lander's claims are made one at a time (its batches in flight claim in turn): in key
+    /// order, one batch's claims go mostly onto the claims index's rightmost page, where two
+    /// at once would interleave. Taken before the statement; no lock is held while waiting.
+    one_at_a_time: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Claims {
@@ -150,28 +144,30 @@ impl Claims {
             window: Duration::from_secs(u64::from(window_days) * 86_400),
             upsert_left: Arc::default(),
             legacy: Arc::new(AtomicU8::new(LEGACY_UNKNOWN)),
-            permits: Arc::new(tokio::sync::Semaphore::new(PARALLEL)),
+            one_at_a_time: Arc::default(),
         }
     }
 
     /// Claim `keys` (distinct) for the batch with deduplication token `token`; returns the
     /// ids the batch may land: those it claimed now, and those it had claimed before (its
-    /// own replay). In key order, in up to [`PARALLEL`] contiguous key ranges claimed at once
-    /// on as many connections (one backend inserts 50-60k ids/s on our machine, and a batch
-    /// spanning six partitions holds up to 120k events): two batches claiming overlapping ids
-    /// at once wait on each other in key order, never in a cycle.
+    /// own replay). In key order, in one statement (keyed by client time first, a batch's
+    /// claims go mostly onto the claims index's rightmost page, which PostgreSQL inserts into
+    /// without descending the index; claimed per member partition at once on two connections,
+    /// they interleaved there, and the lander landed 0.9x the events per second: BENCHMARKS.md,
+    /// session 15). Two landers
+    /// claiming overlapping ids at once wait on each other in key order, never in a cycle.
     ///
-    /// A range is first claimed whole by one binary `COPY` (no per-row speculative insertion,
+    /// The keys are first claimed whole by one binary `COPY` (no per-row speculative insertion,
     /// nothing returned: 1.3 times the ids per second of `ON CONFLICT`, BENCHMARKS.md): the
     /// unique key refuses it whole when one of its ids is claimed already (by another batch or
-    /// lander, or by this batch: its replay), and then the range is claimed by `INSERT ... ON
-    /// CONFLICT DO NOTHING` as before. Either way the unique key decides: atomic across
-    /// batches and landers, and a replay keeps its own claims.
+    /// lander, or by this batch: its replay), and then they are claimed by `INSERT ... ON
+    /// CONFLICT DO NOTHING`. Either way the unique key decides: atomic across batches and
+    /// landers, and a replay keeps its own claims.
     pub async fn claim(&self, token: &str, keys: &[EventKey]) -> Result<Claimed, sqlx::Error> {
         self.claim_by(token, keys, true).await
     }
 
-    /// [`Claims::claim`] without the COPY (`ON CONFLICT` for every range): the benchmark's reference.
+    /// [`Claims::claim`] without the COPY (`ON CONFLICT` every time): the benchmark's reference.
     pub async fn claim_upsert(&self, token: &str, keys: &[EventKey]) -> Result<Claimed, sqlx::Error> {
         self.claim_by(token, keys, false).await
     }
@@ -219,39 +215,26 @@ impl Claims {
     }
 
     async fn claim_sorted(&self, batch: i64, sorted: &[EventKey], copy: bool) -> Result<Claimed, sqlx::Error> {
-        let per = sorted.len().div_ceil(PARALLEL).max(MIN_CHUNK);
-        let parts = futures::future::try_join_all(sorted.chunks(per).map(|c| async move {
-            let _permit = self.permits.acquire().await.expect("the permits are never closed");
-            if copy && self.upsert_left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_err() {
-                match self.copy_range(batch, c).await {
-                    Ok(()) => return Ok(Claimed::All),
-                    Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => {
-                        self.upsert_left.store(UPSERT_AFTER_CONFLICT, Ordering::Relaxed);
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            let mine = self.claim_range(batch, c).await?;
-            Ok(if mine.len() == c.len() { Claimed::All } else { Claimed::Only(mine) })
-        }))
-        .await?;
-        if parts.iter().all(|p| *p == Claimed::All) {
+        if sorted.is_empty() {
             return Ok(Claimed::All);
         }
-        // Some range lost ids to another batch: the ids of the whole ranges, and those kept of the others.
-        let mut mine = KeySet::default();
-        for (part, c) in parts.into_iter().zip(sorted.chunks(per)) {
-            match part {
-                Claimed::All => mine.extend(c.iter().copied()),
-                Claimed::Only(some) => mine.extend(some),
+        let _turn = self.one_at_a_time.lock().await;
+        if copy && self.upsert_left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_err() {
+            match self.copy_claims(batch, sorted).await {
+                Ok(()) => return Ok(Claimed::All),
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => {
+                    self.upsert_left.store(UPSERT_AFTER_CONFLICT, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e),
             }
         }
-        Ok(Claimed::Only(mine))
+        let mine = self.upsert_claims(batch, sorted).await?;
+        Ok(if mine.len() == sorted.len() { Claimed::All } else { Claimed::Only(mine) })
     }
 
-    /// Claim every key of a range (sorted, distinct) in one binary COPY, or none of them: a
+    /// Claim every key (sorted, distinct) in one binary COPY, or none of them: a
     /// unique violation (`23505`) when one is claimed already.
-    async fn copy_range(&self, batch: i64, keys: &[EventKey]) -> Result<(), sqlx::Error> {
+    async fn copy_claims(&self, batch: i64, keys: &[EventKey]) -> Result<(), sqlx::Error> {
         // PGCOPY binary: signature, flags, header extension; per row 3 fields (timestamptz,
         // uuid, int8); trailer.
         let mut buf = Vec::with_capacity(19 + keys.len() * 46 + 2);
@@ -270,17 +253,21 @@ impl Claims {
         buf.extend_from_slice(&(-1i16).to_be_bytes());
         let mut conn = self.pool.acquire().await?;
         let mut copy = conn.copy_in_raw("COPY ingest_event_ids (client_ts, event_id, batch) FROM STDIN (FORMAT binary)").await?;
-        if let Err(e) = copy.send(buf).await {
-            // The connection goes back to the pool only after the server ended the COPY.
-            let _ = copy.abort("the claim could not be sent").await;
-            return Err(e);
+        // In messages of COPY_MESSAGE bytes: the server buffers one message at a time (a
+        // batch's claims in one message would be a buffer of megabytes in the backend).
+        for part in buf.chunks(COPY_MESSAGE) {
+            if let Err(e) = copy.send(part).await {
+                // The connection goes back to the pool only after the server ended the COPY.
+                let _ = copy.abort("the claim could not be sent").await;
+                return Err(e);
+            }
         }
         copy.finish().await?;
         Ok(())
     }
 
-    /// One statement for a range of keys, and a second only when some key was claimed already.
-    async fn claim_range(&self, batch: i64, keys: &[EventKey]) -> Result<KeySet, sqlx::Error> {
+    /// One statement for the keys, and a second only when some key was claimed already.
+    async fn upsert_claims(&self, batch: i64, keys: &[EventKey]) -> Result<KeySet, sqlx::Error> {
         let (times, ids): (Vec<DateTime<Utc>>, Vec<Uuid>) = keys.iter().map(|k| (k.client_ts, k.event_id)).unzip();
         let mut mine: KeySet = sqlx::query!(
             r#"INSERT INTO ingest_event_ids (client_ts, event_id, batch) SELECT t, id, $3 FROM UNNEST($1::timestamptz[], $2::uuid[]) AS u(t, id)

@@ -556,7 +556,7 @@ fn print_stages(what: &str, stats: &crate::lander::LanderStats) {
         format!("p50={:.0} p99={:.0}", pct(&h, 0.5), pct(&h, 0.99))
     };
     println!(
-        "  {what}: {} batches; per batch ms: prepare {} (decode {}; the claim of a member {}), insert {}",
+        "  {what}: {} batches; per batch ms: prepare {} (decode {}; its claim {}), insert {}",
         stats.batches.load(Ordering::Relaxed),
         get(&stats.prepare_ms),
         get(&stats.decode_ms),
