@@ -317,11 +317,18 @@ impl Claims {
         .rows_affected())
     }
 
-    /// Delete the claims and xAPI digests older than the window; returns the rows deleted.
+    /// Delete the claims and xAPI digests older than the window (a claim: by its claim, and by
+    /// its event's client time unless that lies ahead of now); returns the rows deleted.
     /// (Then whether claims keyed by id alone are still held.)
     pub async fn purge(&self) -> Result<u64, sqlx::Error> {
         let secs = self.window.as_secs_f64();
-        let a = sqlx::query!("DELETE FROM ingest_event_ids WHERE seen_at < now() - make_interval(secs => $1)", secs)
+        // By the key's time (its two ends: old, and ahead of now), then the claim's: an event
+        // sent late keeps its claim for the window after its delivery (migration 0014).
+        let a = sqlx::query!(
+            "DELETE FROM ingest_event_ids WHERE (client_ts < now() - make_interval(secs => $1) OR client_ts > now())
+               AND seen_at < now() - make_interval(secs => $1)",
+            secs
+        )
             .execute(&self.pool)
             .await?
             .rows_affected();

@@ -171,7 +171,7 @@ async fn a_batch_replayed_under_its_own_token_keeps_its_claims_and_another_batch
     let more = events(1)[0];
     let got = claims.claim("t:1:0-5", &[ids[0], more]).await.unwrap().of(&[ids[0], more]);
     assert_eq!(got, [more.event_id()].into_iter().collect(), "another batch gets only the new id");
-    // A batch of a lander spanning partitions, claimed in several key ranges at once: the same answers.
+    // A large batch of a lander spanning partitions: the same answers.
     let big = events(12_000);
     let big_all = ids_of(&big);
     assert_eq!(claims.claim("t:4:0-11999", &big).await.unwrap().of(&big), big_all);
@@ -182,14 +182,25 @@ async fn a_batch_replayed_under_its_own_token_keeps_its_claims_and_another_batch
     // A dead-lettered batch releases its claims; the ids can land with a corrected delivery.
     assert_eq!(claims.release("t:0:0-4", &ids).await.unwrap(), 5);
     assert_eq!(claims.claim("t:2:0-4", &ids).await.unwrap().of(&ids), all);
-    // Claims older than the window are purged; newer ones stay.
-    sqlx::query("UPDATE ingest_event_ids SET seen_at = now() - interval '8 days' WHERE event_id = $1")
-        .bind(ids[1].event_id())
+    // Claims older than the window (by their claim and their event's time) are purged; newer
+    // ones stay, and so does the claim of an event sent late (its client time weeks old, its
+    // claim new). A claim dated ahead of now goes with its claim's age.
+    let at = |days: i64| EventKey::new(chrono::Utc::now() + chrono::Duration::days(days), uuid::Uuid::new_v4());
+    let (old, late, ahead, recent_but_claimed_long_ago) = (at(-9), at(-30), at(30), at(-1));
+    let four = [old, late, ahead, recent_but_claimed_long_ago];
+    assert_eq!(claims.claim("t:6:0-3", &four).await.unwrap().of(&four).len(), 4);
+    sqlx::query("UPDATE ingest_event_ids SET seen_at = now() - interval '8 days' WHERE event_id = ANY($1)")
+        .bind(vec![old.event_id(), ahead.event_id(), recent_but_claimed_long_ago.event_id()])
         .execute(&app.admin)
         .await
         .unwrap();
-    assert_eq!(claims.purge().await.unwrap(), 1);
-    assert_eq!(claims.claim("t:3:0-0", &[ids[1], ids[2]]).await.unwrap().of(&[ids[1], ids[2]]), [ids[1].event_id()].into_iter().collect());
+    assert_eq!(claims.purge().await.unwrap(), 2, "the old one and the one dated ahead");
+    let again = [old, late, ahead, recent_but_claimed_long_ago, ids[2]];
+    assert_eq!(
+        claims.claim("t:3:0-4", &again).await.unwrap().of(&again),
+        [old.event_id(), ahead.event_id()].into_iter().collect(),
+        "the late event's claim, the one whose client time is within the window, and a recent claim hold"
+    );
 }
 
 /// A claim is keyed by the event's client time and id: every delivery of one event carries
@@ -236,10 +247,10 @@ async fn a_claim_by_copy_is_all_or_nothing_and_two_landers_claiming_at_once_spli
     use std::collections::HashSet;
     use uuid::Uuid;
     let app = common::TestApp::spawn().await;
-    // A new `Claims` has met no conflict yet: its first claim of each range is a COPY.
+    // A new `Claims` has met no conflict yet: its first claim is a COPY.
     let fresh = || learnvault::dedup::Claims::new(app.admin.clone(), 7);
-    // One id claimed by another batch, last of its range: the COPY is refused whole, and the
-    // range is claimed id by id.
+    // One id claimed by another batch, the last in key order: the COPY is refused whole, and
+    // the ids are claimed one by one.
     let mut ids = events(8_000);
     ids.sort();
     let last = *ids.last().unwrap();

@@ -1,0 +1,11 @@
+-- The purge of event-id claims reads them by the primary key's time (client_ts) instead of a
+-- BRIN index on `seen_at`: that index cost every claimed id 0.18 us of the claim's ~1 us in
+-- PostgreSQL (psql, 1.2M ids by COPY, BENCHMARKS.md session 15), and the claims' key already
+-- orders them by time.
+--
+-- A claim is purged once both its claim (`seen_at`) and its event's client time are older
+-- than the window, or its claim is and its client time lies ahead of now (a client clock far
+-- in the future): an event sent late (client time weeks old) keeps its claim for the window
+-- after its delivery, as before. The purge reads the index's two ends: the rows older than
+-- the window by client time, and those dated ahead.
+DROP INDEX IF EXISTS ingest_event_ids_seen_at;
