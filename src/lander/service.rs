@@ -313,8 +313,8 @@ impl Sink {
     /// member, although a member's claim could overlap the others' decode: keyed by client
     /// time, a batch's claims in key order go mostly onto the claims index's rightmost page
     /// (PostgreSQL inserts there without descending the index), where members' claims at
-    /// once interleave with each other; with PostgreSQL on the same two cores the batch's
-    /// claim took a third less of its CPU and the lander landed 1.11x the events per second
+    /// once interleave with each other. With PostgreSQL on the same two cores, its share of
+    /// them fell from 28 % to 19 % and the lander landed 1.11x the events per second
     /// (BENCHMARKS.md, session 15).
     pub(super) async fn prepare(&self, intended: Intended, batches: Records) -> Result<Prepared, LanderError> {
         let Intended { ranges, token } = intended;
