@@ -154,8 +154,8 @@ impl Claims {
     /// claims go mostly onto the claims index's rightmost page, which PostgreSQL inserts into
     /// without descending the index; claimed per member partition at once on two connections,
     /// they interleaved there, and the lander landed 0.9x the events per second: BENCHMARKS.md,
-    /// session 15). Two landers
-    /// claiming overlapping ids at once wait on each other in key order, never in a cycle.
+    /// session 15). Two landers claiming overlapping ids at once wait on each other in key
+    /// order, never in a cycle.
     ///
     /// The keys are first claimed whole by one binary `COPY` (no per-row speculative insertion,
     /// nothing returned: 1.3 times the ids per second of `ON CONFLICT`, BENCHMARKS.md): the
@@ -329,9 +329,9 @@ impl Claims {
                AND seen_at < now() - make_interval(secs => $1)",
             secs
         )
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
         let b = sqlx::query!("DELETE FROM xapi_statements WHERE stored_at < now() - make_interval(secs => $1)", secs)
             .execute(&self.pool)
             .await?
