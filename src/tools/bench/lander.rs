@@ -64,6 +64,11 @@ pub struct LanderArgs {
     /// lookup-then-insert in a ClickHouse table ordered by event id; then stop.
     #[arg(long)]
     dedup_probe: bool,
+    /// Stamp every event of a backlog with one client time (the benchmark before session 16)
+    /// instead of the times a stream at `--rate` sends them: the claims' key (client time,
+    /// then id) then orders a backlog's claims by random id alone, its worst case.
+    #[arg(long)]
+    one_client_time: bool,
     /// An engine setting for the probe's inserts, `name=value` (repeatable).
     #[arg(long, requires = "insert_probe")]
     probe_setting: Vec<String>,
@@ -94,6 +99,19 @@ pub(super) async fn bench_learners(vault: &Vault, n: usize) -> anyhow::Result<Ve
         learners.extend(vault.issue_batch(items, entry).await?.into_iter().map(|r| r.pseudonym.to_string()));
     }
     Ok(learners)
+}
+
+/// A backlog of `n` new events (pseudonym, event JSON) of `learners`, as a stream at `rate`
+/// events/s sent them up to `end_ms` (client and server time; one time for all with
+/// `--one-client-time`).
+fn backlog(learners: &[String], n: usize, rate: usize, end_ms: i64, one_time: bool) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            let l = &learners[i % learners.len()];
+            let sent_ms = if one_time { end_ms } else { end_ms - ((n - 1 - i) as u64 * 1000 / rate.max(1) as u64) as i64 };
+            (l.clone(), payload(l, i % learners.len(), i, sent_ms))
+        })
+        .collect()
 }
 
 /// Records for `events` (pseudonym, event JSON), as a producer sends them:
@@ -172,12 +190,15 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
     }
     if args.base_claims > 0 {
         let started = Instant::now();
-        // As a lander at 15,000 events/s would have left them: client times up to now, in order.
+        // As a lander at 15,000 events/s would have left them: client times in order, up to the
+        // first of the backlog's (which is sent at `--rate` up to now).
+        let backlog_secs = if args.one_client_time { 0.0 } else { args.events as f64 / args.rate.max(1) as f64 };
         sqlx::query(
             "INSERT INTO ingest_event_ids (client_ts, event_id, batch)
-             SELECT now() - make_interval(secs => ($1 - g) / 15000.0), gen_random_uuid(), 0 FROM generate_series(1, $1) AS g",
+             SELECT now() - make_interval(secs => $2 + ($1 - g) / 15000.0), gen_random_uuid(), 0 FROM generate_series(1, $1) AS g",
         )
         .bind(args.base_claims as i64)
+        .bind(backlog_secs)
         .execute(&pool)
         .await?;
         println!("claims already held: {} event ids (inserted in {:.1}s)", args.base_claims, started.elapsed().as_secs_f64());
@@ -202,13 +223,7 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
     crate::topics::ensure(&settings.kafka.brokers, &crate::topics::specs(settings)?).await?;
 
     // Phase 1: backlog of N events, then the lander drains it.
-    let now_ms = chrono::Utc::now().timestamp_millis();
-    let payloads: Vec<(String, Vec<u8>)> = (0..args.events)
-        .map(|i| {
-            let l = &learners[i % learners.len()];
-            (l.clone(), payload(l, i % learners.len(), i, now_ms))
-        })
-        .collect();
+    let payloads = backlog(&learners, args.events, args.rate, chrono::Utc::now().timestamp_millis(), args.one_client_time);
     let t0 = Instant::now();
     let compression = settings.kafka.envelope_compression;
     let singles = args.singles || settings.kafka.record_format == crate::envelope::RecordFormat::Single;
@@ -354,13 +369,13 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
         let mut s = core_settings.clone();
         s.dedup.enabled = false;
         s.lander.consumer_group = format!("{}-off", core_settings.lander.consumer_group);
-        let r = core_rate(&s, wh, args, &learners, per_insert, singles, compression, now_ms).await?;
+        let r = core_rate(&s, wh, args, &learners, per_insert, singles, compression).await?;
         phase(wh, false).await?;
         Some(r)
     } else {
         None
     };
-    let core_rate = core_rate(&core_settings, wh, args, &learners, per_insert, singles, compression, now_ms).await?;
+    let core_rate = core_rate(&core_settings, wh, args, &learners, per_insert, singles, compression).await?;
     let core_secs = args.events as f64 / core_rate;
     println!(
         "raw engine insert {:>9.0} rows/s ({:.2}s, {} rows per insert, every view; before the lander {:.0}, after {:.0}: the faster is used)",
@@ -598,14 +613,8 @@ async fn core_rate(
     per_insert: usize,
     singles: bool,
     compression: Compression,
-    now_ms: i64,
 ) -> anyhow::Result<f64> {
-    let payloads: Vec<(String, Vec<u8>)> = (0..args.events)
-        .map(|i| {
-            let l = &learners[i % learners.len()];
-            (l.clone(), payload(l, i % learners.len(), i, now_ms))
-        })
-        .collect();
+    let payloads = backlog(learners, args.events, args.rate, chrono::Utc::now().timestamp_millis(), args.one_client_time);
     let mut core = crate::app::lander::build(settings, wh.clone()).await?;
     let t0 = Instant::now();
     // The records a producer sends (envelopes, compressed as configured), `per_insert` events a batch.
