@@ -66,7 +66,14 @@ impl EventKey {
     /// The key of the event `event_id` sent at `client_ts`, to the microsecond (PostgreSQL's
     /// precision: the claims answer with the keys they store).
     pub fn new(client_ts: DateTime<Utc>, event_id: Uuid) -> EventKey {
-        let client_ts = DateTime::from_timestamp_micros(client_ts.timestamp_micros()).unwrap_or(client_ts);
+        use chrono::Timelike;
+        // The nanoseconds cut to microseconds in place (a twentieth of the round trip through
+        // microseconds since the epoch, which a leap second, PostgreSQL has none, still takes).
+        let ns = client_ts.nanosecond();
+        let client_ts = match client_ts.with_nanosecond(ns - ns % 1000) {
+            Some(t) if ns < 1_000_000_000 => t,
+            _ => DateTime::from_timestamp_micros(client_ts.timestamp_micros()).unwrap_or(client_ts),
+        };
         EventKey { client_ts, event_id }
     }
 
@@ -474,6 +481,20 @@ mod tests {
     fn a_batch_key_is_stable_and_tokens_differ() {
         assert_eq!(batch_key("learning-events:0:1-5"), batch_key("learning-events:0:1-5"));
         assert_ne!(batch_key("learning-events:0:1-5"), batch_key("learning-events:0:1-6"));
+    }
+
+    #[test]
+    fn a_key_keeps_the_microseconds_postgresql_stores() {
+        use chrono::{NaiveDate, TimeZone};
+        let id = Uuid::nil();
+        let at = |ns: u32| Utc.from_utc_datetime(&NaiveDate::from_ymd_opt(2026, 6, 30).unwrap().and_hms_nano_opt(23, 59, 59, ns).unwrap());
+        let by_micros = |t: DateTime<Utc>| DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap();
+        let before_1970 = DateTime::from_timestamp(-86_399, 999_999_999).unwrap();
+        // A leap second (nanoseconds past 1e9) as PostgreSQL stores it: the next second.
+        for t in [at(0), at(123_456_789), at(999_999_999), at(1_000_000_500), before_1970] {
+            assert_eq!(EventKey::new(t, id).client_ts(), by_micros(t), "{t:?}");
+        }
+        assert_eq!(EventKey::new(at(123_456_789), id).client_ts(), at(123_456_000));
     }
 
     #[test]

@@ -10,7 +10,6 @@
 //! that time; at once for the erasures of this process, [`note_erased`]).
 
 use sqlx::PgPool;
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -47,9 +46,9 @@ pub fn note_erased(id: Uuid) {
     ERASED_HERE.lock().expect("not poisoned").get_or_insert_with(Default::default).insert(id);
 }
 
-fn erased_here(id: &Uuid) -> bool {
-    ERASED_HERE.lock().expect("not poisoned").as_ref().is_some_and(|s| s.contains(id))
-}
+
+/// Pseudonyms' standings, as [`Governance::standings`] answers them.
+pub type Standings = foldhash::HashMap<Uuid, Standing>;
 
 /// Shared by the gateway's concurrent requests and the lander: the cache is
 /// locked only to read and fill it, never across the vault query.
@@ -57,14 +56,14 @@ pub struct Governance {
     pool: PgPool,
     ttl: Duration,
     analytics_default: bool,
-    cache: std::sync::Mutex<HashMap<Uuid, (Standing, Instant)>>,
+    cache: std::sync::Mutex<foldhash::HashMap<Uuid, (Standing, Instant)>>,
     /// Bumped by [`Governance::clear`]: an answer fetched before a clear is not cached after it.
     generation: std::sync::atomic::AtomicU64,
 }
 
 impl Governance {
     pub fn new(pool: PgPool, ttl: Duration, analytics_default: bool) -> Self {
-        Governance { pool, ttl, analytics_default, cache: std::sync::Mutex::new(HashMap::new()), generation: Default::default() }
+        Governance { pool, ttl, analytics_default, cache: Default::default(), generation: Default::default() }
     }
 
     /// Forget every cached answer (an erasure happened: see [`crate::fence`]).
@@ -75,7 +74,7 @@ impl Governance {
     }
 
     /// Standing of every pseudonym in `ids`, with one query for the cache misses.
-    pub async fn standings(&self, ids: impl IntoIterator<Item = Uuid>) -> Result<HashMap<Uuid, Standing>, sqlx::Error> {
+    pub async fn standings(&self, ids: impl IntoIterator<Item = Uuid>) -> Result<Standings, sqlx::Error> {
         let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
         let (mut out, misses) = self.cached(ids);
         if !misses.is_empty() {
@@ -86,14 +85,19 @@ impl Governance {
         Ok(out)
     }
 
-    /// The cached standings of `ids`, and the ids to fetch.
-    fn cached(&self, ids: impl IntoIterator<Item = Uuid>) -> (HashMap<Uuid, Standing>, Vec<Uuid>) {
+    /// The cached standings of `ids`, and the ids to fetch. A lander's batch names each
+    /// learner many times: each is looked up once.
+    fn cached(&self, ids: impl IntoIterator<Item = Uuid>) -> (Standings, Vec<Uuid>) {
         let now = Instant::now();
+        let erased_here = ERASED_HERE.lock().expect("not poisoned");
         let cache = self.cache.lock().expect("governance cache");
-        let mut out = HashMap::new();
+        let mut out = Standings::default();
         let mut misses = Vec::new();
         for id in ids {
-            if erased_here(&id) {
+            if out.contains_key(&id) {
+                continue;
+            }
+            if erased_here.as_ref().is_some_and(|s| s.contains(&id)) {
                 out.insert(id, Standing::Erased);
                 continue;
             }

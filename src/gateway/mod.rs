@@ -345,7 +345,7 @@ impl Gateway {
 
         // 3. Govern: known, not erased, of the event's institution, analytics consent.
         let ids: Vec<Uuid> = valid.iter().flatten().map(|v| v.learner_id).collect();
-        let standings = if ids.is_empty() { HashMap::new() } else { self.governance.standings(ids).await? };
+        let standings = if ids.is_empty() { Default::default() } else { self.governance.standings(ids).await? };
         for (i, v) in valid.iter_mut().enumerate() {
             if let Some(ev) = v {
                 let refusal = standings.get(&ev.learner_id).map_or(Some(crate::taxonomy::Reason::UnknownPseudonym), |s| s.refusal(&ev.institution_id));
