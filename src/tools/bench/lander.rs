@@ -327,6 +327,7 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
     // Without deduplication first (when compared), then as configured (on by default): the
     // second one lands into the larger table.
     let off_rate = if args.dedup_compare {
+        let cpu = super::cpu::Cpu::now();
         let lander = crate::app::lander::build(&off, wh.clone()).await?;
         let stats = lander.stats();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -334,14 +335,16 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
             let _ = stopped.await;
         }));
         let r = drain(&stats, args.events as u64).await?;
+        let cpu = cpu.per_event_since(args.events as u64);
         print_stages("lander from Kafka, dedup off", &stats);
         let _ = stop.send(());
         handle.await.context("lander task")??;
         phase(wh, pause).await?;
-        Some(r)
+        Some((r, cpu))
     } else {
         None
     };
+    let cpu = super::cpu::Cpu::now();
     let lander = crate::app::lander::build(settings, wh.clone()).await?;
     let stats = lander.stats();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -349,6 +352,7 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
         let _ = stopped.await;
     }));
     let (lander_rate, lander_secs, join_secs) = drain(&stats, args.events as u64).await?;
+    let cpu = cpu.per_event_since(args.events as u64);
     print_stages("lander from Kafka", &stats);
     phase(wh, pause).await?;
     let raw_after = raw_insert().await?;
@@ -403,7 +407,8 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
         join_secs,
         lander_rate / raw_rate
     );
-    if let (Some(core_off), Some((off_rate, off_secs, _))) = (core_off, off_rate) {
+    println!("  {cpu}");
+    if let (Some(core_off), Some(((off_rate, off_secs, _), off_cpu))) = (core_off, off_rate) {
         let on = if settings.dedup.enabled { "on" } else { "off (LEARNVAULT_INGEST_DEDUP=false)" };
         println!("deduplication     the two lines above with it {on}; the same phases with it off, same run:");
         println!("  lander, no broker, dedup off {:>9.0} ev/s  ratio {:.2}  (with it: {:.2} of this rate)", core_off, core_off / raw_rate, core_rate / core_off);
@@ -414,6 +419,7 @@ async fn phases(settings: &Settings, wh: &Warehouse, args: &LanderArgs) -> anyho
             off_rate / raw_rate,
             lander_rate / off_rate
         );
+        println!("    {off_cpu}");
     }
 
     // Phase 2: freshness at a fixed rate, lander live.

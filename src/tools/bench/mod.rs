@@ -2,6 +2,7 @@
 //! print throughput and latency percentiles. Figures, not assertions. The other
 //! benchmarks are one file each.
 
+mod cpu;
 mod dsr;
 mod gateway;
 mod lander;
