@@ -46,7 +46,6 @@ pub fn note_erased(id: Uuid) {
     ERASED_HERE.lock().expect("not poisoned").get_or_insert_with(Default::default).insert(id);
 }
 
-
 /// Pseudonyms' standings, as [`Governance::standings`] answers them.
 pub type Standings = foldhash::HashMap<Uuid, Standing>;
 

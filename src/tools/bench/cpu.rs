@@ -2,9 +2,10 @@
 //! On a shared machine a rate moves with the other tenants; the CPU a phase spent moves much
 //! less, so a change's effect on it shows in one or two runs.
 //!
-//! Invariant: only read, never a figure of another machine: PostgreSQL is counted when its
-//! processes run on this one (`None` otherwise), and a phase's threads that ended before it
-//! did are counted in the process's total (never lost).
+//! Invariant: only read, never a figure of another machine: PostgreSQL is every process named
+//! `postgres` on this one (the benchmark's database is taken to be that server; `None` when
+//! there is none), and a thread that ended during a phase is still counted in the process's
+//! total (under "the rest of the process").
 
 use std::path::Path;
 
@@ -19,7 +20,7 @@ pub(super) struct Cpu {
     process: u64,
     /// The lander's threads: tokio's workers, its decode threads, librdkafka's.
     lander: u64,
-    /// Every process named `postgres` (the server and its backends), when any runs here.
+    /// Every process named `postgres` on this machine (a server and its backends), when any runs.
     postgres: Option<u64>,
 }
 
@@ -62,7 +63,7 @@ impl Cpu {
         let engine = now.process.saturating_sub(self.process).saturating_sub(lander);
         let pg = match (self.postgres, now.postgres) {
             // A backend that ended during the phase takes its ticks with it: never below zero.
-            (Some(a), Some(b)) => format!("PostgreSQL {:.2} us (its processes on this machine)", us(b.saturating_sub(a))),
+            (Some(a), Some(b)) => format!("PostgreSQL {:.2} us (every postgres process on this machine)", us(b.saturating_sub(a))),
             _ => "PostgreSQL not on this machine".to_owned(),
         };
         format!("cpu per event: lander {:.2} us, engine and the rest of the process {:.2} us, {pg}", us(lander), us(engine))
