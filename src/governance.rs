@@ -235,7 +235,7 @@ mod tests {
 
     #[test]
     fn protected_attributes_are_refused_and_a_skewed_clock_is_flagged() {
-        let protected = ProtectedAttributes::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap();
+        let protected = ProtectedAttributes::load(&crate::policy::shipped_dir()).unwrap();
         let t = |ms| DateTime::from_timestamp_millis(ms).unwrap();
         let event = |prop: &str, client_ms| ValidEvent {
             event_id: Uuid::new_v4(),

@@ -521,7 +521,7 @@ mod tests {
 
     fn run(mut v: Value, ext: &[&str]) -> (Value, Vec<Redacted>) {
         let ext: Vec<String> = ext.iter().map(|s| s.to_string()).collect();
-        let protected = ProtectedAttributes::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap();
+        let protected = ProtectedAttributes::load(&crate::policy::shipped_dir()).unwrap();
         let r = redact_value(&mut v, &Context { external_ids: &ext, protected: Some(&protected) });
         (v, r)
     }

@@ -636,9 +636,7 @@ async fn a_dpo_signs_in_through_openid_connect_with_pkce_at_keycloak() {
     b.wait_text("body", "Sign in", Duration::from_secs(30)).await;
     assert!(b.attr("#kc-form-login", "action").await.unwrap().starts_with(&kc.base), "the provider's page");
     b.shot("provider-login").await;
-    b.type_into("#username", "dana").await;
-    b.type_into("#password", "dana-password").await;
-    b.click("#kc-login").await;
+    b.submit_form(&[("#username", "dana"), ("#password", "dana-password")], "#kc-login").await;
     let who = b.wait_text("#who", "dana", Duration::from_secs(30)).await;
     assert!(who.contains("roles: dpo") && who.contains("institutions: uni-a"), "the ID token's claims: {who}");
     b.shot("signed-in").await;

@@ -1,7 +1,7 @@
 //! The governed lander on real Apache Kafka, chDB and PostgreSQL.
 mod common;
 
-use common::spine::{event, num, Spine};
+use common::spine::{event, num, Running, Spine};
 use learnvault::envelope;
 use serde_json::json;
 use std::collections::HashMap;
@@ -13,6 +13,14 @@ async fn learners(s: &Spine, n: usize, institution: &str) -> Vec<String> {
         out.push(s.app.issue(institution, &format!("L{i}"), json!({})).await);
     }
     out
+}
+
+/// A spine with `n` learners of uni-a issued and its lander running.
+async fn landing(n: usize) -> (Spine, Vec<String>, Running) {
+    let s = Spine::new(true).await;
+    let ls = learners(&s, n, "uni-a").await;
+    let lander = s.start_lander().await;
+    (s, ls, lander)
 }
 
 #[tokio::test]
@@ -160,9 +168,7 @@ async fn a_hostile_corpus_is_dead_lettered_with_reasons_and_the_rest_lands() {
 
 #[tokio::test]
 async fn an_erased_learner_is_refused_within_seconds() {
-    let s = Spine::new(true).await;
-    let ls = learners(&s, 2, "uni-a").await;
-    let lander = s.start_lander().await;
+    let (s, ls, lander) = landing(2).await;
     s.produce(&[event(&ls[0], "content.view", "cs101", "c1", "uni-a"), event(&ls[1], "content.view", "cs101", "c1", "uni-a")]).await;
     assert_eq!(s.wait_rows(2, Duration::from_secs(30)).await, 2);
     // Erase learner 0 in the vault (tombstone + crypto-shred, as the DSR job does).
@@ -191,9 +197,7 @@ async fn an_erased_learner_is_refused_within_seconds() {
 
 #[tokio::test]
 async fn envelopes_land_their_events_and_dead_letter_bad_members_alone() {
-    let s = Spine::new(true).await;
-    let ls = learners(&s, 2, "uni-a").await;
-    let lander = s.start_lander().await;
+    let (s, ls, lander) = landing(2).await;
     let good: Vec<serde_json::Value> = (0..3).map(|i| event(&ls[i % 2], "content.view", "cs101", "c1", "uni-a")).collect();
     let mut wrong_type = event(&ls[0], "content.view", "cs101", "c1", "uni-a");
     wrong_type["position_sec"] = json!("forty-two");

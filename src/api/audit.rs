@@ -15,7 +15,7 @@ use crate::domain::Pseudonym;
 use crate::policy::Permission;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list)).routes(routes!(verify)).routes(routes!(checkpoint))
+    super::area([routes!(list), routes!(verify), routes!(checkpoint)])
 }
 
 #[derive(Deserialize, IntoParams)]

@@ -17,7 +17,7 @@ use crate::policy::Permission;
 use crate::vault::{ConsentEvent, ConsentState, Subject};
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(put_consent, get_consent))
+    super::area([routes!(put_consent, get_consent)])
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -52,27 +52,28 @@ async fn subject_institution(s: &AppState, p: &Principal, perm: Permission, pseu
 /// Record consent decisions (LMS). Appends to the history; never rewrites it.
 #[utoipa::path(put, path = "/v1/pseudonyms/{pseudonym}/consent", tag = "consent", request_body = ConsentRequest,
     params(("pseudonym" = Uuid, Path, description = "Learner pseudonym")),
-    responses((status = 200, body = ConsentResponse), (status = 404, body = ErrorBody), (status = 410, body = ErrorBody)))]
+    responses((status = 200, body = ConsentResponse), (status = 400, body = ErrorBody, description = "`empty_consent`, `unknown_purpose`"),
+        (status = 404, body = ErrorBody), (status = 410, body = ErrorBody)))]
 async fn put_consent(
     State(s): State<AppState>,
     p: Principal,
     Path(raw): Path<String>,
-    AppJson(req): AppJson<ConsentRequest>,
+    AppJson(ConsentRequest { consents }): AppJson<ConsentRequest>,
 ) -> Result<Json<ConsentResponse>, Error> {
     let pseudonym = Pseudonym::parse(&raw)?;
     let institution = subject_institution(&s, &p, Permission::ConsentWrite, pseudonym).await?;
-    if req.consents.is_empty() {
+    if consents.is_empty() {
         return Err(Error::bad_request("empty_consent", "`consents` must name at least one purpose"));
     }
-    let mut decisions = Vec::with_capacity(req.consents.len());
-    for (purpose, granted) in &req.consents {
+    let mut decisions = Vec::with_capacity(consents.len());
+    for (purpose, granted) in &consents {
         let p = s.policies.consent_purpose(purpose).ok_or_else(|| {
             Error::bad_request("unknown_purpose", "unknown consent purpose (see policies/purposes.yaml `consent`)")
         })?;
         decisions.push((p, *granted));
     }
     let mut entry = p.entry(Permission::ConsentWrite.as_str(), Some(&institution), Some(pseudonym.as_uuid()), Outcome::Success);
-    entry.detail = serde_json::json!({"consents": req.consents});
+    entry.detail = serde_json::json!({"consents": consents});
     s.vault.record_consent(pseudonym, &decisions, entry).await?;
     let (current, history) = s.vault.consent(pseudonym).await?;
     Ok(Json(ConsentResponse { pseudonym: pseudonym.as_uuid(), current, history }))

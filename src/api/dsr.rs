@@ -20,17 +20,10 @@ use crate::policy::Permission;
 use crate::vault::Subject;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(access))
-        .routes(routes!(erasure))
-        .routes(routes!(job))
-        .routes(routes!(archive))
-        .routes(routes!(certificate))
-        .routes(routes!(certificate_key))
-        .routes(routes!(lift_suppression))
-        .routes(routes!(erasure_batch))
-        .routes(routes!(jobs))
-        .routes(routes!(suppressions))
+    super::area([
+        routes!(access), routes!(erasure), routes!(erasure_batch), routes!(job), routes!(jobs), routes!(archive),
+        routes!(certificate), routes!(certificate_key), routes!(suppressions), routes!(lift_suppression),
+    ])
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

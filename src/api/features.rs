@@ -20,7 +20,7 @@ use crate::policy::Permission;
 use crate::vault::Subject;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(features)).routes(routes!(retention_report))
+    super::area([routes!(features), routes!(retention_report)])
 }
 
 #[derive(Serialize, ToSchema)]
@@ -67,7 +67,7 @@ async fn features(State(s): State<AppState>, p: Principal, serve: ServeCap, Path
 async fn retention_report(State(s): State<AppState>, p: Principal, d: DsrCap) -> Result<Json<crate::retention::Report>, Error> {
     s.authorize(&p, Permission::RetentionRead, None, None).await?;
     let unavailable =
-        |e: crate::retention::RetentionError| Error::new(StatusCode::SERVICE_UNAVAILABLE, "retention_check_failed", e.to_string());
+        |e: crate::datamap::CheckError| Error::new(StatusCode::SERVICE_UNAVAILABLE, "retention_check_failed", e.to_string());
     let mut report = crate::retention::verify(&d.warehouse, &d.retention).await.map_err(unavailable)?;
     crate::retention::verify_postgres(&mut report, &d.pool, &d.retention, &d.archive_dir).await.map_err(unavailable)?;
     crate::retention::verify_topics(&mut report, &d.kafka_brokers, &d.topics).await;

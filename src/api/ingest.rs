@@ -19,11 +19,7 @@ use crate::gateway::{self, xapi, Gateway, Incoming, Status};
 use crate::policy::Permission;
 
 pub fn router(limits: Limits) -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(events))
-        .routes(routes!(xapi_post, xapi_put))
-        .routes(routes!(xapi_about))
-        .layer(DefaultBodyLimit::max(limits.batch_body_bytes))
+    super::area([routes!(events), routes!(xapi_post, xapi_put), routes!(xapi_about)]).layer(DefaultBodyLimit::max(limits.batch_body_bytes))
 }
 
 #[derive(Serialize, ToSchema)]

@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
-use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 use uuid::Uuid;
 
 use crate::audit::{Outcome, Recorder};
@@ -57,10 +57,10 @@ pub struct Limits {
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
-    pub vault: Vault,
-    pub audit: Recorder,
     pub auth: Arc<Authenticator>,
     pub policies: Arc<Policies>,
+    pub vault: Vault,
+    pub audit: Recorder,
     pub metrics: PrometheusHandle,
     pub limits: Limits,
     /// The warehouse, when this process owns it (`serve`); `None` in API-only processes.
@@ -155,6 +155,11 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = routes(Limits { body_bytes: 0, batch_body_bytes: 0, batch_items: 0, ingest_events: 0 }).split_for_parts().1;
     contract::Complete.modify(&mut doc);
     doc
+}
+
+/// One API area's routes: each element one `routes!(...)` (a path and its methods).
+fn area<const N: usize>(routes: [UtoipaMethodRouter<AppState>; N]) -> OpenApiRouter<AppState> {
+    routes.into_iter().fold(OpenApiRouter::new(), OpenApiRouter::routes)
 }
 
 fn routes(limits: Limits) -> OpenApiRouter<AppState> {

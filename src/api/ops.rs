@@ -12,11 +12,7 @@ use utoipa_axum::routes;
 use super::{AppState, Error, ErrorBody};
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(healthz))
-        .routes(routes!(readyz))
-        .routes(routes!(metrics))
-        .routes(routes!(openapi_json))
+    super::area([routes!(healthz), routes!(readyz), routes!(metrics), routes!(openapi_json)])
 }
 
 #[derive(Serialize, ToSchema)]

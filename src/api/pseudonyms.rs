@@ -17,11 +17,8 @@ use crate::policy::Permission;
 use crate::vault::{Identity, NewLearner, Subject};
 
 pub fn router(limits: Limits) -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(issue))
-        .routes(routes!(lookup))
-        .routes(routes!(resolve))
-        .merge(OpenApiRouter::new().routes(routes!(issue_batch)).layer(DefaultBodyLimit::max(limits.batch_body_bytes)))
+    super::area([routes!(issue), routes!(lookup), routes!(resolve)])
+        .merge(super::area([routes!(issue_batch)]).layer(DefaultBodyLimit::max(limits.batch_body_bytes)))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -207,12 +204,12 @@ pub struct LookupResponse {
 async fn lookup(
     State(s): State<AppState>,
     p: Principal,
-    AppJson(req): AppJson<LookupRequest>,
+    AppJson(LookupRequest { institution, external_id }): AppJson<LookupRequest>,
 ) -> Result<Json<LookupResponse>, Error> {
     s.authorize(&p, Permission::PseudonymLookup, None, None).await?;
-    let inst = InstitutionId::parse(&req.institution)?;
+    let inst = InstitutionId::parse(&institution)?;
     s.authorize(&p, Permission::PseudonymLookup, Some(inst.as_str()), None).await?;
-    let ext = ExternalId::parse(&req.external_id)?;
+    let ext = ExternalId::parse(&external_id)?;
     let found = s.vault.lookup(&inst, &ext).await?;
     let outcome = if found.is_some() { Outcome::Success } else { Outcome::NotFound };
     s.audit.record(p.entry(Permission::PseudonymLookup.as_str(), Some(inst.as_str()), found.map(|p| p.as_uuid()), outcome)).await?;
@@ -245,7 +242,9 @@ pub struct ResolveResponse {
 /// Re-identify a pseudonym for a declared purpose (DPO). Audited before the identity is released.
 #[utoipa::path(post, path = "/v1/pseudonyms/{pseudonym}/resolve", tag = "pseudonyms", request_body = ResolveRequest,
     params(("pseudonym" = Uuid, Path, description = "Learner pseudonym")),
-    responses((status = 200, body = ResolveResponse), (status = 404, body = ErrorBody), (status = 410, body = ErrorBody)))]
+    responses((status = 200, body = ResolveResponse),
+        (status = 400, body = ErrorBody, description = "`purpose_required`, `unknown_purpose`, `justification_required`: audited"),
+        (status = 404, body = ErrorBody), (status = 410, body = ErrorBody)))]
 async fn resolve(
     State(s): State<AppState>,
     p: Principal,

@@ -29,13 +29,7 @@ use crate::serve::{Ident, Released, Serve, ServeError, Thresholds};
 use crate::vault::Subject;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(funnel))
-        .routes(routes!(engagement))
-        .routes(routes!(time_on_task))
-        .routes(routes!(replays))
-        .routes(routes!(drilldown))
-        .routes(routes!(live))
+    super::area([routes!(funnel), routes!(engagement), routes!(time_on_task), routes!(replays), routes!(drilldown), routes!(live)])
 }
 
 impl From<ServeError> for Error {
@@ -54,6 +48,18 @@ impl From<ServeError> for Error {
             other => Error::Internal(other.to_string()),
         }
     }
+}
+
+/// The failures of a released view, beside the document's common ones.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // documentation: the statuses are answered through `Error`
+enum ReleaseFailures {
+    /// `unknown_course`: no activity is recorded for this course.
+    #[response(status = 404)]
+    UnknownCourse(ErrorBody),
+    /// `internal`: a release that fails its attacker's audit returns nothing (fail closed).
+    #[response(status = 500)]
+    Internal(ErrorBody),
 }
 
 /// The course a read names in its path (`/v1/courses/{course_id}/...`).
@@ -126,18 +132,6 @@ pub struct RangeQuery {
     to: Option<String>,
 }
 
-/// Enrolled -> started -> completed -> assessed per cohort, with course totals
-/// and each step's share of enrolled. Released through disclosure control:
-/// withheld cells are `{"value": null, "suppressed": "small_cell" | "extreme_share" | "complementary" | ...}`;
-/// `disclosure` reports thresholds, information loss and the attacker's audit.
-#[utoipa::path(get, path = "/v1/courses/{course_id}/funnel", tag = "analytics",
-    params(CoursePath, RangeQuery),
-    responses((status = 200, body = Funnel, description = "the released funnel, plus `disclosure`"),
-        (status = 404, body = ErrorBody), (status = 500, body = ErrorBody)))]
-async fn funnel(r: CohortRead<RangeQuery>) -> Result<Json<Released<Funnel>>, Error> {
-    Ok(Json(r.sv.funnel(&r.course, &r.range()?, &r.t).await?))
-}
-
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -147,23 +141,31 @@ pub struct EngagementQuery {
     minutes: Option<u32>,
 }
 
+/// Enrolled -> started -> completed -> assessed per cohort, with course totals
+/// and each step's share of enrolled. Released through disclosure control:
+/// withheld cells are `{"value": null, "suppressed": "small_cell" | "extreme_share" | "complementary" | ...}`;
+/// `disclosure` reports thresholds, information loss and the attacker's audit.
+#[utoipa::path(get, path = "/v1/courses/{course_id}/funnel", tag = "analytics",
+    params(CoursePath, RangeQuery),
+    responses((status = 200, body = Funnel, description = "the released funnel, plus `disclosure`"), ReleaseFailures))]
+async fn funnel(r: CohortRead<RangeQuery>) -> Result<Json<Released<Funnel>>, Error> {
+    Ok(Json(r.sv.funnel(&r.course, &r.range()?, &r.t).await?))
+}
+
 /// Per minute and cohort: active learners and heartbeat-based time on task
 /// (30 s per heartbeat), with the course total of each minute. Released
 /// through disclosure control.
 #[utoipa::path(get, path = "/v1/courses/{course_id}/engagement", tag = "analytics",
     params(CoursePath, EngagementQuery),
-    responses((status = 200, body = Engagement, description = "the released grid, plus `disclosure`"),
-        (status = 404, body = ErrorBody), (status = 500, body = ErrorBody)))]
+    responses((status = 200, body = Engagement, description = "the released grid, plus `disclosure`"), ReleaseFailures))]
 async fn engagement(r: CohortRead<EngagementQuery>) -> Result<Json<Released<Engagement>>, Error> {
     Ok(Json(r.sv.engagement(&r.course, r.q.minutes.unwrap_or(60), &r.t).await?))
 }
 
 /// Per cohort and for the course: learners, and the quartiles of active
 /// minutes per learner-day. Released through disclosure control.
-#[utoipa::path(get, path = "/v1/courses/{course_id}/time-on-task", tag = "analytics",
-    params(CoursePath, RangeQuery),
-    responses((status = 200, body = TimeOnTask, description = "the released statistics, plus `disclosure`"),
-        (status = 404, body = ErrorBody), (status = 500, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/courses/{course_id}/time-on-task", tag = "analytics", params(CoursePath, RangeQuery),
+    responses((status = 200, body = TimeOnTask, description = "the released statistics, plus `disclosure`"), ReleaseFailures))]
 async fn time_on_task(r: CohortRead<RangeQuery>) -> Result<Json<Released<TimeOnTask>>, Error> {
     Ok(Json(r.sv.time_on_task(&r.course, &r.range()?, &r.t).await?))
 }
@@ -183,19 +185,18 @@ pub struct ReplaysQuery {
 /// content item (the content-defect view). Released through disclosure control.
 #[utoipa::path(get, path = "/v1/content/{content_id}/replays", tag = "analytics",
     params(("content_id" = String, Path, description = "Content item: 1-128 of `[A-Za-z0-9_.:/-]`", pattern = r"^[A-Za-z0-9_.:/-]{1,128}$"), ReplaysQuery),
-    responses((status = 200, body = Replays, description = "the released buckets, plus `disclosure`"),
-        (status = 404, body = ErrorBody), (status = 500, body = ErrorBody)))]
+    responses((status = 200, body = Replays, description = "the released buckets, plus `disclosure`"), ReleaseFailures))]
 async fn replays(
     State(s): State<AppState>,
     p: Principal,
     sv: ServeCap,
     Path(content): Path<String>,
-    AppQuery(q): AppQuery<ReplaysQuery>,
+    AppQuery(ReplaysQuery { course_id, from, to }): AppQuery<ReplaysQuery>,
 ) -> Result<Json<Released<Replays>>, Error> {
     let content = Ident::parse("content_id", &content)?;
-    let course = q.course_id.as_deref().ok_or_else(|| Error::bad_request("invalid_query", "`course_id` is required"))?;
+    let course = course_id.as_deref().ok_or_else(|| Error::bad_request("invalid_query", "`course_id` is required"))?;
     let (course, t) = course_read(&s, &p, &sv, Permission::ContentRead, course).await?;
-    let range = sv.range(q.from.as_deref(), q.to.as_deref())?;
+    let range = sv.range(from.as_deref(), to.as_deref())?;
     Ok(Json(sv.replays(&course, &content, &range, &t).await?))
 }
 

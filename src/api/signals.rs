@@ -25,7 +25,7 @@ use crate::signals::queue::{SignalItem, SignalItemSummary, State as ItemState};
 use crate::signals::{Decision, Kind, Scope, Signals, SignalsError};
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list)).routes(routes!(next)).routes(routes!(view)).routes(routes!(decide))
+    super::area([routes!(list), routes!(next), routes!(view), routes!(decide)])
 }
 
 impl From<SignalsError> for Error {

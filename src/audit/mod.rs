@@ -125,12 +125,12 @@ pub struct Entry {
     pub request_id: Uuid,
     pub actor: String,
     pub roles: Vec<String>,
-    pub institution: Option<String>,
     pub action: String,
+    pub institution: Option<String>,
+    pub outcome: String,
     pub target_pseudonym: Option<Uuid>,
     pub purpose: Option<String>,
     pub justification: Option<String>,
-    pub outcome: String,
     #[schema(value_type = Object)]
     pub detail: Value,
     /// Hex SHA-256 of the previous row.
@@ -304,12 +304,6 @@ pub async fn list(pool: &PgPool, f: &Filter) -> Result<Vec<Entry>, AuditError> {
 #[derive(Debug, Clone, Serialize, ToSchema, PartialEq, Eq)]
 pub struct Verification {
     pub intact: bool,
-    /// Rows checked.
-    pub entries: i64,
-    /// Sequence number of the last row when intact.
-    pub head_seq: i64,
-    /// First sequence number at which the chain breaks.
-    pub first_broken_seq: Option<i64>,
     /// `missing_row`, `prev_hash_mismatch`, `hash_mismatch`; against the signed
     /// checkpoints: `truncated` (rows a checkpoint covers are gone),
     /// `checkpoint_mismatch` (rows rewritten and rehashed), `checkpoint_untrusted`
@@ -318,6 +312,12 @@ pub struct Verification {
     /// What is missing or differs, in words (sequence numbers and times, never data).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// Rows checked.
+    pub entries: i64,
+    /// Sequence number of the last row when intact.
+    pub head_seq: i64,
+    /// First sequence number at which the chain breaks.
+    pub first_broken_seq: Option<i64>,
     /// The latest signed checkpoint the chain was checked against (or, when
     /// intact, the one signed for its head).
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -12,8 +12,7 @@ pub enum DataMapCommand {
     Check,
 }
 
-pub async fn run(settings: Settings, cmd: DataMapCommand) -> anyhow::Result<ExitCode> {
-    let DataMapCommand::Check = cmd;
+pub async fn run(settings: Settings, DataMapCommand::Check: DataMapCommand) -> anyhow::Result<ExitCode> {
     let map = DataMap::load(&settings.policy_dir.join("data-map.yaml"))?;
     // The owner connection: information_schema shows only what the role may read.
     let pool = sqlx::PgPool::connect(settings.database.admin_url.expose_secret()).await?;

@@ -13,15 +13,19 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use crate::taxonomy::check::tokens;
+use crate::policy::PolicyError;
 use crate::warehouse::{Warehouse, WarehouseError};
 
 /// Column names that identify a learner.
 pub const KEY_COLUMNS: [&str; 3] = ["learner_id", "pseudonym", "target_pseudonym"];
 
+/// A check of the stores against a policy file (`datamap check`, `retention verify`, the
+/// subject-request worker's reading of the data map): the file is unreadable or invalid, or a
+/// store did not answer.
 #[derive(Debug, thiserror::Error)]
-pub enum DataMapError {
-    #[error("data map {path}: {message}")]
-    Invalid { path: String, message: String },
+pub enum CheckError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
     #[error(transparent)]
     Warehouse(#[from] WarehouseError),
     #[error("postgres: {0}")]
@@ -68,10 +72,9 @@ pub struct DataMap {
 }
 
 impl DataMap {
-    pub fn load(path: &Path) -> Result<DataMap, DataMapError> {
-        let invalid = |message: String| DataMapError::Invalid { path: path.display().to_string(), message };
-        let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
-        let map: DataMap = serde_yaml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    pub fn load(path: &Path) -> Result<DataMap, PolicyError> {
+        let map: DataMap = crate::policy::read(path)?;
+        let invalid = |message: String| PolicyError::invalid(path, message);
         let mut seen = BTreeSet::new();
         for s in &map.stores {
             if !seen.insert((s.store as u8, s.name.clone())) {
@@ -101,7 +104,7 @@ pub struct LiveObject {
 }
 
 /// ClickHouse objects holding a learner key (outside the system databases).
-pub async fn live_clickhouse(wh: &Warehouse) -> Result<(BTreeSet<String>, Vec<LiveObject>), DataMapError> {
+pub async fn live_clickhouse(wh: &Warehouse) -> Result<(BTreeSet<String>, Vec<LiveObject>), CheckError> {
     let tables = wh
         .query(
             "SELECT concat(database, '.', name) AS name, engine, as_select, create_table_query FROM system.tables
@@ -147,7 +150,7 @@ pub async fn live_clickhouse(wh: &Warehouse) -> Result<(BTreeSet<String>, Vec<Li
 }
 
 /// PostgreSQL tables and views (schema `public`) holding a learner key.
-pub async fn live_postgres(pool: &PgPool) -> Result<(BTreeSet<String>, Vec<LiveObject>), DataMapError> {
+pub async fn live_postgres(pool: &PgPool) -> Result<(BTreeSet<String>, Vec<LiveObject>), CheckError> {
     let all: Vec<String> =
         sqlx::query_scalar("SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'").fetch_all(pool).await?;
     let keyed: Vec<(String, String)> = sqlx::query_as(

@@ -3,8 +3,10 @@
 //! counted for the erasure certificate. Kafka cannot delete single records:
 //! they age out with the topic's retention, which the certificate states.
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::consumer::Consumer;
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use super::DsrError;
@@ -14,7 +16,7 @@ fn err(e: impl std::fmt::Display) -> DsrError {
 }
 
 /// Call `each` with the value of every record of `topic` keyed by `key`, from
-/// the start of every partition to its high watermark at the time of the call.
+/// the start of every partition to its end.
 /// Blocking (run it on a blocking thread); memory bounded by one record.
 pub fn scan_keyed(brokers: &str, topic: &str, key: &str, mut each: impl FnMut(&[u8]) -> Result<(), DsrError>) -> Result<u64, DsrError> {
     let mut found = 0u64;
@@ -40,44 +42,35 @@ pub fn count_keyed(brokers: &str, topic: &str, keys: &std::collections::HashSet<
     Ok(out)
 }
 
-/// Every record of `topic` from its low to its high watermark: `each(key, payload)`.
+/// Every record of `topic` from the start of each partition to its end: `each(key, payload)`.
 fn scan(brokers: &str, topic: &str, mut each: impl FnMut(Option<&[u8]>, &[u8]) -> Result<(), DsrError>) -> Result<(), DsrError> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("learnvault-dsr-scan-{}", uuid::Uuid::new_v4()))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .create()
-        .map_err(err)?;
+    let c = crate::topics::reader(brokers, "learnvault-dsr-scan").map_err(err)?;
     let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).map_err(err)?;
     let Some(t) = md.topics().iter().find(|t| t.name() == topic) else { return Ok(()) };
-    let mut ends = Vec::new();
+    let mut open = HashSet::new();
     let mut tpl = TopicPartitionList::new();
     for p in t.partitions() {
         let (low, high) = c.fetch_watermarks(topic, p.id(), Duration::from_secs(10)).map_err(err)?;
         if high > low {
             tpl.add_partition_offset(topic, p.id(), Offset::Offset(low)).map_err(err)?;
-            ends.push((p.id(), high));
+            open.insert(p.id());
         }
     }
-    if ends.is_empty() {
+    if open.is_empty() {
         return Ok(());
     }
     c.assign(&tpl).map_err(err)?;
-    let mut remaining: std::collections::HashMap<i32, i64> = ends.into_iter().collect();
-    let deadline = std::time::Instant::now() + Duration::from_secs(300);
-    while !remaining.is_empty() {
-        if std::time::Instant::now() > deadline {
-            return Err(err(format!("{topic}: not read to its end within 5 minutes")));
+    let mut failed = None;
+    let read = |m: &BorrowedMessage<'_>, open: &mut HashSet<i32>| {
+        if let Err(e) = each(m.key(), m.payload().unwrap_or_default()) {
+            failed = Some(e);
+            open.clear();
         }
-        let Some(m) = c.poll(Duration::from_millis(500)) else { continue };
-        let m = m.map_err(err)?;
-        each(m.key(), m.payload().unwrap_or_default())?;
-        if let Some(end) = remaining.get(&m.partition()) {
-            if m.offset() + 1 >= *end {
-                remaining.remove(&m.partition());
-            }
-        }
+    };
+    let done = crate::topics::read_until_closed(&c, &mut open, Duration::from_secs(300), "subject scan", read, |_| {});
+    match failed {
+        Some(e) => Err(e),
+        None if !done => Err(err(format!("{topic}: not read to its end within 5 minutes"))),
+        None => Ok(()),
     }
-    Ok(())
 }

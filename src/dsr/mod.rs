@@ -24,14 +24,14 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use std::collections::HashMap;
 use uuid::Uuid;
 
 use crate::audit::{self, AuditError, NewEntry, Outcome};
-use crate::datamap::{DataMap, DataMapError, Store, StoreKind};
+use crate::datamap::{CheckError, DataMap, Store, StoreKind};
 use crate::retention;
 use crate::vault::{Vault, VaultError};
 use crate::warehouse::{Warehouse, WarehouseError};
@@ -54,7 +54,7 @@ pub enum DsrError {
     #[error(transparent)]
     Audit(#[from] AuditError),
     #[error(transparent)]
-    DataMap(#[from] DataMapError),
+    DataMap(#[from] CheckError),
     #[error("archive: {0}")]
     Io(#[from] std::io::Error),
     #[error("verification failed: {0}")]
@@ -500,7 +500,8 @@ pub(crate) fn ident(s: &str) -> Result<&str, DsrError> {
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.') {
         Ok(s)
     } else {
-        Err(DsrError::DataMap(DataMapError::Invalid { path: "data-map.yaml".into(), message: format!("{s:?} is not a plain identifier") }))
+        let message = format!("{s:?} is not a plain identifier");
+        Err(DsrError::DataMap(crate::policy::PolicyError::invalid(Path::new("data-map.yaml"), message).into()))
     }
 }
 

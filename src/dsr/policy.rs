@@ -4,7 +4,7 @@ use serde::Deserialize;
 use std::path::Path;
 
 use super::DsrError;
-use crate::datamap::DataMapError;
+use crate::policy::PolicyError;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct LiftPurpose {
@@ -39,13 +39,12 @@ impl ErasurePolicy {
     /// `{dir}/erasure.yaml`, or the default (suppression on) when there is none.
     pub fn load(dir: &Path) -> Result<ErasurePolicy, DsrError> {
         let path = dir.join("erasure.yaml");
-        let invalid = |message: String| DsrError::DataMap(DataMapError::Invalid { path: path.display().to_string(), message });
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ErasurePolicy::default()),
-            Err(e) => return Err(invalid(e.to_string())),
+        let invalid = |message: String| DsrError::DataMap(PolicyError::invalid(&path, message).into());
+        let p: ErasurePolicy = match crate::policy::read(&path) {
+            Ok(p) => p,
+            Err(PolicyError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => return Ok(ErasurePolicy::default()),
+            Err(e) => return Err(DsrError::DataMap(e.into())),
         };
-        let p: ErasurePolicy = serde_yaml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
         for lp in &p.suppression.lift_purposes {
             if lp.id.is_empty() || !lp.id.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
                 return Err(invalid(format!("lift purpose {:?}: lowercase letters and _ only", lp.id)));
@@ -70,7 +69,7 @@ mod tests {
 
     #[test]
     fn shipped_policy_suppresses_and_names_its_lift_purposes() {
-        let p = ErasurePolicy::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap();
+        let p = ErasurePolicy::load(&crate::policy::shipped_dir()).unwrap();
         assert!(p.suppression.enabled);
         assert!(p.may_lift_for("re_enrolment"));
         assert!(!p.may_lift_for("curiosity"));

@@ -186,7 +186,7 @@ mod cost {
     #[test]
     #[ignore = "a measurement that prints the decode cost, not a check: cargo test --release decode_cost -- --ignored --nocapture"]
     fn decode_cost() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let root = crate::policy::shipped_dir();
         let taxonomy = Taxonomy::load(&root.join("taxonomy")).unwrap();
         let protected = ProtectedAttributes::load(&root).unwrap();
         let events: Vec<Vec<u8>> = (0..200_000)

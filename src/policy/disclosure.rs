@@ -154,7 +154,7 @@ mod tests {
 
     #[test]
     fn shipped_policy_loads_with_the_nces_default() {
-        let p = DisclosurePolicy::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap();
+        let p = DisclosurePolicy::load(&crate::policy::shipped_dir()).unwrap();
         assert_eq!(p.defaults.min_cell, 10);
         assert_eq!(p.thresholds("uni-strict").min_cell, 20);
         assert_eq!(p.thresholds("uni-a"), p.defaults);

@@ -126,14 +126,10 @@ pub fn check(cat: &Catalog, protected: &ProtectedAttributes) -> (Vec<String>, Ve
 mod tests {
     use super::*;
 
-    fn protected() -> ProtectedAttributes {
-        ProtectedAttributes::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap()
-    }
-
     #[test]
     fn shipped_features_are_clean_and_parse() {
         let cat = Catalog::from_migrations(&Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/clickhouse")).unwrap();
-        let (features, found) = check(&cat, &protected());
+        let (features, found) = check(&cat, &ProtectedAttributes::load(&crate::policy::shipped_dir()).unwrap());
         assert!(features.contains(&"features.learner_engagement".to_string()), "{features:?}");
         assert!(found.is_empty(), "{found:?}");
         assert!(cat.queries.contains_key("agg.funnel_by_cohort"), "MV targets carry their view's lineage");
@@ -151,7 +147,7 @@ mod tests {
         )
         .unwrap();
         let cat = Catalog::from_migrations(&dir).unwrap();
-        let (_, found) = check(&cat, &protected());
+        let (_, found) = check(&cat, &ProtectedAttributes::load(&crate::policy::shipped_dir()).unwrap());
         let text = found.join("\n");
         assert!(text.contains("features.innocent -> agg.learner_profile -> props['Gender'] (protected attribute `gender`)"), "{text}");
         assert!(text.contains("protected attribute `date_of_birth`"), "{text}");

@@ -126,7 +126,7 @@ mod tests {
 
     #[test]
     fn the_shipped_policy_loads() {
-        let p = LmsHomePages::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap();
+        let p = LmsHomePages::load(&crate::policy::shipped_dir()).unwrap();
         assert_eq!(p.external_id("uni-a", "http://localhost:18000", "n").as_deref(), Some("devstack:n"));
         assert_eq!(p.external_id("uni-north", "https://uni-north.lms.example", "uni-north-1").as_deref(), Some("uni-north-1"));
     }

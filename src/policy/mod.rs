@@ -136,9 +136,23 @@ pub struct Policies {
     consent_granted_by_default: BTreeSet<String>,
 }
 
-fn read<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, PolicyError> {
+impl PolicyError {
+    /// The file at `path` says something it must not.
+    pub fn invalid(path: &Path, message: impl Into<String>) -> PolicyError {
+        PolicyError::Invalid { path: path.display().to_string(), message: message.into() }
+    }
+}
+
+/// The policies this repository ships (`policies/`), for unit tests.
+#[cfg(test)]
+pub(crate) fn shipped_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
+}
+
+/// A policy file: read and parsed as YAML into `T` (its checks are the caller's).
+pub fn read<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, PolicyError> {
     let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Io { path: path.display().to_string(), source })?;
-    serde_yaml::from_str(&text).map_err(|e| PolicyError::Invalid { path: path.display().to_string(), message: e.to_string() })
+    serde_yaml::from_str(&text).map_err(|e| PolicyError::invalid(path, e.to_string()))
 }
 
 impl Policies {
@@ -260,7 +274,7 @@ mod tests {
     use super::*;
 
     fn shipped() -> Policies {
-        Policies::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap()
+        Policies::load(&crate::policy::shipped_dir()).unwrap()
     }
 
     #[test]
@@ -341,7 +355,7 @@ mod protected_tests {
 
     #[test]
     fn spellings_match_case_and_separator_insensitively() {
-        let p = ProtectedAttributes::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap();
+        let p = ProtectedAttributes::load(&crate::policy::shipped_dir()).unwrap();
         assert_eq!(p.matches("Gender"), Some("gender"));
         assert_eq!(p.matches("date-of-birth"), Some("date_of_birth"));
         assert_eq!(p.matches("FREE_SCHOOL_MEALS"), Some("socioeconomic"));

@@ -118,7 +118,7 @@ mod tests {
 
     #[test]
     fn shipped_policy_loads_and_bad_values_are_refused() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let dir = crate::policy::shipped_dir();
         let p = SignalsPolicy::load(&dir).unwrap();
         assert_eq!(p.integrity.route, "integrity_panel");
         let mut bad = p.clone();

@@ -11,17 +11,10 @@ use std::collections::BTreeMap;
 use sqlx::PgPool;
 use std::path::Path;
 
-use crate::warehouse::{Warehouse, WarehouseError};
+use crate::policy::PolicyError;
+use crate::warehouse::Warehouse;
 
-#[derive(Debug, thiserror::Error)]
-pub enum RetentionError {
-    #[error("retention policy {path}: {message}")]
-    Invalid { path: String, message: String },
-    #[error(transparent)]
-    Warehouse(#[from] WarehouseError),
-    #[error("postgres: {0}")]
-    Db(#[from] sqlx::Error),
-}
+use crate::datamap::CheckError;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct TablePolicy {
@@ -50,10 +43,9 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub fn load(path: &Path) -> Result<Policy, RetentionError> {
-        let invalid = |message: String| RetentionError::Invalid { path: path.display().to_string(), message };
-        let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
-        let p: Policy = serde_yaml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let p: Policy = crate::policy::read(path)?;
+        let invalid = |message: String| PolicyError::invalid(path, message);
         let ok = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
         for (t, tp) in &p.postgres {
             if !ok(t) || !tp.column.as_deref().is_some_and(ok) || tp.days == 0 {
@@ -78,20 +70,20 @@ impl Policy {
 #[derive(Debug, Clone, Serialize)]
 pub struct TableReport {
     pub table: String,
+    pub ttl_ok: bool,
     pub expected_ttl: String,
     pub live_ttl: Option<String>,
-    pub ttl_ok: bool,
-    pub oldest: Option<String>,
-    pub limit: String,
     pub rows_ok: bool,
+    pub limit: String,
+    pub oldest: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub ok: bool,
     pub checked_at: String,
-    pub grace_days: u32,
     pub tables: Vec<TableReport>,
+    pub grace_days: u32,
     /// Stores whose retention is not an engine property checked here, stated honestly.
     pub not_checked: Vec<String>,
 }
@@ -104,7 +96,7 @@ pub fn live_ttl(create: &str) -> Option<String> {
     Some(rest[..end].trim().to_owned())
 }
 
-pub async fn verify(wh: &Warehouse, policy: &Policy) -> Result<Report, RetentionError> {
+pub async fn verify(wh: &Warehouse, policy: &Policy) -> Result<Report, CheckError> {
     let now = Utc::now();
     let mut tables = Vec::new();
     for (table, tp) in &policy.clickhouse {
@@ -154,7 +146,7 @@ pub async fn verify(wh: &Warehouse, policy: &Policy) -> Result<Report, Retention
 /// no row (by the policy's column) and no archive older than policy + grace.
 /// Their retention is a purge job ([`purge`], run by `serve`), not an engine
 /// property, so only the age check applies (`ttl_ok` is true by definition).
-pub async fn verify_postgres(report: &mut Report, pool: &PgPool, policy: &Policy, archive_dir: &Path) -> Result<(), RetentionError> {
+pub async fn verify_postgres(report: &mut Report, pool: &PgPool, policy: &Policy, archive_dir: &Path) -> Result<(), CheckError> {
     let now = Utc::now();
     for (table, tp) in &policy.postgres {
         let column = tp.column.as_deref().unwrap_or("created_at");
@@ -247,7 +239,7 @@ fn tables_push(report: &mut Report, table: String, expected: String, oldest: Opt
 /// its own rows by TTL): finished subject-request records and old archives.
 /// The audit log is append-only and hash-chained: `serve` prunes it only below a
 /// signed checkpoint (`audit::prune`), which keeps the chain verifiable.
-pub async fn purge(pool: &PgPool, policy: &Policy, archive_dir: &Path) -> Result<u64, RetentionError> {
+pub async fn purge(pool: &PgPool, policy: &Policy, archive_dir: &Path) -> Result<u64, CheckError> {
     let mut removed = 0;
     if let Some(tp) = policy.postgres.get("dsr_jobs") {
         removed += sqlx::query("DELETE FROM dsr_jobs WHERE completed_at < now() - make_interval(days => $1)")

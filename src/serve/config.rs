@@ -57,7 +57,7 @@ mod tests {
 
     #[test]
     fn the_strictest_institution_wins() {
-        let c = Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap();
+        let c = Config::load(&crate::policy::shipped_dir()).unwrap();
         assert_eq!(c.thresholds(&[]).min_cell, 10);
         assert_eq!(c.thresholds(&["uni-a".into()]).min_cell, 10);
         assert_eq!(c.thresholds(&["uni-a".into(), "uni-strict".into()]).min_cell, 20);

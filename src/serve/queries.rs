@@ -84,13 +84,18 @@ pub const REPLAYS: Shape = Shape::cohort(
 /// The institutions a course's learners belong to (thresholds and scope).
 pub const COURSE_INSTITUTIONS: Shape = Shape::cohort(
     "course_institutions",
-    "SELECT DISTINCT institution_id FROM agg.learner_day_by_cohort WHERE course_id = {course:String} ORDER BY institution_id",
+    "SELECT DISTINCT institution_id
+          FROM agg.learner_day_by_cohort
+          WHERE course_id = {course:String}
+          ORDER BY institution_id",
 );
 
 /// Whether a learner has activity in a course (drill-down scope).
 pub const LEARNER_IN_COURSE: Shape = Shape::learner_check(
     "learner_in_course",
-    "SELECT count() AS n FROM agg.learner_day_by_cohort WHERE course_id = {course:String} AND learner_id = {learner:UUID}",
+    "SELECT count() AS n
+          FROM agg.learner_day_by_cohort
+          WHERE course_id = {course:String} AND learner_id = {learner:UUID}",
 );
 
 /// The individual view: one learner's pseudonymous timeline in one course
@@ -113,19 +118,24 @@ pub const LEARNER_TIMELINE: Shape = Shape::individual(
 /// `recommendations` consent; reads the `features.*` view, not the base table).
 pub const LEARNER_FEATURES: Shape = Shape::individual(
     "learner_features",
-    "SELECT * EXCEPT learner_id FROM features.learner_engagement WHERE learner_id = {p:UUID}",
+    "SELECT * EXCEPT learner_id
+          FROM features.learner_engagement
+          WHERE learner_id = {p:UUID}",
 );
 
 /// Every course with activity, and its institutions (`learnvault disclosure audit`).
 pub const COURSES: Shape = Shape::cohort(
     "courses",
-    "SELECT course_id, groupUniqArray(institution_id) AS institutions FROM agg.learner_day_by_cohort GROUP BY course_id ORDER BY course_id",
+    "SELECT course_id, groupUniqArray(institution_id) AS institutions
+          FROM agg.learner_day_by_cohort
+          GROUP BY course_id ORDER BY course_id",
 );
 
 /// The content items of a course with replay activity.
 pub const CONTENTS: Shape = Shape::cohort(
     "contents",
-    "SELECT DISTINCT content_id FROM agg.content_replays_daily WHERE course_id = {course:String} ORDER BY content_id",
+    "SELECT DISTINCT content_id FROM agg.content_replays_daily
+          WHERE course_id = {course:String} ORDER BY content_id",
 );
 
 /// Every shape, for the test that reads the serving SQL.

@@ -53,7 +53,7 @@ mod tests {
 
     #[test]
     fn shipped_routes() {
-        let c = Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap();
+        let c = Config::load(&crate::policy::shipped_dir()).unwrap();
         assert_eq!(c.route(Kind::ContentDefect), "content_author");
         assert_eq!(c.route(Kind::Disengagement), "advisor");
         assert_eq!(c.kinds_of("integrity_panel"), vec![Kind::Integrity]);

@@ -43,14 +43,14 @@ pub struct ContextCount {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finding {
     pub kind: Kind,
+    /// The learners it is about (pseudonyms); empty for a content defect.
+    pub subjects: Vec<Uuid>,
     /// The day the finding is about (the evaluated day).
     pub day: NaiveDate,
     pub institution: String,
     pub course: String,
     pub content: Option<String>,
     pub cohort: Option<String>,
-    /// The learners it is about (pseudonyms); empty for a content defect.
-    pub subjects: Vec<Uuid>,
     /// The statistic, its baseline and the band outside which it was flagged.
     pub statistic: f64,
     pub baseline: f64,

@@ -176,12 +176,12 @@ impl Data {
         for r in q(&SUBMITS, submits_from).await? {
             let answer = r["answer"].as_str().filter(|s| !s.is_empty()).map(str::to_owned);
             d.submits.push(SubmitRow {
+                ts_ms: num(&r["ts"])? as i64,
                 learner: uuid(&r["learner_id"])?,
                 institution: text(&r["institution_id"])?,
                 course: text(&r["course_id"])?,
                 cohort: text(&r["cohort_id"])?,
                 content: text(&r["content_id"])?,
-                ts_ms: num(&r["ts"])? as i64,
                 answer,
             });
         }

@@ -17,9 +17,9 @@ const BASE: &str = "events.learning_events";
 pub struct Reader {
     /// The object it defines or fills (e.g. `agg.funnel_by_cohort_mv`), or the file.
     pub name: String,
-    pub file: String,
     pub identifiers: BTreeSet<String>,
     pub literals: BTreeSet<String>,
+    pub file: String,
 }
 
 /// Identifiers and string literals of a SQL text, outside comments.

@@ -17,21 +17,19 @@ use uuid::Uuid;
 use super::{FieldType, Schema, Taxonomy, ValidEvent};
 
 /// The fields of the wire form and their types, in schema terms.
-pub const WIRE_FIELDS: [(&str, FieldType); 13] = [
-    ("event_id", FieldType::Uuid),
-    ("event_version", FieldType::String),
-    ("event_type", FieldType::EventType),
-    ("learner_id", FieldType::Uuid),
-    ("session_id", FieldType::String),
-    ("course_id", FieldType::String),
-    ("content_id", FieldType::String),
-    ("cohort_id", FieldType::String),
-    ("institution_id", FieldType::String),
-    ("position_sec", FieldType::Uint32),
-    ("client_ts", FieldType::TimestampMs),
-    ("server_ts", FieldType::TimestampMs),
-    ("props", FieldType::Map),
-];
+pub const WIRE_FIELDS: [(&str, FieldType); 13] = {
+    use FieldType::{EventType, Map, String as Text, TimestampMs, Uint32, Uuid as Id};
+    [
+        // the event itself
+        ("event_id", Id), ("event_version", Text), ("event_type", EventType),
+        // who, in which session
+        ("learner_id", Id), ("session_id", Text), ("institution_id", Text),
+        // where in the catalogue
+        ("course_id", Text), ("content_id", Text), ("cohort_id", Text), ("position_sec", Uint32),
+        // when, and the rest
+        ("client_ts", TimestampMs), ("server_ts", TimestampMs), ("props", Map),
+    ]
+};
 
 /// Whether `schema` has exactly the wire fields, with the same types.
 pub fn eligible(schema: &Schema) -> bool {

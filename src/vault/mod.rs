@@ -645,12 +645,7 @@ async fn insert_plain(conn: &mut PgConnection, inst: &str, version: i32, r: &Row
         r#"INSERT INTO learners (pseudonym, institution_id, blind_index, index_key_version, wrapped_dek, wrap_key_version, identity_ct)
            SELECT u.p, $1, u.bi, $2, u.w, $2, u.ct
            FROM UNNEST($3::uuid[], $4::bytea[], $5::bytea[], $6::bytea[]) AS u(p, bi, w, ct)"#,
-        inst,
-        version,
-        &r.ps,
-        &r.bis,
-        &r.wraps,
-        &r.cts,
+        inst, version, &r.ps, &r.bis, &r.wraps, &r.cts,
     )
     .execute(conn)
     .await
@@ -665,12 +660,7 @@ async fn insert_or_skip(conn: &mut PgConnection, inst: &str, version: i32, r: &R
            FROM UNNEST($3::uuid[], $4::bytea[], $5::bytea[], $6::bytea[]) AS u(p, bi, w, ct)
            ON CONFLICT (institution_id, blind_index) DO NOTHING
            RETURNING blind_index, pseudonym"#,
-        inst,
-        version,
-        &r.ps,
-        &r.bis,
-        &r.wraps,
-        &r.cts,
+        inst, version, &r.ps, &r.bis, &r.wraps, &r.cts,
     )
     .fetch_all(conn)
     .await?;

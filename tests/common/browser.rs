@@ -159,6 +159,14 @@ impl Browser {
         self.cmd("POST", &format!("element/{id}/value"), json!({"text": text})).await;
     }
 
+    /// Type each `(css, text)` into its field, then click `submit`: a form sent as a person would.
+    pub async fn submit_form(&self, fields: &[(&str, &str)], submit: &str) {
+        for (css, text) in fields {
+            self.type_into(css, text).await;
+        }
+        self.click(submit).await;
+    }
+
     pub async fn select(&self, css: &str, value: &str) {
         self.js(
             "const s = document.querySelector(arguments[0]); s.value = arguments[1]; s.dispatchEvent(new Event('change'));",
