@@ -51,6 +51,13 @@ async fn sign_in(b: &mut Browser, link: &str, who: &str) {
     assert!(!link.is_empty() && !b.source().await.contains(link.rsplit('=').next().unwrap()), "the code is not echoed");
 }
 
+/// A browser (named for its first role) signed in as `sub` with `roles` over `institutions` and `courses`.
+async fn signed_in(app: &TestApp, sub: &str, roles: &[&str], institutions: &[&str], courses: &[&str]) -> Browser {
+    let mut b = Browser::start(roles[0]).await;
+    sign_in(&mut b, &link(app, sub, roles, institutions, courses).await, sub).await;
+    b
+}
+
 async fn accessible(b: &Browser, axe: &str, page: &str) {
     let v = b.axe(axe).await;
     assert!(v.is_empty(), "{page}: serious or critical accessibility violations: {v:#?}");
@@ -137,8 +144,7 @@ async fn instructor_watches_a_cohort_move_and_withheld_cells_never_reach_the_bro
     rows.extend(cohort_events("c-small", 4, 3));
     land(&app, rows).await;
 
-    let mut b = Browser::start("instructor").await;
-    sign_in(&mut b, &link(&app, "instructor-1", &["instructor"], &["uni-a"], &[COURSE]).await, "instructor-1").await;
+    let mut b = signed_in(&app, "instructor-1", &["instructor"], &["uni-a"], &[COURSE]).await;
     assert!(b.find("a[href='/console/dsr']").await.is_none(), "an instructor is not offered subject requests");
     assert!(b.find("a[href='/console/audit']").await.is_none(), "nor the audit log");
     let t0 = Instant::now();
@@ -224,8 +230,7 @@ async fn dpo_files_an_erasure_and_downloads_its_verified_certificate() {
     let pseudonym = app.issue("uni-a", "stu-42", json!({"name": "Grace Hopper", "email": "grace@example.edu"})).await;
     land(&app, vec![event(&pseudonym, "c-1", "session.start", chrono::Utc::now(), None)]).await;
 
-    let mut b = Browser::start("dpo").await;
-    sign_in(&mut b, &link(&app, "dpo-1", &["dpo"], &["uni-a"], &[]).await, "dpo-1").await;
+    let mut b = signed_in(&app, "dpo-1", &["dpo"], &["uni-a"], &[]).await;
     b.goto(&format!("{}/console/dsr", app.base)).await;
     b.wait_text("main", "New request", Duration::from_secs(10)).await;
     accessible(&b, &axe, "request queue").await;
@@ -317,8 +322,7 @@ async fn auditor_sees_a_tampered_chain_reported() {
     for i in 0..3 {
         app.issue("uni-a", &format!("stu-{i}"), json!({"name": "x"})).await;
     }
-    let mut b = Browser::start("auditor").await;
-    sign_in(&mut b, &link(&app, "auditor-1", &["auditor"], &["*"], &[]).await, "auditor-1").await;
+    let mut b = signed_in(&app, "auditor-1", &["auditor"], &["*"], &[]).await;
     b.goto(&format!("{}/console/audit", app.base)).await;
     b.wait_text("#audit-log", "pseudonym.issue", Duration::from_secs(10)).await;
     accessible(&b, &axe, "audit log").await;
@@ -384,8 +388,7 @@ async fn advisor_drills_down_with_a_purpose_and_records_a_decision() {
     };
     app.state.signals.clone().unwrap().record(&[finding]).await.unwrap();
 
-    let mut b = Browser::start("advisor").await;
-    sign_in(&mut b, &link(&app, "advisor-1", &["advisor"], &["uni-a"], &[COURSE]).await, "advisor-1").await;
+    let mut b = signed_in(&app, "advisor-1", &["advisor"], &["uni-a"], &[COURSE]).await;
     b.goto(&format!("{}/console/review", app.base)).await;
     b.wait_text("#queue-advisor", "disengagement", Duration::from_secs(10)).await;
     accessible(&b, &axe, "review queue").await;

@@ -45,6 +45,14 @@ const MAX_ATTEMPTS: i32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DsrError {
+    /// The request's own failures.
+    #[error("no such job")]
+    NotFound,
+    #[error("verification failed: {0}")]
+    Verification(String),
+    #[error("erasure fence: {0}")]
+    Fence(String),
+    /// The stores and contexts it reaches.
     #[error("postgres: {0}")]
     Db(#[from] sqlx::Error),
     #[error(transparent)]
@@ -57,12 +65,6 @@ pub enum DsrError {
     DataMap(#[from] CheckError),
     #[error("archive: {0}")]
     Io(#[from] std::io::Error),
-    #[error("verification failed: {0}")]
-    Verification(String),
-    #[error("no such job")]
-    NotFound,
-    #[error("erasure fence: {0}")]
-    Fence(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

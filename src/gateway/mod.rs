@@ -45,10 +45,12 @@ use crate::vault::{Identity, NewLearner, Vault, VaultError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    #[error(transparent)]
-    Vault(#[from] VaultError),
+    /// The deduplication claims (PostgreSQL).
     #[error("postgres: {0}")]
     Db(#[from] sqlx::Error),
+    /// Issuing pseudonyms, or an identity refused.
+    #[error(transparent)]
+    Vault(#[from] VaultError),
 }
 
 /// One event as received, its identity (if named by one) already split off.

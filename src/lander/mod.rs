@@ -76,8 +76,8 @@ pub enum LanderError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("postgres: {0}")]
     Db(#[from] sqlx::Error),
-    #[error(transparent)]
-    Warehouse(#[from] WarehouseError),
     #[error("configuration: {0}")]
     Config(String),
+    #[error(transparent)]
+    Warehouse(#[from] WarehouseError),
 }
