@@ -66,11 +66,16 @@ impl Problems {
     }
 }
 
-/// A section's struct and its `Default`, each field's default written beside it:
-/// `pub field: Type = default,`. The struct deserializes with every field optional
-/// (`serde(default)`) and refuses unknown keys.
+/// A section's struct, its `Default` and its [`Section`] check, each field's default and
+/// least value written beside it: `pub field: Type = default,` or
+/// `pub field: Type = default => at_least(min),`. The struct (`Settings.{key}`, the `in "key"`)
+/// deserializes with every field optional (`serde(default)`) and refuses unknown keys. A
+/// field's least value is checked first, named by its variable in [`super::names::VARS`];
+/// then the section's own `check(s, p) { ... }` (`s` the section, `p` the [`Problems`]).
 macro_rules! section {
-    ($(#[$meta:meta])* pub struct $name:ident { $($(#[$field_meta:meta])* pub $field:ident: $ty:ty = $default:expr,)* }) => {
+    ($(#[$meta:meta])* pub struct $name:ident in $key:literal {
+        $($(#[$field_meta:meta])* pub $field:ident: $ty:ty = $default:expr $(=> at_least($min:expr))?,)*
+    } $(check($s:ident, $p:ident) $check:block)?) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Deserialize)]
         #[serde(default, deny_unknown_fields)]
@@ -83,57 +88,60 @@ macro_rules! section {
                 $name { $($field: $default,)* }
             }
         }
+
+        impl Section for $name {
+            #[allow(unused_variables)]
+            fn check(&self, p: &mut Problems) {
+                $($(p.at_least(var(concat!($key, ".", stringify!($field))), self.$field, $min);)?)*
+                $(let ($s, $p) = (self, p); $check)?
+            }
+        }
     };
+}
+
+/// The variable that sets `key` (a field of a section).
+fn var(key: &str) -> &'static str {
+    super::names::name_of(key).unwrap_or_else(|| panic!("{key} has no LEARNVAULT_* variable in config::names::VARS"))
 }
 
 section! {
     /// PostgreSQL (`db`): the two connections and the runtime pool.
-    pub struct DatabaseSettings {
+    pub struct DatabaseSettings in "database" {
         /// Runtime connection (role `learnvault_app`, which owns nothing).
         pub url: SecretString = "postgres://learnvault_app@127.0.0.1:5432/learnvault".into(),
         /// Owner connection, used only for migrations (creates the database if missing).
         pub admin_url: SecretString = "postgres://postgres@127.0.0.1:5432/learnvault".into(),
         /// Runtime pool size.
-        pub max_connections: u32 = 16,
+        pub max_connections: u32 = 16 => at_least(1),
     }
-}
-
-impl Section for DatabaseSettings {
-    fn check(&self, p: &mut Problems) {
+    check(s, p) {
         use secrecy::ExposeSecret;
-        for (var, url) in [("LEARNVAULT_DATABASE_URL", &self.url), ("LEARNVAULT_ADMIN_DATABASE_URL", &self.admin_url)] {
+        for (var, url) in [("LEARNVAULT_DATABASE_URL", &s.url), ("LEARNVAULT_ADMIN_DATABASE_URL", &s.admin_url)] {
             let url = url.expose_secret();
             if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
                 // The URL may hold a password: never echoed.
                 p.push(format!("{var} must be a postgres:// URL"));
             }
         }
-        p.at_least("LEARNVAULT_DB_MAX_CONNECTIONS", self.max_connections, 1);
     }
 }
 
 section! {
     /// The identity vault (`vault`): its master key and single issuance.
-    pub struct VaultSettings {
+    pub struct VaultSettings in "vault" {
         /// Base64 of the 32-byte master key. Takes precedence over `master_key_file`.
         pub master_key: Option<SecretString> = None,
         /// File holding the base64 master key. In development generated (0600) with a warning if
         /// absent; production reads a key file only when this is set.
         pub master_key_file: Option<PathBuf> = None,
         /// Concurrent group-commit writers for single issuance.
-        pub issue_writers: usize = 2,
-    }
-}
-
-impl Section for VaultSettings {
-    fn check(&self, p: &mut Problems) {
-        p.at_least("LEARNVAULT_ISSUE_WRITERS", self.issue_writers, 1);
+        pub issue_writers: usize = 2 => at_least(1),
     }
 }
 
 section! {
     /// Token verification of the API (`auth`).
-    pub struct AuthSettings {
+    pub struct AuthSettings in "auth" {
         /// Required `iss`.
         pub jwt_issuer: String = "learnvault".into(),
         /// Required `aud`.
@@ -142,88 +150,65 @@ section! {
         /// `token mint` are refused.
         pub jwks_file: Option<PathBuf> = None,
     }
-}
-
-impl Section for AuthSettings {
-    fn check(&self, p: &mut Problems) {
-        p.not_blank("LEARNVAULT_JWT_ISSUER", &self.jwt_issuer);
-        p.not_blank("LEARNVAULT_JWT_AUDIENCE", &self.jwt_audience);
+    check(s, p) {
+        p.not_blank("LEARNVAULT_JWT_ISSUER", &s.jwt_issuer);
+        p.not_blank("LEARNVAULT_JWT_AUDIENCE", &s.jwt_audience);
     }
 }
 
 section! {
     /// The HTTP API's request limits (`api::Limits`).
-    pub struct ApiSettings {
+    pub struct ApiSettings in "api" {
         /// Request body limit for ordinary endpoints.
-        pub body_limit_bytes: usize = 64 * 1024,
+        pub body_limit_bytes: usize = 64 * 1024 => at_least(1),
         /// Request body limit for batch endpoints (batch issuance, ingest).
-        pub batch_body_limit_bytes: usize = 16 * 1024 * 1024,
+        pub batch_body_limit_bytes: usize = 16 * 1024 * 1024 => at_least(1),
         /// Maximum items in one batch call (batch issuance, batch erasure).
-        pub batch_max_items: usize = 10_000,
-    }
-}
-
-impl Section for ApiSettings {
-    fn check(&self, p: &mut Problems) {
-        p.at_least("LEARNVAULT_BODY_LIMIT_BYTES", self.body_limit_bytes, 1);
-        p.at_least("LEARNVAULT_BATCH_BODY_LIMIT_BYTES", self.batch_body_limit_bytes, 1);
-        p.at_least("LEARNVAULT_BATCH_MAX_ITEMS", self.batch_max_items, 1);
+        pub batch_max_items: usize = 10_000 => at_least(1),
     }
 }
 
 section! {
     /// The ingest gateway (`gateway`, `api/ingest.rs`).
-    pub struct GatewaySettings {
+    pub struct GatewaySettings in "gateway" {
         /// Events or statements in one `POST /v1/events` or xAPI request (413 `batch_too_large` above).
-        pub ingest_max_events: usize = 5_000,
+        pub ingest_max_events: usize = 5_000 => at_least(1),
         /// The gateway gives up on a broker acknowledgement after this (503, retry).
-        pub produce_timeout_ms: u64 = 5_000,
-    }
-}
-
-impl Section for GatewaySettings {
-    fn check(&self, p: &mut Problems) {
-        p.at_least("LEARNVAULT_INGEST_MAX_EVENTS", self.ingest_max_events, 1);
-        p.at_least("LEARNVAULT_PRODUCE_TIMEOUT_MS", self.produce_timeout_ms, 1);
+        pub produce_timeout_ms: u64 = 5_000 => at_least(1),
     }
 }
 
 section! {
     /// The warehouse (`warehouse`): where it lives and the embedded engine's resources.
-    pub struct WarehouseSettings {
+    pub struct WarehouseSettings in "warehouse" {
         /// `chdb:///data/path` (embedded engine; `chdb://` = the default path) or `http://user:pw@host:8123`.
         pub url: String = "chdb://".into(),
         /// Path of `libchdb.so` (installed by `ops/install-chdb.sh`; default: its cache).
         pub chdb_lib: Option<PathBuf> = None,
         /// Connections to the embedded engine (one per concurrent worker), plus one the engine keeps
         /// for the individual view's short reads (`Lane::Interactive`).
-        pub chdb_connections: usize = 3,
+        pub chdb_connections: usize = 3 => at_least(1),
         /// Threads of the embedded engine's merge and mutation pool (chDB's own default of 2 makes
         /// an erasure's mutations queue behind merges for tens of seconds).
-        pub chdb_background_pool: usize = 16,
+        pub chdb_background_pool: usize = 16 => at_least(1),
         /// Directory of the numbered ClickHouse migrations.
         pub migrations_dir: PathBuf = PathBuf::from("migrations/clickhouse"),
     }
-}
-
-impl Section for WarehouseSettings {
-    fn check(&self, p: &mut Problems) {
+    check(s, p) {
         // The schemes `Warehouse::open` accepts, from the one parser (its message names the variable).
         // (The URL may hold a password: never echoed.)
-        match crate::warehouse::Target::parse(&self.url, PathBuf::new()) {
+        match crate::warehouse::Target::parse(&s.url, PathBuf::new()) {
             Err(crate::warehouse::WarehouseError::Config(m)) => p.push(m),
             Err(e) => p.push(e.to_string()),
             Ok(_) => {}
         }
-        p.at_least("LEARNVAULT_CHDB_CONNECTIONS", self.chdb_connections, 1);
-        p.at_least("LEARNVAULT_CHDB_BACKGROUND_POOL", self.chdb_background_pool, 1);
     }
 }
 
 section! {
     /// The Kafka spine (`topics`, `envelope`): brokers, topics, and how learnvault's producers
     /// (the gateway, `dlq replay`, `loadgen`, the benches) write the events topic.
-    pub struct KafkaSettings {
+    pub struct KafkaSettings in "kafka" {
         /// Kafka bootstrap servers.
         pub brokers: String = "127.0.0.1:9092".into(),
         /// The events topic (partitioned by pseudonym; single events or envelopes).
@@ -231,7 +216,7 @@ section! {
         /// The dead-letter topic.
         pub dlq_topic: String = crate::topics::DEAD_LETTERS.into(),
         /// Partitions of the topics when learnvault creates them.
-        pub topic_partitions: i32 = 6,
+        pub topic_partitions: i32 = 6 => at_least(1),
         /// Kafka batch compression of event produce requests (gateway, loadgen, benches): `none`
         /// when envelopes are zstd frames already, `lz4` or `zstd` for single-event records.
         pub produce_compression: String = "none".into(),
@@ -242,6 +227,21 @@ section! {
         /// (default) or `none`; see `envelope`. The lander reads both.
         pub envelope_compression: crate::envelope::Compression = crate::envelope::Compression::Zstd,
     }
+    check(s, p) {
+        p.not_blank("LEARNVAULT_KAFKA_BROKERS", &s.brokers);
+        p.not_blank("LEARNVAULT_EVENTS_TOPIC", &s.events_topic);
+        p.not_blank("LEARNVAULT_DLQ_TOPIC", &s.dlq_topic);
+        if s.events_topic == s.dlq_topic {
+            p.push(format!("LEARNVAULT_DLQ_TOPIC must differ from LEARNVAULT_EVENTS_TOPIC (both {:?})", s.dlq_topic));
+        }
+        if !Self::PRODUCE_COMPRESSIONS.contains(&s.produce_compression.as_str()) {
+            p.push(format!(
+                "LEARNVAULT_PRODUCE_COMPRESSION must be one of {} (got {:?})",
+                Self::PRODUCE_COMPRESSIONS.join(", "),
+                s.produce_compression
+            ));
+        }
+    }
 }
 
 impl KafkaSettings {
@@ -249,37 +249,18 @@ impl KafkaSettings {
     pub const PRODUCE_COMPRESSIONS: [&'static str; 5] = ["none", "gzip", "snappy", "lz4", "zstd"];
 }
 
-impl Section for KafkaSettings {
-    fn check(&self, p: &mut Problems) {
-        p.not_blank("LEARNVAULT_KAFKA_BROKERS", &self.brokers);
-        p.not_blank("LEARNVAULT_EVENTS_TOPIC", &self.events_topic);
-        p.not_blank("LEARNVAULT_DLQ_TOPIC", &self.dlq_topic);
-        if self.events_topic == self.dlq_topic {
-            p.push(format!("LEARNVAULT_DLQ_TOPIC must differ from LEARNVAULT_EVENTS_TOPIC (both {:?})", self.dlq_topic));
-        }
-        p.at_least("LEARNVAULT_TOPIC_PARTITIONS", self.topic_partitions, 1);
-        if !Self::PRODUCE_COMPRESSIONS.contains(&self.produce_compression.as_str()) {
-            p.push(format!(
-                "LEARNVAULT_PRODUCE_COMPRESSION must be one of {} (got {:?})",
-                Self::PRODUCE_COMPRESSIONS.join(", "),
-                self.produce_compression
-            ));
-        }
-    }
-}
-
 section! {
     /// The lander (`lander`, `app::lander`): its consumer group, batches and commits.
-    pub struct LanderSettings {
+    pub struct LanderSettings in "lander" {
         /// Run the lander inside `serve` (the only process that can land on the embedded engine;
         /// `false` for an API-only `serve` beside `learnvault land` on a ClickHouse server).
         pub enabled: bool = true,
         /// The lander's consumer group.
         pub consumer_group: String = "learnvault-lander".into(),
         /// A partition's batch is flushed at this many records...
-        pub batch_rows: usize = 20_000,
+        pub batch_rows: usize = 20_000 => at_least(1),
         /// ...or this many bytes (an envelope record holds many events)...
-        pub batch_bytes: usize = 8 * 1024 * 1024,
+        pub batch_bytes: usize = 8 * 1024 * 1024 => at_least(1),
         /// ...or when its oldest event has waited this long (0: at every tick).
         pub batch_ms: u64 = 250,
         /// Attempts of a batch's offset commit (250 ms doubling to 5 s between them) before it is
@@ -289,7 +270,12 @@ section! {
         /// inserts while the ones before it finish; they commit in order).
         pub in_flight: usize = 2,
         /// Larger events are dead-lettered as `oversized`.
-        pub max_event_bytes: usize = 64 * 1024,
+        pub max_event_bytes: usize = 64 * 1024 => at_least(1),
+    }
+    check(s, p) {
+        p.not_blank("LEARNVAULT_CONSUMER_GROUP", &s.consumer_group);
+        p.range("LEARNVAULT_LANDER_COMMIT_ATTEMPTS", s.commit_attempts, 1..=crate::lander::MAX_COMMIT_ATTEMPTS);
+        p.range("LEARNVAULT_LANDER_IN_FLIGHT", s.in_flight, 1..=crate::lander::MAX_IN_FLIGHT);
     }
 }
 
@@ -300,20 +286,9 @@ impl LanderSettings {
     }
 }
 
-impl Section for LanderSettings {
-    fn check(&self, p: &mut Problems) {
-        p.not_blank("LEARNVAULT_CONSUMER_GROUP", &self.consumer_group);
-        p.at_least("LEARNVAULT_LANDER_BATCH_ROWS", self.batch_rows, 1);
-        p.at_least("LEARNVAULT_LANDER_BATCH_BYTES", self.batch_bytes, 1);
-        p.range("LEARNVAULT_LANDER_COMMIT_ATTEMPTS", self.commit_attempts, 1..=crate::lander::MAX_COMMIT_ATTEMPTS);
-        p.range("LEARNVAULT_LANDER_IN_FLIGHT", self.in_flight, 1..=crate::lander::MAX_IN_FLIGHT);
-        p.at_least("LEARNVAULT_MAX_EVENT_BYTES", self.max_event_bytes, 1);
-    }
-}
-
 section! {
     /// May an event land (`governance`, shared by the gateway and the lander).
-    pub struct GovernanceSettings {
+    pub struct GovernanceSettings in "governance" {
         /// How long the gateway and the lander trust a vault answer (an erasure takes effect
         /// within it; 0: ask every time).
         pub cache_ms: u64 = 2_000,
@@ -335,53 +310,37 @@ impl GovernanceSettings {
     }
 }
 
-impl Section for GovernanceSettings {
-    fn check(&self, _: &mut Problems) {}
-}
-
 section! {
     /// Idempotent ingest (`dedup`, shared by the gateway and the lander).
-    pub struct DedupSettings {
+    pub struct DedupSettings in "dedup" {
         /// An event id lands once within the window. Off only to measure what it costs
         /// (`bench lander --dedup-compare`): no event-id claims, no xAPI conflict check.
         pub enabled: bool = true,
         /// Days an event id (or xAPI statement id) is remembered; at least `dedup::MIN_WINDOW_DAYS`.
-        pub window_days: u32 = crate::dedup::MIN_WINDOW_DAYS,
-    }
-}
-
-impl Section for DedupSettings {
-    fn check(&self, p: &mut Problems) {
-        p.at_least("LEARNVAULT_INGEST_DEDUP_WINDOW_DAYS", self.window_days, crate::dedup::MIN_WINDOW_DAYS);
+        pub window_days: u32 = crate::dedup::MIN_WINDOW_DAYS => at_least(crate::dedup::MIN_WINDOW_DAYS),
     }
 }
 
 section! {
     /// Subject requests (`dsr`): the jobs inside `serve` and the access archives.
-    pub struct DsrSettings {
+    pub struct DsrSettings in "dsr" {
         /// Run subject-request jobs and the retention purge inside `serve`.
         pub jobs_enabled: bool = true,
         /// Where subject-access archives are written, sealed (default: under the data home).
         pub archive_dir: Option<PathBuf> = None,
         /// Rows per ClickHouse keyset page when subject access exports a table (the memory bound).
-        pub export_page_rows: u64 = 50_000,
-    }
-}
-
-impl Section for DsrSettings {
-    fn check(&self, p: &mut Problems) {
-        p.at_least("LEARNVAULT_DSR_EXPORT_PAGE_ROWS", self.export_page_rows, 1);
+        pub export_page_rows: u64 = 50_000 => at_least(1),
     }
 }
 
 section! {
     /// The audit log's checkpoints (`audit::checkpoint`).
-    pub struct AuditSettings {
+    pub struct AuditSettings in "audit" {
         /// The audit checkpoint store: signed heads of the audit chain, outside PostgreSQL
         /// (default: `audit-checkpoints` under the data home).
         pub checkpoint_dir: Option<PathBuf> = None,
         /// `serve` signs a checkpoint of the audit chain's head this often.
-        pub checkpoint_interval_secs: u64 = 300,
+        pub checkpoint_interval_secs: u64 = 300 => at_least(1),
     }
 }
 
@@ -392,15 +351,9 @@ impl AuditSettings {
     }
 }
 
-impl Section for AuditSettings {
-    fn check(&self, p: &mut Problems) {
-        p.at_least("LEARNVAULT_AUDIT_CHECKPOINT_INTERVAL_SECS", self.checkpoint_interval_secs, 1);
-    }
-}
-
 section! {
     /// The web console (`console`): sign-in links, sessions, OpenID Connect.
-    pub struct ConsoleSettings {
+    pub struct ConsoleSettings in "console" {
         /// The console's public base URL, for sign-in links (default: `http://` + `listen`).
         pub url: Option<String> = None,
         /// A console session ends after this many minutes without a request.
@@ -416,6 +369,28 @@ section! {
         pub oidc_client_id: String = "learnvault-console".into(),
         /// The console's client secret at the provider (none: a public client, PKCE only).
         pub oidc_client_secret: Option<SecretString> = None,
+    }
+    check(s, p) {
+        if let Some(url) = &s.url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                p.push(format!("LEARNVAULT_CONSOLE_URL must be an http(s) URL (got {url:?})"));
+            }
+        }
+        p.range("LEARNVAULT_CONSOLE_IDLE_MINUTES", s.idle_minutes, Self::IDLE_MINUTES);
+        if s.lifetime() < s.idle() || s.session_hours > Self::MAX_SESSION_HOURS {
+            p.push(format!(
+                "LEARNVAULT_CONSOLE_SESSION_HOURS must be at least the idle timeout and at most {} (got {})",
+                Self::MAX_SESSION_HOURS,
+                s.session_hours
+            ));
+        }
+        p.range("LEARNVAULT_CONSOLE_CODE_TTL_SECS", s.code_ttl_secs, Self::CODE_TTL_SECS);
+        if let Some(i) = &s.oidc_issuer {
+            if !(i.starts_with("https://") || i.starts_with("http://127.0.0.1") || i.starts_with("http://localhost")) {
+                p.push(format!("LEARNVAULT_OIDC_ISSUER must be https (plain http only on loopback; got {i:?})"));
+            }
+            p.not_blank("LEARNVAULT_OIDC_CLIENT_ID", &s.oidc_client_id);
+        }
     }
 }
 
@@ -437,27 +412,3 @@ impl ConsoleSettings {
     }
 }
 
-impl Section for ConsoleSettings {
-    fn check(&self, p: &mut Problems) {
-        if let Some(url) = &self.url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                p.push(format!("LEARNVAULT_CONSOLE_URL must be an http(s) URL (got {url:?})"));
-            }
-        }
-        p.range("LEARNVAULT_CONSOLE_IDLE_MINUTES", self.idle_minutes, Self::IDLE_MINUTES);
-        if self.lifetime() < self.idle() || self.session_hours > Self::MAX_SESSION_HOURS {
-            p.push(format!(
-                "LEARNVAULT_CONSOLE_SESSION_HOURS must be at least the idle timeout and at most {} (got {})",
-                Self::MAX_SESSION_HOURS,
-                self.session_hours
-            ));
-        }
-        p.range("LEARNVAULT_CONSOLE_CODE_TTL_SECS", self.code_ttl_secs, Self::CODE_TTL_SECS);
-        if let Some(i) = &self.oidc_issuer {
-            if !(i.starts_with("https://") || i.starts_with("http://127.0.0.1") || i.starts_with("http://localhost")) {
-                p.push(format!("LEARNVAULT_OIDC_ISSUER must be https (plain http only on loopback; got {i:?})"));
-            }
-            p.not_blank("LEARNVAULT_OIDC_CLIENT_ID", &self.oidc_client_id);
-        }
-    }
-}
