@@ -22,9 +22,10 @@ use crate::domain::Pseudonym;
 use crate::policy::Permission;
 use crate::serve::drilldown::Timeline;
 use crate::serve::engagement::Engagement;
-use crate::serve::funnel::Funnel;
+use crate::serve::funnel::{Funnel, FunnelCounts};
 use crate::serve::replays::Replays;
-use crate::serve::time_on_task::TimeOnTask;
+use crate::serve::time_on_task::{TimeOnTask, TimeOnTaskStats};
+use crate::serve::view::RangeView;
 use crate::serve::{Ident, Released, Serve, ServeError, Thresholds};
 use crate::vault::Subject;
 
@@ -147,7 +148,7 @@ pub struct EngagementQuery {
 /// `disclosure` reports thresholds, information loss and the attacker's audit.
 #[utoipa::path(get, path = "/v1/courses/{course_id}/funnel", tag = "analytics",
     params(CoursePath, RangeQuery),
-    responses((status = 200, body = Funnel, description = "the released funnel, plus `disclosure`"), ReleaseFailures))]
+    responses((status = 200, body = RangeView<FunnelCounts>, description = "the released funnel, plus `disclosure`"), ReleaseFailures))]
 async fn funnel(r: CohortRead<RangeQuery>) -> Result<Json<Released<Funnel>>, Error> {
     Ok(Json(r.sv.funnel(&r.course, &r.range()?, &r.t).await?))
 }
@@ -165,7 +166,7 @@ async fn engagement(r: CohortRead<EngagementQuery>) -> Result<Json<Released<Enga
 /// Per cohort and for the course: learners, and the quartiles of active
 /// minutes per learner-day. Released through disclosure control.
 #[utoipa::path(get, path = "/v1/courses/{course_id}/time-on-task", tag = "analytics", params(CoursePath, RangeQuery),
-    responses((status = 200, body = TimeOnTask, description = "the released statistics, plus `disclosure`"), ReleaseFailures))]
+    responses((status = 200, body = RangeView<TimeOnTaskStats>, description = "the released statistics, plus `disclosure`"), ReleaseFailures))]
 async fn time_on_task(r: CohortRead<RangeQuery>) -> Result<Json<Released<TimeOnTask>>, Error> {
     Ok(Json(r.sv.time_on_task(&r.course, &r.range()?, &r.t).await?))
 }

@@ -62,19 +62,22 @@ impl Outcome {
     }
 }
 
-/// An audit entry to append. Never put a raw identity in any field:
-/// targets are pseudonyms, details are codes and counts.
-#[derive(Debug, Clone)]
+/// What an audit entry records: appended as it is, and stored in an `Entry` with its sequence
+/// number, time and hashes. Never put a raw identity in any field: targets are pseudonyms,
+/// details are codes and counts.
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct NewEntry {
     pub request_id: Uuid,
     pub actor: String,
     pub roles: Vec<String>,
     pub institution: Option<String>,
     pub action: String,
+    #[serde(rename = "target_pseudonym")]
     pub target: Option<Uuid>,
     pub purpose: Option<String>,
     pub justification: Option<String>,
     pub outcome: Outcome,
+    #[schema(value_type = Object)]
     pub detail: Value,
 }
 
@@ -122,17 +125,9 @@ impl NewEntry {
 pub struct Entry {
     pub seq: i64,
     pub at: DateTime<Utc>,
-    pub request_id: Uuid,
-    pub actor: String,
-    pub roles: Vec<String>,
-    pub action: String,
-    pub institution: Option<String>,
-    pub outcome: String,
-    pub target_pseudonym: Option<Uuid>,
-    pub purpose: Option<String>,
-    pub justification: Option<String>,
-    #[schema(value_type = Object)]
-    pub detail: Value,
+    #[serde(flatten)]
+    #[schema(inline)]
+    pub entry: NewEntry,
     /// Hex SHA-256 of the previous row.
     pub prev_hash: String,
     /// Hex SHA-256 of this row.
@@ -279,25 +274,26 @@ pub async fn list(pool: &PgPool, f: &Filter) -> Result<Vec<Entry>, AuditError> {
     )
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| Entry {
-            seq: r.seq,
-            at: r.at,
-            request_id: r.request_id,
-            actor: r.actor,
-            roles: r.roles,
-            institution: r.institution_id,
-            action: r.action,
-            target_pseudonym: r.target_pseudonym,
-            purpose: r.purpose,
-            justification: r.justification,
-            outcome: r.outcome,
-            detail: r.detail,
-            prev_hash: hex::encode(r.prev_hash),
-            hash: hex::encode(r.hash),
+    rows.into_iter()
+        .map(|r| {
+            // The table's CHECK admits exactly the outcomes `Outcome` names.
+            let outcome = Outcome::parse(&r.outcome)
+                .ok_or_else(|| AuditError::Db(sqlx::Error::Decode(format!("audit row {}: outcome {:?}", r.seq, r.outcome).into())))?;
+            let entry = NewEntry {
+                request_id: r.request_id,
+                actor: r.actor,
+                roles: r.roles,
+                institution: r.institution_id,
+                action: r.action,
+                target: r.target_pseudonym,
+                purpose: r.purpose,
+                justification: r.justification,
+                outcome,
+                detail: r.detail,
+            };
+            Ok(Entry { seq: r.seq, at: r.at, entry, prev_hash: hex::encode(r.prev_hash), hash: hex::encode(r.hash) })
         })
-        .collect())
+        .collect()
 }
 
 /// Result of a chain verification.

@@ -15,7 +15,7 @@ use sqlx::{PgPool, Row};
 use std::time::Duration;
 
 /// Who a code or a session signs in: a token's claims.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct SessionClaims {
     pub sub: String,
     pub roles: Vec<String>,

@@ -17,6 +17,7 @@ use utoipa::ToSchema;
 use super::live::Rule;
 use super::disclosure::{count_rule, group_rule, seal, Cell, Layer, Released, Thresholds};
 use super::table::Table;
+use super::view::CohortRow;
 use super::{num, ServeError};
 
 /// Seconds of activity one heartbeat stands for.
@@ -35,15 +36,8 @@ pub struct Engagement {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct EngagementMinute {
     pub minute: String,
-    pub cohorts: Vec<EngagementCell>,
+    pub cohorts: Vec<CohortRow<EngagementCounts>>,
     pub total: EngagementCounts,
-}
-
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct EngagementCell {
-    pub cohort_id: String,
-    #[serde(flatten)]
-    pub counts: EngagementCounts,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -103,7 +97,7 @@ pub fn release(course: &str, minutes: u32, from: &str, rows: &[Value], t: &Thres
         .enumerate()
         .map(|(i, m)| EngagementMinute {
             minute: m.clone(),
-            cohorts: cohorts.iter().enumerate().map(|(j, c)| EngagementCell { cohort_id: c.clone(), counts: both(i * k + j) }).collect(),
+            cohorts: cohorts.iter().enumerate().map(|(j, c)| CohortRow::new(c, both(i * k + j))).collect(),
             total: both(n_inner + i),
         })
         .collect();

@@ -14,41 +14,29 @@ use super::live::Rule;
 use super::disclosure::{count_rule, ratio, seal, Cell, Layer, Released, Thresholds};
 use super::params::DateRange;
 use super::table::Table;
+use super::view::{CohortRow, RangeView};
 use super::{num, ServeError};
 
 pub const MEASURES: [&str; 4] = ["enrolled", "started", "completed", "assessed"];
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Funnel {
-    pub course_id: String,
-    pub from: String,
-    pub to: String,
-    pub cohorts: Vec<FunnelRow>,
-    pub total: FunnelCounts,
-}
+/// The funnel of a course over a date range, per cohort and in total.
+pub type Funnel = RangeView<FunnelCounts>;
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct FunnelRow {
-    pub cohort_id: String,
-    #[serde(flatten)]
-    pub counts: FunnelCounts,
-}
-
-/// Learners at each step, and each step's share of `enrolled`.
+/// Learners enrolled and at each later step, and each step's share of `enrolled`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct FunnelCounts {
     pub enrolled: Cell<u64>,
-    pub started: Cell<u64>,
-    pub completed: Cell<u64>,
-    pub assessed: Cell<u64>,
-    pub conversion: Conversion,
+    #[serde(flatten)]
+    pub steps: Steps<Cell<u64>>,
+    pub conversion: Steps<Cell<f64>>,
 }
 
+/// The steps after enrolment, each a `T`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Conversion {
-    pub started: Cell<f64>,
-    pub completed: Cell<f64>,
-    pub assessed: Cell<f64>,
+pub struct Steps<T> {
+    pub started: T,
+    pub completed: T,
+    pub assessed: T,
 }
 
 /// The model: `values[k][m]` for cohort `k` and measure `m`; cell `k*4+m`,
@@ -102,21 +90,11 @@ pub fn release(course: &str, range: &DateRange, rows: &[Value], t: &Thresholds, 
     }
     let counts = |base: usize| {
         let [e, s, c, a] = [0, 1, 2, 3].map(|m| layer.count(base + m));
-        FunnelCounts {
-            conversion: Conversion { started: ratio(&s, &e, t), completed: ratio(&c, &e, t), assessed: ratio(&a, &e, t) },
-            enrolled: e,
-            started: s,
-            completed: c,
-            assessed: a,
-        }
+        let conversion = Steps { started: ratio(&s, &e, t), completed: ratio(&c, &e, t), assessed: ratio(&a, &e, t) };
+        FunnelCounts { enrolled: e, steps: Steps { started: s, completed: c, assessed: a }, conversion }
     };
-    let body = Funnel {
-        course_id: course.to_owned(),
-        from: range.from.to_string(),
-        to: range.to.to_string(),
-        cohorts: cohorts.iter().enumerate().map(|(k, c)| FunnelRow { cohort_id: c.clone(), counts: counts(k * 4) }).collect(),
-        total: counts(cohorts.len() * 4),
-    };
+    let rows = cohorts.iter().enumerate().map(|(k, c)| CohortRow::new(c, counts(k * 4))).collect();
+    let body = Funnel::new(course, range, rows, counts(cohorts.len() * 4));
     seal(body, &[&layer], *t).ok_or(ServeError::AuditFailed("funnel"))
 }
 

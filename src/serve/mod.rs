@@ -62,6 +62,7 @@ pub mod replays;
 pub mod suppress;
 pub mod table;
 pub mod time_on_task;
+pub mod view;
 
 pub use config::Config;
 pub use disclosure::{Released, Thresholds};

@@ -13,23 +13,11 @@ use utoipa::ToSchema;
 use super::disclosure::{count_rule, seal, statistic, Cell, Layer, Released, Thresholds};
 use super::params::DateRange;
 use super::table::Table;
+use super::view::{CohortRow, RangeView};
 use super::{num, ServeError};
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct TimeOnTask {
-    pub course_id: String,
-    pub from: String,
-    pub to: String,
-    pub cohorts: Vec<TimeOnTaskRow>,
-    pub total: TimeOnTaskStats,
-}
-
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct TimeOnTaskRow {
-    pub cohort_id: String,
-    #[serde(flatten)]
-    pub stats: TimeOnTaskStats,
-}
+/// Time on task in a course over a date range, per cohort and in total.
+pub type TimeOnTask = RangeView<TimeOnTaskStats>;
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct TimeOnTaskStats {
@@ -93,13 +81,8 @@ pub fn release(course: &str, range: &DateRange, rows: &[Value], t: &Thresholds) 
             p75: statistic(row.q[2], row.learners as u64, t),
         },
     };
-    let body = TimeOnTask {
-        course_id: course.to_owned(),
-        from: range.from.to_string(),
-        to: range.to.to_string(),
-        cohorts: cohorts.iter().enumerate().map(|(i, c)| TimeOnTaskRow { cohort_id: c.cohort.clone(), stats: stats(i, c) }).collect(),
-        total: stats(cohorts.len(), &total),
-    };
+    let rows = cohorts.iter().enumerate().map(|(i, c)| CohortRow::new(&c.cohort, stats(i, c))).collect();
+    let body = TimeOnTask::new(course, range, rows, stats(cohorts.len(), &total));
     seal(body, &[&layer], *t).ok_or(ServeError::AuditFailed("time_on_task"))
 }
 

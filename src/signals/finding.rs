@@ -43,10 +43,10 @@ pub struct ContextCount {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finding {
     pub kind: Kind,
-    /// The learners it is about (pseudonyms); empty for a content defect.
-    pub subjects: Vec<Uuid>,
     /// The day the finding is about (the evaluated day).
     pub day: NaiveDate,
+    /// The learners it is about (pseudonyms); empty for a content defect.
+    pub subjects: Vec<Uuid>,
     pub institution: String,
     pub course: String,
     pub content: Option<String>,

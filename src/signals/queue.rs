@@ -77,12 +77,12 @@ pub struct SignalItemSummary {
     pub id: Uuid,
     pub kind: Kind,
     pub state: State,
+    pub created_at: DateTime<Utc>,
+    /// The day the finding is about.
+    pub event_date: NaiveDate,
     pub institution_id: String,
     pub course_id: String,
     pub content_id: Option<String>,
-    /// The day the finding is about.
-    pub event_date: NaiveDate,
-    pub created_at: DateTime<Utc>,
 }
 
 /// One item with its evidence.

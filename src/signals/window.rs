@@ -109,7 +109,7 @@ pub struct SubmitRow {
 }
 
 /// Rows for `from..=to`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Data {
     pub replays: Vec<ReplayRow>,
     pub viewers: Vec<ViewerRow>,

@@ -181,9 +181,10 @@ async fn render(
     for (course, institutions) in serve.courses().await.unwrap_or_default() {
         let Ok(c) = crate::serve::Ident::parse("course_id", &course) else { continue };
         let Ok(f) = serve.funnel(&c, &range, &serve.thresholds(&institutions)).await else { continue };
-        let rows = f.body().cohorts.iter().map(|r| (r.cohort_id.clone(), &r.counts)).chain([(format!("{course} total"), &f.body().total)]);
+        let rows = f.body().cohorts.iter().map(|r| (r.cohort_id.clone(), &r.values)).chain([(format!("{course} total"), &f.body().total)]);
         for (name, k) in rows {
-            let _ = writeln!(s, "  {:<32} {:>9} {:>9} {:>10} {:>9}", name, show(&k.enrolled), show(&k.started), show(&k.completed), show(&k.assessed));
+            let (e, st) = (show(&k.enrolled), &k.steps);
+            let _ = writeln!(s, "  {:<32} {e:>9} {:>9} {:>10} {:>9}", name, show(&st.started), show(&st.completed), show(&st.assessed));
         }
     }
     let replays = wh
