@@ -26,10 +26,11 @@ pub const HEARTBEAT_SECONDS: f64 = 30.0;
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Engagement {
     pub course_id: String,
-    pub minutes: u32,
-    /// Start of the window (UTC, inclusive).
-    pub from: String,
+    /// The cohorts, in the order of each row's `cohorts`.
     pub cohorts: Vec<String>,
+    /// The window: `minutes` from `from` (UTC, inclusive), a row per minute.
+    pub minutes: u32,
+    pub from: String,
     pub rows: Vec<EngagementMinute>,
 }
 

@@ -43,14 +43,15 @@ pub struct ContextCount {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finding {
     pub kind: Kind,
-    /// The day the finding is about (the evaluated day).
-    pub day: NaiveDate,
-    /// The learners it is about (pseudonyms); empty for a content defect.
-    pub subjects: Vec<Uuid>,
+    /// Where: the course (of an institution), and the content item or cohort when it is about one.
     pub institution: String,
     pub course: String,
     pub content: Option<String>,
     pub cohort: Option<String>,
+    /// The day the finding is about (the evaluated day).
+    pub day: NaiveDate,
+    /// The learners it is about (pseudonyms); empty for a content defect.
+    pub subjects: Vec<Uuid>,
     /// The statistic, its baseline and the band outside which it was flagged.
     pub statistic: f64,
     pub baseline: f64,
