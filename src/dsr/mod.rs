@@ -127,14 +127,17 @@ fn job_from_row(r: &sqlx::postgres::PgRow) -> Result<Job, sqlx::Error> {
 #[derive(Debug, Clone)]
 pub struct Request {
     pub kind: Kind,
+    /// The subjects of a batch erasure; empty for one subject, named by `pseudonym` (nil
+    /// for a batch).
+    pub subjects: Vec<Uuid>,
     pub pseudonym: Uuid,
+    /// The DPO's case number.
+    pub reference: Option<String>,
+    /// Whose subjects, and who asked (token `sub`, roles, request id).
     pub institution: String,
     pub requested_by: String,
     pub roles: Vec<String>,
     pub request_id: Uuid,
-    pub reference: Option<String>,
-    /// The subjects of a batch erasure (`pseudonym` is then nil).
-    pub subjects: Vec<Uuid>,
 }
 
 /// Everything a job needs: the stores (from the data map) and the engines.
