@@ -169,22 +169,33 @@ async fn render(
         ls.last_freshness_ms.load(Ordering::Relaxed)
     );
     // The funnel as an instructor sees it: released through disclosure control.
-    let _ = writeln!(s, "\x1b[1mlive funnel per cohort\x1b[0m (GET /v1/courses/{{course}}/funnel, today; <10 small cell, (c) complementary)");
+    let _ = writeln!(
+        s,
+        "\x1b[1mlive funnel per cohort\x1b[0m (GET /v1/courses/{{course}}/funnel, today; withheld: <n small cell, (x) everyone of a small group, \
+         (c) complementary, (d) derived, (s) sticky)"
+    );
     let _ = writeln!(s, "  {:<32} {:>9} {:>9} {:>10} {:>9}", "cohort", "enrolled", "started", "completed", "assessed");
     let today = chrono::Utc::now().date_naive();
     let range = crate::serve::DateRange { from: today - chrono::Duration::days(1), to: today };
-    let show = |c: &crate::serve::disclosure::Cell<u64>| match (c.value(), c.suppressed()) {
-        (Some(v), _) => v.to_string(),
-        (None, Some(crate::serve::disclosure::Reason::Complementary)) => "(c)".into(),
-        (None, _) => "<10".into(),
+    let show = |c: &crate::serve::disclosure::Cell<u64>, min_cell: u64| {
+        use crate::serve::disclosure::Reason;
+        match (c.value(), c.suppressed()) {
+            (Some(v), _) => v.to_string(),
+            (None, Some(Reason::ExtremeShare | Reason::SmallGroup)) => "(x)".into(),
+            (None, Some(Reason::Complementary)) => "(c)".into(),
+            (None, Some(Reason::DerivedFromWithheld)) => "(d)".into(),
+            (None, Some(Reason::Sticky)) => "(s)".into(),
+            (None, Some(Reason::SmallCell) | None) => format!("<{min_cell}"),
+        }
     };
     for (course, institutions) in serve.courses().await.unwrap_or_default() {
         let Ok(c) = crate::serve::Ident::parse("course_id", &course) else { continue };
-        let Ok(f) = serve.funnel(&c, &range, &serve.thresholds(&institutions)).await else { continue };
+        let t = serve.thresholds(&institutions);
+        let Ok(f) = serve.funnel(&c, &range, &t).await else { continue };
         let rows = f.body().cohorts.iter().map(|r| (r.cohort_id.clone(), &r.values)).chain([(format!("{course} total"), &f.body().total)]);
         for (name, k) in rows {
-            let (e, st) = (show(&k.enrolled), &k.steps);
-            let _ = writeln!(s, "  {:<32} {e:>9} {:>9} {:>10} {:>9}", name, show(&st.started), show(&st.completed), show(&st.assessed));
+            let [e, st, co, a] = [&k.enrolled, &k.steps.started, &k.steps.completed, &k.steps.assessed].map(|c| show(c, t.min_cell));
+            let _ = writeln!(s, "  {:<32} {e:>9} {st:>9} {co:>10} {a:>9}", name);
         }
     }
     let replays = wh
