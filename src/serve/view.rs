@@ -2,6 +2,10 @@
 //! and the view's values, flattened) and, for the views over a date range, the envelope
 //! ([`RangeView`]: the course, the range, a row per cohort and the course total). What the
 //! values are, and how they are released, is each view's.
+//!
+//! In `#[utoipa::path(..., body = ...)]` write the generic (`RangeView<FunnelCounts>`), never
+//! an alias of it (`Funnel`): utoipa names a schema by the path it is given, so two aliases of
+//! `RangeView` would both be `RangeView`, one overwriting the other in the document.
 
 use serde::Serialize;
 use utoipa::ToSchema;
