@@ -645,6 +645,15 @@ fn the_openapi_document_lists_the_read_path_and_its_statuses() {
             assert!(op["responses"][s].is_object(), "{method} {path}: status {s} not documented");
         }
     }
+    // Each view's 200 names its own body: the funnel's total has the steps' conversion, time
+    // on task's its statistics (two views sharing `RangeView<T>` must not share one schema).
+    let total = |path: &str| {
+        let r = doc["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].as_str().unwrap_or_default();
+        doc["components"]["schemas"][r.rsplit('/').next().unwrap()]["properties"]["total"].to_string()
+    };
+    let (funnel, time) = (total("/v1/courses/{course_id}/funnel"), total("/v1/courses/{course_id}/time-on-task"));
+    assert!(funnel.contains("\"conversion\"") && !funnel.contains("active_minutes_per_learner_day"), "{funnel}");
+    assert!(time.contains("\"active_minutes_per_learner_day\"") && !time.contains("conversion"), "{time}");
 }
 
 /// The released tables for BI tools: every view as the API releases it; no
