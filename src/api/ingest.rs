@@ -53,6 +53,8 @@ impl From<gateway::GatewayError> for Error {
         match e {
             gateway::GatewayError::Vault(v) => v.into(),
             gateway::GatewayError::Db(d) => d.into(),
+            // Start-up errors: a running gateway does not answer with them.
+            other => Error::Internal(other.to_string()),
         }
     }
 }

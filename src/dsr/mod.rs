@@ -43,6 +43,9 @@ pub const DEADLINE_DAYS: i64 = 30;
 const LEASE_SECS: i64 = 120;
 const MAX_ATTEMPTS: i32 = 5;
 
+/// Subject-request jobs ended, by kind and outcome (a counter).
+pub const JOBS: &str = "learnvault_dsr_jobs_total";
+
 #[derive(Debug, thiserror::Error)]
 pub enum DsrError {
     /// The request's own failures.
@@ -358,11 +361,11 @@ impl Dsr {
         };
         match outcome {
             Ok(()) => {
-                metrics::counter!("learnvault_dsr_jobs_total", "kind" => job.kind.clone(), "outcome" => "done").increment(1);
+                metrics::counter!(JOBS, "kind" => job.kind.clone(), "outcome" => "done").increment(1);
                 tracing::info!(job = %job.id, kind = %job.kind, "dsr job done");
             }
             Err(e) => {
-                metrics::counter!("learnvault_dsr_jobs_total", "kind" => job.kind.clone(), "outcome" => "error").increment(1);
+                metrics::counter!(JOBS, "kind" => job.kind.clone(), "outcome" => "error").increment(1);
                 tracing::warn!(job = %job.id, kind = %job.kind, step = %job.step, error = %e, "dsr job step failed");
                 self.fail(&job, &e).await?;
             }

@@ -51,6 +51,14 @@ pub enum GatewayError {
     /// Issuing pseudonyms, or an identity refused.
     #[error(transparent)]
     Vault(#[from] VaultError),
+    /// At start-up: the producer could not be made.
+    #[error("kafka producer: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// At start-up: the taxonomy or a policy file the gateway reads.
+    #[error(transparent)]
+    Taxonomy(#[from] crate::taxonomy::TaxonomyError),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
 }
 
 /// One event as received, its identity (if named by one) already split off.
@@ -149,6 +157,9 @@ pub enum Status {
 /// How long the gateway trusts the events topic's partition count.
 const PARTITIONS_REFRESH: Duration = Duration::from_secs(300);
 
+/// Events the gateway refused, by reason (a counter).
+pub const REJECTS: &str = "learnvault_gateway_rejects_total";
+
 pub struct Gateway {
     producer: FutureProducer,
     topic: String,
@@ -172,7 +183,7 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(settings: &Settings, vault: Vault, analytics_default: bool) -> anyhow::Result<Gateway> {
+    pub fn new(settings: &Settings, vault: Vault, analytics_default: bool) -> Result<Gateway, GatewayError> {
         let producer: FutureProducer = crate::envelope::producer_config(&settings.kafka.brokers, &settings.kafka.produce_compression)
             .set("linger.ms", "2")
             .set("queue.buffering.max.messages", "1000000")
@@ -430,7 +441,7 @@ impl Gateway {
                 };
                 let dl = DeadLetter::new(code, detail, Stage::Gateway, None, Refused::Json(payload), &cx, None, None);
                 dead.push(async move { self.dead.send(&dl).await.is_ok() });
-                metrics::counter!("learnvault_gateway_rejects_total", "reason" => code.clone()).increment(1);
+                metrics::counter!(REJECTS, "reason" => code.clone()).increment(1);
             }
         }
         let (sent, dead) = tokio::join!(futures::future::join_all(sends), futures::future::join_all(dead));
@@ -502,7 +513,7 @@ impl Gateway {
         let cx = crate::redact::Context { external_ids: &[], protected: Some(&self.protected) };
         let dl = DeadLetter::new(code, detail, Stage::Gateway, None, Refused::Json(payload), &cx, None, None);
         let ok = self.dead.send(&dl).await.is_ok();
-        metrics::counter!("learnvault_gateway_rejects_total", "reason" => code.to_owned()).increment(1);
+        metrics::counter!(REJECTS, "reason" => code.to_owned()).increment(1);
         ok
     }
 }

@@ -11,6 +11,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::sync::Mutex;
 
+/// 1 while the lander is stalled on `cause` (a gauge).
+pub const STALLED: &str = "learnvault_lander_stalled";
+
 /// What a stalled lander waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -53,7 +56,7 @@ pub(super) fn stalled(cause: Cause, error: &dyn std::fmt::Display) {
         Some(s) => s.error = error,
         None => stalls.push(Stall { cause, error, since: Utc::now() }),
     }
-    metrics::gauge!("learnvault_lander_stalled", "cause" => cause.as_str()).set(1.0);
+    metrics::gauge!(STALLED, "cause" => cause.as_str()).set(1.0);
 }
 
 /// A call for `cause` succeeded.
@@ -61,7 +64,7 @@ pub(super) fn recovered(cause: Cause) {
     let mut stalls = STALLS.lock().expect("stalls lock");
     if let Some(i) = stalls.iter().position(|s| s.cause == cause) {
         stalls.remove(i);
-        metrics::gauge!("learnvault_lander_stalled", "cause" => cause.as_str()).set(0.0);
+        metrics::gauge!(STALLED, "cause" => cause.as_str()).set(0.0);
     }
 }
 

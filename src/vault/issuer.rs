@@ -56,7 +56,7 @@ async fn run(pool: PgPool, master: MasterKey, rx: Arc<Mutex<mpsc::Receiver<Job>>
         match commit(&pool, &master, &mut jobs).await {
             Ok(results) => {
                 let created = results.iter().filter(|r| r.created).count();
-                metrics::counter!("learnvault_pseudonyms_issued_total").increment(created as u64);
+                metrics::counter!(super::ISSUED).increment(created as u64);
                 for (job, r) in jobs.drain(..).zip(results) {
                     let _ = job.done.send(Ok(r));
                 }

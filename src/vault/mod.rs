@@ -37,6 +37,9 @@ pub use issuer::Issuer;
 pub const MAX_IDENTITY_BYTES: usize = 8 * 1024;
 const MAX_IDENTITY_FIELDS: usize = 32;
 
+/// Pseudonyms newly issued (a counter; single and batch issuance).
+pub const ISSUED: &str = "learnvault_pseudonyms_issued_total";
+
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
     #[error(transparent)]
@@ -391,7 +394,7 @@ impl Vault {
         audit.detail = serde_json::json!({"count": out.len(), "created": created});
         audit::append(&mut tx, std::slice::from_ref(&audit)).await?;
         tx.commit().await?;
-        metrics::counter!("learnvault_pseudonyms_issued_total").increment(created as u64);
+        metrics::counter!(ISSUED).increment(created as u64);
         Ok(out)
     }
 

@@ -98,7 +98,7 @@ async fn live(settings: &Settings, state: crate::api::AppState, wh: &Warehouse, 
         let accepted = hs.accepted.load(Ordering::Relaxed) + xs.accepted.load(Ordering::Relaxed);
         let landed = lstats.landed.load(Ordering::Relaxed);
         let dt = last_t.elapsed().as_secs_f64().max(0.001);
-        let screen = render(wh, &serve, &hs, &xs, &lstats, started.elapsed(), (accepted - last_acc) as f64 / dt, (landed - last_landed) as f64 / dt, &base).await;
+        let screen = render(&serve, &hs, &xs, &lstats, started.elapsed(), (accepted - last_acc) as f64 / dt, (landed - last_landed) as f64 / dt, &base).await;
         let queues = super::signals::screen(&pool, &truth).await;
         print!("\x1b[H\x1b[2J{screen}{queues}{console}");
         (last_acc, last_landed, last_t) = (accepted, landed, Instant::now());
@@ -111,7 +111,7 @@ async fn live(settings: &Settings, state: crate::api::AppState, wh: &Warehouse, 
     while lstats.landed.load(Ordering::Relaxed) + lstats.rejected.load(Ordering::Relaxed) < accepted() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let screen = render(wh, &serve, &hs, &xs, &lstats, started.elapsed(), 0.0, 0.0, &base).await;
+    let screen = render(&serve, &hs, &xs, &lstats, started.elapsed(), 0.0, 0.0, &base).await;
     let queues = super::signals::screen(&pool, &truth).await;
     print!("\x1b[H\x1b[2J{screen}{queues}");
     let _ = stop_tx.send(true);
@@ -127,7 +127,6 @@ async fn live(settings: &Settings, state: crate::api::AppState, wh: &Warehouse, 
 
 #[allow(clippy::too_many_arguments)]
 async fn render(
-    wh: &Warehouse,
     serve: &crate::serve::Serve,
     hs: &LoadStats,
     xs: &LoadStats,
@@ -177,50 +176,30 @@ async fn render(
     let _ = writeln!(s, "  {:<32} {:>9} {:>9} {:>10} {:>9}", "cohort", "enrolled", "started", "completed", "assessed");
     let today = chrono::Utc::now().date_naive();
     let range = crate::serve::DateRange { from: today - chrono::Duration::days(1), to: today };
-    let show = |c: &crate::serve::disclosure::Cell<u64>, min_cell: u64| {
-        use crate::serve::disclosure::Reason;
-        match (c.value(), c.suppressed()) {
-            (Some(v), _) => v.to_string(),
-            (None, Some(Reason::ExtremeShare | Reason::SmallGroup)) => "(x)".into(),
-            (None, Some(Reason::Complementary)) => "(c)".into(),
-            (None, Some(Reason::DerivedFromWithheld)) => "(d)".into(),
-            (None, Some(Reason::Sticky)) => "(s)".into(),
-            (None, Some(Reason::SmallCell) | None) => format!("<{min_cell}"),
-        }
-    };
+    let mut segments = Vec::new();
     for (course, institutions) in serve.courses().await.unwrap_or_default() {
         let Ok(c) = crate::serve::Ident::parse("course_id", &course) else { continue };
         let t = serve.thresholds(&institutions);
         let Ok(f) = serve.funnel(&c, &range, &t).await else { continue };
         let rows = f.body().cohorts.iter().map(|r| (r.cohort_id.clone(), &r.values)).chain([(format!("{course} total"), &f.body().total)]);
         for (name, k) in rows {
-            let [e, st, co, a] = [&k.enrolled, &k.steps.started, &k.steps.completed, &k.steps.assessed].map(|c| show(c, t.min_cell));
+            let [e, st, co, a] = [&k.enrolled, &k.steps.started, &k.steps.completed, &k.steps.assessed].map(|c| super::released(c, t.min_cell));
             let _ = writeln!(s, "  {:<32} {e:>9} {st:>9} {co:>10} {a:>9}", name);
         }
+        segments.extend(super::top_segments(serve, &c, &range, &t, 3).await.into_iter().map(|(content, b)| (content, b, t.min_cell)));
     }
-    let replays = wh
-        .query(
-            "SELECT content_id, position_bucket, sum(replays) AS replays, sum(pauses) AS pauses, uniqMerge(learners) AS learners
-             FROM agg.content_replays_daily WHERE event_date >= today() - 1
-             GROUP BY content_id, position_bucket ORDER BY replays DESC LIMIT 3",
-            &[],
-        )
-        .await
-        .unwrap_or_default();
-    let _ = writeln!(s, "\n\x1b[1mmost-replayed segments\x1b[0m (agg.content_replays_daily: a content-defect signal)");
-    for r in &replays {
-        let b = crate::dsr::num(&r["position_bucket"]);
+    segments.sort_by_key(|(_, b, _)| std::cmp::Reverse(b.replays.value()));
+    let _ = writeln!(s, "\n\x1b[1mmost-replayed segments\x1b[0m (GET /v1/content/{{content}}/replays, released: a content-defect signal)");
+    for (content, b, m) in segments.iter().take(3) {
+        let p = b.position_sec;
+        let [r, pa, l] = [&b.replays, &b.pauses, &b.learners].map(|c| super::released(c, *m));
         let _ = writeln!(
             s,
-            "  {:<10} {:>2}:{:02}-{:>2}:{:02}  replays {:>6}  pauses {:>6}  learners {:>5}",
-            r["content_id"].as_str().unwrap_or("?"),
-            b / 60,
-            b % 60,
-            (b + 10) / 60,
-            (b + 10) % 60,
-            crate::dsr::num(&r["replays"]),
-            crate::dsr::num(&r["pauses"]),
-            crate::dsr::num(&r["learners"])
+            "  {content:<10} {:>2}:{:02}-{:>2}:{:02}  replays {r:>6}  pauses {pa:>6}  learners {l:>5}",
+            p / 60,
+            p % 60,
+            (p + 10) / 60,
+            (p + 10) % 60
         );
     }
     s

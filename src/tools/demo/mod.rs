@@ -203,6 +203,42 @@ pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
+/// A released count as the demo prints it: its value, or why it is withheld (`<n` a small cell
+/// under the institution's `min_cell`, `(x)` everyone of a small group, `(c)` complementary,
+/// `(d)` derived from a withheld cell, `(s)` withheld earlier in a live stream).
+pub(super) fn released(c: &crate::serve::disclosure::Cell<u64>, min_cell: u64) -> String {
+    use crate::serve::disclosure::Reason;
+    match (c.value(), c.suppressed()) {
+        (Some(v), _) => v.to_string(),
+        (None, Some(Reason::ExtremeShare | Reason::SmallGroup)) => "(x)".into(),
+        (None, Some(Reason::Complementary)) => "(c)".into(),
+        (None, Some(Reason::DerivedFromWithheld)) => "(d)".into(),
+        (None, Some(Reason::Sticky)) => "(s)".into(),
+        (None, Some(Reason::SmallCell) | None) => format!("<{min_cell}"),
+    }
+}
+
+/// The most replayed released buckets of `course` over `range` (at most `n`), through the read
+/// path (`Serve::replays`, disclosure control included), most replays first; a bucket whose
+/// replays are withheld is not ranked.
+pub(super) async fn top_segments(
+    serve: &crate::serve::Serve,
+    course: &crate::serve::Ident,
+    range: &crate::serve::DateRange,
+    t: &crate::serve::Thresholds,
+    n: usize,
+) -> Vec<(String, crate::serve::replays::ReplayBucket)> {
+    let mut out = Vec::new();
+    for content in serve.contents(course).await.unwrap_or_default() {
+        let Ok(id) = crate::serve::Ident::parse("content_id", &content) else { continue };
+        let Ok(r) = serve.replays(course, &id, range, t).await else { continue };
+        out.extend(r.body().buckets.iter().filter(|b| b.replays.value().is_some()).map(|b| (content.clone(), b.clone())));
+    }
+    out.sort_by_key(|(_, b)| std::cmp::Reverse(b.replays.value()));
+    out.truncate(n);
+    out
+}
+
 fn redact_url(settings: &Settings) -> String {
     let url = secrecy::ExposeSecret::expose_secret(&settings.database.url).to_owned();
     match url.rsplit_once('/') {
@@ -288,35 +324,27 @@ async fn spine(settings: &Settings, cohort: &[String], withdrawn: &str) -> anyho
         );
         let _ = stop.send(());
         handle.await??;
-        let funnel = wh
-            .query(
-                "SELECT cohort_id, uniqMerge(learners) AS enrolled, uniqMerge(started) AS started, uniqMerge(completed) AS completed,
-                        uniqMerge(assessed) AS assessed
-                 FROM agg.funnel_by_cohort WHERE course_id = {course:String} AND event_date >= today() - 27 GROUP BY cohort_id ORDER BY cohort_id",
-                &[("course", "cs101".into())],
-            )
-            .await?;
-        println!("  funnel (agg.funnel_by_cohort, cs101):");
-        for r in &funnel {
-            println!("    {:<9} enrolled={} started={} completed={} assessed={}", r["cohort_id"].as_str().unwrap_or(""), r["enrolled"], r["started"], r["completed"], r["assessed"]);
+        // What an instructor is shown: the rollups through the read path (disclosure control).
+        let serve = crate::serve::Serve::new(wh.clone(), crate::serve::Config::load(&settings.policy_dir)?)?;
+        let course = crate::serve::Ident::parse("course_id", "cs101")?;
+        let t = serve.thresholds(&["uni-north".to_owned()]);
+        let today = chrono::Utc::now().date_naive();
+        let range = crate::serve::DateRange { from: today - chrono::Duration::days(27), to: today };
+        let f = serve.funnel(&course, &range, &t).await?;
+        println!("  funnel of cs101 as released (GET /v1/courses/cs101/funnel; withheld: <{} small cell, (x) everyone of a small group):", t.min_cell);
+        for r in &f.body().cohorts {
+            let (k, m) = (&r.values, t.min_cell);
+            let [e, s, c, a] = [&k.enrolled, &k.steps.started, &k.steps.completed, &k.steps.assessed].map(|x| released(x, m));
+            println!("    {:<9} enrolled={e} started={s} completed={c} assessed={a}", r.cohort_id);
         }
-        let seg = wh
-            .query(
-                "SELECT content_id, position_bucket, sum(replays) AS replays, sum(pauses) AS pauses, uniqMerge(learners) AS learners
-                 FROM agg.content_replays_daily WHERE course_id = {course:String} GROUP BY content_id, position_bucket
-                 ORDER BY replays + pauses DESC LIMIT 1",
-                &[("course", "cs101".into())],
-            )
-            .await?;
-        if let Some(r) = seg.first() {
+        if let Some((content, b)) = top_segments(&serve, &course, &range, &t, 1).await.first() {
             println!(
-                "  most replayed segment (agg.content_replays_daily): {} at {}s..{}s: {} replays, {} pauses by {} learners",
-                r["content_id"].as_str().unwrap_or(""),
-                r["position_bucket"],
-                r["position_bucket"].as_u64().unwrap_or(0) + 10,
-                r["replays"],
-                r["pauses"],
-                r["learners"]
+                "  most replayed segment (GET /v1/content/{content}/replays): {}s..{}s: {} replays, {} pauses by {} learners",
+                b.position_sec,
+                b.position_sec + 10,
+                released(&b.replays, t.min_cell),
+                released(&b.pauses, t.min_cell),
+                released(&b.learners, t.min_cell)
             );
         }
         println!("  dead letters go to {} with a typed reason (no_consent, unknown_pseudonym, protected_attribute, unknown_version)", settings.kafka.dlq_topic);
