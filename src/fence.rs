@@ -34,21 +34,21 @@ pub const LIVE: Duration = Duration::from_secs(10);
 
 /// The current epoch (0 before any erasure).
 pub async fn current_epoch(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM erasure_epoch").fetch_one(pool).await
+    sqlx::query_scalar!(r#"SELECT CASE WHEN is_called THEN last_value ELSE 0 END AS "epoch!" FROM erasure_epoch"#).fetch_one(pool).await
 }
 
 /// Advance the epoch (call after the tombstone committed); returns the new epoch.
 pub async fn advance(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT nextval('erasure_epoch')").fetch_one(pool).await
+    sqlx::query_scalar!(r#"SELECT nextval('erasure_epoch') AS "epoch!""#).fetch_one(pool).await
 }
 
 /// Live landers that have not acknowledged `epoch`.
 pub async fn laggards(pool: &PgPool, epoch: i64) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "SELECT lander_id FROM lander_fences WHERE acked_epoch < $1 AND heartbeat_at > now() - make_interval(secs => $2) ORDER BY lander_id",
+        epoch,
+        LIVE.as_secs_f64()
     )
-    .bind(epoch)
-    .bind(LIVE.as_secs_f64())
     .fetch_all(pool)
     .await
 }
@@ -117,7 +117,7 @@ impl Fence {
                 drop(f);
                 tokio::time::sleep(HEARTBEAT).await;
             }
-            let _ = sqlx::query("DELETE FROM lander_fences WHERE lander_id = $1").bind(id).execute(&pool).await;
+            let _ = sqlx::query!("DELETE FROM lander_fences WHERE lander_id = $1", id).execute(&pool).await;
         });
         Fence(inner)
     }
@@ -156,12 +156,12 @@ impl Fence {
     pub async fn acknowledge(&self) -> Result<i64, sqlx::Error> {
         self.refresh().await?;
         let acked = self.acknowledgeable();
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO lander_fences (lander_id, acked_epoch, heartbeat_at) VALUES ($1, $2, now())
              ON CONFLICT (lander_id) DO UPDATE SET acked_epoch = EXCLUDED.acked_epoch, heartbeat_at = now()",
+            self.0.id,
+            acked
         )
-        .bind(self.0.id)
-        .bind(acked)
         .execute(&self.0.pool)
         .await?;
         Ok(acked)
