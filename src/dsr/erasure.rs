@@ -84,17 +84,17 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
                 // With suppression (policies/erasure.yaml), the tombstone keeps the learner's
                 // blind index (never the external id), so the vault refuses them from now on.
                 let suppress = d.erasure_policy.suppression.enabled;
-                sqlx::query(
+                sqlx::query!(
                     "INSERT INTO tombstones (pseudonym, institution_id, request_id, blind_index, index_key_version, suppressed)
                      SELECT q.p, $2, $3, CASE WHEN $4 THEN l.blind_index END, CASE WHEN $4 THEN l.index_key_version END,
                             $4 AND l.blind_index IS NOT NULL
                      FROM UNNEST($1::uuid[]) AS q(p) LEFT JOIN learners l ON l.pseudonym = q.p
                      ON CONFLICT (pseudonym) DO NOTHING",
+                    ps,
+                    &job.institution,
+                    job.id,
+                    suppress
                 )
-                .bind(ps)
-                .bind(&job.institution)
-                .bind(job.id)
-                .bind(suppress)
                 .execute(&d.pool)
                 .await?;
                 for p in ps {
@@ -224,8 +224,7 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
                 progress("crypto-shred");
                 for p in ps {
                     // The subject's access archives hold the decrypted identity: they go first.
-                    let access: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM dsr_jobs WHERE kind = 'access' AND pseudonym = $1 ORDER BY requested_at")
-                        .bind(p)
+                    let access: Vec<Uuid> = sqlx::query_scalar!("SELECT id FROM dsr_jobs WHERE kind = 'access' AND pseudonym = $1 ORDER BY requested_at", p)
                         .fetch_all(&d.pool)
                         .await?;
                     let deleted = super::access::delete_archives(&d.archive_dir, &access)?;
@@ -234,7 +233,7 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
                     slot(job, *p)["access_archives"] = json!({"jobs": access, "files_deleted": prev + deleted, "remaining": remaining});
                 }
                 // Consent history goes with the learner rows (ON DELETE CASCADE).
-                sqlx::query("DELETE FROM learners WHERE pseudonym = ANY($1)").bind(ps).execute(&d.pool).await?;
+                sqlx::query!("DELETE FROM learners WHERE pseudonym = ANY($1)", ps).execute(&d.pool).await?;
                 let mut counted = if ps.len() > 1 { d.counts_many(ps).await? } else { Default::default() };
                 for p in ps {
                     let after = match counted.remove(p) {

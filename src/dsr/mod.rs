@@ -283,14 +283,14 @@ impl Dsr {
     /// Save a step's progress and renew the lease.
     pub(crate) async fn save(&self, job: &mut Job, step: &str) -> Result<(), DsrError> {
         job.step = step.to_owned();
-        sqlx::query(
+        sqlx::query!(
             "UPDATE dsr_jobs SET step = $2, progress = $3, updated_at = now(), lease_until = now() + make_interval(secs => $4)
              WHERE id = $1",
+            job.id,
+            step,
+            &job.progress,
+            LEASE_SECS as f64
         )
-        .bind(job.id)
-        .bind(step)
-        .bind(&job.progress)
-        .bind(LEASE_SECS as f64)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -299,13 +299,13 @@ impl Dsr {
     /// Mark a job done with its result, audited in the same transaction.
     pub(crate) async fn finish(&self, job: &mut Job, result: Value, detail: Value) -> Result<(), DsrError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        sqlx::query!(
             "UPDATE dsr_jobs SET state = 'done', step = 'done', result = $2, progress = $3, error = NULL,
                     completed_at = now(), lease_until = NULL, updated_at = now() WHERE id = $1",
+            job.id,
+            &result,
+            &job.progress
         )
-        .bind(job.id)
-        .bind(&result)
-        .bind(&job.progress)
         .execute(&mut *tx)
         .await?;
         audit::append(&mut tx, &[self.worker_entry(job, Outcome::Success, detail)]).await?;
@@ -337,12 +337,12 @@ impl Dsr {
         let msg: String = format!("step {}: {err}", job.step).chars().take(1000).collect();
         let give_up = job.attempts >= MAX_ATTEMPTS || matches!(err, DsrError::Verification(_));
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        sqlx::query!(
             "UPDATE dsr_jobs SET state = $2, error = $3, lease_until = now() + interval '2 seconds', updated_at = now() WHERE id = $1",
+            job.id,
+            if give_up { "failed" } else { "pending" },
+            &msg
         )
-        .bind(job.id)
-        .bind(if give_up { "failed" } else { "pending" })
-        .bind(&msg)
         .execute(&mut *tx)
         .await?;
         if give_up {
@@ -422,18 +422,18 @@ impl Dsr {
     /// `learnvault_dsr_jobs_open{kind}` and `learnvault_dsr_jobs_overdue{kind}`
     /// (open past the 30-day deadline): what a DPO's alert watches.
     async fn publish_gauges(&self) {
-        let rows: Result<Vec<(String, i64, i64)>, _> = sqlx::query_as(
-            "SELECT k.kind, count(j.id), count(j.id) FILTER (WHERE j.deadline < now())
-             FROM (VALUES ('access'), ('erasure')) AS k(kind)
-             LEFT JOIN dsr_jobs j ON j.kind = k.kind AND j.state IN ('pending', 'running')
-             GROUP BY k.kind",
+        let rows = sqlx::query!(
+            r#"SELECT k.kind AS "kind!", count(j.id) AS "open!", count(j.id) FILTER (WHERE j.deadline < now()) AS "overdue!"
+               FROM (VALUES ('access'), ('erasure')) AS k(kind)
+               LEFT JOIN dsr_jobs j ON j.kind = k.kind AND j.state IN ('pending', 'running')
+               GROUP BY k.kind"#
         )
         .fetch_all(&self.pool)
         .await;
         if let Ok(rows) = rows {
-            for (kind, open, overdue) in rows {
-                metrics::gauge!("learnvault_dsr_jobs_open", "kind" => kind.clone()).set(open as f64);
-                metrics::gauge!("learnvault_dsr_jobs_overdue", "kind" => kind).set(overdue as f64);
+            for r in rows {
+                metrics::gauge!("learnvault_dsr_jobs_open", "kind" => r.kind.clone()).set(r.open as f64);
+                metrics::gauge!("learnvault_dsr_jobs_overdue", "kind" => r.kind).set(r.overdue as f64);
             }
         }
     }
