@@ -87,6 +87,9 @@ async fn live(settings: &Settings, state: crate::api::AppState, wh: &Warehouse, 
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let (mut last_acc, mut last_landed, mut last_t) = (0u64, 0u64, Instant::now());
     let mut interrupted = false;
+    // The most-replayed segments: a replays view per course and content, refreshed every 5 s
+    // (the funnel's one view per course refreshes every second).
+    let mut segments = Segments::default();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -98,7 +101,8 @@ async fn live(settings: &Settings, state: crate::api::AppState, wh: &Warehouse, 
         let accepted = hs.accepted.load(Ordering::Relaxed) + xs.accepted.load(Ordering::Relaxed);
         let landed = lstats.landed.load(Ordering::Relaxed);
         let dt = last_t.elapsed().as_secs_f64().max(0.001);
-        let screen = render(&serve, &hs, &xs, &lstats, started.elapsed(), (accepted - last_acc) as f64 / dt, (landed - last_landed) as f64 / dt, &base).await;
+        let rates = ((accepted - last_acc) as f64 / dt, (landed - last_landed) as f64 / dt);
+        let screen = render(&serve, &hs, &xs, &lstats, started.elapsed(), rates, &base, &mut segments).await;
         let queues = super::signals::screen(&pool, &truth).await;
         print!("\x1b[H\x1b[2J{screen}{queues}{console}");
         (last_acc, last_landed, last_t) = (accepted, landed, Instant::now());
@@ -111,7 +115,8 @@ async fn live(settings: &Settings, state: crate::api::AppState, wh: &Warehouse, 
     while lstats.landed.load(Ordering::Relaxed) + lstats.rejected.load(Ordering::Relaxed) < accepted() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let screen = render(&serve, &hs, &xs, &lstats, started.elapsed(), 0.0, 0.0, &base).await;
+    segments.at = None;
+    let screen = render(&serve, &hs, &xs, &lstats, started.elapsed(), (0.0, 0.0), &base, &mut segments).await;
     let queues = super::signals::screen(&pool, &truth).await;
     print!("\x1b[H\x1b[2J{screen}{queues}");
     let _ = stop_tx.send(true);
@@ -125,6 +130,13 @@ async fn live(settings: &Settings, state: crate::api::AppState, wh: &Warehouse, 
     Ok(ExitCode::SUCCESS)
 }
 
+/// The rendered most-replayed segments, and when they were computed.
+#[derive(Default)]
+struct Segments {
+    at: Option<Instant>,
+    text: String,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn render(
     serve: &crate::serve::Serve,
@@ -132,9 +144,9 @@ async fn render(
     xs: &LoadStats,
     ls: &crate::lander::LanderStats,
     elapsed: Duration,
-    in_rate: f64,
-    land_rate: f64,
+    (in_rate, land_rate): (f64, f64),
     base: &str,
+    segments: &mut Segments,
 ) -> String {
     let accepted = hs.accepted.load(Ordering::Relaxed) + xs.accepted.load(Ordering::Relaxed);
     let landed = ls.landed.load(Ordering::Relaxed);
@@ -176,7 +188,8 @@ async fn render(
     let _ = writeln!(s, "  {:<32} {:>9} {:>9} {:>10} {:>9}", "cohort", "enrolled", "started", "completed", "assessed");
     let today = chrono::Utc::now().date_naive();
     let range = crate::serve::DateRange { from: today - chrono::Duration::days(1), to: today };
-    let mut segments = Vec::new();
+    let refresh = segments.at.is_none_or(|at| at.elapsed() >= Duration::from_secs(5));
+    let mut top = Vec::new();
     for (course, institutions) in serve.courses().await.unwrap_or_default() {
         let Ok(c) = crate::serve::Ident::parse("course_id", &course) else { continue };
         let t = serve.thresholds(&institutions);
@@ -186,22 +199,29 @@ async fn render(
             let [e, st, co, a] = [&k.enrolled, &k.steps.started, &k.steps.completed, &k.steps.assessed].map(|c| super::released(c, t.min_cell));
             let _ = writeln!(s, "  {:<32} {e:>9} {st:>9} {co:>10} {a:>9}", name);
         }
-        segments.extend(super::top_segments(serve, &c, &range, &t, 3).await.into_iter().map(|(content, b)| (content, b, t.min_cell)));
+        if refresh {
+            top.extend(super::top_segments(serve, &c, &range, &t, 3).await.into_iter().map(|(content, b)| (content, b, t.min_cell)));
+        }
     }
-    segments.sort_by_key(|(_, b, _)| std::cmp::Reverse(b.replays.value()));
+    if refresh {
+        top.sort_by_key(|(_, b, _)| std::cmp::Reverse(b.replays.value()));
+        let mut text = String::new();
+        for (content, b, m) in top.iter().take(3) {
+            let p = b.position_sec;
+            let [r, pa, l] = [&b.replays, &b.pauses, &b.learners].map(|c| super::released(c, *m));
+            let _ = writeln!(
+                text,
+                "  {content:<10} {:>2}:{:02}-{:>2}:{:02}  replays {r:>6}  pauses {pa:>6}  learners {l:>5}",
+                p / 60,
+                p % 60,
+                (p + 10) / 60,
+                (p + 10) % 60
+            );
+        }
+        *segments = Segments { at: Some(Instant::now()), text };
+    }
     let _ = writeln!(s, "\n\x1b[1mmost-replayed segments\x1b[0m (GET /v1/content/{{content}}/replays, released: a content-defect signal)");
-    for (content, b, m) in segments.iter().take(3) {
-        let p = b.position_sec;
-        let [r, pa, l] = [&b.replays, &b.pauses, &b.learners].map(|c| super::released(c, *m));
-        let _ = writeln!(
-            s,
-            "  {content:<10} {:>2}:{:02}-{:>2}:{:02}  replays {r:>6}  pauses {pa:>6}  learners {l:>5}",
-            p / 60,
-            p % 60,
-            (p + 10) / 60,
-            (p + 10) % 60
-        );
-    }
+    s.push_str(&segments.text);
     s
 }
 
