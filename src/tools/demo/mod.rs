@@ -204,17 +204,18 @@ pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<ExitCode>
 }
 
 /// A released count as the demo prints it: its value, or why it is withheld (`<n` a small cell
-/// under the institution's `min_cell`, `(x)` everyone of a small group, `(c)` complementary,
-/// `(d)` derived from a withheld cell, `(s)` withheld earlier in a live stream).
+/// under the institution's `min_cell`, `(x)` everyone of a small group (`extreme_share`), `(c)`
+/// complementary, `(d)` derived from a withheld cell, `(s)` withheld earlier in a live stream).
 pub(super) fn released(c: &crate::serve::disclosure::Cell<u64>, min_cell: u64) -> String {
     use crate::serve::disclosure::Reason;
     match (c.value(), c.suppressed()) {
         (Some(v), _) => v.to_string(),
-        (None, Some(Reason::ExtremeShare | Reason::SmallGroup)) => "(x)".into(),
+        (None, Some(Reason::ExtremeShare)) => "(x)".into(),
         (None, Some(Reason::Complementary)) => "(c)".into(),
         (None, Some(Reason::DerivedFromWithheld)) => "(d)".into(),
         (None, Some(Reason::Sticky)) => "(s)".into(),
-        (None, Some(Reason::SmallCell) | None) => format!("<{min_cell}"),
+        // `small_group` withholds statistics, not counts: a group under `min_cell` all the same.
+        (None, Some(Reason::SmallCell | Reason::SmallGroup) | None) => format!("<{min_cell}"),
     }
 }
 
