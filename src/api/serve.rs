@@ -166,7 +166,8 @@ async fn engagement(r: CohortRead<EngagementQuery>) -> Result<Json<Released<Enga
 /// Per cohort and for the course: learners, and the quartiles of active
 /// minutes per learner-day. Released through disclosure control.
 #[utoipa::path(get, path = "/v1/courses/{course_id}/time-on-task", tag = "analytics", params(CoursePath, RangeQuery),
-    responses((status = 200, body = RangeView<TimeOnTaskStats>, description = "the released statistics, plus `disclosure`"), ReleaseFailures))]
+    responses((status = 200, body = RangeView<TimeOnTaskStats>, description = "the released statistics, plus `disclosure`"),
+        ReleaseFailures))]
 async fn time_on_task(r: CohortRead<RangeQuery>) -> Result<Json<Released<TimeOnTask>>, Error> {
     Ok(Json(r.sv.time_on_task(&r.course, &r.range()?, &r.t).await?))
 }

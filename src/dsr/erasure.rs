@@ -224,9 +224,10 @@ pub async fn run(d: &Dsr, job: &mut Job, progress: Progress<'_>) -> Result<(), D
                 progress("crypto-shred");
                 for p in ps {
                     // The subject's access archives hold the decrypted identity: they go first.
-                    let access: Vec<Uuid> = sqlx::query_scalar!("SELECT id FROM dsr_jobs WHERE kind = 'access' AND pseudonym = $1 ORDER BY requested_at", p)
-                        .fetch_all(&d.pool)
-                        .await?;
+                    let access: Vec<Uuid> =
+                        sqlx::query_scalar!("SELECT id FROM dsr_jobs WHERE kind = 'access' AND pseudonym = $1 ORDER BY requested_at", p)
+                            .fetch_all(&d.pool)
+                            .await?;
                     let deleted = super::access::delete_archives(&d.archive_dir, &access)?;
                     let prev = slot_of(job, *p)["access_archives"]["files_deleted"].as_u64().unwrap_or(0);
                     let remaining = access.iter().filter(|j| super::access::archive_path(&d.archive_dir, **j).exists()).count();

@@ -182,8 +182,8 @@ async fn render(
     // The funnel as an instructor sees it: released through disclosure control.
     let _ = writeln!(
         s,
-        "\x1b[1mlive funnel per cohort\x1b[0m (GET /v1/courses/{{course}}/funnel, today; withheld: <n small cell, (x) everyone of a small group, \
-         (c) complementary, (d) derived, (s) sticky)"
+        "\x1b[1mlive funnel per cohort\x1b[0m (GET /v1/courses/{{course}}/funnel, today; withheld: <n small cell, \
+         (x) everyone of a small group, (c) complementary, (d) derived, (s) sticky)"
     );
     let _ = writeln!(s, "  {:<32} {:>9} {:>9} {:>10} {:>9}", "cohort", "enrolled", "started", "completed", "assessed");
     let today = chrono::Utc::now().date_naive();
@@ -196,22 +196,24 @@ async fn render(
         let Ok(f) = serve.funnel(&c, &range, &t).await else { continue };
         let rows = f.body().cohorts.iter().map(|r| (r.cohort_id.clone(), &r.values)).chain([(format!("{course} total"), &f.body().total)]);
         for (name, k) in rows {
-            let [e, st, co, a] = [&k.enrolled, &k.steps.started, &k.steps.completed, &k.steps.assessed].map(|c| super::released(c, t.min_cell));
+            let cells = [&k.enrolled, &k.steps.started, &k.steps.completed, &k.steps.assessed];
+            let [e, st, co, a] = cells.map(|c| super::released(c, t.min_cell));
             let _ = writeln!(s, "  {:<32} {e:>9} {st:>9} {co:>10} {a:>9}", name);
         }
         if refresh {
-            top.extend(super::top_segments(serve, &c, &range, &t, 3).await.into_iter().map(|(content, b)| (content, b, t.min_cell)));
+            let found = super::top_segments(serve, &c, &range, &t, 3).await;
+            top.extend(found.into_iter().map(|(content, b)| (format!("{course} {content}"), b, t.min_cell)));
         }
     }
     if refresh {
         top.sort_by_key(|(_, b, _)| std::cmp::Reverse(b.replays.value()));
         let mut text = String::new();
-        for (content, b, m) in top.iter().take(3) {
+        for (segment, b, m) in top.iter().take(3) {
             let p = b.position_sec;
             let [r, pa, l] = [&b.replays, &b.pauses, &b.learners].map(|c| super::released(c, *m));
             let _ = writeln!(
                 text,
-                "  {content:<10} {:>2}:{:02}-{:>2}:{:02}  replays {r:>6}  pauses {pa:>6}  learners {l:>5}",
+                "  {segment:<32} {:>2}:{:02}-{:>2}:{:02}  replays {r:>6}  pauses {pa:>6}  learners {l:>5}",
                 p / 60,
                 p % 60,
                 (p + 10) / 60,

@@ -332,7 +332,8 @@ async fn spine(settings: &Settings, cohort: &[String], withdrawn: &str) -> anyho
         let today = chrono::Utc::now().date_naive();
         let range = crate::serve::DateRange { from: today - chrono::Duration::days(27), to: today };
         let f = serve.funnel(&course, &range, &t).await?;
-        println!("  funnel of cs101 as released (GET /v1/courses/cs101/funnel; withheld: <{} small cell, (x) everyone of a small group):", t.min_cell);
+        let legend = format!("withheld: <{} small cell, (x) everyone of a small group", t.min_cell);
+        println!("  funnel of cs101 as released (GET /v1/courses/cs101/funnel; {legend}):");
         for r in &f.body().cohorts {
             let (k, m) = (&r.values, t.min_cell);
             let [e, s, c, a] = [&k.enrolled, &k.steps.started, &k.steps.completed, &k.steps.assessed].map(|x| released(x, m));
