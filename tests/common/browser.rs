@@ -91,6 +91,11 @@ impl Browser {
     }
 
     async fn cmd(&self, method: &str, path: &str, body: Value) -> Value {
+        self.try_cmd(method, path, body).await.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A WebDriver command; `Err` names the driver's error (e.g. a stale element reference).
+    async fn try_cmd(&self, method: &str, path: &str, body: Value) -> Result<Value, String> {
         let url = format!("{}/session/{}/{path}", self.base, self.session);
         let req = match method {
             "GET" => self.http.get(url),
@@ -98,10 +103,10 @@ impl Browser {
             _ => self.http.post(url).json(&body),
         };
         let v: Value = req.send().await.expect("webdriver request").json().await.expect("webdriver JSON");
-        if let Some(e) = v["value"]["error"].as_str() {
-            panic!("webdriver {method} {path}: {e}: {}", v["value"]["message"]);
+        match v["value"]["error"].as_str() {
+            Some(e) => Err(format!("webdriver {method} {path}: {e}: {}", v["value"]["message"])),
+            None => Ok(v["value"].clone()),
         }
-        v["value"].clone()
     }
 
     pub async fn goto(&self, url: &str) {
@@ -184,10 +189,14 @@ impl Browser {
     pub async fn wait_text(&self, css: &str, needle: &str, timeout: Duration) -> String {
         let t0 = Instant::now();
         loop {
-            if self.find(css).await.is_some() {
-                let t = self.text(css).await;
-                if t.contains(needle) {
-                    return t;
+            // The page may replace the element between finding it and reading it (a stale
+            // reference): that is a page still changing, so look again.
+            if let Some(id) = self.find(css).await {
+                if let Ok(t) = self.try_cmd("GET", &format!("element/{id}/text"), Value::Null).await {
+                    let t = t.as_str().unwrap_or_default().to_owned();
+                    if t.contains(needle) {
+                        return t;
+                    }
                 }
             }
             assert!(
